@@ -1,1 +1,486 @@
-//! placeholder
+//! The broker's store: the commit log, its consume queues, flushing, recovery and retention.
+//!
+//! Map, following one append:
+//! - [`Store`] (this file) validates and encodes the message in the caller's task
+//!   ([`record`], [`message`]) and hands it to [`writer`], the one thread that owns the tail.
+//! - [`writer`] group-commits: gathers waiting appends, assigns queue and commit-log offsets,
+//!   writes them to the tail [`segment`] of the [`commit_log`] with one `pwrite`, and answers.
+//! - [`flush`] fsyncs what was written (at once under `SYNC_FLUSH`, on an interval under
+//!   `ASYNC_FLUSH`); a `SYNC_FLUSH` append waits for it up to `sync_flush_timeout_ms`.
+//! - [`dispatch`] scans new records ([`scan`]) into the [`consume_queue`]s and saves the
+//!   [`checkpoint`]; [`read`] serves messages from them up to the confirm offset.
+//! - [`recovery`] rebuilds a consistent state at open; [`truncate`] cuts the log crash-safely;
+//!   [`retention`] deletes old segments; [`epoch`] keeps the epoch history; every metadata file
+//!   goes through [`meta_file`]'s crash-safe protocol. [`config`], [`error`], [`signal`] and
+//!   [`shared`] hold the settings, the error type, thread wake-ups and the state threads share.
+//!
+//! Threads: writer, flusher, dispatcher, housekeeping (retention). Callers use async methods;
+//! the threads are plain OS threads, because every one of them spends its time in blocking
+//! file-system calls.
+//!
+//! Directory layout: `lock`, `abort` (present while open), `checkpoint`, `epoch`,
+//! `truncate.intent` (only during a truncation), `commitlog/<20-digit base offset>`,
+//! `consumequeue/<topic>/<queue id>/<20-digit first queue offset>`.
+
+pub mod checkpoint;
+pub mod commit_log;
+pub mod config;
+pub mod consume_queue;
+pub mod dispatch;
+pub mod epoch;
+pub mod error;
+pub mod flush;
+pub mod message;
+pub mod meta_file;
+pub mod read;
+pub mod record;
+pub mod recovery;
+pub mod retention;
+pub mod scan;
+pub mod segment;
+mod shared;
+mod signal;
+pub mod truncate;
+pub mod writer;
+
+use std::fs::OpenOptions;
+use std::os::unix::io::AsRawFd;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch};
+
+pub use config::{FlushDiskType, StoreConfig};
+pub use epoch::EpochEntry;
+pub use error::{Result, StoreError};
+pub use message::{NewMessage, StoredMessage};
+pub use read::{GetRequest, GetResult, GetStatus, TagFilter};
+pub use recovery::RecoveryReport;
+pub use retention::RetentionReport;
+pub use shared::ConfirmMode;
+
+use shared::Shared;
+use writer::{EncodedBatch, Writer, WriterCommand};
+
+/// Name of the marker file present while a store is open: found at open, it means a crash.
+pub const ABORT_FILE_NAME: &str = "abort";
+const LOCK_FILE_NAME: &str = "lock";
+
+/// Current time in Unix milliseconds.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// How durable an append is, in RocketMQ's terms (the replication statuses come with step 4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PutStatus {
+    /// Written; and flushed, under `SYNC_FLUSH`.
+    Ok,
+    /// Written, but the covering fsync did not finish within `sync_flush_timeout_ms`. The
+    /// message stays in the log and becomes durable when that fsync finishes.
+    FlushDiskTimeout,
+}
+
+/// Where an append landed and how durable it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppendResult {
+    pub status: PutStatus,
+    /// Offset of the first record.
+    pub commit_log_offset: u64,
+    /// Queue offset of the first message; a batch takes consecutive queue offsets.
+    pub queue_offset: u64,
+    /// Offset after the last record.
+    pub end_offset: u64,
+    pub store_timestamp_ms: u64,
+}
+
+/// An open store. Methods take `&self`; share it with an `Arc`.
+pub struct Store {
+    shared: Arc<Shared>,
+    writer_tx: mpsc::Sender<WriterCommand>,
+    threads: Mutex<Threads>,
+    recovery: RecoveryReport,
+}
+
+#[derive(Default)]
+struct Threads {
+    writer: Option<JoinHandle<()>>,
+    flusher: Option<JoinHandle<()>>,
+    dispatcher: Option<JoinHandle<()>>,
+    housekeeping: Option<JoinHandle<()>>,
+}
+
+impl Store {
+    /// Opens (or creates) the store at `config.store_path`, recovering it first.
+    pub fn open(config: StoreConfig) -> Result<Store> {
+        config.validate()?;
+        let dir = config.store_path.clone();
+        std::fs::create_dir_all(&dir).map_err(StoreError::io("create store directory", &dir))?;
+        let lock_path = dir.join(LOCK_FILE_NAME);
+        let lock_file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(StoreError::io("open lock file", &lock_path))?;
+        // SAFETY: flock on a descriptor we own; no memory is passed.
+        if unsafe { libc::flock(lock_file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(StoreError::Locked { path: dir });
+        }
+        let abort_path = dir.join(ABORT_FILE_NAME);
+        let clean_shutdown = !abort_path.exists();
+        std::fs::write(&abort_path, b"").map_err(StoreError::io("create abort marker", &abort_path))?;
+        meta_file::sync_dir(&dir)?;
+
+        let recovered = recovery::recover(&dir, &config, clean_shutdown)?;
+        let report = recovered.report.clone();
+        log_recovery(&report);
+        let end = report.recovered_end_offset;
+        let queue_offsets = truncate::queue_offset_table(&recovered.queues);
+        let shared = Arc::new(Shared::new(
+            config,
+            &dir,
+            recovered.log,
+            recovered.queues,
+            recovered.epochs,
+            lock_file,
+            end,
+        ));
+        let (writer_tx, writer_rx) = mpsc::channel(shared.config.write_queue_capacity);
+        let writer = Writer::new(shared.clone(), writer_rx, queue_offsets)?;
+        let threads = Threads {
+            writer: Some(spawn("store-writer", move || writer.run())?),
+            flusher: Some(spawn("store-flusher", {
+                let shared = shared.clone();
+                move || flush::run(shared)
+            })?),
+            dispatcher: Some(spawn("store-dispatcher", {
+                let shared = shared.clone();
+                move || dispatch::run(shared)
+            })?),
+            housekeeping: Some(spawn("store-housekeeping", {
+                let shared = shared.clone();
+                move || retention::run(shared)
+            })?),
+        };
+        Ok(Store {
+            shared,
+            writer_tx,
+            threads: Mutex::new(threads),
+            recovery: report,
+        })
+    }
+
+    /// What recovery found when this store opened.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.shared.config
+    }
+
+    /// Appends one message. Under `SYNC_FLUSH`, returns once it is fsynced (or with
+    /// `FLUSH_DISK_TIMEOUT` after `sync_flush_timeout_ms`); under `ASYNC_FLUSH`, once written.
+    /// Bad input is an error and writes nothing.
+    pub async fn append(&self, message: NewMessage) -> Result<AppendResult> {
+        let mut bytes = Vec::new();
+        record::encode_message(&message, self.shared.limits, &mut bytes)?;
+        self.submit(EncodedBatch {
+            topic: message.topic,
+            queue_id: message.queue_id,
+            bytes,
+            count: 1,
+        })
+        .await
+    }
+
+    /// Appends several messages of one topic and queue together: consecutive queue offsets, one
+    /// durability decision for all. Any bad message rejects the whole batch, writing nothing.
+    pub async fn append_batch(&self, messages: Vec<NewMessage>) -> Result<AppendResult> {
+        let Some(first) = messages.first() else {
+            return Err(StoreError::BatchInvalid { reason: "empty batch" });
+        };
+        let (topic, queue_id) = (first.topic.clone(), first.queue_id);
+        let mut bytes = Vec::new();
+        for message in &messages {
+            if message.topic != topic || message.queue_id != queue_id {
+                return Err(StoreError::BatchInvalid {
+                    reason: "every message of a batch must have the same topic and queue",
+                });
+            }
+            record::encode_message(message, self.shared.limits, &mut bytes)?;
+        }
+        if bytes.len() > self.shared.config.batch_bytes_max {
+            return Err(StoreError::BatchInvalid {
+                reason: "batch is larger than batch_bytes_max",
+            });
+        }
+        self.submit(EncodedBatch {
+            topic,
+            queue_id,
+            bytes,
+            count: messages.len() as u32,
+        })
+        .await
+    }
+
+    async fn submit(&self, batch: EncodedBatch) -> Result<AppendResult> {
+        if let Some(err) = self.shared.poisoned() {
+            return Err(err);
+        }
+        let (reply, written) = oneshot::channel();
+        self.writer_tx
+            .send(WriterCommand::Append { batch, reply })
+            .await
+            .map_err(|_| StoreError::Stopped)?;
+        let written = written.await.map_err(|_| StoreError::Stopped)??;
+        let status = match self.shared.flush_disk_type() {
+            FlushDiskType::AsyncFlush => PutStatus::Ok,
+            FlushDiskType::SyncFlush => self.wait_flushed(written.end_offset).await?,
+        };
+        Ok(AppendResult {
+            status,
+            commit_log_offset: written.commit_log_offset,
+            queue_offset: written.queue_offset,
+            end_offset: written.end_offset,
+            store_timestamp_ms: written.store_timestamp_ms,
+        })
+    }
+
+    async fn wait_flushed(&self, end_offset: u64) -> Result<PutStatus> {
+        let mut progress = self.shared.flush_progress.subscribe();
+        let timeout = Duration::from_millis(self.shared.config.sync_flush_timeout_ms);
+        let waited = tokio::time::timeout(
+            timeout,
+            progress.wait_for(|p| p.flushed_offset >= end_offset || p.failed),
+        )
+        .await;
+        match waited {
+            Err(_elapsed) => Ok(PutStatus::FlushDiskTimeout),
+            Ok(Err(_closed)) => Err(StoreError::Stopped),
+            Ok(Ok(p)) if p.failed && p.flushed_offset < end_offset => {
+                Err(self.shared.poisoned().unwrap_or(StoreError::Stopped))
+            }
+            Ok(Ok(_)) => Ok(PutStatus::Ok),
+        }
+    }
+
+    /// Reads messages of one queue; see [`read`].
+    pub fn get_messages(&self, request: &GetRequest<'_>) -> Result<GetResult> {
+        read::get_messages(&self.shared.log, &self.shared.queues, self.confirm_offset(), request)
+    }
+
+    /// Reads whole records from `commit_log_offset` as stored (what a master ships to a slave).
+    pub fn read_raw(&self, commit_log_offset: u64, max_bytes: usize) -> Result<Bytes> {
+        self.shared.log.read_raw(commit_log_offset, max_bytes)
+    }
+
+    /// Appends records copied from a master at exactly `commit_log_offset` (this log's write
+    /// offset). Every record is checked (CRC, position, queue offset) before anything is written.
+    /// Returns the new write offset. Durability follows the flush policy; see [`Store::flush`].
+    pub async fn append_raw(&self, commit_log_offset: u64, bytes: Bytes) -> Result<u64> {
+        let (reply, done) = oneshot::channel();
+        self.writer_tx
+            .send(WriterCommand::AppendRaw {
+                commit_log_offset,
+                bytes,
+                reply,
+            })
+            .await
+            .map_err(|_| StoreError::Stopped)?;
+        done.await.map_err(|_| StoreError::Stopped)?
+    }
+
+    /// Cuts the log back to `commit_log_offset` (a record boundary), crash-safely; see
+    /// [`truncate`]. The confirm offset is lowered first, so consumers stop seeing the tail.
+    pub async fn truncate_to(&self, commit_log_offset: u64) -> Result<()> {
+        let (reply, done) = oneshot::channel();
+        self.writer_tx
+            .send(WriterCommand::Truncate { commit_log_offset, reply })
+            .await
+            .map_err(|_| StoreError::Stopped)?;
+        done.await.map_err(|_| StoreError::Stopped)?
+    }
+
+    /// Records that `epoch` begins at the current write offset; returns that offset.
+    pub async fn begin_epoch(&self, epoch: u64) -> Result<u64> {
+        let (reply, done) = oneshot::channel();
+        self.writer_tx
+            .send(WriterCommand::BeginEpoch { epoch, reply })
+            .await
+            .map_err(|_| StoreError::Stopped)?;
+        done.await.map_err(|_| StoreError::Stopped)?
+    }
+
+    /// The epoch history, oldest first.
+    pub fn epoch_history(&self) -> Vec<EpochEntry> {
+        self.shared.epochs.lock().expect("epoch lock poisoned").entries().to_vec()
+    }
+
+    /// Waits until everything written so far is fsynced (forces a flush under `ASYNC_FLUSH`).
+    pub async fn flush(&self) -> Result<()> {
+        let target = self.write_offset();
+        self.shared
+            .flush_requested_offset
+            .fetch_max(target, std::sync::atomic::Ordering::AcqRel);
+        self.shared.flush_signal.notify();
+        let mut progress = self.shared.flush_progress.subscribe();
+        let p = progress
+            .wait_for(|p| p.flushed_offset >= target || p.failed)
+            .await
+            .map_err(|_| StoreError::Stopped)?;
+        if p.failed && p.flushed_offset < target {
+            return Err(self.shared.poisoned().unwrap_or(StoreError::Stopped));
+        }
+        Ok(())
+    }
+
+    /// End of the last record written.
+    pub fn write_offset(&self) -> u64 {
+        self.shared.log.write_offset()
+    }
+    /// End of the data fsynced.
+    pub fn flushed_offset(&self) -> u64 {
+        self.shared.log.flushed_offset()
+    }
+    /// First offset still held.
+    pub fn min_offset(&self) -> u64 {
+        self.shared.log.min_offset()
+    }
+    /// Highest offset consumers may read.
+    pub fn confirm_offset(&self) -> u64 {
+        self.shared.confirm_offset()
+    }
+
+    /// Watches the confirm offset (long polling waits on it).
+    pub fn subscribe_confirm_offset(&self) -> watch::Receiver<u64> {
+        self.shared.confirm_tx.subscribe()
+    }
+
+    /// Hands the confirm offset to the owner (replication) or back to the store.
+    pub fn set_confirm_mode(&self, mode: ConfirmMode) {
+        self.shared.set_confirm_mode(mode);
+        if mode == ConfirmMode::Local {
+            self.shared.on_local_progress();
+        }
+    }
+
+    /// Raises the confirm offset under [`ConfirmMode::External`], never past what is locally
+    /// durable under the flush policy. Returns the confirm offset now in force.
+    pub fn set_confirm_offset(&self, commit_log_offset: u64) -> u64 {
+        if self.shared.confirm_mode() == ConfirmMode::External {
+            self.shared
+                .raise_confirm_offset(commit_log_offset.min(self.shared.locally_durable_offset()));
+        }
+        self.confirm_offset()
+    }
+
+    /// (min, max) queue offsets of a queue, if it holds or held any message.
+    pub fn queue_offsets(&self, topic: &str, queue_id: u32) -> Option<(u64, u64)> {
+        self.shared
+            .queues
+            .get(topic, queue_id)
+            .map(|q| (q.min_queue_offset(), q.max_queue_offset()))
+    }
+
+    /// One retention pass as of `now_ms` (the housekeeping thread runs these on its own).
+    pub fn run_retention(&self, now_ms: u64) -> Result<RetentionReport> {
+        retention::run_once(&self.shared, now_ms)
+    }
+
+    /// Stops cleanly: finishes queued appends, flushes, saves the checkpoint, removes the abort
+    /// marker. Blocks; call it from a blocking context (`spawn_blocking`) in async code.
+    pub fn shutdown(&self) -> Result<()> {
+        let mut threads = self.threads.lock().expect("thread list lock poisoned");
+        let Some(writer) = threads.writer.take() else {
+            return Ok(()); // already stopped
+        };
+        // A full channel means the writer is busy and will drain it; the command waits its turn.
+        let _ = self.writer_tx.blocking_send(WriterCommand::Shutdown);
+        let _ = writer.join();
+        self.shared.flush_signal.stop();
+        if let Some(flusher) = threads.flusher.take() {
+            let _ = flusher.join();
+        }
+        self.shared.dispatch_signal.stop();
+        if let Some(dispatcher) = threads.dispatcher.take() {
+            let _ = dispatcher.join();
+        }
+        self.shared.housekeeping_signal.stop();
+        if let Some(housekeeping) = threads.housekeeping.take() {
+            let _ = housekeeping.join();
+        }
+        if let Some(err) = self.shared.poisoned() {
+            // Leave the abort marker: the next open must recover.
+            return Err(err);
+        }
+        meta_file::remove(&self.shared.dir, ABORT_FILE_NAME)?;
+        tracing::info!(
+            store = %self.shared.dir.display(),
+            write_offset = self.write_offset(),
+            "store stopped cleanly"
+        );
+        Ok(())
+    }
+
+    /// Stops the threads without the final flush, checkpoint or marker removal: what a crash
+    /// leaves behind, minus the lost page cache. For tests of recovery.
+    #[doc(hidden)]
+    pub fn halt_for_test(&self) {
+        let mut threads = self.threads.lock().expect("thread list lock poisoned");
+        self.shared.poison(StoreError::Stopped);
+        if let Some(writer) = threads.writer.take() {
+            let _ = self.writer_tx.blocking_send(WriterCommand::Shutdown);
+            let _ = writer.join();
+        }
+        self.shared.flush_signal.stop();
+        self.shared.dispatch_signal.stop();
+        self.shared.housekeeping_signal.stop();
+        for handle in [threads.flusher.take(), threads.dispatcher.take(), threads.housekeeping.take()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = handle.join();
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn set_fsync_delay_for_test(&self, delay: Duration) {
+        self.shared
+            .fsync_delay_ms
+            .store(delay.as_millis() as u64, std::sync::atomic::Ordering::Release);
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if let Err(err) = self.shutdown() {
+            tracing::error!(error = %err, "store did not stop cleanly");
+        }
+    }
+}
+
+fn spawn(name: &str, body: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(body)
+        .map_err(StoreError::io("spawn thread", name))
+}
+
+fn log_recovery(report: &RecoveryReport) {
+    tracing::info!(
+        clean_shutdown = report.clean_shutdown,
+        checked_from_offset = report.checked_from_offset,
+        records_checked = report.records_checked,
+        recovered_end_offset = report.recovered_end_offset,
+        torn_tail_offset = ?report.torn_tail_offset,
+        finished_truncation_offset = ?report.finished_truncation_offset,
+        duration_ms = report.duration.as_millis() as u64,
+        "store recovered"
+    );
+}

@@ -1,0 +1,154 @@
+//! The dispatcher: builds consume-queue entries from the commit log, and saves the checkpoint.
+//!
+//! It follows `write_offset`: each round scans the newly written records (CRC-checking each, as
+//! every read does), gathers their entries per queue, and appends each queue's run with one write.
+//! Records written by the writer and records copied from a master by `append_raw` take the same
+//! path, so a slave's consume queues are built exactly like its master's.
+//!
+//! Every `checkpoint_interval_ms`, and at shutdown, it fsyncs the consume queues and then saves
+//! the checkpoint (flushed offset read before the fsyncs, dispatched offset), in that order: the
+//! checkpoint never claims more than is on disk.
+//!
+//! Entries are built for everything written, not only below the confirm offset; reads apply the
+//! confirm offset. That keeps the consume queues a pure function of the log.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::checkpoint::Checkpoint;
+use super::consume_queue::{ConsumeQueue, ConsumeQueues, CqEntry};
+use super::error::{Result, StoreError};
+use super::record::RecordHeader;
+use super::scan;
+use super::shared::{DispatchState, Shared};
+
+/// Bytes of commit log read per scan chunk.
+pub(crate) const SCAN_CHUNK_BYTES: usize = 4 << 20;
+/// Entries gathered in memory before they are written out (bounds memory during recovery).
+const PENDING_ENTRIES_MAX: usize = 64 << 10;
+
+/// Consume-queue entries gathered for several queues, written one run per queue.
+#[derive(Default)]
+pub(crate) struct PendingEntries {
+    /// Keyed by the queue's address: each queue is one `Arc` for the store's lifetime.
+    runs: HashMap<usize, Run>,
+    entries: usize,
+}
+
+struct Run {
+    queue: Arc<ConsumeQueue>,
+    first_queue_offset: u64,
+    encoded: Vec<u8>,
+}
+
+impl PendingEntries {
+    /// Adds the entry of one record; writes everything out when too much is gathered.
+    pub fn add(&mut self, queues: &ConsumeQueues, header: &RecordHeader, topic: &str) -> Result<()> {
+        let queue = match queues.get(topic, header.queue_id) {
+            Some(queue) => queue,
+            None => queues.get_or_create(topic, header.queue_id)?,
+        };
+        let run = self
+            .runs
+            .entry(Arc::as_ptr(&queue) as usize)
+            .or_insert_with(|| Run {
+                first_queue_offset: header.queue_offset,
+                queue,
+                encoded: Vec::new(),
+            });
+        let expected = run.first_queue_offset + (run.encoded.len() / super::consume_queue::CQ_ENTRY_BYTES) as u64;
+        if header.queue_offset != expected {
+            return Err(StoreError::Corrupt {
+                path: queues_path(&run.queue),
+                position: header.commit_log_offset,
+                reason: "queue offsets in the commit log skip or repeat",
+            });
+        }
+        CqEntry {
+            commit_log_offset: header.commit_log_offset,
+            size_bytes: header.total_bytes,
+            tag_hash: header.tag_hash,
+        }
+        .encode(&mut run.encoded);
+        self.entries += 1;
+        if self.entries >= PENDING_ENTRIES_MAX {
+            self.write_out()?;
+        }
+        Ok(())
+    }
+
+    /// Appends every gathered run to its queue.
+    pub fn write_out(&mut self) -> Result<()> {
+        for (_, run) in self.runs.drain() {
+            run.queue.append(run.first_queue_offset, &run.encoded)?;
+        }
+        self.entries = 0;
+        Ok(())
+    }
+}
+
+fn queues_path(queue: &ConsumeQueue) -> std::path::PathBuf {
+    std::path::PathBuf::from(format!("consumequeue/{}/{}", queue.topic(), queue.queue_id()))
+}
+
+/// Scans `[from, to)` of the log into the consume queues; returns where it stopped (`to`).
+pub(crate) fn dispatch_range(shared: &Shared, from: u64, to: u64) -> Result<u64> {
+    let mut pending = PendingEntries::default();
+    let end = scan::scan(&shared.log, from, to, SCAN_CHUNK_BYTES, |header, raw| {
+        let topic = std::str::from_utf8(&raw[header.topic_range()]).expect("checked by check_message");
+        pending.add(&shared.queues, header, topic)
+    })?;
+    pending.write_out()?;
+    scan::stop_to_error(end)
+}
+
+pub(crate) fn run(shared: Arc<Shared>) {
+    let interval = Duration::from_millis(shared.config.checkpoint_interval_ms);
+    loop {
+        // Reads the atomic mirror, not the mutex: the writer notifies this signal while it may
+        // hold the dispatch mutex (truncation), and the two locks must not be taken in both orders.
+        let stopping = shared.dispatch_signal.wait(Some(interval), || {
+            shared.log.write_offset() > shared.dispatched_offset.load(Ordering::Acquire)
+        });
+        let mut state = shared.dispatch.lock().expect("dispatch lock poisoned");
+        if let Err(err) = round(&shared, &mut state, stopping) {
+            drop(state);
+            shared.poison(err);
+            return;
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
+fn round(shared: &Shared, state: &mut DispatchState, force_checkpoint: bool) -> Result<()> {
+    let target = shared.log.write_offset();
+    if target > state.dispatched_offset {
+        state.dispatched_offset = dispatch_range(shared, state.dispatched_offset, target)?;
+        shared.dispatched_offset.store(state.dispatched_offset, Ordering::Release);
+    }
+    let now = super::now_ms();
+    if force_checkpoint || now.saturating_sub(state.last_checkpoint_ms) >= shared.config.checkpoint_interval_ms {
+        save_checkpoint(shared, state)?;
+        state.last_checkpoint_ms = now;
+    }
+    Ok(())
+}
+
+/// Fsyncs the consume queues and saves the checkpoint. Holds the dispatch state, so no round
+/// runs in between.
+pub(crate) fn save_checkpoint(shared: &Shared, state: &DispatchState) -> Result<()> {
+    let flushed_offset = shared.log.flushed_offset();
+    for queue in shared.queues.all() {
+        queue.sync()?;
+    }
+    Checkpoint {
+        flushed_offset,
+        dispatched_offset: state.dispatched_offset,
+        saved_at_ms: super::now_ms(),
+    }
+    .save(&shared.dir)
+}

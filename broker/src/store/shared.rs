@@ -1,0 +1,187 @@
+//! State shared by the store's threads (writer, flusher, dispatcher, housekeeping) and its
+//! callers. Each field says which thread moves it.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use tokio::sync::watch;
+
+use super::commit_log::CommitLog;
+use super::config::{FlushDiskType, StoreConfig};
+use super::consume_queue::ConsumeQueues;
+use super::epoch::EpochHistory;
+use super::error::StoreError;
+use super::record::RecordLimits;
+use super::signal::Signal;
+
+/// Who sets the confirm offset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConfirmMode {
+    /// The store: the flushed offset under `SYNC_FLUSH`, the written offset under `ASYNC_FLUSH`.
+    Local,
+    /// The store's owner (replication), through `Store::set_confirm_offset`; the store still
+    /// never lets it pass what is locally durable under its flush policy.
+    External,
+}
+
+/// Flush progress as `SYNC_FLUSH` appenders watch it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlushProgress {
+    pub flushed_offset: u64,
+    /// An fsync failed: nothing more will be flushed.
+    pub failed: bool,
+}
+
+/// Progress of the dispatcher; its mutex is held for a whole dispatch round, so holding it keeps
+/// the consume queues still (truncation does).
+#[derive(Debug)]
+pub struct DispatchState {
+    pub dispatched_offset: u64,
+    pub last_checkpoint_ms: u64,
+}
+
+pub(crate) struct Shared {
+    pub config: StoreConfig,
+    pub limits: RecordLimits,
+    pub dir: PathBuf,
+    /// Moved by the writer (`write_offset`) and the flusher (`flushed_offset`).
+    pub log: CommitLog,
+    /// Appended by the dispatcher; cut by truncation; trimmed by retention.
+    pub queues: ConsumeQueues,
+    /// Changed by the writer only (epoch commands, truncation).
+    pub epochs: Mutex<EpochHistory>,
+    pub dispatch: Mutex<DispatchState>,
+    /// Mirror of `dispatch.dispatched_offset` for lock-free checks.
+    pub dispatched_offset: AtomicU64,
+    /// Held by the flusher around (read write_offset, fsync, publish) and by truncation, so that
+    /// a flush that began before a truncation cannot publish an offset past the new end.
+    pub flush_lock: Mutex<()>,
+    pub flush_signal: Signal,
+    pub dispatch_signal: Signal,
+    pub housekeeping_signal: Signal,
+    pub flush_progress: watch::Sender<FlushProgress>,
+    /// Highest commit-log offset consumers may read.
+    confirm_offset: AtomicU64,
+    confirm_mode: AtomicU8,
+    pub confirm_tx: watch::Sender<u64>,
+    /// Set once, by the first failed write or fsync; appends are refused from then on.
+    poison: OnceLock<Arc<StoreError>>,
+    /// Under `ASYNC_FLUSH`, a flush up to this offset was asked for (by `Store::flush`).
+    pub flush_requested_offset: AtomicU64,
+    /// Held for the store's lifetime: the exclusive lock on the directory.
+    pub _lock_file: File,
+    /// Test-only fault: the flusher sleeps this long before each fsync.
+    #[cfg(test)]
+    pub fsync_delay_ms: AtomicU64,
+}
+
+impl Shared {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        config: StoreConfig,
+        dir: &Path,
+        log: CommitLog,
+        queues: ConsumeQueues,
+        epochs: EpochHistory,
+        lock_file: File,
+        recovered_end: u64,
+    ) -> Shared {
+        let limits = RecordLimits {
+            max_message_bytes: config.max_message_bytes,
+            max_properties_bytes: config.max_properties_bytes,
+        };
+        Shared {
+            config,
+            limits,
+            dir: dir.to_path_buf(),
+            log,
+            queues,
+            epochs: Mutex::new(epochs),
+            dispatch: Mutex::new(DispatchState {
+                dispatched_offset: recovered_end,
+                last_checkpoint_ms: super::now_ms(),
+            }),
+            dispatched_offset: AtomicU64::new(recovered_end),
+            flush_lock: Mutex::new(()),
+            flush_signal: Signal::default(),
+            dispatch_signal: Signal::default(),
+            housekeeping_signal: Signal::default(),
+            flush_progress: watch::Sender::new(FlushProgress {
+                flushed_offset: recovered_end,
+                failed: false,
+            }),
+            confirm_offset: AtomicU64::new(recovered_end),
+            confirm_mode: AtomicU8::new(ConfirmMode::Local as u8),
+            confirm_tx: watch::Sender::new(recovered_end),
+            poison: OnceLock::new(),
+            flush_requested_offset: AtomicU64::new(0),
+            _lock_file: lock_file,
+            #[cfg(test)]
+            fsync_delay_ms: AtomicU64::new(0),
+        }
+    }
+
+    pub fn flush_disk_type(&self) -> FlushDiskType {
+        self.config.flush_disk_type
+    }
+
+    /// Records the first fatal failure; later appends get [`StoreError::Poisoned`].
+    pub fn poison(&self, error: StoreError) {
+        tracing::error!(error = %error, "store stops accepting writes");
+        let _ = self.poison.set(Arc::new(error));
+        self.flush_progress.send_modify(|p| p.failed = true);
+    }
+
+    pub fn poisoned(&self) -> Option<StoreError> {
+        self.poison.get().map(|cause| StoreError::Poisoned { cause: cause.clone() })
+    }
+
+    pub fn confirm_offset(&self) -> u64 {
+        self.confirm_offset.load(Ordering::Acquire)
+    }
+
+    pub fn confirm_mode(&self) -> ConfirmMode {
+        if self.confirm_mode.load(Ordering::Acquire) == ConfirmMode::Local as u8 {
+            ConfirmMode::Local
+        } else {
+            ConfirmMode::External
+        }
+    }
+
+    pub fn set_confirm_mode(&self, mode: ConfirmMode) {
+        self.confirm_mode.store(mode as u8, Ordering::Release);
+    }
+
+    /// What the local flush policy allows consumers to see.
+    pub fn locally_durable_offset(&self) -> u64 {
+        match self.flush_disk_type() {
+            FlushDiskType::SyncFlush => self.log.flushed_offset(),
+            FlushDiskType::AsyncFlush => self.log.write_offset(),
+        }
+    }
+
+    /// Raises the confirm offset to `offset` (never lowers it) and wakes long pollers.
+    pub fn raise_confirm_offset(&self, offset: u64) {
+        let previous = self.confirm_offset.fetch_max(offset, Ordering::AcqRel);
+        if offset > previous {
+            self.confirm_tx.send_replace(offset);
+        }
+    }
+
+    /// Called by the writer and the flusher after they move their offsets.
+    pub fn on_local_progress(&self) {
+        if self.confirm_mode() == ConfirmMode::Local {
+            self.raise_confirm_offset(self.locally_durable_offset());
+        }
+    }
+
+    /// Lowers the confirm offset to at most `offset` (truncation only).
+    pub fn lower_confirm_offset(&self, offset: u64) {
+        let previous = self.confirm_offset.fetch_min(offset, Ordering::AcqRel);
+        if offset < previous {
+            self.confirm_tx.send_replace(offset);
+        }
+    }
+}
