@@ -72,7 +72,7 @@ impl Default for StoreConfig {
             disk_max_used_ratio: 0.75,
             retention_check_interval_ms: 10_000,
             write_queue_capacity: 4_096,
-            batch_bytes_max: 4 << 20,
+            batch_bytes_max: 8 << 20,
         }
     }
 }

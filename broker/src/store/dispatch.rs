@@ -112,6 +112,10 @@ pub(crate) fn run(shared: Arc<Shared>) {
         let stopping = shared.dispatch_signal.wait(Some(interval), || {
             shared.log.write_offset() > shared.dispatched_offset.load(Ordering::Acquire)
         });
+        if shared.poisoned().is_some() {
+            // The store failed (or a test simulates a crash): write nothing more.
+            return;
+        }
         let mut state = shared.dispatch.lock().expect("dispatch lock poisoned");
         if let Err(err) = round(&shared, &mut state, stopping) {
             drop(state);
@@ -129,6 +133,7 @@ fn round(shared: &Shared, state: &mut DispatchState, force_checkpoint: bool) -> 
     if target > state.dispatched_offset {
         state.dispatched_offset = dispatch_range(shared, state.dispatched_offset, target)?;
         shared.dispatched_offset.store(state.dispatched_offset, Ordering::Release);
+        shared.publish_readable();
     }
     let now = super::now_ms();
     if force_checkpoint || now.saturating_sub(state.last_checkpoint_ms) >= shared.config.checkpoint_interval_ms {

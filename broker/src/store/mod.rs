@@ -43,6 +43,11 @@ mod signal;
 pub mod truncate;
 pub mod writer;
 
+#[cfg(test)]
+mod model_tests;
+#[cfg(test)]
+mod tests;
+
 use std::fs::OpenOptions;
 use std::os::unix::io::AsRawFd;
 use std::sync::{Arc, Mutex};
@@ -357,9 +362,24 @@ impl Store {
         self.shared.confirm_offset()
     }
 
-    /// Watches the confirm offset (long polling waits on it).
-    pub fn subscribe_confirm_offset(&self) -> watch::Receiver<u64> {
-        self.shared.confirm_tx.subscribe()
+    /// Highest offset whose messages readers can see now: the confirm offset, or less while
+    /// the dispatcher has not yet indexed everything below it.
+    pub fn readable_offset(&self) -> u64 {
+        *self.shared.readable_tx.borrow()
+    }
+
+    /// Watches the readable offset (long polling waits on it).
+    pub fn subscribe_readable_offset(&self) -> watch::Receiver<u64> {
+        self.shared.readable_tx.subscribe()
+    }
+
+    /// Waits until messages below `commit_log_offset` are readable, at most `timeout`. Returns
+    /// whether they are.
+    pub async fn wait_readable(&self, commit_log_offset: u64, timeout: Duration) -> bool {
+        let mut readable = self.subscribe_readable_offset();
+        tokio::time::timeout(timeout, readable.wait_for(|r| *r >= commit_log_offset))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// Hands the confirm offset to the owner (replication) or back to the store.
@@ -400,9 +420,7 @@ impl Store {
         let Some(writer) = threads.writer.take() else {
             return Ok(()); // already stopped
         };
-        // A full channel means the writer is busy and will drain it; the command waits its turn.
-        let _ = self.writer_tx.blocking_send(WriterCommand::Shutdown);
-        let _ = writer.join();
+        self.stop_writer(writer);
         self.shared.flush_signal.stop();
         if let Some(flusher) = threads.flusher.take() {
             let _ = flusher.join();
@@ -435,8 +453,7 @@ impl Store {
         let mut threads = self.threads.lock().expect("thread list lock poisoned");
         self.shared.poison(StoreError::Stopped);
         if let Some(writer) = threads.writer.take() {
-            let _ = self.writer_tx.blocking_send(WriterCommand::Shutdown);
-            let _ = writer.join();
+            self.stop_writer(writer);
         }
         self.shared.flush_signal.stop();
         self.shared.dispatch_signal.stop();
@@ -447,6 +464,35 @@ impl Store {
         {
             let _ = handle.join();
         }
+    }
+
+    /// Asks the writer to finish the commands already queued and stop, and waits for it.
+    fn stop_writer(&self, writer: JoinHandle<()>) {
+        self.shared
+            .writer_stop_requested
+            .store(true, std::sync::atomic::Ordering::Release);
+        // Wakes an idle writer. If the channel is full the writer is busy and sees the flag
+        // after its current command; either way it closes the channel and drains it.
+        let _ = self.writer_tx.try_send(WriterCommand::Shutdown);
+        let _ = writer.join();
+    }
+
+    #[cfg(test)]
+    pub(crate) fn segments_for_test(&self) -> usize {
+        self.shared.log.segments().len()
+    }
+
+    /// Every byte of the log below the write offset, read through `read_raw`.
+    #[cfg(test)]
+    pub(crate) fn read_all_raw_for_test(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut at = self.min_offset();
+        while at < self.write_offset() {
+            let chunk = self.read_raw(at, 1 << 20).unwrap();
+            at += chunk.len() as u64;
+            out.extend_from_slice(&chunk);
+        }
+        out
     }
 
     #[cfg(test)]

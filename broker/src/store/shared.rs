@@ -65,11 +65,14 @@ pub(crate) struct Shared {
     /// Highest commit-log offset consumers may read.
     confirm_offset: AtomicU64,
     confirm_mode: AtomicU8,
-    pub confirm_tx: watch::Sender<u64>,
+    /// `min(confirm_offset, dispatched_offset)`: what readers can actually see.
+    pub readable_tx: watch::Sender<u64>,
     /// Set once, by the first failed write or fsync; appends are refused from then on.
     poison: OnceLock<Arc<StoreError>>,
     /// Under `ASYNC_FLUSH`, a flush up to this offset was asked for (by `Store::flush`).
     pub flush_requested_offset: AtomicU64,
+    /// Set by `Store::shutdown`: the writer closes its channel and drains it.
+    pub writer_stop_requested: std::sync::atomic::AtomicBool,
     /// Held for the store's lifetime: the exclusive lock on the directory.
     pub _lock_file: File,
     /// Test-only fault: the flusher sleeps this long before each fsync.
@@ -114,9 +117,10 @@ impl Shared {
             }),
             confirm_offset: AtomicU64::new(recovered_end),
             confirm_mode: AtomicU8::new(ConfirmMode::Local as u8),
-            confirm_tx: watch::Sender::new(recovered_end),
+            readable_tx: watch::Sender::new(recovered_end),
             poison: OnceLock::new(),
             flush_requested_offset: AtomicU64::new(0),
+            writer_stop_requested: std::sync::atomic::AtomicBool::new(false),
             _lock_file: lock_file,
             #[cfg(test)]
             fsync_delay_ms: AtomicU64::new(0),
@@ -166,8 +170,21 @@ impl Shared {
     pub fn raise_confirm_offset(&self, offset: u64) {
         let previous = self.confirm_offset.fetch_max(offset, Ordering::AcqRel);
         if offset > previous {
-            self.confirm_tx.send_replace(offset);
+            self.publish_readable();
         }
+    }
+
+    /// Recomputes the readable offset and wakes its watchers when it changed. Called after the
+    /// confirm offset or the dispatched offset moves.
+    pub fn publish_readable(&self) {
+        let readable = self
+            .confirm_offset()
+            .min(self.dispatched_offset.load(Ordering::Acquire));
+        self.readable_tx.send_if_modified(|current| {
+            let changed = *current != readable;
+            *current = readable;
+            changed
+        });
     }
 
     /// Called by the writer and the flusher after they move their offsets.
@@ -181,7 +198,7 @@ impl Shared {
     pub fn lower_confirm_offset(&self, offset: u64) {
         let previous = self.confirm_offset.fetch_min(offset, Ordering::AcqRel);
         if offset < previous {
-            self.confirm_tx.send_replace(offset);
+            self.publish_readable();
         }
     }
 }

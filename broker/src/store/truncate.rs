@@ -167,6 +167,7 @@ pub(crate) fn truncate_running(shared: &Shared, commit_log_offset: u64) -> Resul
         .send_modify(|p| p.flushed_offset = p.flushed_offset.min(commit_log_offset));
     dispatch.dispatched_offset = dispatch.dispatched_offset.min(commit_log_offset);
     shared.dispatched_offset.store(dispatch.dispatched_offset, Ordering::Release);
+    shared.publish_readable();
 
     let tail = match shared.log.segment_for(commit_log_offset) {
         Some(tail) => tail,

@@ -106,6 +106,9 @@ impl Writer {
     pub fn run(mut self) {
         let mut pending: Option<WriterCommand> = None;
         loop {
+            if self.shared.writer_stop_requested.load(std::sync::atomic::Ordering::Acquire) {
+                self.rx.close();
+            }
             let command = match pending.take() {
                 Some(command) => command,
                 None => match self.rx.blocking_recv() {
