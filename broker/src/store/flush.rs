@@ -72,7 +72,8 @@ pub(crate) fn flush_once(shared: &Shared) -> Result<(), StoreError> {
         }
     }
     shared.log.set_flushed_offset(target);
-    shared.flush_progress.send_modify(|p| p.flushed_offset = target);
+    // Confirm before answering the appenders, so that a SEND_OK message is already visible.
     shared.on_local_progress();
+    shared.flush_progress.send_modify(|p| p.flushed_offset = target);
     Ok(())
 }
