@@ -40,8 +40,16 @@ fn config(dir: &Path) -> StoreConfig {
 
 /// The body of appender `writer`'s `seq`th message: recognisable and of varying length.
 fn body(writer: usize, seq: u64) -> Vec<u8> {
-    let len = 20 + ((writer as u64).wrapping_mul(7919).wrapping_add(seq.wrapping_mul(104_729)) % 3000) as usize;
-    format!("{writer}:{seq}:").bytes().cycle().take(len).collect()
+    let len = 20
+        + ((writer as u64)
+            .wrapping_mul(7919)
+            .wrapping_add(seq.wrapping_mul(104_729))
+            % 3000) as usize;
+    format!("{writer}:{seq}:")
+        .bytes()
+        .cycle()
+        .take(len)
+        .collect()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,7 +91,8 @@ fn crash_child() {
             tasks.push(tokio::spawn(async move {
                 for seq in first_seq.. {
                     let queue_id = ((writer as u64 + seq) % u64::from(QUEUES)) as u32;
-                    let message = NewMessage::new("crash", queue_id, Bytes::from(body(writer, seq)));
+                    let message =
+                        NewMessage::new("crash", queue_id, Bytes::from(body(writer, seq)));
                     let result = store.append(message).await.unwrap();
                     if result.status == PutStatus::Ok {
                         println!(
@@ -108,7 +117,13 @@ async fn futures_join(tasks: Vec<tokio::task::JoinHandle<()>>) {
 /// Runs the child until `acks_before_kill` acknowledgements arrived, kills it, returns its acks.
 fn run_child_and_kill(dir: &Path, acks_before_kill: usize) -> Vec<Ack> {
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--ignored", "--exact", "crash_child", "--nocapture", "--test-threads=1"])
+        .args([
+            "--ignored",
+            "--exact",
+            "crash_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD_DIR_ENV, dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -132,7 +147,10 @@ fn run_child_and_kill(dir: &Path, acks_before_kill: usize) -> Vec<Ack> {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
             Ok(ack) => acks.push(ack),
-            Err(_) => panic!("child acknowledged only {} appends before the deadline", acks.len()),
+            Err(_) => panic!(
+                "child acknowledged only {} appends before the deadline",
+                acks.len()
+            ),
         }
     }
     child.kill().expect("SIGKILL the child");
@@ -166,7 +184,11 @@ fn verify(store: &Store, acks: &[Ack]) {
             all.extend(result.messages);
         }
         for (n, message) in all.iter().enumerate() {
-            assert_eq!(message.queue_offset(), n as u64, "queue {queue_id} is not dense");
+            assert_eq!(
+                message.queue_offset(),
+                n as u64,
+                "queue {queue_id} is not dense"
+            );
         }
         by_queue.insert(queue_id, all);
     }
@@ -174,8 +196,16 @@ fn verify(store: &Store, acks: &[Ack]) {
         let message = by_queue[&ack.queue_id]
             .get(ack.queue_offset as usize)
             .unwrap_or_else(|| panic!("acknowledged append lost: {ack:?}"));
-        assert_eq!(message.commit_log_offset(), ack.commit_log_offset, "{ack:?}");
-        assert_eq!(message.body(), Bytes::from(body(ack.writer, ack.seq)), "{ack:?}");
+        assert_eq!(
+            message.commit_log_offset(),
+            ack.commit_log_offset,
+            "{ack:?}"
+        );
+        assert_eq!(
+            message.body(),
+            Bytes::from(body(ack.writer, ack.seq)),
+            "{ack:?}"
+        );
     }
 }
 
@@ -196,7 +226,10 @@ async fn kill_9_during_sync_flush_appends_loses_no_acknowledged_message() {
         all_acks.extend(acks);
         let store = Store::open(config(dir.path())).unwrap();
         let report = store.recovery_report().clone();
-        assert!(!report.clean_shutdown, "round {round}: the kill must leave the abort marker");
+        assert!(
+            !report.clean_shutdown,
+            "round {round}: the kill must leave the abort marker"
+        );
         torn_tails += usize::from(report.torn_tail_offset.is_some());
         assert!(
             store
@@ -213,6 +246,12 @@ async fn kill_9_during_sync_flush_appends_loses_no_acknowledged_message() {
         );
         tokio::task::block_in_place(|| store.shutdown()).unwrap();
     }
-    assert!(all_acks.len() >= ROUNDS, "the child must have acknowledged appends");
-    println!("{} acknowledged appends verified over {ROUNDS} kills ({torn_tails} torn tails cut)", all_acks.len());
+    assert!(
+        all_acks.len() >= ROUNDS,
+        "the child must have acknowledged appends"
+    );
+    println!(
+        "{} acknowledged appends verified over {ROUNDS} kills ({torn_tails} torn tails cut)",
+        all_acks.len()
+    );
 }

@@ -13,7 +13,9 @@ use broker::store::NewMessage;
 use bytes::Bytes;
 
 fn golden(name: &str, actual: &[u8]) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name);
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(&path, actual).unwrap();
     }
@@ -47,8 +49,18 @@ fn message_record_layout_is_pinned() {
     // And the reader decodes the pinned bytes to the same fields.
     let header = record::check_message(&bytes).unwrap();
     assert_eq!(header.total_bytes as usize, bytes.len());
-    assert_eq!((header.queue_id, header.queue_offset, header.commit_log_offset), (3, 7, 0x1000));
-    assert_eq!((header.born_timestamp_ms, header.store_timestamp_ms), (0x0102_0304_0506, 0x0A0B_0C0D_0E0F));
+    assert_eq!(
+        (
+            header.queue_id,
+            header.queue_offset,
+            header.commit_log_offset
+        ),
+        (3, 7, 0x1000)
+    );
+    assert_eq!(
+        (header.born_timestamp_ms, header.store_timestamp_ms),
+        (0x0102_0304_0506, 0x0A0B_0C0D_0E0F)
+    );
     assert_eq!(header.retry_count, 2);
     assert_eq!(header.tag_hash, record::tag_hash("paid"));
     assert_eq!(&bytes[header.body_range()], b"hello");
@@ -88,5 +100,8 @@ fn epoch_file_layout_is_pinned() {
     let mut history = EpochHistory::load(dir.path()).unwrap();
     history.begin(1, 0).unwrap();
     history.begin(5, 0x10_0000).unwrap();
-    golden("epoch_v1.bin", &std::fs::read(dir.path().join("epoch")).unwrap());
+    golden(
+        "epoch_v1.bin",
+        &std::fs::read(dir.path().join("epoch")).unwrap(),
+    );
 }

@@ -32,7 +32,13 @@ impl Checkpoint {
     }
 
     pub fn load(dir: &Path) -> Result<Option<Checkpoint>> {
-        let Some((_, payload)) = meta_file::load(dir, CHECKPOINT_FILE_NAME, CHECKPOINT_MAGIC, CHECKPOINT_FORMAT_VERSION)? else {
+        let Some((_, payload)) = meta_file::load(
+            dir,
+            CHECKPOINT_FILE_NAME,
+            CHECKPOINT_MAGIC,
+            CHECKPOINT_FORMAT_VERSION,
+        )?
+        else {
             return Ok(None);
         };
         if payload.len() != 24 {
@@ -53,6 +59,12 @@ impl Checkpoint {
         payload.extend_from_slice(&self.flushed_offset.to_le_bytes());
         payload.extend_from_slice(&self.dispatched_offset.to_le_bytes());
         payload.extend_from_slice(&self.saved_at_ms.to_le_bytes());
-        meta_file::save(dir, CHECKPOINT_FILE_NAME, CHECKPOINT_MAGIC, CHECKPOINT_FORMAT_VERSION, &payload)
+        meta_file::save(
+            dir,
+            CHECKPOINT_FILE_NAME,
+            CHECKPOINT_MAGIC,
+            CHECKPOINT_FORMAT_VERSION,
+            &payload,
+        )
     }
 }

@@ -38,14 +38,17 @@ impl CommitLog {
     pub fn open(dir: &Path) -> Result<CommitLog> {
         std::fs::create_dir_all(dir).map_err(StoreError::io("create commit-log directory", dir))?;
         let mut segments = Vec::new();
-        for entry in std::fs::read_dir(dir).map_err(StoreError::io("list commit-log directory", dir))? {
+        for entry in
+            std::fs::read_dir(dir).map_err(StoreError::io("list commit-log directory", dir))?
+        {
             let entry = entry.map_err(StoreError::io("list commit-log directory", dir))?;
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            if name.ends_with(".tmp") {
-                // A segment whose creation did not finish; it was never renamed into place, so
-                // nothing in it was ever acknowledged.
-                std::fs::remove_file(entry.path()).map_err(StoreError::io("remove", entry.path()))?;
+            if name.ends_with(".tmp") || name.ends_with(".spare") {
+                // A segment whose creation did not finish, or a spare made ahead of time: never
+                // renamed into place, so nothing in it was ever acknowledged.
+                std::fs::remove_file(entry.path())
+                    .map_err(StoreError::io("remove", entry.path()))?;
             } else if parse_segment_file_name(&name).is_some() {
                 segments.push(Arc::new(Segment::open(&entry.path())?));
             } else {
@@ -130,7 +133,11 @@ impl CommitLog {
         let segment = Arc::new(segment);
         let mut segments = self.segments.write().expect("segment list lock poisoned");
         if let Some(last) = segments.last() {
-            assert_eq!(last.end_offset(), segment.base_offset(), "segments must stay contiguous");
+            assert_eq!(
+                last.end_offset(),
+                segment.base_offset(),
+                "segments must stay contiguous"
+            );
         }
         segments.push(segment.clone());
         segment
@@ -156,10 +163,12 @@ impl CommitLog {
                 reason: "beyond the written end of the commit log",
             });
         }
-        let segment = self.segment_for(commit_log_offset).ok_or(StoreError::OffsetInvalid {
-            commit_log_offset,
-            reason: "no longer held (deleted by retention)",
-        })?;
+        let segment = self
+            .segment_for(commit_log_offset)
+            .ok_or(StoreError::OffsetInvalid {
+                commit_log_offset,
+                reason: "no longer held (deleted by retention)",
+            })?;
         let mut buf = BytesMut::zeroed(size_bytes as usize);
         segment.read_at(commit_log_offset, &mut buf)?;
         let corrupt = |reason| StoreError::Corrupt {
@@ -169,7 +178,9 @@ impl CommitLog {
         };
         let header = record::check_message(&buf).map_err(corrupt)?;
         if header.commit_log_offset != commit_log_offset {
-            return Err(corrupt("record's own offset does not match where it was read"));
+            return Err(corrupt(
+                "record's own offset does not match where it was read",
+            ));
         }
         Ok(StoredMessage::new(buf.freeze(), header))
     }
@@ -190,10 +201,12 @@ impl CommitLog {
                 })
             };
         }
-        let segment = self.segment_for(commit_log_offset).ok_or(StoreError::OffsetInvalid {
-            commit_log_offset,
-            reason: "no longer held (deleted by retention)",
-        })?;
+        let segment = self
+            .segment_for(commit_log_offset)
+            .ok_or(StoreError::OffsetInvalid {
+                commit_log_offset,
+                reason: "no longer held (deleted by retention)",
+            })?;
         let limit = write_offset.min(segment.end_offset());
         let mut want = (limit - commit_log_offset).min(max_bytes.max(RECORD_PREFIX_BYTES) as u64);
         loop {

@@ -152,7 +152,9 @@ mod tests {
 
     #[test]
     fn defaults_are_valid() {
-        StoreConfig::default().validate().expect("defaults must validate");
+        StoreConfig::default()
+            .validate()
+            .expect("defaults must validate");
     }
 
     #[test]

@@ -89,15 +89,24 @@ pub struct ConsumeQueue {
 impl ConsumeQueue {
     /// Opens (creating the directory if needed) the queue in `dir`. The entry count is found from
     /// the files; recovery then cuts it to what the commit log holds.
-    pub fn open(dir: &Path, topic: &str, queue_id: u32, entries_per_file: u32) -> Result<ConsumeQueue> {
-        std::fs::create_dir_all(dir).map_err(StoreError::io("create consume-queue directory", dir))?;
+    pub fn open(
+        dir: &Path,
+        topic: &str,
+        queue_id: u32,
+        entries_per_file: u32,
+    ) -> Result<ConsumeQueue> {
+        std::fs::create_dir_all(dir)
+            .map_err(StoreError::io("create consume-queue directory", dir))?;
         let mut files = Vec::new();
-        for entry in std::fs::read_dir(dir).map_err(StoreError::io("list consume-queue directory", dir))? {
+        for entry in
+            std::fs::read_dir(dir).map_err(StoreError::io("list consume-queue directory", dir))?
+        {
             let entry = entry.map_err(StoreError::io("list consume-queue directory", dir))?;
             let name = entry.file_name();
             let name = name.to_string_lossy();
             if name.ends_with(".tmp") {
-                std::fs::remove_file(entry.path()).map_err(StoreError::io("remove", entry.path()))?;
+                std::fs::remove_file(entry.path())
+                    .map_err(StoreError::io("remove", entry.path()))?;
             } else if let Some(first) = parse_segment_file_name(&name) {
                 files.push(Arc::new(open_file(&entry.path(), first, entries_per_file)?));
             }
@@ -125,7 +134,10 @@ impl ConsumeQueue {
         };
         let written = queue.count_written_entries()?;
         queue.max_queue_offset.store(written, Ordering::Release);
-        *queue.synced_queue_offset.lock().expect("sync lock poisoned") = written;
+        *queue
+            .synced_queue_offset
+            .lock()
+            .expect("sync lock poisoned") = written;
         Ok(queue)
     }
 
@@ -209,11 +221,15 @@ impl ConsumeQueue {
 
     /// Reads up to `max_count` entries from `queue_offset`, stopping at `max_queue_offset`.
     pub fn read_entries(&self, queue_offset: u64, max_count: usize) -> Result<Vec<CqEntry>> {
-        let end = self.max_queue_offset().min(queue_offset.saturating_add(max_count as u64));
+        let end = self
+            .max_queue_offset()
+            .min(queue_offset.saturating_add(max_count as u64));
         let mut entries = Vec::with_capacity(end.saturating_sub(queue_offset) as usize);
         let mut at = queue_offset.max(self.min_queue_offset());
         while at < end {
-            let Some(file) = self.file_for_read(at) else { break };
+            let Some(file) = self.file_for_read(at) else {
+                break;
+            };
             let slot = at - file.first_queue_offset;
             let count = (self.entries_per_file - slot).min(end - at) as usize;
             let mut buf = vec![0u8; count * CQ_ENTRY_BYTES];
@@ -233,7 +249,8 @@ impl ConsumeQueue {
 
     fn file_for_read(&self, queue_offset: u64) -> Option<Arc<CqFile>> {
         let files = self.read_files();
-        let index = files.partition_point(|f| f.first_queue_offset + self.entries_per_file <= queue_offset);
+        let index =
+            files.partition_point(|f| f.first_queue_offset + self.entries_per_file <= queue_offset);
         files
             .get(index)
             .filter(|f| f.first_queue_offset <= queue_offset)
@@ -274,10 +291,13 @@ impl ConsumeQueue {
         self.max_queue_offset.store(keep, Ordering::Release);
         let mut removed = false;
         while let Some(last) = files.last() {
-            if last.first_queue_offset < keep || (last.first_queue_offset == keep && files.len() == 1) {
+            if last.first_queue_offset < keep
+                || (last.first_queue_offset == keep && files.len() == 1)
+            {
                 break;
             }
-            std::fs::remove_file(&last.path).map_err(StoreError::io("remove consume queue", &last.path))?;
+            std::fs::remove_file(&last.path)
+                .map_err(StoreError::io("remove consume queue", &last.path))?;
             files.pop();
             removed = true;
         }
@@ -311,7 +331,8 @@ impl ConsumeQueue {
         let mut removed = false;
         // Keep the last file even when all of it is old: it is where the next entry goes.
         while files.len() > 1 && files[0].first_queue_offset + self.entries_per_file <= new_min {
-            std::fs::remove_file(&files[0].path).map_err(StoreError::io("remove consume queue", &files[0].path))?;
+            std::fs::remove_file(&files[0].path)
+                .map_err(StoreError::io("remove consume queue", &files[0].path))?;
             files.remove(0);
             removed = true;
         }
@@ -331,7 +352,9 @@ impl ConsumeQueue {
         let files: Vec<_> = self
             .read_files()
             .iter()
-            .filter(|f| f.first_queue_offset + self.entries_per_file > *synced && f.first_queue_offset < max)
+            .filter(|f| {
+                f.first_queue_offset + self.entries_per_file > *synced && f.first_queue_offset < max
+            })
             .cloned()
             .collect();
         for file in files {
@@ -370,7 +393,8 @@ fn create_file(dir: &Path, first_queue_offset: u64, entries_per_file: u64) -> Re
         .and_then(|()| file.set_len(CQ_HEADER_BYTES + entries_per_file * CQ_ENTRY_BYTES as u64))
         .and_then(|()| file.sync_all())
         .map_err(StoreError::io("initialise consume queue", &temp))?;
-    std::fs::rename(&temp, &path).map_err(StoreError::io("rename consume queue into place", &path))?;
+    std::fs::rename(&temp, &path)
+        .map_err(StoreError::io("rename consume queue into place", &path))?;
     sync_dir(dir)?;
     Ok(CqFile {
         first_queue_offset,
@@ -390,21 +414,25 @@ fn open_file(path: &Path, first_queue_offset: u64, entries_per_file: u32) -> Res
         reason: reason.to_owned(),
     };
     let mut header = [0u8; CQ_HEADER_BYTES as usize];
-    file.read_exact_at(&mut header, 0).map_err(|err| match err.kind() {
-        ErrorKind::UnexpectedEof => format("shorter than a consume-queue header"),
-        _ => StoreError::io("read consume-queue header", path)(err),
-    })?;
+    file.read_exact_at(&mut header, 0)
+        .map_err(|err| match err.kind() {
+            ErrorKind::UnexpectedEof => format("shorter than a consume-queue header"),
+            _ => StoreError::io("read consume-queue header", path)(err),
+        })?;
     if read_u32(&header, 0) != CQ_MAGIC {
         return Err(format("not a consume-queue file (wrong magic number)"));
     }
     if crc32c::crc32c(&header[..20]) != read_u32(&header, 20) {
         return Err(format("consume-queue header CRC mismatch"));
     }
-    if read_u16(&header, 4) != CQ_FORMAT_VERSION || read_u16(&header, 6) as usize != CQ_ENTRY_BYTES {
+    if read_u16(&header, 4) != CQ_FORMAT_VERSION || read_u16(&header, 6) as usize != CQ_ENTRY_BYTES
+    {
         return Err(format("unsupported consume-queue format version"));
     }
     if read_u64(&header, 8) != first_queue_offset {
-        return Err(format("file name does not match the first queue offset in its header"));
+        return Err(format(
+            "file name does not match the first queue offset in its header",
+        ));
     }
     if read_u32(&header, 16) != entries_per_file {
         return Err(format(
@@ -412,7 +440,10 @@ fn open_file(path: &Path, first_queue_offset: u64, entries_per_file: u32) -> Res
         ));
     }
     let expected_len = CQ_HEADER_BYTES + u64::from(entries_per_file) * CQ_ENTRY_BYTES as u64;
-    let len = file.metadata().map_err(StoreError::io("stat consume queue", path))?.len();
+    let len = file
+        .metadata()
+        .map_err(StoreError::io("stat consume queue", path))?
+        .len();
     if len != expected_len {
         return Err(format("consume-queue file has the wrong length"));
     }
@@ -434,22 +465,32 @@ pub struct ConsumeQueues {
 impl ConsumeQueues {
     /// Opens every queue under `dir` (`consumequeue/<topic>/<queue id>/`).
     pub fn open(dir: &Path, entries_per_file: u32) -> Result<ConsumeQueues> {
-        std::fs::create_dir_all(dir).map_err(StoreError::io("create consume-queue directory", dir))?;
+        std::fs::create_dir_all(dir)
+            .map_err(StoreError::io("create consume-queue directory", dir))?;
         let mut queues: HashMap<String, HashMap<u32, Arc<ConsumeQueue>>> = HashMap::new();
-        for topic_entry in std::fs::read_dir(dir).map_err(StoreError::io("list consume queues", dir))? {
+        for topic_entry in
+            std::fs::read_dir(dir).map_err(StoreError::io("list consume queues", dir))?
+        {
             let topic_entry = topic_entry.map_err(StoreError::io("list consume queues", dir))?;
             let topic = topic_entry.file_name().to_string_lossy().into_owned();
             let topic_dir = topic_entry.path();
-            for queue_entry in std::fs::read_dir(&topic_dir).map_err(StoreError::io("list consume queues", &topic_dir))? {
-                let queue_entry = queue_entry.map_err(StoreError::io("list consume queues", &topic_dir))?;
+            for queue_entry in std::fs::read_dir(&topic_dir)
+                .map_err(StoreError::io("list consume queues", &topic_dir))?
+            {
+                let queue_entry =
+                    queue_entry.map_err(StoreError::io("list consume queues", &topic_dir))?;
                 let Ok(queue_id) = queue_entry.file_name().to_string_lossy().parse::<u32>() else {
                     return Err(StoreError::Format {
                         path: queue_entry.path(),
                         reason: "queue directory name is not a queue id".into(),
                     });
                 };
-                let queue = ConsumeQueue::open(&queue_entry.path(), &topic, queue_id, entries_per_file)?;
-                queues.entry(topic.clone()).or_default().insert(queue_id, Arc::new(queue));
+                let queue =
+                    ConsumeQueue::open(&queue_entry.path(), &topic, queue_id, entries_per_file)?;
+                queues
+                    .entry(topic.clone())
+                    .or_default()
+                    .insert(queue_id, Arc::new(queue));
             }
         }
         Ok(ConsumeQueues {
@@ -474,16 +515,26 @@ impl ConsumeQueues {
         if let Some(queue) = self.get(topic, queue_id) {
             return Ok(queue);
         }
-        let mut map = self.queues.write().expect("consume-queue map lock poisoned");
+        let mut map = self
+            .queues
+            .write()
+            .expect("consume-queue map lock poisoned");
         if let Some(queue) = map.get(topic).and_then(|q| q.get(&queue_id)) {
             return Ok(queue.clone());
         }
         let dir = self.dir.join(topic).join(queue_id.to_string());
-        let queue = Arc::new(ConsumeQueue::open(&dir, topic, queue_id, self.entries_per_file)?);
+        let queue = Arc::new(ConsumeQueue::open(
+            &dir,
+            topic,
+            queue_id,
+            self.entries_per_file,
+        )?);
         // The new directories must survive a crash once entries in them are checkpointed.
         sync_dir(&self.dir.join(topic))?;
         sync_dir(&self.dir)?;
-        map.entry(topic.to_owned()).or_default().insert(queue_id, queue.clone());
+        map.entry(topic.to_owned())
+            .or_default()
+            .insert(queue_id, queue.clone());
         Ok(queue)
     }
 

@@ -45,7 +45,12 @@ struct Run {
 
 impl PendingEntries {
     /// Adds the entry of one record; writes everything out when too much is gathered.
-    pub fn add(&mut self, queues: &ConsumeQueues, header: &RecordHeader, topic: &str) -> Result<()> {
+    pub fn add(
+        &mut self,
+        queues: &ConsumeQueues,
+        header: &RecordHeader,
+        topic: &str,
+    ) -> Result<()> {
         let queue = match queues.get(topic, header.queue_id) {
             Some(queue) => queue,
             None => queues.get_or_create(topic, header.queue_id)?,
@@ -58,7 +63,8 @@ impl PendingEntries {
                 queue,
                 encoded: Vec::new(),
             });
-        let expected = run.first_queue_offset + (run.encoded.len() / super::consume_queue::CQ_ENTRY_BYTES) as u64;
+        let expected = run.first_queue_offset
+            + (run.encoded.len() / super::consume_queue::CQ_ENTRY_BYTES) as u64;
         if header.queue_offset != expected {
             return Err(StoreError::Corrupt {
                 path: queues_path(&run.queue),
@@ -90,14 +96,19 @@ impl PendingEntries {
 }
 
 fn queues_path(queue: &ConsumeQueue) -> std::path::PathBuf {
-    std::path::PathBuf::from(format!("consumequeue/{}/{}", queue.topic(), queue.queue_id()))
+    std::path::PathBuf::from(format!(
+        "consumequeue/{}/{}",
+        queue.topic(),
+        queue.queue_id()
+    ))
 }
 
 /// Scans `[from, to)` of the log into the consume queues; returns where it stopped (`to`).
 pub(crate) fn dispatch_range(shared: &Shared, from: u64, to: u64) -> Result<u64> {
     let mut pending = PendingEntries::default();
     let end = scan::scan(&shared.log, from, to, SCAN_CHUNK_BYTES, |header, raw| {
-        let topic = std::str::from_utf8(&raw[header.topic_range()]).expect("checked by check_message");
+        let topic =
+            std::str::from_utf8(&raw[header.topic_range()]).expect("checked by check_message");
         pending.add(&shared.queues, header, topic)
     })?;
     pending.write_out()?;
@@ -132,11 +143,15 @@ fn round(shared: &Shared, state: &mut DispatchState, force_checkpoint: bool) -> 
     let target = shared.log.write_offset();
     if target > state.dispatched_offset {
         state.dispatched_offset = dispatch_range(shared, state.dispatched_offset, target)?;
-        shared.dispatched_offset.store(state.dispatched_offset, Ordering::Release);
+        shared
+            .dispatched_offset
+            .store(state.dispatched_offset, Ordering::Release);
         shared.publish_readable();
     }
     let now = super::now_ms();
-    if force_checkpoint || now.saturating_sub(state.last_checkpoint_ms) >= shared.config.checkpoint_interval_ms {
+    if force_checkpoint
+        || now.saturating_sub(state.last_checkpoint_ms) >= shared.config.checkpoint_interval_ms
+    {
         save_checkpoint(shared, state)?;
         state.last_checkpoint_ms = now;
     }

@@ -42,13 +42,14 @@ pub struct EpochHistory {
 impl EpochHistory {
     /// Loads the history from `dir`, or starts an empty one.
     pub fn load(dir: &Path) -> Result<Self> {
-        let entries = match meta_file::load(dir, EPOCH_FILE_NAME, EPOCH_MAGIC, EPOCH_FORMAT_VERSION)? {
-            None => Vec::new(),
-            Some((_, payload)) => decode(&payload).map_err(|reason| StoreError::Format {
-                path: dir.join(EPOCH_FILE_NAME),
-                reason: reason.to_owned(),
-            })?,
-        };
+        let entries =
+            match meta_file::load(dir, EPOCH_FILE_NAME, EPOCH_MAGIC, EPOCH_FORMAT_VERSION)? {
+                None => Vec::new(),
+                Some((_, payload)) => decode(&payload).map_err(|reason| StoreError::Format {
+                    path: dir.join(EPOCH_FILE_NAME),
+                    reason: reason.to_owned(),
+                })?,
+            };
         Ok(EpochHistory {
             dir: dir.to_path_buf(),
             entries,
@@ -88,10 +89,16 @@ impl EpochHistory {
             });
         }
         let mut next = self.entries.clone();
-        if next.last().is_some_and(|last| last.start_offset == start_offset) {
+        if next
+            .last()
+            .is_some_and(|last| last.start_offset == start_offset)
+        {
             next.pop();
         }
-        next.push(EpochEntry { epoch, start_offset });
+        next.push(EpochEntry {
+            epoch,
+            start_offset,
+        });
         self.replace(next)
     }
 
@@ -120,7 +127,13 @@ impl EpochHistory {
 
     fn replace(&mut self, next: Vec<EpochEntry>) -> Result<()> {
         assert!(is_ordered(&next), "epoch history must stay ordered");
-        meta_file::save(&self.dir, EPOCH_FILE_NAME, EPOCH_MAGIC, EPOCH_FORMAT_VERSION, &encode(&next))?;
+        meta_file::save(
+            &self.dir,
+            EPOCH_FILE_NAME,
+            EPOCH_MAGIC,
+            EPOCH_FORMAT_VERSION,
+            &encode(&next),
+        )?;
         self.entries = next;
         Ok(())
     }
@@ -179,8 +192,14 @@ mod tests {
         assert_eq!(
             reloaded.entries(),
             &[
-                EpochEntry { epoch: 1, start_offset: 0 },
-                EpochEntry { epoch: 3, start_offset: 500 }
+                EpochEntry {
+                    epoch: 1,
+                    start_offset: 0
+                },
+                EpochEntry {
+                    epoch: 3,
+                    start_offset: 500
+                }
             ]
         );
         assert_eq!(reloaded.epoch_at(499), Some(1));
@@ -195,7 +214,13 @@ mod tests {
         history.begin(2, 100).unwrap();
         history.begin(4, 200).unwrap();
         history.truncate_from(100).unwrap();
-        assert_eq!(history.entries(), &[EpochEntry { epoch: 1, start_offset: 0 }]);
+        assert_eq!(
+            history.entries(),
+            &[EpochEntry {
+                epoch: 1,
+                start_offset: 0
+            }]
+        );
         assert_eq!(EpochHistory::load(dir.path()).unwrap().entries().len(), 1);
     }
 }

@@ -89,7 +89,10 @@ pub enum StoreError {
 
 impl StoreError {
     /// Builds an [`StoreError::Io`] from an action and a path; used with `map_err`.
-    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Self {
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(io::Error) -> Self {
         let path = path.into();
         move |source| StoreError::Io {
             action,

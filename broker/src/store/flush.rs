@@ -26,9 +26,9 @@ pub(crate) fn run(shared: Arc<Shared>) {
     let interval = Duration::from_millis(shared.config.flush_interval_ms);
     loop {
         let stopping = match shared.flush_disk_type() {
-            FlushDiskType::SyncFlush => shared
-                .flush_signal
-                .wait(None, || shared.log.write_offset() > shared.log.flushed_offset()),
+            FlushDiskType::SyncFlush => shared.flush_signal.wait(None, || {
+                shared.log.write_offset() > shared.log.flushed_offset()
+            }),
             FlushDiskType::AsyncFlush => shared.flush_signal.wait(Some(interval), || {
                 shared
                     .flush_requested_offset
@@ -59,7 +59,9 @@ pub(crate) fn flush_once(shared: &Shared) -> Result<(), StoreError> {
     }
     #[cfg(test)]
     {
-        let delay = shared.fsync_delay_ms.load(std::sync::atomic::Ordering::Acquire);
+        let delay = shared
+            .fsync_delay_ms
+            .load(std::sync::atomic::Ordering::Acquire);
         if delay > 0 {
             std::thread::sleep(Duration::from_millis(delay));
         }
@@ -74,6 +76,8 @@ pub(crate) fn flush_once(shared: &Shared) -> Result<(), StoreError> {
     shared.log.set_flushed_offset(target);
     // Confirm before answering the appenders, so that a SEND_OK message is already visible.
     shared.on_local_progress();
-    shared.flush_progress.send_modify(|p| p.flushed_offset = target);
+    shared
+        .flush_progress
+        .send_modify(|p| p.flushed_offset = target);
     Ok(())
 }

@@ -30,7 +30,10 @@ const PAYLOAD_BYTES_MAX: usize = 16 << 20;
 
 /// Writes `payload` to `dir/name` by temp file, fsync, rename, fsync of the directory.
 pub fn save(dir: &Path, name: &str, magic: u32, version: u16, payload: &[u8]) -> Result<()> {
-    assert!(payload.len() <= PAYLOAD_BYTES_MAX, "metadata payload too large");
+    assert!(
+        payload.len() <= PAYLOAD_BYTES_MAX,
+        "metadata payload too large"
+    );
     let mut frame = Vec::with_capacity(FRAME_HEADER_BYTES + payload.len() + 4);
     frame.extend_from_slice(&magic.to_le_bytes());
     frame.extend_from_slice(&version.to_le_bytes());
@@ -48,15 +51,23 @@ pub fn save(dir: &Path, name: &str, magic: u32, version: u16, payload: &[u8]) ->
         .truncate(true)
         .open(&temp_path)
         .map_err(StoreError::io("create", &temp_path))?;
-    file.write_all(&frame).map_err(StoreError::io("write", &temp_path))?;
-    file.sync_all().map_err(StoreError::io("fsync", &temp_path))?;
+    file.write_all(&frame)
+        .map_err(StoreError::io("write", &temp_path))?;
+    file.sync_all()
+        .map_err(StoreError::io("fsync", &temp_path))?;
     drop(file);
-    fs::rename(&temp_path, &final_path).map_err(StoreError::io("rename into place", &final_path))?;
+    fs::rename(&temp_path, &final_path)
+        .map_err(StoreError::io("rename into place", &final_path))?;
     sync_dir(dir)
 }
 
 /// Reads `dir/name`: `None` when it does not exist, else `(version, payload)`.
-pub fn load(dir: &Path, name: &str, magic: u32, version_max: u16) -> Result<Option<(u16, Vec<u8>)>> {
+pub fn load(
+    dir: &Path,
+    name: &str,
+    magic: u32,
+    version_max: u16,
+) -> Result<Option<(u16, Vec<u8>)>> {
     let path = dir.join(name);
     let frame = match fs::read(&path) {
         Ok(frame) => frame,
@@ -87,7 +98,9 @@ pub fn load(dir: &Path, name: &str, magic: u32, version_max: u16) -> Result<Opti
     if version == 0 || version > version_max {
         return Err(StoreError::Format {
             path: path.clone(),
-            reason: format!("format version {version} is not supported (newest known: {version_max})"),
+            reason: format!(
+                "format version {version} is not supported (newest known: {version_max})"
+            ),
         });
     }
     Ok(Some((version, frame[FRAME_HEADER_BYTES..crc_at].to_vec())))
@@ -122,7 +135,10 @@ mod tests {
         assert!(load(dir.path(), "m", MAGIC, 1).unwrap().is_none());
         save(dir.path(), "m", MAGIC, 1, b"first").unwrap();
         save(dir.path(), "m", MAGIC, 1, b"second").unwrap();
-        assert_eq!(load(dir.path(), "m", MAGIC, 1).unwrap(), Some((1, b"second".to_vec())));
+        assert_eq!(
+            load(dir.path(), "m", MAGIC, 1).unwrap(),
+            Some((1, b"second".to_vec()))
+        );
         assert!(!dir.path().join("m.tmp").exists());
     }
 
@@ -130,13 +146,22 @@ mod tests {
     fn damaged_or_foreign_files_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         save(dir.path(), "m", MAGIC, 2, b"payload").unwrap();
-        assert!(matches!(load(dir.path(), "m", MAGIC, 1), Err(StoreError::Format { .. })));
-        assert!(matches!(load(dir.path(), "m", MAGIC + 1, 2), Err(StoreError::Format { .. })));
+        assert!(matches!(
+            load(dir.path(), "m", MAGIC, 1),
+            Err(StoreError::Format { .. })
+        ));
+        assert!(matches!(
+            load(dir.path(), "m", MAGIC + 1, 2),
+            Err(StoreError::Format { .. })
+        ));
         let path = dir.path().join("m");
         let mut bytes = fs::read(&path).unwrap();
         bytes[13] ^= 1;
         fs::write(&path, &bytes).unwrap();
-        assert!(matches!(load(dir.path(), "m", MAGIC, 2), Err(StoreError::Format { .. })));
+        assert!(matches!(
+            load(dir.path(), "m", MAGIC, 2),
+            Err(StoreError::Format { .. })
+        ));
     }
 
     #[test]
@@ -146,6 +171,9 @@ mod tests {
         fs::write(dir.path().join("m.tmp"), b"half written").unwrap();
         assert_eq!(load(dir.path(), "m", MAGIC, 1).unwrap().unwrap().1, b"good");
         save(dir.path(), "m", MAGIC, 1, b"newer").unwrap();
-        assert_eq!(load(dir.path(), "m", MAGIC, 1).unwrap().unwrap().1, b"newer");
+        assert_eq!(
+            load(dir.path(), "m", MAGIC, 1).unwrap().unwrap().1,
+            b"newer"
+        );
     }
 }

@@ -10,11 +10,11 @@
 //! - [`dispatch`] scans new records ([`scan`]) into the [`consume_queue`]s and saves the
 //!   [`checkpoint`]; [`read`] serves messages from them up to the confirm offset.
 //! - [`recovery`] rebuilds a consistent state at open; [`truncate`] cuts the log crash-safely;
-//!   [`retention`] deletes old segments; [`epoch`] keeps the epoch history; every metadata file
+//!   [`retention`] deletes old segments; `preallocate` makes the next segment ahead of time; [`epoch`] keeps the epoch history; every metadata file
 //!   goes through [`meta_file`]'s crash-safe protocol. [`config`], [`error`], [`signal`] and
 //!   [`shared`] hold the settings, the error type, thread wake-ups and the state threads share.
 //!
-//! Threads: writer, flusher, dispatcher, housekeeping (retention). Callers use async methods;
+//! Threads: writer, flusher, dispatcher, housekeeping (retention), preallocator. Callers use async methods;
 //! the threads are plain OS threads, because every one of them spends its time in blocking
 //! file-system calls.
 //!
@@ -32,6 +32,7 @@ pub mod error;
 pub mod flush;
 pub mod message;
 pub mod meta_file;
+mod preallocate;
 pub mod read;
 pub mod record;
 pub mod recovery;
@@ -117,6 +118,7 @@ struct Threads {
     flusher: Option<JoinHandle<()>>,
     dispatcher: Option<JoinHandle<()>>,
     housekeeping: Option<JoinHandle<()>>,
+    preallocator: Option<JoinHandle<()>>,
 }
 
 impl Store {
@@ -138,7 +140,8 @@ impl Store {
         }
         let abort_path = dir.join(ABORT_FILE_NAME);
         let clean_shutdown = !abort_path.exists();
-        std::fs::write(&abort_path, b"").map_err(StoreError::io("create abort marker", &abort_path))?;
+        std::fs::write(&abort_path, b"")
+            .map_err(StoreError::io("create abort marker", &abort_path))?;
         meta_file::sync_dir(&dir)?;
 
         let recovered = recovery::recover(&dir, &config, clean_shutdown)?;
@@ -170,6 +173,10 @@ impl Store {
             housekeeping: Some(spawn("store-housekeeping", {
                 let shared = shared.clone();
                 move || retention::run(shared)
+            })?),
+            preallocator: Some(spawn("store-preallocator", {
+                let shared = shared.clone();
+                move || preallocate::run(shared)
             })?),
         };
         Ok(Store {
@@ -208,7 +215,9 @@ impl Store {
     /// durability decision for all. Any bad message rejects the whole batch, writing nothing.
     pub async fn append_batch(&self, messages: Vec<NewMessage>) -> Result<AppendResult> {
         let Some(first) = messages.first() else {
-            return Err(StoreError::BatchInvalid { reason: "empty batch" });
+            return Err(StoreError::BatchInvalid {
+                reason: "empty batch",
+            });
         };
         let (topic, queue_id) = (first.topic.clone(), first.queue_id);
         let mut bytes = Vec::new();
@@ -277,7 +286,12 @@ impl Store {
 
     /// Reads messages of one queue; see [`read`].
     pub fn get_messages(&self, request: &GetRequest<'_>) -> Result<GetResult> {
-        read::get_messages(&self.shared.log, &self.shared.queues, self.confirm_offset(), request)
+        read::get_messages(
+            &self.shared.log,
+            &self.shared.queues,
+            self.confirm_offset(),
+            request,
+        )
     }
 
     /// Reads whole records from `commit_log_offset` as stored (what a master ships to a slave).
@@ -306,7 +320,10 @@ impl Store {
     pub async fn truncate_to(&self, commit_log_offset: u64) -> Result<()> {
         let (reply, done) = oneshot::channel();
         self.writer_tx
-            .send(WriterCommand::Truncate { commit_log_offset, reply })
+            .send(WriterCommand::Truncate {
+                commit_log_offset,
+                reply,
+            })
             .await
             .map_err(|_| StoreError::Stopped)?;
         done.await.map_err(|_| StoreError::Stopped)?
@@ -324,7 +341,12 @@ impl Store {
 
     /// The epoch history, oldest first.
     pub fn epoch_history(&self) -> Vec<EpochEntry> {
-        self.shared.epochs.lock().expect("epoch lock poisoned").entries().to_vec()
+        self.shared
+            .epochs
+            .lock()
+            .expect("epoch lock poisoned")
+            .entries()
+            .to_vec()
     }
 
     /// Waits until everything written so far is fsynced (forces a flush under `ASYNC_FLUSH`).
@@ -430,8 +452,12 @@ impl Store {
             let _ = dispatcher.join();
         }
         self.shared.housekeeping_signal.stop();
-        if let Some(housekeeping) = threads.housekeeping.take() {
-            let _ = housekeeping.join();
+        self.shared.preallocate_signal.stop();
+        for handle in [threads.housekeeping.take(), threads.preallocator.take()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = handle.join();
         }
         if let Some(err) = self.shared.poisoned() {
             // Leave the abort marker: the next open must recover.
@@ -458,9 +484,15 @@ impl Store {
         self.shared.flush_signal.stop();
         self.shared.dispatch_signal.stop();
         self.shared.housekeeping_signal.stop();
-        for handle in [threads.flusher.take(), threads.dispatcher.take(), threads.housekeeping.take()]
-            .into_iter()
-            .flatten()
+        self.shared.preallocate_signal.stop();
+        for handle in [
+            threads.flusher.take(),
+            threads.dispatcher.take(),
+            threads.housekeeping.take(),
+            threads.preallocator.take(),
+        ]
+        .into_iter()
+        .flatten()
         {
             let _ = handle.join();
         }
@@ -497,9 +529,10 @@ impl Store {
 
     #[cfg(test)]
     pub(crate) fn set_fsync_delay_for_test(&self, delay: Duration) {
-        self.shared
-            .fsync_delay_ms
-            .store(delay.as_millis() as u64, std::sync::atomic::Ordering::Release);
+        self.shared.fsync_delay_ms.store(
+            delay.as_millis() as u64,
+            std::sync::atomic::Ordering::Release,
+        );
     }
 }
 

@@ -18,13 +18,22 @@ const QUEUES: u32 = 3;
 
 #[derive(Clone, Debug)]
 enum Op {
-    Append { queue_id: u32, body_bytes: usize, batch: usize },
-    Read { queue_id: u32, from_percent: u8 },
+    Append {
+        queue_id: u32,
+        body_bytes: usize,
+        batch: usize,
+    },
+    Read {
+        queue_id: u32,
+        from_percent: u8,
+    },
     Flush,
     Reopen,
     Crash,
     /// Cut before the record `back` places from the end (0: no-op cut at the write offset).
-    Truncate { back: usize },
+    Truncate {
+        back: usize,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -52,7 +61,10 @@ struct Model {
 
 impl Model {
     fn queue(&self, queue_id: u32) -> Vec<&ModelRecord> {
-        self.records.iter().filter(|r| r.queue_id == queue_id).collect()
+        self.records
+            .iter()
+            .filter(|r| r.queue_id == queue_id)
+            .collect()
     }
 }
 
@@ -98,7 +110,11 @@ async fn run(dir: &Path, ops: Vec<Op>) {
     };
     for (step, op) in ops.into_iter().enumerate() {
         match op {
-            Op::Append { queue_id, body_bytes, batch } => {
+            Op::Append {
+                queue_id,
+                body_bytes,
+                batch,
+            } => {
                 let messages: Vec<NewMessage> = (0..batch)
                     .map(|i| {
                         let fill = b'a' + ((step + i) % 26) as u8;
@@ -129,10 +145,16 @@ async fn run(dir: &Path, ops: Vec<Op>) {
                         commit_log_offset: message.commit_log_offset(),
                     });
                 }
-                assert_eq!(stored.messages[0].commit_log_offset(), result.commit_log_offset);
+                assert_eq!(
+                    stored.messages[0].commit_log_offset(),
+                    result.commit_log_offset
+                );
                 model.end_offset = result.end_offset;
             }
-            Op::Read { queue_id, from_percent } => {
+            Op::Read {
+                queue_id,
+                from_percent,
+            } => {
                 let expected = model.queue(queue_id);
                 let from = expected.len() * from_percent as usize / 100;
                 settle(&store).await;
@@ -146,7 +168,12 @@ async fn run(dir: &Path, ops: Vec<Op>) {
                         filter: &TagFilter::All,
                     })
                     .unwrap();
-                let want: Vec<_> = expected.iter().skip(from).take(3).map(|r| r.body.clone()).collect();
+                let want: Vec<_> = expected
+                    .iter()
+                    .skip(from)
+                    .take(3)
+                    .map(|r| r.body.clone())
+                    .collect();
                 let got: Vec<_> = result.messages.iter().map(|m| m.body()).collect();
                 assert_eq!(got, want);
             }

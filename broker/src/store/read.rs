@@ -53,7 +53,9 @@ impl TagFilter {
     fn matches(&self, message: &StoredMessage) -> bool {
         match self {
             TagFilter::All => true,
-            TagFilter::Tags(tags) => message.tag().is_some_and(|tag| tags.iter().any(|(t, _)| t == tag)),
+            TagFilter::Tags(tags) => message
+                .tag()
+                .is_some_and(|tag| tags.iter().any(|(t, _)| t == tag)),
         }
     }
 }
@@ -98,7 +100,12 @@ pub struct GetRequest<'a> {
     pub filter: &'a TagFilter,
 }
 
-pub(crate) fn get_messages(log: &CommitLog, queues: &ConsumeQueues, confirm_offset: u64, request: &GetRequest<'_>) -> Result<GetResult> {
+pub(crate) fn get_messages(
+    log: &CommitLog,
+    queues: &ConsumeQueues,
+    confirm_offset: u64,
+    request: &GetRequest<'_>,
+) -> Result<GetResult> {
     let Some(queue) = queues.get(request.topic, request.queue_id) else {
         return Ok(GetResult {
             status: GetStatus::QueueNotFound,
@@ -147,7 +154,9 @@ pub(crate) fn get_messages(log: &CommitLog, queues: &ConsumeQueues, confirm_offs
         let message = match log.read_message(entry.commit_log_offset, entry.size_bytes) {
             Ok(message) => message,
             // Retention removed the segment after the entry was read: skip ahead.
-            Err(StoreError::OffsetInvalid { .. }) if entry.commit_log_offset < log.min_offset() => continue,
+            Err(StoreError::OffsetInvalid { .. }) if entry.commit_log_offset < log.min_offset() => {
+                continue
+            }
             Err(err) => return Err(err),
         };
         if message.queue_id() != request.queue_id || message.topic() != request.topic {

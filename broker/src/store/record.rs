@@ -177,7 +177,10 @@ fn properties_bytes(properties: &[(String, String)]) -> Result<usize> {
     let mut total = 0usize;
     for (index, (name, value)) in properties.iter().enumerate() {
         validate_property(name, value)?;
-        if properties[..index].iter().any(|(earlier, _)| earlier == name) {
+        if properties[..index]
+            .iter()
+            .any(|(earlier, _)| earlier == name)
+        {
             return Err(StoreError::PropertyInvalid {
                 key: name.clone(),
                 reason: "name given twice",
@@ -210,7 +213,8 @@ pub fn encode_message(message: &NewMessage, limits: RecordLimits, out: &mut Vec<
     }
     let total = RECORD_HEADER_BYTES + message.topic.len() + properties_bytes + message.body.len();
     // Cannot overflow: each part was bounded above (topic 127 B, properties 1 MiB, body 256 MiB).
-    let total_bytes = u32::try_from(total).expect("record size bounded by the limits checked above");
+    let total_bytes =
+        u32::try_from(total).expect("record size bounded by the limits checked above");
 
     out.reserve(total);
     out.extend_from_slice(&0u32.to_le_bytes()); // crc, set by seal
@@ -243,7 +247,8 @@ pub fn encode_message(message: &NewMessage, limits: RecordLimits, out: &mut Vec<
 pub fn seal(record: &mut [u8], queue_offset: u64, commit_log_offset: u64, store_timestamp_ms: u64) {
     debug_assert_eq!(read_u32(record, OFFSET_MAGIC), MAGIC_MESSAGE);
     debug_assert_eq!(read_u32(record, OFFSET_TOTAL_BYTES) as usize, record.len());
-    record[OFFSET_QUEUE_OFFSET..OFFSET_QUEUE_OFFSET + 8].copy_from_slice(&queue_offset.to_le_bytes());
+    record[OFFSET_QUEUE_OFFSET..OFFSET_QUEUE_OFFSET + 8]
+        .copy_from_slice(&queue_offset.to_le_bytes());
     record[OFFSET_COMMIT_LOG_OFFSET..OFFSET_COMMIT_LOG_OFFSET + 8]
         .copy_from_slice(&commit_log_offset.to_le_bytes());
     record[OFFSET_STORE_TIMESTAMP..OFFSET_STORE_TIMESTAMP + 8]
@@ -275,7 +280,8 @@ pub fn classify_prefix(prefix: &[u8], segment_remaining_bytes: u64) -> Prefix {
         MAGIC_PADDING => {
             if u64::from(total_bytes) != segment_remaining_bytes {
                 Prefix::Invalid("padding does not end at the segment end")
-            } else if crc32c::crc32c(&prefix[OFFSET_TOTAL_BYTES..]) != read_u32(prefix, OFFSET_CRC) {
+            } else if crc32c::crc32c(&prefix[OFFSET_TOTAL_BYTES..]) != read_u32(prefix, OFFSET_CRC)
+            {
                 Prefix::Invalid("padding CRC mismatch")
             } else {
                 Prefix::Padding
@@ -426,7 +432,10 @@ mod tests {
             topic: "orders".into(),
             queue_id: 3,
             body: Bytes::from_static(b"hello"),
-            properties: vec![("TAGS".into(), "paid".into()), ("KEYS".into(), "k1 k2".into())],
+            properties: vec![
+                ("TAGS".into(), "paid".into()),
+                ("KEYS".into(), "k1 k2".into()),
+            ],
             born_timestamp_ms: 1_700_000_000_000,
             retry_count: 2,
         }
@@ -456,7 +465,10 @@ mod tests {
         for byte in 0..buf.len() {
             let mut copy = buf.clone();
             copy[byte] ^= 0x10;
-            assert!(check_message(&copy).is_err(), "flip at byte {byte} went unnoticed");
+            assert!(
+                check_message(&copy).is_err(),
+                "flip at byte {byte} went unnoticed"
+            );
         }
     }
 
@@ -467,11 +479,17 @@ mod tests {
         big.body = Bytes::from(vec![0u8; 1025]);
         assert!(matches!(
             encode_message(&big, LIMITS, &mut buf),
-            Err(StoreError::BodyTooLarge { body_bytes: 1025, .. })
+            Err(StoreError::BodyTooLarge {
+                body_bytes: 1025,
+                ..
+            })
         ));
         let mut empty = sample();
         empty.body = Bytes::new();
-        assert!(matches!(encode_message(&empty, LIMITS, &mut buf), Err(StoreError::BodyEmpty)));
+        assert!(matches!(
+            encode_message(&empty, LIMITS, &mut buf),
+            Err(StoreError::BodyEmpty)
+        ));
         let mut props = sample();
         props.properties.push(("X".into(), "v".repeat(300)));
         assert!(matches!(
@@ -480,12 +498,21 @@ mod tests {
         ));
         let mut topic = sample();
         topic.topic = "t".repeat(128);
-        assert!(matches!(encode_message(&topic, LIMITS, &mut buf), Err(StoreError::TopicInvalid { .. })));
+        assert!(matches!(
+            encode_message(&topic, LIMITS, &mut buf),
+            Err(StoreError::TopicInvalid { .. })
+        ));
         topic.topic = "bad topic".into();
-        assert!(matches!(encode_message(&topic, LIMITS, &mut buf), Err(StoreError::TopicInvalid { .. })));
+        assert!(matches!(
+            encode_message(&topic, LIMITS, &mut buf),
+            Err(StoreError::TopicInvalid { .. })
+        ));
         let mut dup = sample();
         dup.properties.push(("TAGS".into(), "again".into()));
-        assert!(matches!(encode_message(&dup, LIMITS, &mut buf), Err(StoreError::PropertyInvalid { .. })));
+        assert!(matches!(
+            encode_message(&dup, LIMITS, &mut buf),
+            Err(StoreError::PropertyInvalid { .. })
+        ));
         assert_eq!(buf, vec![1, 2, 3]);
     }
 

@@ -76,7 +76,10 @@ pub(crate) fn recover(dir: &Path, config: &StoreConfig, clean_shutdown: bool) ->
     let mut epochs = EpochHistory::load(dir)?;
 
     if let Some(target) = truncate::load_intent(dir)? {
-        tracing::warn!(commit_log_offset = target, "finishing a truncation interrupted by a crash");
+        tracing::warn!(
+            commit_log_offset = target,
+            "finishing a truncation interrupted by a crash"
+        );
         truncate::apply(dir, &log, &queues, &mut epochs, target)?;
         report.finished_truncation_offset = Some(target);
     }
@@ -96,7 +99,9 @@ pub(crate) fn recover(dir: &Path, config: &StoreConfig, clean_shutdown: bool) ->
     let min_offset = log.min_offset();
     let checkpoint = Checkpoint::load(dir)?;
     let start = match checkpoint {
-        Some(checkpoint) if queues_existed => checkpoint.recovery_start().clamp(min_offset, last.end_offset()),
+        Some(checkpoint) if queues_existed => checkpoint
+            .recovery_start()
+            .clamp(min_offset, last.end_offset()),
         _ => min_offset,
     };
     report.checked_from_offset = start;
@@ -108,11 +113,18 @@ pub(crate) fn recover(dir: &Path, config: &StoreConfig, clean_shutdown: bool) ->
 
     let mut pending = PendingEntries::default();
     let mut records = 0u64;
-    let end = scan::scan(&log, start, last.end_offset(), SCAN_CHUNK_BYTES, |header, raw| {
-        records += 1;
-        let topic = std::str::from_utf8(&raw[header.topic_range()]).expect("checked by check_message");
-        pending.add(&queues, header, topic)
-    })?;
+    let end = scan::scan(
+        &log,
+        start,
+        last.end_offset(),
+        SCAN_CHUNK_BYTES,
+        |header, raw| {
+            records += 1;
+            let topic =
+                std::str::from_utf8(&raw[header.topic_range()]).expect("checked by check_message");
+            pending.add(&queues, header, topic)
+        },
+    )?;
     pending.write_out()?;
     report.records_checked = records;
 
@@ -124,7 +136,8 @@ pub(crate) fn recover(dir: &Path, config: &StoreConfig, clean_shutdown: bool) ->
             position,
             stop,
         } => {
-            let (valid_after, saw_nonzero) = scan::find_valid_record_after(&log, commit_log_offset, SCAN_CHUNK_BYTES)?;
+            let (valid_after, saw_nonzero) =
+                scan::find_valid_record_after(&log, commit_log_offset, SCAN_CHUNK_BYTES)?;
             if let Some(valid_offset) = valid_after {
                 tracing::error!(
                     segment = %path.display(),
@@ -138,7 +151,9 @@ pub(crate) fn recover(dir: &Path, config: &StoreConfig, clean_shutdown: bool) ->
                     position,
                     reason: match stop {
                         Stop::Zeros => "zeros in the middle of the log, followed by valid records",
-                        Stop::Invalid(_) => "invalid record in the middle of the log, followed by valid records",
+                        Stop::Invalid(_) => {
+                            "invalid record in the middle of the log, followed by valid records"
+                        }
                     },
                 });
             }
@@ -170,7 +185,11 @@ pub(crate) fn recover(dir: &Path, config: &StoreConfig, clean_shutdown: bool) ->
     log.set_write_offset(recovered_end);
     log.set_flushed_offset(recovered_end);
     if log.segment_for(recovered_end).is_none() {
-        log.push_segment(Segment::create(log.dir(), recovered_end, config.segment_bytes)?);
+        log.push_segment(Segment::create(
+            log.dir(),
+            recovered_end,
+            config.segment_bytes,
+        )?);
     }
     epochs.truncate_from(recovered_end + 1)?;
     for queue in queues.all() {

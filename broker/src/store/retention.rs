@@ -47,7 +47,13 @@ pub struct RetentionPolicy {
 }
 
 /// Number of oldest segments to delete. `deletable_end`: no segment ending after it may go.
-pub fn plan(segments: &[SegmentInfo], deletable_end: u64, now_ms: u64, policy: RetentionPolicy, disk: Option<DiskUsage>) -> usize {
+pub fn plan(
+    segments: &[SegmentInfo],
+    deletable_end: u64,
+    now_ms: u64,
+    policy: RetentionPolicy,
+    disk: Option<DiskUsage>,
+) -> usize {
     // Never the last segment: it is the one being written.
     let candidates = segments
         .iter()
@@ -99,7 +105,8 @@ pub(crate) fn run_once(shared: &Shared, now_ms: u64) -> Result<RetentionReport> 
     let segments = shared.log.segments();
     let mut infos = Vec::with_capacity(segments.len());
     for segment in &segments {
-        let meta = std::fs::metadata(segment.path()).map_err(StoreError::io("stat segment", segment.path()))?;
+        let meta = std::fs::metadata(segment.path())
+            .map_err(StoreError::io("stat segment", segment.path()))?;
         let modified_ms = meta
             .modified()
             .ok()
@@ -112,15 +119,22 @@ pub(crate) fn run_once(shared: &Shared, now_ms: u64) -> Result<RetentionReport> 
             file_bytes: meta.len(),
         });
     }
-    let deletable_end = shared
-        .log
-        .flushed_offset()
-        .min(shared.dispatched_offset.load(std::sync::atomic::Ordering::Acquire));
+    let deletable_end = shared.log.flushed_offset().min(
+        shared
+            .dispatched_offset
+            .load(std::sync::atomic::Ordering::Acquire),
+    );
     let policy = RetentionPolicy {
         retention_ms: shared.config.file_retention_hours.saturating_mul(3_600_000),
         disk_max_used_ratio: shared.config.disk_max_used_ratio,
     };
-    let count = plan(&infos, deletable_end, now_ms, policy, disk_usage(&shared.dir));
+    let count = plan(
+        &infos,
+        deletable_end,
+        now_ms,
+        policy,
+        disk_usage(&shared.dir),
+    );
     if count == 0 {
         return Ok(RetentionReport {
             deleted_segments: 0,
@@ -132,7 +146,8 @@ pub(crate) fn run_once(shared: &Shared, now_ms: u64) -> Result<RetentionReport> 
     shared.log.retain_segments(|s| s.base_offset() >= new_min);
     for segment in &segments[..count] {
         tracing::info!(segment = %segment.path().display(), "retention deletes segment");
-        std::fs::remove_file(segment.path()).map_err(StoreError::io("remove segment", segment.path()))?;
+        std::fs::remove_file(segment.path())
+            .map_err(StoreError::io("remove segment", segment.path()))?;
     }
     meta_file::sync_dir(shared.log.dir())?;
     for queue in shared.queues.all() {
@@ -183,7 +198,11 @@ mod tests {
         let all_old = segments(&[100, 90, 80], now);
         assert_eq!(plan(&all_old, u64::MAX, now, POLICY, None), 2);
         let mixed = segments(&[100, 10, 80, 1], now);
-        assert_eq!(plan(&mixed, u64::MAX, now, POLICY, None), 1, "only a prefix is deleted");
+        assert_eq!(
+            plan(&mixed, u64::MAX, now, POLICY, None),
+            1,
+            "only a prefix is deleted"
+        );
     }
 
     #[test]

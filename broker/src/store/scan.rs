@@ -46,18 +46,23 @@ pub fn scan(
     let mut buf: Vec<u8> = Vec::new();
     while pos < limit {
         let Some(segment) = log.segment_for(pos) else {
-            return Ok(ScanEnd::Limit { commit_log_offset: pos });
+            return Ok(ScanEnd::Limit {
+                commit_log_offset: pos,
+            });
         };
         let segment_end = segment.end_offset();
         // Fill a chunk starting at `pos` within this segment.
-        let want = (segment_end.min(limit.max(pos + RECORD_PREFIX_BYTES as u64)) - pos).min(chunk_bytes as u64) as usize;
+        let want = (segment_end.min(limit.max(pos + RECORD_PREFIX_BYTES as u64)) - pos)
+            .min(chunk_bytes as u64) as usize;
         buf.resize(want, 0);
         segment.read_at(pos, &mut buf)?;
         let mut at = 0usize;
         loop {
             let offset = pos + at as u64;
             if offset >= limit {
-                return Ok(ScanEnd::Limit { commit_log_offset: offset });
+                return Ok(ScanEnd::Limit {
+                    commit_log_offset: offset,
+                });
             }
             let segment_left = segment_end - offset;
             if segment_left < RECORD_PREFIX_BYTES as u64 {
@@ -93,8 +98,14 @@ pub fn scan(
                     }
                     let raw = &buf[at..end];
                     match record::check_message(raw) {
-                        Ok(header) if header.commit_log_offset == offset => on_record(&header, raw)?,
-                        Ok(_) => return Ok(stopped(Stop::Invalid("record's own offset does not match its position"))),
+                        Ok(header) if header.commit_log_offset == offset => {
+                            on_record(&header, raw)?
+                        }
+                        Ok(_) => {
+                            return Ok(stopped(Stop::Invalid(
+                                "record's own offset does not match its position",
+                            )))
+                        }
                         Err(reason) => return Ok(stopped(Stop::Invalid(reason))),
                     }
                     at = end;
@@ -103,19 +114,29 @@ pub fn scan(
         }
         pos += at as u64;
     }
-    Ok(ScanEnd::Limit { commit_log_offset: pos })
+    Ok(ScanEnd::Limit {
+        commit_log_offset: pos,
+    })
 }
 
 /// Looks for any valid record (message or padding) that starts after `after`, in the rest of
 /// its segment and in every later segment. Recovery calls this at the first bad position: a valid
 /// record beyond it means the damage is in the middle of the log, not a torn tail. Returns the
 /// offset of the first one found and whether any non-zero byte was seen.
-pub fn find_valid_record_after(log: &CommitLog, after: u64, chunk_bytes: usize) -> Result<(Option<u64>, bool)> {
+pub fn find_valid_record_after(
+    log: &CommitLog,
+    after: u64,
+    chunk_bytes: usize,
+) -> Result<(Option<u64>, bool)> {
     let message_magic = record::MAGIC_MESSAGE.to_le_bytes();
     let padding_magic = record::MAGIC_PADDING.to_le_bytes();
     let mut saw_nonzero = false;
     let mut buf = vec![0u8; chunk_bytes];
-    for segment in log.segments().into_iter().filter(|s| s.end_offset() > after + 1) {
+    for segment in log
+        .segments()
+        .into_iter()
+        .filter(|s| s.end_offset() > after + 1)
+    {
         // Candidates start at or after `after + 1`; the magic sits 8 bytes into a record.
         let mut chunk_start = (after + 1).max(segment.base_offset());
         while chunk_start < segment.end_offset() {
@@ -128,7 +149,9 @@ pub fn find_valid_record_after(log: &CommitLog, after: u64, chunk_bytes: usize) 
             if saw_nonzero {
                 for magic in [&message_magic, &padding_magic] {
                     for hit in memchr::memmem::find_iter(chunk, magic) {
-                        let Some(start) = (chunk_start + hit as u64).checked_sub(8) else { continue };
+                        let Some(start) = (chunk_start + hit as u64).checked_sub(8) else {
+                            continue;
+                        };
                         if start > after && is_valid_record_at(log, start)? {
                             return Ok((Some(start), true));
                         }
@@ -136,7 +159,11 @@ pub fn find_valid_record_after(log: &CommitLog, after: u64, chunk_bytes: usize) 
                 }
             }
             // Overlap chunks by a prefix so that a magic split across two chunks is still found.
-            let advance = if len > RECORD_PREFIX_BYTES { len - RECORD_PREFIX_BYTES } else { len };
+            let advance = if len > RECORD_PREFIX_BYTES {
+                len - RECORD_PREFIX_BYTES
+            } else {
+                len
+            };
             chunk_start += advance as u64;
         }
     }
@@ -144,7 +171,9 @@ pub fn find_valid_record_after(log: &CommitLog, after: u64, chunk_bytes: usize) 
 }
 
 fn is_valid_record_at(log: &CommitLog, offset: u64) -> Result<bool> {
-    let Some(segment) = log.segment_for(offset) else { return Ok(false) };
+    let Some(segment) = log.segment_for(offset) else {
+        return Ok(false);
+    };
     let segment_left = segment.end_offset() - offset;
     if segment_left < RECORD_PREFIX_BYTES as u64 {
         return Ok(false);
@@ -166,7 +195,12 @@ fn is_valid_record_at(log: &CommitLog, offset: u64) -> Result<bool> {
 pub fn stop_to_error(end: ScanEnd) -> Result<u64> {
     match end {
         ScanEnd::Limit { commit_log_offset } => Ok(commit_log_offset),
-        ScanEnd::Stopped { path, position, stop, .. } => Err(StoreError::Corrupt {
+        ScanEnd::Stopped {
+            path,
+            position,
+            stop,
+            ..
+        } => Err(StoreError::Corrupt {
             path,
             position,
             reason: match stop {

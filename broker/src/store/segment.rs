@@ -10,7 +10,10 @@
 //!
 //! Creation is crash-safe: write the header to `NAME.tmp`, preallocate, fsync, rename, fsync the
 //! directory. A segment therefore either exists with a valid header or not at all; leftovers named
-//! `*.tmp` are removed on open. Preallocation (fallocate) reserves the blocks up front, so the
+//! `*.tmp` are removed on open. To keep preallocation (most of a second for 1 GiB) off the
+//! writer's path, the next segment is made ahead of time as `NAME.spare` (see
+//! `preallocate.rs`) and rolling renames it into place; spares are not part of the log and are
+//! removed on open. Preallocation (fallocate) reserves the blocks up front, so the
 //! fdatasync of an append does not also commit block allocations, and a full disk shows up when a
 //! segment is created rather than in the middle of a write.
 //!
@@ -48,6 +51,11 @@ pub fn parse_segment_file_name(name: &str) -> Option<u64> {
     }
 }
 
+/// Path of the spare segment that will start at `base_offset`.
+pub fn spare_path(dir: &Path, base_offset: u64) -> PathBuf {
+    dir.join(format!("{}.spare", segment_file_name(base_offset)))
+}
+
 /// An open segment file.
 #[derive(Debug)]
 pub struct Segment {
@@ -58,30 +66,61 @@ pub struct Segment {
 }
 
 impl Segment {
-    /// Creates and preallocates a new, empty segment, crash-safely.
+    /// Creates a new, empty segment, crash-safely: adopts the spare made ahead of time by
+    /// [`Segment::create_spare`] when there is one for this base and capacity (a rename), else
+    /// creates and preallocates one now (which can take most of a second for 1 GiB).
     pub fn create(dir: &Path, base_offset: u64, capacity_bytes: u64) -> Result<Segment> {
         let path = dir.join(segment_file_name(base_offset));
+        let spare = spare_path(dir, base_offset);
+        if spare.exists() {
+            match Segment::open_as(&spare, base_offset) {
+                Ok(segment) if segment.capacity_bytes == capacity_bytes => {
+                    std::fs::rename(&spare, &path)
+                        .map_err(StoreError::io("rename spare segment into place", &path))?;
+                    sync_dir(dir)?;
+                    return Ok(Segment { path, ..segment });
+                }
+                _ => std::fs::remove_file(&spare)
+                    .map_err(StoreError::io("remove stale spare segment", &spare))?,
+            }
+        }
         let temp = dir.join(format!("{}.tmp", segment_file_name(base_offset)));
+        Segment::write_new(&temp, base_offset, capacity_bytes)?;
+        std::fs::rename(&temp, &path)
+            .map_err(StoreError::io("rename segment into place", &path))?;
+        sync_dir(dir)?;
+        Segment::open(&path)
+    }
+
+    /// Makes the segment that will start at `base_offset` ahead of time, as `NAME.spare`, so
+    /// that rolling to it is a rename instead of a preallocation on the writer's path.
+    pub fn create_spare(dir: &Path, base_offset: u64, capacity_bytes: u64) -> Result<()> {
+        let spare = spare_path(dir, base_offset);
+        if spare.exists() {
+            return Ok(());
+        }
+        let temp = dir.join(format!("{}.spare.tmp", segment_file_name(base_offset)));
+        Segment::write_new(&temp, base_offset, capacity_bytes)?;
+        std::fs::rename(&temp, &spare).map_err(StoreError::io("rename spare segment", &spare))?;
+        Ok(())
+    }
+
+    /// Writes a new segment file at `temp`: header, preallocation, fsync.
+    fn write_new(temp: &Path, base_offset: u64, capacity_bytes: u64) -> Result<()> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(true)
-            .open(&temp)
-            .map_err(StoreError::io("create segment", &temp))?;
+            .open(temp)
+            .map_err(StoreError::io("create segment", temp))?;
         file.write_all_at(&encode_header(base_offset, capacity_bytes), 0)
-            .map_err(StoreError::io("write segment header", &temp))?;
+            .map_err(StoreError::io("write segment header", temp))?;
         preallocate(&file, SEGMENT_HEADER_BYTES + capacity_bytes)
-            .map_err(StoreError::io("preallocate segment", &temp))?;
-        file.sync_all().map_err(StoreError::io("fsync segment", &temp))?;
-        std::fs::rename(&temp, &path).map_err(StoreError::io("rename segment into place", &path))?;
-        sync_dir(dir)?;
-        Ok(Segment {
-            base_offset,
-            capacity_bytes,
-            file,
-            path,
-        })
+            .map_err(StoreError::io("preallocate segment", temp))?;
+        file.sync_all()
+            .map_err(StoreError::io("fsync segment", temp))?;
+        Ok(())
     }
 
     /// Opens an existing segment and checks its header against its name.
@@ -90,6 +129,14 @@ impl Segment {
             .file_name()
             .and_then(|n| n.to_str())
             .and_then(parse_segment_file_name);
+        Segment::open_checked(path, name_offset)
+    }
+
+    fn open_as(path: &Path, base_offset: u64) -> Result<Segment> {
+        Segment::open_checked(path, Some(base_offset))
+    }
+
+    fn open_checked(path: &Path, name_offset: Option<u64>) -> Result<Segment> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -100,14 +147,16 @@ impl Segment {
             reason: reason.to_owned(),
         };
         let mut header = [0u8; HEADER_FIELDS_BYTES + 4];
-        file.read_exact_at(&mut header, 0).map_err(|err| match err.kind() {
-            ErrorKind::UnexpectedEof => format("shorter than a segment header"),
-            _ => StoreError::io("read segment header", path)(err),
-        })?;
+        file.read_exact_at(&mut header, 0)
+            .map_err(|err| match err.kind() {
+                ErrorKind::UnexpectedEof => format("shorter than a segment header"),
+                _ => StoreError::io("read segment header", path)(err),
+            })?;
         if read_u64(&header, 0) != SEGMENT_MAGIC {
             return Err(format("not a commit-log segment (wrong magic number)"));
         }
-        if crc32c::crc32c(&header[..HEADER_FIELDS_BYTES]) != read_u32(&header, HEADER_FIELDS_BYTES) {
+        if crc32c::crc32c(&header[..HEADER_FIELDS_BYTES]) != read_u32(&header, HEADER_FIELDS_BYTES)
+        {
             return Err(format("segment header CRC mismatch"));
         }
         if read_u32(&header, 8) != SEGMENT_FORMAT_VERSION {
@@ -119,7 +168,9 @@ impl Segment {
         let base_offset = read_u64(&header, 16);
         let capacity_bytes = read_u64(&header, 24);
         if name_offset != Some(base_offset) {
-            return Err(format("file name does not match the base offset in its header"));
+            return Err(format(
+                "file name does not match the base offset in its header",
+            ));
         }
         let len = file
             .metadata()
@@ -157,13 +208,18 @@ impl Segment {
 
     /// File position of a commit-log offset inside this segment.
     pub fn file_position(&self, commit_log_offset: u64) -> u64 {
-        debug_assert!(commit_log_offset >= self.base_offset && commit_log_offset <= self.end_offset());
+        debug_assert!(
+            commit_log_offset >= self.base_offset && commit_log_offset <= self.end_offset()
+        );
         SEGMENT_HEADER_BYTES + (commit_log_offset - self.base_offset)
     }
 
     /// Reads exactly `buf.len()` bytes starting at `commit_log_offset`, within this segment.
     pub fn read_at(&self, commit_log_offset: u64, buf: &mut [u8]) -> Result<()> {
-        assert!(commit_log_offset + buf.len() as u64 <= self.end_offset(), "read past segment end");
+        assert!(
+            commit_log_offset + buf.len() as u64 <= self.end_offset(),
+            "read past segment end"
+        );
         self.file
             .read_exact_at(buf, self.file_position(commit_log_offset))
             .map_err(StoreError::io("read segment", &self.path))
@@ -171,8 +227,12 @@ impl Segment {
 
     /// Writes `data` at `commit_log_offset`, within this segment.
     pub fn write_at(&self, commit_log_offset: u64, data: &[u8]) -> std::io::Result<()> {
-        assert!(commit_log_offset + data.len() as u64 <= self.end_offset(), "write past segment end");
-        self.file.write_all_at(data, self.file_position(commit_log_offset))
+        assert!(
+            commit_log_offset + data.len() as u64 <= self.end_offset(),
+            "write past segment end"
+        );
+        self.file
+            .write_all_at(data, self.file_position(commit_log_offset))
     }
 
     /// fdatasync: the data written so far survives a machine crash once this returns.
@@ -220,7 +280,8 @@ fn encode_header(base_offset: u64, capacity_bytes: u64) -> Vec<u8> {
 /// Reserves blocks for `len` bytes; falls back to a sparse extension where the file system has
 /// no fallocate (tmpfs has it; some network file systems do not).
 fn preallocate(file: &File, len: u64) -> std::io::Result<()> {
-    let len_signed = libc::off_t::try_from(len).map_err(|_| std::io::Error::from(ErrorKind::InvalidInput))?;
+    let len_signed =
+        libc::off_t::try_from(len).map_err(|_| std::io::Error::from(ErrorKind::InvalidInput))?;
     // SAFETY: plain system call on a file descriptor we own; no memory is passed.
     let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len_signed) };
     match rc {
@@ -257,6 +318,9 @@ mod tests {
         drop(Segment::create(dir.path(), 0, 4096).unwrap());
         let moved = dir.path().join(segment_file_name(4096));
         std::fs::rename(dir.path().join(segment_file_name(0)), &moved).unwrap();
-        assert!(matches!(Segment::open(&moved), Err(StoreError::Format { .. })));
+        assert!(matches!(
+            Segment::open(&moved),
+            Err(StoreError::Format { .. })
+        ));
     }
 }

@@ -61,6 +61,7 @@ pub(crate) struct Shared {
     pub flush_signal: Signal,
     pub dispatch_signal: Signal,
     pub housekeeping_signal: Signal,
+    pub preallocate_signal: Signal,
     pub flush_progress: watch::Sender<FlushProgress>,
     /// Highest commit-log offset consumers may read.
     confirm_offset: AtomicU64,
@@ -111,6 +112,7 @@ impl Shared {
             flush_signal: Signal::default(),
             dispatch_signal: Signal::default(),
             housekeeping_signal: Signal::default(),
+            preallocate_signal: Signal::default(),
             flush_progress: watch::Sender::new(FlushProgress {
                 flushed_offset: recovered_end,
                 failed: false,
@@ -139,7 +141,9 @@ impl Shared {
     }
 
     pub fn poisoned(&self) -> Option<StoreError> {
-        self.poison.get().map(|cause| StoreError::Poisoned { cause: cause.clone() })
+        self.poison.get().map(|cause| StoreError::Poisoned {
+            cause: cause.clone(),
+        })
     }
 
     pub fn confirm_offset(&self) -> u64 {

@@ -27,13 +27,18 @@ fn message(topic: &str, queue_id: u32, body: &str) -> NewMessage {
 /// Waits until everything confirmed is indexed (the dispatcher runs behind the writer).
 pub(crate) async fn settle(store: &Store) {
     let target = store.confirm_offset();
-    assert!(store.wait_readable(target, Duration::from_secs(10)).await, "dispatcher did not catch up");
+    assert!(
+        store.wait_readable(target, Duration::from_secs(10)).await,
+        "dispatcher did not catch up"
+    );
 }
 
 async fn read_all(store: &Store, topic: &str, queue_id: u32) -> Vec<StoredMessage> {
     settle(store).await;
     let mut out = Vec::new();
-    let mut queue_offset = store.queue_offsets(topic, queue_id).map_or(0, |(min, _)| min);
+    let mut queue_offset = store
+        .queue_offsets(topic, queue_id)
+        .map_or(0, |(min, _)| min);
     loop {
         let result = store
             .get_messages(&GetRequest {
@@ -75,10 +80,19 @@ async fn appended_messages_read_back_in_queue_order_with_their_fields() {
         let result = store.append(msg).await.unwrap();
         assert_eq!(result.status, PutStatus::Ok);
         assert_eq!(result.queue_offset, u64::from(i / 2));
-        assert!(store.flushed_offset() >= result.end_offset, "SYNC_FLUSH answers after the fsync");
+        assert!(
+            store.flushed_offset() >= result.end_offset,
+            "SYNC_FLUSH answers after the fsync"
+        );
     }
     let queue1 = read_all(&store, "orders", 1).await;
-    assert_eq!(bodies(&queue1), (0..40).filter(|i| i % 2 == 1).map(|i| format!("m{i}")).collect::<Vec<_>>());
+    assert_eq!(
+        bodies(&queue1),
+        (0..40)
+            .filter(|i| i % 2 == 1)
+            .map(|i| format!("m{i}"))
+            .collect::<Vec<_>>()
+    );
     for (n, m) in queue1.iter().enumerate() {
         assert_eq!(m.queue_offset(), n as u64);
         assert_eq!(m.queue_id(), 1);
@@ -97,8 +111,14 @@ async fn appended_messages_read_back_in_queue_order_with_their_fields() {
         .unwrap();
     assert_eq!(paid.status, GetStatus::Found);
     assert!(paid.messages.iter().all(|m| m.tag() == Some("paid")));
-    assert_eq!(bodies(&paid.messages), vec!["m0", "m6", "m12", "m18", "m24", "m30", "m36"]);
-    assert!(store.segments_for_test() > 1, "small segments must have rolled");
+    assert_eq!(
+        bodies(&paid.messages),
+        vec!["m0", "m6", "m12", "m18", "m24", "m30", "m36"]
+    );
+    assert!(
+        store.segments_for_test() > 1,
+        "small segments must have rolled"
+    );
 }
 
 #[tokio::test]
@@ -109,9 +129,21 @@ async fn bad_input_is_refused_and_writes_nothing() {
     let before = store.write_offset();
     let too_big = NewMessage::new("t", 0, Bytes::from(vec![7u8; 2049]));
     let err = store.append(too_big).await.unwrap_err();
-    assert!(matches!(err, StoreError::BodyTooLarge { body_bytes: 2049, limit_bytes: 2048 }), "{err}");
+    assert!(
+        matches!(
+            err,
+            StoreError::BodyTooLarge {
+                body_bytes: 2049,
+                limit_bytes: 2048
+            }
+        ),
+        "{err}"
+    );
     assert!(err.is_bad_input());
-    let err = store.append(message("bad/topic", 0, "x")).await.unwrap_err();
+    let err = store
+        .append(message("bad/topic", 0, "x"))
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::TopicInvalid { .. }));
     let err = store
         .append(message("t", 0, "x").with_property("big", "v".repeat(600)))
@@ -136,7 +168,10 @@ async fn batch_takes_consecutive_queue_offsets() {
     let batch = (0..5).map(|i| message("t", 3, &format!("b{i}"))).collect();
     let result = store.append_batch(batch).await.unwrap();
     assert_eq!(result.queue_offset, 1);
-    assert_eq!(bodies(&read_all(&store, "t", 3).await), vec!["solo", "b0", "b1", "b2", "b3", "b4"]);
+    assert_eq!(
+        bodies(&read_all(&store, "t", 3).await),
+        vec!["solo", "b0", "b1", "b2", "b3", "b4"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -172,7 +207,10 @@ async fn async_flush_answers_before_the_fsync_and_flushes_on_its_interval() {
     assert_eq!(bodies(&read_all(&store, "t", 0).await), vec!["fast"]);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while store.flushed_offset() < result.end_offset {
-        assert!(std::time::Instant::now() < deadline, "interval flush never happened");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "interval flush never happened"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -183,7 +221,10 @@ async fn clean_reopen_continues_offsets_without_rechecking() {
     let end = {
         let store = Store::open(small_config(dir.path())).unwrap();
         for i in 0..30 {
-            store.append(message("t", 0, &format!("m{i}"))).await.unwrap();
+            store
+                .append(message("t", 0, &format!("m{i}")))
+                .await
+                .unwrap();
         }
         store.shutdown().unwrap();
         store.write_offset()
@@ -191,7 +232,10 @@ async fn clean_reopen_continues_offsets_without_rechecking() {
     let store = Store::open(small_config(dir.path())).unwrap();
     let report = store.recovery_report();
     assert!(report.clean_shutdown);
-    assert_eq!((report.checked_from_offset, report.recovered_end_offset), (end, end));
+    assert_eq!(
+        (report.checked_from_offset, report.recovered_end_offset),
+        (end, end)
+    );
     assert_eq!(report.torn_tail_offset, None);
     let next = store.append(message("t", 0, "after")).await.unwrap();
     assert_eq!(next.queue_offset, 30);
@@ -202,7 +246,10 @@ async fn clean_reopen_continues_offsets_without_rechecking() {
 async fn second_open_of_the_same_directory_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let _store = Store::open(small_config(dir.path())).unwrap();
-    assert!(matches!(Store::open(small_config(dir.path())), Err(StoreError::Locked { .. })));
+    assert!(matches!(
+        Store::open(small_config(dir.path())),
+        Err(StoreError::Locked { .. })
+    ));
 }
 
 /// Appends `count` messages to two queues, then stops like a crash (no final checkpoint).
@@ -210,7 +257,12 @@ async fn crashed_store(dir: &Path, config: StoreConfig, count: usize) -> (u64, V
     let store = Store::open(config).unwrap();
     let mut results = Vec::new();
     for i in 0..count {
-        results.push(store.append(message("t", (i % 2) as u32, &format!("m{i}"))).await.unwrap());
+        results.push(
+            store
+                .append(message("t", (i % 2) as u32, &format!("m{i}")))
+                .await
+                .unwrap(),
+        );
     }
     let end = store.write_offset();
     store.halt_for_test();
@@ -229,6 +281,9 @@ fn tail_segment(dir: &Path) -> std::path::PathBuf {
     let mut names: Vec<_> = std::fs::read_dir(dir.join(recovery::COMMIT_LOG_DIR))
         .unwrap()
         .map(|e| e.unwrap().path())
+        .filter(|p| {
+            segment::parse_segment_file_name(p.file_name().unwrap().to_str().unwrap()).is_some()
+        })
         .collect();
     names.sort();
     names.pop().unwrap()
@@ -239,8 +294,11 @@ fn write_at_offset(dir: &Path, commit_log_offset: u64, bytes: &[u8]) {
     let path = tail_segment(dir);
     let base: u64 = path.file_name().unwrap().to_str().unwrap().parse().unwrap();
     let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-    file.write_all_at(bytes, segment::SEGMENT_HEADER_BYTES + commit_log_offset - base)
-        .unwrap();
+    file.write_all_at(
+        bytes,
+        segment::SEGMENT_HEADER_BYTES + commit_log_offset - base,
+    )
+    .unwrap();
 }
 
 #[tokio::test]
@@ -265,7 +323,10 @@ async fn recovery_truncates_torn_tail() {
     assert!(!report.clean_shutdown);
     assert_eq!(report.torn_tail_offset, Some(end));
     assert_eq!(report.recovered_end_offset, end);
-    assert_eq!(read_all(&store, "t", 0).await.len() + read_all(&store, "t", 1).await.len(), 25);
+    assert_eq!(
+        read_all(&store, "t", 0).await.len() + read_all(&store, "t", 1).await.len(),
+        25
+    );
     let next = store.append(message("t", 0, "next")).await.unwrap();
     assert_eq!((next.commit_log_offset, next.queue_offset), (end, 13));
 }
@@ -291,7 +352,13 @@ async fn recovery_refuses_corruption_in_the_middle_and_changes_nothing() {
     let (end, results) = crashed_store(dir.path(), no_checkpoints(dir.path()), 25).await;
     let victim = results[3].commit_log_offset;
     // Flip one byte in the body of an early record of the tail segment.
-    let segment_base: u64 = tail_segment(dir.path()).file_name().unwrap().to_str().unwrap().parse().unwrap();
+    let segment_base: u64 = tail_segment(dir.path())
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     let victim = results
         .iter()
         .map(|r| r.commit_log_offset)
@@ -299,16 +366,25 @@ async fn recovery_refuses_corruption_in_the_middle_and_changes_nothing() {
         .unwrap_or(victim);
     write_at_offset(dir.path(), victim + 65, b"X"); // first body byte
     let before = std::fs::read(tail_segment(dir.path())).unwrap();
-    let err = Store::open(no_checkpoints(dir.path())).err().expect("open must fail");
+    let err = Store::open(no_checkpoints(dir.path()))
+        .err()
+        .expect("open must fail");
     match &err {
         StoreError::Corrupt { path, position, .. } => {
             assert_eq!(path, &tail_segment(dir.path()));
-            assert_eq!(*position, segment::SEGMENT_HEADER_BYTES + victim - segment_base);
+            assert_eq!(
+                *position,
+                segment::SEGMENT_HEADER_BYTES + victim - segment_base
+            );
         }
         other => panic!("expected Corrupt, got {other}"),
     }
     assert!(err.is_fatal());
-    assert_eq!(std::fs::read(tail_segment(dir.path())).unwrap(), before, "a refused open changes nothing");
+    assert_eq!(
+        std::fs::read(tail_segment(dir.path())).unwrap(),
+        before,
+        "a refused open changes nothing"
+    );
 }
 
 #[tokio::test]
@@ -318,7 +394,12 @@ async fn corruption_behind_the_checkpoint_is_caught_on_read() {
         let store = Store::open(small_config(dir.path())).unwrap();
         let mut results = Vec::new();
         for i in 0..5 {
-            results.push(store.append(message("t", 0, &format!("m{i}"))).await.unwrap());
+            results.push(
+                store
+                    .append(message("t", 0, &format!("m{i}")))
+                    .await
+                    .unwrap(),
+            );
         }
         results
     };
@@ -347,7 +428,12 @@ async fn truncation_cuts_log_queues_and_epochs_and_offsets_continue() {
         if i == 30 {
             store.begin_epoch(2).await.unwrap();
         }
-        results.push(store.append(message("t", 0, &format!("m{i}"))).await.unwrap());
+        results.push(
+            store
+                .append(message("t", 0, &format!("m{i}")))
+                .await
+                .unwrap(),
+        );
     }
     let cut = results[20].commit_log_offset;
     assert!(matches!(
@@ -357,7 +443,13 @@ async fn truncation_cuts_log_queues_and_epochs_and_offsets_continue() {
     store.truncate_to(cut).await.unwrap();
     assert_eq!(store.write_offset(), cut);
     assert!(store.confirm_offset() <= cut);
-    assert_eq!(store.epoch_history(), vec![EpochEntry { epoch: 1, start_offset: 0 }]);
+    assert_eq!(
+        store.epoch_history(),
+        vec![EpochEntry {
+            epoch: 1,
+            start_offset: 0
+        }]
+    );
     assert_eq!(read_all(&store, "t", 0).await.len(), 20);
     let next = store.append(message("t", 0, "new20")).await.unwrap();
     assert_eq!((next.commit_log_offset, next.queue_offset), (cut, 20));
@@ -376,9 +468,15 @@ async fn interrupted_truncation_is_finished_on_open() {
     // The crash came right after the intent was saved: nothing else of the cut happened.
     truncate::save_intent(dir.path(), cut).unwrap();
     let store = Store::open(small_config(dir.path())).unwrap();
-    assert_eq!(store.recovery_report().finished_truncation_offset, Some(cut));
+    assert_eq!(
+        store.recovery_report().finished_truncation_offset,
+        Some(cut)
+    );
     assert_eq!(store.write_offset(), cut);
-    assert!(!dir.path().join(truncate::TRUNCATE_INTENT_FILE_NAME).exists());
+    assert!(!dir
+        .path()
+        .join(truncate::TRUNCATE_INTENT_FILE_NAME)
+        .exists());
     let remaining = read_all(&store, "t", 0).await.len() + read_all(&store, "t", 1).await.len();
     assert_eq!(remaining, 10);
     drop(store);
@@ -395,14 +493,23 @@ async fn raw_copy_gives_a_byte_identical_slave_with_its_own_consume_queues() {
     let slave = Store::open(small_config(slave_dir.path())).unwrap();
     for i in 0..120 {
         let body = "x".repeat(50 + (i * 37) % 700);
-        master.append(message("t", (i % 3) as u32, &body)).await.unwrap();
+        master
+            .append(message("t", (i % 3) as u32, &body))
+            .await
+            .unwrap();
     }
     // A chunk at the wrong offset, or with a flipped bit, is refused and writes nothing.
     let first = master.read_raw(0, 2000).unwrap();
-    assert!(matches!(slave.append_raw(64, first.clone()).await, Err(StoreError::RawInvalid { .. })));
+    assert!(matches!(
+        slave.append_raw(64, first.clone()).await,
+        Err(StoreError::RawInvalid { .. })
+    ));
     let mut damaged = first.to_vec();
     damaged[100] ^= 1;
-    assert!(matches!(slave.append_raw(0, Bytes::from(damaged)).await, Err(StoreError::RawInvalid { .. })));
+    assert!(matches!(
+        slave.append_raw(0, Bytes::from(damaged)).await,
+        Err(StoreError::RawInvalid { .. })
+    ));
     assert_eq!(slave.write_offset(), 0);
 
     while slave.write_offset() < master.write_offset() {
@@ -415,8 +522,16 @@ async fn raw_copy_gives_a_byte_identical_slave_with_its_own_consume_queues() {
     let master_bytes = master.read_all_raw_for_test();
     assert_eq!(slave.read_all_raw_for_test(), master_bytes);
     for queue_id in 0..3 {
-        let expected: Vec<_> = read_all(&master, "t", queue_id).await.iter().map(|m| m.raw().clone()).collect();
-        let copied: Vec<_> = read_all(&slave, "t", queue_id).await.iter().map(|m| m.raw().clone()).collect();
+        let expected: Vec<_> = read_all(&master, "t", queue_id)
+            .await
+            .iter()
+            .map(|m| m.raw().clone())
+            .collect();
+        let copied: Vec<_> = read_all(&slave, "t", queue_id)
+            .await
+            .iter()
+            .map(|m| m.raw().clone())
+            .collect();
         assert_eq!(copied, expected);
     }
     // A slave that later becomes master continues the queue offsets.
@@ -429,14 +544,21 @@ async fn retention_deletes_old_segments_and_queues_follow() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(small_config(dir.path())).unwrap();
     for i in 0..200 {
-        store.append(message("t", 0, &format!("{i:0>200}"))).await.unwrap();
+        store
+            .append(message("t", 0, &format!("{i:0>200}")))
+            .await
+            .unwrap();
     }
     let segments = store.segments_for_test();
     assert!(segments > 4);
     // Age every segment file by 100 hours; retention keeps the tail whatever its age.
     let old = std::time::SystemTime::now() - Duration::from_secs(100 * 3600);
     for entry in std::fs::read_dir(dir.path().join(recovery::COMMIT_LOG_DIR)).unwrap() {
-        let file = std::fs::File::options().write(true).open(entry.unwrap().path()).unwrap();
+        let path = entry.unwrap().path();
+        if path.extension().is_some() {
+            continue; // a spare, not part of the log
+        }
+        let file = std::fs::File::options().write(true).open(path).unwrap();
         file.set_modified(old).unwrap();
     }
     let report = store.run_retention(now_ms()).unwrap();
@@ -471,7 +593,10 @@ async fn external_confirm_offset_hides_what_replicas_do_not_hold_yet() {
     store.set_confirm_mode(ConfirmMode::External);
     let first = store.append(message("t", 0, "a")).await.unwrap();
     store.append(message("t", 0, "b")).await.unwrap();
-    assert!(read_all(&store, "t", 0).await.is_empty(), "nothing confirmed yet");
+    assert!(
+        read_all(&store, "t", 0).await.is_empty(),
+        "nothing confirmed yet"
+    );
     store.set_confirm_offset(first.end_offset);
     assert_eq!(bodies(&read_all(&store, "t", 0).await), vec!["a"]);
     // Never past what is locally durable.
@@ -492,5 +617,36 @@ async fn epochs_survive_restart() {
     }
     let store = Store::open(small_config(dir.path())).unwrap();
     let history = store.epoch_history();
-    assert_eq!(history.iter().map(|e| e.epoch).collect::<Vec<_>>(), vec![3, 4]);
+    assert_eq!(
+        history.iter().map(|e| e.epoch).collect::<Vec<_>>(),
+        vec![3, 4]
+    );
+}
+
+#[tokio::test]
+async fn rolling_adopts_the_segment_made_ahead_of_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(small_config(dir.path())).unwrap();
+    let log_dir = dir.path().join(recovery::COMMIT_LOG_DIR);
+    let spare = segment::spare_path(&log_dir, 8 << 10);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !spare.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no spare segment was made"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&spare).unwrap());
+    while store.write_offset() < 8 << 10 {
+        store
+            .append(message("t", 0, &"x".repeat(500)))
+            .await
+            .unwrap();
+    }
+    let adopted = log_dir.join(segment::segment_file_name(8 << 10));
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(adopted).unwrap()),
+        inode
+    );
 }

@@ -82,7 +82,13 @@ pub(crate) fn check_boundary(log: &CommitLog, commit_log_offset: u64) -> Result<
 
 /// Reads a pending truncation target left by a crash.
 pub(crate) fn load_intent(dir: &std::path::Path) -> Result<Option<u64>> {
-    let Some((_, payload)) = meta_file::load(dir, TRUNCATE_INTENT_FILE_NAME, TRUNCATE_MAGIC, TRUNCATE_FORMAT_VERSION)? else {
+    let Some((_, payload)) = meta_file::load(
+        dir,
+        TRUNCATE_INTENT_FILE_NAME,
+        TRUNCATE_MAGIC,
+        TRUNCATE_FORMAT_VERSION,
+    )?
+    else {
         return Ok(None);
     };
     if payload.len() != 8 {
@@ -118,7 +124,9 @@ pub(crate) fn apply(
     }
     epochs.truncate_from(commit_log_offset)?;
     if let Some(checkpoint) = Checkpoint::load(dir)? {
-        if checkpoint.flushed_offset > commit_log_offset || checkpoint.dispatched_offset > commit_log_offset {
+        if checkpoint.flushed_offset > commit_log_offset
+            || checkpoint.dispatched_offset > commit_log_offset
+        {
             Checkpoint {
                 flushed_offset: checkpoint.flushed_offset.min(commit_log_offset),
                 dispatched_offset: checkpoint.dispatched_offset.min(commit_log_offset),
@@ -135,7 +143,8 @@ pub(crate) fn apply(
 pub(crate) fn cut_segments(log: &CommitLog, commit_log_offset: u64) -> Result<()> {
     for segment in log.segments() {
         if segment.base_offset() > commit_log_offset {
-            std::fs::remove_file(segment.path()).map_err(StoreError::io("remove segment", segment.path()))?;
+            std::fs::remove_file(segment.path())
+                .map_err(StoreError::io("remove segment", segment.path()))?;
         } else if segment.end_offset() > commit_log_offset {
             segment.zero_from(commit_log_offset)?;
         }
@@ -146,7 +155,10 @@ pub(crate) fn cut_segments(log: &CommitLog, commit_log_offset: u64) -> Result<()
 
 /// Truncates a running store; called by the writer, which owns the tail. Returns the new tail
 /// segment and the rebuilt queue-offset table.
-pub(crate) fn truncate_running(shared: &Shared, commit_log_offset: u64) -> Result<(Arc<Segment>, QueueOffsetTable)> {
+pub(crate) fn truncate_running(
+    shared: &Shared,
+    commit_log_offset: u64,
+) -> Result<(Arc<Segment>, QueueOffsetTable)> {
     tracing::warn!(
         commit_log_offset,
         write_offset = shared.log.write_offset(),
@@ -158,15 +170,25 @@ pub(crate) fn truncate_running(shared: &Shared, commit_log_offset: u64) -> Resul
     let _flush = shared.flush_lock.lock().expect("flush lock poisoned");
     let mut epochs = shared.epochs.lock().expect("epoch lock poisoned");
     save_intent(&shared.dir, commit_log_offset)?;
-    apply(&shared.dir, &shared.log, &shared.queues, &mut epochs, commit_log_offset)?;
+    apply(
+        &shared.dir,
+        &shared.log,
+        &shared.queues,
+        &mut epochs,
+        commit_log_offset,
+    )?;
 
     shared.log.set_write_offset(commit_log_offset);
-    shared.log.set_flushed_offset(shared.log.flushed_offset().min(commit_log_offset));
+    shared
+        .log
+        .set_flushed_offset(shared.log.flushed_offset().min(commit_log_offset));
     shared
         .flush_progress
         .send_modify(|p| p.flushed_offset = p.flushed_offset.min(commit_log_offset));
     dispatch.dispatched_offset = dispatch.dispatched_offset.min(commit_log_offset);
-    shared.dispatched_offset.store(dispatch.dispatched_offset, Ordering::Release);
+    shared
+        .dispatched_offset
+        .store(dispatch.dispatched_offset, Ordering::Release);
     shared.publish_readable();
 
     let tail = match shared.log.segment_for(commit_log_offset) {

@@ -83,7 +83,11 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    pub fn new(shared: Arc<Shared>, rx: mpsc::Receiver<WriterCommand>, queue_offsets: QueueOffsetTable) -> Result<Writer> {
+    pub fn new(
+        shared: Arc<Shared>,
+        rx: mpsc::Receiver<WriterCommand>,
+        queue_offsets: QueueOffsetTable,
+    ) -> Result<Writer> {
         let position = shared.log.write_offset();
         let tail = shared
             .log
@@ -106,7 +110,11 @@ impl Writer {
     pub fn run(mut self) {
         let mut pending: Option<WriterCommand> = None;
         loop {
-            if self.shared.writer_stop_requested.load(std::sync::atomic::Ordering::Acquire) {
+            if self
+                .shared
+                .writer_stop_requested
+                .load(std::sync::atomic::Ordering::Acquire)
+            {
                 self.rx.close();
             }
             let command = match pending.take() {
@@ -142,7 +150,10 @@ impl Writer {
                 } => {
                     let _ = reply.send(self.append_raw(commit_log_offset, &bytes));
                 }
-                WriterCommand::Truncate { commit_log_offset, reply } => {
+                WriterCommand::Truncate {
+                    commit_log_offset,
+                    reply,
+                } => {
                     let _ = reply.send(self.truncate(commit_log_offset));
                 }
                 WriterCommand::BeginEpoch { epoch, reply } => {
@@ -186,7 +197,10 @@ impl Writer {
         self.group = group;
     }
 
-    fn write_group_inner(&mut self, group: &[(EncodedBatch, oneshot::Sender<Result<Written>>)]) -> Result<()> {
+    fn write_group_inner(
+        &mut self,
+        group: &[(EncodedBatch, oneshot::Sender<Result<Written>>)],
+    ) -> Result<()> {
         let now = super::now_ms();
         self.buf.clear();
         self.results.clear();
@@ -213,9 +227,11 @@ impl Writer {
                 at += size;
             }
             debug_assert_eq!(queue_offset - first_queue_offset, u64::from(batch.count));
-            *next_queue_offset(&mut self.queue_offsets, &batch.topic, batch.queue_id) = queue_offset;
+            *next_queue_offset(&mut self.queue_offsets, &batch.topic, batch.queue_id) =
+                queue_offset;
             self.results.push(Written {
-                commit_log_offset: first_commit_log_offset.expect("a batch holds at least one record"),
+                commit_log_offset: first_commit_log_offset
+                    .expect("a batch holds at least one record"),
                 queue_offset: first_queue_offset,
                 end_offset: self.position,
                 store_timestamp_ms: now,
@@ -254,10 +270,15 @@ impl Writer {
                 .map_err(StoreError::io("write padding", self.tail.path()))?;
         }
         let next = self.tail.end_offset();
-        let segment = Segment::create(self.shared.log.dir(), next, self.shared.config.segment_bytes)?;
+        let segment = Segment::create(
+            self.shared.log.dir(),
+            next,
+            self.shared.config.segment_bytes,
+        )?;
         tracing::info!(segment = %segment.path().display(), base_offset = next, "commit-log segment rolled");
         self.tail = self.shared.log.push_segment(segment);
         self.position = next;
+        self.shared.preallocate_signal.notify();
         Ok(())
     }
 
@@ -291,7 +312,8 @@ impl Writer {
             let offset = commit_log_offset + at as u64;
             let segment_left = self.tail.end_offset() - offset;
             if segment_left < RECORD_PREFIX_BYTES as u64 {
-                if bytes[at..].iter().any(|&b| b != 0) || bytes.len() - at != segment_left as usize {
+                if bytes[at..].iter().any(|&b| b != 0) || bytes.len() - at != segment_left as usize
+                {
                     return Err(invalid("segment tail after the last record is not zeros"));
                 }
                 break;
@@ -308,18 +330,23 @@ impl Writer {
                 }
                 Prefix::Message { total_bytes } => {
                     let end = at + total_bytes as usize;
-                    let raw = bytes.get(at..end).ok_or_else(|| invalid("ends inside a record"))?;
+                    let raw = bytes
+                        .get(at..end)
+                        .ok_or_else(|| invalid("ends inside a record"))?;
                     let header = record::check_message(raw).map_err(invalid)?;
                     if header.commit_log_offset != offset {
                         return Err(invalid("record's own offset does not match its position"));
                     }
-                    let topic = std::str::from_utf8(&raw[header.topic_range()]).map_err(|_| invalid("topic is not UTF-8"))?;
+                    let topic = std::str::from_utf8(&raw[header.topic_range()])
+                        .map_err(|_| invalid("topic is not UTF-8"))?;
                     let expected = updates
                         .iter()
                         .rev()
                         .find(|(t, q, _)| t == topic && *q == header.queue_id)
                         .map(|(_, _, next)| *next)
-                        .unwrap_or_else(|| peek_queue_offset(&self.queue_offsets, topic, header.queue_id));
+                        .unwrap_or_else(|| {
+                            peek_queue_offset(&self.queue_offsets, topic, header.queue_id)
+                        });
                     if header.queue_offset != expected {
                         return Err(invalid("queue offset is not the next one of its queue"));
                     }
@@ -370,7 +397,11 @@ impl Writer {
 }
 
 /// The table slot of (topic, queue id), created at 0 for a queue never written.
-fn next_queue_offset<'a>(table: &'a mut QueueOffsetTable, topic: &str, queue_id: u32) -> &'a mut u64 {
+fn next_queue_offset<'a>(
+    table: &'a mut QueueOffsetTable,
+    topic: &str,
+    queue_id: u32,
+) -> &'a mut u64 {
     if !table.contains_key(topic) {
         table.insert(topic.to_owned(), HashMap::new());
     }
@@ -382,12 +413,18 @@ fn next_queue_offset<'a>(table: &'a mut QueueOffsetTable, topic: &str, queue_id:
 }
 
 fn peek_queue_offset(table: &QueueOffsetTable, topic: &str, queue_id: u32) -> u64 {
-    table.get(topic).and_then(|q| q.get(&queue_id)).copied().unwrap_or(0)
+    table
+        .get(topic)
+        .and_then(|q| q.get(&queue_id))
+        .copied()
+        .unwrap_or(0)
 }
 
 fn clone_poison(err: &StoreError) -> StoreError {
     match err {
-        StoreError::Poisoned { cause } => StoreError::Poisoned { cause: cause.clone() },
+        StoreError::Poisoned { cause } => StoreError::Poisoned {
+            cause: cause.clone(),
+        },
         _ => StoreError::Stopped,
     }
 }
