@@ -53,7 +53,7 @@ fn body(writer: usize, seq: u64) -> Vec<u8> {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Ack {
+struct Acknowledged {
     queue_id: u32,
     queue_offset: u64,
     commit_log_offset: u64,
@@ -61,10 +61,10 @@ struct Ack {
     seq: u64,
 }
 
-fn parse_ack(line: &str) -> Option<Ack> {
+fn parse_acknowledged(line: &str) -> Option<Acknowledged> {
     let mut fields = line.strip_prefix("ACK ")?.split(' ');
     let mut next = || fields.next()?.parse::<u64>().ok();
-    Some(Ack {
+    Some(Acknowledged {
         queue_id: next()? as u32,
         queue_offset: next()?,
         commit_log_offset: next()?,
@@ -114,8 +114,8 @@ async fn futures_join(tasks: Vec<tokio::task::JoinHandle<()>>) {
     }
 }
 
-/// Runs the child until `acks_before_kill` acknowledgements arrived, kills it, returns its acks.
-fn run_child_and_kill(dir: &Path, acks_before_kill: usize) -> Vec<Ack> {
+/// Runs the child until `acknowledged_before_kill` acknowledgements arrived, kills it, returns them.
+fn run_child_and_kill(dir: &Path, acknowledged_before_kill: usize) -> Vec<Acknowledged> {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
             "--ignored",
@@ -134,34 +134,34 @@ fn run_child_and_kill(dir: &Path, acks_before_kill: usize) -> Vec<Ack> {
     let reader = std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
-            if let Some(ack) = parse_ack(&line) {
-                if tx.send(ack).is_err() {
+            if let Some(one) = parse_acknowledged(&line) {
+                if tx.send(one).is_err() {
                     break;
                 }
             }
         }
     });
-    let mut acks = Vec::new();
+    let mut acknowledged = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while acks.len() < acks_before_kill {
+    while acknowledged.len() < acknowledged_before_kill {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
-            Ok(ack) => acks.push(ack),
+            Ok(one) => acknowledged.push(one),
             Err(_) => panic!(
                 "child acknowledged only {} appends before the deadline",
-                acks.len()
+                acknowledged.len()
             ),
         }
     }
     child.kill().expect("SIGKILL the child");
     child.wait().unwrap();
     reader.join().unwrap();
-    // Acks already in the pipe when the kill landed were acknowledged before it: keep them.
-    acks.extend(rx.try_iter());
-    acks
+    // Acknowledgements already in the pipe when the kill landed were acknowledged before it: keep them.
+    acknowledged.extend(rx.try_iter());
+    acknowledged
 }
 
-fn verify(store: &Store, acks: &[Ack]) {
+fn verify(store: &Store, acknowledged: &[Acknowledged]) {
     let mut by_queue: HashMap<u32, Vec<broker::store::StoredMessage>> = HashMap::new();
     for queue_id in 0..QUEUES {
         let mut all = Vec::new();
@@ -192,19 +192,19 @@ fn verify(store: &Store, acks: &[Ack]) {
         }
         by_queue.insert(queue_id, all);
     }
-    for ack in acks {
-        let message = by_queue[&ack.queue_id]
-            .get(ack.queue_offset as usize)
-            .unwrap_or_else(|| panic!("acknowledged append lost: {ack:?}"));
+    for one in acknowledged {
+        let message = by_queue[&one.queue_id]
+            .get(one.queue_offset as usize)
+            .unwrap_or_else(|| panic!("acknowledged append lost: {one:?}"));
         assert_eq!(
             message.commit_log_offset(),
-            ack.commit_log_offset,
-            "{ack:?}"
+            one.commit_log_offset,
+            "{one:?}"
         );
         assert_eq!(
             message.body(),
-            Bytes::from(body(ack.writer, ack.seq)),
-            "{ack:?}"
+            Bytes::from(body(one.writer, one.seq)),
+            "{one:?}"
         );
     }
 }
@@ -218,12 +218,14 @@ async fn kill_9_during_sync_flush_appends_loses_no_acknowledged_message() {
     println!("crash test seed {seed} (replay with STORE_CRASH_SEED={seed})");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
-    let mut all_acks = Vec::new();
+    let mut all_acknowledged = Vec::new();
     let mut torn_tails = 0;
     for round in 0..ROUNDS {
-        let acks_before_kill = rng.random_range(1..3000);
-        let acks = tokio::task::block_in_place(|| run_child_and_kill(dir.path(), acks_before_kill));
-        all_acks.extend(acks);
+        let acknowledged_before_kill = rng.random_range(1..3000);
+        let acknowledged = tokio::task::block_in_place(|| {
+            run_child_and_kill(dir.path(), acknowledged_before_kill)
+        });
+        all_acknowledged.extend(acknowledged);
         let store = Store::open(config(dir.path())).unwrap();
         let report = store.recovery_report().clone();
         assert!(
@@ -236,10 +238,10 @@ async fn kill_9_during_sync_flush_appends_loses_no_acknowledged_message() {
                 .wait_readable(store.write_offset(), Duration::from_secs(30))
                 .await
         );
-        verify(&store, &all_acks);
+        verify(&store, &all_acknowledged);
         println!(
-            "round {round}: {} acks so far, recovered end {}, checked {} records, torn tail {:?}",
-            all_acks.len(),
+            "round {round}: {} acknowledged so far, recovered end {}, checked {} records, torn tail {:?}",
+            all_acknowledged.len(),
             report.recovered_end_offset,
             report.records_checked,
             report.torn_tail_offset
@@ -247,11 +249,11 @@ async fn kill_9_during_sync_flush_appends_loses_no_acknowledged_message() {
         tokio::task::block_in_place(|| store.shutdown()).unwrap();
     }
     assert!(
-        all_acks.len() >= ROUNDS,
+        all_acknowledged.len() >= ROUNDS,
         "the child must have acknowledged appends"
     );
     println!(
         "{} acknowledged appends verified over {ROUNDS} kills ({torn_tails} torn tails cut)",
-        all_acks.len()
+        all_acknowledged.len()
     );
 }
