@@ -34,6 +34,7 @@ fn config(dir: &Path) -> StoreConfig {
         max_properties_bytes: 1 << 10,
         consume_queue_entries_per_file: 1000,
         batch_bytes_max: 256 << 10,
+        disk_max_used_ratio: 1.0,
         ..StoreConfig::default()
     }
 }

@@ -221,7 +221,13 @@ impl CommitLog {
                 }
                 // The first record does not fit in `want`: read exactly it.
                 WholeRecords::FirstNeeds(len) => {
-                    assert!(len > want && commit_log_offset + len <= limit);
+                    if len <= want || commit_log_offset + len > limit {
+                        return Err(StoreError::Corrupt {
+                            path: segment.path().to_path_buf(),
+                            position: segment.file_position(commit_log_offset),
+                            reason: "record runs past the written end",
+                        });
+                    }
                     want = len;
                 }
             }

@@ -16,6 +16,9 @@ pub(crate) fn small_config(dir: &Path) -> StoreConfig {
         max_properties_bytes: 512,
         consume_queue_entries_per_file: 16,
         batch_bytes_max: 64 << 10,
+        // Retention runs only where a test asks for it, whatever the disk of the machine.
+        disk_max_used_ratio: 1.0,
+        retention_check_interval_ms: 3_600_000,
         ..StoreConfig::default()
     }
 }
@@ -511,6 +514,12 @@ async fn raw_copy_gives_a_byte_identical_slave_with_its_own_consume_queues() {
         Err(StoreError::RawInvalid { .. })
     ));
     assert_eq!(slave.write_offset(), 0);
+    // A well-formed record whose topic would name a path outside the store is refused.
+    let mut forged = Vec::new();
+    record::encode_message(&message("abc", 0, "x"), slave.shared.limits, &mut forged).unwrap();
+    forged[record::RECORD_HEADER_BYTES..record::RECORD_HEADER_BYTES + 3].copy_from_slice(b"../");
+    record::seal(&mut forged, 0, 0, 1);
+    assert!(matches!(slave.append_raw(0, Bytes::from(forged)).await, Err(StoreError::RawInvalid { .. })));
 
     while slave.write_offset() < master.write_offset() {
         let chunk = master.read_raw(slave.write_offset(), 3000).unwrap();

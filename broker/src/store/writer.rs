@@ -339,6 +339,8 @@ impl Writer {
                     }
                     let topic = std::str::from_utf8(&raw[header.topic_range()])
                         .map_err(|_| invalid("topic is not UTF-8"))?;
+                    // The topic names a directory: never trust it unchecked.
+                    record::validate_topic(topic).map_err(|_| invalid("illegal topic name"))?;
                     let expected = updates
                         .iter()
                         .rev()
