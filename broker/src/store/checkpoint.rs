@@ -4,7 +4,9 @@
 //! `flushed_offset`: the commit log was fsynced up to here when the checkpoint was taken.
 //! `dispatched_offset`: every record below it has its consume-queue entry fsynced. Recovery
 //! CRC-checks and re-dispatches from `min(flushed_offset, dispatched_offset)`, which is always a
-//! record boundary and always durable. Saved with [`super::meta_file`]'s crash-safe protocol.
+//! record boundary and always durable. `confirm_offset`: what consumers could see; a store
+//! opened with an externally set confirm offset (a replica) starts from it rather than from its
+//! whole recovered log. Saved with [`super::meta_file`]'s crash-safe protocol.
 
 use std::path::Path;
 
@@ -21,6 +23,7 @@ const CHECKPOINT_FORMAT_VERSION: u16 = 1;
 pub struct Checkpoint {
     pub flushed_offset: u64,
     pub dispatched_offset: u64,
+    pub confirm_offset: u64,
     /// When it was taken, Unix milliseconds (for operators reading it).
     pub saved_at_ms: u64,
 }
@@ -41,7 +44,7 @@ impl Checkpoint {
         else {
             return Ok(None);
         };
-        if payload.len() != 24 {
+        if payload.len() != 32 {
             return Err(StoreError::Format {
                 path: dir.join(CHECKPOINT_FILE_NAME),
                 reason: "checkpoint payload has the wrong length".into(),
@@ -50,14 +53,16 @@ impl Checkpoint {
         Ok(Some(Checkpoint {
             flushed_offset: read_u64(&payload, 0),
             dispatched_offset: read_u64(&payload, 8),
-            saved_at_ms: read_u64(&payload, 16),
+            confirm_offset: read_u64(&payload, 16),
+            saved_at_ms: read_u64(&payload, 24),
         }))
     }
 
     pub fn save(&self, dir: &Path) -> Result<()> {
-        let mut payload = Vec::with_capacity(24);
+        let mut payload = Vec::with_capacity(32);
         payload.extend_from_slice(&self.flushed_offset.to_le_bytes());
         payload.extend_from_slice(&self.dispatched_offset.to_le_bytes());
+        payload.extend_from_slice(&self.confirm_offset.to_le_bytes());
         payload.extend_from_slice(&self.saved_at_ms.to_le_bytes());
         meta_file::save(
             dir,

@@ -23,6 +23,10 @@ use super::message::StoredMessage;
 use super::record::{self, Prefix, RECORD_PREFIX_BYTES};
 use super::segment::{parse_segment_file_name, Segment};
 
+/// Most bytes one raw read returns (beyond a single larger record): bounds the memory a
+/// replica's request can make the master allocate.
+pub const RAW_READ_BYTES_MAX: usize = 16 << 20;
+
 /// The segments and offsets of one commit log.
 #[derive(Debug)]
 pub struct CommitLog {
@@ -37,7 +41,7 @@ impl CommitLog {
     /// Offsets start at the first segment's base; recovery sets them.
     pub fn open(dir: &Path) -> Result<CommitLog> {
         std::fs::create_dir_all(dir).map_err(StoreError::io("create commit-log directory", dir))?;
-        let mut segments = Vec::new();
+        let mut paths = Vec::new();
         for entry in
             std::fs::read_dir(dir).map_err(StoreError::io("list commit-log directory", dir))?
         {
@@ -49,8 +53,8 @@ impl CommitLog {
                 // renamed into place, so nothing in it was ever acknowledged.
                 std::fs::remove_file(entry.path())
                     .map_err(StoreError::io("remove", entry.path()))?;
-            } else if parse_segment_file_name(&name).is_some() {
-                segments.push(Arc::new(Segment::open(&entry.path())?));
+            } else if let Some(base_offset) = parse_segment_file_name(&name) {
+                paths.push((base_offset, entry.path()));
             } else {
                 return Err(StoreError::Format {
                     path: entry.path(),
@@ -58,7 +62,16 @@ impl CommitLog {
                 });
             }
         }
-        segments.sort_by_key(|s| s.base_offset());
+        paths.sort();
+        let mut segments = Vec::with_capacity(paths.len());
+        for (index, (_, path)) in paths.iter().enumerate() {
+            let segment = if index + 1 == paths.len() {
+                Segment::open_extending(path)?
+            } else {
+                Segment::open(path)?
+            };
+            segments.push(Arc::new(segment));
+        }
         for pair in segments.windows(2) {
             if pair[0].end_offset() != pair[1].base_offset() {
                 return Err(StoreError::Format {
@@ -155,9 +168,12 @@ impl CommitLog {
         self.segments.read().expect("segment list lock poisoned")
     }
 
-    /// Reads the message record of `size_bytes` at `commit_log_offset`, CRC-checked.
+    /// Reads the message record of `size_bytes` at `commit_log_offset`, CRC-checked. The
+    /// position and size come from a consume-queue entry, which has no CRC of its own: they are
+    /// bounds-checked before they size a buffer.
     pub fn read_message(&self, commit_log_offset: u64, size_bytes: u32) -> Result<StoredMessage> {
-        if commit_log_offset + u64::from(size_bytes) > self.write_offset() {
+        let end = commit_log_offset.checked_add(u64::from(size_bytes));
+        if end.is_none_or(|end| end > self.write_offset()) {
             return Err(StoreError::OffsetInvalid {
                 commit_log_offset,
                 reason: "beyond the written end of the commit log",
@@ -169,6 +185,15 @@ impl CommitLog {
                 commit_log_offset,
                 reason: "no longer held (deleted by retention)",
             })?;
+        if (size_bytes as usize) < record::RECORD_HEADER_BYTES
+            || commit_log_offset + u64::from(size_bytes) > segment.end_offset()
+        {
+            return Err(StoreError::Corrupt {
+                path: segment.path().to_path_buf(),
+                position: segment.file_position(commit_log_offset),
+                reason: "consume-queue entry gives a size no record can have here",
+            });
+        }
         let mut buf = BytesMut::zeroed(size_bytes as usize);
         segment.read_at(commit_log_offset, &mut buf)?;
         let corrupt = |reason| StoreError::Corrupt {
@@ -186,10 +211,13 @@ impl CommitLog {
     }
 
     /// Reads whole records from `commit_log_offset` (a record boundary): at most `max_bytes`
-    /// unless the first record alone is larger, never past the segment end or `write_offset`.
-    /// A padding record comes with the zeros after it, up to the segment end, so the bytes are a
-    /// contiguous copy of the log. Empty at the written end.
+    /// (capped at [`RAW_READ_BYTES_MAX`]) unless the first record alone is larger, never past the
+    /// segment end or `write_offset`. A padding record comes with the zeros after it, up to the
+    /// segment end, so the bytes are a contiguous copy of the log. Empty at the written end. An
+    /// offset that is not a record boundary is the caller's error (`OffsetInvalid`), not
+    /// corruption.
     pub fn read_raw(&self, commit_log_offset: u64, max_bytes: usize) -> Result<Bytes> {
+        let max_bytes = max_bytes.min(RAW_READ_BYTES_MAX);
         let write_offset = self.write_offset();
         if commit_log_offset >= write_offset {
             return if commit_log_offset == write_offset {
@@ -207,6 +235,7 @@ impl CommitLog {
                 commit_log_offset,
                 reason: "no longer held (deleted by retention)",
             })?;
+        super::truncate::check_boundary(self, commit_log_offset)?;
         let limit = write_offset.min(segment.end_offset());
         let mut want = (limit - commit_log_offset).min(max_bytes.max(RECORD_PREFIX_BYTES) as u64);
         loop {

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::error::{Result, StoreError};
+pub use super::record::{MESSAGE_BYTES_LIMIT_MAX, PROPERTIES_BYTES_LIMIT_MAX};
 use super::record::{RECORD_HEADER_BYTES, TOPIC_BYTES_LIMIT};
 
 /// When an append is acknowledged relative to the fsync that makes it durable.
@@ -82,11 +83,8 @@ impl Default for StoreConfig {
 pub const SEGMENT_BYTES_MIN: u64 = 4 << 10;
 /// Largest segment accepted; offsets within a segment must fit the 32-bit record size field.
 pub const SEGMENT_BYTES_MAX: u64 = 4 << 30;
-/// Largest body limit accepted: a record's size field is 32 bits and segments are at most 4 GiB.
-pub const MESSAGE_BYTES_LIMIT_MAX: u32 = 256 << 20;
-/// Largest property block limit accepted: each property value's length prefix is 16 bits, and
-/// properties are metadata, not payload.
-pub const PROPERTIES_BYTES_LIMIT_MAX: u32 = 1 << 20;
+/// Most entries per consume-queue file (80 MB files): recovery reads the last file of every queue.
+pub const CONSUME_QUEUE_ENTRIES_PER_FILE_MAX: u32 = 4_000_000;
 
 impl StoreConfig {
     /// Largest record this configuration can produce: header, longest topic, properties, body.
@@ -133,8 +131,12 @@ impl StoreConfig {
         if self.retention_check_interval_ms == 0 {
             return fail("retention_check_interval_ms", "must be above 0");
         }
-        if self.consume_queue_entries_per_file < 2 {
-            return fail("consume_queue_entries_per_file", "must be at least 2");
+        if !(2..=CONSUME_QUEUE_ENTRIES_PER_FILE_MAX).contains(&self.consume_queue_entries_per_file)
+        {
+            return fail(
+                "consume_queue_entries_per_file",
+                "must be between 2 and 4000000",
+            );
         }
         if !(self.disk_max_used_ratio > 0.0 && self.disk_max_used_ratio <= 1.0) {
             return fail("disk_max_used_ratio", "must be in (0, 1]");

@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use super::error::{Result, StoreError};
 use super::meta_file::sync_dir;
 use super::record::{read_u16, read_u32, read_u64};
-use super::segment::{parse_segment_file_name, segment_file_name};
+use super::segment::{parse_segment_file_name, segment_file_name, zero_range};
 
 /// Size of one consume-queue entry.
 pub const CQ_ENTRY_BYTES: usize = 20;
@@ -59,7 +59,9 @@ impl CqEntry {
 
     /// End of the record in the commit log.
     pub fn end_offset(&self) -> u64 {
-        self.commit_log_offset + u64::from(self.size_bytes)
+        // Entries are not CRC-protected: never overflow on a damaged one.
+        self.commit_log_offset
+            .saturating_add(u64::from(self.size_bytes))
     }
 }
 
@@ -281,12 +283,11 @@ impl ConsumeQueue {
     }
 
     /// Drops every entry pointing at or after `commit_log_offset` (the log is cut there, or it
-    /// is not yet verified), durably. Used by truncation and recovery.
+    /// is not yet verified), durably. Used by truncation and recovery. Everything after the kept
+    /// entries is zeroed, even past `max_queue_offset`: slots left behind a hole by a power loss
+    /// must not come back once new entries fill the hole.
     pub fn cut(&self, commit_log_offset: u64) -> Result<()> {
         let keep = self.first_at_or_after(commit_log_offset)?;
-        if keep == self.max_queue_offset() {
-            return Ok(());
-        }
         let mut files = self.files.write().expect("consume-queue lock poisoned");
         self.max_queue_offset.store(keep, Ordering::Release);
         let mut removed = false;
@@ -308,9 +309,8 @@ impl ConsumeQueue {
             let slot = keep - last.first_queue_offset;
             let position = CQ_HEADER_BYTES + slot * CQ_ENTRY_BYTES as u64;
             let full = CQ_HEADER_BYTES + self.entries_per_file * CQ_ENTRY_BYTES as u64;
-            last.file
-                .set_len(position)
-                .and_then(|()| last.file.set_len(full))
+            // Size kept: a crash in the middle leaves a file recovery opens.
+            zero_range(&last.file, position, full - position)
                 .and_then(|()| last.file.sync_all())
                 .map_err(StoreError::io("cut consume queue", &last.path))?;
         }

@@ -168,6 +168,7 @@ pub(crate) fn save_checkpoint(shared: &Shared, state: &DispatchState) -> Result<
     Checkpoint {
         flushed_offset,
         dispatched_offset: state.dispatched_offset,
+        confirm_offset: shared.confirm_offset(),
         saved_at_ms: super::now_ms(),
     }
     .save(&shared.dir)

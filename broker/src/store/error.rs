@@ -59,6 +59,9 @@ pub enum StoreError {
     /// A topic name breaks a rule.
     #[error("illegal topic {topic:?}: {reason}")]
     TopicInvalid { topic: String, reason: &'static str },
+    /// A queue id is out of range.
+    #[error("queue id {queue_id} is not below the limit of {limit}")]
+    QueueIdInvalid { queue_id: u32, limit: u32 },
     /// A batch mixes topics or queues, or is empty.
     #[error("illegal batch: {reason}")]
     BatchInvalid { reason: &'static str },
@@ -81,6 +84,13 @@ pub enum StoreError {
         path: PathBuf,
         position: u64,
         reason: &'static str,
+    },
+    /// A segment file is shorter than its header says (cut by something other than the store).
+    #[error("segment {} has {file_bytes} bytes, {expected_bytes} expected", path.display())]
+    SegmentShort {
+        path: PathBuf,
+        file_bytes: u64,
+        expected_bytes: u64,
     },
     /// A file's header or framing is not one this version understands.
     #[error("unreadable file {}: {reason}", path.display())]
@@ -110,6 +120,7 @@ impl StoreError {
                 | StoreError::PropertiesTooLarge { .. }
                 | StoreError::PropertyInvalid { .. }
                 | StoreError::TopicInvalid { .. }
+                | StoreError::QueueIdInvalid { .. }
                 | StoreError::BatchInvalid { .. }
                 | StoreError::OffsetInvalid { .. }
                 | StoreError::RawInvalid { .. }
@@ -120,7 +131,10 @@ impl StoreError {
     pub fn is_fatal(&self) -> bool {
         matches!(
             self,
-            StoreError::Poisoned { .. } | StoreError::Corrupt { .. } | StoreError::Format { .. }
+            StoreError::Poisoned { .. }
+                | StoreError::Corrupt { .. }
+                | StoreError::Format { .. }
+                | StoreError::SegmentShort { .. }
         )
     }
 }

@@ -47,6 +47,8 @@ pub mod writer;
 #[cfg(test)]
 mod model_tests;
 #[cfg(test)]
+mod regression_tests;
+#[cfg(test)]
 mod tests;
 
 use std::fs::OpenOptions;
@@ -122,8 +124,17 @@ struct Threads {
 }
 
 impl Store {
-    /// Opens (or creates) the store at `config.store_path`, recovering it first.
+    /// Opens (or creates) the store at `config.store_path`, recovering it first. The store sets
+    /// its own confirm offset ([`ConfirmMode::Local`]): everything recovered is visible.
     pub fn open(config: StoreConfig) -> Result<Store> {
+        Store::open_with_confirm_mode(config, ConfirmMode::Local)
+    }
+
+    /// Opens the store with the confirm offset under `mode` from the start. Under
+    /// [`ConfirmMode::External`] (a replica, or a master that must not show its recovered tail
+    /// before replication says it is safe) consumers start from the confirm offset the last
+    /// checkpoint saved, not from the whole recovered log.
+    pub fn open_with_confirm_mode(config: StoreConfig, mode: ConfirmMode) -> Result<Store> {
         config.validate()?;
         let dir = config.store_path.clone();
         std::fs::create_dir_all(&dir).map_err(StoreError::io("create store directory", &dir))?;
@@ -148,6 +159,10 @@ impl Store {
         let report = recovered.report.clone();
         log_recovery(&report);
         let end = report.recovered_end_offset;
+        let initial_confirm_offset = match mode {
+            ConfirmMode::Local => end,
+            ConfirmMode::External => recovered.checkpoint_confirm_offset,
+        };
         let queue_offsets = truncate::queue_offset_table(&recovered.queues);
         let shared = Arc::new(Shared::new(
             config,
@@ -157,6 +172,8 @@ impl Store {
             recovered.epochs,
             lock_file,
             end,
+            mode,
+            initial_confirm_offset,
         ));
         let (writer_tx, writer_rx) = mpsc::channel(shared.config.write_queue_capacity);
         let writer = Writer::new(shared.clone(), writer_rx, queue_offsets)?;
@@ -255,7 +272,10 @@ impl Store {
         let written = written.await.map_err(|_| StoreError::Stopped)??;
         let status = match self.shared.flush_disk_type() {
             FlushDiskType::AsyncFlush => PutStatus::Ok,
-            FlushDiskType::SyncFlush => self.wait_flushed(written.end_offset).await?,
+            FlushDiskType::SyncFlush => {
+                self.wait_flushed(written.end_offset, written.truncation_generation)
+                    .await?
+            }
         };
         Ok(AppendResult {
             status,
@@ -266,18 +286,26 @@ impl Store {
         })
     }
 
-    async fn wait_flushed(&self, end_offset: u64) -> Result<PutStatus> {
+    /// Waits for the fsync covering `end_offset`. A truncation since the write (a new
+    /// generation) fsynced everything first, so the append was durable before it.
+    async fn wait_flushed(&self, end_offset: u64, generation: u64) -> Result<PutStatus> {
         let mut progress = self.shared.flush_progress.subscribe();
         let timeout = Duration::from_millis(self.shared.config.sync_flush_timeout_ms);
         let waited = tokio::time::timeout(
             timeout,
-            progress.wait_for(|p| p.flushed_offset >= end_offset || p.failed),
+            progress.wait_for(|p| {
+                p.flushed_offset >= end_offset || p.truncation_generation != generation || p.failed
+            }),
         )
         .await;
         match waited {
             Err(_elapsed) => Ok(PutStatus::FlushDiskTimeout),
             Ok(Err(_closed)) => Err(StoreError::Stopped),
-            Ok(Ok(p)) if p.failed && p.flushed_offset < end_offset => {
+            Ok(Ok(p))
+                if p.failed
+                    && p.flushed_offset < end_offset
+                    && p.truncation_generation == generation =>
+            {
                 Err(self.shared.poisoned().unwrap_or(StoreError::Stopped))
             }
             Ok(Ok(_)) => Ok(PutStatus::Ok),
@@ -300,8 +328,11 @@ impl Store {
     }
 
     /// Appends records copied from a master at exactly `commit_log_offset` (this log's write
-    /// offset). Every record is checked (CRC, position, queue offset) before anything is written.
-    /// Returns the new write offset. Durability follows the flush policy; see [`Store::flush`].
+    /// offset). Every record is checked (CRC, position, queue offset, topic name, queue id)
+    /// before anything is written. Returns the new write offset once the bytes are *written*,
+    /// not fsynced, under either flush policy: a slave reports its written offset from this and
+    /// its flushed offset from [`Store::flushed_offset`] (or [`Store::flush`]), never one for
+    /// the other.
     pub async fn append_raw(&self, commit_log_offset: u64, bytes: Bytes) -> Result<u64> {
         let (reply, done) = oneshot::channel();
         self.writer_tx
@@ -351,6 +382,7 @@ impl Store {
 
     /// Waits until everything written so far is fsynced (forces a flush under `ASYNC_FLUSH`).
     pub async fn flush(&self) -> Result<()> {
+        let generation = self.shared.flush_progress.borrow().truncation_generation;
         let target = self.write_offset();
         self.shared
             .flush_requested_offset
@@ -358,10 +390,12 @@ impl Store {
         self.shared.flush_signal.notify();
         let mut progress = self.shared.flush_progress.subscribe();
         let p = progress
-            .wait_for(|p| p.flushed_offset >= target || p.failed)
+            .wait_for(|p| {
+                p.flushed_offset >= target || p.truncation_generation != generation || p.failed
+            })
             .await
             .map_err(|_| StoreError::Stopped)?;
-        if p.failed && p.flushed_offset < target {
+        if p.failed && p.flushed_offset < target && p.truncation_generation == generation {
             return Err(self.shared.poisoned().unwrap_or(StoreError::Stopped));
         }
         Ok(())

@@ -54,6 +54,19 @@ pub const TOPIC_BYTES_LIMIT: usize = 127;
 pub const PROPERTY_NAME_BYTES_LIMIT: usize = 255;
 /// Longest property value in bytes: its length prefix is 16 bits.
 pub const PROPERTY_VALUE_BYTES_LIMIT: usize = u16::MAX as usize;
+/// Largest body limit a configuration may set (`max_message_bytes`).
+pub const MESSAGE_BYTES_LIMIT_MAX: u32 = 256 << 20;
+/// Largest property-block limit a configuration may set (`max_properties_bytes`).
+pub const PROPERTIES_BYTES_LIMIT_MAX: u32 = 1 << 20;
+/// No record this store writes is larger, whatever its configuration: sizes read from disk
+/// above it are damage, and are never used to size a buffer.
+pub const RECORD_BYTES_LIMIT: u64 = RECORD_HEADER_BYTES as u64
+    + TOPIC_BYTES_LIMIT as u64
+    + PROPERTIES_BYTES_LIMIT_MAX as u64
+    + MESSAGE_BYTES_LIMIT_MAX as u64;
+/// Queue ids are below this. Each queue is a directory and files on disk, so ids are bounded
+/// (RocketMQ topics rarely have more than a few hundred queues).
+pub const QUEUE_ID_LIMIT: u32 = 1 << 16;
 
 const OFFSET_CRC: usize = 0;
 const OFFSET_TOTAL_BYTES: usize = 4;
@@ -150,6 +163,17 @@ pub fn validate_topic(topic: &str) -> Result<()> {
     Ok(())
 }
 
+/// Checks a queue id against [`QUEUE_ID_LIMIT`].
+pub fn validate_queue_id(queue_id: u32) -> Result<()> {
+    if queue_id >= QUEUE_ID_LIMIT {
+        return Err(StoreError::QueueIdInvalid {
+            queue_id,
+            limit: QUEUE_ID_LIMIT,
+        });
+    }
+    Ok(())
+}
+
 fn validate_property(name: &str, value: &str) -> Result<()> {
     let fail = |reason| {
         Err(StoreError::PropertyInvalid {
@@ -195,6 +219,7 @@ fn properties_bytes(properties: &[(String, String)]) -> Result<usize> {
 /// commit-log offset, store timestamp and CRC left for [`seal`]. On error `out` is unchanged.
 pub fn encode_message(message: &NewMessage, limits: RecordLimits, out: &mut Vec<u8>) -> Result<()> {
     validate_topic(&message.topic)?;
+    validate_queue_id(message.queue_id)?;
     if message.body.is_empty() {
         return Err(StoreError::BodyEmpty);
     }
@@ -290,6 +315,8 @@ pub fn classify_prefix(prefix: &[u8], segment_remaining_bytes: u64) -> Prefix {
         MAGIC_MESSAGE => {
             if (total_bytes as usize) < RECORD_HEADER_BYTES {
                 Prefix::Invalid("record shorter than its header")
+            } else if u64::from(total_bytes) > RECORD_BYTES_LIMIT {
+                Prefix::Invalid("record larger than any this store writes")
             } else if u64::from(total_bytes) > segment_remaining_bytes {
                 Prefix::Invalid("record runs past the segment end")
             } else {

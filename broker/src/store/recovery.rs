@@ -7,10 +7,14 @@
 //!    segment when there is no checkpoint or the consume queues are gone), cut every consume queue
 //!    there, and CRC-check every record from there forward, rebuilding consume-queue entries
 //!    from the same pass;
-//! 4. at the first position that is not a valid record, look at everything after it: if any valid
-//!    record follows, the damage is in the middle of the log and the store refuses to open
-//!    ([`StoreError::Corrupt`] names the file and position; nothing is changed). Otherwise it is
-//!    a torn or garbage tail from a crash mid-write: it is zeroed once, with a warning;
+//! 4. at the first position that is not a valid record: below the checkpoint's flushed offset it
+//!    is damage to fsynced data, and the store refuses to open ([`StoreError::Corrupt`] names the
+//!    file and position; nothing is changed). Otherwise look at everything after it: if any
+//!    valid record follows, the damage is in the middle of the log, and the store refuses to open
+//!    likewise. Otherwise it is a torn or garbage tail from a crash mid-write: it is zeroed once,
+//!    with a warning. (A power loss can leave unflushed pages written out of order, a hole before
+//!    valid records past the checkpoint; that too is refused, since those records may have been
+//!    acknowledged after the checkpoint was saved: an operator decides.)
 //! 5. fsync the recovered range (it may have been read from the page cache only), save a fresh
 //!    checkpoint, and drop epochs that start beyond the recovered end.
 //!
@@ -61,6 +65,8 @@ pub(crate) struct Recovered {
     pub queues: ConsumeQueues,
     pub epochs: EpochHistory,
     pub report: RecoveryReport,
+    /// The confirm offset the last checkpoint saved, capped at the recovered end.
+    pub checkpoint_confirm_offset: u64,
 }
 
 pub(crate) fn recover(dir: &Path, config: &StoreConfig, clean_shutdown: bool) -> Result<Recovered> {
@@ -94,6 +100,7 @@ pub(crate) fn recover(dir: &Path, config: &StoreConfig, clean_shutdown: bool) ->
             queues,
             epochs,
             report,
+            checkpoint_confirm_offset: 0,
         });
     };
     let min_offset = log.min_offset();
@@ -136,6 +143,23 @@ pub(crate) fn recover(dir: &Path, config: &StoreConfig, clean_shutdown: bool) ->
             position,
             stop,
         } => {
+            // Everything below the checkpoint's flushed offset was fsynced before it was saved:
+            // damage there cannot be a torn write.
+            let durable_end = checkpoint.map_or(0, |c| c.flushed_offset);
+            if commit_log_offset < durable_end {
+                tracing::error!(
+                    segment = %path.display(),
+                    position,
+                    reason = ?stop,
+                    durable_end,
+                    "damaged record below the last checkpointed flushed offset: refusing to open"
+                );
+                return Err(StoreError::Corrupt {
+                    path,
+                    position,
+                    reason: "damaged record below the last checkpointed flushed offset",
+                });
+            }
             let (valid_after, saw_nonzero) =
                 scan::find_valid_record_after(&log, commit_log_offset, SCAN_CHUNK_BYTES)?;
             if let Some(valid_offset) = valid_after {
@@ -195,9 +219,13 @@ pub(crate) fn recover(dir: &Path, config: &StoreConfig, clean_shutdown: bool) ->
     for queue in queues.all() {
         queue.sync()?;
     }
+    let checkpoint_confirm_offset = checkpoint
+        .map_or(0, |c| c.confirm_offset)
+        .min(recovered_end);
     Checkpoint {
         flushed_offset: recovered_end,
         dispatched_offset: recovered_end,
+        confirm_offset: checkpoint_confirm_offset,
         saved_at_ms: super::now_ms(),
     }
     .save(dir)?;
@@ -208,5 +236,6 @@ pub(crate) fn recover(dir: &Path, config: &StoreConfig, clean_shutdown: bool) ->
         queues,
         epochs,
         report,
+        checkpoint_confirm_offset,
     })
 }

@@ -5,6 +5,7 @@
 //! - only a prefix of the log is deleted, so it stays contiguous;
 //! - never the segment being written, and never a segment holding anything not yet flushed,
 //!   dispatched or confirmed;
+//! - a pass holds the dispatch mutex, as truncation does, so the two never interleave;
 //! - by age: a segment whose file was last modified `file_retention_hours` ago or more;
 //! - by disk: while the disk is fuller than `disk_max_used_ratio`, the oldest segments go first
 //!   whatever their age (RocketMQ does the same; a full disk would stop every write).
@@ -102,6 +103,9 @@ pub fn disk_usage(path: &Path) -> Option<DiskUsage> {
 
 /// One retention pass at `now_ms`.
 pub(crate) fn run_once(shared: &Shared, now_ms: u64) -> Result<RetentionReport> {
+    // Truncation holds the dispatch mutex while it changes the segment list: holding it here
+    // keeps the list this pass plans on the list it deletes from.
+    let dispatch = shared.dispatch.lock().expect("dispatch lock poisoned");
     let segments = shared.log.segments();
     let mut infos = Vec::with_capacity(segments.len());
     for segment in &segments {
@@ -119,11 +123,11 @@ pub(crate) fn run_once(shared: &Shared, now_ms: u64) -> Result<RetentionReport> 
             file_bytes: meta.len(),
         });
     }
-    let deletable_end = shared.log.flushed_offset().min(
-        shared
-            .dispatched_offset
-            .load(std::sync::atomic::Ordering::Acquire),
-    );
+    let deletable_end = shared
+        .log
+        .flushed_offset()
+        .min(dispatch.dispatched_offset)
+        .min(shared.confirm_offset());
     let policy = RetentionPolicy {
         retention_ms: shared.config.file_retention_hours.saturating_mul(3_600_000),
         disk_max_used_ratio: shared.config.disk_max_used_ratio,

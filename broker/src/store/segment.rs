@@ -123,6 +123,35 @@ impl Segment {
         Ok(())
     }
 
+    /// Extends a segment file cut short back to its capacity (reads as zeros), then opens it.
+    /// Only for the newest segment: recovery then judges the missing bytes like any damage at
+    /// the tail (refused below the checkpoint's flushed offset, cut as a torn tail above it).
+    pub fn open_extending(path: &Path) -> Result<Segment> {
+        match Segment::open(path) {
+            Err(StoreError::SegmentShort {
+                file_bytes,
+                expected_bytes,
+                ..
+            }) => {
+                tracing::warn!(
+                    segment = %path.display(),
+                    file_bytes,
+                    expected_bytes,
+                    "newest segment is shorter than its capacity: extending it"
+                );
+                let file = OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .map_err(StoreError::io("open segment", path))?;
+                preallocate(&file, expected_bytes)
+                    .and_then(|()| file.sync_all())
+                    .map_err(StoreError::io("extend segment", path))?;
+                Segment::open(path)
+            }
+            other => other,
+        }
+    }
+
     /// Opens an existing segment and checks its header against its name.
     pub fn open(path: &Path) -> Result<Segment> {
         let name_offset = path
@@ -177,9 +206,11 @@ impl Segment {
             .map_err(StoreError::io("stat segment", path))?
             .len();
         if len < SEGMENT_HEADER_BYTES + capacity_bytes {
-            // A segment is preallocated before it is renamed into place, so a short one was cut
-            // by something other than this program.
-            return Err(format("segment file is shorter than its capacity"));
+            return Err(StoreError::SegmentShort {
+                path: path.to_path_buf(),
+                file_bytes: len,
+                expected_bytes: SEGMENT_HEADER_BYTES + capacity_bytes,
+            });
         }
         Ok(Segment {
             base_offset,
@@ -240,19 +271,53 @@ impl Segment {
         self.file.sync_data()
     }
 
-    /// Zeroes the data from `commit_log_offset` to the segment end, keeping the file
-    /// preallocated, then fsyncs. Used by truncation and torn-tail repair.
+    /// Zeroes the data from `commit_log_offset` to the segment end, keeping the file's size
+    /// and its blocks reserved, then fsyncs. Used by truncation and torn-tail repair. The file
+    /// never shrinks, so a crash in the middle leaves a full-size segment that recovery opens.
     pub fn zero_from(&self, commit_log_offset: u64) -> Result<()> {
         assert!(self.contains(commit_log_offset) || commit_log_offset == self.end_offset());
         let position = self.file_position(commit_log_offset);
         let full = SEGMENT_HEADER_BYTES + self.capacity_bytes;
-        // Shrinking drops the cut bytes (ftruncate); growing back reads as zeros and
-        // preallocation reserves the blocks again.
-        self.file
-            .set_len(position)
-            .and_then(|()| preallocate(&self.file, full))
+        zero_range(&self.file, position, full - position)
             .and_then(|()| self.file.sync_all())
             .map_err(StoreError::io("zero segment tail", &self.path))
+    }
+
+    /// The next range of this segment at or after `commit_log_offset` that may hold data, as
+    /// commit-log offsets `[start, end)`; `None` when the rest was never written (a hole, or
+    /// preallocated space never written). Without SEEK_DATA support, the whole rest is one range.
+    pub fn next_data_range(&self, commit_log_offset: u64) -> Result<Option<(u64, u64)>> {
+        if commit_log_offset >= self.end_offset() {
+            return Ok(None);
+        }
+        let whole = Ok(Some((commit_log_offset, self.end_offset())));
+        let Ok(from) = libc::off_t::try_from(self.file_position(commit_log_offset)) else {
+            return whole;
+        };
+        // SAFETY: lseek on a descriptor we own; no memory is passed. The file offset it moves is
+        // not used by this program (all I/O is positioned).
+        let data = unsafe { libc::lseek(self.file.as_raw_fd(), from, libc::SEEK_DATA) };
+        if data < 0 {
+            let err = std::io::Error::last_os_error();
+            return match err.raw_os_error() {
+                Some(libc::ENXIO) => Ok(None),
+                Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) => whole,
+                _ => Err(StoreError::io("seek data in segment", &self.path)(err)),
+            };
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(self.file.as_raw_fd(), data, libc::SEEK_HOLE) };
+        if hole < 0 {
+            return whole;
+        }
+        let to_offset = |position: libc::off_t| {
+            (position as u64)
+                .saturating_sub(SEGMENT_HEADER_BYTES)
+                .saturating_add(self.base_offset)
+                .clamp(commit_log_offset, self.end_offset())
+        };
+        let (start, end) = (to_offset(data), to_offset(hole));
+        Ok((start < end).then_some((start, end)))
     }
 
     /// Tells the kernel to drop this file's cached pages (benchmarks measure cold reads with it).
@@ -275,6 +340,52 @@ fn encode_header(base_offset: u64, capacity_bytes: u64) -> Vec<u8> {
     header.extend_from_slice(&crc.to_le_bytes());
     header.resize(SEGMENT_HEADER_BYTES as usize, 0);
     header
+}
+
+/// Makes `[position, position + len)` of `file` read as zeros without changing its size: punches
+/// a hole and reserves the blocks again, or writes zeros where the file system cannot punch.
+pub(crate) fn zero_range(file: &File, position: u64, len: u64) -> std::io::Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    let to_off = |v: u64| {
+        libc::off_t::try_from(v).map_err(|_| std::io::Error::from(ErrorKind::InvalidInput))
+    };
+    let (offset, length) = (to_off(position)?, to_off(len)?);
+    // SAFETY: plain system calls on a file descriptor we own; no memory is passed.
+    let punched = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset,
+            length,
+        )
+    };
+    if punched == 0 {
+        // Reserve the blocks again so that later writes do not allocate (or hit a full disk).
+        // SAFETY: as above.
+        let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), offset, length) };
+        return match rc {
+            0 | libc::EOPNOTSUPP | libc::EINVAL => Ok(()),
+            errno => Err(std::io::Error::from_raw_os_error(errno)),
+        };
+    }
+    let err = std::io::Error::last_os_error();
+    if !matches!(
+        err.raw_os_error(),
+        Some(libc::EOPNOTSUPP) | Some(libc::EINVAL)
+    ) {
+        return Err(err);
+    }
+    const ZEROS_BYTES: usize = 1 << 20;
+    let zeros = vec![0u8; ZEROS_BYTES];
+    let mut at = position;
+    while at < position + len {
+        let n = (position + len - at).min(ZEROS_BYTES as u64) as usize;
+        file.write_all_at(&zeros[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
 }
 
 /// Reserves blocks for `len` bytes; falls back to a sparse extension where the file system has

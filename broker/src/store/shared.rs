@@ -32,6 +32,10 @@ pub struct FlushProgress {
     pub flushed_offset: u64,
     /// An fsync failed: nothing more will be flushed.
     pub failed: bool,
+    /// Bumped by every truncation. A truncation first fsyncs everything written, so an append
+    /// written in an earlier generation was durable before the cut, whatever `flushed_offset`
+    /// says now (new data may refill the same offsets: comparing offsets alone would lie).
+    pub truncation_generation: u64,
 }
 
 /// Progress of the dispatcher; its mutex is held for a whole dispatch round, so holding it keeps
@@ -63,19 +67,27 @@ pub(crate) struct Shared {
     pub housekeeping_signal: Signal,
     pub preallocate_signal: Signal,
     pub flush_progress: watch::Sender<FlushProgress>,
-    /// Highest commit-log offset consumers may read.
+    /// Highest commit-log offset consumers may read. Changed only under `confirm_lock`, which
+    /// also covers the read of the locally durable offset that bounds it, so a raise computed
+    /// before a truncation cannot land after the truncation's clamp.
     confirm_offset: AtomicU64,
+    confirm_lock: Mutex<()>,
     confirm_mode: AtomicU8,
     /// `min(confirm_offset, dispatched_offset)`: what readers can actually see.
     pub readable_tx: watch::Sender<u64>,
     /// Set once, by the first failed write or fsync; appends are refused from then on.
     poison: OnceLock<Arc<StoreError>>,
+    /// Appends (not raw appends) written so far; the flusher gathers by it.
+    pub appends_written: AtomicU64,
     /// Under `ASYNC_FLUSH`, a flush up to this offset was asked for (by `Store::flush`).
     pub flush_requested_offset: AtomicU64,
     /// Set by `Store::shutdown`: the writer closes its channel and drains it.
     pub writer_stop_requested: std::sync::atomic::AtomicBool,
     /// Held for the store's lifetime: the exclusive lock on the directory.
     pub _lock_file: File,
+    /// Test-only: rounds of the flusher's loop, to catch busy loops.
+    #[cfg(test)]
+    pub flusher_rounds: AtomicU64,
     /// Test-only fault: the flusher sleeps this long before each fsync.
     #[cfg(test)]
     pub fsync_delay_ms: AtomicU64,
@@ -91,7 +103,10 @@ impl Shared {
         epochs: EpochHistory,
         lock_file: File,
         recovered_end: u64,
+        confirm_mode: ConfirmMode,
+        initial_confirm_offset: u64,
     ) -> Shared {
+        debug_assert!(initial_confirm_offset <= recovered_end);
         let limits = RecordLimits {
             max_message_bytes: config.max_message_bytes,
             max_properties_bytes: config.max_properties_bytes,
@@ -116,14 +131,19 @@ impl Shared {
             flush_progress: watch::Sender::new(FlushProgress {
                 flushed_offset: recovered_end,
                 failed: false,
+                truncation_generation: 0,
             }),
-            confirm_offset: AtomicU64::new(recovered_end),
-            confirm_mode: AtomicU8::new(ConfirmMode::Local as u8),
-            readable_tx: watch::Sender::new(recovered_end),
+            confirm_offset: AtomicU64::new(initial_confirm_offset),
+            confirm_lock: Mutex::new(()),
+            confirm_mode: AtomicU8::new(confirm_mode as u8),
+            readable_tx: watch::Sender::new(initial_confirm_offset),
             poison: OnceLock::new(),
+            appends_written: AtomicU64::new(0),
             flush_requested_offset: AtomicU64::new(0),
             writer_stop_requested: std::sync::atomic::AtomicBool::new(false),
             _lock_file: lock_file,
+            #[cfg(test)]
+            flusher_rounds: AtomicU64::new(0),
             #[cfg(test)]
             fsync_delay_ms: AtomicU64::new(0),
         }
@@ -170,21 +190,35 @@ impl Shared {
         }
     }
 
-    /// Raises the confirm offset to `offset` (never lowers it) and wakes long pollers.
+    /// Raises the confirm offset towards `offset` (never lowers it), never past what is locally
+    /// durable under the flush policy, and wakes long pollers.
     pub fn raise_confirm_offset(&self, offset: u64) {
-        let previous = self.confirm_offset.fetch_max(offset, Ordering::AcqRel);
-        if offset > previous {
+        let _guard = self.confirm_lock.lock().expect("confirm lock poisoned");
+        let allowed = offset.min(self.locally_durable_offset());
+        if allowed > self.confirm_offset.load(Ordering::Acquire) {
+            self.confirm_offset.store(allowed, Ordering::Release);
+            self.publish_readable();
+        }
+    }
+
+    /// Lowers the confirm offset to at most `offset` (truncation only). Called after the
+    /// truncation lowered the written and flushed offsets, so no later raise can pass it.
+    pub fn clamp_confirm_offset(&self, offset: u64) {
+        let _guard = self.confirm_lock.lock().expect("confirm lock poisoned");
+        if self.confirm_offset.load(Ordering::Acquire) > offset {
+            self.confirm_offset.store(offset, Ordering::Release);
             self.publish_readable();
         }
     }
 
     /// Recomputes the readable offset and wakes its watchers when it changed. Called after the
-    /// confirm offset or the dispatched offset moves.
+    /// confirm offset or the dispatched offset moves. The value is computed under the watch's
+    /// own lock, so two publishers cannot store their results out of order.
     pub fn publish_readable(&self) {
-        let readable = self
-            .confirm_offset()
-            .min(self.dispatched_offset.load(Ordering::Acquire));
         self.readable_tx.send_if_modified(|current| {
+            let readable = self
+                .confirm_offset()
+                .min(self.dispatched_offset.load(Ordering::Acquire));
             let changed = *current != readable;
             *current = readable;
             changed
@@ -195,14 +229,6 @@ impl Shared {
     pub fn on_local_progress(&self) {
         if self.confirm_mode() == ConfirmMode::Local {
             self.raise_confirm_offset(self.locally_durable_offset());
-        }
-    }
-
-    /// Lowers the confirm offset to at most `offset` (truncation only).
-    pub fn lower_confirm_offset(&self, offset: u64) {
-        let previous = self.confirm_offset.fetch_min(offset, Ordering::AcqRel);
-        if offset < previous {
-            self.publish_readable();
         }
     }
 }

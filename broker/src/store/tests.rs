@@ -519,7 +519,10 @@ async fn raw_copy_gives_a_byte_identical_slave_with_its_own_consume_queues() {
     record::encode_message(&message("abc", 0, "x"), slave.shared.limits, &mut forged).unwrap();
     forged[record::RECORD_HEADER_BYTES..record::RECORD_HEADER_BYTES + 3].copy_from_slice(b"../");
     record::seal(&mut forged, 0, 0, 1);
-    assert!(matches!(slave.append_raw(0, Bytes::from(forged)).await, Err(StoreError::RawInvalid { .. })));
+    assert!(matches!(
+        slave.append_raw(0, Bytes::from(forged)).await,
+        Err(StoreError::RawInvalid { .. })
+    ));
 
     while slave.write_offset() < master.write_offset() {
         let chunk = master.read_raw(slave.write_offset(), 3000).unwrap();

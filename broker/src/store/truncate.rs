@@ -1,7 +1,8 @@
 //! Truncation: cutting the commit log back to an offset, crash-safely. A slave does this when its
 //! tail diverged from its master's; a deposed master does it when it rejoins.
 //!
-//! The steps, in order:
+//! The steps, in order (a running store first indexes every record below the target, fsyncs
+//! everything written, and lowers the confirm offset to the target):
 //! 1. save the intent file `truncate.intent` (the target offset) with the crash-safe protocol;
 //! 2. zero the containing segment from the target to its end and fsync it; delete every later
 //!    segment and fsync the directory;
@@ -12,7 +13,8 @@
 //!
 //! Recovery redoes steps 2-6 whenever it finds an intent file, before it reads anything, so a
 //! crash at any point finishes the cut on restart: the cut tail never comes back. Every step is
-//! idempotent.
+//! idempotent, and no step shrinks a file (a crash mid-step leaves files recovery opens). A
+//! failure after step 1 poisons a running store: only recovery continues a half-done cut.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -20,8 +22,10 @@ use std::sync::Arc;
 use super::checkpoint::Checkpoint;
 use super::commit_log::CommitLog;
 use super::consume_queue::ConsumeQueues;
+use super::dispatch::dispatch_range;
 use super::epoch::EpochHistory;
 use super::error::{Result, StoreError};
+use super::flush;
 use super::meta_file;
 use super::record::{self, read_u64, Prefix, RECORD_PREFIX_BYTES};
 use super::segment::Segment;
@@ -126,10 +130,12 @@ pub(crate) fn apply(
     if let Some(checkpoint) = Checkpoint::load(dir)? {
         if checkpoint.flushed_offset > commit_log_offset
             || checkpoint.dispatched_offset > commit_log_offset
+            || checkpoint.confirm_offset > commit_log_offset
         {
             Checkpoint {
                 flushed_offset: checkpoint.flushed_offset.min(commit_log_offset),
                 dispatched_offset: checkpoint.dispatched_offset.min(commit_log_offset),
+                confirm_offset: checkpoint.confirm_offset.min(commit_log_offset),
                 saved_at_ms: super::now_ms(),
             }
             .save(dir)?;
@@ -138,10 +144,13 @@ pub(crate) fn apply(
     meta_file::remove(dir, TRUNCATE_INTENT_FILE_NAME)
 }
 
-/// Zeroes the log from `commit_log_offset` on: the rest of its segment is zeroed (fsynced), every
-/// later segment is deleted (directory fsynced).
+/// Zeroes the log from `commit_log_offset` on: every later segment leaves the segment list
+/// first (so no thread finds it), then is deleted (directory fsynced); the rest of the
+/// containing segment is zeroed (fsynced).
 pub(crate) fn cut_segments(log: &CommitLog, commit_log_offset: u64) -> Result<()> {
-    for segment in log.segments() {
+    let segments = log.segments();
+    log.retain_segments(|s| s.base_offset() <= commit_log_offset);
+    for segment in segments {
         if segment.base_offset() > commit_log_offset {
             std::fs::remove_file(segment.path())
                 .map_err(StoreError::io("remove segment", segment.path()))?;
@@ -149,12 +158,17 @@ pub(crate) fn cut_segments(log: &CommitLog, commit_log_offset: u64) -> Result<()
             segment.zero_from(commit_log_offset)?;
         }
     }
-    log.retain_segments(|s| s.base_offset() <= commit_log_offset);
     meta_file::sync_dir(log.dir())
 }
 
 /// Truncates a running store; called by the writer, which owns the tail. Returns the new tail
 /// segment and the rebuilt queue-offset table.
+///
+/// Before cutting it (1) dispatches everything below the cut, because the writer's queue-offset
+/// table is rebuilt from the consume queues, and (2) fsyncs everything written, so that every
+/// append waiting for its fsync is answered truthfully: it was durable before the cut. Once the
+/// intent is saved, any failure poisons the store: the files are half cut, and only recovery
+/// (which finishes the intent) may continue from there.
 pub(crate) fn truncate_running(
     shared: &Shared,
     commit_log_offset: u64,
@@ -164,40 +178,71 @@ pub(crate) fn truncate_running(
         write_offset = shared.log.write_offset(),
         "truncating the commit log"
     );
-    // Consumers must stop seeing the tail before it goes.
-    shared.lower_confirm_offset(commit_log_offset);
     let mut dispatch = shared.dispatch.lock().expect("dispatch lock poisoned");
+    if dispatch.dispatched_offset < commit_log_offset {
+        dispatch.dispatched_offset =
+            dispatch_range(shared, dispatch.dispatched_offset, commit_log_offset)?;
+        shared
+            .dispatched_offset
+            .store(dispatch.dispatched_offset, Ordering::Release);
+    }
     let _flush = shared.flush_lock.lock().expect("flush lock poisoned");
+    if let Err(err) = flush::flush_locked(shared) {
+        shared.poison(err);
+        return Err(shared.poisoned().expect("just poisoned"));
+    }
+    // Consumers stop seeing the tail before it goes (no raise can pass this while we hold
+    // flush_lock: the flusher raises under it, and the writer is this thread).
+    shared.clamp_confirm_offset(commit_log_offset);
     let mut epochs = shared.epochs.lock().expect("epoch lock poisoned");
     save_intent(&shared.dir, commit_log_offset)?;
-    apply(
+    if let Err(err) = apply(
         &shared.dir,
         &shared.log,
         &shared.queues,
         &mut epochs,
         commit_log_offset,
-    )?;
+    ) {
+        shared.poison(err);
+        return Err(shared.poisoned().expect("just poisoned"));
+    }
 
     shared.log.set_write_offset(commit_log_offset);
     shared
         .log
         .set_flushed_offset(shared.log.flushed_offset().min(commit_log_offset));
+    shared.flush_progress.send_modify(|p| {
+        p.flushed_offset = p.flushed_offset.min(commit_log_offset);
+        p.truncation_generation += 1;
+    });
     shared
-        .flush_progress
-        .send_modify(|p| p.flushed_offset = p.flushed_offset.min(commit_log_offset));
+        .flush_requested_offset
+        .fetch_min(commit_log_offset, Ordering::AcqRel);
     dispatch.dispatched_offset = dispatch.dispatched_offset.min(commit_log_offset);
     shared
         .dispatched_offset
         .store(dispatch.dispatched_offset, Ordering::Release);
+    // Again, now that the durable offsets are lowered: an external raise computed before them
+    // cannot stay above the cut.
+    shared.clamp_confirm_offset(commit_log_offset);
     shared.publish_readable();
 
     let tail = match shared.log.segment_for(commit_log_offset) {
         Some(tail) => tail,
-        None => shared.log.push_segment(Segment::create(
-            shared.log.dir(),
-            commit_log_offset,
-            shared.config.segment_bytes,
-        )?),
+        None => {
+            let created = Segment::create(
+                shared.log.dir(),
+                commit_log_offset,
+                shared.config.segment_bytes,
+            );
+            match created {
+                Ok(segment) => shared.log.push_segment(segment),
+                Err(err) => {
+                    shared.poison(err);
+                    return Err(shared.poisoned().expect("just poisoned"));
+                }
+            }
+        }
     };
     Ok((tail, queue_offset_table(&shared.queues)))
 }

@@ -43,6 +43,8 @@ pub(crate) struct Written {
     /// End of the batch's last record: the append is durable once `flushed_offset` reaches it.
     pub end_offset: u64,
     pub store_timestamp_ms: u64,
+    /// Truncations before this write; see `FlushProgress::truncation_generation`.
+    pub truncation_generation: u64,
 }
 
 pub(crate) enum WriterCommand {
@@ -80,6 +82,7 @@ pub(crate) struct Writer {
     buf: Vec<u8>,
     group: Vec<(EncodedBatch, oneshot::Sender<Result<Written>>)>,
     results: Vec<Written>,
+    truncation_generation: u64,
 }
 
 impl Writer {
@@ -103,6 +106,7 @@ impl Writer {
             buf,
             group: Vec::new(),
             results: Vec::new(),
+            truncation_generation: 0,
         })
     }
 
@@ -235,6 +239,7 @@ impl Writer {
                 queue_offset: first_queue_offset,
                 end_offset: self.position,
                 store_timestamp_ms: now,
+                truncation_generation: self.truncation_generation,
             });
         }
         self.buf_flush(buf_start)?;
@@ -243,6 +248,9 @@ impl Writer {
         if self.position == self.tail.end_offset() {
             self.roll()?;
         }
+        self.shared
+            .appends_written
+            .fetch_add(group.len() as u64, std::sync::atomic::Ordering::AcqRel);
         self.publish();
         Ok(())
     }
@@ -341,6 +349,8 @@ impl Writer {
                         .map_err(|_| invalid("topic is not UTF-8"))?;
                     // The topic names a directory: never trust it unchecked.
                     record::validate_topic(topic).map_err(|_| invalid("illegal topic name"))?;
+                    record::validate_queue_id(header.queue_id)
+                        .map_err(|_| invalid("queue id out of range"))?;
                     let expected = updates
                         .iter()
                         .rev()
@@ -394,6 +404,7 @@ impl Writer {
         self.tail = tail;
         self.position = commit_log_offset;
         self.queue_offsets = queue_offsets;
+        self.truncation_generation += 1;
         Ok(())
     }
 }
