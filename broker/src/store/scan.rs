@@ -56,6 +56,9 @@ pub fn scan(
             .min(chunk_bytes as u64) as usize;
         buf.resize(want, 0);
         segment.read_at(pos, &mut buf)?;
+        if want == chunk_bytes {
+            segment.prefetch(pos + want as u64, 2 * chunk_bytes as u64);
+        }
         let mut at = 0usize;
         loop {
             let offset = pos + at as u64;

@@ -89,6 +89,7 @@ struct SettingsJson {
     dir: String,
     record_bytes: usize,
     mb_bytes: u64,
+    append_batch: usize,
 }
 
 impl From<&Settings> for SettingsJson {
@@ -101,6 +102,7 @@ impl From<&Settings> for SettingsJson {
             dir: s.base_dir.display().to_string(),
             record_bytes: RECORD_BYTES,
             mb_bytes: MB as u64,
+            append_batch: s.append_batch,
         }
     }
 }

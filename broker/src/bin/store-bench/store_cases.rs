@@ -133,6 +133,7 @@ pub(crate) fn run_store(settings: &Settings, dir: &Path, results: &mut Results) 
                 flush,
                 appenders,
                 settings.case_duration,
+                settings.append_batch,
             )
             .with_context(|| name.clone())?;
             print_store_case(&name, &case);
@@ -170,6 +171,7 @@ fn store_case(
     flush: FlushDiskType,
     appenders: usize,
     duration: Duration,
+    append_batch: usize,
 ) -> Result<StoreCase> {
     let config = StoreConfig {
         store_path: store_dir.to_path_buf(),
@@ -190,6 +192,7 @@ fn store_case(
                     body.clone(),
                     i as u32 % QUEUE_COUNT,
                     deadline,
+                    append_batch,
                 ))
             })
             .collect();
@@ -213,13 +216,15 @@ fn store_case(
     })
 }
 
-/// One appender: appends until the deadline, one message at a time, rotating over the queues.
-/// Stops at the first error (a failed store answers every later append with the same error).
+/// One appender: appends until the deadline, `append_batch` messages per call (one `append` per
+/// message when 1), rotating over the queues. Latency is per call. Stops at the first error (a
+/// failed store answers every later append with the same error).
 async fn append_until(
     store: Arc<Store>,
     body: Bytes,
     first_queue_id: u32,
     deadline: Instant,
+    append_batch: usize,
 ) -> Result<Tally> {
     let mut tally = Tally::new()?;
     let mut queue_id = first_queue_id;
@@ -227,13 +232,17 @@ async fn append_until(
         let message = NewMessage::new(TOPIC, queue_id, body.clone());
         queue_id = (queue_id + 1) % QUEUE_COUNT;
         let started = Instant::now();
-        let result = store.append(message).await;
+        let result = if append_batch == 1 {
+            store.append(message).await
+        } else {
+            store.append_batch(vec![message; append_batch]).await
+        };
         let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         match result {
             Ok(appended) => {
                 tally.latency_us.saturating_record(latency_us.max(1));
                 if appended.status == PutStatus::Ok {
-                    tally.ok += 1;
+                    tally.ok += append_batch as u64;
                 } else {
                     *tally
                         .not_ok
