@@ -336,7 +336,12 @@ impl Segment {
         };
         // SAFETY: plain system call on a file descriptor we own; no memory is passed.
         unsafe {
-            libc::posix_fadvise(self.file.as_raw_fd(), position, len, libc::POSIX_FADV_WILLNEED);
+            libc::posix_fadvise(
+                self.file.as_raw_fd(),
+                position,
+                len,
+                libc::POSIX_FADV_WILLNEED,
+            );
         }
     }
 
