@@ -168,6 +168,15 @@ impl CommitLog {
         self.segments.read().expect("segment list lock poisoned")
     }
 
+    /// The segment holding `commit_log_offset`, or the error a reader of a deleted offset gets.
+    fn held_segment(&self, commit_log_offset: u64) -> Result<Arc<Segment>> {
+        self.segment_for(commit_log_offset)
+            .ok_or(StoreError::OffsetInvalid {
+                commit_log_offset,
+                reason: "no longer held (deleted by retention)",
+            })
+    }
+
     /// Reads the message record of `size_bytes` at `commit_log_offset`, CRC-checked. The
     /// position and size come from a consume-queue entry, which has no CRC of its own: they are
     /// bounds-checked before they size a buffer.
@@ -179,12 +188,7 @@ impl CommitLog {
                 reason: "beyond the written end of the commit log",
             });
         }
-        let segment = self
-            .segment_for(commit_log_offset)
-            .ok_or(StoreError::OffsetInvalid {
-                commit_log_offset,
-                reason: "no longer held (deleted by retention)",
-            })?;
+        let segment = self.held_segment(commit_log_offset)?;
         if (size_bytes as usize) < record::RECORD_HEADER_BYTES
             || commit_log_offset + u64::from(size_bytes) > segment.end_offset()
         {
@@ -229,12 +233,7 @@ impl CommitLog {
                 })
             };
         }
-        let segment = self
-            .segment_for(commit_log_offset)
-            .ok_or(StoreError::OffsetInvalid {
-                commit_log_offset,
-                reason: "no longer held (deleted by retention)",
-            })?;
+        let segment = self.held_segment(commit_log_offset)?;
         super::truncate::check_boundary(self, commit_log_offset)?;
         let limit = write_offset.min(segment.end_offset());
         let mut want = (limit - commit_log_offset).min(max_bytes.max(RECORD_PREFIX_BYTES) as u64);

@@ -1,13 +1,12 @@
 //! Regression tests for defects a review found (races with truncation, recovery decisions, bounds
 //! on sizes read from disk). Each states the behaviour that must hold.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::tests::{settle, small_config};
+use super::tests::{settle, small_config, tail_segment};
 use super::*;
 
 fn message(topic: &str, queue_id: u32, body: &str) -> NewMessage {
@@ -248,18 +247,6 @@ async fn async_flusher_rests_after_truncation() {
         - before;
     println!("flusher loop iterations over 1 s with nothing to flush: {used}");
     assert!(used < 10, "flusher busy-loops: {used} iterations in 1 s");
-}
-
-fn tail_segment(dir: &Path) -> std::path::PathBuf {
-    let mut names: Vec<_> = std::fs::read_dir(dir.join(recovery::COMMIT_LOG_DIR))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            segment::parse_segment_file_name(p.file_name().unwrap().to_str().unwrap()).is_some()
-        })
-        .collect();
-    names.sort();
-    names.pop().unwrap()
 }
 
 /// A last segment left shorter than its capacity (a crash of an older build mid-truncation, or

@@ -280,7 +280,7 @@ fn no_checkpoints(dir: &Path) -> StoreConfig {
     }
 }
 
-fn tail_segment(dir: &Path) -> std::path::PathBuf {
+pub(crate) fn tail_segment(dir: &Path) -> std::path::PathBuf {
     let mut names: Vec<_> = std::fs::read_dir(dir.join(recovery::COMMIT_LOG_DIR))
         .unwrap()
         .map(|e| e.unwrap().path())
