@@ -10,12 +10,11 @@
 //! parent kills it once a random number of acknowledgements has arrived. The seed is printed and
 //! can be replayed with `STORE_CRASH_SEED`.
 
+mod common;
+
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use broker::store::{GetRequest, NewMessage, PutStatus, Store, StoreConfig, TagFilter};
 use bytes::Bytes;
@@ -84,6 +83,9 @@ fn crash_child() {
         .build()
         .unwrap();
     runtime.block_on(async move {
+        // The test harness printed "test NAME ... " without a newline: end that line first, so
+        // that every line of ours starts at the beginning of a line.
+        println!();
         let store = std::sync::Arc::new(Store::open(config(Path::new(&dir))).unwrap());
         let first_seq = broker::store::now_ms() * 1000;
         let mut tasks = Vec::new();
@@ -113,53 +115,6 @@ async fn futures_join(tasks: Vec<tokio::task::JoinHandle<()>>) {
     for task in tasks {
         let _ = task.await;
     }
-}
-
-/// Runs the child until `acknowledged_before_kill` acknowledgements arrived, kills it, returns them.
-fn run_child_and_kill(dir: &Path, acknowledged_before_kill: usize) -> Vec<Acknowledged> {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--ignored",
-            "--exact",
-            "crash_child",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_DIR_ENV, dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn child");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if let Some(one) = parse_acknowledged(&line) {
-                if tx.send(one).is_err() {
-                    break;
-                }
-            }
-        }
-    });
-    let mut acknowledged = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while acknowledged.len() < acknowledged_before_kill {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(one) => acknowledged.push(one),
-            Err(_) => panic!(
-                "child acknowledged only {} appends before the deadline",
-                acknowledged.len()
-            ),
-        }
-    }
-    child.kill().expect("SIGKILL the child");
-    child.wait().unwrap();
-    reader.join().unwrap();
-    // Acknowledgements already in the pipe when the kill landed were acknowledged before it: keep them.
-    acknowledged.extend(rx.try_iter());
-    acknowledged
 }
 
 fn verify(store: &Store, acknowledged: &[Acknowledged]) {
@@ -212,11 +167,7 @@ fn verify(store: &Store, acknowledged: &[Acknowledged]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_sync_flush_appends_loses_no_acknowledged_message() {
-    let seed = std::env::var("STORE_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(broker::store::now_ms);
-    println!("crash test seed {seed} (replay with STORE_CRASH_SEED={seed})");
+    let seed = common::seed("STORE_CRASH_SEED");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
     let mut all_acknowledged = Vec::new();
@@ -224,7 +175,18 @@ async fn kill_9_during_sync_flush_appends_loses_no_acknowledged_message() {
     for round in 0..ROUNDS {
         let acknowledged_before_kill = rng.random_range(1..3000);
         let acknowledged = tokio::task::block_in_place(|| {
-            run_child_and_kill(dir.path(), acknowledged_before_kill)
+            common::run_child_and_kill(
+                "crash_child",
+                &[(CHILD_DIR_ENV, common::dir_value(dir.path()))],
+                parse_acknowledged,
+                {
+                    let mut seen = 0;
+                    move |_| {
+                        seen += 1;
+                        seen >= acknowledged_before_kill
+                    }
+                },
+            )
         });
         all_acknowledged.extend(acknowledged);
         let store = Store::open(config(dir.path())).unwrap();
