@@ -243,11 +243,7 @@ impl Writer {
             });
         }
         self.buf_flush(buf_start)?;
-        // A record that ends exactly at the segment end leaves no room: roll now, so that the
-        // segment holding write_offset always exists.
-        if self.position == self.tail.end_offset() {
-            self.roll()?;
-        }
+        self.roll_if_full()?;
         self.shared
             .appends_written
             .fetch_add(group.len() as u64, std::sync::atomic::Ordering::AcqRel);
@@ -260,10 +256,25 @@ impl Writer {
         if self.buf.is_empty() {
             return Ok(());
         }
+        assert_eq!(
+            buf_start + self.buf.len() as u64,
+            self.position,
+            "the group must end exactly at the writer's position"
+        );
         self.tail
             .write_at(buf_start, &self.buf)
             .map_err(StoreError::io("write commit log", self.tail.path()))?;
         self.buf.clear();
+        Ok(())
+    }
+
+    /// Rolls when no record can start in what is left of the tail segment (under 12 bytes), so
+    /// that `write_offset` always names a position in an existing segment where the next record
+    /// can start: the same position recovery finds, whatever the path that got there.
+    fn roll_if_full(&mut self) -> Result<()> {
+        if self.tail.end_offset() - self.position < RECORD_PREFIX_BYTES as u64 {
+            self.roll()?;
+        }
         Ok(())
     }
 
@@ -291,6 +302,11 @@ impl Writer {
     }
 
     fn publish(&self) {
+        // Only a truncation (which sets write_offset itself) moves the tail backwards.
+        assert!(
+            self.position >= self.shared.log.write_offset(),
+            "write offset must not move backwards"
+        );
         self.shared.log.set_write_offset(self.position);
         self.shared.flush_signal.notify();
         self.shared.dispatch_signal.notify();
@@ -382,11 +398,9 @@ impl Writer {
             *next_queue_offset(&mut self.queue_offsets, &topic, queue_id) = next;
         }
         self.position = commit_log_offset + bytes.len() as u64;
-        if self.position == self.tail.end_offset() {
-            if let Err(err) = self.roll() {
-                self.shared.poison(err);
-                return Err(self.shared.poisoned().expect("just poisoned"));
-            }
+        if let Err(err) = self.roll_if_full() {
+            self.shared.poison(err);
+            return Err(self.shared.poisoned().expect("just poisoned"));
         }
         self.publish();
         Ok(self.position)
@@ -405,6 +419,11 @@ impl Writer {
         self.position = commit_log_offset;
         self.queue_offsets = queue_offsets;
         self.truncation_generation += 1;
+        if let Err(err) = self.roll_if_full() {
+            self.shared.poison(err);
+            return Err(self.shared.poisoned().expect("just poisoned"));
+        }
+        self.shared.log.set_write_offset(self.position);
         Ok(())
     }
 }
