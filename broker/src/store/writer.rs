@@ -20,6 +20,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
+use super::config::FlushDiskType;
 use super::error::{Result, StoreError};
 use super::record::{self, Prefix, RECORD_PREFIX_BYTES};
 use super::segment::Segment;
@@ -308,7 +309,11 @@ impl Writer {
             "write offset must not move backwards"
         );
         self.shared.log.set_write_offset(self.position);
-        self.shared.flush_signal.notify();
+        // Under ASYNC_FLUSH the flusher runs on its interval: waking it per group only costs a
+        // context switch each time.
+        if self.shared.flush_disk_type() == FlushDiskType::SyncFlush {
+            self.shared.flush_signal.notify();
+        }
         self.shared.dispatch_signal.notify();
         self.shared.on_local_progress();
     }
