@@ -113,7 +113,7 @@ pub(crate) fn recover(dir: &Path, config: &StoreConfig, clean_shutdown: bool) ->
     };
     report.checked_from_offset = start;
     for queue in queues.all() {
-        queue.cut(start)?;
+        queue.recover_to(start)?;
         // Retention may have deleted segments since these files were written.
         queue.delete_before(min_offset)?;
     }
