@@ -1,11 +1,21 @@
-//! The broker: the store, and (from step 2) the client-facing gRPC service, consumer groups,
-//! retry and dead-letter queues, delay levels.
+//! The broker: the store, and the client-facing gRPC service over it.
 //!
-//! Map:
+//! Map, following a send from the wire to the disk:
+//! - [`service`]: the `broker.client.v1.Broker` gRPC service. Validates requests (topic, queue,
+//!   tag, keys, properties, ids), turns them into store calls, answers with send statuses; pull
+//!   with long polling; topic administration.
+//! - [`topics`]: the topics and their queue counts, persisted crash-safely.
+//! - [`error`]: the broker's error type and the one place errors become gRPC statuses with
+//!   their stable codes.
+//! - [`config`]: the flat RocketMQ-style configuration (broker keys and store keys).
 //! - [`store`]: the commit log and everything that makes it durable and readable: segments,
 //!   group commit, flush, consume queues, recovery, truncation, retention, the epoch history.
 //!   Its own `mod.rs` maps its files and follows one append through them.
-//! - `src/bin/store-bench.rs`: the store benchmark against raw-disk baselines measured in the same
-//!   run (`docs/BENCHMARKS.md`).
+//! - `src/bin/broker.rs`: the `broker` process. `src/bin/store-bench/`: the store benchmark
+//!   against raw-disk baselines measured in the same run (`docs/BENCHMARKS.md`).
 
+pub mod config;
+pub mod error;
+pub mod service;
 pub mod store;
+pub mod topics;

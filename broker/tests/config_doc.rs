@@ -1,6 +1,8 @@
-//! docs/CONFIG.md is the reference operators read: every `toml` block in it must parse (unknown
-//! keys are errors) and its table must list every key the store accepts.
+//! docs/CONFIG.md is the reference operators read: every `toml` block in it must parse as a
+//! broker configuration (unknown keys are errors) showing the defaults, and its tables must list
+//! every key the broker and the store accept.
 
+use broker::config::{BrokerConfig, BrokerSettings};
 use broker::store::StoreConfig;
 
 fn config_doc() -> String {
@@ -9,24 +11,25 @@ fn config_doc() -> String {
 }
 
 #[test]
-fn every_toml_example_parses_and_validates() {
+fn every_toml_example_parses_and_shows_the_defaults() {
     let doc = config_doc();
     let blocks: Vec<&str> = doc
         .split("```toml")
         .skip(1)
         .map(|b| b.split("```").next().unwrap())
         .collect();
-    assert!(!blocks.is_empty());
+    assert!(blocks.len() >= 2);
     for block in blocks {
-        let config: StoreConfig =
-            toml::from_str(block).unwrap_or_else(|err| panic!("{err}\n{block}"));
+        let config = BrokerConfig::from_toml(block).unwrap_or_else(|err| panic!("{err}\n{block}"));
         config.validate().unwrap();
+        let defaults = BrokerConfig::default();
+        assert_eq!(config.broker, defaults.broker, "the example shows the defaults");
         assert_eq!(
             StoreConfig {
-                store_path: StoreConfig::default().store_path,
-                ..config
+                store_path: defaults.store.store_path.clone(),
+                ..config.store
             },
-            StoreConfig::default(),
+            defaults.store,
             "the example shows the defaults"
         );
     }
@@ -35,8 +38,9 @@ fn every_toml_example_parses_and_validates() {
 #[test]
 fn every_key_is_documented() {
     let doc = config_doc();
-    let keys = toml::to_string(&StoreConfig::default()).unwrap();
-    for line in keys.lines() {
+    let broker_keys = toml::to_string(&BrokerSettings::default()).unwrap();
+    let store_keys = toml::to_string(&StoreConfig::default()).unwrap();
+    for line in broker_keys.lines().chain(store_keys.lines()) {
         let key = line.split('=').next().unwrap().trim();
         assert!(
             doc.contains(&format!("| `{key}` |")),

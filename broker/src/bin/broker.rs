@@ -1,0 +1,138 @@
+//! The `broker` process: opens the store and the topic registry, serves the client-facing gRPC
+//! service, and on SIGTERM or SIGINT stops accepting, finishes the requests in flight, flushes,
+//! and closes the store cleanly (the abort marker goes, so the next start needs no recovery).
+//!
+//! Prints `broker listening on ADDR` on stdout once it serves (with `listen` port 0, ADDR has
+//! the port the system chose: tests and scripts read it there).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use broker::config::BrokerConfig;
+use broker::service::BrokerService;
+use broker::store::Store;
+use broker::topics::TopicRegistry;
+use clap::Parser;
+use proto::client::broker_server::BrokerServer;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_stream::wrappers::TcpListenerStream;
+
+/// Room for request framing and fields beyond message bytes.
+const REQUEST_OVERHEAD_BYTES: usize = 1 << 20;
+
+/// A broker of the cluster. Every configuration key is described in docs/CONFIG.md.
+#[derive(Parser, Debug)]
+#[command(name = "broker", version, about)]
+struct Cli {
+    /// TOML configuration file (flat keys, as in RocketMQ's broker.conf).
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// Address to listen on (overrides `listen`), e.g. 127.0.0.1:10911; port 0 picks a free one.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Store directory (overrides `store_path`).
+    #[arg(long)]
+    store_path: Option<PathBuf>,
+    /// SYNC_FLUSH or ASYNC_FLUSH (overrides `flush_disk_type`).
+    #[arg(long)]
+    flush_disk_type: Option<String>,
+    /// Any configuration key, as KEY=VALUE in TOML value syntax; repeatable; applied last.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let config = load_config(&cli)?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start the runtime")?
+        .block_on(serve(config))
+}
+
+fn load_config(cli: &Cli) -> Result<BrokerConfig> {
+    let base = match &cli.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("read {}", path.display()))?;
+            BrokerConfig::from_toml(&text).with_context(|| format!("in {}", path.display()))?
+        }
+        None => BrokerConfig::default(),
+    };
+    let mut overrides = Vec::new();
+    if let Some(listen) = &cli.listen {
+        overrides.push(format!("listen=\"{listen}\""));
+    }
+    if let Some(path) = &cli.store_path {
+        overrides.push(format!("store_path={:?}", path.display().to_string()));
+    }
+    if let Some(kind) = &cli.flush_disk_type {
+        overrides.push(format!("flush_disk_type=\"{kind}\""));
+    }
+    overrides.extend(cli.overrides.iter().cloned());
+    let config = base.with_overrides(&overrides)?;
+    config.validate()?;
+    Ok(config)
+}
+
+async fn serve(config: BrokerConfig) -> Result<()> {
+    let store_path = config.store.store_path.clone();
+    let store = tokio::task::spawn_blocking({
+        let store_config = config.store.clone();
+        move || Store::open(store_config)
+    })
+    .await
+    .context("open the store")??;
+    let store = Arc::new(store);
+    let topics = Arc::new(TopicRegistry::open(&store_path)?);
+    let listener = TcpListener::bind(config.broker.listen)
+        .await
+        .with_context(|| format!("listen on {}", config.broker.listen))?;
+    let local = listener.local_addr()?;
+    tracing::info!(
+        addr = %local,
+        broker_name = %config.broker.broker_name,
+        broker_id = config.broker.broker_id,
+        flush_disk_type = ?config.store.flush_disk_type,
+        "broker serving"
+    );
+    println!("broker listening on {local}");
+    let service = BrokerService::new(store.clone(), topics, config.broker.clone());
+    // Room for the largest batch the store takes, so that an oversized message reaches the
+    // service's checks and gets its own error code instead of a transport error.
+    let request_bytes_max = config.store.batch_bytes_max + REQUEST_OVERHEAD_BYTES;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    tonic::transport::Server::builder()
+        .add_service(
+            BrokerServer::new(service)
+                .max_decoding_message_size(request_bytes_max)
+                .max_encoding_message_size(
+                    broker::service::PULL_BYTES_MAX as usize + REQUEST_OVERHEAD_BYTES,
+                ),
+        )
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+            tracing::info!("stopping: no new requests; finishing those in flight");
+        })
+        .await
+        .context("serve")?;
+    tokio::task::spawn_blocking(move || store.shutdown())
+        .await
+        .context("stop the store")??;
+    tracing::info!("broker stopped cleanly");
+    Ok(())
+}

@@ -1,0 +1,192 @@
+//! The broker's configuration: one flat TOML table with RocketMQ-style keys.
+//!
+//! Keys are the broker's own ([`BrokerSettings`]) and the store's ([`StoreConfig`]), side by
+//! side, as in RocketMQ's `broker.conf`. A key neither knows is an error. Command-line flags
+//! override the file (`--set KEY=VALUE` for any key, in TOML value syntax). Every key is listed in
+//! `docs/CONFIG.md`.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::store::{StoreConfig, StoreError};
+
+/// The broker's own settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerSettings {
+    /// Cluster this broker belongs to (RocketMQ's brokerClusterName).
+    pub broker_cluster_name: String,
+    /// Broker group (RocketMQ's brokerName): the master and slaves that hold the same queues.
+    pub broker_name: String,
+    /// This replica's id within its broker group (0 for the first).
+    pub broker_id: u64,
+    /// Address the client-facing gRPC service listens on (port 0: any free port).
+    pub listen: SocketAddr,
+    /// Create unknown topics on first send, with `default_topic_queue_nums` queues.
+    pub auto_create_topic_enable: bool,
+    /// Queues of an auto-created topic.
+    pub default_topic_queue_nums: u32,
+    /// Longest a pull may wait for a message (long polling), whatever the client asks.
+    pub pull_poll_timeout_max_ms: u32,
+}
+
+impl Default for BrokerSettings {
+    fn default() -> Self {
+        BrokerSettings {
+            broker_cluster_name: "DefaultCluster".into(),
+            broker_name: "broker-a".into(),
+            broker_id: 0,
+            listen: SocketAddr::from(([0, 0, 0, 0], 10911)),
+            auto_create_topic_enable: false,
+            default_topic_queue_nums: 8,
+            pull_poll_timeout_max_ms: 30_000,
+        }
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration is not valid TOML: {0}")]
+    Syntax(#[from] toml::de::Error),
+    #[error("unknown configuration key {key:?}")]
+    UnknownKey { key: String },
+    #[error("configuration key {key:?}: {reason}")]
+    Value { key: String, reason: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("invalid configuration: {field}: {reason}")]
+    Rule {
+        field: &'static str,
+        reason: &'static str,
+    },
+}
+
+/// Everything a broker process needs.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct BrokerConfig {
+    pub broker: BrokerSettings,
+    pub store: StoreConfig,
+}
+
+impl BrokerConfig {
+    /// Parses a flat TOML table, giving each key to the broker or the store.
+    pub fn from_toml(text: &str) -> Result<BrokerConfig, ConfigError> {
+        let table: toml::Table = text.parse()?;
+        Self::from_table(table)
+    }
+
+    fn from_table(table: toml::Table) -> Result<BrokerConfig, ConfigError> {
+        let broker_keys = keys_of(&BrokerSettings::default());
+        let store_keys = keys_of(&StoreConfig::default());
+        let (mut broker, mut store) = (toml::Table::new(), toml::Table::new());
+        for (key, value) in table {
+            if broker_keys.contains(&key) {
+                broker.insert(key, value);
+            } else if store_keys.contains(&key) {
+                store.insert(key, value);
+            } else {
+                return Err(ConfigError::UnknownKey { key });
+            }
+        }
+        Ok(BrokerConfig {
+            broker: broker.try_into()?,
+            store: store.try_into()?,
+        })
+    }
+
+    /// Applies `KEY=VALUE` overrides (VALUE in TOML syntax; a bare word is taken as a string).
+    pub fn with_overrides(self, overrides: &[String]) -> Result<BrokerConfig, ConfigError> {
+        let mut table = toml::Table::try_from(&self.broker).expect("settings serialize");
+        table.extend(toml::Table::try_from(&self.store).expect("settings serialize"));
+        for assignment in overrides {
+            let Some((key, raw)) = assignment.split_once('=') else {
+                return Err(ConfigError::Value {
+                    key: assignment.clone(),
+                    reason: "expected KEY=VALUE".into(),
+                });
+            };
+            let key = key.trim().to_owned();
+            let raw = raw.trim();
+            let value = format!("v = {raw}")
+                .parse::<toml::Table>()
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or_else(|| toml::Value::String(raw.to_owned()));
+            table.insert(key, value);
+        }
+        Self::from_table(table)
+    }
+
+    /// Checks rules between keys.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.store.validate()?;
+        if !(1..=crate::topics::QUEUE_COUNT_MAX).contains(&self.broker.default_topic_queue_nums) {
+            return Err(ConfigError::Rule {
+                field: "default_topic_queue_nums",
+                reason: "must be between 1 and 1024",
+            });
+        }
+        if self.broker.broker_name.is_empty() {
+            return Err(ConfigError::Rule {
+                field: "broker_name",
+                reason: "must not be empty",
+            });
+        }
+        Ok(())
+    }
+}
+
+fn keys_of<T: Serialize>(value: &T) -> Vec<String> {
+    toml::Table::try_from(value)
+        .expect("settings serialize to a table")
+        .keys()
+        .cloned()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flat_keys_go_to_broker_and_store() {
+        let config = BrokerConfig::from_toml(
+            "broker_name = \"broker-b\"\nflush_disk_type = \"ASYNC_FLUSH\"\nlisten = \"127.0.0.1:0\"",
+        )
+        .unwrap();
+        assert_eq!(config.broker.broker_name, "broker-b");
+        assert_eq!(
+            config.store.flush_disk_type,
+            crate::store::FlushDiskType::AsyncFlush
+        );
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_key_is_refused() {
+        let err = BrokerConfig::from_toml("brokr_name = \"x\"").unwrap_err();
+        assert!(
+            matches!(err, ConfigError::UnknownKey { ref key } if key == "brokr_name"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn overrides_replace_file_values() {
+        let config = BrokerConfig::default()
+            .with_overrides(&[
+                "broker_id=3".into(),
+                "store_path=/tmp/x".into(),
+                "auto_create_topic_enable=true".into(),
+            ])
+            .unwrap();
+        assert_eq!(config.broker.broker_id, 3);
+        assert_eq!(config.store.store_path, std::path::PathBuf::from("/tmp/x"));
+        assert!(config.broker.auto_create_topic_enable);
+        assert!(BrokerConfig::default()
+            .with_overrides(&["nope=1".into()])
+            .is_err());
+    }
+}

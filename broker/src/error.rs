@@ -1,0 +1,95 @@
+//! The broker's error type, and the one place where errors become gRPC statuses.
+//!
+//! Every error maps to a stable numeric code (`proto::common::ErrorCode`, RocketMQ 5's numbers
+//! where one exists) carried in the status metadata under `x-error-code`, and to the nearest gRPC
+//! status code. Bad input changes nothing; fatal store errors are internal errors.
+
+use proto::common::ErrorCode;
+
+use crate::store::StoreError;
+
+/// Errors of the broker service.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("topic {topic:?} does not exist")]
+    TopicNotFound { topic: String },
+    #[error("topic {topic:?} exists with {queue_count} queues")]
+    TopicExists { topic: String, queue_count: u32 },
+    #[error("queue {queue_id} does not exist: topic {topic:?} has {queue_count} queues")]
+    QueueNotFound {
+        topic: String,
+        queue_id: u32,
+        queue_count: u32,
+    },
+    #[error("illegal request: {reason}")]
+    BadRequest { reason: &'static str },
+    #[error("property name {name:?} is reserved")]
+    PropertyReserved { name: String },
+    #[error("illegal tag {tag:?}: {reason}")]
+    TagInvalid { tag: String, reason: &'static str },
+    #[error("illegal key {key:?}: {reason}")]
+    KeyInvalid { key: String, reason: &'static str },
+    #[error("topic registry: {reason}")]
+    Registry { reason: String },
+}
+
+impl BrokerError {
+    /// The stable code of this error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            BrokerError::Store(err) => store_code(err),
+            BrokerError::TopicNotFound { .. } => ErrorCode::TopicNotFound,
+            BrokerError::TopicExists { .. } => ErrorCode::BadRequest,
+            BrokerError::QueueNotFound { .. } => ErrorCode::BadRequest,
+            BrokerError::BadRequest { .. } => ErrorCode::BadRequest,
+            BrokerError::PropertyReserved { .. } => ErrorCode::IllegalMessagePropertyKey,
+            BrokerError::TagInvalid { .. } => ErrorCode::IllegalMessageTag,
+            BrokerError::KeyInvalid { .. } => ErrorCode::IllegalMessageKey,
+            BrokerError::Registry { .. } => ErrorCode::InternalError,
+        }
+    }
+
+    /// The gRPC status of this error, with its stable code in the metadata.
+    pub fn into_status(self) -> tonic::Status {
+        let code = self.code();
+        let grpc = match code {
+            ErrorCode::TopicNotFound | ErrorCode::NotFound => tonic::Code::NotFound,
+            ErrorCode::PayloadTooLarge
+            | ErrorCode::MessageBodyTooLarge
+            | ErrorCode::MessagePropertiesTooLarge => tonic::Code::InvalidArgument,
+            ErrorCode::InternalError => tonic::Code::Internal,
+            ErrorCode::TooManyRequests => tonic::Code::ResourceExhausted,
+            _ if (40000..50000).contains(&(code as i32)) => tonic::Code::InvalidArgument,
+            _ => tonic::Code::Unavailable,
+        };
+        let mut status = tonic::Status::new(grpc, self.to_string());
+        status.metadata_mut().insert(
+            proto::ERROR_CODE_METADATA_KEY,
+            tonic::metadata::MetadataValue::from(code as i32),
+        );
+        status
+    }
+}
+
+fn store_code(err: &StoreError) -> ErrorCode {
+    match err {
+        StoreError::BodyEmpty => ErrorCode::MessageBodyEmpty,
+        StoreError::BodyTooLarge { .. } => ErrorCode::MessageBodyTooLarge,
+        StoreError::PropertiesTooLarge { .. } => ErrorCode::MessagePropertiesTooLarge,
+        StoreError::PropertyInvalid { .. } => ErrorCode::IllegalMessagePropertyKey,
+        StoreError::TopicInvalid { .. } => ErrorCode::IllegalTopic,
+        StoreError::QueueIdInvalid { .. }
+        | StoreError::BatchInvalid { .. }
+        | StoreError::OffsetInvalid { .. }
+        | StoreError::RawInvalid { .. } => ErrorCode::BadRequest,
+        _ => ErrorCode::InternalError,
+    }
+}
+
+impl From<BrokerError> for tonic::Status {
+    fn from(err: BrokerError) -> Self {
+        err.into_status()
+    }
+}

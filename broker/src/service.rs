@@ -1,0 +1,332 @@
+//! The client-facing gRPC service (`broker.client.v1.Broker`): send, pull with long polling,
+//! topic administration. It validates requests, turns them into store calls, and turns store
+//! results into wire types. Errors become statuses in one place ([`BrokerError::into_status`]).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use proto::client::{self as wire, broker_server::Broker};
+use proto::common::SendStatus;
+use tonic::{Request, Response, Status};
+
+use crate::config::BrokerSettings;
+use crate::error::BrokerError;
+use crate::store::message::{PROPERTY_KEYS, PROPERTY_TAGS, PROPERTY_UNIQUE_ID};
+use crate::store::{GetRequest, GetStatus, NewMessage, PutStatus, Store, StoredMessage, TagFilter};
+use crate::topics::TopicRegistry;
+
+/// Most messages in one send.
+pub const SEND_BATCH_MESSAGES_MAX: usize = 1024;
+/// Most messages one pull returns.
+pub const PULL_MESSAGES_MAX: u32 = 1024;
+/// Default and largest byte budget of one pull (always at least one message is returned).
+pub const PULL_BYTES_DEFAULT: u32 = 4 << 20;
+pub const PULL_BYTES_MAX: u32 = 16 << 20;
+/// Longest message id accepted (RocketMQ's are 32 hex digits).
+pub const MESSAGE_ID_BYTES_MAX: usize = 128;
+/// Longest tag or key accepted.
+pub const TAG_BYTES_MAX: usize = 255;
+
+/// The service state: the store and the topics.
+pub struct BrokerService {
+    store: Arc<Store>,
+    topics: Arc<TopicRegistry>,
+    settings: BrokerSettings,
+}
+
+impl BrokerService {
+    pub fn new(store: Arc<Store>, topics: Arc<TopicRegistry>, settings: BrokerSettings) -> Self {
+        BrokerService {
+            store,
+            topics,
+            settings,
+        }
+    }
+
+    /// The queue count of `topic`, creating it if auto-creation is on.
+    fn queue_count(&self, topic: &str) -> Result<u32, BrokerError> {
+        if let Some(config) = self.topics.get(topic) {
+            return Ok(config.queue_count);
+        }
+        if self.settings.auto_create_topic_enable {
+            self.topics
+                .create(topic, self.settings.default_topic_queue_nums)?;
+            return Ok(self.settings.default_topic_queue_nums);
+        }
+        Err(BrokerError::TopicNotFound {
+            topic: topic.to_owned(),
+        })
+    }
+
+    fn check_queue(&self, topic: &str, queue_id: u32) -> Result<(), BrokerError> {
+        let queue_count = self.queue_count(topic)?;
+        if queue_id >= queue_count {
+            return Err(BrokerError::QueueNotFound {
+                topic: topic.to_owned(),
+                queue_id,
+                queue_count,
+            });
+        }
+        Ok(())
+    }
+
+    async fn send(&self, request: wire::SendRequest) -> Result<wire::SendResponse, BrokerError> {
+        if request.messages.is_empty() || request.messages.len() > SEND_BATCH_MESSAGES_MAX {
+            return Err(BrokerError::BadRequest {
+                reason: "a send holds 1 to 1024 messages",
+            });
+        }
+        self.check_queue(&request.topic, request.queue_id)?;
+        let mut message_ids = Vec::with_capacity(request.messages.len());
+        let mut messages = Vec::with_capacity(request.messages.len());
+        for message in request.messages {
+            message_ids.push(message.message_id.clone());
+            messages.push(to_new_message(&request.topic, request.queue_id, message)?);
+        }
+        let appended = if messages.len() == 1 {
+            let message = messages.pop().expect("one message");
+            self.store.append(message).await?
+        } else {
+            self.store.append_batch(messages).await?
+        };
+        let status = match appended.status {
+            PutStatus::Ok => SendStatus::SendOk,
+            PutStatus::FlushDiskTimeout => SendStatus::FlushDiskTimeout,
+        };
+        Ok(wire::SendResponse {
+            status: status as i32,
+            queue_id: request.queue_id,
+            queue_offset: appended.queue_offset,
+            commit_log_offset: appended.commit_log_offset,
+            message_ids,
+        })
+    }
+
+    async fn pull(&self, request: wire::PullRequest) -> Result<wire::PullResponse, BrokerError> {
+        self.check_queue(&request.topic, request.queue_id)?;
+        let max_count = match request.max_messages {
+            0 => 32,
+            n if n <= PULL_MESSAGES_MAX => n,
+            _ => {
+                return Err(BrokerError::BadRequest {
+                    reason: "max_messages must be at most 1024",
+                })
+            }
+        };
+        let max_bytes = match request.max_bytes {
+            0 => PULL_BYTES_DEFAULT,
+            n => n.min(PULL_BYTES_MAX),
+        };
+        let filter = TagFilter::parse(&request.tag_expression);
+        let wait = Duration::from_millis(u64::from(
+            request
+                .poll_timeout_ms
+                .min(self.settings.pull_poll_timeout_max_ms),
+        ));
+        let deadline = tokio::time::Instant::now() + wait;
+        // Subscribed before the first read, so a message that becomes readable in between
+        // still wakes the wait.
+        let mut readable = self.store.subscribe_readable_offset();
+        loop {
+            let result = self.store.get_messages(&GetRequest {
+                topic: &request.topic,
+                queue_id: request.queue_id,
+                queue_offset: request.queue_offset,
+                max_count: max_count as usize,
+                max_bytes: max_bytes as usize,
+                filter: &filter,
+            })?;
+            let nothing_yet = matches!(
+                result.status,
+                GetStatus::NoNewMessage | GetStatus::QueueNotFound
+            );
+            if !nothing_yet || tokio::time::Instant::now() >= deadline {
+                return Ok(to_pull_response(result, request.queue_offset));
+            }
+            if tokio::time::timeout_at(deadline, readable.changed())
+                .await
+                .is_err()
+            {
+                continue; // one last read at the deadline
+            }
+        }
+    }
+
+    fn list_topics(&self) -> wire::ListTopicsResponse {
+        let topics = self
+            .topics
+            .list()
+            .into_iter()
+            .map(|(topic, config)| wire::TopicStatus {
+                queues: (0..config.queue_count)
+                    .map(|queue_id| {
+                        let (min, max) =
+                            self.store.queue_offsets(&topic, queue_id).unwrap_or((0, 0));
+                        wire::QueueStatus {
+                            queue_id,
+                            min_queue_offset: min,
+                            max_queue_offset: max,
+                        }
+                    })
+                    .collect(),
+                queue_count: config.queue_count,
+                topic,
+            })
+            .collect();
+        wire::ListTopicsResponse { topics }
+    }
+}
+
+#[tonic::async_trait]
+impl Broker for BrokerService {
+    async fn send(
+        &self,
+        request: Request<wire::SendRequest>,
+    ) -> Result<Response<wire::SendResponse>, Status> {
+        Ok(Response::new(
+            BrokerService::send(self, request.into_inner()).await?,
+        ))
+    }
+
+    async fn pull(
+        &self,
+        request: Request<wire::PullRequest>,
+    ) -> Result<Response<wire::PullResponse>, Status> {
+        Ok(Response::new(
+            BrokerService::pull(self, request.into_inner()).await?,
+        ))
+    }
+
+    async fn create_topic(
+        &self,
+        request: Request<wire::CreateTopicRequest>,
+    ) -> Result<Response<wire::CreateTopicResponse>, Status> {
+        let request = request.into_inner();
+        let created = self.topics.create(&request.topic, request.queue_count)?;
+        Ok(Response::new(wire::CreateTopicResponse { created }))
+    }
+
+    async fn list_topics(
+        &self,
+        _request: Request<wire::ListTopicsRequest>,
+    ) -> Result<Response<wire::ListTopicsResponse>, Status> {
+        Ok(Response::new(self.list_topics()))
+    }
+}
+
+/// Checks a producer's message and turns it into the store's form. Reserved properties carry
+/// tag, keys and id; an application property may not use their names.
+fn to_new_message(
+    topic: &str,
+    queue_id: u32,
+    message: wire::Message,
+) -> Result<NewMessage, BrokerError> {
+    let id = &message.message_id;
+    if id.is_empty() || id.len() > MESSAGE_ID_BYTES_MAX || id.chars().any(char::is_control) {
+        return Err(BrokerError::BadRequest {
+            reason: "message_id must be 1 to 128 bytes without control characters",
+        });
+    }
+    let mut properties = Vec::with_capacity(message.properties.len() + 3);
+    if !message.tag.is_empty() {
+        check_word(&message.tag, true).map_err(|reason| BrokerError::TagInvalid {
+            tag: message.tag.clone(),
+            reason,
+        })?;
+        properties.push((PROPERTY_TAGS.to_owned(), message.tag));
+    }
+    if !message.keys.is_empty() {
+        for key in &message.keys {
+            check_word(key, false).map_err(|reason| BrokerError::KeyInvalid {
+                key: key.clone(),
+                reason,
+            })?;
+        }
+        properties.push((PROPERTY_KEYS.to_owned(), message.keys.join(" ")));
+    }
+    properties.push((PROPERTY_UNIQUE_ID.to_owned(), message.message_id));
+    let mut application: Vec<(String, String)> = message.properties.into_iter().collect();
+    // Sorted so that the stored bytes do not depend on the sender's map order.
+    application.sort();
+    for (name, value) in application {
+        if [PROPERTY_TAGS, PROPERTY_KEYS, PROPERTY_UNIQUE_ID].contains(&name.as_str()) {
+            return Err(BrokerError::PropertyReserved { name });
+        }
+        properties.push((name, value));
+    }
+    Ok(NewMessage {
+        topic: topic.to_owned(),
+        queue_id,
+        body: message.body,
+        properties,
+        born_timestamp_ms: message.born_timestamp_ms,
+        retry_count: 0,
+    })
+}
+
+/// A tag or key: 1 to 255 bytes, no whitespace or control characters; a tag may not contain the
+/// subscription separator `||`.
+fn check_word(word: &str, is_tag: bool) -> Result<(), &'static str> {
+    if word.is_empty() || word.len() > TAG_BYTES_MAX {
+        return Err("must be 1 to 255 bytes");
+    }
+    if word.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("must not contain whitespace or control characters");
+    }
+    if is_tag && word.contains("||") {
+        return Err("must not contain the separator ||");
+    }
+    Ok(())
+}
+
+fn to_pull_response(result: crate::store::GetResult, asked: u64) -> wire::PullResponse {
+    let status = match result.status {
+        GetStatus::Found => wire::PullStatus::Found,
+        GetStatus::NoNewMessage => wire::PullStatus::NoNewMessage,
+        // Nothing was ever stored in this queue: offset 0 is where its first message will be.
+        GetStatus::QueueNotFound if asked == 0 => wire::PullStatus::NoNewMessage,
+        GetStatus::QueueNotFound => wire::PullStatus::OffsetOverflow,
+        GetStatus::NoMatchedMessage => wire::PullStatus::NoMatchedMessage,
+        GetStatus::OffsetTooSmall => wire::PullStatus::OffsetTooSmall,
+        GetStatus::OffsetOverflow => wire::PullStatus::OffsetOverflow,
+    };
+    let next_queue_offset = result.next_queue_offset;
+    wire::PullResponse {
+        status: status as i32,
+        messages: result.messages.iter().map(to_wire_message).collect(),
+        next_queue_offset,
+        min_queue_offset: result.min_queue_offset,
+        max_queue_offset: result.max_queue_offset,
+    }
+}
+
+fn to_wire_message(message: &StoredMessage) -> wire::StoredMessage {
+    let mut properties = HashMap::new();
+    let (mut tag, mut keys, mut message_id) = (String::new(), Vec::new(), String::new());
+    for (name, value) in message.properties() {
+        match name {
+            PROPERTY_TAGS => tag = value.to_owned(),
+            PROPERTY_KEYS => keys = value.split(' ').map(str::to_owned).collect(),
+            PROPERTY_UNIQUE_ID => message_id = value.to_owned(),
+            _ => {
+                properties.insert(name.to_owned(), value.to_owned());
+            }
+        }
+    }
+    wire::StoredMessage {
+        topic: message.topic().to_owned(),
+        queue_id: message.queue_id(),
+        queue_offset: message.queue_offset(),
+        commit_log_offset: message.commit_log_offset(),
+        body: Bytes::copy_from_slice(&message.body()),
+        tag,
+        keys,
+        properties,
+        message_id,
+        born_timestamp_ms: message.born_timestamp_ms(),
+        store_timestamp_ms: message.store_timestamp_ms(),
+        retry_count: message.retry_count(),
+    }
+}
