@@ -23,7 +23,10 @@ fn every_toml_example_parses_and_shows_the_defaults() {
         let config = BrokerConfig::from_toml(block).unwrap_or_else(|err| panic!("{err}\n{block}"));
         config.validate().unwrap();
         let defaults = BrokerConfig::default();
-        assert_eq!(config.broker, defaults.broker, "the example shows the defaults");
+        assert_eq!(
+            config.broker, defaults.broker,
+            "the example shows the defaults"
+        );
         assert_eq!(
             StoreConfig {
                 store_path: defaults.store.store_path.clone(),
