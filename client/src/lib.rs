@@ -1,8 +1,24 @@
-//! The Rust client: producers (sync, async, one-way) and consumers (push with a listener, pull).
+//! The Rust client: a producer with RocketMQ's send statuses, a pull consumer, and topic
+//! administration.
 //!
-//! Map (filled by step 2 of the plan in `docs/ARCHITECTURE.md`):
-//! - `producer`: sends with `SendResult` statuses, retries of retriable errors.
-//! - `consumer`: consumer groups (clustering and broadcasting), retry and dead-letter handling.
-//! - `route`: topic routes from the controller's watch stream.
+//! Map:
+//! - [`producer`]: `send` (waits for the answer), `send_async` (a handle), `send_oneway` (not for
+//!   messages that must not be lost); round-robin queues; retries of retriable failures.
+//! - [`consumer`]: `PullConsumer` (a queue from an offset, long polling) and `Admin` (topics).
+//! - [`message`]: `Message` (to send), `ReceivedMessage`, unique message ids.
+//! - [`error`]: `ClientError`, a broker's stable error code turned back into a typed error.
 //!
-//! `client` depends on `proto` only, never on `broker`.
+//! `client` depends on `proto` only, never on `broker`. Consumer groups (push consumers,
+//! broker-kept offsets, retry and dead letters) and routing through the controller come next.
+
+pub mod consumer;
+pub mod error;
+pub mod message;
+pub mod producer;
+
+pub use consumer::{Admin, PullConsumer, PullResult};
+pub use error::ClientError;
+pub use message::{Message, ReceivedMessage};
+pub use producer::{Producer, ProducerConfig, SendResult, SendStatus};
+pub use proto::client::PullStatus;
+pub use proto::common::ErrorCode;

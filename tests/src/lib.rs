@@ -1,7 +1,85 @@
-//! Multi-process cluster tests: controllers and brokers started as real processes on 127.0.0.1
-//! with ephemeral ports and temporary directories, killed with real signals.
+//! Multi-process cluster tests: brokers (and, from step 3, controllers) started as real
+//! processes on 127.0.0.1 with ephemeral ports and temporary directories, stopped and killed with
+//! real signals.
 //!
-//! Map: `tests/tests/*.rs` hold the scenarios; this library will hold the shared harness (start a
-//! topology, poll a condition with a deadline, check the full history) once there are processes
-//! to start (step 2 on). The store's own crash test lives in `broker/tests/` because it needs only
-//! the store.
+//! Map: `tests/tests/*.rs` hold the scenarios; this library is the harness they share:
+//! [`BrokerProcess`] starts the `broker` binary and reads the address it listens on.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// The `broker` binary of this workspace's build, built first if it is not there yet (when a
+/// scenario is run alone with `cargo test -p cluster-tests`).
+pub fn broker_binary() -> PathBuf {
+    // The test binary is target/<profile>/deps/NAME; the broker is target/<profile>/broker.
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps");
+    let broker = profile_dir.join("broker");
+    if !broker.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-p", "broker", "--bin", "broker"])
+            .status()
+            .expect("run cargo build for the broker");
+        assert!(status.success(), "building the broker failed");
+    }
+    broker
+}
+
+/// A `broker` process on 127.0.0.1 with an ephemeral port. Killed when dropped.
+pub struct BrokerProcess {
+    child: Child,
+    addr: String,
+}
+
+impl BrokerProcess {
+    /// Starts a broker with its store in `store`, plus `extra_args`.
+    pub fn start(store: &Path, extra_args: &[&str]) -> BrokerProcess {
+        let mut child = Command::new(broker_binary())
+            .args(["--listen", "127.0.0.1:0", "--store-path"])
+            .arg(store)
+            .args(extra_args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the broker");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("piped stdout"))
+            .read_line(&mut line)
+            .expect("read the broker's first line");
+        let addr = line
+            .trim()
+            .strip_prefix("broker listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        BrokerProcess { child, addr }
+    }
+
+    /// `host:port` the broker serves on.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Sends a signal (SIGTERM, SIGKILL, SIGSTOP, ...).
+    pub fn signal(&self, signal: libc::c_int) {
+        // SAFETY: kill(2) on the pid of a child this harness started and has not reaped.
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
+        assert_eq!(rc, 0, "kill failed");
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait(mut self) -> std::process::ExitStatus {
+        self.child.wait().expect("reap the broker")
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,114 @@
+//! The pull consumer: reads one queue from a queue offset, with long polling. The caller keeps
+//! its offsets. (Push consumers with consumer groups, broker-kept offsets, retry and dead letters
+//! come next in step 2.)
+
+use std::time::Duration;
+
+use proto::client::broker_client::BrokerClient;
+use proto::client::PullStatus;
+use tonic::transport::Channel;
+
+use crate::error::ClientError;
+use crate::message::ReceivedMessage;
+use crate::producer::RESPONSE_BYTES_MAX;
+
+/// What one pull found.
+#[derive(Clone, Debug)]
+pub struct PullResult {
+    pub status: PullStatus,
+    pub messages: Vec<ReceivedMessage>,
+    /// Where the next pull of this queue starts.
+    pub next_queue_offset: u64,
+    pub min_queue_offset: u64,
+    pub max_queue_offset: u64,
+}
+
+/// A consumer that pulls queues explicitly.
+#[derive(Clone)]
+pub struct PullConsumer {
+    client: BrokerClient<Channel>,
+}
+
+impl PullConsumer {
+    /// Connects to the broker at `addr` (`host:port`).
+    pub async fn connect(addr: &str) -> Result<PullConsumer, ClientError> {
+        let client = BrokerClient::connect(format!("http://{addr}"))
+            .await?
+            .max_decoding_message_size(RESPONSE_BYTES_MAX);
+        Ok(PullConsumer { client })
+    }
+
+    /// Reads up to `max_messages` of (topic, queue) from `queue_offset` whose tag matches
+    /// `tag_expression` ("*", or "a || b"), waiting up to `poll_timeout` when there is none yet.
+    pub async fn pull(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        queue_offset: u64,
+        max_messages: u32,
+        tag_expression: &str,
+        poll_timeout: Duration,
+    ) -> Result<PullResult, ClientError> {
+        let mut client = self.client.clone();
+        let response = client
+            .pull(proto::client::PullRequest {
+                topic: topic.to_owned(),
+                queue_id,
+                queue_offset,
+                max_messages,
+                max_bytes: 0,
+                tag_expression: tag_expression.to_owned(),
+                poll_timeout_ms: poll_timeout.as_millis().min(u32::MAX as u128) as u32,
+            })
+            .await?
+            .into_inner();
+        Ok(PullResult {
+            status: PullStatus::try_from(response.status).unwrap_or(PullStatus::Unspecified),
+            messages: response
+                .messages
+                .into_iter()
+                .map(ReceivedMessage::from)
+                .collect(),
+            next_queue_offset: response.next_queue_offset,
+            min_queue_offset: response.min_queue_offset,
+            max_queue_offset: response.max_queue_offset,
+        })
+    }
+}
+
+/// Topic administration against one broker.
+#[derive(Clone)]
+pub struct Admin {
+    client: BrokerClient<Channel>,
+}
+
+impl Admin {
+    pub async fn connect(addr: &str) -> Result<Admin, ClientError> {
+        Ok(Admin {
+            client: BrokerClient::connect(format!("http://{addr}")).await?,
+        })
+    }
+
+    /// Creates a topic (idempotent for the same queue count). Returns whether it was new.
+    pub async fn create_topic(&self, topic: &str, queue_count: u32) -> Result<bool, ClientError> {
+        let mut client = self.client.clone();
+        Ok(client
+            .create_topic(proto::client::CreateTopicRequest {
+                topic: topic.to_owned(),
+                queue_count,
+            })
+            .await?
+            .into_inner()
+            .created)
+    }
+
+    /// Every topic with its queues' offsets.
+    pub async fn list_topics(&self) -> Result<Vec<proto::client::TopicStatus>, ClientError> {
+        let mut client = self.client.clone();
+        Ok(client
+            .list_topics(proto::client::ListTopicsRequest {})
+            .await?
+            .into_inner()
+            .topics)
+    }
+}

@@ -1,0 +1,72 @@
+//! The client's error type: a broker's answer turned back into a typed error (by the stable code
+//! in the status metadata), or a transport failure.
+
+use proto::common::ErrorCode;
+
+/// Errors of the client.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The broker refused the request; `code` says why and never changes meaning.
+    #[error("broker answered {code:?} ({}): {message}", *code as i32)]
+    Broker { code: ErrorCode, message: String },
+    /// The request failed in transport (connection refused or reset, broker unavailable).
+    #[error("transport failure: {message}")]
+    Transport {
+        message: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// No answer within the timeout. The request may or may not have been carried out.
+    #[error("no answer within {timeout_ms} ms")]
+    Timeout { timeout_ms: u64 },
+    /// The request was refused before it was sent.
+    #[error("invalid request: {reason}")]
+    Invalid { reason: &'static str },
+}
+
+impl ClientError {
+    /// True when sending again (to another queue or broker) may succeed: transport failures and
+    /// timeouts, and the broker's internal errors. Never bad input. A retried send whose first
+    /// attempt did land is a duplicate: delivery is at least once.
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            ClientError::Transport { .. } | ClientError::Timeout { .. } => true,
+            ClientError::Broker { code, .. } => matches!(
+                code,
+                ErrorCode::InternalError | ErrorCode::TooManyRequests | ErrorCode::RequestTimeout
+            ),
+            ClientError::Invalid { .. } => false,
+        }
+    }
+}
+
+impl From<tonic::Status> for ClientError {
+    fn from(status: tonic::Status) -> Self {
+        let code = status
+            .metadata()
+            .get(proto::ERROR_CODE_METADATA_KEY)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|text| text.parse::<i32>().ok())
+            .and_then(|number| ErrorCode::try_from(number).ok());
+        match code {
+            Some(code) => ClientError::Broker {
+                code,
+                message: status.message().to_owned(),
+            },
+            // No code: the status came from the transport, not from the broker's service.
+            None => ClientError::Transport {
+                message: format!("{:?}: {}", status.code(), status.message()),
+                source: Some(Box::new(status)),
+            },
+        }
+    }
+}
+
+impl From<tonic::transport::Error> for ClientError {
+    fn from(err: tonic::transport::Error) -> Self {
+        ClientError::Transport {
+            message: err.to_string(),
+            source: Some(Box::new(err)),
+        }
+    }
+}
