@@ -14,11 +14,12 @@
 //! more times. A retried send whose first attempt did land is a duplicate (at least once).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use proto::client::broker_client::BrokerClient;
+use tokio::sync::Notify;
 use tonic::transport::Channel;
 
 use crate::error::ClientError;
@@ -106,6 +107,9 @@ struct Inner {
     config: ProducerConfig,
     queue_counts: Mutex<HashMap<String, u32>>,
     next_queue: AtomicU32,
+    /// One-way sends not yet finished, for `close`.
+    oneway_in_flight: AtomicUsize,
+    oneway_done: Notify,
 }
 
 impl Producer {
@@ -120,6 +124,8 @@ impl Producer {
                 config,
                 queue_counts: Mutex::new(HashMap::new()),
                 next_queue: AtomicU32::new(rand::random::<u32>()),
+                oneway_in_flight: AtomicUsize::new(0),
+                oneway_done: Notify::new(),
             }),
         })
     }
@@ -180,11 +186,32 @@ impl Producer {
     /// nothing tells whether this one arrived.
     pub fn send_oneway(&self, message: Message) {
         let producer = self.clone();
+        self.inner.oneway_in_flight.fetch_add(1, Ordering::AcqRel);
         tokio::spawn(async move {
             if let Err(err) = producer.send(message).await {
                 tracing::debug!(error = %err, "one-way send failed (nobody is told)");
             }
+            if producer
+                .inner
+                .oneway_in_flight
+                .fetch_sub(1, Ordering::AcqRel)
+                == 1
+            {
+                producer.inner.oneway_done.notify_waiters();
+            }
         });
+    }
+
+    /// Waits until every one-way send started so far has left (answered or failed), so that a
+    /// process can exit without dropping them.
+    pub async fn close(&self) {
+        loop {
+            let done = self.inner.oneway_done.notified();
+            if self.inner.oneway_in_flight.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            done.await;
+        }
     }
 
     async fn attempt(

@@ -3,31 +3,44 @@
 //! real signals.
 //!
 //! Map: `tests/tests/*.rs` hold the scenarios; this library is the harness they share:
-//! [`BrokerProcess`] starts the `broker` binary and reads the address it listens on.
+//! [`BrokerProcess`] starts the `broker` binary and reads the address it listens on;
+//! [`cluster_cli`] runs the admin tool.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-/// The `broker` binary of this workspace's build, built first if it is not there yet (when a
-/// scenario is run alone with `cargo test -p cluster-tests`).
-pub fn broker_binary() -> PathBuf {
-    // The test binary is target/<profile>/deps/NAME; the broker is target/<profile>/broker.
+/// A binary of this workspace's build (`broker`, `cluster-cli`), built first if it is not there
+/// yet (when a scenario is run alone with `cargo test -p cluster-tests`).
+pub fn workspace_binary(package: &str, binary: &str) -> PathBuf {
+    // The test binary is target/<profile>/deps/NAME; binaries are target/<profile>/BINARY.
     let exe = std::env::current_exe().expect("test binary path");
     let profile_dir = exe
         .parent()
         .and_then(Path::parent)
         .expect("test binary lives in target/<profile>/deps");
-    let broker = profile_dir.join("broker");
-    if !broker.exists() {
+    let path = profile_dir.join(binary);
+    if !path.exists() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
-            .args(["build", "-p", "broker", "--bin", "broker"])
+            .args(["build", "-p", package, "--bin", binary])
             .status()
-            .expect("run cargo build for the broker");
-        assert!(status.success(), "building the broker failed");
+            .expect("run cargo build");
+        assert!(status.success(), "building {binary} failed");
     }
-    broker
+    path
+}
+
+/// Runs `cluster-cli` with `args` and returns its exit code and stdout.
+pub fn cluster_cli(args: &[&str]) -> (i32, String) {
+    let output = Command::new(workspace_binary("cluster-cli", "cluster-cli"))
+        .args(args)
+        .output()
+        .expect("run cluster-cli");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8(output.stdout).expect("cluster-cli prints UTF-8"),
+    )
 }
 
 /// A `broker` process on 127.0.0.1 with an ephemeral port. Killed when dropped.
@@ -39,7 +52,7 @@ pub struct BrokerProcess {
 impl BrokerProcess {
     /// Starts a broker with its store in `store`, plus `extra_args`.
     pub fn start(store: &Path, extra_args: &[&str]) -> BrokerProcess {
-        let mut child = Command::new(broker_binary())
+        let mut child = Command::new(workspace_binary("broker", "broker"))
             .args(["--listen", "127.0.0.1:0", "--store-path"])
             .arg(store)
             .args(extra_args)
