@@ -29,6 +29,11 @@ pub struct BrokerSettings {
     pub default_topic_queue_nums: u32,
     /// Longest a pull may wait for a message (long polling), whatever the client asks.
     pub pull_poll_timeout_max_ms: u32,
+    /// A consumer that has not sent a heartbeat for this long leaves its group.
+    pub consumer_heartbeat_timeout_ms: u64,
+    /// How often every committed offset is written again, so that retention never deletes the
+    /// last record of a live offset (keep it well below `file_retention_hours`).
+    pub offset_snapshot_interval_ms: u64,
 }
 
 impl Default for BrokerSettings {
@@ -41,6 +46,8 @@ impl Default for BrokerSettings {
             auto_create_topic_enable: false,
             default_topic_queue_nums: 8,
             pull_poll_timeout_max_ms: 30_000,
+            consumer_heartbeat_timeout_ms: 10_000,
+            offset_snapshot_interval_ms: 3_600_000,
         }
     }
 }
@@ -126,6 +133,21 @@ impl BrokerConfig {
             return Err(ConfigError::Rule {
                 field: "default_topic_queue_nums",
                 reason: "must be between 1 and 1024",
+            });
+        }
+        if self.broker.consumer_heartbeat_timeout_ms == 0 {
+            return Err(ConfigError::Rule {
+                field: "consumer_heartbeat_timeout_ms",
+                reason: "must be above 0",
+            });
+        }
+        let retention_ms = self.store.file_retention_hours.saturating_mul(3_600_000);
+        if self.broker.offset_snapshot_interval_ms == 0
+            || self.broker.offset_snapshot_interval_ms >= retention_ms
+        {
+            return Err(ConfigError::Rule {
+                field: "offset_snapshot_interval_ms",
+                reason: "must be above 0 and below file_retention_hours",
             });
         }
         if self.broker.broker_name.is_empty() {

@@ -33,6 +33,17 @@ pub enum BrokerError {
     KeyInvalid { key: String, reason: &'static str },
     #[error("topic registry: {reason}")]
     Registry { reason: String },
+    #[error("illegal consumer group {group:?}: 1 to 255 bytes of A-Z a-z 0-9 _ - |, not starting with %")]
+    GroupInvalid { group: String },
+    #[error("queue offset {queue_offset} is beyond the queue's end {max_queue_offset}")]
+    OffsetBeyondEnd {
+        queue_offset: u64,
+        max_queue_offset: u64,
+    },
+    #[error("stored, but not yet durable: the fsync did not finish in time")]
+    NotDurable,
+    #[error("topic names starting with % belong to the broker")]
+    TopicReserved { topic: String },
 }
 
 impl BrokerError {
@@ -48,6 +59,10 @@ impl BrokerError {
             BrokerError::TagInvalid { .. } => ErrorCode::IllegalMessageTag,
             BrokerError::KeyInvalid { .. } => ErrorCode::IllegalMessageKey,
             BrokerError::Registry { .. } => ErrorCode::InternalError,
+            BrokerError::GroupInvalid { .. } => ErrorCode::IllegalConsumerGroup,
+            BrokerError::OffsetBeyondEnd { .. } => ErrorCode::IllegalOffset,
+            BrokerError::NotDurable => ErrorCode::MasterPersistenceTimeout,
+            BrokerError::TopicReserved { .. } => ErrorCode::IllegalTopic,
         }
     }
 

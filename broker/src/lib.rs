@@ -5,6 +5,8 @@
 //!   tag, keys, properties, ids), turns them into store calls, answers with send statuses; pull
 //!   with long polling; topic administration.
 //! - [`topics`]: the topics and their queue counts, persisted crash-safely.
+//! - [`groups`]: consumer groups: committed offsets (records of an internal topic in the commit
+//!   log, so they survive restarts and replicate with it) and live members.
 //! - [`error`]: the broker's error type and the one place errors become gRPC statuses with
 //!   their stable codes.
 //! - [`config`]: the flat RocketMQ-style configuration (broker keys and store keys).
@@ -16,6 +18,7 @@
 
 pub mod config;
 pub mod error;
+pub mod groups;
 pub mod service;
 pub mod store;
 pub mod topics;

@@ -47,6 +47,11 @@ impl BrokerService {
 
     /// The queue count of `topic`, creating it if auto-creation is on.
     fn queue_count(&self, topic: &str) -> Result<u32, BrokerError> {
+        if topic.starts_with('%') && self.topics.get(topic).is_none() {
+            return Err(BrokerError::TopicReserved {
+                topic: topic.to_owned(),
+            });
+        }
         if let Some(config) = self.topics.get(topic) {
             return Ok(config.queue_count);
         }
@@ -204,6 +209,12 @@ impl Broker for BrokerService {
         request: Request<wire::CreateTopicRequest>,
     ) -> Result<Response<wire::CreateTopicResponse>, Status> {
         let request = request.into_inner();
+        if request.topic.starts_with('%') {
+            return Err(BrokerError::TopicReserved {
+                topic: request.topic,
+            }
+            .into());
+        }
         let created = self.topics.create(&request.topic, request.queue_count)?;
         Ok(Response::new(wire::CreateTopicResponse { created }))
     }

@@ -9,12 +9,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use std::time::Duration;
+
 use broker::config::BrokerConfig;
+use broker::groups::{ConsumerGroupService, ConsumerGroupState};
 use broker::service::BrokerService;
 use broker::store::Store;
 use broker::topics::TopicRegistry;
 use clap::Parser;
 use proto::client::broker_server::BrokerServer;
+use proto::client::consumer_groups_server::ConsumerGroupsServer;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_stream::wrappers::TcpListenerStream;
@@ -107,6 +111,18 @@ async fn serve(config: BrokerConfig) -> Result<()> {
         "broker serving"
     );
     println!("broker listening on {local}");
+    let groups = Arc::new(
+        ConsumerGroupState::load(
+            store.clone(),
+            topics.clone(),
+            Duration::from_millis(config.broker.consumer_heartbeat_timeout_ms),
+        )
+        .await?,
+    );
+    let snapshots = tokio::spawn(snapshot_offsets(
+        groups.clone(),
+        Duration::from_millis(config.broker.offset_snapshot_interval_ms),
+    ));
     let service = BrokerService::new(store.clone(), topics, config.broker.clone());
     // Room for the largest batch the store takes, so that an oversized message reaches the
     // service's checks and gets its own error code instead of a transport error.
@@ -121,6 +137,7 @@ async fn serve(config: BrokerConfig) -> Result<()> {
                     broker::service::PULL_BYTES_MAX as usize + REQUEST_OVERHEAD_BYTES,
                 ),
         )
+        .add_service(ConsumerGroupsServer::new(ConsumerGroupService::new(groups)))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             tokio::select! {
                 _ = terminate.recv() => {}
@@ -130,9 +147,23 @@ async fn serve(config: BrokerConfig) -> Result<()> {
         })
         .await
         .context("serve")?;
+    snapshots.abort();
     tokio::task::spawn_blocking(move || store.shutdown())
         .await
         .context("stop the store")??;
     tracing::info!("broker stopped cleanly");
     Ok(())
+}
+
+/// Writes every committed offset again on an interval (see `broker::groups`).
+async fn snapshot_offsets(groups: Arc<ConsumerGroupState>, interval: Duration) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.tick().await; // the first tick is immediate; the offsets were just loaded
+    loop {
+        ticks.tick().await;
+        match groups.snapshot().await {
+            Ok(count) => tracing::debug!(count, "consumer offsets written again"),
+            Err(err) => tracing::warn!(error = %err, "could not write the consumer offsets again"),
+        }
+    }
 }

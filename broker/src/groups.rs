@@ -1,0 +1,357 @@
+//! Consumer groups: committed offsets and live members.
+//!
+//! Offsets are records of the internal topic [`OFFSET_TOPIC`] in the commit log, one per commit:
+//! they are as durable as messages under the flush policy, survive restarts (the table is rebuilt
+//! by reading the topic at start), and from step 4 replicate and fail over with the log, so a
+//! failover never rewinds a group. Every `offset_snapshot_interval_ms` the whole table is written
+//! again, so that retention (which deletes whole old segments) never takes the last record of a
+//! live offset.
+//!
+//! Membership is kept in memory: a member that has not sent a heartbeat for
+//! `consumer_heartbeat_timeout_ms` is gone. Members compute their queue assignment from the
+//! sorted member list, so every member agrees without a coordinator.
+//!
+//! Record body (little-endian): version u8 (1), group length u16, group, topic length u16,
+//! topic, queue id u32, queue offset u64.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use proto::client::{self as wire, consumer_groups_server::ConsumerGroups};
+use tonic::{Request, Response, Status};
+
+use crate::error::BrokerError;
+use crate::store::{GetRequest, NewMessage, PutStatus, Store, TagFilter};
+use crate::topics::TopicRegistry;
+
+/// Internal topic of committed offsets (queue 0). Names starting with `%` are the broker's.
+pub const OFFSET_TOPIC: &str = "%OFFSETS%";
+const OFFSET_RECORD_VERSION: u8 = 1;
+/// Longest consumer group name.
+pub const GROUP_BYTES_MAX: usize = 255;
+
+type OffsetKey = (String, String, u32);
+
+/// Committed offsets and live members of every consumer group.
+pub struct ConsumerGroupState {
+    store: Arc<Store>,
+    topics: Arc<TopicRegistry>,
+    /// Held across (append, table update) so the table applies commits in log order.
+    offsets: tokio::sync::Mutex<HashMap<OffsetKey, u64>>,
+    members: Mutex<HashMap<String, BTreeMap<String, Instant>>>,
+    heartbeat_timeout: Duration,
+}
+
+impl ConsumerGroupState {
+    /// Rebuilds the offset table by reading every offset record in the log.
+    pub async fn load(
+        store: Arc<Store>,
+        topics: Arc<TopicRegistry>,
+        heartbeat_timeout: Duration,
+    ) -> Result<Self, BrokerError> {
+        let mut table = HashMap::new();
+        let (mut queue_offset, _) = store.queue_offsets(OFFSET_TOPIC, 0).unwrap_or((0, 0));
+        store
+            .wait_readable(store.write_offset(), Duration::from_secs(60))
+            .await;
+        loop {
+            let result = store.get_messages(&GetRequest {
+                topic: OFFSET_TOPIC,
+                queue_id: 0,
+                queue_offset,
+                max_count: 1024,
+                max_bytes: 16 << 20,
+                filter: &TagFilter::All,
+            })?;
+            if result.messages.is_empty() {
+                break;
+            }
+            for message in &result.messages {
+                match decode(&message.body()) {
+                    Some((key, offset)) => {
+                        table.insert(key, offset);
+                    }
+                    None => tracing::warn!(
+                        commit_log_offset = message.commit_log_offset(),
+                        "skipping an offset record this version cannot read"
+                    ),
+                }
+            }
+            queue_offset = result.next_queue_offset;
+        }
+        tracing::info!(offsets = table.len(), "consumer offsets loaded");
+        Ok(ConsumerGroupState {
+            store,
+            topics,
+            offsets: tokio::sync::Mutex::new(table),
+            members: Mutex::new(HashMap::new()),
+            heartbeat_timeout,
+        })
+    }
+
+    /// Commits `queue_offset` for (group, topic, queue).
+    pub async fn commit(
+        &self,
+        group: &str,
+        topic: &str,
+        queue_id: u32,
+        queue_offset: u64,
+    ) -> Result<(), BrokerError> {
+        check_group(group)?;
+        let queue_count = self
+            .topics
+            .get(topic)
+            .ok_or_else(|| BrokerError::TopicNotFound {
+                topic: topic.to_owned(),
+            })?
+            .queue_count;
+        if queue_id >= queue_count {
+            return Err(BrokerError::QueueNotFound {
+                topic: topic.to_owned(),
+                queue_id,
+                queue_count,
+            });
+        }
+        let max = self
+            .store
+            .queue_offsets(topic, queue_id)
+            .map_or(0, |(_, max)| max);
+        if queue_offset > max {
+            return Err(BrokerError::OffsetBeyondEnd {
+                queue_offset,
+                max_queue_offset: max,
+            });
+        }
+        let key = (group.to_owned(), topic.to_owned(), queue_id);
+        let mut table = self.offsets.lock().await;
+        self.append(&key, queue_offset).await?;
+        table.insert(key, queue_offset);
+        Ok(())
+    }
+
+    async fn append(&self, key: &OffsetKey, queue_offset: u64) -> Result<(), BrokerError> {
+        let message = NewMessage::new(OFFSET_TOPIC, 0, encode(key, queue_offset));
+        let appended = self.store.append(message).await?;
+        if appended.status != PutStatus::Ok {
+            // The record is in the log and will count after a restart; the caller is told it is
+            // not yet durable.
+            return Err(BrokerError::NotDurable);
+        }
+        Ok(())
+    }
+
+    /// The committed offset of (group, topic, queue).
+    pub async fn query(&self, group: &str, topic: &str, queue_id: u32) -> Option<u64> {
+        self.offsets
+            .lock()
+            .await
+            .get(&(group.to_owned(), topic.to_owned(), queue_id))
+            .copied()
+    }
+
+    /// Writes every committed offset again (see the module documentation).
+    pub async fn snapshot(&self) -> Result<usize, BrokerError> {
+        let table = self.offsets.lock().await;
+        for (key, offset) in table.iter() {
+            self.append(key, *offset).await?;
+        }
+        Ok(table.len())
+    }
+
+    /// Records a heartbeat; returns the live members, sorted.
+    pub fn heartbeat(&self, group: &str, client_id: &str) -> Result<Vec<String>, BrokerError> {
+        check_group(group)?;
+        if client_id.is_empty() || client_id.len() > GROUP_BYTES_MAX {
+            return Err(BrokerError::BadRequest {
+                reason: "client_id must be 1 to 255 bytes",
+            });
+        }
+        let now = Instant::now();
+        let mut members = self.members.lock().expect("members lock poisoned");
+        let group_members = members.entry(group.to_owned()).or_default();
+        group_members.insert(client_id.to_owned(), now);
+        group_members.retain(|id, seen| {
+            id == client_id || now.duration_since(*seen) < self.heartbeat_timeout
+        });
+        Ok(group_members.keys().cloned().collect())
+    }
+}
+
+/// A group name: the same characters as a topic, 1 to 255 bytes, not starting with `%`.
+fn check_group(group: &str) -> Result<(), BrokerError> {
+    let legal = !group.is_empty()
+        && group.len() <= GROUP_BYTES_MAX
+        && !group.starts_with('%')
+        && group
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'|'));
+    if legal {
+        Ok(())
+    } else {
+        Err(BrokerError::GroupInvalid {
+            group: group.to_owned(),
+        })
+    }
+}
+
+fn encode((group, topic, queue_id): &OffsetKey, queue_offset: u64) -> Bytes {
+    let mut out = Vec::with_capacity(1 + 2 + group.len() + 2 + topic.len() + 12);
+    out.push(OFFSET_RECORD_VERSION);
+    out.extend_from_slice(&(group.len() as u16).to_le_bytes());
+    out.extend_from_slice(group.as_bytes());
+    out.extend_from_slice(&(topic.len() as u16).to_le_bytes());
+    out.extend_from_slice(topic.as_bytes());
+    out.extend_from_slice(&queue_id.to_le_bytes());
+    out.extend_from_slice(&queue_offset.to_le_bytes());
+    Bytes::from(out)
+}
+
+fn decode(body: &[u8]) -> Option<(OffsetKey, u64)> {
+    let (&version, rest) = body.split_first()?;
+    if version != OFFSET_RECORD_VERSION {
+        return None;
+    }
+    let (group, rest) = take_string(rest)?;
+    let (topic, rest) = take_string(rest)?;
+    if rest.len() != 12 {
+        return None;
+    }
+    let queue_id = u32::from_le_bytes(rest[..4].try_into().ok()?);
+    let queue_offset = u64::from_le_bytes(rest[4..].try_into().ok()?);
+    Some(((group, topic, queue_id), queue_offset))
+}
+
+fn take_string(bytes: &[u8]) -> Option<(String, &[u8])> {
+    let len = u16::from_le_bytes(bytes.get(..2)?.try_into().ok()?) as usize;
+    let text = std::str::from_utf8(bytes.get(2..2 + len)?).ok()?;
+    Some((text.to_owned(), &bytes[2 + len..]))
+}
+
+/// The `ConsumerGroups` gRPC service.
+pub struct ConsumerGroupService {
+    state: Arc<ConsumerGroupState>,
+}
+
+impl ConsumerGroupService {
+    pub fn new(state: Arc<ConsumerGroupState>) -> Self {
+        ConsumerGroupService { state }
+    }
+}
+
+#[tonic::async_trait]
+impl ConsumerGroups for ConsumerGroupService {
+    async fn commit_offset(
+        &self,
+        request: Request<wire::CommitOffsetRequest>,
+    ) -> Result<Response<wire::CommitOffsetResponse>, Status> {
+        let r = request.into_inner();
+        self.state
+            .commit(&r.group, &r.topic, r.queue_id, r.queue_offset)
+            .await?;
+        Ok(Response::new(wire::CommitOffsetResponse {}))
+    }
+
+    async fn query_offset(
+        &self,
+        request: Request<wire::QueryOffsetRequest>,
+    ) -> Result<Response<wire::QueryOffsetResponse>, Status> {
+        let r = request.into_inner();
+        check_group(&r.group)?;
+        let found = self.state.query(&r.group, &r.topic, r.queue_id).await;
+        Ok(Response::new(wire::QueryOffsetResponse {
+            found: found.is_some(),
+            queue_offset: found.unwrap_or(0),
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<wire::HeartbeatRequest>,
+    ) -> Result<Response<wire::HeartbeatResponse>, Status> {
+        let r = request.into_inner();
+        let members = self.state.heartbeat(&r.group, &r.client_id)?;
+        Ok(Response::new(wire::HeartbeatResponse { members }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offset_records_round_trip_and_refuse_garbage() {
+        let key = ("g".to_owned(), "orders".to_owned(), 3);
+        let body = encode(&key, 42);
+        assert_eq!(decode(&body), Some((key, 42)));
+        assert_eq!(decode(&body[..body.len() - 1]), None);
+        assert_eq!(decode(&[2, 0, 0]), None);
+    }
+
+    #[test]
+    fn group_names_follow_the_topic_rules_and_percent_is_reserved() {
+        assert!(check_group("payments-consumers").is_ok());
+        assert!(check_group("%RETRY%x").is_err());
+        assert!(check_group("a b").is_err());
+        assert!(check_group("").is_err());
+    }
+
+    #[tokio::test]
+    async fn offsets_survive_a_restart_and_the_last_commit_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::store::StoreConfig {
+            store_path: dir.path().to_path_buf(),
+            ..crate::store::StoreConfig::default()
+        };
+        let topics = Arc::new(TopicRegistry::open(dir.path()).unwrap());
+        topics.create("orders", 2).unwrap();
+        {
+            let store = Arc::new(Store::open(config.clone()).unwrap());
+            for i in 0..5 {
+                store
+                    .append(NewMessage::new("orders", 1, format!("m{i}")))
+                    .await
+                    .unwrap();
+            }
+            let state =
+                ConsumerGroupState::load(store.clone(), topics.clone(), Duration::from_secs(10))
+                    .await
+                    .unwrap();
+            state.commit("g", "orders", 1, 2).await.unwrap();
+            state.commit("g", "orders", 1, 4).await.unwrap();
+            assert!(matches!(
+                state.commit("g", "orders", 1, 6).await,
+                Err(BrokerError::OffsetBeyondEnd { .. })
+            ));
+            assert!(matches!(
+                state.commit("g", "orders", 5, 0).await,
+                Err(BrokerError::QueueNotFound { .. })
+            ));
+            assert_eq!(state.snapshot().await.unwrap(), 1);
+        }
+        let store = Arc::new(Store::open(config).unwrap());
+        let state = ConsumerGroupState::load(store, topics, Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(state.query("g", "orders", 1).await, Some(4));
+        assert_eq!(state.query("g", "orders", 0).await, None);
+    }
+
+    #[tokio::test]
+    async fn members_expire_without_heartbeats() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::store::StoreConfig {
+            store_path: dir.path().to_path_buf(),
+            ..crate::store::StoreConfig::default()
+        };
+        let store = Arc::new(Store::open(config).unwrap());
+        let topics = Arc::new(TopicRegistry::open(dir.path()).unwrap());
+        let state = ConsumerGroupState::load(store, topics, Duration::ZERO)
+            .await
+            .unwrap();
+        // With a zero timeout only the member heartbeating right now is alive.
+        state.heartbeat("g", "b").unwrap();
+        assert_eq!(state.heartbeat("g", "a").unwrap(), vec!["a".to_owned()]);
+    }
+}
