@@ -5,67 +5,21 @@
 //! restart; bad input gets its documented code and changes nothing; the broker keeps serving after
 //! bad input and garbage bytes; SIGTERM stops it cleanly (no recovery needed at the next start).
 
-use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::io::Write;
 use std::time::Duration;
 
 use bytes::Bytes;
+use cluster_tests::BrokerProcess;
 use proto::client::broker_client::BrokerClient;
 use proto::client::{self as wire, PullStatus};
 use proto::common::{ErrorCode, SendStatus};
 use tonic::transport::Channel;
 
-struct BrokerProcess {
-    child: Child,
-    addr: String,
-}
-
-impl BrokerProcess {
-    fn start(store: &Path) -> BrokerProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_broker"))
-            .args(["--listen", "127.0.0.1:0", "--store-path"])
-            .arg(store)
-            .args(["--flush-disk-type", "SYNC_FLUSH"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the broker");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("piped stdout"))
-            .read_line(&mut line)
-            .expect("read the broker's first line");
-        let addr = line
-            .trim()
-            .strip_prefix("broker listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_owned();
-        BrokerProcess { child, addr }
-    }
-
-    async fn client(&self) -> BrokerClient<Channel> {
-        BrokerClient::connect(format!("http://{}", self.addr))
-            .await
-            .expect("connect to the broker")
-            .max_decoding_message_size(32 << 20)
-    }
-
-    fn signal(&self, signal: libc::c_int) {
-        // SAFETY: kill(2) on the pid of a child this test started and has not reaped.
-        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
-        assert_eq!(rc, 0, "kill failed");
-    }
-
-    fn wait(mut self) -> std::process::ExitStatus {
-        self.child.wait().expect("reap the broker")
-    }
-}
-
-impl Drop for BrokerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+async fn connect(broker: &BrokerProcess) -> BrokerClient<Channel> {
+    BrokerClient::connect(format!("http://{}", broker.addr()))
+        .await
+        .expect("connect to the broker")
+        .max_decoding_message_size(32 << 20)
 }
 
 fn message(id: &str, body: &[u8]) -> wire::Message {
@@ -129,8 +83,8 @@ async fn pull(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_serves_sends_and_pulls_and_survives_bad_input_sigterm_and_sigkill() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = BrokerProcess::start(dir.path());
-    let mut client = broker.client().await;
+    let broker = BrokerProcess::start(dir.path(), &["--flush-disk-type", "SYNC_FLUSH"]);
+    let mut client = connect(&broker).await;
 
     // Unknown topic, then the topic.
     let err = send(&mut client, "orders", 0, vec![message("m0", b"x")])
@@ -259,7 +213,7 @@ async fn broker_serves_sends_and_pulls_and_survives_bad_input_sigterm_and_sigkil
     assert_eq!(error_code(&err), ErrorCode::IllegalTopic as i32);
 
     // Garbage bytes on the port do not stop the broker.
-    let mut garbage = std::net::TcpStream::connect(&broker.addr).unwrap();
+    let mut garbage = std::net::TcpStream::connect(broker.addr()).unwrap();
     garbage
         .write_all(&[0xde, 0xad, 0xbe, 0xef].repeat(1000))
         .unwrap();
@@ -303,8 +257,8 @@ async fn broker_serves_sends_and_pulls_and_survives_bad_input_sigterm_and_sigkil
     assert!(!dir.path().join("abort").exists());
 
     // Restart, send more, SIGKILL, restart: every SEND_OK message is there.
-    let broker = BrokerProcess::start(dir.path());
-    let mut client = broker.client().await;
+    let broker = BrokerProcess::start(dir.path(), &["--flush-disk-type", "SYNC_FLUSH"]);
+    let mut client = connect(&broker).await;
     for i in 16..40u64 {
         let response = send(
             &mut client,
@@ -318,8 +272,8 @@ async fn broker_serves_sends_and_pulls_and_survives_bad_input_sigterm_and_sigkil
     }
     broker.signal(libc::SIGKILL);
     broker.wait();
-    let broker = BrokerProcess::start(dir.path());
-    let mut client = broker.client().await;
+    let broker = BrokerProcess::start(dir.path(), &["--flush-disk-type", "SYNC_FLUSH"]);
+    let mut client = connect(&broker).await;
     let pulled = pull(&mut client, 0, 0).await;
     let ids: Vec<_> = pulled
         .messages
