@@ -34,6 +34,12 @@ pub struct BrokerSettings {
     /// How often every committed offset is written again, so that retention never deletes the
     /// last record of a live offset (keep it well below `file_retention_hours`).
     pub offset_snapshot_interval_ms: u64,
+    /// The delay levels of retries (RocketMQ's messageDelayLevel): the n-th retry of a message
+    /// waits level 3 + n - 1.
+    pub message_delay_level: String,
+    /// Retries before a message goes to the group's dead-letter topic (RocketMQ's
+    /// maxReconsumeTimes).
+    pub max_reconsume_times: u32,
 }
 
 impl Default for BrokerSettings {
@@ -48,6 +54,8 @@ impl Default for BrokerSettings {
             pull_poll_timeout_max_ms: 30_000,
             consumer_heartbeat_timeout_ms: 10_000,
             offset_snapshot_interval_ms: 3_600_000,
+            message_delay_level: crate::retry::DEFAULT_DELAY_LEVELS.to_owned(),
+            max_reconsume_times: 16,
         }
     }
 }
@@ -148,6 +156,12 @@ impl BrokerConfig {
             return Err(ConfigError::Rule {
                 field: "offset_snapshot_interval_ms",
                 reason: "must be above 0 and below file_retention_hours",
+            });
+        }
+        if crate::retry::parse_delay_levels(&self.broker.message_delay_level).is_err() {
+            return Err(ConfigError::Rule {
+                field: "message_delay_level",
+                reason: "must be 1 to 64 durations such as 1s 5s 10s 2m 1h (units ms s m h d)",
             });
         }
         if self.broker.broker_name.is_empty() {

@@ -114,6 +114,19 @@ impl ConsumerGroupState {
                 queue_count,
             });
         }
+        self.commit_internal(group, topic, queue_id, queue_offset)
+            .await
+    }
+
+    /// Commits without the checks on names and queues: for the broker's own groups (the
+    /// scheduler's progress), whose names start with `%`.
+    pub(crate) async fn commit_internal(
+        &self,
+        group: &str,
+        topic: &str,
+        queue_id: u32,
+        queue_offset: u64,
+    ) -> Result<(), BrokerError> {
         let max = self
             .store
             .queue_offsets(topic, queue_id)
@@ -180,7 +193,7 @@ impl ConsumerGroupState {
 }
 
 /// A group name: the same characters as a topic, 1 to 255 bytes, not starting with `%`.
-fn check_group(group: &str) -> Result<(), BrokerError> {
+pub(crate) fn check_group(group: &str) -> Result<(), BrokerError> {
     let legal = !group.is_empty()
         && group.len() <= GROUP_BYTES_MAX
         && !group.starts_with('%')
@@ -232,11 +245,12 @@ fn take_string(bytes: &[u8]) -> Option<(String, &[u8])> {
 /// The `ConsumerGroups` gRPC service.
 pub struct ConsumerGroupService {
     state: Arc<ConsumerGroupState>,
+    retry: Arc<crate::retry::RetryState>,
 }
 
 impl ConsumerGroupService {
-    pub fn new(state: Arc<ConsumerGroupState>) -> Self {
-        ConsumerGroupService { state }
+    pub fn new(state: Arc<ConsumerGroupState>, retry: Arc<crate::retry::RetryState>) -> Self {
+        ConsumerGroupService { state, retry }
     }
 }
 
@@ -273,6 +287,21 @@ impl ConsumerGroups for ConsumerGroupService {
         let r = request.into_inner();
         let members = self.state.heartbeat(&r.group, &r.client_id)?;
         Ok(Response::new(wire::HeartbeatResponse { members }))
+    }
+
+    async fn send_back(
+        &self,
+        request: Request<wire::SendBackRequest>,
+    ) -> Result<Response<wire::SendBackResponse>, Status> {
+        let r = request.into_inner();
+        let (dead_lettered, retry_count) = self
+            .retry
+            .send_back(&r.group, r.commit_log_offset, &r.topic, r.queue_offset)
+            .await?;
+        Ok(Response::new(wire::SendBackResponse {
+            dead_lettered,
+            retry_count,
+        }))
     }
 }
 

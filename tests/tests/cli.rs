@@ -58,7 +58,13 @@ fn topic_create_send_and_list_in_json() {
     let (code, out) = cluster_cli(&["--broker", addr, "--json", "topic", "list"]);
     assert_eq!(code, 0);
     let listed = json(&out);
-    let queues = listed["topics"][0]["queues"].as_array().unwrap();
+    let drill = listed["topics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["topic"] == "drill")
+        .expect("the drill topic is listed");
+    let queues = drill["queues"].as_array().unwrap();
     let stored: u64 = queues
         .iter()
         .map(|q| q["max_queue_offset"].as_u64().unwrap())

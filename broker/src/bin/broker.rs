@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use broker::config::BrokerConfig;
 use broker::groups::{ConsumerGroupService, ConsumerGroupState};
+use broker::retry::{parse_delay_levels, RetryState};
 use broker::service::BrokerService;
 use broker::store::Store;
 use broker::topics::TopicRegistry;
@@ -123,6 +124,16 @@ async fn serve(config: BrokerConfig) -> Result<()> {
         groups.clone(),
         Duration::from_millis(config.broker.offset_snapshot_interval_ms),
     ));
+    let levels = parse_delay_levels(&config.broker.message_delay_level)
+        .map_err(|reason| anyhow::anyhow!("message_delay_level: {reason}"))?;
+    let retry = RetryState::new(
+        store.clone(),
+        topics.clone(),
+        groups.clone(),
+        levels,
+        config.broker.max_reconsume_times,
+    )?;
+    let schedulers = retry.start_scheduler();
     let service = BrokerService::new(store.clone(), topics, config.broker.clone());
     // Room for the largest batch the store takes, so that an oversized message reaches the
     // service's checks and gets its own error code instead of a transport error.
@@ -137,7 +148,9 @@ async fn serve(config: BrokerConfig) -> Result<()> {
                     broker::service::PULL_BYTES_MAX as usize + REQUEST_OVERHEAD_BYTES,
                 ),
         )
-        .add_service(ConsumerGroupsServer::new(ConsumerGroupService::new(groups)))
+        .add_service(ConsumerGroupsServer::new(ConsumerGroupService::new(
+            groups, retry,
+        )))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             tokio::select! {
                 _ = terminate.recv() => {}
@@ -148,6 +161,9 @@ async fn serve(config: BrokerConfig) -> Result<()> {
         .await
         .context("serve")?;
     snapshots.abort();
+    for scheduler in schedulers {
+        scheduler.abort();
+    }
     tokio::task::spawn_blocking(move || store.shutdown())
         .await
         .context("stop the store")??;

@@ -214,6 +214,29 @@ impl CommitLog {
         Ok(StoredMessage::new(buf.freeze(), header))
     }
 
+    /// Reads the message record starting at `commit_log_offset`, which must end at or below
+    /// `limit`. An offset where no message starts is the caller's error.
+    pub fn read_message_at(&self, commit_log_offset: u64, limit: u64) -> Result<StoredMessage> {
+        let invalid = |reason| StoreError::OffsetInvalid {
+            commit_log_offset,
+            reason,
+        };
+        let segment = self.held_segment(commit_log_offset)?;
+        let segment_left = segment.end_offset() - commit_log_offset;
+        if segment_left < RECORD_PREFIX_BYTES as u64 || commit_log_offset >= limit {
+            return Err(invalid("no readable message starts here"));
+        }
+        let mut prefix = [0u8; RECORD_PREFIX_BYTES];
+        segment.read_at(commit_log_offset, &mut prefix)?;
+        let Prefix::Message { total_bytes } = record::classify_prefix(&prefix, segment_left) else {
+            return Err(invalid("no message starts here"));
+        };
+        if commit_log_offset + u64::from(total_bytes) > limit {
+            return Err(invalid("the message is not readable yet"));
+        }
+        self.read_message(commit_log_offset, total_bytes)
+    }
+
     /// Reads whole records from `commit_log_offset` (a record boundary): at most `max_bytes`
     /// (capped at [`RAW_READ_BYTES_MAX`]) unless the first record alone is larger, never past the
     /// segment end or `write_offset`. A padding record comes with the zeros after it, up to the

@@ -322,6 +322,14 @@ impl Store {
         )
     }
 
+    /// Reads the message whose record starts at `commit_log_offset`, if consumers may see it
+    /// (below the confirm offset). For handing a consumed message back (retry).
+    pub fn read_message_at(&self, commit_log_offset: u64) -> Result<StoredMessage> {
+        self.shared
+            .log
+            .read_message_at(commit_log_offset, self.confirm_offset())
+    }
+
     /// Reads whole records from `commit_log_offset` as stored (what a master ships to a slave).
     pub fn read_raw(&self, commit_log_offset: u64, max_bytes: usize) -> Result<Bytes> {
         self.shared.log.read_raw(commit_log_offset, max_bytes)

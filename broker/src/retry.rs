@@ -1,0 +1,306 @@
+//! Retry and dead letters: messages a consumer group failed to handle come back later, and after
+//! too many tries go to the group's dead-letter topic.
+//!
+//! `SendBack` takes a message the group failed on. Below `max_reconsume_times` tries it is
+//! stored in the schedule topic [`SCHEDULE_TOPIC`], in the queue of delay level
+//! `3 + retry count` (RocketMQ's 18 levels, 1s ... 2h by default), with the time it is due; a
+//! scheduler task per level delivers due messages to the group's retry topic `%RETRY%<group>`,
+//! which the group's consumers read beside the topic itself. From `max_reconsume_times` on it
+//! goes to `%DLQ%<group>` at once. Retry and dead-letter topics are registered topics of one
+//! queue, visible in `ListTopics`.
+//!
+//! The delay is real and survives restarts: scheduled messages are in the commit log, and each
+//! level's progress is a committed offset (group [`SCHEDULER_GROUP`]) in the commit log too, so
+//! both replicate with it from step 4. Delivery is at least once: a crash between delivering and
+//! committing the progress delivers that message again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::BrokerError;
+use crate::groups::ConsumerGroupState;
+use crate::store::message::PROPERTY_UNIQUE_ID;
+use crate::store::{now_ms, GetRequest, NewMessage, PutStatus, Store, StoredMessage, TagFilter};
+use crate::topics::TopicRegistry;
+
+/// Internal topic holding messages waiting for their delay, one queue per level.
+pub const SCHEDULE_TOPIC: &str = "%SCHEDULE%";
+/// Queues of the schedule topic: one per level, for as many levels as a configuration may have,
+/// so that changing the levels never changes the topic.
+pub const SCHEDULE_QUEUES: u32 = 64;
+/// Internal group under which each level's delivery progress is committed.
+pub const SCHEDULER_GROUP: &str = "%SCHEDULER%";
+/// Property: the topic a scheduled message goes to when due.
+pub const PROPERTY_REAL_TOPIC: &str = "REAL_TOPIC";
+/// Property: when a scheduled message is due, Unix milliseconds.
+pub const PROPERTY_DELIVER_AT_MS: &str = "DELIVER_AT_MS";
+/// Property: the topic the message was first sent to.
+pub const PROPERTY_ORIGIN_TOPIC: &str = "ORIGIN_TOPIC";
+/// RocketMQ's 18 delay levels.
+pub const DEFAULT_DELAY_LEVELS: &str = "1s 5s 10s 30s 1m 2m 3m 4m 5m 6m 7m 8m 9m 10m 20m 30m 1h 2h";
+/// Delay level of a message's first retry (RocketMQ: 3, 10 s); each retry goes one level up.
+pub const FIRST_RETRY_LEVEL: usize = 3;
+
+/// The retry topic of a group.
+pub fn retry_topic(group: &str) -> String {
+    format!("%RETRY%{group}")
+}
+
+/// The dead-letter topic of a group.
+pub fn dlq_topic(group: &str) -> String {
+    format!("%DLQ%{group}")
+}
+
+/// Parses delay levels such as "1s 5s 10s 2m 1h 250ms".
+pub fn parse_delay_levels(text: &str) -> Result<Vec<Duration>, String> {
+    let levels: Result<Vec<Duration>, String> = text
+        .split_whitespace()
+        .map(|word| {
+            let (number, unit) = word.split_at(
+                word.find(|c: char| !c.is_ascii_digit())
+                    .unwrap_or(word.len()),
+            );
+            let value: u64 = number
+                .parse()
+                .map_err(|_| format!("{word:?} does not start with a number"))?;
+            let millis = match unit {
+                "ms" => value,
+                "s" => value * 1_000,
+                "m" => value * 60_000,
+                "h" => value * 3_600_000,
+                "d" => value * 86_400_000,
+                _ => return Err(format!("{word:?}: the unit must be ms, s, m, h or d")),
+            };
+            Ok(Duration::from_millis(millis))
+        })
+        .collect();
+    let levels = levels?;
+    if levels.is_empty() || levels.len() > 64 {
+        return Err("between 1 and 64 levels".into());
+    }
+    Ok(levels)
+}
+
+/// Send-back and the schedule.
+pub struct RetryState {
+    store: Arc<Store>,
+    topics: Arc<TopicRegistry>,
+    groups: Arc<ConsumerGroupState>,
+    levels: Vec<Duration>,
+    max_reconsume_times: u32,
+}
+
+impl RetryState {
+    pub fn new(
+        store: Arc<Store>,
+        topics: Arc<TopicRegistry>,
+        groups: Arc<ConsumerGroupState>,
+        levels: Vec<Duration>,
+        max_reconsume_times: u32,
+    ) -> Result<Arc<RetryState>, BrokerError> {
+        assert!(
+            levels.len() <= SCHEDULE_QUEUES as usize,
+            "parse_delay_levels bounds the levels"
+        );
+        topics.create(SCHEDULE_TOPIC, SCHEDULE_QUEUES)?;
+        Ok(Arc::new(RetryState {
+            store,
+            topics,
+            groups,
+            levels,
+            max_reconsume_times,
+        }))
+    }
+
+    /// Hands the message at `commit_log_offset` (of `topic`, at `queue_offset`) back for
+    /// `group`. Returns (dead-lettered, retry count).
+    pub async fn send_back(
+        &self,
+        group: &str,
+        commit_log_offset: u64,
+        topic: &str,
+        queue_offset: u64,
+    ) -> Result<(bool, u32), BrokerError> {
+        crate::groups::check_group(group)?;
+        let original = self.store.read_message_at(commit_log_offset)?;
+        if original.topic() != topic || original.queue_offset() != queue_offset {
+            return Err(BrokerError::BadRequest {
+                reason: "no message of that topic and queue offset is at that commit-log offset",
+            });
+        }
+        let retry_count = original.retry_count() + 1;
+        let dead = original.retry_count() >= self.max_reconsume_times;
+        let mut message = copy_of(&original, topic);
+        message.retry_count = retry_count;
+        if dead {
+            let dlq = dlq_topic(group);
+            self.topics.create(&dlq, 1)?;
+            message.topic = dlq;
+            message.queue_id = 0;
+            tracing::warn!(
+                group,
+                message_id = original.property(PROPERTY_UNIQUE_ID),
+                retry_count,
+                "message moved to the dead-letter topic"
+            );
+        } else {
+            let retry = retry_topic(group);
+            self.topics.create(&retry, 1)?;
+            let level =
+                (FIRST_RETRY_LEVEL + original.retry_count() as usize).min(self.levels.len());
+            let due = now_ms() + self.levels[level - 1].as_millis() as u64;
+            message
+                .properties
+                .push((PROPERTY_REAL_TOPIC.to_owned(), retry));
+            message
+                .properties
+                .push((PROPERTY_DELIVER_AT_MS.to_owned(), due.to_string()));
+            message.topic = SCHEDULE_TOPIC.to_owned();
+            message.queue_id = (level - 1) as u32;
+        }
+        let appended = self.store.append(message).await?;
+        if appended.status != PutStatus::Ok {
+            return Err(BrokerError::NotDurable);
+        }
+        Ok((dead, retry_count))
+    }
+
+    /// Starts one delivery task per delay level.
+    pub fn start_scheduler(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
+        (0..self.levels.len() as u32)
+            .map(|queue_id| {
+                let state = self.clone();
+                tokio::spawn(async move { state.deliver_level(queue_id).await })
+            })
+            .collect()
+    }
+
+    async fn deliver_level(&self, queue_id: u32) {
+        loop {
+            if let Err(err) = self.deliver_due(queue_id).await {
+                tracing::warn!(level = queue_id + 1, error = %err, "delayed delivery failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+
+    /// Delivers this level's due messages, then waits for the next one to be due (or to arrive).
+    async fn deliver_due(&self, queue_id: u32) -> Result<(), BrokerError> {
+        let mut readable = self.store.subscribe_readable_offset();
+        let mut queue_offset = match self
+            .groups
+            .query(SCHEDULER_GROUP, SCHEDULE_TOPIC, queue_id)
+            .await
+        {
+            Some(offset) => offset,
+            None => self
+                .store
+                .queue_offsets(SCHEDULE_TOPIC, queue_id)
+                .map_or(0, |(min, _)| min),
+        };
+        let result = self.store.get_messages(&GetRequest {
+            topic: SCHEDULE_TOPIC,
+            queue_id,
+            queue_offset,
+            max_count: 32,
+            max_bytes: 4 << 20,
+            filter: &TagFilter::All,
+        })?;
+        if result.messages.is_empty() {
+            if result.next_queue_offset != queue_offset {
+                // Retention moved the queue's start past the progress: skip to it.
+                self.groups
+                    .commit_internal(
+                        SCHEDULER_GROUP,
+                        SCHEDULE_TOPIC,
+                        queue_id,
+                        result.next_queue_offset,
+                    )
+                    .await?;
+                return Ok(());
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(1), readable.changed()).await;
+            return Ok(());
+        }
+        for scheduled in &result.messages {
+            let due = scheduled
+                .property(PROPERTY_DELIVER_AT_MS)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+            let now = now_ms();
+            if due > now {
+                // Messages of one level are due in the order they were stored: wait for this one.
+                tokio::time::sleep(Duration::from_millis((due - now).min(1_000))).await;
+                return Ok(());
+            }
+            let Some(real_topic) = scheduled.property(PROPERTY_REAL_TOPIC) else {
+                tracing::warn!(
+                    commit_log_offset = scheduled.commit_log_offset(),
+                    "scheduled message without a destination: skipped"
+                );
+                queue_offset = scheduled.queue_offset() + 1;
+                self.groups
+                    .commit_internal(SCHEDULER_GROUP, SCHEDULE_TOPIC, queue_id, queue_offset)
+                    .await?;
+                continue;
+            };
+            let mut message = copy_of(scheduled, real_topic);
+            message.topic = real_topic.to_owned();
+            message.queue_id = 0;
+            message
+                .properties
+                .retain(|(name, _)| name != PROPERTY_REAL_TOPIC && name != PROPERTY_DELIVER_AT_MS);
+            let appended = self.store.append(message).await?;
+            if appended.status != PutStatus::Ok {
+                return Err(BrokerError::NotDurable);
+            }
+            queue_offset = scheduled.queue_offset() + 1;
+            self.groups
+                .commit_internal(SCHEDULER_GROUP, SCHEDULE_TOPIC, queue_id, queue_offset)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// A new message with the body, properties and retry count of `stored`, remembering the topic
+/// it first went to.
+fn copy_of(stored: &StoredMessage, topic: &str) -> NewMessage {
+    let mut properties: Vec<(String, String)> = stored
+        .properties()
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .collect();
+    if !properties
+        .iter()
+        .any(|(name, _)| name == PROPERTY_ORIGIN_TOPIC)
+    {
+        properties.push((PROPERTY_ORIGIN_TOPIC.to_owned(), topic.to_owned()));
+    }
+    NewMessage {
+        topic: stored.topic().to_owned(),
+        queue_id: stored.queue_id(),
+        body: stored.body(),
+        properties,
+        born_timestamp_ms: stored.born_timestamp_ms(),
+        retry_count: stored.retry_count(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rocketmq_delay_levels_parse() {
+        let levels = parse_delay_levels(DEFAULT_DELAY_LEVELS).unwrap();
+        assert_eq!(levels.len(), 18);
+        assert_eq!(levels[2], Duration::from_secs(10));
+        assert_eq!(levels[17], Duration::from_secs(7200));
+        assert_eq!(
+            parse_delay_levels("250ms").unwrap(),
+            vec![Duration::from_millis(250)]
+        );
+        assert!(parse_delay_levels("5x").is_err());
+        assert!(parse_delay_levels("").is_err());
+    }
+}
