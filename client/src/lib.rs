@@ -5,16 +5,20 @@
 //! - [`producer`]: `send` (waits for the answer), `send_async` (a handle), `send_oneway` (not for
 //!   messages that must not be lost); round-robin queues; retries of retriable failures.
 //! - [`consumer`]: `PullConsumer` (a queue from an offset, long polling) and `Admin` (topics).
+//! - [`push`]: `PushConsumer`, a consumer-group member in clustering mode: queues dealt out by
+//!   heartbeat, offsets on the broker, a listener whose failures (`ReconsumeLater`, `Err`,
+//!   panic) hand the message back for retry.
 //! - [`message`]: `Message` (to send), `ReceivedMessage`, unique message ids.
 //! - [`error`]: `ClientError`, a broker's stable error code turned back into a typed error.
 //!
-//! `client` depends on `proto` only, never on `broker`. Consumer groups (push consumers,
-//! broker-kept offsets, retry and dead letters) and routing through the controller come next.
+//! `client` depends on `proto` only, never on `broker`. Broadcasting mode, orderly consumption
+//! and routing through the controller come next.
 
 pub mod consumer;
 pub mod error;
 pub mod message;
 pub mod producer;
+pub mod push;
 
 pub use consumer::{Admin, PullConsumer, PullResult};
 pub use error::ClientError;
@@ -22,3 +26,6 @@ pub use message::{Message, ReceivedMessage};
 pub use producer::{Producer, ProducerConfig, SendResult, SendStatus};
 pub use proto::client::PullStatus;
 pub use proto::common::ErrorCode;
+pub use push::{
+    ConsumeFrom, ConsumeResult, Listener, ListenerError, PushConsumer, PushConsumerConfig,
+};
