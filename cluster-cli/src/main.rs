@@ -3,8 +3,10 @@
 //! Until the controller exists (step 3), commands talk to one broker: `--broker ADDR` or
 //! `BROKER_ADDR`. Every command prints a table or line for people by default and one JSON object
 //! with `--json`; the exit code is 0 on success, 1 when the command ran but something failed
-//! (a send not `SEND_OK`), 2 on bad usage or when the broker could not be reached.
+//! (a send not `SEND_OK`, fewer messages consumed than asked), 2 on bad usage or when the broker
+//! could not be reached.
 
+mod consume;
 mod send;
 
 use std::process::ExitCode;
@@ -40,6 +42,8 @@ enum Command {
     },
     /// Send N messages with unique keys and summarize their statuses.
     Send(send::SendArgs),
+    /// Consume as a member of a consumer group until N messages or a silence.
+    Consume(consume::ConsumeArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -76,6 +80,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Topic { command } => topic(&cli.broker, cli.json, command).await,
         Command::Send(args) => send::run(&cli.broker, cli.json, args).await,
+        Command::Consume(args) => consume::run(&cli.broker, cli.json, args).await,
     }
 }
 

@@ -9,26 +9,36 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 
-/// A binary of this workspace's build (`broker`, `cluster-cli`), built first if it is not there
-/// yet (when a scenario is run alone with `cargo test -p cluster-tests`).
+/// A binary of this workspace's build (`broker`, `cluster-cli`), brought up to date once per
+/// test process with `cargo build` (a no-op when nothing changed): `cargo test` builds a binary
+/// only for its own package's integration tests, so without this a scenario could run a stale
+/// one.
 pub fn workspace_binary(package: &str, binary: &str) -> PathBuf {
+    static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
     // The test binary is target/<profile>/deps/NAME; binaries are target/<profile>/BINARY.
     let exe = std::env::current_exe().expect("test binary path");
     let profile_dir = exe
         .parent()
         .and_then(Path::parent)
         .expect("test binary lives in target/<profile>/deps");
-    let path = profile_dir.join(binary);
-    if !path.exists() {
+    let mut built = BUILT.lock().expect("build lock");
+    if !built.iter().any(|b| b == binary) {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-p", package, "--bin", binary])
-            .status()
-            .expect("run cargo build");
+        let mut command = Command::new(cargo);
+        command.args(["build", "--quiet", "-p", package, "--bin", binary]);
+        if profile_dir
+            .file_name()
+            .is_some_and(|name| name == "release")
+        {
+            command.arg("--release");
+        }
+        let status = command.status().expect("run cargo build");
         assert!(status.success(), "building {binary} failed");
+        built.push(binary.to_owned());
     }
-    path
+    profile_dir.join(binary)
 }
 
 /// Runs `cluster-cli` with `args` and returns its exit code and stdout.

@@ -12,7 +12,11 @@ fn json(text: &str) -> serde_json::Value {
 #[test]
 fn topic_create_send_and_list_in_json() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = BrokerProcess::start(dir.path(), &[]);
+    // Short delay levels, so that retried messages come back within the test.
+    let broker = BrokerProcess::start(
+        dir.path(),
+        &["--set", "message_delay_level=\"50ms 50ms 100ms 100ms\""],
+    );
     let addr = &broker.addr().to_owned();
 
     let (code, out) = cluster_cli(&[
@@ -70,6 +74,43 @@ fn topic_create_send_and_list_in_json() {
         .map(|q| q["max_queue_offset"].as_u64().unwrap())
         .sum();
     assert_eq!(stored, 150, "every send of the three modes arrived");
+
+    // Consume everything with a listener that fails every 7th delivery: every key sent SEND_OK
+    // is handled (the failed ones come back through the retry topic).
+    let consumed = dir.path().join("consumed.txt");
+    let (code, out) = cluster_cli(&[
+        "--broker",
+        addr,
+        "--json",
+        "consume",
+        "--topic",
+        "drill",
+        "--group",
+        "drillers",
+        "--count",
+        "150",
+        "--fail-every",
+        "7",
+        "--idle-exit-ms",
+        "20000",
+        "--keys-out",
+        consumed.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let summary = json(&out);
+    assert!(summary["received"].as_u64().unwrap() >= 150, "{out}");
+    assert!(summary["reconsume_later"].as_u64().unwrap() > 0, "{out}");
+    let handled: std::collections::HashSet<String> = std::fs::read_to_string(&consumed)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    for key in std::fs::read_to_string(&keys).unwrap().lines() {
+        assert!(
+            handled.contains(key),
+            "key {key} answered SEND_OK was never handled"
+        );
+    }
 
     // A send to an unknown topic fails, and says so in its exit code.
     let (code, _) = cluster_cli(&[
