@@ -6,6 +6,7 @@
 //! (a send not `SEND_OK`, fewer messages consumed than asked), 2 on bad usage or when the broker
 //! could not be reached.
 
+mod bench;
 mod consume;
 mod send;
 
@@ -44,6 +45,11 @@ enum Command {
     Send(send::SendArgs),
     /// Consume as a member of a consumer group until N messages or a silence.
     Consume(consume::ConsumeArgs),
+    /// Benchmarks against the broker.
+    Bench {
+        #[command(subcommand)]
+        command: bench::BenchCommand,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -81,6 +87,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Topic { command } => topic(&cli.broker, cli.json, command).await,
         Command::Send(args) => send::run(&cli.broker, cli.json, args).await,
         Command::Consume(args) => consume::run(&cli.broker, cli.json, args).await,
+        Command::Bench { command } => bench::run(&cli.broker, cli.json, command).await,
     }
 }
 

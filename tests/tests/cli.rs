@@ -112,6 +112,25 @@ fn topic_create_send_and_list_in_json() {
         );
     }
 
+    // The producer benchmark runs and reports what it measured.
+    let (code, out) = cluster_cli(&[
+        "--broker",
+        addr,
+        "--json",
+        "bench",
+        "produce",
+        "--topic",
+        "drill",
+        "--count",
+        "200",
+        "--in-flight",
+        "8",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let bench = json(&out);
+    assert_eq!(bench["statuses"]["SEND_OK"], 200, "{out}");
+    assert!(bench["msgs_per_s"].as_f64().unwrap() > 0.0);
+
     // A send to an unknown topic fails, and says so in its exit code.
     let (code, _) = cluster_cli(&[
         "--broker", addr, "--json", "send", "--topic", "nope", "--count", "1",

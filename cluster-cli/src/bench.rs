@@ -1,0 +1,145 @@
+//! `cluster-cli bench produce`: end-to-end producer throughput and latency against a broker:
+//! `--in-flight` sends at once, each waiting for its answer, `--count` in all, with a progress
+//! line each second and a summary (msgs/s, MB/s, p50/p99/p999 latency in microseconds, statuses).
+//! Compare it with `store-bench` (the store alone) to see what the network layer costs.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use client::{Message, Producer, ProducerConfig, SendStatus};
+use hdrhistogram::Histogram;
+
+#[derive(clap::Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Producer throughput and latency.
+    Produce(ProduceArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ProduceArgs {
+    #[arg(long)]
+    topic: String,
+    #[arg(long, default_value_t = 100_000)]
+    count: u64,
+    /// Body size in bytes.
+    #[arg(long, default_value_t = 1024)]
+    size: usize,
+    /// Sends waiting for their answers at once.
+    #[arg(long, default_value_t = 64)]
+    in_flight: usize,
+}
+
+pub async fn run(broker: &str, json: bool, command: BenchCommand) -> Result<ExitCode> {
+    let BenchCommand::Produce(args) = command;
+    if args.size == 0 || args.in_flight == 0 || args.count == 0 {
+        bail!("--size, --in-flight and --count must be at least 1");
+    }
+    let producer = Producer::connect(broker, ProducerConfig::default()).await?;
+    let body = Bytes::from(vec![b'b'; args.size]);
+    let next = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
+    let latencies = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
+        1, 60_000_000, 3,
+    )?));
+    let statuses: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
+    let started = Instant::now();
+    let workers: Vec<_> = (0..args.in_flight)
+        .map(|_| {
+            let (producer, body, next, done) =
+                (producer.clone(), body.clone(), next.clone(), done.clone());
+            let (latencies, statuses, topic, count) = (
+                latencies.clone(),
+                statuses.clone(),
+                args.topic.clone(),
+                args.count,
+            );
+            tokio::spawn(async move {
+                let mut local =
+                    Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+                let mut local_statuses: BTreeMap<String, u64> = BTreeMap::new();
+                while next.fetch_add(1, Ordering::AcqRel) < count {
+                    let sent_at = Instant::now();
+                    let outcome = producer
+                        .send(Message::new(topic.clone(), body.clone()))
+                        .await;
+                    let name = match outcome {
+                        Ok(result) => {
+                            local.saturating_record(sent_at.elapsed().as_micros().max(1) as u64);
+                            result.status.name().to_owned()
+                        }
+                        Err(err) => format!("error: {err}"),
+                    };
+                    *local_statuses.entry(name).or_default() += 1;
+                    done.fetch_add(1, Ordering::AcqRel);
+                }
+                latencies
+                    .lock()
+                    .expect("lock")
+                    .add(&local)
+                    .expect("same bounds");
+                let mut statuses = statuses.lock().expect("lock");
+                for (name, count) in local_statuses {
+                    *statuses.entry(name).or_default() += count;
+                }
+            })
+        })
+        .collect();
+    let progress = tokio::spawn({
+        let done = done.clone();
+        let count = args.count;
+        async move {
+            let mut ticks = tokio::time::interval(Duration::from_secs(1));
+            ticks.tick().await;
+            loop {
+                ticks.tick().await;
+                eprintln!("bench: {} of {count} sent", done.load(Ordering::Acquire));
+            }
+        }
+    });
+    for worker in workers {
+        worker.await.context("bench worker")?;
+    }
+    progress.abort();
+    let elapsed = started.elapsed().as_secs_f64();
+    let latencies = latencies.lock().expect("lock");
+    let statuses = statuses.lock().expect("lock").clone();
+    let msgs_per_s = args.count as f64 / elapsed;
+    let mb_per_s = msgs_per_s * args.size as f64 / 1_000_000.0;
+    let (p50, p99, p999) = (
+        latencies.value_at_quantile(0.5),
+        latencies.value_at_quantile(0.99),
+        latencies.value_at_quantile(0.999),
+    );
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "count": args.count, "size": args.size, "in_flight": args.in_flight,
+                "seconds": (elapsed * 100.0).round() / 100.0,
+                "msgs_per_s": msgs_per_s.round(), "mb_per_s": (mb_per_s * 10.0).round() / 10.0,
+                "latency_us": { "p50": p50, "p99": p99, "p999": p999 },
+                "statuses": statuses,
+            })
+        );
+    } else {
+        println!(
+            "{} messages of {} B, {} in flight: {elapsed:.2} s",
+            args.count, args.size, args.in_flight
+        );
+        println!("  {msgs_per_s:.0} msgs/s, {mb_per_s:.1} MB/s; latency p50 {p50} us, p99 {p99} us, p999 {p999} us");
+        for (status, count) in &statuses {
+            println!("  {status:<20} {count}");
+        }
+    }
+    let all_ok = statuses.keys().all(|s| s == SendStatus::SendOk.name());
+    Ok(if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
