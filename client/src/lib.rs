@@ -11,8 +11,8 @@
 //! - [`message`]: `Message` (to send), `ReceivedMessage`, unique message ids.
 //! - [`error`]: `ClientError`, a broker's stable error code turned back into a typed error.
 //!
-//! `client` depends on `proto` only, never on `broker`. Broadcasting mode, orderly consumption
-//! and routing through the controller come next.
+//! `client` depends on `proto` only, never on `broker`. Routing through the controller comes
+//! with step 3.
 
 pub mod consumer;
 pub mod error;
@@ -27,5 +27,6 @@ pub use producer::{Producer, ProducerConfig, SendResult, SendStatus};
 pub use proto::client::PullStatus;
 pub use proto::common::ErrorCode;
 pub use push::{
-    ConsumeFrom, ConsumeResult, Listener, ListenerError, PushConsumer, PushConsumerConfig,
+    ConsumeFrom, ConsumeMode, ConsumeResult, Listener, ListenerError, MessageModel, PushConsumer,
+    PushConsumerConfig,
 };

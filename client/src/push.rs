@@ -14,6 +14,9 @@
 //!   the broker (retry topic after a delay level, dead-letter topic after too many tries). The
 //!   offset moves past a message only once it was handled or handed back; if the hand-back
 //!   fails, the queue waits and tries again, and never skips the message.
+//! - Orderly mode handles a queue's messages strictly in order: a failed message is tried again
+//!   in place, and the queue waits for it. Broadcasting mode gives every member every queue,
+//!   keeps offsets in the member, and retries failures in place too (nothing is handed back).
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -66,11 +69,34 @@ pub enum ConsumeFrom {
     Last,
 }
 
+/// How a group shares a topic (RocketMQ's MessageModel).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MessageModel {
+    /// Each queue is consumed by one member; offsets on the broker; failures handed back for
+    /// retry through the retry topic.
+    Clustering,
+    /// Every member consumes every queue; offsets kept by the member (in memory: a restarted
+    /// member starts from `consume_from`); a failed message is retried in place.
+    Broadcasting,
+}
+
+/// How messages of one queue are handled (RocketMQ's concurrently / orderly listeners).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConsumeMode {
+    /// A failed message is handed back and the queue goes on.
+    Concurrently,
+    /// Messages of a queue are handled strictly in order: a failed message is retried in place
+    /// after a pause, and nothing after it is handled before it succeeds.
+    Orderly,
+}
+
 /// Push consumer settings.
 #[derive(Clone, Debug)]
 pub struct PushConsumerConfig {
     pub group: String,
     pub topic: String,
+    pub message_model: MessageModel,
+    pub consume_mode: ConsumeMode,
     /// "*" or "a || b".
     pub tag_expression: String,
     pub consume_from: ConsumeFrom,
@@ -86,6 +112,8 @@ impl PushConsumerConfig {
         PushConsumerConfig {
             group: group.into(),
             topic: topic.into(),
+            message_model: MessageModel::Clustering,
+            consume_mode: ConsumeMode::Concurrently,
             tag_expression: "*".into(),
             consume_from: ConsumeFrom::Last,
             heartbeat_interval: Duration::from_secs(1),
@@ -110,6 +138,8 @@ struct Shared {
     puller: PullConsumer,
     admin: Admin,
     listener: Arc<dyn Listener>,
+    /// Offsets of a broadcasting member, which keeps its own.
+    local_offsets: std::sync::Mutex<HashMap<(String, u32), u64>>,
 }
 
 impl PushConsumer {
@@ -128,6 +158,7 @@ impl PushConsumer {
             puller: PullConsumer::connect(addr).await?,
             admin: Admin::connect(addr).await?,
             listener: Arc::new(listener),
+            local_offsets: std::sync::Mutex::new(HashMap::new()),
         });
         let (stop, stopped) = watch::channel(false);
         let (assigned_tx, assigned) = watch::channel(Vec::new());
@@ -220,11 +251,21 @@ async fn assignment(shared: &Shared, retry_topic: &str) -> Result<Vec<(String, u
         .await?
         .into_inner()
         .members;
-    let me = members
-        .iter()
-        .position(|m| *m == shared.client_id)
-        .unwrap_or(0) as u32;
-    let count = members.len().max(1) as u32;
+    let (me, count) = match shared.config.message_model {
+        MessageModel::Clustering => (
+            members
+                .iter()
+                .position(|m| *m == shared.client_id)
+                .unwrap_or(0) as u32,
+            members.len().max(1) as u32,
+        ),
+        // Every member takes every queue (and no retry topic: nothing is handed back).
+        MessageModel::Broadcasting => (0, 1),
+    };
+    let retry_topic = match shared.config.message_model {
+        MessageModel::Clustering => retry_topic,
+        MessageModel::Broadcasting => "",
+    };
     let mut queues = Vec::new();
     for topic in shared.admin.list_topics().await? {
         if topic.topic == shared.config.topic || topic.topic == retry_topic {
@@ -298,15 +339,18 @@ async fn consume_queue(
             }
             continue;
         }
-        let outcomes = handle(&shared, result.messages.clone()).await;
-        for (message, handled) in result.messages.iter().zip(outcomes) {
-            if handled == ConsumeResult::ReconsumeLater {
-                // Never move past a message that was neither handled nor handed back.
-                while let Err(err) = send_back(&shared, message).await {
-                    tracing::warn!(message_id = message.message_id, error = %err, "hand-back failed; retrying");
-                    pause(&mut stopped).await;
-                }
-            }
+        let in_place = shared.config.consume_mode == ConsumeMode::Orderly
+            || shared.config.message_model == MessageModel::Broadcasting;
+        let finished = if in_place {
+            handle_in_place(&shared, &result.messages, &mut stopped).await
+        } else {
+            handle_and_hand_back(&shared, &result.messages, &mut stopped).await
+        };
+        if let Err(first_unfinished) = finished {
+            // Stopped in the middle: commit up to the first message not dealt with, so that the
+            // next owner starts there (it is delivered again: at least once).
+            let _ = commit(&shared, &topic, queue_id, first_unfinished).await;
+            return;
         }
         offset = Some(result.next_queue_offset);
         if let Err(err) = commit(&shared, &topic, queue_id, result.next_queue_offset).await {
@@ -315,11 +359,86 @@ async fn consume_queue(
     }
 }
 
+/// Concurrently: handles the batch; hands back every failed message. Never moves past a message
+/// neither handled nor handed back: on a stop in the middle, returns the queue offset of the
+/// first such message.
+async fn handle_and_hand_back(
+    shared: &Shared,
+    messages: &[ReceivedMessage],
+    stopped: &mut watch::Receiver<bool>,
+) -> Result<(), u64> {
+    let outcomes = handle(shared, messages.to_vec()).await;
+    for (message, outcome) in messages.iter().zip(outcomes) {
+        if outcome == ConsumeResult::ReconsumeLater {
+            while let Err(err) = send_back(shared, message).await {
+                tracing::warn!(message_id = message.message_id, error = %err, "hand-back failed; retrying");
+                if *stopped.borrow() {
+                    return Err(message.queue_offset);
+                }
+                pause(stopped).await;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Orderly (and broadcasting): one message at a time; a failed one is tried again in place after
+/// a pause that grows to 30 s, and nothing after it runs first. On a stop, returns the queue
+/// offset of the message not yet handled.
+async fn handle_in_place(
+    shared: &Shared,
+    messages: &[ReceivedMessage],
+    stopped: &mut watch::Receiver<bool>,
+) -> Result<(), u64> {
+    for message in messages {
+        let mut attempt = 0u32;
+        loop {
+            if *stopped.borrow() {
+                return Err(message.queue_offset);
+            }
+            let outcome = handle(shared, vec![message.clone()]).await[0];
+            if outcome == ConsumeResult::ConsumeSuccess {
+                break;
+            }
+            attempt += 1;
+            let suspend =
+                Duration::from_millis(100 * 2u64.pow(attempt.min(9))).min(Duration::from_secs(30));
+            tracing::debug!(
+                message_id = message.message_id,
+                attempt,
+                "suspending the queue before trying again"
+            );
+            let _ = tokio::time::timeout(suspend, stopped.changed()).await;
+        }
+    }
+    Ok(())
+}
+
 async fn pause(stopped: &mut watch::Receiver<bool>) {
     let _ = tokio::time::timeout(Duration::from_millis(500), stopped.changed()).await;
 }
 
 async fn start_offset(shared: &Shared, topic: &str, queue_id: u32) -> Result<u64, ClientError> {
+    if shared.config.message_model == MessageModel::Broadcasting {
+        let key = (topic.to_owned(), queue_id);
+        let local = shared
+            .local_offsets
+            .lock()
+            .expect("offsets lock")
+            .get(&key)
+            .copied();
+        if let Some(offset) = local {
+            return Ok(offset);
+        }
+        let probe = shared
+            .puller
+            .pull(topic, queue_id, 0, 1, "*", Duration::ZERO)
+            .await?;
+        return Ok(match shared.config.consume_from {
+            ConsumeFrom::First => probe.min_queue_offset,
+            ConsumeFrom::Last => probe.max_queue_offset,
+        });
+    }
     let mut groups = shared.groups.clone();
     let committed = groups
         .query_offset(QueryOffsetRequest {
@@ -392,6 +511,14 @@ async fn commit(
     queue_id: u32,
     queue_offset: u64,
 ) -> Result<(), ClientError> {
+    if shared.config.message_model == MessageModel::Broadcasting {
+        shared
+            .local_offsets
+            .lock()
+            .expect("offsets lock")
+            .insert((topic.to_owned(), queue_id), queue_offset);
+        return Ok(());
+    }
     let mut groups = shared.groups.clone();
     groups
         .commit_offset(CommitOffsetRequest {

@@ -139,3 +139,116 @@ async fn a_group_handles_every_message_once_and_failures_come_back_through_retry
         seen.retried
     );
 }
+
+/// Orderly: a failed message is retried in place, and nothing after it in its queue is handled
+/// first; nothing goes through the retry topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orderly_consumption_keeps_queue_order_through_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    Admin::connect(broker.addr())
+        .await
+        .unwrap()
+        .create_topic("steps", 1)
+        .await
+        .unwrap();
+    let producer = Producer::connect(broker.addr(), ProducerConfig::default())
+        .await
+        .unwrap();
+    for i in 0..20 {
+        producer
+            .send(Message::new("steps", format!("step {i}")).with_key(format!("k{i}")))
+            .await
+            .unwrap();
+    }
+    let order: Arc<Mutex<Vec<(usize, u32)>>> = Arc::default();
+    let failed_once = Arc::new(Mutex::new(false));
+    let mut config = PushConsumerConfig::new("workflow", "steps");
+    config.consume_from = ConsumeFrom::First;
+    config.consume_mode = client::ConsumeMode::Orderly;
+    let consumer = PushConsumer::start(broker.addr(), config, {
+        let (order, failed_once) = (order.clone(), failed_once.clone());
+        move |m: &ReceivedMessage| -> Result<ConsumeResult, client::ListenerError> {
+            let index: usize = m.keys[0].trim_start_matches('k').parse().unwrap();
+            if index == 5 && !std::mem::replace(&mut *failed_once.lock().unwrap(), true) {
+                return Err("not yet".into());
+            }
+            order.lock().unwrap().push((index, m.retry_count));
+            Ok(ConsumeResult::ConsumeSuccess)
+        }
+    })
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while order.lock().unwrap().len() < 20 {
+        assert!(
+            Instant::now() < deadline,
+            "orderly consumption stalled: {:?}",
+            order.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    consumer.shutdown().await;
+    let order = order.lock().unwrap();
+    assert_eq!(
+        order.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+        (0..20).collect::<Vec<_>>()
+    );
+    assert!(
+        order.iter().all(|(_, retry_count)| *retry_count == 0),
+        "nothing went through the retry topic"
+    );
+}
+
+/// Broadcasting: every member gets every message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcasting_delivers_every_message_to_every_member() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    Admin::connect(broker.addr())
+        .await
+        .unwrap()
+        .create_topic("notices", 3)
+        .await
+        .unwrap();
+    let producer = Producer::connect(broker.addr(), ProducerConfig::default())
+        .await
+        .unwrap();
+    for i in 0..30 {
+        producer
+            .send(Message::new("notices", format!("notice {i}")).with_key(format!("k{i}")))
+            .await
+            .unwrap();
+    }
+    let mut members = Vec::new();
+    let mut received = Vec::new();
+    for _ in 0..2 {
+        let keys: Arc<Mutex<std::collections::HashSet<String>>> = Arc::default();
+        let mut config = PushConsumerConfig::new("caches", "notices");
+        config.consume_from = ConsumeFrom::First;
+        config.message_model = client::MessageModel::Broadcasting;
+        members.push(
+            PushConsumer::start(broker.addr(), config, {
+                let keys = keys.clone();
+                move |m: &ReceivedMessage| -> Result<ConsumeResult, client::ListenerError> {
+                    keys.lock().unwrap().insert(m.keys[0].clone());
+                    Ok(ConsumeResult::ConsumeSuccess)
+                }
+            })
+            .await
+            .unwrap(),
+        );
+        received.push(keys);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while received.iter().any(|keys| keys.lock().unwrap().len() < 30) {
+        assert!(
+            Instant::now() < deadline,
+            "a member did not get every message"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for member in members {
+        member.shutdown().await;
+    }
+}
