@@ -33,7 +33,7 @@ pub enum BrokerError {
     KeyInvalid { key: String, reason: &'static str },
     #[error("topic registry: {reason}")]
     Registry { reason: String },
-    #[error("illegal consumer group {group:?}: 1 to 255 bytes of A-Z a-z 0-9 _ - |, not starting with %")]
+    #[error("illegal consumer group {group:?}: 1 to 120 bytes of A-Z a-z 0-9 _ - |, not starting with %")]
     GroupInvalid { group: String },
     #[error("queue offset {queue_offset} is beyond the queue's end {max_queue_offset}")]
     OffsetBeyondEnd {

@@ -29,8 +29,10 @@ use crate::topics::TopicRegistry;
 /// Internal topic of committed offsets (queue 0). Names starting with `%` are the broker's.
 pub const OFFSET_TOPIC: &str = "%OFFSETS%";
 const OFFSET_RECORD_VERSION: u8 = 1;
-/// Longest consumer group name.
-pub const GROUP_BYTES_MAX: usize = 255;
+/// Longest consumer instance id.
+pub const CLIENT_ID_BYTES_MAX: usize = 255;
+/// Longest consumer group name: `%RETRY%` + the group must still be a legal topic name.
+pub const GROUP_BYTES_MAX: usize = 120;
 
 type OffsetKey = (String, String, u32);
 
@@ -176,7 +178,7 @@ impl ConsumerGroupState {
     /// Records a heartbeat; returns the live members, sorted.
     pub fn heartbeat(&self, group: &str, client_id: &str) -> Result<Vec<String>, BrokerError> {
         check_group(group)?;
-        if client_id.is_empty() || client_id.len() > GROUP_BYTES_MAX {
+        if client_id.is_empty() || client_id.len() > CLIENT_ID_BYTES_MAX {
             return Err(BrokerError::BadRequest {
                 reason: "client_id must be 1 to 255 bytes",
             });

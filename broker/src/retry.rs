@@ -233,10 +233,15 @@ impl RetryState {
                 tokio::time::sleep(Duration::from_millis((due - now).min(1_000))).await;
                 return Ok(());
             }
-            let Some(real_topic) = scheduled.property(PROPERTY_REAL_TOPIC) else {
+            // Only retry topics are destinations; anything else cannot have come from
+            // send-back, and is skipped rather than blocking the level for every group.
+            let Some(real_topic) = scheduled
+                .property(PROPERTY_REAL_TOPIC)
+                .filter(|t| t.starts_with("%RETRY%") && self.topics.get(t).is_some())
+            else {
                 tracing::warn!(
                     commit_log_offset = scheduled.commit_log_offset(),
-                    "scheduled message without a destination: skipped"
+                    "scheduled message without a valid destination: skipped"
                 );
                 queue_offset = scheduled.queue_offset() + 1;
                 self.groups
@@ -266,8 +271,10 @@ impl RetryState {
 /// A new message with the body, properties and retry count of `stored`, remembering the topic
 /// it first went to.
 fn copy_of(stored: &StoredMessage, topic: &str) -> NewMessage {
+    // The schedule's own properties are set afresh, never duplicated.
     let mut properties: Vec<(String, String)> = stored
         .properties()
+        .filter(|(name, _)| *name != PROPERTY_REAL_TOPIC && *name != PROPERTY_DELIVER_AT_MS)
         .map(|(name, value)| (name.to_owned(), value.to_owned()))
         .collect();
     if !properties

@@ -17,6 +17,17 @@ use crate::store::message::{PROPERTY_KEYS, PROPERTY_TAGS, PROPERTY_UNIQUE_ID};
 use crate::store::{GetRequest, GetStatus, NewMessage, PutStatus, Store, StoredMessage, TagFilter};
 use crate::topics::TopicRegistry;
 
+/// Property names only the broker sets: tag, keys and id travel in them, and the retry path
+/// adds the others.
+pub const RESERVED_PROPERTIES: [&str; 6] = [
+    PROPERTY_TAGS,
+    PROPERTY_KEYS,
+    PROPERTY_UNIQUE_ID,
+    crate::retry::PROPERTY_REAL_TOPIC,
+    crate::retry::PROPERTY_DELIVER_AT_MS,
+    crate::retry::PROPERTY_ORIGIN_TOPIC,
+];
+
 /// Most messages in one send.
 pub const SEND_BATCH_MESSAGES_MAX: usize = 1024;
 /// Most messages one pull returns.
@@ -83,6 +94,12 @@ impl BrokerService {
                 reason: "a send holds 1 to 1024 messages",
             });
         }
+        if request.topic.starts_with('%') {
+            // The broker's topics are written by the broker alone.
+            return Err(BrokerError::TopicReserved {
+                topic: request.topic,
+            });
+        }
         self.check_queue(&request.topic, request.queue_id)?;
         let mut message_ids = Vec::with_capacity(request.messages.len());
         let mut messages = Vec::with_capacity(request.messages.len());
@@ -110,6 +127,14 @@ impl BrokerService {
     }
 
     async fn pull(&self, request: wire::PullRequest) -> Result<wire::PullResponse, BrokerError> {
+        if request.topic.starts_with('%')
+            && !(request.topic.starts_with("%RETRY%") || request.topic.starts_with("%DLQ%"))
+        {
+            // Of the broker's topics, consumers read only retry and dead-letter topics.
+            return Err(BrokerError::TopicReserved {
+                topic: request.topic,
+            });
+        }
         self.check_queue(&request.topic, request.queue_id)?;
         let max_count = match request.max_messages {
             0 => 32,
@@ -262,7 +287,7 @@ fn to_new_message(
     // Sorted so that the stored bytes do not depend on the sender's map order.
     application.sort();
     for (name, value) in application {
-        if [PROPERTY_TAGS, PROPERTY_KEYS, PROPERTY_UNIQUE_ID].contains(&name.as_str()) {
+        if RESERVED_PROPERTIES.contains(&name.as_str()) {
             return Err(BrokerError::PropertyReserved { name });
         }
         properties.push((name, value));

@@ -371,6 +371,13 @@ async fn handle_and_hand_back(
     for (message, outcome) in messages.iter().zip(outcomes) {
         if outcome == ConsumeResult::ReconsumeLater {
             while let Err(err) = send_back(shared, message).await {
+                if !err.is_retriable() {
+                    // The broker will never take this one back: retry it in place instead,
+                    // still never moving past it unhandled.
+                    tracing::warn!(message_id = message.message_id, error = %err, "hand-back refused; retrying in place");
+                    handle_in_place(shared, std::slice::from_ref(message), stopped).await?;
+                    break;
+                }
                 tracing::warn!(message_id = message.message_id, error = %err, "hand-back failed; retrying");
                 if *stopped.borrow() {
                     return Err(message.queue_offset);
@@ -461,10 +468,14 @@ async fn start_offset(shared: &Shared, topic: &str, queue_id: u32) -> Result<u64
         .puller
         .pull(topic, queue_id, 0, 1, "*", Duration::ZERO)
         .await?;
-    Ok(match from {
+    let start = match from {
         ConsumeFrom::First => probe.min_queue_offset,
         ConsumeFrom::Last => probe.max_queue_offset,
-    })
+    };
+    // Committed at once: a member that dies during its first batch must not leave the next owner
+    // to start from "last" again, past the messages that arrived in between.
+    commit(shared, topic, queue_id, start).await?;
+    Ok(start)
 }
 
 /// Runs the listener over a batch on a blocking thread; an `Err` or a panic counts as

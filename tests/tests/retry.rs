@@ -144,3 +144,57 @@ async fn handed_back_messages_retry_with_delay_then_dead_letter_and_survive_a_cr
     let after_crash = next_message(&consumer, "%RETRY%billing", 3).await;
     assert_eq!(&after_crash.body[..], b"pay 20");
 }
+
+/// The broker's own topics cannot be written by clients, and the schedule cannot be read or
+/// steered: a forged schedule entry could otherwise rewrite a group's offsets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_cannot_write_the_broker_topics_or_forge_schedule_properties() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    Admin::connect(broker.addr())
+        .await
+        .unwrap()
+        .create_topic("orders", 1)
+        .await
+        .unwrap();
+    let producer = Producer::connect(broker.addr(), ProducerConfig::default())
+        .await
+        .unwrap();
+    for topic in ["%SCHEDULE%", "%OFFSETS%", "%RETRY%billing"] {
+        let err = producer
+            .send(Message::new(topic, "forged"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                client::ClientError::Broker {
+                    code: client::ErrorCode::IllegalTopic,
+                    ..
+                }
+            ),
+            "{topic}: {err}"
+        );
+    }
+    for name in ["REAL_TOPIC", "DELIVER_AT_MS", "ORIGIN_TOPIC", "UNIQ_KEY"] {
+        let err = producer
+            .send(Message::new("orders", "x").with_property(name, "%OFFSETS%"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                client::ClientError::Broker {
+                    code: client::ErrorCode::IllegalMessagePropertyKey,
+                    ..
+                }
+            ),
+            "{name}: {err}"
+        );
+    }
+    let consumer = PullConsumer::connect(broker.addr()).await.unwrap();
+    assert!(consumer
+        .pull("%SCHEDULE%", 0, 0, 1, "*", Duration::ZERO)
+        .await
+        .is_err());
+}

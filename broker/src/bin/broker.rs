@@ -183,8 +183,9 @@ async fn serve(config: BrokerConfig) -> Result<()> {
 
 /// Writes every committed offset again on an interval (see `broker::groups`).
 async fn snapshot_offsets(groups: Arc<ConsumerGroupState>, interval: Duration) {
+    // The first tick is immediate: after a long downtime the loaded offsets may sit in segments
+    // retention is about to delete, so they are written again at once.
     let mut ticks = tokio::time::interval(interval);
-    ticks.tick().await; // the first tick is immediate; the offsets were just loaded
     loop {
         ticks.tick().await;
         match groups.snapshot().await {
