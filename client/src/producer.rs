@@ -81,7 +81,9 @@ pub struct SendResult {
 /// Producer settings.
 #[derive(Clone, Debug)]
 pub struct ProducerConfig {
-    /// Longest wait for one attempt's answer (RocketMQ's sendMsgTimeout, 3 s).
+    /// Longest wait for one attempt's answer. Above the broker's `sync_flush_timeout_ms` (5 s),
+    /// so that a slow fsync comes back as `FLUSH_DISK_TIMEOUT` instead of a client timeout and a
+    /// resend (which would store the message twice).
     pub send_timeout: Duration,
     /// Extra attempts after a retriable failure (RocketMQ's retryTimesWhenSendFailed, 2).
     pub retries: u32,
@@ -90,7 +92,7 @@ pub struct ProducerConfig {
 impl Default for ProducerConfig {
     fn default() -> Self {
         ProducerConfig {
-            send_timeout: Duration::from_secs(3),
+            send_timeout: Duration::from_secs(6),
             retries: 2,
         }
     }
