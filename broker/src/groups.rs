@@ -102,20 +102,7 @@ impl ConsumerGroupState {
         queue_offset: u64,
     ) -> Result<(), BrokerError> {
         check_group(group)?;
-        let queue_count = self
-            .topics
-            .get(topic)
-            .ok_or_else(|| BrokerError::TopicNotFound {
-                topic: topic.to_owned(),
-            })?
-            .queue_count;
-        if queue_id >= queue_count {
-            return Err(BrokerError::QueueNotFound {
-                topic: topic.to_owned(),
-                queue_id,
-                queue_count,
-            });
-        }
+        self.topics.check_queue(topic, queue_id)?;
         self.commit_internal(group, topic, queue_id, queue_offset)
             .await
     }

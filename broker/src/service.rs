@@ -77,15 +77,9 @@ impl BrokerService {
     }
 
     fn check_queue(&self, topic: &str, queue_id: u32) -> Result<(), BrokerError> {
-        let queue_count = self.queue_count(topic)?;
-        if queue_id >= queue_count {
-            return Err(BrokerError::QueueNotFound {
-                topic: topic.to_owned(),
-                queue_id,
-                queue_count,
-            });
-        }
-        Ok(())
+        // Creates the topic first when auto-creation is on.
+        self.queue_count(topic)?;
+        self.topics.check_queue(topic, queue_id)
     }
 
     async fn send(&self, request: wire::SendRequest) -> Result<wire::SendResponse, BrokerError> {

@@ -96,6 +96,24 @@ impl TopicRegistry {
         Ok(true)
     }
 
+    /// Checks that `topic` exists and has a queue `queue_id`.
+    pub fn check_queue(&self, topic: &str, queue_id: u32) -> Result<(), BrokerError> {
+        let queue_count = self
+            .get(topic)
+            .ok_or_else(|| BrokerError::TopicNotFound {
+                topic: topic.to_owned(),
+            })?
+            .queue_count;
+        if queue_id >= queue_count {
+            return Err(BrokerError::QueueNotFound {
+                topic: topic.to_owned(),
+                queue_id,
+                queue_count,
+            });
+        }
+        Ok(())
+    }
+
     /// Every topic, by name.
     pub fn list(&self) -> Vec<(String, TopicConfig)> {
         self.topics

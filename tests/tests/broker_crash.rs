@@ -18,6 +18,23 @@ use cluster_tests::BrokerProcess;
 const ROUNDS: usize = 3;
 const SENDS_PER_ROUND: usize = 200;
 
+/// A member of the auditing group that records the key of every message it handles.
+async fn start_auditor(broker: &BrokerProcess, handled: Arc<Mutex<Vec<String>>>) -> PushConsumer {
+    let mut config = PushConsumerConfig::new("auditors", "ledger");
+    config.consume_from = ConsumeFrom::First;
+    config.heartbeat_interval = Duration::from_millis(200);
+    PushConsumer::start(
+        broker.addr(),
+        config,
+        move |m: &ReceivedMessage| -> Result<ConsumeResult, client::ListenerError> {
+            handled.lock().unwrap().push(m.keys[0].clone());
+            Ok(ConsumeResult::ConsumeSuccess)
+        },
+    )
+    .await
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_under_sync_flush_loses_no_acknowledged_message() {
     let dir = tempfile::tempdir().unwrap();
@@ -34,18 +51,7 @@ async fn sigkill_under_sync_flush_loses_no_acknowledged_message() {
                 .await
                 .unwrap();
         }
-        let mut config = PushConsumerConfig::new("auditors", "ledger");
-        config.consume_from = ConsumeFrom::First;
-        config.heartbeat_interval = Duration::from_millis(200);
-        let consumer = PushConsumer::start(broker.addr(), config, {
-            let handled = handled.clone();
-            move |m: &ReceivedMessage| -> Result<ConsumeResult, client::ListenerError> {
-                handled.lock().unwrap().push(m.keys[0].clone());
-                Ok(ConsumeResult::ConsumeSuccess)
-            }
-        })
-        .await
-        .unwrap();
+        let consumer = start_auditor(&broker, handled.clone()).await;
         let base = acknowledged.lock().unwrap().len();
         let producer = Producer::connect(
             broker.addr(),
@@ -94,17 +100,7 @@ async fn sigkill_under_sync_flush_loses_no_acknowledged_message() {
 
     // Restart once more and drain: every acknowledged key must be handled.
     let broker = BrokerProcess::start(dir.path(), &["--flush-disk-type", "SYNC_FLUSH"]);
-    let mut config = PushConsumerConfig::new("auditors", "ledger");
-    config.heartbeat_interval = Duration::from_millis(200);
-    let consumer = PushConsumer::start(broker.addr(), config, {
-        let handled = handled.clone();
-        move |m: &ReceivedMessage| -> Result<ConsumeResult, client::ListenerError> {
-            handled.lock().unwrap().push(m.keys[0].clone());
-            Ok(ConsumeResult::ConsumeSuccess)
-        }
-    })
-    .await
-    .unwrap();
+    let consumer = start_auditor(&broker, handled.clone()).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let missing = {
