@@ -40,6 +40,18 @@ pub struct BrokerSettings {
     /// Retries before a message goes to the group's dead-letter topic (RocketMQ's
     /// maxReconsumeTimes).
     pub max_reconsume_times: u32,
+    /// Controller addresses, `host:port,...`. Empty: the broker runs standalone and its topics
+    /// are created through its own admin API. Set: the broker registers with the controller,
+    /// takes its topics from it, and refuses topic creation of its own.
+    pub controller_addr: String,
+    /// The address clients and slaves reach this broker at, registered with the controller.
+    /// Empty: the address it listens on (which must then not be 0.0.0.0).
+    pub advertised_addr: String,
+    /// `ASYNC_MASTER`, `SYNC_MASTER` or `SLAVE` (static roles, as in RocketMQ 4).
+    pub broker_role: String,
+    /// How often the broker heartbeats the controller. The controller shows a broker dead
+    /// after its `broker_heartbeat_timeout_ms` of silence.
+    pub controller_heartbeat_interval_ms: u64,
 }
 
 impl Default for BrokerSettings {
@@ -56,6 +68,10 @@ impl Default for BrokerSettings {
             offset_snapshot_interval_ms: 3_600_000,
             message_delay_level: crate::retry::DEFAULT_DELAY_LEVELS.to_owned(),
             max_reconsume_times: 16,
+            controller_addr: String::new(),
+            advertised_addr: String::new(),
+            broker_role: "ASYNC_MASTER".into(),
+            controller_heartbeat_interval_ms: 500,
         }
     }
 }
@@ -163,6 +179,37 @@ impl BrokerConfig {
                 field: "message_delay_level",
                 reason: "must be 1 to 64 durations such as 1s 5s 10s 2m 1h (units ms s m h d)",
             });
+        }
+        if !matches!(
+            self.broker.broker_role.as_str(),
+            "ASYNC_MASTER" | "SYNC_MASTER" | "SLAVE"
+        ) {
+            return Err(ConfigError::Rule {
+                field: "broker_role",
+                reason: "must be ASYNC_MASTER, SYNC_MASTER or SLAVE",
+            });
+        }
+        if !self.broker.controller_addr.is_empty() {
+            if self.broker.auto_create_topic_enable {
+                return Err(ConfigError::Rule {
+                    field: "auto_create_topic_enable",
+                    reason: "cannot be used with controller_addr: topics are created on the \
+                             controller (cluster-cli topic create)",
+                });
+            }
+            if self.broker.advertised_addr.is_empty() && self.broker.listen.ip().is_unspecified() {
+                return Err(ConfigError::Rule {
+                    field: "advertised_addr",
+                    reason: "must be set when listen is 0.0.0.0 and controller_addr is set: \
+                             clients need an address they can reach",
+                });
+            }
+            if self.broker.controller_heartbeat_interval_ms == 0 {
+                return Err(ConfigError::Rule {
+                    field: "controller_heartbeat_interval_ms",
+                    reason: "must be above 0",
+                });
+            }
         }
         if self.broker.broker_name.is_empty() {
             return Err(ConfigError::Rule {

@@ -111,12 +111,19 @@ impl BrokerService {
             PutStatus::Ok => SendStatus::SendOk,
             PutStatus::FlushDiskTimeout => SendStatus::FlushDiskTimeout,
         };
+        let commit_log_offsets = if appended.record_commit_log_offsets.is_empty() {
+            vec![appended.commit_log_offset]
+        } else {
+            appended.record_commit_log_offsets
+        };
+        debug_assert_eq!(commit_log_offsets.len(), message_ids.len());
         Ok(wire::SendResponse {
             status: status as i32,
             queue_id: request.queue_id,
             queue_offset: appended.queue_offset,
             commit_log_offset: appended.commit_log_offset,
             message_ids,
+            commit_log_offsets,
         })
     }
 

@@ -96,6 +96,53 @@ impl TopicRegistry {
         Ok(true)
     }
 
+    /// Makes the client topics exactly `wanted` (name -> queue count), as the controller says;
+    /// the broker's own `%` topics (retry, dead letters, offsets, schedule) stay as they are. A
+    /// topic that goes away keeps its data on disk (retention deletes it in time) but is no longer
+    /// served. Durable before it returns; does nothing when nothing changes.
+    pub fn sync(&self, wanted: &BTreeMap<String, u32>) -> Result<(), BrokerError> {
+        for (topic, queue_count) in wanted {
+            record::validate_topic(topic)?;
+            if topic.starts_with('%') || !(1..=QUEUE_COUNT_MAX).contains(queue_count) {
+                return Err(BrokerError::Registry {
+                    reason: format!("controller sent topic {topic:?} with {queue_count} queues"),
+                });
+            }
+        }
+        let mut topics = self.topics.write().expect("topic registry lock poisoned");
+        let next: BTreeMap<String, TopicConfig> = topics
+            .iter()
+            .filter(|(name, _)| name.starts_with('%'))
+            .map(|(name, config)| (name.clone(), *config))
+            .chain(wanted.iter().map(|(name, queue_count)| {
+                (
+                    name.clone(),
+                    TopicConfig {
+                        queue_count: *queue_count,
+                    },
+                )
+            }))
+            .collect();
+        if next == *topics {
+            return Ok(());
+        }
+        let payload = serde_json::to_vec(&next).map_err(|err| BrokerError::Registry {
+            reason: err.to_string(),
+        })?;
+        meta_file::save(
+            &self.dir,
+            TOPICS_FILE_NAME,
+            TOPICS_MAGIC,
+            TOPICS_FORMAT_VERSION,
+            &payload,
+        )?;
+        let added: Vec<&String> = next.keys().filter(|k| !topics.contains_key(*k)).collect();
+        let removed: Vec<&String> = topics.keys().filter(|k| !next.contains_key(*k)).collect();
+        tracing::info!(?added, ?removed, "topics synced from the controller");
+        *topics = next;
+        Ok(())
+    }
+
     /// Checks that `topic` exists and has a queue `queue_id`.
     pub fn check_queue(&self, topic: &str, queue_id: u32) -> Result<(), BrokerError> {
         let queue_count = self
@@ -144,5 +191,28 @@ mod tests {
         let reopened = TopicRegistry::open(dir.path()).unwrap();
         assert_eq!(reopened.get("orders"), Some(TopicConfig { queue_count: 4 }));
         assert_eq!(reopened.list().len(), 1);
+    }
+
+    #[test]
+    fn sync_replaces_client_topics_and_keeps_the_brokers_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = TopicRegistry::open(dir.path()).unwrap();
+        registry.create("old", 4).unwrap();
+        registry.create("%RETRY%g", 1).unwrap();
+        let wanted = BTreeMap::from([("orders".to_owned(), 8), ("old".to_owned(), 16)]);
+        registry.sync(&wanted).unwrap();
+        let reopened = TopicRegistry::open(dir.path()).unwrap();
+        assert_eq!(reopened.get("orders"), Some(TopicConfig { queue_count: 8 }));
+        assert_eq!(reopened.get("old"), Some(TopicConfig { queue_count: 16 }));
+        assert_eq!(
+            reopened.get("%RETRY%g"),
+            Some(TopicConfig { queue_count: 1 })
+        );
+        registry.sync(&BTreeMap::new()).unwrap();
+        assert_eq!(registry.get("orders"), None);
+        assert!(registry.get("%RETRY%g").is_some());
+        let bad = BTreeMap::from([("%OFFSETS%".to_owned(), 1)]);
+        assert!(registry.sync(&bad).is_err());
+        assert!(registry.get("%RETRY%g").is_some());
     }
 }

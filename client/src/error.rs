@@ -1,10 +1,13 @@
 //! The client's error type: a broker's answer turned back into a typed error (by the stable code
 //! in the status metadata), or a transport failure.
 
+use std::sync::Arc;
+
 use proto::common::ErrorCode;
 
-/// Errors of the client.
-#[derive(Debug, thiserror::Error)]
+/// Errors of the client. `Clone`, so that one failure of a batched send can be answered to every
+/// caller whose message was in it (the cause is shared, not copied).
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum ClientError {
     /// The broker refused the request; `code` says why and never changes meaning.
     #[error("broker answered {code:?} ({}): {message}", *code as i32)]
@@ -14,7 +17,7 @@ pub enum ClientError {
     Transport {
         message: String,
         #[source]
-        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+        source: Option<Arc<dyn std::error::Error + Send + Sync>>,
     },
     /// No answer within the timeout. The request may or may not have been carried out.
     #[error("no answer within {timeout_ms} ms")]
@@ -56,7 +59,7 @@ impl From<tonic::Status> for ClientError {
             // No code: the status came from the transport, not from the broker's service.
             None => ClientError::Transport {
                 message: format!("{:?}: {}", status.code(), status.message()),
-                source: Some(Box::new(status)),
+                source: Some(Arc::new(status)),
             },
         }
     }
@@ -66,7 +69,7 @@ impl From<tonic::transport::Error> for ClientError {
     fn from(err: tonic::transport::Error) -> Self {
         ClientError::Transport {
             message: err.to_string(),
-            source: Some(Box::new(err)),
+            source: Some(Arc::new(err)),
         }
     }
 }

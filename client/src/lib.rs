@@ -3,11 +3,18 @@
 //!
 //! Map:
 //! - [`producer`]: `send` (waits for the answer), `send_async` (a handle), `send_oneway` (not for
-//!   messages that must not be lost); round-robin queues; retries of retriable failures.
+//!   messages that must not be lost), `send_batch` (all or nothing); round-robin queues; retries
+//!   of retriable failures; natural batching of concurrent sends to the same queue into one RPC,
+//!   each caller still getting its own answer.
+//! - `lane` (private): the per-(topic, queue) waiting line that batching gathers from.
 //! - [`consumer`]: `PullConsumer` (a queue from an offset, long polling) and `Admin` (topics).
 //! - [`push`]: `PushConsumer`, a consumer-group member in clustering mode: queues dealt out by
 //!   heartbeat, offsets on the broker, a listener whose failures (`ReconsumeLater`, `Err`,
 //!   panic) hand the message back for retry.
+//! - [`controller`]: `ControllerConnection`, the quorum seen as one service (moves to another
+//!   controller when one is down or has no leader), for routes and administration.
+//! - [`routes`]: topic routes from the controller, cached and kept current by the route watch
+//!   stream; the queues a producer may write and a consumer may read.
 //! - [`message`]: `Message` (to send), `ReceivedMessage`, unique message ids.
 //! - [`error`]: `ClientError`, a broker's stable error code turned back into a typed error.
 //!
@@ -15,15 +22,18 @@
 //! with step 3.
 
 pub mod consumer;
+pub mod controller;
 pub mod error;
+mod lane;
 pub mod message;
 pub mod producer;
 pub mod push;
+pub mod routes;
 
 pub use consumer::{Admin, PullConsumer, PullResult};
 pub use error::ClientError;
 pub use message::{Message, ReceivedMessage};
-pub use producer::{Producer, ProducerConfig, SendResult, SendStatus};
+pub use producer::{Producer, ProducerConfig, SendResult, SendStatus, BATCH_MESSAGES_LIMIT};
 pub use proto::client::PullStatus;
 pub use proto::common::ErrorCode;
 pub use push::{

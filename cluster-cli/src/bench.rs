@@ -2,6 +2,9 @@
 //! `--in-flight` sends at once, each waiting for its answer, `--count` in all, with a progress
 //! line each second and a summary (msgs/s, MB/s, p50/p99/p999 latency in microseconds, statuses).
 //! Compare it with `store-bench` (the store alone) to see what the network layer costs.
+//! The producer batches concurrent sends (`--batch-max-messages 1` turns that off); every
+//! message carries its send time in the property [`SENT_AT_PROPERTY`], from which
+//! `bench consume` ([`crate::bench_consume`]) measures end-to-end latency.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -14,10 +17,18 @@ use bytes::Bytes;
 use client::{Message, Producer, ProducerConfig, SendStatus};
 use hdrhistogram::Histogram;
 
+use crate::bench_consume::{self, ConsumeArgs};
+
+/// Property in which `bench produce` stores each message's send time (Unix microseconds), for
+/// `bench consume`'s end-to-end latency.
+pub const SENT_AT_PROPERTY: &str = "BENCH_SENT_AT_US";
+
 #[derive(clap::Subcommand, Debug)]
 pub enum BenchCommand {
     /// Producer throughput and latency.
     Produce(ProduceArgs),
+    /// Consumer throughput and end-to-end latency (of messages sent by `bench produce`).
+    Consume(ConsumeArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -32,14 +43,38 @@ pub struct ProduceArgs {
     /// Sends waiting for their answers at once.
     #[arg(long, default_value_t = 64)]
     in_flight: usize,
+    /// Most concurrent sends the producer gathers into one RPC (1 turns batching off).
+    #[arg(long, default_value_t = ProducerConfig::default().batch_max_messages)]
+    batch_max_messages: usize,
+    /// RPCs in flight per queue when batching.
+    #[arg(long, default_value_t = ProducerConfig::default().batch_max_in_flight)]
+    batch_max_in_flight: usize,
 }
 
 pub async fn run(broker: &str, json: bool, command: BenchCommand) -> Result<ExitCode> {
-    let BenchCommand::Produce(args) = command;
+    match command {
+        BenchCommand::Produce(args) => produce(broker, json, args).await,
+        BenchCommand::Consume(args) => bench_consume::run(broker, json, args).await,
+    }
+}
+
+/// Microseconds since the Unix epoch.
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+async fn produce(broker: &str, json: bool, args: ProduceArgs) -> Result<ExitCode> {
     if args.size == 0 || args.in_flight == 0 || args.count == 0 {
         bail!("--size, --in-flight and --count must be at least 1");
     }
-    let producer = Producer::connect(broker, ProducerConfig::default()).await?;
+    let config = ProducerConfig {
+        batch_max_messages: args.batch_max_messages,
+        batch_max_in_flight: args.batch_max_in_flight,
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::connect(broker, config).await?;
     let body = Bytes::from(vec![b'b'; args.size]);
     let next = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicU64::new(0));
@@ -64,9 +99,9 @@ pub async fn run(broker: &str, json: bool, command: BenchCommand) -> Result<Exit
                 let mut local_statuses: BTreeMap<String, u64> = BTreeMap::new();
                 while next.fetch_add(1, Ordering::AcqRel) < count {
                     let sent_at = Instant::now();
-                    let outcome = producer
-                        .send(Message::new(topic.clone(), body.clone()))
-                        .await;
+                    let message = Message::new(topic.clone(), body.clone())
+                        .with_property(SENT_AT_PROPERTY, now_us().to_string());
+                    let outcome = producer.send(message).await;
                     let name = match outcome {
                         Ok(result) => {
                             local.saturating_record(sent_at.elapsed().as_micros().max(1) as u64);
@@ -120,6 +155,8 @@ pub async fn run(broker: &str, json: bool, command: BenchCommand) -> Result<Exit
             "{}",
             serde_json::json!({
                 "count": args.count, "size": args.size, "in_flight": args.in_flight,
+                "batch_max_messages": args.batch_max_messages,
+                "batch_max_in_flight": args.batch_max_in_flight,
                 "seconds": (elapsed * 100.0).round() / 100.0,
                 "msgs_per_s": msgs_per_s.round(), "mb_per_s": (mb_per_s * 10.0).round() / 10.0,
                 "latency_us": { "p50": p50, "p99": p99, "p999": p999 },
@@ -128,8 +165,8 @@ pub async fn run(broker: &str, json: bool, command: BenchCommand) -> Result<Exit
         );
     } else {
         println!(
-            "{} messages of {} B, {} in flight: {elapsed:.2} s",
-            args.count, args.size, args.in_flight
+            "{} messages of {} B, {} in flight, batches of at most {} ({} RPC in flight per queue): {elapsed:.2} s",
+            args.count, args.size, args.in_flight, args.batch_max_messages, args.batch_max_in_flight
         );
         println!("  {msgs_per_s:.0} msgs/s, {mb_per_s:.1} MB/s; latency p50 {p50} us, p99 {p99} us, p999 {p999} us");
         for (status, count) in &statuses {

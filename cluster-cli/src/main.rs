@@ -1,12 +1,16 @@
-//! `cluster-cli`: administration, send drills and (later) role inspection and benchmarks.
+//! `cluster-cli`: administration, role inspection, send and consume drills, benchmarks.
 //!
-//! Until the controller exists (step 3), commands talk to one broker: `--broker ADDR` or
-//! `BROKER_ADDR`. Every command prints a table or line for people by default and one JSON object
-//! with `--json`; the exit code is 0 on success, 1 when the command ran but something failed
-//! (a send not `SEND_OK`, fewer messages consumed than asked), 2 on bad usage or when the broker
-//! could not be reached.
+//! Cluster-wide commands (`controller`, `cluster`, `topic` with a controller) talk to the
+//! controller quorum: `--controller ADDR[,ADDR...]` or `CONTROLLER_ADDR`; any reachable member
+//! answers. Data commands (`send`, `consume`, `bench`) and `topic` without a controller talk to
+//! one broker: `--broker ADDR` or `BROKER_ADDR`. Every command prints a table or line for people
+//! by default and one JSON object with `--json`; the exit code is 0 on success, 1 when the command
+//! ran but something failed (a send not `SEND_OK`, fewer messages consumed than asked, a broker
+//! or controller not alive), 2 on bad usage or when nothing could be reached.
 
+mod admin;
 mod bench;
+mod bench_consume;
 mod consume;
 mod send;
 
@@ -27,6 +31,9 @@ struct Cli {
         global = true
     )]
     broker: String,
+    /// Controller addresses, host:port[,host:port...]; any one that is up answers.
+    #[arg(long, env = "CONTROLLER_ADDR", global = true)]
+    controller: Option<String>,
     /// One JSON object on stdout instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -36,6 +43,16 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// The controller quorum.
+    Controller {
+        #[command(subcommand)]
+        command: admin::ControllerCommand,
+    },
+    /// Broker groups and brokers, as the controller sees them.
+    Cluster {
+        #[command(subcommand)]
+        command: admin::ClusterCommand,
+    },
     /// Topic administration.
     Topic {
         #[command(subcommand)]
@@ -54,13 +71,19 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum TopicCommand {
-    /// Create a topic (idempotent for the same queue count).
+    /// Create a topic (idempotent for the same queues). With a controller: `--queues` on each
+    /// broker group of `--groups` (default: every group).
     Create {
         topic: String,
         #[arg(long, default_value_t = 8)]
         queues: u32,
+        /// Broker groups, comma-separated (controller only).
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
     },
-    /// List topics with each queue's min and max queue offsets.
+    /// Where a topic's queues are: groups, masters, liveness (controller only).
+    Route { topic: String },
+    /// List topics: with a controller, their routes; with a broker, each queue's offsets.
     List,
 }
 
@@ -82,8 +105,34 @@ fn main() -> ExitCode {
     }
 }
 
+/// The controller connection, or a usage error when no address was given.
+fn controller(cli_controller: &Option<String>) -> Result<client::controller::ControllerConnection> {
+    let Some(addrs) = cli_controller else {
+        anyhow::bail!("this command needs the controller: pass --controller ADDR[,ADDR...] or set CONTROLLER_ADDR");
+    };
+    Ok(client::controller::ControllerConnection::new(addrs)?)
+}
+
 async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Command::Controller { command } => {
+            admin::controller(&controller(&cli.controller)?, cli.json, command).await
+        }
+        Command::Cluster { command } => {
+            admin::cluster(&controller(&cli.controller)?, cli.json, command).await
+        }
+        Command::Topic { command } if cli.controller.is_some() => {
+            let conn = controller(&cli.controller)?;
+            match command {
+                TopicCommand::Create {
+                    topic,
+                    queues,
+                    groups,
+                } => admin::topic_create(&conn, cli.json, &topic, queues, &groups).await,
+                TopicCommand::Route { topic } => admin::topic_route(&conn, cli.json, &topic).await,
+                TopicCommand::List => admin::topic_list(&conn, cli.json).await,
+            }
+        }
         Command::Topic { command } => topic(&cli.broker, cli.json, command).await,
         Command::Send(args) => send::run(&cli.broker, cli.json, args).await,
         Command::Consume(args) => consume::run(&cli.broker, cli.json, args).await,
@@ -94,7 +143,15 @@ async fn run(cli: Cli) -> Result<ExitCode> {
 async fn topic(broker: &str, json: bool, command: TopicCommand) -> Result<ExitCode> {
     let admin = client::Admin::connect(broker).await?;
     match command {
-        TopicCommand::Create { topic, queues } => {
+        TopicCommand::Route { .. } => {
+            anyhow::bail!(
+                "topic route needs the controller: pass --controller or set CONTROLLER_ADDR"
+            )
+        }
+        TopicCommand::Create { groups, .. } if !groups.is_empty() => {
+            anyhow::bail!("--groups needs the controller: pass --controller or set CONTROLLER_ADDR")
+        }
+        TopicCommand::Create { topic, queues, .. } => {
             let created = admin.create_topic(&topic, queues).await?;
             if json {
                 println!(

@@ -2,12 +2,14 @@
 //!
 //! Map:
 //! - [`common`]: send statuses and the stable numeric error codes every service shares.
-//! - [`client`]: the broker's client-facing service (send, pull, topic administration), and
-//!   [`ERROR_CODE_METADATA_KEY`], where every error status carries its stable code.
+//! - [`client`]: the broker's client-facing services (send, pull, topic administration, consumer
+//!   offsets, retry), and [`ERROR_CODE_METADATA_KEY`], where every error status carries its
+//!   stable code.
+//! - [`controller`]: the controller quorum (Raft between controllers; routes, heartbeats, topics,
+//!   cluster and quorum status), and [`CONTROLLER_LEADER_METADATA_KEY`].
 //!
-//! Later steps add consumer offsets, retry and group administration to the client API, the
-//! replication stream (master to slave log shipping) and the controller API (routes, heartbeats,
-//! elections). No other crate compiles `.proto` files.
+//! Step 4 adds the replication stream (master to slave log shipping). No other crate compiles
+//! `.proto` files.
 
 /// Generated code, nested as the protobuf packages are (generated code refers across packages
 /// with `super::`). Use the short paths below.
@@ -23,6 +25,11 @@ pub mod generated {
                 tonic::include_proto!("broker.client.v1");
             }
         }
+        pub mod controller {
+            pub mod v1 {
+                tonic::include_proto!("broker.controller.v1");
+            }
+        }
     }
 }
 
@@ -32,5 +39,12 @@ pub use generated::broker::common::v1 as common;
 /// The broker's client-facing service (`broker.client.v1`).
 pub use generated::broker::client::v1 as client;
 
+/// The controller quorum's services (`broker.controller.v1`): Raft between controllers, the name
+/// service and administration.
+pub use generated::broker::controller::v1 as controller;
+
 /// gRPC metadata key of the stable numeric error code (`common::ErrorCode`) on every error status.
 pub const ERROR_CODE_METADATA_KEY: &str = "x-error-code";
+
+/// gRPC metadata key on a controller's redirect: the leader's address, when it knows one.
+pub const CONTROLLER_LEADER_METADATA_KEY: &str = "x-controller-leader";

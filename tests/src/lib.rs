@@ -106,3 +106,163 @@ impl Drop for BrokerProcess {
         let _ = self.child.wait();
     }
 }
+
+/// A free TCP port on 127.0.0.1, for processes that must know each other's addresses before
+/// they start (controllers list their peers). Another process could take it in between; the
+/// window is a few milliseconds.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind an ephemeral port")
+        .port()
+}
+
+/// Polls `condition` every 20 ms until it holds or `timeout` passes; returns whether it held.
+pub fn wait_until(timeout: std::time::Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// One member of a controller quorum started by [`ControllerQuorum`]; its log goes to
+/// `<dir>/controller-<id>.log`.
+pub struct ControllerProcess {
+    pub id: u64,
+    pub addr: String,
+    child: Option<Child>,
+}
+
+impl ControllerProcess {
+    /// Sends a signal to the running process.
+    pub fn signal(&self, signal: libc::c_int) {
+        let child = self.child.as_ref().expect("controller is running");
+        // SAFETY: kill(2) on the pid of a child this harness started and has not reaped.
+        let rc = unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+        assert_eq!(rc, 0, "kill failed");
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A controller quorum of real `controller` processes on 127.0.0.1, each with its own data
+/// directory under `dir`.
+pub struct ControllerQuorum {
+    dir: PathBuf,
+    peers: String,
+    extra_args: Vec<String>,
+    pub members: Vec<ControllerProcess>,
+}
+
+impl ControllerQuorum {
+    /// Starts `count` controllers (ids 1..=count) that initialise one quorum; `extra_args` go
+    /// to each (e.g. `--set snapshot_logs_since_last=50`).
+    pub fn start(dir: &Path, count: u64, extra_args: &[&str]) -> ControllerQuorum {
+        let addrs: Vec<(u64, String)> = (1..=count)
+            .map(|id| (id, format!("127.0.0.1:{}", free_port())))
+            .collect();
+        let peers = addrs
+            .iter()
+            .map(|(id, addr)| format!("{id}={addr}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut quorum = ControllerQuorum {
+            dir: dir.to_path_buf(),
+            peers,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            members: addrs
+                .into_iter()
+                .map(|(id, addr)| ControllerProcess {
+                    id,
+                    addr,
+                    child: None,
+                })
+                .collect(),
+        };
+        for id in 1..=count {
+            quorum.restart(id);
+        }
+        quorum
+    }
+
+    /// Every member's address, comma-separated, as `--controller` takes them.
+    pub fn addrs(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| m.addr.clone())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn member(&self, id: u64) -> &ControllerProcess {
+        self.members
+            .iter()
+            .find(|m| m.id == id)
+            .expect("controller id")
+    }
+
+    /// Starts controller `id` again (same port, same data) after it was killed, or for the
+    /// first time; waits until it serves.
+    pub fn restart(&mut self, id: u64) {
+        let log = std::fs::File::create(self.dir.join(format!("controller-{id}.log")))
+            .expect("create the controller log");
+        let member = self
+            .members
+            .iter_mut()
+            .find(|m| m.id == id)
+            .expect("controller id");
+        if let Some(mut old) = member.child.take() {
+            let _ = old.kill();
+            let _ = old.wait();
+        }
+        let mut child = Command::new(workspace_binary("replication", "controller"))
+            .args(["--id", &id.to_string(), "--listen", &member.addr])
+            .args(["--peers", &self.peers])
+            .arg("--data-dir")
+            .arg(self.dir.join(format!("controller-{id}")))
+            .args(&self.extra_args)
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("start the controller");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("piped stdout"))
+            .read_line(&mut line)
+            .expect("read the controller's first line");
+        assert!(
+            line.starts_with("controller listening on "),
+            "unexpected first line {line:?}"
+        );
+        member.child = Some(child);
+    }
+
+    /// Kills controller `id` with `signal` and reaps it.
+    pub fn kill(&mut self, id: u64, signal: libc::c_int) {
+        let member = self
+            .members
+            .iter_mut()
+            .find(|m| m.id == id)
+            .expect("controller id");
+        member.signal(signal);
+        if let Some(mut child) = member.child.take() {
+            let _ = child.wait();
+        }
+    }
+}

@@ -20,6 +20,9 @@ use broker::topics::TopicRegistry;
 use clap::Parser;
 use proto::client::broker_server::BrokerServer;
 use proto::client::consumer_groups_server::ConsumerGroupsServer;
+use proto::controller::{BrokerRole, GroupTopic};
+use replication::controller::link::{BrokerIdentity, BrokerMetadata, ControllerLink};
+use std::collections::BTreeMap;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_stream::wrappers::TcpListenerStream;
@@ -135,6 +138,16 @@ async fn serve(config: BrokerConfig) -> Result<()> {
         config.broker.max_reconsume_times,
     )?;
     let schedulers = retry.start_scheduler();
+    let link = match config.broker.controller_addr.as_str() {
+        "" => None,
+        addrs => Some(tokio::spawn(run_controller_link(
+            addrs.to_owned(),
+            &config,
+            local,
+            store.clone(),
+            topics.clone(),
+        )?)),
+    };
     let service = BrokerService::new(store.clone(), topics, config.broker.clone());
     // Room for the largest batch the store takes, so that an oversized message reaches the
     // service's checks and gets its own error code instead of a transport error.
@@ -171,6 +184,9 @@ async fn serve(config: BrokerConfig) -> Result<()> {
         .await
         .context("serve")?;
     snapshots.abort();
+    if let Some(link) = link {
+        link.abort();
+    }
     for scheduler in schedulers {
         scheduler.abort();
     }
@@ -179,6 +195,63 @@ async fn serve(config: BrokerConfig) -> Result<()> {
         .context("stop the store")??;
     tracing::info!("broker stopped cleanly");
     Ok(())
+}
+
+/// What the controller link reads and writes on this broker.
+struct LinkedBroker {
+    store: Arc<Store>,
+    topics: Arc<TopicRegistry>,
+}
+
+impl BrokerMetadata for LinkedBroker {
+    fn sync_topics(&self, topics: &[GroupTopic]) -> Result<(), String> {
+        let wanted: BTreeMap<String, u32> = topics
+            .iter()
+            .map(|t| (t.topic.clone(), t.queue_count))
+            .collect();
+        self.topics.sync(&wanted).map_err(|err| err.to_string())
+    }
+
+    fn max_offset(&self) -> u64 {
+        self.store.write_offset()
+    }
+}
+
+/// Registers with the controller (waiting for it if it is not up yet), then heartbeats. The
+/// broker serves meanwhile with the topics it last synced. A permanent refusal (a second master
+/// for the group, a bad name) stops the process: it must not serve a group it does not belong to.
+fn run_controller_link(
+    addrs: String,
+    config: &BrokerConfig,
+    local: std::net::SocketAddr,
+    store: Arc<Store>,
+    topics: Arc<TopicRegistry>,
+) -> Result<impl std::future::Future<Output = ()>> {
+    let identity = BrokerIdentity {
+        cluster: config.broker.broker_cluster_name.clone(),
+        group: config.broker.broker_name.clone(),
+        broker_id: config.broker.broker_id,
+        addr: if config.broker.advertised_addr.is_empty() {
+            local.to_string()
+        } else {
+            config.broker.advertised_addr.clone()
+        },
+        role: if config.broker.broker_role == "SLAVE" {
+            BrokerRole::Slave
+        } else {
+            BrokerRole::Master
+        },
+    };
+    let interval = Duration::from_millis(config.broker.controller_heartbeat_interval_ms);
+    let mut link = ControllerLink::new(&addrs, identity, Arc::new(LinkedBroker { store, topics }))?;
+    Ok(async move {
+        if let Err(err) = link.register(interval).await {
+            tracing::error!(error = %err, "stopping");
+            eprintln!("broker: {err}");
+            std::process::exit(2);
+        }
+        link.run(interval).await;
+    })
 }
 
 /// Writes every committed offset again on an interval (see `broker::groups`).

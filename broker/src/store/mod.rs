@@ -94,11 +94,16 @@ pub enum PutStatus {
 }
 
 /// Where an append landed and how durable it is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AppendResult {
     pub status: PutStatus,
     /// Offset of the first record.
     pub commit_log_offset: u64,
+    /// Offset of each record of a batch ([`Store::append_batch`] of more than one message), in
+    /// order; empty for a single record (its offset is `commit_log_offset`). Not always
+    /// `commit_log_offset` plus the sizes before it: a segment roll inside the batch puts a
+    /// padding record between two of its records.
+    pub record_commit_log_offsets: Vec<u64>,
     /// Queue offset of the first message; a batch takes consecutive queue offsets.
     pub queue_offset: u64,
     /// Offset after the last record.
@@ -224,6 +229,7 @@ impl Store {
             queue_id: message.queue_id,
             bytes,
             count: 1,
+            record_commit_log_offsets: Vec::new(),
         })
         .await
     }
@@ -256,6 +262,11 @@ impl Store {
             queue_id,
             bytes,
             count: messages.len() as u32,
+            record_commit_log_offsets: if messages.len() > 1 {
+                Vec::with_capacity(messages.len())
+            } else {
+                Vec::new()
+            },
         })
         .await
     }
@@ -280,6 +291,7 @@ impl Store {
         Ok(AppendResult {
             status,
             commit_log_offset: written.commit_log_offset,
+            record_commit_log_offsets: written.record_commit_log_offsets,
             queue_offset: written.queue_offset,
             end_offset: written.end_offset,
             store_timestamp_ms: written.store_timestamp_ms,

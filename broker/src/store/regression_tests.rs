@@ -358,7 +358,7 @@ async fn damage_below_the_checkpointed_flushed_offset_refuses_to_open() {
     .save(dir.path())
     .unwrap();
     // The last, fsynced and SEND_OK'd record reads back as zeros (lost write, bad block...).
-    let last = results[9];
+    let last = results[9].clone();
     use std::os::unix::fs::FileExt;
     let path = tail_segment(dir.path());
     let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();

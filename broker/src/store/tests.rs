@@ -177,6 +177,34 @@ async fn batch_takes_consecutive_queue_offsets() {
     );
 }
 
+#[tokio::test]
+async fn batch_reports_each_records_commit_log_offset_across_a_segment_roll() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(small_config(dir.path())).unwrap();
+    // 8 KiB segments and 1 KiB bodies: a batch of 20 spans at least two rolls, so its records
+    // are not back to back.
+    let body = "x".repeat(1 << 10);
+    let batch: Vec<_> = (0..20).map(|_| message("t", 0, &body)).collect();
+    let result = store.append_batch(batch).await.unwrap();
+    assert_eq!(result.record_commit_log_offsets.len(), 20);
+    assert_eq!(
+        result.record_commit_log_offsets[0],
+        result.commit_log_offset
+    );
+    let stored = read_all(&store, "t", 0).await;
+    let read: Vec<u64> = stored.iter().map(|m| m.commit_log_offset()).collect();
+    assert_eq!(read, result.record_commit_log_offsets);
+    let record_bytes = result.record_commit_log_offsets[1] - result.record_commit_log_offsets[0];
+    let contiguous = (result.end_offset - result.commit_log_offset) == 20 * record_bytes;
+    assert!(
+        !contiguous,
+        "the batch must straddle a roll for this test to mean anything"
+    );
+    // A single append reports no per-record list: its offset is `commit_log_offset`.
+    let single = store.append(message("t", 0, "one")).await.unwrap();
+    assert!(single.record_commit_log_offsets.is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_fsync_answers_flush_disk_timeout_and_keeps_the_message() {
     let dir = tempfile::tempdir().unwrap();

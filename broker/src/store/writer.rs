@@ -34,12 +34,21 @@ pub(crate) struct EncodedBatch {
     pub queue_id: u32,
     pub bytes: Vec<u8>,
     pub count: u32,
+    /// For a batch of more than one record: empty, with room for `count` offsets (allocated by
+    /// the appender, so the writer never allocates); the writer fills in where each record
+    /// landed and hands it back in [`Written::record_commit_log_offsets`]. A batch's records are
+    /// not always back to back: a segment roll inside it puts a padding record between two of
+    /// them. Unused (no capacity) for a single record.
+    pub record_commit_log_offsets: Vec<u64>,
 }
 
 /// Where an append landed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Written {
     pub commit_log_offset: u64,
+    /// Offset of each record of a batch of more than one, in order; empty for a single record
+    /// (its offset is `commit_log_offset`).
+    pub record_commit_log_offsets: Vec<u64>,
     pub queue_offset: u64,
     /// End of the batch's last record: the append is durable once `flushed_offset` reaches it.
     pub end_offset: u64,
@@ -181,7 +190,7 @@ impl Writer {
         let mut group = std::mem::take(&mut self.group);
         let outcome = match self.shared.poisoned() {
             Some(err) => Err(err),
-            None => self.write_group_inner(&group).map_err(|err| {
+            None => self.write_group_inner(&mut group).map_err(|err| {
                 self.shared.poison(err);
                 self.shared.poisoned().expect("just poisoned")
             }),
@@ -204,13 +213,16 @@ impl Writer {
 
     fn write_group_inner(
         &mut self,
-        group: &[(EncodedBatch, oneshot::Sender<Result<Written>>)],
+        group: &mut [(EncodedBatch, oneshot::Sender<Result<Written>>)],
     ) -> Result<()> {
         let now = super::now_ms();
         self.buf.clear();
         self.results.clear();
         let mut buf_start = self.position;
-        for (batch, _) in group {
+        for (batch, _) in group.iter_mut() {
+            let mut record_commit_log_offsets =
+                std::mem::take(&mut batch.record_commit_log_offsets);
+            let keep_record_offsets = batch.count > 1;
             let next = next_queue_offset(&mut self.queue_offsets, &batch.topic, batch.queue_id);
             let first_queue_offset = *next;
             let mut first_commit_log_offset = None;
@@ -227,6 +239,9 @@ impl Writer {
                 self.buf.extend_from_slice(&batch.bytes[at..at + size]);
                 record::seal(&mut self.buf[start..], queue_offset, self.position, now);
                 first_commit_log_offset.get_or_insert(self.position);
+                if keep_record_offsets {
+                    record_commit_log_offsets.push(self.position);
+                }
                 self.position += size as u64;
                 queue_offset += 1;
                 at += size;
@@ -237,6 +252,7 @@ impl Writer {
             self.results.push(Written {
                 commit_log_offset: first_commit_log_offset
                     .expect("a batch holds at least one record"),
+                record_commit_log_offsets,
                 queue_offset: first_queue_offset,
                 end_offset: self.position,
                 store_timestamp_ms: now,

@@ -1,0 +1,296 @@
+//! Commands answered by the controller quorum: `controller status|add|remove`, `cluster list`,
+//! `topic create|route|list` when `--controller` is given.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use client::controller::{wire, ControllerConnection};
+use serde_json::{json, Value};
+
+#[derive(clap::Subcommand, Debug)]
+pub enum ControllerCommand {
+    /// The quorum: leader, term, members, each member's applied index and reachability.
+    Status,
+    /// Add a controller (started without itself in --peers): learner first, voter once caught up.
+    Add {
+        id: u64,
+        /// Its address, host:port.
+        addr: String,
+    },
+    /// Remove a controller from the quorum.
+    Remove { id: u64 },
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum ClusterCommand {
+    /// Broker groups and their brokers: role, address, alive, in sync, offsets.
+    List,
+}
+
+fn role_name(role: i32) -> &'static str {
+    match wire::BrokerRole::try_from(role) {
+        Ok(wire::BrokerRole::Master) => "MASTER",
+        Ok(wire::BrokerRole::Slave) => "SLAVE",
+        _ => "UNKNOWN",
+    }
+}
+
+pub async fn controller(
+    conn: &ControllerConnection,
+    json_out: bool,
+    command: ControllerCommand,
+) -> Result<ExitCode> {
+    match command {
+        ControllerCommand::Status => {
+            let status = conn.status().await?;
+            let all_reachable = status.members.iter().all(|m| m.reachable);
+            if json_out {
+                let members: Vec<Value> = status
+                    .members
+                    .iter()
+                    .map(|m| {
+                        json!({
+                            "id": m.id,
+                            "addr": m.addr,
+                            "voter": m.voter,
+                            "reachable": m.reachable,
+                            "state": m.status.as_ref().map(|s| s.state.clone()),
+                            "term": m.status.as_ref().map(|s| s.term),
+                            "last_log_index": m.status.as_ref().and_then(|s| s.last_log_index),
+                            "applied_index": m.status.as_ref().and_then(|s| s.applied_index),
+                            "snapshot_index": m.status.as_ref().and_then(|s| s.snapshot_index),
+                            "matched_index": m.matched_index,
+                        })
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    json!({
+                        "leader_id": status.leader_id,
+                        "leader_addr": status.leader_addr,
+                        "term": status.term,
+                        "members": members,
+                    })
+                );
+            } else {
+                match status.leader_id {
+                    Some(id) => println!(
+                        "leader: {id} ({}), term {}",
+                        status.leader_addr, status.term
+                    ),
+                    None => println!("leader: none (no quorum?), term {}", status.term),
+                }
+                println!(
+                    "{:>4} {:<22} {:<7} {:<9} {:<10} {:>8} {:>8} {:>8}",
+                    "ID", "ADDR", "VOTER", "REACHABLE", "STATE", "TERM", "APPLIED", "MATCHED"
+                );
+                for m in &status.members {
+                    let s = m.status.as_ref();
+                    println!(
+                        "{:>4} {:<22} {:<7} {:<9} {:<10} {:>8} {:>8} {:>8}",
+                        m.id,
+                        m.addr,
+                        if m.voter { "yes" } else { "learner" },
+                        if m.reachable { "yes" } else { "NO" },
+                        s.map(|s| s.state.as_str()).unwrap_or("-"),
+                        s.map(|s| s.term.to_string()).unwrap_or("-".into()),
+                        s.and_then(|s| s.applied_index)
+                            .map(|i| i.to_string())
+                            .unwrap_or("-".into()),
+                        m.matched_index.map(|i| i.to_string()).unwrap_or("-".into()),
+                    );
+                }
+            }
+            Ok(if status.leader_id.is_some() && all_reachable {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        ControllerCommand::Add { id, addr } => {
+            conn.add_controller(id, &addr).await?;
+            print_done(
+                json_out,
+                json!({ "added": id, "addr": addr }),
+                &format!("controller {id} ({addr}) added as a voter"),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        ControllerCommand::Remove { id } => {
+            conn.remove_controller(id).await?;
+            print_done(
+                json_out,
+                json!({ "removed": id }),
+                &format!("controller {id} removed"),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn print_done(json_out: bool, value: Value, text: &str) {
+    if json_out {
+        println!("{value}");
+    } else {
+        println!("{text}");
+    }
+}
+
+pub async fn cluster(
+    conn: &ControllerConnection,
+    json_out: bool,
+    command: ClusterCommand,
+) -> Result<ExitCode> {
+    let ClusterCommand::List = command;
+    let list = conn.cluster_list().await?;
+    if json_out {
+        let groups: Vec<Value> = list
+            .groups
+            .iter()
+            .map(|g| {
+                json!({
+                    "name": g.name,
+                    "cluster": g.cluster,
+                    "master_id": g.master_id,
+                    "master_epoch": g.master_epoch,
+                    "in_sync_set": g.in_sync_set,
+                    "in_sync_set_epoch": g.in_sync_set_epoch,
+                    "brokers": g.brokers.iter().map(|b| json!({
+                        "id": b.broker_id,
+                        "addr": b.addr,
+                        "role": role_name(b.role),
+                        "configured_role": role_name(b.configured_role),
+                        "alive": b.alive,
+                        "last_heartbeat_ms_ago": b.last_heartbeat_ms_ago,
+                        "max_offset": b.max_offset,
+                        "in_sync": b.in_sync,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        println!("{}", json!({ "groups": groups }));
+    } else {
+        println!(
+            "{:<16} {:<16} {:>4} {:<22} {:<7} {:>6} {:<6} {:<8} {:>14}",
+            "CLUSTER", "GROUP", "ID", "ADDR", "ROLE", "EPOCH", "ALIVE", "IN_SYNC", "MAX_OFFSET"
+        );
+        for g in &list.groups {
+            for b in &g.brokers {
+                println!(
+                    "{:<16} {:<16} {:>4} {:<22} {:<7} {:>6} {:<6} {:<8} {:>14}",
+                    g.cluster,
+                    g.name,
+                    b.broker_id,
+                    b.addr,
+                    role_name(b.role),
+                    g.master_epoch,
+                    if b.alive { "yes" } else { "NO" },
+                    if b.in_sync { "yes" } else { "no" },
+                    b.max_offset,
+                );
+            }
+        }
+    }
+    let all_alive = list
+        .groups
+        .iter()
+        .all(|g| g.brokers.iter().all(|b| b.alive));
+    Ok(if all_alive {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+pub fn route_json(route: &wire::TopicRoute) -> Value {
+    json!({
+        "topic": route.topic,
+        "groups": route.groups.iter().map(|g| json!({
+            "group": g.group,
+            "queues": g.queue_count,
+            "perm": g.perm,
+            "master_id": g.master_id,
+            "master_epoch": g.master_epoch,
+            "brokers": g.brokers.iter().map(|b| json!({
+                "id": b.broker_id,
+                "addr": b.addr,
+                "role": role_name(b.role),
+                "alive": b.alive,
+            })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+pub fn print_route(route: &wire::TopicRoute) {
+    println!(
+        "{:<24} {:<16} {:>6} {:>5} {:>6} {:<30}",
+        "TOPIC", "GROUP", "QUEUES", "PERM", "EPOCH", "MASTER"
+    );
+    for g in &route.groups {
+        let master = g
+            .brokers
+            .iter()
+            .find(|b| Some(b.broker_id) == g.master_id)
+            .map(|b| format!("{} ({})", b.addr, if b.alive { "alive" } else { "DEAD" }))
+            .unwrap_or_else(|| "none".into());
+        println!(
+            "{:<24} {:<16} {:>6} {:>5} {:>6} {:<30}",
+            route.topic, g.group, g.queue_count, g.perm, g.master_epoch, master
+        );
+    }
+}
+
+pub async fn topic_create(
+    conn: &ControllerConnection,
+    json_out: bool,
+    topic: &str,
+    queues: u32,
+    groups: &[String],
+) -> Result<ExitCode> {
+    let answer = conn.create_topic(topic, queues, groups).await?;
+    let route = answer.route.unwrap_or_default();
+    if json_out {
+        println!(
+            "{}",
+            json!({ "topic": topic, "created": answer.created, "route": route_json(&route) })
+        );
+    } else {
+        println!(
+            "topic {topic}: {}",
+            if answer.created {
+                "created"
+            } else {
+                "already there"
+            }
+        );
+        print_route(&route);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn topic_route(
+    conn: &ControllerConnection,
+    json_out: bool,
+    topic: &str,
+) -> Result<ExitCode> {
+    let route = conn.route(topic).await?;
+    if json_out {
+        println!("{}", route_json(&route));
+    } else {
+        print_route(&route);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn topic_list(conn: &ControllerConnection, json_out: bool) -> Result<ExitCode> {
+    let list = conn.list_topics().await?;
+    if json_out {
+        let topics: Vec<Value> = list.topics.iter().map(route_json).collect();
+        println!("{}", json!({ "topics": topics }));
+    } else {
+        for route in &list.topics {
+            print_route(route);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,169 @@
+//! `cluster-cli bench consume`: consumer throughput and end-to-end latency against a broker. Joins
+//! group `--group` with a push consumer (pulls with long polling, the listener on a blocking
+//! thread, offsets committed after each pulled batch, as an application would run it) and
+//! handles messages until `--count` of them or none came for `--idle-exit-ms`. A progress line
+//! each second on stderr; a summary with msgs/s and MB/s (bodies) over the time from the start to
+//! the last message, and, for messages sent by `bench produce` (which stores the send time in
+//! the property [`SENT_AT_PROPERTY`]), the end-to-end latency from the producer's send call to the
+//! listener, p50/p99/p999 in microseconds. Run it while `bench produce` runs for live latency;
+//! run it afterwards to measure draining a backlog (latencies then include the time the
+//! messages waited).
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use client::{ConsumeFrom, ConsumeResult, PushConsumer, PushConsumerConfig, ReceivedMessage};
+use hdrhistogram::Histogram;
+
+use crate::bench::{now_us, SENT_AT_PROPERTY};
+
+#[derive(clap::Args, Debug)]
+pub struct ConsumeArgs {
+    #[arg(long)]
+    topic: String,
+    #[arg(long)]
+    group: String,
+    /// Stop after this many messages were handled.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Stop after this long without a message.
+    #[arg(long, default_value_t = 5_000)]
+    idle_exit_ms: u64,
+    /// Messages per pull (1 to 1024).
+    #[arg(long, default_value_t = 256)]
+    pull_batch: u32,
+    /// Where a group without committed offsets starts.
+    #[arg(long, value_enum, default_value_t = From::First)]
+    from: From,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum From {
+    First,
+    Last,
+}
+
+/// What the listener has seen; shared with the progress and summary code.
+struct Tally {
+    handled: AtomicU64,
+    body_bytes: AtomicU64,
+    /// End-to-end latencies of stamped messages, microseconds.
+    latencies: Mutex<Histogram<u64>>,
+    /// When the last message was handled.
+    last_message: Mutex<Instant>,
+}
+
+pub async fn run(broker: &str, json: bool, args: ConsumeArgs) -> Result<ExitCode> {
+    if args.count == Some(0) || !(1..=1024).contains(&args.pull_batch) {
+        bail!("--count must be at least 1 and --pull-batch 1 to 1024");
+    }
+    let started = Instant::now();
+    let tally = Arc::new(Tally {
+        handled: AtomicU64::new(0),
+        body_bytes: AtomicU64::new(0),
+        latencies: Mutex::new(Histogram::new_with_bounds(1, 600_000_000, 3)?),
+        last_message: Mutex::new(started),
+    });
+    let mut config = PushConsumerConfig::new(args.group.clone(), args.topic.clone());
+    config.pull_batch = args.pull_batch;
+    config.consume_from = match args.from {
+        From::First => ConsumeFrom::First,
+        From::Last => ConsumeFrom::Last,
+    };
+    let listener = {
+        let tally = tally.clone();
+        move |message: &ReceivedMessage| -> Result<ConsumeResult, client::ListenerError> {
+            let sent_at_us = message
+                .properties
+                .get(SENT_AT_PROPERTY)
+                .and_then(|v| v.parse::<u64>().ok());
+            if let Some(sent_at_us) = sent_at_us {
+                let latency_us = now_us().saturating_sub(sent_at_us).max(1);
+                tally
+                    .latencies
+                    .lock()
+                    .expect("lock")
+                    .saturating_record(latency_us);
+            }
+            tally
+                .body_bytes
+                .fetch_add(message.body.len() as u64, Ordering::Relaxed);
+            tally.handled.fetch_add(1, Ordering::AcqRel);
+            *tally.last_message.lock().expect("lock") = Instant::now();
+            Ok(ConsumeResult::ConsumeSuccess)
+        }
+    };
+    let consumer = PushConsumer::start(broker, config, listener).await?;
+    let idle = Duration::from_millis(args.idle_exit_ms);
+    let mut next_progress = started + Duration::from_secs(1);
+    let mut handled_at_last_progress = 0;
+    loop {
+        let handled = tally.handled.load(Ordering::Acquire);
+        if args.count.is_some_and(|count| handled >= count) {
+            break;
+        }
+        if tally.last_message.lock().expect("lock").elapsed() >= idle {
+            break;
+        }
+        if Instant::now() >= next_progress {
+            eprintln!(
+                "bench: {handled} consumed ({} in the last second)",
+                handled - handled_at_last_progress
+            );
+            handled_at_last_progress = handled;
+            next_progress += Duration::from_secs(1);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    consumer.shutdown().await;
+    let handled = tally.handled.load(Ordering::Acquire);
+    let body_bytes = tally.body_bytes.load(Ordering::Acquire);
+    // Up to the last message: the idle wait at the end is not consuming.
+    let elapsed = tally
+        .last_message
+        .lock()
+        .expect("lock")
+        .duration_since(started)
+        .as_secs_f64()
+        .max(1e-6);
+    let msgs_per_s = handled as f64 / elapsed;
+    let mb_per_s = body_bytes as f64 / elapsed / 1_000_000.0;
+    let latencies = tally.latencies.lock().expect("lock");
+    let stamped = latencies.len();
+    let (p50, p99, p999) = (
+        latencies.value_at_quantile(0.5),
+        latencies.value_at_quantile(0.99),
+        latencies.value_at_quantile(0.999),
+    );
+    if json {
+        let latency =
+            (stamped > 0).then(|| serde_json::json!({ "p50": p50, "p99": p99, "p999": p999 }));
+        println!(
+            "{}",
+            serde_json::json!({
+                "received": handled, "pull_batch": args.pull_batch,
+                "seconds": (elapsed * 100.0).round() / 100.0,
+                "msgs_per_s": msgs_per_s.round(), "mb_per_s": (mb_per_s * 10.0).round() / 10.0,
+                "stamped": stamped,
+                "end_to_end_latency_us": latency,
+            })
+        );
+    } else {
+        println!("consumed {handled} messages in {elapsed:.2} s (to the last message)");
+        println!("  {msgs_per_s:.0} msgs/s, {mb_per_s:.1} MB/s");
+        if stamped > 0 {
+            println!("  end-to-end latency (send call to listener) of {stamped} stamped messages: p50 {p50} us, p99 {p99} us, p999 {p999} us");
+        } else {
+            println!("  no message carried {SENT_AT_PROPERTY}: no end-to-end latency");
+        }
+    }
+    let complete = args.count.is_none_or(|count| handled >= count);
+    Ok(if complete {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

@@ -1,0 +1,103 @@
+//! The `controller` process: one member of the controller quorum (Raft over openraft), the
+//! cluster's name server. Runs until SIGTERM or SIGINT, then stops serving and stops Raft.
+//!
+//! Prints `controller listening on ADDR` on stdout once it serves (with port 0 in `listen`, ADDR
+//! has the port the system chose).
+//!
+//! ```text
+//! controller --id 1 --listen 127.0.0.1:9876 --data-dir ./c1 \
+//!     --peers 1=127.0.0.1:9876,2=127.0.0.1:9877,3=127.0.0.1:9878
+//! ```
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use replication::controller::config::ControllerConfig;
+use replication::controller::node::ControllerNode;
+use tokio::signal::unix::{signal, SignalKind};
+
+/// A controller of the cluster. Every configuration key is described in docs/CONFIG.md.
+#[derive(Parser, Debug)]
+#[command(name = "controller", version, about)]
+struct Cli {
+    /// TOML configuration file (flat keys).
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// This controller's id (overrides `id`).
+    #[arg(long)]
+    id: Option<u64>,
+    /// Address to listen on (overrides `listen`).
+    #[arg(long)]
+    listen: Option<String>,
+    /// The quorum's first members, ID=HOST:PORT,... (overrides `peers`). Leave out on a
+    /// controller that `cluster-cli controller add` will add.
+    #[arg(long)]
+    peers: Option<String>,
+    /// Data directory (overrides `data_dir`).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Any configuration key, as KEY=VALUE in TOML value syntax; repeatable; applied last.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+}
+
+fn load_config(cli: &Cli) -> Result<ControllerConfig> {
+    let base = match &cli.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("read {}", path.display()))?;
+            ControllerConfig::from_toml(&text).with_context(|| format!("in {}", path.display()))?
+        }
+        None => ControllerConfig::default(),
+    };
+    let mut overrides = Vec::new();
+    if let Some(id) = cli.id {
+        overrides.push(format!("id={id}"));
+    }
+    if let Some(listen) = &cli.listen {
+        overrides.push(format!("listen={listen:?}"));
+    }
+    if let Some(peers) = &cli.peers {
+        overrides.push(format!("peers={peers:?}"));
+    }
+    if let Some(dir) = &cli.data_dir {
+        overrides.push(format!("data_dir={:?}", dir.display().to_string()));
+    }
+    overrides.extend(cli.overrides.iter().cloned());
+    let config = base.with_overrides(&overrides)?;
+    config.validate()?;
+    Ok(config)
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = load_config(&Cli::parse())?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start the runtime")?
+        .block_on(run(config))
+}
+
+async fn run(config: ControllerConfig) -> Result<()> {
+    let id = config.id;
+    let node = ControllerNode::start(config).await?;
+    tracing::info!(id, addr = %node.local_addr, "controller serving");
+    println!("controller listening on {}", node.local_addr);
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("stopping");
+    node.shutdown().await?;
+    Ok(())
+}

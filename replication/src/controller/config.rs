@@ -1,0 +1,187 @@
+//! The `controller` binary's settings: a flat TOML table, overridden by command-line flags.
+//! Every key is listed in `docs/CONFIG.md` (section "Controller").
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::NodeId;
+
+/// Settings of one controller.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ControllerConfig {
+    /// This controller's id; unique in the quorum and never reused for another machine.
+    pub id: NodeId,
+    /// Address the Raft and controller services listen on.
+    pub listen: SocketAddr,
+    /// The quorum's first members, `ID=HOST:PORT,...`, the same on each of them. A controller
+    /// whose id is listed initialises the quorum on its first start (doing so on every listed one
+    /// is safe); a controller added later with `cluster-cli controller add` leaves it empty.
+    pub peers: String,
+    /// Where the Raft log, vote and state machine live.
+    pub data_dir: PathBuf,
+    /// How often the Raft leader sends heartbeats to the other controllers.
+    pub heartbeat_interval_ms: u64,
+    /// A follower that hears no leader for a random time between these two starts an election;
+    /// a controller leader change takes about twice the maximum.
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// A broker silent for this long is shown dead and its queues are skipped by clients.
+    pub broker_heartbeat_timeout_ms: u64,
+    /// Build a snapshot after this many log entries since the last one.
+    pub snapshot_logs_since_last: u64,
+    /// Log entries kept behind a snapshot, so that a briefly lagging controller catches up from
+    /// the log instead of a whole snapshot.
+    pub logs_kept_after_snapshot: u64,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        ControllerConfig {
+            id: 1,
+            listen: SocketAddr::from(([0, 0, 0, 0], 9876)),
+            peers: String::new(),
+            data_dir: PathBuf::from("./.controller-data"),
+            heartbeat_interval_ms: 100,
+            election_timeout_min_ms: 300,
+            election_timeout_max_ms: 600,
+            broker_heartbeat_timeout_ms: 3_000,
+            snapshot_logs_since_last: 5_000,
+            logs_kept_after_snapshot: 1_000,
+        }
+    }
+}
+
+impl ControllerConfig {
+    /// Parses a TOML file's text; unknown keys are errors.
+    pub fn from_toml(text: &str) -> anyhow::Result<ControllerConfig> {
+        Ok(toml::from_str(text)?)
+    }
+
+    /// Applies `KEY=VALUE` overrides (TOML value syntax), as the broker's `--set` does.
+    pub fn with_overrides(self, overrides: &[String]) -> anyhow::Result<ControllerConfig> {
+        let mut table = toml::Table::try_from(&self)?;
+        for item in overrides {
+            let Some((key, value)) = item.split_once('=') else {
+                anyhow::bail!("override {item:?} is not KEY=VALUE");
+            };
+            let key = key.trim();
+            let parsed: toml::Table = toml::from_str(&format!("v = {}", value.trim()))
+                .or_else(|_| toml::from_str(&format!("v = {:?}", value.trim())))
+                .map_err(|err| anyhow::anyhow!("override {key}: {err}"))?;
+            table.insert(key.to_owned(), parsed["v"].clone());
+        }
+        Ok(toml::Value::Table(table).try_into()?)
+    }
+
+    /// The initial members from `peers`.
+    pub fn peer_map(&self) -> anyhow::Result<BTreeMap<NodeId, String>> {
+        let mut peers = BTreeMap::new();
+        for item in self
+            .peers
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            let Some((id, addr)) = item.split_once('=') else {
+                anyhow::bail!("peers: {item:?} is not ID=HOST:PORT");
+            };
+            let id: NodeId = id
+                .trim()
+                .parse()
+                .map_err(|_| anyhow::anyhow!("peers: {id:?} is not a number"))?;
+            if peers.insert(id, addr.trim().to_owned()).is_some() {
+                anyhow::bail!("peers: id {id} is listed twice");
+            }
+        }
+        Ok(peers)
+    }
+
+    /// Checks the rules between keys.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.peer_map()?;
+        if self.heartbeat_interval_ms == 0 {
+            anyhow::bail!("heartbeat_interval_ms must be above 0");
+        }
+        if self.election_timeout_min_ms <= self.heartbeat_interval_ms * 2 {
+            anyhow::bail!("election_timeout_min_ms must be above twice heartbeat_interval_ms");
+        }
+        if self.election_timeout_max_ms <= self.election_timeout_min_ms {
+            anyhow::bail!("election_timeout_max_ms must be above election_timeout_min_ms");
+        }
+        if self.broker_heartbeat_timeout_ms < 100 {
+            anyhow::bail!("broker_heartbeat_timeout_ms must be at least 100");
+        }
+        if self.snapshot_logs_since_last == 0 {
+            anyhow::bail!("snapshot_logs_since_last must be above 0");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_parse_and_bad_ones_are_refused() {
+        let config = ControllerConfig {
+            peers: "1=127.0.0.1:1, 2=127.0.0.1:2".into(),
+            ..ControllerConfig::default()
+        };
+        assert_eq!(config.peer_map().unwrap().len(), 2);
+        for bad in ["1", "x=a:1", "1=a:1,1=b:2"] {
+            let config = ControllerConfig {
+                peers: bad.into(),
+                ..ControllerConfig::default()
+            };
+            assert!(config.validate().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_and_overrides_apply() {
+        assert!(ControllerConfig::from_toml("no_such_key = 1").is_err());
+        let config = ControllerConfig::default()
+            .with_overrides(&["id=3".into(), "data_dir=/tmp/x".into()])
+            .unwrap();
+        assert_eq!(config.id, 3);
+        assert_eq!(config.data_dir, PathBuf::from("/tmp/x"));
+        assert!(ControllerConfig::default()
+            .with_overrides(&["bogus=1".into()])
+            .is_err());
+    }
+
+    #[test]
+    fn docs_config_shows_the_defaults_and_every_key() {
+        let doc =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/CONFIG.md"))
+                .expect("docs/CONFIG.md");
+        let section = doc
+            .split("## Controller")
+            .nth(1)
+            .expect("a Controller section");
+        let block = section
+            .split("```text")
+            .nth(1)
+            .and_then(|b| b.split("```").next())
+            .expect("a block of defaults");
+        assert_eq!(
+            ControllerConfig::from_toml(block).unwrap(),
+            ControllerConfig::default()
+        );
+        for line in toml::to_string(&ControllerConfig::default())
+            .unwrap()
+            .lines()
+        {
+            let key = line.split('=').next().unwrap().trim();
+            assert!(
+                section.contains(&format!("`{key}`")),
+                "docs/CONFIG.md does not list `{key}`"
+            );
+        }
+    }
+}

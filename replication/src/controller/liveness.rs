@@ -1,0 +1,160 @@
+//! Which brokers are alive, as the controller leader sees it: the time of each broker's last
+//! heartbeat, in memory only. Writing heartbeats to the Raft log would grow it with time instead
+//! of with changes; a new leader simply starts listening.
+//!
+//! A leader that has just taken over has heard nobody yet. For one timeout after it became
+//! leader, a broker it has not heard from counts as alive (it was, as far as anyone knows): a
+//! controller election must not look like every broker dying at once.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+/// What the leader last heard from one broker.
+#[derive(Clone, Copy, Debug)]
+pub struct Seen {
+    pub at: Instant,
+    pub max_offset: u64,
+}
+
+/// The leader's liveness table.
+pub struct Liveness {
+    timeout: Duration,
+    inner: Mutex<Inner>,
+    /// Raised whenever some broker's alive flag may have changed, for route watches.
+    changes: watch::Sender<u64>,
+}
+
+struct Inner {
+    seen: HashMap<(String, u64), Seen>,
+    /// When this node last became leader; None while it is not leader.
+    leader_since: Option<Instant>,
+    /// The alive set as last published, to tell when it changed.
+    published: Vec<(String, u64, bool)>,
+}
+
+impl Liveness {
+    pub fn new(timeout: Duration) -> Liveness {
+        Liveness {
+            timeout,
+            inner: Mutex::new(Inner {
+                seen: HashMap::new(),
+                leader_since: None,
+                published: Vec::new(),
+            }),
+            changes: watch::channel(0).0,
+        }
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// This node became leader (`true`) or stopped being it: either way, forget what was heard.
+    pub fn set_leader(&self, leader: bool) {
+        let mut inner = self.inner.lock().expect("liveness lock poisoned");
+        inner.seen.clear();
+        inner.leader_since = leader.then(Instant::now);
+        drop(inner);
+        self.changes.send_modify(|v| *v += 1);
+    }
+
+    /// Records a heartbeat.
+    pub fn beat(&self, group: &str, broker_id: u64, max_offset: u64) {
+        let mut inner = self.inner.lock().expect("liveness lock poisoned");
+        let was_alive = Self::alive_in(&inner, self.timeout, group, broker_id, Instant::now());
+        inner.seen.insert(
+            (group.to_owned(), broker_id),
+            Seen {
+                at: Instant::now(),
+                max_offset,
+            },
+        );
+        drop(inner);
+        if !was_alive {
+            self.changes.send_modify(|v| *v += 1);
+        }
+    }
+
+    /// What was last heard from a broker, since this node became leader.
+    pub fn seen(&self, group: &str, broker_id: u64) -> Option<Seen> {
+        let inner = self.inner.lock().expect("liveness lock poisoned");
+        inner.seen.get(&(group.to_owned(), broker_id)).copied()
+    }
+
+    /// Whether the broker counts as alive now.
+    pub fn is_alive(&self, group: &str, broker_id: u64) -> bool {
+        let inner = self.inner.lock().expect("liveness lock poisoned");
+        Self::alive_in(&inner, self.timeout, group, broker_id, Instant::now())
+    }
+
+    fn alive_in(inner: &Inner, timeout: Duration, group: &str, id: u64, now: Instant) -> bool {
+        match inner.seen.get(&(group.to_owned(), id)) {
+            Some(seen) => now.duration_since(seen.at) < timeout,
+            None => inner
+                .leader_since
+                .is_some_and(|since| now.duration_since(since) < timeout),
+        }
+    }
+
+    /// Re-evaluates the alive flags of `brokers` and tells route watches if any changed. Called
+    /// periodically: a broker dies by silence, so no event marks the moment.
+    pub fn publish(&self, brokers: &[(String, u64)]) {
+        let mut inner = self.inner.lock().expect("liveness lock poisoned");
+        let now = Instant::now();
+        let flags: Vec<_> = brokers
+            .iter()
+            .map(|(g, id)| {
+                (
+                    g.clone(),
+                    *id,
+                    Self::alive_in(&inner, self.timeout, g, *id, now),
+                )
+            })
+            .collect();
+        if flags != inner.published {
+            inner.published = flags;
+            drop(inner);
+            self.changes.send_modify(|v| *v += 1);
+        }
+    }
+
+    /// A receiver that changes whenever alive flags may have changed.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_leader_counts_unheard_brokers_alive_for_one_timeout() {
+        let liveness = Liveness::new(Duration::from_millis(50));
+        assert!(!liveness.is_alive("a", 0), "not leader: nothing is known");
+        liveness.set_leader(true);
+        assert!(liveness.is_alive("a", 0));
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(!liveness.is_alive("a", 0), "grace over, never heard");
+        liveness.beat("a", 0, 7);
+        assert!(liveness.is_alive("a", 0));
+        assert_eq!(liveness.seen("a", 0).map(|s| s.max_offset), Some(7));
+    }
+
+    #[test]
+    fn publish_signals_only_changes() {
+        let liveness = Liveness::new(Duration::from_secs(60));
+        liveness.set_leader(true);
+        let mut changes = liveness.changes();
+        changes.mark_unchanged();
+        let brokers = vec![("a".to_owned(), 0)];
+        liveness.publish(&brokers);
+        assert!(changes.has_changed().unwrap());
+        changes.mark_unchanged();
+        liveness.publish(&brokers);
+        assert!(!changes.has_changed().unwrap());
+    }
+}

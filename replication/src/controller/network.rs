@@ -1,0 +1,206 @@
+//! Raft between controllers over tonic: the client side openraft calls ([`Network`]) and the
+//! server side that hands requests to the local Raft ([`RaftService`]).
+//!
+//! Payloads are openraft's serde types as JSON inside a protobuf `bytes` field. The remote side
+//! answers `Result<response, RaftError>` as JSON, so a refusal by the peer's Raft (a higher vote,
+//! a snapshot mismatch) comes back as openraft's own error and not as a transport failure.
+//!
+//! A peer that cannot be reached (connection refused, reset, unknown host) is reported as
+//! `Unreachable`, on which openraft backs off, instead of a network error, on which it retries
+//! hot (`shared/STACK.md`).
+
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::BasicNode;
+use proto::controller::raft_client::RaftClient;
+use proto::controller::RaftPayload;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+
+use super::{NodeId, Raft, TypeConfig};
+
+/// Largest Raft message (a snapshot chunk or a batch of entries), both ways.
+pub const RAFT_MESSAGE_BYTES_MAX: usize = 64 << 20;
+/// How long a connection attempt to a peer may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Makes one [`Network`] per peer; openraft keeps it for as long as it replicates to that peer.
+#[derive(Clone, Default)]
+pub struct NetworkFactory;
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = Network;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Network {
+        Network {
+            target,
+            addr: node.addr.clone(),
+            client: None,
+        }
+    }
+}
+
+/// The connection to one peer, made lazily and remade after a transport failure.
+pub struct Network {
+    target: NodeId,
+    addr: String,
+    client: Option<RaftClient<Channel>>,
+}
+
+type Rpc<T, E = openraft::error::Infallible> =
+    Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
+
+impl Network {
+    fn client(&mut self) -> Result<RaftClient<Channel>, Unreachable> {
+        if let Some(client) = &self.client {
+            return Ok(client.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{}", self.addr))
+            .map_err(|err| Unreachable::new(&err))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true);
+        // Connects on first use, so that making the client never blocks the Raft core.
+        let client = RaftClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX);
+        self.client = Some(client.clone());
+        Ok(client)
+    }
+
+    async fn call<Req, Resp, E>(
+        &mut self,
+        request: &Req,
+        option: &RPCOption,
+        method: Method,
+    ) -> Rpc<Resp, E>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let json = serde_json::to_vec(request)
+            .map_err(|err| RPCError::Network(NetworkError::new(&err)))?;
+        let mut client = self.client()?;
+        let payload = RaftPayload { json: json.into() };
+        let call = async {
+            match method {
+                Method::AppendEntries => client.append_entries(payload).await,
+                Method::Vote => client.vote(payload).await,
+                Method::InstallSnapshot => client.install_snapshot(payload).await,
+            }
+        };
+        let answer = match tokio::time::timeout(option.hard_ttl(), call).await {
+            Err(_) => {
+                return Err(RPCError::Unreachable(Unreachable::new(
+                    &std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!(
+                            "controller {} at {} did not answer in time",
+                            self.target, self.addr
+                        ),
+                    ),
+                )))
+            }
+            Ok(Err(status)) => {
+                // Drop the channel: the next call reconnects.
+                self.client = None;
+                return Err(RPCError::Unreachable(Unreachable::new(&status)));
+            }
+            Ok(Ok(answer)) => answer.into_inner(),
+        };
+        let result: Result<Resp, RaftError<NodeId, E>> = serde_json::from_slice(&answer.json)
+            .map_err(|err| RPCError::Network(NetworkError::new(&err)))?;
+        result.map_err(|err| RPCError::RemoteError(RemoteError::new(self.target, err)))
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Method {
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
+}
+
+impl RaftNetwork<TypeConfig> for Network {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Rpc<AppendEntriesResponse<NodeId>> {
+        self.call(&rpc, &option, Method::AppendEntries).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Rpc<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
+        self.call(&rpc, &option, Method::InstallSnapshot).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Rpc<VoteResponse<NodeId>> {
+        self.call(&rpc, &option, Method::Vote).await
+    }
+}
+
+/// The server side: decodes a peer's request, hands it to the local Raft, encodes its answer.
+pub struct RaftService {
+    raft: Raft,
+}
+
+impl RaftService {
+    pub fn new(raft: Raft) -> Self {
+        RaftService { raft }
+    }
+}
+
+fn decode<T: DeserializeOwned>(payload: &RaftPayload) -> Result<T, tonic::Status> {
+    serde_json::from_slice(&payload.json)
+        .map_err(|err| tonic::Status::invalid_argument(format!("undecodable raft payload: {err}")))
+}
+
+fn encode<T: Serialize>(answer: &T) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
+    let json = serde_json::to_vec(answer)
+        .map_err(|err| tonic::Status::internal(format!("unencodable raft answer: {err}")))?;
+    Ok(tonic::Response::new(RaftPayload { json: json.into() }))
+}
+
+#[tonic::async_trait]
+impl proto::controller::raft_server::Raft for RaftService {
+    async fn append_entries(
+        &self,
+        request: tonic::Request<RaftPayload>,
+    ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
+        let rpc: AppendEntriesRequest<TypeConfig> = decode(request.get_ref())?;
+        encode(&self.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(
+        &self,
+        request: tonic::Request<RaftPayload>,
+    ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
+        let rpc: VoteRequest<NodeId> = decode(request.get_ref())?;
+        encode(&self.raft.vote(rpc).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: tonic::Request<RaftPayload>,
+    ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
+        let rpc: InstallSnapshotRequest<TypeConfig> = decode(request.get_ref())?;
+        encode(&self.raft.install_snapshot(rpc).await)
+    }
+}

@@ -1,0 +1,169 @@
+//! One running controller: storage, Raft, the gRPC servers, first initialisation, and the
+//! background tasks that keep the leader's liveness view current.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use openraft::{BasicNode, ServerState, SnapshotPolicy};
+use proto::controller::controller_server::ControllerServer;
+use proto::controller::raft_server::RaftServer;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use super::config::ControllerConfig;
+use super::liveness::Liveness;
+use super::network::{NetworkFactory, RaftService, RAFT_MESSAGE_BYTES_MAX};
+use super::service::ControllerService;
+use super::store::{self, SharedState};
+use super::Raft;
+
+/// How often the leader re-evaluates which brokers are alive.
+const LIVENESS_TICK: Duration = Duration::from_millis(100);
+
+/// A started controller.
+pub struct ControllerNode {
+    pub raft: Raft,
+    pub state: SharedState,
+    pub local_addr: std::net::SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl ControllerNode {
+    /// Opens the storage, starts Raft and the servers, and initialises the quorum if this is the
+    /// first start of a listed peer.
+    pub async fn start(config: ControllerConfig) -> anyhow::Result<ControllerNode> {
+        config.validate()?;
+        let peers = config.peer_map()?;
+        let (log_store, state_machine) = store::open(&config.data_dir).with_context(|| {
+            format!("open the controller data in {}", config.data_dir.display())
+        })?;
+        let state = state_machine.shared();
+        let raft_config = openraft::Config {
+            cluster_name: "controller".into(),
+            heartbeat_interval: config.heartbeat_interval_ms,
+            election_timeout_min: config.election_timeout_min_ms,
+            election_timeout_max: config.election_timeout_max_ms,
+            // The default (200 ms) is too short for a real snapshot (shared/STACK.md).
+            install_snapshot_timeout: 10_000,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_logs_since_last),
+            max_in_snapshot_log_to_keep: config.logs_kept_after_snapshot,
+            ..Default::default()
+        }
+        .validate()
+        .context("raft settings")?;
+        let raft = Raft::new(
+            config.id,
+            Arc::new(raft_config),
+            NetworkFactory,
+            log_store,
+            state_machine,
+        )
+        .await
+        .context("start raft")?;
+
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("listen on {}", config.listen))?;
+        let local_addr = listener.local_addr()?;
+        let liveness = Arc::new(Liveness::new(Duration::from_millis(
+            config.broker_heartbeat_timeout_ms,
+        )));
+        let tasks = vec![
+            tokio::spawn(follow_leadership(raft.clone(), liveness.clone())),
+            tokio::spawn(publish_liveness(state.clone(), liveness.clone())),
+        ];
+        let service = ControllerService::new(config.id, raft.clone(), state.clone(), liveness);
+        let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(
+                    RaftServer::new(RaftService::new(raft.clone()))
+                        .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
+                        .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX),
+                )
+                .add_service(ControllerServer::new(service))
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                    let _ = shutdown_rx.await;
+                }),
+        );
+
+        if peers.contains_key(&config.id) && !raft.is_initialized().await? {
+            let members: std::collections::BTreeMap<_, _> = peers
+                .iter()
+                .map(|(id, addr)| (*id, BasicNode::new(addr.clone())))
+                .collect();
+            // Every listed peer may do this with the same members: openraft documents it as safe.
+            match raft.initialize(members).await {
+                Ok(()) => tracing::info!(peers = ?peers, "controller quorum initialised"),
+                Err(err) => tracing::info!(error = %err, "quorum already initialised"),
+            }
+        }
+        Ok(ControllerNode {
+            raft,
+            state,
+            local_addr,
+            shutdown: Some(shutdown_tx),
+            server,
+            tasks,
+        })
+    }
+
+    /// Stops serving and stops Raft. Both: a stopped server with a running Raft would keep
+    /// heartbeating as leader (shared/STACK.md).
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        for task in &self.tasks {
+            task.abort();
+        }
+        let _ = self.raft.shutdown().await;
+        match tokio::time::timeout(Duration::from_secs(5), &mut self.server).await {
+            Ok(joined) => joined??,
+            Err(_) => {
+                // Streams (route watches) can hold the server open; they end with the process.
+                self.server.abort();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Resets the liveness view whenever this node gains or loses leadership.
+async fn follow_leadership(raft: Raft, liveness: Arc<Liveness>) {
+    let mut metrics = raft.metrics();
+    let mut was_leader = false;
+    loop {
+        let is_leader = metrics.borrow_and_update().state == ServerState::Leader;
+        if is_leader != was_leader {
+            tracing::info!(leader = is_leader, "controller leadership changed");
+            liveness.set_leader(is_leader);
+            was_leader = is_leader;
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Brokers die by silence: re-evaluate alive flags on a tick so route watches learn of it.
+async fn publish_liveness(state: SharedState, liveness: Arc<Liveness>) {
+    let mut tick = tokio::time::interval(LIVENESS_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let brokers: Vec<(String, u64)> = state.read(|data| {
+            data.state
+                .groups
+                .iter()
+                .flat_map(|(name, group)| group.brokers.keys().map(|id| (name.clone(), *id)))
+                .collect()
+        });
+        liveness.publish(&brokers);
+    }
+}

@@ -1,0 +1,870 @@
+//! The `Controller` gRPC service: what brokers, clients and cluster-cli call.
+//!
+//! Any controller answers any request:
+//! - writes (registration, topics, settings, membership) and liveness (heartbeats, cluster list)
+//!   are forwarded to the leader, once: a forwarded request that reaches a non-leader (views
+//!   differ during an election) is answered `CONTROLLER_NOT_AVAILABLE`, never forwarded again;
+//! - reads of metadata (routes, topics) are forwarded too, for the leader's liveness view; when
+//!   no leader is known they are answered from this controller's applied state, with every
+//!   broker presumed alive (nothing better is known), so that routes outlive a lost quorum;
+//! - the route watch stream is served by the leader only; a follower redirects with the leader's
+//!   address in `x-controller-leader`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, ChangeMembers, ServerState};
+use proto::common::ErrorCode;
+use proto::controller as pb;
+use proto::controller::controller_client::ControllerClient;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+
+use super::liveness::Liveness;
+use super::state::{
+    BrokerInfo, ClusterState, Command, CommandError, ConfiguredRole, GroupSettings, MessageModel,
+    PERM_READ, PERM_WRITE,
+};
+use super::store::SharedState;
+use super::{NodeId, Raft};
+
+/// Metadata key marking a request one controller forwarded to another.
+const FORWARDED_METADATA_KEY: &str = "x-forwarded";
+/// How long a membership change may wait for a new controller to catch up.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long `Status` waits for each member's own answer.
+const NODE_STATUS_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a forwarded request may wait for the leader.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A gRPC error with its stable code in the `x-error-code` metadata.
+pub fn error(code: ErrorCode, message: impl Into<String>) -> Status {
+    let grpc = match code {
+        ErrorCode::TopicNotFound | ErrorCode::BrokerGroupNotFound | ErrorCode::NotFound => {
+            tonic::Code::NotFound
+        }
+        ErrorCode::Conflict => tonic::Code::AlreadyExists,
+        ErrorCode::ControllerNotAvailable => tonic::Code::Unavailable,
+        ErrorCode::InternalError => tonic::Code::Internal,
+        _ => tonic::Code::InvalidArgument,
+    };
+    let mut status = Status::new(grpc, message);
+    status.metadata_mut().insert(
+        proto::ERROR_CODE_METADATA_KEY,
+        tonic::metadata::MetadataValue::from(code as i32),
+    );
+    status
+}
+
+fn command_error(err: CommandError) -> Status {
+    let code = match &err {
+        CommandError::Invalid(_) => ErrorCode::BadRequest,
+        CommandError::GroupNotFound(_) => ErrorCode::BrokerGroupNotFound,
+        CommandError::TopicNotFound(_) => ErrorCode::TopicNotFound,
+        CommandError::Conflict(_) => ErrorCode::Conflict,
+    };
+    error(code, err.to_string())
+}
+
+fn unavailable(message: impl Into<String>) -> Status {
+    error(ErrorCode::ControllerNotAvailable, message)
+}
+
+/// Where a request is answered.
+enum Target {
+    Here,
+    Leader(ControllerClient<Channel>),
+}
+
+/// The service of one controller.
+pub struct ControllerService {
+    id: NodeId,
+    raft: Raft,
+    state: SharedState,
+    liveness: Arc<Liveness>,
+    peers: Mutex<HashMap<String, ControllerClient<Channel>>>,
+    /// Membership changes one at a time (openraft refuses overlapping ones).
+    membership_lock: tokio::sync::Mutex<()>,
+}
+
+impl ControllerService {
+    pub fn new(id: NodeId, raft: Raft, state: SharedState, liveness: Arc<Liveness>) -> Self {
+        ControllerService {
+            id,
+            raft,
+            state,
+            liveness,
+            peers: Mutex::new(HashMap::new()),
+            membership_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The leader's id and address, as this node knows them.
+    fn leader(&self) -> Option<(NodeId, String)> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let leader = metrics.current_leader?;
+        let addr = metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|node| node.addr.clone())
+            .unwrap_or_default();
+        Some((leader, addr))
+    }
+
+    fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    fn peer(&self, addr: &str) -> Result<ControllerClient<Channel>, Status> {
+        let mut peers = self.peers.lock().expect("peer table lock poisoned");
+        if let Some(client) = peers.get(addr) {
+            return Ok(client.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|err| unavailable(format!("bad controller address {addr:?}: {err}")))?
+            .connect_timeout(Duration::from_millis(500))
+            .timeout(FORWARD_TIMEOUT)
+            .tcp_nodelay(true);
+        let client = ControllerClient::new(endpoint.connect_lazy());
+        peers.insert(addr.to_owned(), client.clone());
+        Ok(client)
+    }
+
+    /// Where a write (or a question only the leader can answer) goes.
+    fn target_for_write<T>(&self, request: &Request<T>) -> Result<Target, Status> {
+        if self.is_leader() {
+            return Ok(Target::Here);
+        }
+        if request.metadata().contains_key(FORWARDED_METADATA_KEY) {
+            return Err(unavailable(format!(
+                "controller {} received a forwarded request but is not the leader (election in \
+                 progress); retry",
+                self.id
+            )));
+        }
+        match self.leader() {
+            Some((leader, addr)) if leader != self.id && !addr.is_empty() => {
+                Ok(Target::Leader(self.peer(&addr)?))
+            }
+            _ => Err(unavailable(format!(
+                "controller {} knows no leader: no quorum, or an election is in progress",
+                self.id
+            ))),
+        }
+    }
+
+    /// Where a read goes: the leader if there is one, else here.
+    fn target_for_read<T>(&self, request: &Request<T>) -> Target {
+        if self.is_leader() || request.metadata().contains_key(FORWARDED_METADATA_KEY) {
+            return Target::Here;
+        }
+        match self.leader() {
+            Some((leader, addr)) if leader != self.id && !addr.is_empty() => {
+                match self.peer(&addr) {
+                    Ok(client) => Target::Leader(client),
+                    Err(_) => Target::Here,
+                }
+            }
+            _ => Target::Here,
+        }
+    }
+
+    /// Appends a command through Raft and waits until it is applied.
+    async fn write(&self, command: Command) -> Result<bool, Status> {
+        match self.raft.client_write(command).await {
+            Ok(response) => response.data.into_result().map_err(command_error),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                Err(unavailable("leadership moved while writing; retry"))
+            }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(err))) => {
+                Err(error(ErrorCode::Conflict, err.to_string()))
+            }
+            Err(RaftError::Fatal(err)) => Err(unavailable(format!("controller stopping: {err}"))),
+        }
+    }
+
+    /// Whether a broker counts as alive in answers given here.
+    fn alive(&self, group: &str, broker_id: u64) -> bool {
+        if self.is_leader() {
+            self.liveness.is_alive(group, broker_id)
+        } else {
+            // Answering without a leader: nothing better is known.
+            true
+        }
+    }
+}
+
+fn forwarded<T>(message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert(
+        FORWARDED_METADATA_KEY,
+        tonic::metadata::MetadataValue::from_static("1"),
+    );
+    request
+}
+
+/// Maps a failure to reach the leader to CONTROLLER_NOT_AVAILABLE; the leader's own errors pass.
+fn from_leader<T>(result: Result<Response<T>, Status>) -> Result<Response<T>, Status> {
+    result.map_err(|status| {
+        if status
+            .metadata()
+            .contains_key(proto::ERROR_CODE_METADATA_KEY)
+        {
+            status
+        } else {
+            unavailable(format!("leader unreachable: {}", status.message()))
+        }
+    })
+}
+
+/// Forwards a write to the leader, or falls through to answer it here.
+macro_rules! write_at_leader {
+    ($self:ident, $request:ident, $method:ident) => {
+        if let Target::Leader(mut leader) = $self.target_for_write(&$request)? {
+            return from_leader(leader.$method(forwarded($request.into_inner())).await);
+        }
+    };
+}
+
+/// Forwards a read to the leader if one is known; answers here otherwise or if it is unreachable.
+macro_rules! read_at_leader {
+    ($self:ident, $request:ident, $method:ident) => {
+        if let Target::Leader(mut leader) = $self.target_for_read(&$request) {
+            match leader.$method(forwarded($request.get_ref().clone())).await {
+                Ok(response) => return Ok(response),
+                Err(status) if status.metadata().contains_key(proto::ERROR_CODE_METADATA_KEY) => {
+                    return Err(status)
+                }
+                Err(status) => {
+                    tracing::debug!(error = %status, "leader unreachable; answering locally");
+                }
+            }
+        }
+    };
+}
+
+fn role_to_wire(role: ConfiguredRole) -> pb::BrokerRole {
+    match role {
+        ConfiguredRole::Master => pb::BrokerRole::Master,
+        ConfiguredRole::Slave => pb::BrokerRole::Slave,
+    }
+}
+
+fn group_view(state: &ClusterState, name: &str) -> Option<pb::GroupView> {
+    let group = state.groups.get(name)?;
+    Some(pb::GroupView {
+        name: name.to_owned(),
+        master_id: group.master_id,
+        master_epoch: group.master_epoch,
+        in_sync_set: group.in_sync_set.iter().copied().collect(),
+        in_sync_set_epoch: group.in_sync_set_epoch,
+    })
+}
+
+/// The route of `topic`; a topic that does not exist has no groups.
+pub fn topic_route(
+    state: &ClusterState,
+    topic: &str,
+    alive: &dyn Fn(&str, u64) -> bool,
+) -> pb::TopicRoute {
+    let groups = state
+        .topics
+        .get(topic)
+        .map(|t| {
+            t.queues
+                .iter()
+                .map(|(group_name, count)| {
+                    let group = state.groups.get(group_name);
+                    pb::QueueGroupRoute {
+                        group: group_name.clone(),
+                        queue_count: *count,
+                        perm: t.perm,
+                        master_id: group.and_then(|g| g.master_id),
+                        master_epoch: group.map(|g| g.master_epoch).unwrap_or(0),
+                        brokers: group
+                            .map(|g| {
+                                g.brokers
+                                    .values()
+                                    .map(|b| pb::BrokerRoute {
+                                        broker_id: b.id,
+                                        addr: b.addr.clone(),
+                                        role: if g.master_id == Some(b.id) {
+                                            pb::BrokerRole::Master as i32
+                                        } else {
+                                            pb::BrokerRole::Slave as i32
+                                        },
+                                        alive: alive(group_name, b.id),
+                                    })
+                                    .collect()
+                            })
+                            .unwrap_or_default(),
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    pb::TopicRoute {
+        topic: topic.to_owned(),
+        groups,
+    }
+}
+
+fn settings_to_wire(group: &str, settings: &GroupSettings) -> pb::GroupSettings {
+    pb::GroupSettings {
+        group: group.to_owned(),
+        max_retries: settings.max_retries,
+        message_model: match settings.message_model {
+            MessageModel::Clustering => pb::MessageModel::Clustering as i32,
+            MessageModel::Broadcasting => pb::MessageModel::Broadcasting as i32,
+        },
+    }
+}
+
+fn state_name(state: ServerState) -> &'static str {
+    match state {
+        ServerState::Leader => "LEADER",
+        ServerState::Follower => "FOLLOWER",
+        ServerState::Candidate => "CANDIDATE",
+        ServerState::Learner => "LEARNER",
+        ServerState::Shutdown => "SHUTDOWN",
+    }
+}
+
+impl ControllerService {
+    fn node_status(&self) -> pb::NodeStatus {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        pb::NodeStatus {
+            id: self.id,
+            state: state_name(metrics.state).to_owned(),
+            term: metrics.current_term,
+            leader_id: metrics.current_leader,
+            last_log_index: metrics.last_log_index,
+            applied_index: metrics.last_applied.map(|id| id.index),
+            snapshot_index: metrics.snapshot.map(|id| id.index),
+        }
+    }
+
+    fn routes(&self, topics: &[String]) -> Vec<pb::TopicRoute> {
+        let alive = |g: &str, id: u64| self.alive(g, id);
+        self.state.read(|data| {
+            topics
+                .iter()
+                .map(|topic| topic_route(&data.state, topic, &alive))
+                .collect()
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl pb::controller_server::Controller for ControllerService {
+    async fn register_broker(
+        &self,
+        request: Request<pb::RegisterBrokerRequest>,
+    ) -> Result<Response<pb::RegisterBrokerResponse>, Status> {
+        write_at_leader!(self, request, register_broker);
+        let req = request.into_inner();
+        let role = match pb::BrokerRole::try_from(req.role) {
+            Ok(pb::BrokerRole::Master) => ConfiguredRole::Master,
+            Ok(pb::BrokerRole::Slave) => ConfiguredRole::Slave,
+            _ => return Err(error(ErrorCode::BadRequest, "role must be MASTER or SLAVE")),
+        };
+        self.write(Command::RegisterBroker {
+            cluster: req.cluster,
+            group: req.group.clone(),
+            broker: BrokerInfo {
+                id: req.broker_id,
+                addr: req.addr,
+                configured_role: role,
+            },
+        })
+        .await?;
+        self.liveness.beat(&req.group, req.broker_id, 0);
+        let group = self.state.read(|data| group_view(&data.state, &req.group));
+        Ok(Response::new(pb::RegisterBrokerResponse { group }))
+    }
+
+    async fn broker_heartbeat(
+        &self,
+        request: Request<pb::BrokerHeartbeatRequest>,
+    ) -> Result<Response<pb::BrokerHeartbeatResponse>, Status> {
+        write_at_leader!(self, request, broker_heartbeat);
+        let req = request.into_inner();
+        let (known, revision, group) = self.state.read(|data| {
+            let known = data
+                .state
+                .groups
+                .get(&req.group)
+                .is_some_and(|g| g.brokers.contains_key(&req.broker_id));
+            (
+                known,
+                data.state.metadata_revision,
+                group_view(&data.state, &req.group),
+            )
+        });
+        if !known {
+            return Err(error(
+                ErrorCode::NotFound,
+                format!(
+                    "broker {} of group {:?} is not registered; register first",
+                    req.broker_id, req.group
+                ),
+            ));
+        }
+        self.liveness
+            .beat(&req.group, req.broker_id, req.max_offset);
+        Ok(Response::new(pb::BrokerHeartbeatResponse {
+            metadata_revision: revision,
+            group,
+        }))
+    }
+
+    async fn group_topics(
+        &self,
+        request: Request<pb::GroupTopicsRequest>,
+    ) -> Result<Response<pb::GroupTopicsResponse>, Status> {
+        read_at_leader!(self, request, group_topics);
+        let group = request.into_inner().group;
+        Ok(Response::new(self.state.read(|data| {
+            pb::GroupTopicsResponse {
+                metadata_revision: data.state.metadata_revision,
+                topics: data
+                    .state
+                    .topics_of_group(&group)
+                    .into_iter()
+                    .map(|(topic, queue_count, perm)| pb::GroupTopic {
+                        topic,
+                        queue_count,
+                        perm,
+                    })
+                    .collect(),
+                consumer_groups: data
+                    .state
+                    .consumer_groups
+                    .iter()
+                    .map(|(name, settings)| settings_to_wire(name, settings))
+                    .collect(),
+            }
+        })))
+    }
+
+    async fn get_route(
+        &self,
+        request: Request<pb::GetRouteRequest>,
+    ) -> Result<Response<pb::TopicRoute>, Status> {
+        read_at_leader!(self, request, get_route);
+        let topic = request.into_inner().topic;
+        let route = self.routes(std::slice::from_ref(&topic)).remove(0);
+        if route.groups.is_empty() {
+            return Err(error(
+                ErrorCode::TopicNotFound,
+                format!("topic {topic:?} does not exist"),
+            ));
+        }
+        Ok(Response::new(route))
+    }
+
+    type WatchRoutesStream = ReceiverStream<Result<pb::RouteUpdate, Status>>;
+
+    async fn watch_routes(
+        &self,
+        request: Request<pb::WatchRoutesRequest>,
+    ) -> Result<Response<Self::WatchRoutesStream>, Status> {
+        if !self.is_leader() {
+            let mut status = unavailable(format!(
+                "controller {} is not the leader; watch routes on the leader",
+                self.id
+            ));
+            if let Some((_, addr)) = self.leader() {
+                if let Ok(value) = addr.parse() {
+                    status
+                        .metadata_mut()
+                        .insert(proto::CONTROLLER_LEADER_METADATA_KEY, value);
+                }
+            }
+            return Err(status);
+        }
+        let topics = request.into_inner().topics;
+        let (tx, rx) = mpsc::channel(4);
+        let mut state_changes = self.state.changes();
+        let mut liveness_changes = self.liveness.changes();
+        let mut metrics = self.raft.metrics();
+        let state = self.state.clone();
+        let liveness = self.liveness.clone();
+        tokio::spawn(async move {
+            let mut last = None;
+            loop {
+                if metrics.borrow_and_update().state != ServerState::Leader {
+                    let _ = tx
+                        .send(Err(unavailable("this controller is no longer the leader")))
+                        .await;
+                    return;
+                }
+                let alive = |g: &str, id: u64| liveness.is_alive(g, id);
+                let routes: Vec<_> = state.read(|data| {
+                    topics
+                        .iter()
+                        .map(|t| topic_route(&data.state, t, &alive))
+                        .collect()
+                });
+                if last.as_ref() != Some(&routes) {
+                    let update = pb::RouteUpdate {
+                        routes: routes.clone(),
+                    };
+                    if tx.send(Ok(update)).await.is_err() {
+                        return; // the watcher went away
+                    }
+                    last = Some(routes);
+                }
+                tokio::select! {
+                    changed = state_changes.changed() => if changed.is_err() { return },
+                    changed = liveness_changes.changed() => if changed.is_err() { return },
+                    changed = metrics.changed() => if changed.is_err() { return },
+                    () = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn create_topic(
+        &self,
+        request: Request<pb::CreateTopicRequest>,
+    ) -> Result<Response<pb::CreateTopicResponse>, Status> {
+        write_at_leader!(self, request, create_topic);
+        let req = request.into_inner();
+        let groups: BTreeSet<String> = if req.groups.is_empty() {
+            self.state
+                .read(|data| data.state.groups.keys().cloned().collect())
+        } else {
+            req.groups.iter().cloned().collect()
+        };
+        if groups.is_empty() {
+            return Err(error(
+                ErrorCode::BrokerGroupNotFound,
+                "no broker group is registered yet",
+            ));
+        }
+        let queues: BTreeMap<String, u32> = groups
+            .into_iter()
+            .map(|g| (g, req.queues_per_group))
+            .collect();
+        let perm = if req.perm == 0 {
+            PERM_READ | PERM_WRITE
+        } else {
+            req.perm
+        };
+        let created = self
+            .write(Command::CreateTopic {
+                name: req.topic.clone(),
+                queues,
+                perm,
+            })
+            .await?;
+        let route = self.routes(std::slice::from_ref(&req.topic)).remove(0);
+        Ok(Response::new(pb::CreateTopicResponse {
+            created,
+            route: Some(route),
+        }))
+    }
+
+    async fn delete_topic(
+        &self,
+        request: Request<pb::DeleteTopicRequest>,
+    ) -> Result<Response<pb::DeleteTopicResponse>, Status> {
+        write_at_leader!(self, request, delete_topic);
+        self.write(Command::DeleteTopic {
+            name: request.into_inner().topic,
+        })
+        .await?;
+        Ok(Response::new(pb::DeleteTopicResponse {}))
+    }
+
+    async fn list_topics(
+        &self,
+        request: Request<pb::ListTopicsRequest>,
+    ) -> Result<Response<pb::ListTopicsResponse>, Status> {
+        read_at_leader!(self, request, list_topics);
+        let names: Vec<String> = self
+            .state
+            .read(|data| data.state.topics.keys().cloned().collect());
+        Ok(Response::new(pb::ListTopicsResponse {
+            topics: self.routes(&names),
+        }))
+    }
+
+    async fn set_group_settings(
+        &self,
+        request: Request<pb::SetGroupSettingsRequest>,
+    ) -> Result<Response<pb::SetGroupSettingsResponse>, Status> {
+        write_at_leader!(self, request, set_group_settings);
+        let Some(settings) = request.into_inner().settings else {
+            return Err(error(ErrorCode::BadRequest, "settings are required"));
+        };
+        let model = match pb::MessageModel::try_from(settings.message_model) {
+            Ok(pb::MessageModel::Clustering) | Ok(pb::MessageModel::Unspecified) => {
+                MessageModel::Clustering
+            }
+            Ok(pb::MessageModel::Broadcasting) => MessageModel::Broadcasting,
+            Err(_) => return Err(error(ErrorCode::BadRequest, "unknown message model")),
+        };
+        self.write(Command::SetGroupSettings {
+            group: settings.group,
+            settings: GroupSettings {
+                max_retries: settings.max_retries,
+                message_model: model,
+            },
+        })
+        .await?;
+        Ok(Response::new(pb::SetGroupSettingsResponse {}))
+    }
+
+    async fn get_group_settings(
+        &self,
+        request: Request<pb::GetGroupSettingsRequest>,
+    ) -> Result<Response<pb::GroupSettings>, Status> {
+        read_at_leader!(self, request, get_group_settings);
+        let group = request.into_inner().group;
+        let settings = self.state.read(|data| {
+            data.state
+                .consumer_groups
+                .get(&group)
+                .copied()
+                .unwrap_or_default()
+        });
+        Ok(Response::new(settings_to_wire(&group, &settings)))
+    }
+
+    async fn cluster_list(
+        &self,
+        request: Request<pb::ClusterListRequest>,
+    ) -> Result<Response<pb::ClusterListResponse>, Status> {
+        read_at_leader!(self, request, cluster_list);
+        let leader = self.is_leader();
+        let groups = self.state.read(|data| {
+            data.state
+                .groups
+                .iter()
+                .map(|(name, group)| pb::GroupDetail {
+                    name: name.clone(),
+                    cluster: group.cluster.clone(),
+                    master_id: group.master_id,
+                    master_epoch: group.master_epoch,
+                    in_sync_set: group.in_sync_set.iter().copied().collect(),
+                    in_sync_set_epoch: group.in_sync_set_epoch,
+                    brokers: group
+                        .brokers
+                        .values()
+                        .map(|b| {
+                            let seen = leader.then(|| self.liveness.seen(name, b.id)).flatten();
+                            pb::BrokerView {
+                                broker_id: b.id,
+                                addr: b.addr.clone(),
+                                role: if group.master_id == Some(b.id) {
+                                    pb::BrokerRole::Master as i32
+                                } else {
+                                    pb::BrokerRole::Slave as i32
+                                },
+                                configured_role: role_to_wire(b.configured_role) as i32,
+                                alive: self.alive(name, b.id),
+                                last_heartbeat_ms_ago: seen
+                                    .map(|s| s.at.elapsed().as_millis() as u64),
+                                max_offset: seen.map(|s| s.max_offset).unwrap_or(0),
+                                in_sync: group.in_sync_set.contains(&b.id),
+                            }
+                        })
+                        .collect(),
+                })
+                .collect()
+        });
+        Ok(Response::new(pb::ClusterListResponse { groups }))
+    }
+
+    async fn status(
+        &self,
+        request: Request<pb::ControllerStatusRequest>,
+    ) -> Result<Response<pb::ControllerStatusResponse>, Status> {
+        read_at_leader!(self, request, status);
+        let (leader_id, term, nodes, voters, replication) = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            let membership = metrics.membership_config.membership();
+            let nodes: Vec<(NodeId, String)> = membership
+                .nodes()
+                .map(|(id, node)| (*id, node.addr.clone()))
+                .collect();
+            let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+            (
+                metrics.current_leader,
+                metrics.current_term,
+                nodes,
+                voters,
+                metrics.replication.clone(),
+            )
+        };
+        let leader_addr = leader_id
+            .and_then(|id| nodes.iter().find(|(n, _)| *n == id))
+            .map(|(_, addr)| addr.clone())
+            .unwrap_or_default();
+        let mut members = Vec::new();
+        for (id, addr) in nodes {
+            let status = if id == self.id {
+                Some(self.node_status())
+            } else {
+                match self.peer(&addr) {
+                    Ok(mut client) => tokio::time::timeout(
+                        NODE_STATUS_TIMEOUT,
+                        client.node_status(pb::NodeStatusRequest {}),
+                    )
+                    .await
+                    .ok()
+                    .and_then(|r| r.ok())
+                    .map(|r| r.into_inner()),
+                    Err(_) => None,
+                }
+            };
+            members.push(pb::ControllerMember {
+                id,
+                addr,
+                voter: voters.contains(&id),
+                reachable: status.is_some(),
+                status,
+                matched_index: replication
+                    .as_ref()
+                    .and_then(|r| r.get(&id).copied().flatten())
+                    .map(|log_id| log_id.index),
+            });
+        }
+        Ok(Response::new(pb::ControllerStatusResponse {
+            leader_id,
+            leader_addr,
+            term,
+            members,
+        }))
+    }
+
+    async fn node_status(
+        &self,
+        _request: Request<pb::NodeStatusRequest>,
+    ) -> Result<Response<pb::NodeStatus>, Status> {
+        Ok(Response::new(self.node_status()))
+    }
+
+    async fn add_controller(
+        &self,
+        request: Request<pb::AddControllerRequest>,
+    ) -> Result<Response<pb::AddControllerResponse>, Status> {
+        write_at_leader!(self, request, add_controller);
+        let req = request.into_inner();
+        if req.addr.is_empty() {
+            return Err(error(ErrorCode::BadRequest, "addr is required"));
+        }
+        let _serial = self.membership_lock.lock().await;
+        let already = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            let membership = metrics.membership_config.membership();
+            membership.voter_ids().any(|id| id == req.id)
+        };
+        if already {
+            return Ok(Response::new(pb::AddControllerResponse {}));
+        }
+        // A learner first: it receives the log (or a snapshot) without counting in the quorum.
+        match tokio::time::timeout(
+            CATCH_UP_TIMEOUT,
+            self.raft
+                .add_learner(req.id, BasicNode::new(req.addr.clone()), false),
+        )
+        .await
+        {
+            Err(_) => return Err(unavailable("adding the learner timed out")),
+            Ok(Err(err)) => return Err(unavailable(format!("adding the learner failed: {err}"))),
+            Ok(Ok(_)) => {}
+        }
+        // Promote only once it holds the log up to now: a voter that is far behind would count
+        // toward the quorum without being able to serve it.
+        let target = self.raft.metrics().borrow().last_log_index.unwrap_or(0);
+        let deadline = tokio::time::Instant::now() + CATCH_UP_TIMEOUT;
+        let mut metrics = self.raft.metrics();
+        loop {
+            let matched = metrics
+                .borrow_and_update()
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(&req.id).copied().flatten())
+                .map(|id| id.index);
+            if matched.is_some_and(|m| m >= target) {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, metrics.changed())
+                .await
+                .is_err()
+            {
+                return Err(unavailable(format!(
+                    "controller {} at {} did not catch up within {} s (it stays a learner); is \
+                     it running?",
+                    req.id,
+                    req.addr,
+                    CATCH_UP_TIMEOUT.as_secs()
+                )));
+            }
+        }
+        match self
+            .raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([req.id])), false)
+            .await
+        {
+            Ok(_) => Ok(Response::new(pb::AddControllerResponse {})),
+            Err(err) => Err(unavailable(format!("promoting to voter failed: {err}"))),
+        }
+    }
+
+    async fn remove_controller(
+        &self,
+        request: Request<pb::RemoveControllerRequest>,
+    ) -> Result<Response<pb::RemoveControllerResponse>, Status> {
+        write_at_leader!(self, request, remove_controller);
+        let id = request.into_inner().id;
+        let _serial = self.membership_lock.lock().await;
+        let (is_member, is_voter, voters) = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            let membership = metrics.membership_config.membership();
+            (
+                membership.get_node(&id).is_some(),
+                membership.voter_ids().any(|v| v == id),
+                membership.voter_ids().count(),
+            )
+        };
+        if !is_member {
+            return Err(error(
+                ErrorCode::NotFound,
+                format!("controller {id} is not a member"),
+            ));
+        }
+        if is_voter && voters <= 1 {
+            return Err(error(
+                ErrorCode::Conflict,
+                "cannot remove the last controller",
+            ));
+        }
+        let change = if is_voter {
+            // retain = false below: the node leaves entirely, it does not stay a learner.
+            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        };
+        match self.raft.change_membership(change, false).await {
+            Ok(_) => Ok(Response::new(pb::RemoveControllerResponse {})),
+            Err(err) => Err(unavailable(format!(
+                "removing controller {id} failed: {err}"
+            ))),
+        }
+    }
+}
