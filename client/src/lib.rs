@@ -4,9 +4,9 @@
 //! Map:
 //! - [`producer`]: `send` (waits for the answer), `send_async` (a handle), `send_oneway` (not for
 //!   messages that must not be lost), `send_batch` (all or nothing); round-robin queues; retries
-//!   of retriable failures; natural batching of concurrent sends to the same queue into one RPC,
-//!   each caller still getting its own answer.
-//! - `lane` (private): the per-(topic, queue) waiting line that batching gathers from.
+//!   of retriable failures; natural batching of concurrent sends to the same topic into one RPC
+//!   (to one queue, round-robin per batch), each caller still getting its own answer.
+//! - `lane` (private): the per-topic waiting line that batching gathers from.
 //! - [`consumer`]: `PullConsumer` (a queue from an offset, long polling) and `Admin` (topics).
 //! - [`push`]: `PushConsumer`, a consumer-group member in clustering mode: queues dealt out by
 //!   heartbeat, offsets on the broker, a listener whose failures (`ReconsumeLater`, `Err`,
@@ -33,7 +33,9 @@ pub mod routes;
 pub use consumer::{Admin, PullConsumer, PullResult};
 pub use error::ClientError;
 pub use message::{Message, ReceivedMessage};
-pub use producer::{Producer, ProducerConfig, SendResult, SendStatus, BATCH_MESSAGES_LIMIT};
+pub use producer::{
+    Producer, ProducerConfig, SendResult, SendStats, SendStatus, BATCH_MESSAGES_LIMIT,
+};
 pub use proto::client::PullStatus;
 pub use proto::common::ErrorCode;
 pub use push::{

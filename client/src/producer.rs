@@ -147,7 +147,8 @@ pub struct ProducerConfig {
     /// RPCs with a partial batch a topic may have in flight at once, at least 1 (full batches
     /// do not count against it). With 1, messages wait for the topic's one RPC and leave
     /// together in the next; 2 shortens that wait at the cost of smaller batches, which
-    /// measured slower on a 2-vCPU machine with 64 senders (docs/BENCHMARKS.md).
+    /// measured slower under `SYNC_FLUSH` (two fsyncs for the same messages) and about equal
+    /// under `ASYNC_FLUSH`, on a 2-vCPU machine with 64 senders (docs/BENCHMARKS.md).
     pub batch_max_in_flight: usize,
 }
 
@@ -207,13 +208,24 @@ pub struct Producer {
 struct Inner {
     client: BrokerClient<Channel>,
     config: ProducerConfig,
-    /// Known topics: queue count and one lane per queue. Asked of the broker once per topic.
+    /// Known topics: their queue count (asked of the broker once per topic) and lane.
     routes: Mutex<HashMap<String, Arc<TopicRoute>>>,
-    /// Sends so far, for choosing queues.
+    /// Queue choices so far (the round-robin position).
     next_queue: AtomicU64,
     /// One-way sends not yet finished, for `close`.
     oneway_in_flight: AtomicUsize,
     oneway_done: Notify,
+    /// `Send` RPCs started (every attempt) and the messages they carried, for [`SendStats`].
+    rpcs_sent: AtomicU64,
+    messages_sent: AtomicU64,
+}
+
+/// How many `Send` RPCs a producer started and how many messages they carried (retries and
+/// resends included): their ratio is the average batch size.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SendStats {
+    pub rpcs: u64,
+    pub messages: u64,
 }
 
 /// A topic as the producer sends to it.
@@ -255,6 +267,8 @@ impl Producer {
                 next_queue: AtomicU64::new(u64::from(rand::random::<u32>())),
                 oneway_in_flight: AtomicUsize::new(0),
                 oneway_done: Notify::new(),
+                rpcs_sent: AtomicU64::new(0),
+                messages_sent: AtomicU64::new(0),
             }),
         })
     }
@@ -373,6 +387,14 @@ impl Producer {
         }
     }
 
+    /// `Send` RPCs started so far and the messages they carried.
+    pub fn send_stats(&self) -> SendStats {
+        SendStats {
+            rpcs: self.inner.rpcs_sent.load(Ordering::Relaxed),
+            messages: self.inner.messages_sent.load(Ordering::Relaxed),
+        }
+    }
+
     /// Sends a lane's batches on one RPC slot until the lane has nothing waiting for it; each
     /// batch to the next queue (round-robin).
     async fn drive_lane(self, route: Arc<TopicRoute>, first: Vec<Pending>) {
@@ -395,7 +417,7 @@ impl Producer {
         let (messages, replies): (Vec<_>, Vec<_>) =
             batch.into_iter().map(|p| (p.message, p.reply)).unzip();
         match self.attempts(route, queue_id, &messages).await {
-            Ok((response, _)) => answer_batch(&messages, replies, &response),
+            Ok((response, _)) => answer_batch(messages, replies, &response),
             Err(Failed { error, queue_id }) if messages.len() > 1 && is_refusal(&error) => {
                 tracing::debug!(
                     topic = route.topic,
@@ -439,7 +461,7 @@ impl Producer {
     ) {
         let messages = [message];
         match self.attempts(route, queue_id, &messages).await {
-            Ok((response, _)) => answer_batch(&messages, vec![reply], &response),
+            Ok((response, _)) => answer_batch(messages.into(), vec![reply], &response),
             Err(Failed { error, .. }) => {
                 let _ = reply.send(Err(error));
             }
@@ -480,6 +502,10 @@ impl Producer {
         queue_id: u32,
         messages: Vec<proto::client::Message>,
     ) -> Result<proto::client::SendResponse, ClientError> {
+        self.inner.rpcs_sent.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .messages_sent
+            .fetch_add(messages.len() as u64, Ordering::Relaxed);
         let request = proto::client::SendRequest {
             topic: topic.to_owned(),
             queue_id,
@@ -559,17 +585,24 @@ async fn gather_returning_callers(lane: &Lane, limits: BatchLimits) {
     }
 }
 
-/// True when the broker refused the request for what it holds: it answered with a stable code
-/// that is not retriable, which it does only before writing anything (bad input changes
-/// nothing). Not for errors the client found in an answer: those batches were stored.
+/// True when the broker refused the request as bad input: a stable code of the 4xxxx family
+/// (RocketMQ 5's client errors) that is not retriable. The broker checks every message of a
+/// request before it writes any, so such a batch stored nothing and may be resent message by
+/// message. Not the 5xxxx family (a persistence or replication failure may come after the write)
+/// and not errors the client found in an answer (those batches were stored).
 fn is_refusal(error: &ClientError) -> bool {
-    matches!(error, ClientError::Broker { .. }) && !error.is_retriable()
+    match error {
+        ClientError::Broker { code, .. } => {
+            (40_000..50_000).contains(&(*code as i32)) && !error.is_retriable()
+        }
+        _ => false,
+    }
 }
 
 /// Answers each caller of a batch the broker stored: the batch's status, the caller's own id,
 /// queue offset and commit-log offset.
 fn answer_batch(
-    messages: &[proto::client::Message],
+    messages: Vec<proto::client::Message>,
     replies: Vec<Reply>,
     response: &proto::client::SendResponse,
 ) {
@@ -588,13 +621,13 @@ fn answer_batch(
                 && response
                     .message_ids
                     .iter()
-                    .zip(messages)
+                    .zip(&messages)
                     .all(|(id, message)| *id == message.message_id)));
-    for (index, (message, reply)) in messages.iter().zip(replies).enumerate() {
+    for (index, (message, reply)) in messages.into_iter().zip(replies).enumerate() {
         let result = match (&status, complete) {
             (Ok(status), true) => Ok(SendResult {
                 status: *status,
-                message_id: message.message_id.clone(),
+                message_id: message.message_id,
                 queue_id: response.queue_id,
                 queue_offset: response.queue_offset + index as u64,
                 commit_log_offset: commit_log_offsets[index],

@@ -3,10 +3,10 @@
 //! thread, offsets committed after each pulled batch, as an application would run it) and
 //! handles messages until `--count` of them or none came for `--idle-exit-ms`. A progress line
 //! each second on stderr; a summary with msgs/s and MB/s (bodies) over the time from the start to
-//! the last message, and, for messages sent by `bench produce` (which stores the send time in
-//! the property [`SENT_AT_PROPERTY`]), the end-to-end latency from the producer's send call to the
-//! listener, p50/p99/p999 in microseconds. Run it while `bench produce` runs for live latency;
-//! run it afterwards to measure draining a backlog (latencies then include the time the
+//! the last message, and, for messages sent by `bench produce --sent-at` (which stores the send
+//! time in the property [`SENT_AT_PROPERTY`]), the end-to-end latency from the producer's send
+//! call to the listener, p50/p99/p999 in microseconds. Run it while `bench produce` runs for live
+//! latency; run it afterwards to measure draining a backlog (latencies then include the time the
 //! messages waited).
 
 use std::process::ExitCode;
@@ -157,7 +157,7 @@ pub async fn run(broker: &str, json: bool, args: ConsumeArgs) -> Result<ExitCode
         if stamped > 0 {
             println!("  end-to-end latency (send call to listener) of {stamped} stamped messages: p50 {p50} us, p99 {p99} us, p999 {p999} us");
         } else {
-            println!("  no message carried {SENT_AT_PROPERTY}: no end-to-end latency");
+            println!("  no message carried {SENT_AT_PROPERTY} (bench produce --sent-at): no end-to-end latency");
         }
     }
     let complete = args.count.is_none_or(|count| handled >= count);

@@ -1,0 +1,89 @@
+//! `cluster-cli bench produce` and `bench consume` against a real broker, in JSON.
+//!
+//! Invariant: what `bench produce` reports as sent `SEND_OK` is what `bench consume` receives,
+//! with and without batching, and stamped messages give an end-to-end latency.
+
+use cluster_tests::{cluster_cli, BrokerProcess};
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text.trim()).unwrap_or_else(|err| panic!("{err}: {text}"))
+}
+
+#[test]
+fn bench_produce_then_bench_consume_reads_every_message_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let addr = &broker.addr().to_owned();
+    let (code, out) = cluster_cli(&[
+        "--broker", addr, "--json", "topic", "create", "bench", "--queues", "4",
+    ]);
+    assert_eq!(code, 0, "{out}");
+
+    for batch in ["64", "1"] {
+        let (code, out) = cluster_cli(&[
+            "--broker",
+            addr,
+            "--json",
+            "bench",
+            "produce",
+            "--topic",
+            "bench",
+            "--count",
+            "3000",
+            "--size",
+            "200",
+            "--in-flight",
+            "32",
+            "--batch-max-messages",
+            batch,
+            "--sent-at",
+        ]);
+        assert_eq!(code, 0, "{out}");
+        let summary = json(&out);
+        assert_eq!(summary["statuses"]["SEND_OK"], 3000, "{out}");
+        assert_eq!(summary["batch_max_messages"], batch.parse::<u64>().unwrap());
+        assert!(summary["msgs_per_s"].as_f64().unwrap() > 0.0);
+    }
+
+    let (code, out) = cluster_cli(&[
+        "--broker",
+        addr,
+        "--json",
+        "bench",
+        "consume",
+        "--topic",
+        "bench",
+        "--group",
+        "bench-readers",
+        "--count",
+        "6000",
+        "--idle-exit-ms",
+        "10000",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let summary = json(&out);
+    assert_eq!(summary["received"], 6000, "{out}");
+    assert_eq!(summary["stamped"], 6000, "{out}");
+    let latency = &summary["end_to_end_latency_us"];
+    assert!(latency["p50"].as_u64().unwrap() > 0, "{out}");
+    assert!(latency["p50"].as_u64() <= latency["p999"].as_u64(), "{out}");
+
+    // Nothing more to read: the group stops after the idle time with fewer than asked (exit 1).
+    let (code, out) = cluster_cli(&[
+        "--broker",
+        addr,
+        "--json",
+        "bench",
+        "consume",
+        "--topic",
+        "bench",
+        "--group",
+        "bench-readers",
+        "--count",
+        "1",
+        "--idle-exit-ms",
+        "1500",
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(json(&out)["received"], 0, "{out}");
+}
