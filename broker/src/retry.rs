@@ -1,20 +1,29 @@
 //! Retry and dead letters: messages a consumer group failed to handle come back later, and after
 //! too many tries go to the group's dead-letter topic.
 //!
-//! `SendBack` takes a message the group failed on. Below `max_reconsume_times` tries it is
+//! `SendBack` takes a message the group failed on. Below the group's max retries it is
 //! stored in the schedule topic [`SCHEDULE_TOPIC`], in the queue of delay level
 //! `3 + retry count` (RocketMQ's 18 levels, 1s ... 2h by default), with the time it is due; a
 //! scheduler task per level delivers due messages to the group's retry topic `%RETRY%<group>`,
-//! which the group's consumers read beside the topic itself. From `max_reconsume_times` on it
+//! which the group's consumers read beside the topic itself. From the group's max retries on it
 //! goes to `%DLQ%<group>` at once. Retry and dead-letter topics are registered topics of one
 //! queue, visible in `ListTopics`.
+//!
+//! A group's max retries (RocketMQ's max reconsume times) is the controller's setting for that
+//! group when the controller has one: the controller link replaces the whole table on every
+//! metadata sync ([`RetryState::sync_group_max_retries`]), so a setting removed there stops
+//! applying here. Groups without a setting, and brokers without a controller, use the
+//! broker-wide `max_reconsume_times`. The table lives in memory only: after a restart the
+//! broker-wide value applies until the first sync, which at worst retries a message more or
+//! dead-letters it sooner, and loses nothing.
 //!
 //! The delay is real and survives restarts: scheduled messages are in the commit log, and each
 //! level's progress is a committed offset (group [`SCHEDULER_GROUP`]) in the commit log too, so
 //! both replicate with it from step 4. Delivery is at least once: a crash between delivering and
 //! committing the progress delivers that message again.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use crate::error::BrokerError;
@@ -87,7 +96,11 @@ pub struct RetryState {
     topics: Arc<TopicRegistry>,
     groups: Arc<ConsumerGroupState>,
     levels: Vec<Duration>,
+    /// Broker-wide max retries, for groups the controller has no setting for.
     max_reconsume_times: u32,
+    /// Max retries per group, as the controller last sent them. A plain lock: it is read once
+    /// per send-back and replaced once per metadata change, and never held across an await.
+    group_max_retries: RwLock<HashMap<String, u32>>,
 }
 
 impl RetryState {
@@ -109,7 +122,27 @@ impl RetryState {
             groups,
             levels,
             max_reconsume_times,
+            group_max_retries: RwLock::new(HashMap::new()),
         }))
+    }
+
+    /// Makes the per-group max retries exactly `table` (group name to max retries), dropping
+    /// groups it does not name, so that a setting deleted on the controller stops applying.
+    pub fn sync_group_max_retries(&self, table: HashMap<String, u32>) {
+        *self
+            .group_max_retries
+            .write()
+            .expect("group max retries lock poisoned") = table;
+    }
+
+    /// Send-backs `group` gets before its messages go to its dead-letter topic.
+    pub fn max_retries(&self, group: &str) -> u32 {
+        self.group_max_retries
+            .read()
+            .expect("group max retries lock poisoned")
+            .get(group)
+            .copied()
+            .unwrap_or(self.max_reconsume_times)
     }
 
     /// Hands the message at `commit_log_offset` (of `topic`, at `queue_offset`) back for
@@ -129,7 +162,7 @@ impl RetryState {
             });
         }
         let retry_count = original.retry_count() + 1;
-        let dead = original.retry_count() >= self.max_reconsume_times;
+        let dead = original.retry_count() >= self.max_retries(group);
         let mut message = copy_of(&original, topic);
         message.retry_count = retry_count;
         if dead {
@@ -296,6 +329,96 @@ fn copy_of(stored: &StoredMessage, topic: &str) -> NewMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A retry state over a fresh store, with the broker-wide max retries `max_reconsume_times`.
+    async fn retry_state(
+        dir: &std::path::Path,
+        max_reconsume_times: u32,
+    ) -> (Arc<Store>, Arc<TopicRegistry>, Arc<RetryState>) {
+        let config = crate::store::StoreConfig {
+            store_path: dir.to_path_buf(),
+            ..crate::store::StoreConfig::default()
+        };
+        let store = Arc::new(Store::open(config).unwrap());
+        let topics = Arc::new(TopicRegistry::open(dir).unwrap());
+        topics.create("orders", 1).unwrap();
+        let groups = Arc::new(
+            ConsumerGroupState::load(store.clone(), topics.clone(), Duration::from_secs(10))
+                .await
+                .unwrap(),
+        );
+        let levels = parse_delay_levels(DEFAULT_DELAY_LEVELS).unwrap();
+        let state = RetryState::new(
+            store.clone(),
+            topics.clone(),
+            groups,
+            levels,
+            max_reconsume_times,
+        )
+        .unwrap();
+        (store, topics, state)
+    }
+
+    /// Sends back, for `group`, a message already handed back `retry_count` times (as its
+    /// redelivery from the retry topic carries it). Returns whether it was dead-lettered.
+    async fn send_back_after(
+        store: &Store,
+        state: &RetryState,
+        group: &str,
+        retry_count: u32,
+    ) -> bool {
+        let mut message = NewMessage::new("orders", 0, format!("{group} {retry_count}"));
+        message.retry_count = retry_count;
+        let appended = store.append(message).await.unwrap();
+        let (dead, new_count) = state
+            .send_back(
+                group,
+                appended.commit_log_offset,
+                "orders",
+                appended.queue_offset,
+            )
+            .await
+            .unwrap();
+        assert_eq!(new_count, retry_count + 1);
+        dead
+    }
+
+    #[tokio::test]
+    async fn controller_max_retries_wins_over_the_broker_wide_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, topics, state) = retry_state(dir.path(), 4).await;
+        state.sync_group_max_retries(HashMap::from([("strict".to_owned(), 2)]));
+        assert_eq!(state.max_retries("strict"), 2);
+        assert_eq!(state.max_retries("lenient"), 4);
+
+        assert!(!send_back_after(&store, &state, "strict", 0).await);
+        assert!(!send_back_after(&store, &state, "strict", 1).await);
+        assert!(send_back_after(&store, &state, "strict", 2).await);
+        assert!(topics.get(&dlq_topic("strict")).is_some());
+
+        // A group the controller has no setting for still gets the broker-wide four retries.
+        for retry_count in 0..4 {
+            assert!(!send_back_after(&store, &state, "lenient", retry_count).await);
+        }
+        assert!(topics.get(&dlq_topic("lenient")).is_none());
+        assert!(send_back_after(&store, &state, "lenient", 4).await);
+        assert!(topics.get(&dlq_topic("lenient")).is_some());
+    }
+
+    #[tokio::test]
+    async fn group_settings_sync_replaces_the_whole_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _topics, state) = retry_state(dir.path(), 16).await;
+        state.sync_group_max_retries(HashMap::from([("a".to_owned(), 1), ("b".to_owned(), 3)]));
+        assert!(send_back_after(&store, &state, "a", 1).await);
+        state.sync_group_max_retries(HashMap::from([("b".to_owned(), 5)]));
+        // "a" lost its setting on the controller: it falls back to the broker-wide sixteen.
+        assert_eq!(state.max_retries("a"), 16);
+        assert!(!send_back_after(&store, &state, "a", 1).await);
+        assert_eq!(state.max_retries("b"), 5);
+        state.sync_group_max_retries(HashMap::new());
+        assert_eq!(state.max_retries("b"), 16);
+    }
 
     #[test]
     fn rocketmq_delay_levels_parse() {

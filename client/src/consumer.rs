@@ -1,6 +1,5 @@
-//! The pull consumer: reads one queue from a queue offset, with long polling. The caller keeps
-//! its offsets. (Push consumers with consumer groups, broker-kept offsets, retry and dead letters
-//! come next in step 2.)
+//! The pull consumer: reads one queue of one broker from a queue offset, with long polling. The
+//! caller keeps its offsets. And `Admin`: one broker's topics (a broker without a controller).
 
 use std::time::Duration;
 
@@ -36,6 +35,10 @@ impl PullConsumer {
             .await?
             .max_decoding_message_size(RESPONSE_BYTES_MAX);
         Ok(PullConsumer { client })
+    }
+
+    pub(crate) fn with_client(client: BrokerClient<Channel>) -> PullConsumer {
+        PullConsumer { client }
     }
 
     /// Reads up to `max_messages` of (topic, queue) from `queue_offset` whose tag matches
@@ -87,6 +90,10 @@ impl Admin {
         Ok(Admin {
             client: BrokerClient::connect(format!("http://{addr}")).await?,
         })
+    }
+
+    pub(crate) fn with_client(client: BrokerClient<Channel>) -> Admin {
+        Admin { client }
     }
 
     /// Creates a topic (idempotent for the same queue count). Returns whether it was new.

@@ -22,6 +22,9 @@ pub enum ClientError {
     /// No answer within the timeout. The request may or may not have been carried out.
     #[error("no answer within {timeout_ms} ms")]
     Timeout { timeout_ms: u64 },
+    /// The topic's route offers no queue to use (no broker group has a master for it).
+    #[error("no route to topic {topic:?}: {reason}")]
+    NoRoute { topic: String, reason: &'static str },
     /// The request was refused before it was sent.
     #[error("invalid request: {reason}")]
     Invalid { reason: &'static str },
@@ -38,7 +41,7 @@ impl ClientError {
                 code,
                 ErrorCode::InternalError | ErrorCode::TooManyRequests | ErrorCode::RequestTimeout
             ),
-            ClientError::Invalid { .. } => false,
+            ClientError::Invalid { .. } | ClientError::NoRoute { .. } => false,
         }
     }
 }

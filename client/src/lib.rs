@@ -18,14 +18,17 @@
 //! - [`message`]: `Message` (to send), `ReceivedMessage`, unique message ids.
 //! - [`error`]: `ClientError`, a broker's stable error code turned back into a typed error.
 //!
-//! `client` depends on `proto` only, never on `broker`. Routing through the controller comes
-//! with step 3.
+//! - `pool` (private): one channel per broker address, made on first use.
+//!
+//! Producers and push consumers reach either one broker directly or, through the controller's
+//! routes, every broker group's master. `client` depends on `proto` only, never on `broker`.
 
 pub mod consumer;
 pub mod controller;
 pub mod error;
 mod lane;
 pub mod message;
+mod pool;
 pub mod producer;
 pub mod push;
 pub mod routes;
@@ -39,6 +42,6 @@ pub use producer::{
 pub use proto::client::PullStatus;
 pub use proto::common::ErrorCode;
 pub use push::{
-    ConsumeFrom, ConsumeMode, ConsumeResult, Listener, ListenerError, MessageModel, PushConsumer,
-    PushConsumerConfig,
+    AssignedQueue, ConsumeFrom, ConsumeMode, ConsumeResult, Listener, ListenerError, MessageModel,
+    PushConsumer, PushConsumerConfig,
 };

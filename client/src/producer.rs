@@ -11,9 +11,19 @@
 //!
 //! And [`Producer::send_batch`]: messages the application groups itself, all or nothing.
 //!
-//! Queues are chosen round-robin over the topic's queues (per message without batching, per
-//! batch with it); a send that fails in a retriable way (transport, timeout, broker internal
-//! error) is retried on the next queue, up to `retries` more times. A retried send whose first
+//! A producer reaches the brokers in one of two ways:
+//! - [`Producer::connect`]: one broker, directly (a broker without a controller). Its queues are
+//!   the topic's queues.
+//! - [`Producer::connect_controller`] (or [`Producer::with_routes`] to share a route cache): the
+//!   topic's route from the controller ([`crate::routes`]), kept current by the route watch. A
+//!   topic's queues are spread over broker groups; each send goes to the master of the queue's
+//!   group. With no controller reachable, the cached routes keep serving.
+//!
+//! Queues are chosen round-robin over the topic's writable queues (per message without batching,
+//! per batch with it), skipping the queues of groups whose master the controller reports dead
+//! (unless no group has a live one: the controller's view may be old). A send that fails in a
+//! retriable way (transport, timeout, broker internal error) is retried on the next queue of
+//! another group when there is one, up to `retries` more times. A retried send whose first
 //! attempt did land is a duplicate (at least once).
 //!
 //! **Natural batching** (on by default; `batch_max_messages = 1` turns it off). Concurrent
@@ -51,13 +61,14 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use proto::client::broker_client::BrokerClient;
 use tokio::sync::{oneshot, Notify};
-use tonic::transport::Channel;
 
+use crate::controller::ControllerConnection;
 use crate::error::ClientError;
 use crate::lane::{self, BatchLimits, Lane, Pending, Reply};
 use crate::message::{new_message_id, Message};
+use crate::pool::BrokerChannels;
+use crate::routes::{self, QueueRef, Routes};
 
 /// Largest response the client accepts (a pull of many large messages).
 pub(crate) const RESPONSE_BYTES_MAX: usize = 32 << 20;
@@ -107,6 +118,8 @@ pub struct SendResult {
     pub status: SendStatus,
     /// The id the producer gave the message (the first message, for [`Producer::send_batch`]).
     pub message_id: String,
+    /// The broker group that stored it; empty when the producer talks to one broker directly.
+    pub broker_group: String,
     pub queue_id: u32,
     /// Queue offset of the message (of the first, for [`Producer::send_batch`]: the others
     /// follow consecutively).
@@ -199,16 +212,26 @@ impl ProducerConfig {
     }
 }
 
-/// A producer connected to one broker (routes through the controller come with step 3).
+/// A producer, connected to one broker or routed through the controller.
 #[derive(Clone)]
 pub struct Producer {
     inner: Arc<Inner>,
 }
 
+/// Where a producer's messages go.
+enum Target {
+    /// One broker at this address, no controller.
+    Broker { addr: String },
+    /// The masters of the broker groups the controller's routes name.
+    Cluster { routes: Arc<Routes> },
+}
+
 struct Inner {
-    client: BrokerClient<Channel>,
+    target: Target,
+    brokers: BrokerChannels,
     config: ProducerConfig,
-    /// Known topics: their queue count (asked of the broker once per topic) and lane.
+    /// Known topics: their lane and, with one broker, their queue count (asked of the broker
+    /// once per topic).
     routes: Mutex<HashMap<String, Arc<TopicRoute>>>,
     /// Queue choices so far (the round-robin position).
     next_queue: AtomicU64,
@@ -231,6 +254,8 @@ pub struct SendStats {
 /// A topic as the producer sends to it.
 struct TopicRoute {
     topic: String,
+    /// The broker's queue count, for a producer on one broker (a routed producer reads its
+    /// queues from the route at each choice).
     queue_count: u32,
     /// Where its messages gather when batching.
     lane: Lane,
@@ -246,22 +271,66 @@ impl TopicRoute {
     }
 }
 
-/// A failed series of attempts, and the queue of the last one.
+/// Where one RPC goes: a queue of a broker group, and that group's master.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Destination {
+    /// Empty for a producer on one broker.
+    group: String,
+    queue_id: u32,
+    addr: String,
+}
+
+/// A failed series of attempts, and where the last one went.
 struct Failed {
     error: ClientError,
-    queue_id: u32,
+    destination: Destination,
 }
 
 impl Producer {
-    /// Connects to the broker at `addr` (`host:port`).
+    /// Connects to the broker at `addr` (`host:port`), with no controller.
     pub async fn connect(addr: &str, config: ProducerConfig) -> Result<Producer, ClientError> {
         config.validate()?;
-        let client = BrokerClient::connect(format!("http://{addr}"))
-            .await?
-            .max_decoding_message_size(RESPONSE_BYTES_MAX);
-        Ok(Producer {
+        let brokers = BrokerChannels::default();
+        brokers.connect(addr).await?;
+        Ok(Producer::new(
+            Target::Broker {
+                addr: addr.to_owned(),
+            },
+            brokers,
+            config,
+        ))
+    }
+
+    /// A producer routed through the controller quorum at `controllers` (`host:port`,
+    /// comma-separated: any of them will do). Connects lazily: the first send of a topic asks
+    /// for its route.
+    pub async fn connect_controller(
+        controllers: &str,
+        config: ProducerConfig,
+    ) -> Result<Producer, ClientError> {
+        let routes = Routes::start(Arc::new(ControllerConnection::new(controllers)?));
+        Producer::with_routes(routes, config)
+    }
+
+    /// A producer routed by an existing route cache (shared with other producers and consumers
+    /// of the same process).
+    pub fn with_routes(
+        routes: Arc<Routes>,
+        config: ProducerConfig,
+    ) -> Result<Producer, ClientError> {
+        config.validate()?;
+        Ok(Producer::new(
+            Target::Cluster { routes },
+            BrokerChannels::default(),
+            config,
+        ))
+    }
+
+    fn new(target: Target, brokers: BrokerChannels, config: ProducerConfig) -> Producer {
+        Producer {
             inner: Arc::new(Inner {
-                client,
+                target,
+                brokers,
                 config,
                 routes: Mutex::new(HashMap::new()),
                 next_queue: AtomicU64::new(u64::from(rand::random::<u32>())),
@@ -270,7 +339,7 @@ impl Producer {
                 rpcs_sent: AtomicU64::new(0),
                 messages_sent: AtomicU64::new(0),
             }),
-        })
+        }
     }
 
     /// Sends one message and returns the broker's answer. With batching on, it may travel in one
@@ -331,14 +400,15 @@ impl Producer {
             .collect();
         let message_id = wire[0].message_id.clone();
         let route = self.route(&topic).await?;
-        let queue_id = self.next_queue_id(route.queue_count);
-        let (response, _queue_id) = self
-            .attempts(&route, queue_id, &wire)
+        let destination = self.destination(&route, None).await?;
+        let (response, destination) = self
+            .attempts(&route, destination, &wire)
             .await
             .map_err(|failed| failed.error)?;
         Ok(SendResult {
             status: SendStatus::from_wire(response.status)?,
             message_id,
+            broker_group: destination.group,
             queue_id: response.queue_id,
             queue_offset: response.queue_offset,
             commit_log_offset: response.commit_log_offset,
@@ -401,8 +471,14 @@ impl Producer {
         let limits = self.inner.config.batch_limits();
         let mut batch = first;
         loop {
-            let queue_id = self.next_queue_id(route.queue_count);
-            self.deliver(&route, queue_id, batch).await;
+            match self.destination(&route, None).await {
+                Ok(destination) => self.deliver(&route, destination, batch).await,
+                Err(error) => {
+                    for pending in batch {
+                        let _ = pending.reply.send(Err(error.clone()));
+                    }
+                }
+            }
             gather_returning_callers(&route.lane, limits).await;
             match route.lane.next_batch(limits) {
                 Some(next) => batch = next,
@@ -413,15 +489,23 @@ impl Producer {
 
     /// Sends one gathered batch (with retries) and answers each of its callers. A batch the
     /// broker refused is sent again one message at a time.
-    async fn deliver(&self, route: &Arc<TopicRoute>, queue_id: u32, batch: Vec<Pending>) {
+    async fn deliver(
+        &self,
+        route: &Arc<TopicRoute>,
+        destination: Destination,
+        batch: Vec<Pending>,
+    ) {
         let (messages, replies): (Vec<_>, Vec<_>) =
             batch.into_iter().map(|p| (p.message, p.reply)).unzip();
-        match self.attempts(route, queue_id, &messages).await {
-            Ok((response, _)) => answer_batch(messages, replies, &response),
-            Err(Failed { error, queue_id }) if messages.len() > 1 && is_refusal(&error) => {
+        match self.attempts(route, destination, &messages).await {
+            Ok((response, destination)) => {
+                answer_batch(messages, replies, &destination.group, &response)
+            }
+            Err(Failed { error, destination }) if messages.len() > 1 && is_refusal(&error) => {
                 tracing::debug!(
                     topic = route.topic,
-                    queue_id,
+                    group = destination.group,
+                    queue_id = destination.queue_id,
                     messages = messages.len(),
                     error = %error,
                     "batch refused; sending its messages one by one"
@@ -431,9 +515,10 @@ impl Producer {
                     .zip(replies)
                     .map(|(message, reply)| {
                         let (producer, route) = (self.clone(), route.clone());
+                        let destination = destination.clone();
                         tokio::spawn(async move {
                             producer
-                                .deliver_alone(&route, queue_id, message, reply)
+                                .deliver_alone(&route, destination, message, reply)
                                 .await
                         })
                     })
@@ -455,43 +540,55 @@ impl Producer {
     async fn deliver_alone(
         &self,
         route: &TopicRoute,
-        queue_id: u32,
+        destination: Destination,
         message: proto::client::Message,
         reply: Reply,
     ) {
         let messages = [message];
-        match self.attempts(route, queue_id, &messages).await {
-            Ok((response, _)) => answer_batch(messages.into(), vec![reply], &response),
+        match self.attempts(route, destination, &messages).await {
+            Ok((response, destination)) => {
+                answer_batch(messages.into(), vec![reply], &destination.group, &response)
+            }
             Err(Failed { error, .. }) => {
                 let _ = reply.send(Err(error));
             }
         }
     }
 
-    /// Sends `messages` as one RPC to `queue_id`, then, after each retriable failure, to the
-    /// next queue, up to `retries` more times, always with the same message ids.
+    /// Sends `messages` as one RPC to `first`, then, after each retriable failure, to the next
+    /// queue (of another broker group when there is one), up to `retries` more times, always
+    /// with the same message ids. Returns where the answered attempt went.
     async fn attempts(
         &self,
         route: &TopicRoute,
-        first_queue_id: u32,
+        first: Destination,
         messages: &[proto::client::Message],
-    ) -> Result<(proto::client::SendResponse, u32), Failed> {
-        let mut queue_id = first_queue_id;
+    ) -> Result<(proto::client::SendResponse, Destination), Failed> {
+        let mut destination = first;
         let mut attempt = 0;
         loop {
             let error = match self
-                .attempt(&route.topic, queue_id, messages.to_vec())
+                .attempt(&route.topic, &destination, messages.to_vec())
                 .await
             {
-                Ok(response) => return Ok((response, queue_id)),
+                Ok(response) => return Ok((response, destination)),
                 Err(error) => error,
             };
             if !error.is_retriable() || attempt >= self.inner.config.retries {
-                return Err(Failed { error, queue_id });
+                return Err(Failed { error, destination });
             }
-            tracing::debug!(topic = route.topic, queue_id, error = %error, "send failed; retrying on the next queue");
+            tracing::debug!(
+                topic = route.topic,
+                group = destination.group,
+                queue_id = destination.queue_id,
+                error = %error,
+                "send failed; retrying on the next queue"
+            );
             attempt += 1;
-            queue_id = (queue_id + 1) % route.queue_count;
+            match self.destination(route, Some(&destination.group)).await {
+                Ok(next) => destination = next,
+                Err(_) => return Err(Failed { error, destination }),
+            }
         }
     }
 
@@ -499,20 +596,20 @@ impl Producer {
     async fn attempt(
         &self,
         topic: &str,
-        queue_id: u32,
+        destination: &Destination,
         messages: Vec<proto::client::Message>,
     ) -> Result<proto::client::SendResponse, ClientError> {
+        let mut client = self.inner.brokers.broker(&destination.addr)?;
         self.inner.rpcs_sent.fetch_add(1, Ordering::Relaxed);
         self.inner
             .messages_sent
             .fetch_add(messages.len() as u64, Ordering::Relaxed);
         let request = proto::client::SendRequest {
             topic: topic.to_owned(),
-            queue_id,
+            queue_id: destination.queue_id,
             messages,
         };
         let timeout = self.inner.config.send_timeout;
-        let mut client = self.inner.client.clone();
         Ok(tokio::time::timeout(timeout, client.send(request))
             .await
             .map_err(|_| ClientError::Timeout {
@@ -521,17 +618,55 @@ impl Producer {
             .into_inner())
     }
 
-    /// The next queue of the round-robin: per message without batching, per batch with it.
-    fn next_queue_id(&self, queue_count: u32) -> u32 {
-        (self.inner.next_queue.fetch_add(1, Ordering::Relaxed) % u64::from(queue_count)) as u32
+    /// The next queue of the round-robin (per message without batching, per batch with it);
+    /// after a failure in group `failed_group`, the next of another group if there is one.
+    async fn destination(
+        &self,
+        route: &TopicRoute,
+        failed_group: Option<&str>,
+    ) -> Result<Destination, ClientError> {
+        let turn = self.inner.next_queue.fetch_add(1, Ordering::Relaxed);
+        match &self.inner.target {
+            Target::Broker { addr } => Ok(Destination {
+                group: String::new(),
+                queue_id: (turn % u64::from(route.queue_count.max(1))) as u32,
+                addr: addr.clone(),
+            }),
+            Target::Cluster { routes } => {
+                let queues = routes::writable_queues(&*routes.get(&route.topic).await?);
+                let chosen = choose_queue(&queues, failed_group, turn).ok_or_else(|| {
+                    ClientError::NoRoute {
+                        topic: route.topic.clone(),
+                        reason: "no writable queue has a master",
+                    }
+                })?;
+                Ok(Destination {
+                    group: chosen.group.clone(),
+                    queue_id: chosen.queue_id,
+                    addr: chosen.master_addr.clone(),
+                })
+            }
+        }
     }
 
-    /// The topic's route: its queue count, asked of the broker once and cached, and its lane.
+    /// The topic's lane and, on one broker, its queue count (asked of the broker once and
+    /// cached). A routed producer checks that the controller knows the topic.
     async fn route(&self, topic: &str) -> Result<Arc<TopicRoute>, ClientError> {
         if let Some(route) = self.inner.routes.lock().expect("lock").get(topic) {
             return Ok(route.clone());
         }
-        let mut client = self.inner.client.clone();
+        let addr = match &self.inner.target {
+            Target::Broker { addr } => addr,
+            Target::Cluster { routes } => {
+                routes.get(topic).await?;
+                let mut known = self.inner.routes.lock().expect("lock");
+                let route = known
+                    .entry(topic.to_owned())
+                    .or_insert_with(|| Arc::new(TopicRoute::new(topic.to_owned(), 0)));
+                return Ok(route.clone());
+            }
+        };
+        let mut client = self.inner.brokers.broker(addr)?;
         let topics = client
             .list_topics(proto::client::ListTopicsRequest {})
             .await?
@@ -563,6 +698,32 @@ impl Producer {
 
 /// Most times a lane yields to the scheduler after an answer, waiting for the callers it woke.
 const GATHER_YIELDS_MAX: usize = 8;
+
+/// The queue to send to at round-robin position `turn`: among the queues whose group has a
+/// master the controller reports alive, preferring groups other than `failed_group`; if no
+/// group's master is alive, among all queues with a known master (the controller's view may be
+/// older than the brokers'). `None` when no queue has a master.
+fn choose_queue<'a>(
+    queues: &'a [QueueRef],
+    failed_group: Option<&str>,
+    turn: u64,
+) -> Option<&'a QueueRef> {
+    let with_master = |q: &&QueueRef| !q.master_addr.is_empty();
+    let alive = |q: &&QueueRef| q.master_alive;
+    let elsewhere = |q: &&QueueRef| Some(q.group.as_str()) != failed_group;
+    let tiers: [Vec<&QueueRef>; 3] = [
+        queues
+            .iter()
+            .filter(with_master)
+            .filter(alive)
+            .filter(elsewhere)
+            .collect(),
+        queues.iter().filter(with_master).filter(alive).collect(),
+        queues.iter().filter(with_master).collect(),
+    ];
+    let candidates = tiers.into_iter().find(|tier| !tier.is_empty())?;
+    Some(candidates[(turn % candidates.len() as u64) as usize])
+}
 
 /// After an RPC was answered, lets the callers it woke run before the lane takes its next batch:
 /// most of them send their next message at once, and so join the next batch instead of
@@ -604,6 +765,7 @@ fn is_refusal(error: &ClientError) -> bool {
 fn answer_batch(
     messages: Vec<proto::client::Message>,
     replies: Vec<Reply>,
+    broker_group: &str,
     response: &proto::client::SendResponse,
 ) {
     debug_assert_eq!(messages.len(), replies.len());
@@ -628,6 +790,7 @@ fn answer_batch(
             (Ok(status), true) => Ok(SendResult {
                 status: *status,
                 message_id: message.message_id,
+                broker_group: broker_group.to_owned(),
                 queue_id: response.queue_id,
                 queue_offset: response.queue_offset + index as u64,
                 commit_log_offset: commit_log_offsets[index],

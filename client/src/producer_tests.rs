@@ -472,3 +472,49 @@ fn config_ranges_are_checked() {
     }
     ProducerConfig::default().validate().unwrap();
 }
+
+fn queue(group: &str, queue_id: u32, alive: bool) -> QueueRef {
+    QueueRef {
+        group: group.to_owned(),
+        queue_id,
+        master_addr: format!("{group}:1"),
+        master_alive: alive,
+    }
+}
+
+#[test]
+fn routed_choice_skips_dead_masters_and_the_group_that_just_failed() {
+    let queues = [
+        queue("a", 0, true),
+        queue("a", 1, true),
+        queue("b", 0, false),
+        QueueRef {
+            master_addr: String::new(),
+            ..queue("c", 0, true)
+        },
+    ];
+    let picked: Vec<_> = (0..4)
+        .map(|turn| choose_queue(&queues, None, turn).unwrap().clone())
+        .collect();
+    assert!(
+        picked.iter().all(|q| q.group == "a"),
+        "b's master is dead and c has none: {picked:?}"
+    );
+    assert_ne!(picked[0].queue_id, picked[1].queue_id, "round-robin");
+
+    // After a failure in a, another live group is preferred; with none, a again.
+    let two_live = [queue("a", 0, true), queue("b", 0, true)];
+    for turn in 0..4 {
+        assert_eq!(choose_queue(&two_live, Some("a"), turn).unwrap().group, "b");
+    }
+    assert_eq!(choose_queue(&queues, Some("a"), 0).unwrap().group, "a");
+
+    // Nobody alive as far as the controller knows: any queue with a master, rather than none.
+    let all_dead = [queue("a", 0, false), queue("b", 0, false)];
+    assert!(choose_queue(&all_dead, None, 0).is_some());
+    let no_master = [QueueRef {
+        master_addr: String::new(),
+        ..queue("a", 0, true)
+    }];
+    assert!(choose_queue(&no_master, None, 0).is_none());
+}

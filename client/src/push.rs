@@ -3,13 +3,21 @@
 //! called for each message, and a message is counted as consumed only when the listener returned
 //! `ConsumeSuccess`.
 //!
-//! - Membership: a heartbeat every `heartbeat_interval` returns the sorted list of live members;
-//!   every member assigns queues the same way (queue index modulo member count), so they agree
-//!   without a coordinator. A member that stops heartbeating is dropped by the broker and its
-//!   queues move at the others' next heartbeat.
-//! - Offsets: kept on the broker (committed after each handled batch, and when a queue is given
-//!   up), so a restarted or replacing member resumes where the group left off. At least once: a
-//!   batch handled but not yet committed when a member dies is delivered again.
+//! - Where: one broker ([`PushConsumer::start`]), or, routed through the controller
+//!   ([`PushConsumer::start_controller`], [`PushConsumer::start_with_routes`]), every broker
+//!   group that holds a queue of the topic, each read from its group's master. A queue is named
+//!   by its broker group and queue id; a new master (failover) makes it a new assignment, read
+//!   from the new master from the group's committed offset.
+//! - Membership: a heartbeat every `heartbeat_interval` to each of those brokers returns the
+//!   sorted list of live members (the union over the brokers that answered); every member deals
+//!   the topic's queues, sorted by (broker group, queue id), the same way (position modulo member
+//!   count), so they agree without a coordinator. A member that stops heartbeating is dropped by
+//!   the brokers and its queues move at the others' next heartbeat. The queues of a group whose
+//!   master cannot be reached stay in the deal (so that nothing else moves) and their worker
+//!   keeps retrying until it returns.
+//! - Offsets: kept on the queue's broker (committed after each handled batch, and when a queue
+//!   is given up), so a restarted or replacing member resumes where the group left off. At least
+//!   once: a batch handled but not yet committed when a member dies is delivered again.
 //! - Failure: `ReconsumeLater`, an `Err`, or a panic in the listener hands the message back to
 //!   the broker (retry topic after a delay level, dead-letter topic after too many tries). The
 //!   offset moves past a message only once it was handled or handed back; if the hand-back
@@ -18,21 +26,22 @@
 //!   in place, and the queue waits for it. Broadcasting mode gives every member every queue,
 //!   keeps offsets in the member, and retries failures in place too (nothing is handed back).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Duration;
 
-use proto::client::consumer_groups_client::ConsumerGroupsClient;
 use proto::client::{
     CommitOffsetRequest, HeartbeatRequest, PullStatus, QueryOffsetRequest, SendBackRequest,
 };
 use tokio::sync::watch;
-use tonic::transport::Channel;
 
 use crate::consumer::{Admin, PullConsumer};
+use crate::controller::ControllerConnection;
 use crate::error::ClientError;
 use crate::message::{new_message_id, ReceivedMessage};
+use crate::pool::BrokerChannels;
+use crate::routes::{self, Routes};
 
 /// What a listener says of a message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,51 +137,113 @@ pub struct PushConsumer {
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
     client_id: String,
-    assigned: watch::Receiver<Vec<(String, u32)>>,
+    assigned: watch::Receiver<Vec<AssignedQueue>>,
+}
+
+/// A queue a member consumes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AssignedQueue {
+    /// The broker group holding it; empty for a consumer on one broker.
+    pub group: String,
+    pub topic: String,
+    pub queue_id: u32,
+    /// The broker it is read from (the group's master).
+    pub broker_addr: String,
+}
+
+/// Where a consumer finds its queues.
+enum Source {
+    /// One broker, no controller.
+    Broker { addr: String },
+    /// The topic's route from the controller.
+    Cluster { routes: Arc<Routes> },
 }
 
 struct Shared {
     config: PushConsumerConfig,
     client_id: String,
-    groups: ConsumerGroupsClient<Channel>,
-    puller: PullConsumer,
-    admin: Admin,
+    source: Source,
+    brokers: BrokerChannels,
     listener: Arc<dyn Listener>,
-    /// Offsets of a broadcasting member, which keeps its own.
-    local_offsets: std::sync::Mutex<HashMap<(String, u32), u64>>,
+    /// Offsets of a broadcasting member, which keeps its own: by (broker group, topic, queue).
+    local_offsets: std::sync::Mutex<HashMap<(String, String, u32), u64>>,
 }
 
+/// Longest wait for one broker's heartbeat answer: a broker that does not answer in time is
+/// left out of this round's membership, not waited for.
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
+
 impl PushConsumer {
-    /// Joins the group and starts consuming.
+    /// Joins the group on the broker at `addr` (no controller) and starts consuming.
     pub async fn start(
         addr: &str,
         config: PushConsumerConfig,
         listener: impl Listener,
     ) -> Result<PushConsumer, ClientError> {
-        let groups = ConsumerGroupsClient::connect(format!("http://{addr}")).await?;
+        let brokers = BrokerChannels::default();
+        brokers.connect(addr).await?;
+        let source = Source::Broker {
+            addr: addr.to_owned(),
+        };
+        Ok(PushConsumer::begin(source, brokers, config, listener))
+    }
+
+    /// Joins the group through the controller quorum at `controllers` (`host:port`,
+    /// comma-separated) and consumes the topic's queues on every broker group.
+    pub async fn start_controller(
+        controllers: &str,
+        config: PushConsumerConfig,
+        listener: impl Listener,
+    ) -> Result<PushConsumer, ClientError> {
+        let routes = Routes::start(Arc::new(ControllerConnection::new(controllers)?));
+        PushConsumer::start_with_routes(routes, config, listener).await
+    }
+
+    /// Like [`PushConsumer::start_controller`], with an existing route cache. Fails when the
+    /// controller does not know the topic.
+    pub async fn start_with_routes(
+        routes: Arc<Routes>,
+        config: PushConsumerConfig,
+        listener: impl Listener,
+    ) -> Result<PushConsumer, ClientError> {
+        routes.get(&config.topic).await?;
+        let source = Source::Cluster { routes };
+        Ok(PushConsumer::begin(
+            source,
+            BrokerChannels::default(),
+            config,
+            listener,
+        ))
+    }
+
+    fn begin(
+        source: Source,
+        brokers: BrokerChannels,
+        config: PushConsumerConfig,
+        listener: impl Listener,
+    ) -> PushConsumer {
         let client_id = format!("{}-{}", config.group, new_message_id());
         let shared = Arc::new(Shared {
             config,
             client_id: client_id.clone(),
-            groups,
-            puller: PullConsumer::connect(addr).await?,
-            admin: Admin::connect(addr).await?,
+            source,
+            brokers,
             listener: Arc::new(listener),
             local_offsets: std::sync::Mutex::new(HashMap::new()),
         });
         let (stop, stopped) = watch::channel(false);
         let (assigned_tx, assigned) = watch::channel(Vec::new());
         let task = tokio::spawn(run(shared, stopped, assigned_tx));
-        Ok(PushConsumer {
+        PushConsumer {
             stop,
             task,
             client_id,
             assigned,
-        })
+        }
     }
 
-    /// The (topic, queue id) pairs this member consumes now.
-    pub fn assigned_queues(&self) -> Vec<(String, u32)> {
+    /// The queues this member consumes now.
+    pub fn assigned_queues(&self) -> Vec<AssignedQueue> {
         self.assigned.borrow().clone()
     }
 
@@ -192,10 +263,10 @@ impl PushConsumer {
 async fn run(
     shared: Arc<Shared>,
     mut stopped: watch::Receiver<bool>,
-    assigned_tx: watch::Sender<Vec<(String, u32)>>,
+    assigned_tx: watch::Sender<Vec<AssignedQueue>>,
 ) {
     let retry_topic = format!("%RETRY%{}", shared.config.group);
-    let mut workers: HashMap<(String, u32), (watch::Sender<bool>, tokio::task::JoinHandle<()>)> =
+    let mut workers: HashMap<AssignedQueue, (watch::Sender<bool>, tokio::task::JoinHandle<()>)> =
         HashMap::new();
     loop {
         match assignment(&shared, &retry_topic).await {
@@ -215,8 +286,7 @@ async fn run(
                 for queue in assigned {
                     workers.entry(queue.clone()).or_insert_with(|| {
                         let (stop, stopped) = watch::channel(false);
-                        let task =
-                            tokio::spawn(consume_queue(shared.clone(), queue.0, queue.1, stopped));
+                        let task = tokio::spawn(consume_queue(shared.clone(), queue, stopped));
                         (stop, task)
                     });
                 }
@@ -238,55 +308,150 @@ async fn run(
     }
 }
 
-/// This member's queues: for the topic and for the retry topic separately, queue ids dealt out
-/// modulo the number of live members. Separately, so that the retry topic appearing (at the
-/// first hand-back) moves none of the topic's queues.
-async fn assignment(shared: &Shared, retry_topic: &str) -> Result<Vec<(String, u32)>, ClientError> {
-    let mut groups = shared.groups.clone();
-    let members = groups
-        .heartbeat(HeartbeatRequest {
+/// This member's queues: for the topic and for the retry topic separately, the sorted queues
+/// dealt out by position modulo the number of live members. Separately, so that a retry topic
+/// appearing (at the first hand-back) moves none of the topic's queues.
+async fn assignment(shared: &Shared, retry_topic: &str) -> Result<Vec<AssignedQueue>, ClientError> {
+    let topic = &shared.config.topic;
+    // The topic's queues (from the route; on one broker, from its topic list below) and the
+    // brokers holding them, by group.
+    let (mut topic_queues, brokers): (Vec<AssignedQueue>, Vec<(String, String)>) =
+        match &shared.source {
+            Source::Broker { addr } => (Vec::new(), vec![(String::new(), addr.clone())]),
+            Source::Cluster { routes } => {
+                let route = routes.get(topic).await?;
+                let queues: Vec<AssignedQueue> = routes::readable_queues(&route)
+                    .into_iter()
+                    .filter(|q| !q.master_addr.is_empty())
+                    .map(|q| AssignedQueue {
+                        group: q.group,
+                        topic: topic.clone(),
+                        queue_id: q.queue_id,
+                        broker_addr: q.master_addr,
+                    })
+                    .collect();
+                let brokers: BTreeSet<(String, String)> = queues
+                    .iter()
+                    .map(|q| (q.group.clone(), q.broker_addr.clone()))
+                    .collect();
+                (queues, brokers.into_iter().collect())
+            }
+        };
+
+    // Heartbeat every broker at once; the members are those any of them knows.
+    let mut heartbeats = tokio::task::JoinSet::new();
+    for (group, addr) in &brokers {
+        let request = HeartbeatRequest {
             group: shared.config.group.clone(),
             client_id: shared.client_id.clone(),
-        })
-        .await?
-        .into_inner()
-        .members;
+        };
+        let client = shared.brokers.consumer_groups(addr);
+        let (group, addr) = (group.clone(), addr.clone());
+        heartbeats.spawn(async move {
+            let answer = async move { Ok::<_, ClientError>(client?.heartbeat(request).await?) };
+            let answer = tokio::time::timeout(HEARTBEAT_TIMEOUT, answer)
+                .await
+                .unwrap_or(Err(ClientError::Timeout {
+                    timeout_ms: HEARTBEAT_TIMEOUT.as_millis() as u64,
+                }));
+            (group, addr, answer.map(|a| a.into_inner().members))
+        });
+    }
+    let mut members = BTreeSet::new();
+    let mut answered = Vec::new();
+    let mut last_error = None;
+    while let Some(joined) = heartbeats.join_next().await {
+        let Ok((group, addr, answer)) = joined else {
+            continue;
+        };
+        match answer {
+            Ok(list) => {
+                members.extend(list);
+                answered.push((group, addr));
+            }
+            Err(err) => {
+                tracing::debug!(group, addr, error = %err, "heartbeat failed");
+                last_error = Some(err);
+            }
+        }
+    }
+    if answered.is_empty() {
+        return Err(last_error.unwrap_or(ClientError::NoRoute {
+            topic: topic.clone(),
+            reason: "no broker group holding the topic has a master",
+        }));
+    }
+    members.insert(shared.client_id.clone());
     let (me, count) = match shared.config.message_model {
         MessageModel::Clustering => (
             members
                 .iter()
                 .position(|m| *m == shared.client_id)
-                .unwrap_or(0) as u32,
-            members.len().max(1) as u32,
+                .expect("inserted above"),
+            members.len(),
         ),
         // Every member takes every queue (and no retry topic: nothing is handed back).
         MessageModel::Broadcasting => (0, 1),
     };
-    let retry_topic = match shared.config.message_model {
-        MessageModel::Clustering => retry_topic,
-        MessageModel::Broadcasting => "",
-    };
-    let mut queues = Vec::new();
-    for topic in shared.admin.list_topics().await? {
-        if topic.topic == shared.config.topic || topic.topic == retry_topic {
-            queues.extend(
-                (0..topic.queue_count)
-                    .filter(|q| q % count == me)
-                    .map(|q| (topic.topic.clone(), q)),
-            );
+
+    // The retry topic lives on each broker separately (and, on one broker, the topic too).
+    let mut retry_queues = Vec::new();
+    answered.sort();
+    for (group, addr) in answered {
+        let topics = match shared.brokers.broker(&addr) {
+            Ok(client) => Admin::with_client(client).list_topics().await,
+            Err(err) => Err(err),
+        };
+        let topics = match topics {
+            Ok(topics) => topics,
+            Err(err) => {
+                // Its retry queues wait for the next round; the rest of the deal goes on.
+                tracing::debug!(group, addr, error = %err, "cannot list the broker's topics");
+                continue;
+            }
+        };
+        for listed in topics {
+            let into = if listed.topic == shared.config.topic
+                && matches!(shared.source, Source::Broker { .. })
+            {
+                &mut topic_queues
+            } else if listed.topic == retry_topic
+                && shared.config.message_model == MessageModel::Clustering
+            {
+                &mut retry_queues
+            } else {
+                continue;
+            };
+            into.extend((0..listed.queue_count).map(|queue_id| AssignedQueue {
+                group: group.clone(),
+                topic: listed.topic.clone(),
+                queue_id,
+                broker_addr: addr.clone(),
+            }));
         }
     }
-    queues.sort();
-    Ok(queues)
+    let mut mine = Vec::new();
+    for mut queues in [topic_queues, retry_queues] {
+        queues.sort();
+        mine.extend(
+            queues
+                .into_iter()
+                .enumerate()
+                .filter(|(index, _)| index % count == me)
+                .map(|(_, queue)| queue),
+        );
+    }
+    mine.sort();
+    Ok(mine)
 }
 
 /// Consumes one queue until told to stop.
 async fn consume_queue(
     shared: Arc<Shared>,
-    topic: String,
-    queue_id: u32,
+    queue: AssignedQueue,
     mut stopped: watch::Receiver<bool>,
 ) {
+    let (topic, queue_id) = (queue.topic.as_str(), queue.queue_id);
     let is_retry = topic.starts_with("%RETRY%");
     let filter = if is_retry {
         "*".to_owned()
@@ -297,7 +462,7 @@ async fn consume_queue(
     while !*stopped.borrow() {
         let current = match offset {
             Some(current) => current,
-            None => match start_offset(&shared, &topic, queue_id).await {
+            None => match start_offset(&shared, &queue).await {
                 Ok(start) => {
                     offset = Some(start);
                     start
@@ -309,17 +474,21 @@ async fn consume_queue(
                 }
             },
         };
-        let pulled = shared
-            .puller
-            .pull(
-                &topic,
-                queue_id,
-                current,
-                shared.config.pull_batch,
-                &filter,
-                shared.config.poll_timeout,
-            )
-            .await;
+        let pulled = match puller(&shared, &queue) {
+            Ok(puller) => {
+                puller
+                    .pull(
+                        topic,
+                        queue_id,
+                        current,
+                        shared.config.pull_batch,
+                        &filter,
+                        shared.config.poll_timeout,
+                    )
+                    .await
+            }
+            Err(err) => Err(err),
+        };
         let result = match pulled {
             Ok(result) => result,
             Err(err) => {
@@ -344,16 +513,16 @@ async fn consume_queue(
         let finished = if in_place {
             handle_in_place(&shared, &result.messages, &mut stopped).await
         } else {
-            handle_and_hand_back(&shared, &result.messages, &mut stopped).await
+            handle_and_hand_back(&shared, &queue, &result.messages, &mut stopped).await
         };
         if let Err(first_unfinished) = finished {
             // Stopped in the middle: commit up to the first message not dealt with, so that the
             // next owner starts there (it is delivered again: at least once).
-            let _ = commit(&shared, &topic, queue_id, first_unfinished).await;
+            let _ = commit(&shared, &queue, first_unfinished).await;
             return;
         }
         offset = Some(result.next_queue_offset);
-        if let Err(err) = commit(&shared, &topic, queue_id, result.next_queue_offset).await {
+        if let Err(err) = commit(&shared, &queue, result.next_queue_offset).await {
             tracing::debug!(topic, queue_id, error = %err, "offset commit failed; the next one covers it");
         }
     }
@@ -364,13 +533,14 @@ async fn consume_queue(
 /// first such message.
 async fn handle_and_hand_back(
     shared: &Shared,
+    queue: &AssignedQueue,
     messages: &[ReceivedMessage],
     stopped: &mut watch::Receiver<bool>,
 ) -> Result<(), u64> {
     let outcomes = handle(shared, messages.to_vec()).await;
     for (message, outcome) in messages.iter().zip(outcomes) {
         if outcome == ConsumeResult::ReconsumeLater {
-            while let Err(err) = send_back(shared, message).await {
+            while let Err(err) = send_back(shared, queue, message).await {
                 if !err.is_retriable() {
                     // The broker will never take this one back: retry it in place instead,
                     // still never moving past it unhandled.
@@ -425,20 +595,26 @@ async fn pause(stopped: &mut watch::Receiver<bool>) {
     let _ = tokio::time::timeout(Duration::from_millis(500), stopped.changed()).await;
 }
 
-async fn start_offset(shared: &Shared, topic: &str, queue_id: u32) -> Result<u64, ClientError> {
+/// Pulls of `queue`, from its broker.
+fn puller(shared: &Shared, queue: &AssignedQueue) -> Result<PullConsumer, ClientError> {
+    Ok(PullConsumer::with_client(
+        shared.brokers.broker(&queue.broker_addr)?,
+    ))
+}
+
+async fn start_offset(shared: &Shared, queue: &AssignedQueue) -> Result<u64, ClientError> {
+    let (topic, queue_id) = (queue.topic.as_str(), queue.queue_id);
     if shared.config.message_model == MessageModel::Broadcasting {
-        let key = (topic.to_owned(), queue_id);
         let local = shared
             .local_offsets
             .lock()
             .expect("offsets lock")
-            .get(&key)
+            .get(&offset_key(queue))
             .copied();
         if let Some(offset) = local {
             return Ok(offset);
         }
-        let probe = shared
-            .puller
+        let probe = puller(shared, queue)?
             .pull(topic, queue_id, 0, 1, "*", Duration::ZERO)
             .await?;
         return Ok(match shared.config.consume_from {
@@ -446,7 +622,7 @@ async fn start_offset(shared: &Shared, topic: &str, queue_id: u32) -> Result<u64
             ConsumeFrom::Last => probe.max_queue_offset,
         });
     }
-    let mut groups = shared.groups.clone();
+    let mut groups = shared.brokers.consumer_groups(&queue.broker_addr)?;
     let committed = groups
         .query_offset(QueryOffsetRequest {
             group: shared.config.group.clone(),
@@ -464,8 +640,7 @@ async fn start_offset(shared: &Shared, topic: &str, queue_id: u32) -> Result<u64
     } else {
         shared.config.consume_from
     };
-    let probe = shared
-        .puller
+    let probe = puller(shared, queue)?
         .pull(topic, queue_id, 0, 1, "*", Duration::ZERO)
         .await?;
     let start = match from {
@@ -474,8 +649,12 @@ async fn start_offset(shared: &Shared, topic: &str, queue_id: u32) -> Result<u64
     };
     // Committed at once: a member that dies during its first batch must not leave the next owner
     // to start from "last" again, past the messages that arrived in between.
-    commit(shared, topic, queue_id, start).await?;
+    commit(shared, queue, start).await?;
     Ok(start)
+}
+
+fn offset_key(queue: &AssignedQueue) -> (String, String, u32) {
+    (queue.group.clone(), queue.topic.clone(), queue.queue_id)
 }
 
 /// Runs the listener over a batch on a blocking thread; an `Err` or a panic counts as
@@ -503,8 +682,13 @@ async fn handle(shared: &Shared, messages: Vec<ReceivedMessage>) -> Vec<ConsumeR
     .unwrap_or_else(|_| vec![ConsumeResult::ReconsumeLater; count])
 }
 
-async fn send_back(shared: &Shared, message: &ReceivedMessage) -> Result<(), ClientError> {
-    let mut groups = shared.groups.clone();
+/// Hands a failed message back to the broker it came from.
+async fn send_back(
+    shared: &Shared,
+    queue: &AssignedQueue,
+    message: &ReceivedMessage,
+) -> Result<(), ClientError> {
+    let mut groups = shared.brokers.consumer_groups(&queue.broker_addr)?;
     groups
         .send_back(SendBackRequest {
             group: shared.config.group.clone(),
@@ -518,8 +702,7 @@ async fn send_back(shared: &Shared, message: &ReceivedMessage) -> Result<(), Cli
 
 async fn commit(
     shared: &Shared,
-    topic: &str,
-    queue_id: u32,
+    queue: &AssignedQueue,
     queue_offset: u64,
 ) -> Result<(), ClientError> {
     if shared.config.message_model == MessageModel::Broadcasting {
@@ -527,15 +710,15 @@ async fn commit(
             .local_offsets
             .lock()
             .expect("offsets lock")
-            .insert((topic.to_owned(), queue_id), queue_offset);
+            .insert(offset_key(queue), queue_offset);
         return Ok(());
     }
-    let mut groups = shared.groups.clone();
+    let mut groups = shared.brokers.consumer_groups(&queue.broker_addr)?;
     groups
         .commit_offset(CommitOffsetRequest {
             group: shared.config.group.clone(),
-            topic: topic.to_owned(),
-            queue_id,
+            topic: queue.topic.clone(),
+            queue_id: queue.queue_id,
             queue_offset,
         })
         .await?;

@@ -249,10 +249,16 @@ pub async fn topic_create(
 ) -> Result<ExitCode> {
     let answer = conn.create_topic(topic, queues, groups).await?;
     let route = answer.route.unwrap_or_default();
+    let unsynced = &answer.unsynced_groups;
     if json_out {
         println!(
             "{}",
-            json!({ "topic": topic, "created": answer.created, "route": route_json(&route) })
+            json!({
+                "topic": topic,
+                "created": answer.created,
+                "unsynced_groups": unsynced,
+                "route": route_json(&route),
+            })
         );
     } else {
         println!(
@@ -264,8 +270,20 @@ pub async fn topic_create(
             }
         );
         print_route(&route);
+        if !unsynced.is_empty() {
+            println!(
+                "warning: not yet on the master of {} (no live master, or not synced in time): \
+                 sends there fail with TOPIC_NOT_FOUND until it syncs",
+                unsynced.join(", ")
+            );
+        }
     }
-    Ok(ExitCode::SUCCESS)
+    // Created in the controller either way; a group still syncing is worth a nonzero exit.
+    Ok(if unsynced.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 pub async fn topic_route(

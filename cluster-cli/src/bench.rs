@@ -15,10 +15,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
-use client::{Message, Producer, ProducerConfig, SendStatus};
+use client::{Message, ProducerConfig, SendStatus};
 use hdrhistogram::Histogram;
 
 use crate::bench_consume::{self, ConsumeArgs};
+use crate::Reach;
 
 /// Property in which `bench produce` stores each message's send time (Unix microseconds), for
 /// `bench consume`'s end-to-end latency.
@@ -57,10 +58,10 @@ pub struct ProduceArgs {
     sent_at: bool,
 }
 
-pub async fn run(broker: &str, json: bool, command: BenchCommand) -> Result<ExitCode> {
+pub async fn run(reach: &Reach, json: bool, command: BenchCommand) -> Result<ExitCode> {
     match command {
-        BenchCommand::Produce(args) => produce(broker, json, args).await,
-        BenchCommand::Consume(args) => bench_consume::run(broker, json, args).await,
+        BenchCommand::Produce(args) => produce(reach, json, args).await,
+        BenchCommand::Consume(args) => bench_consume::run(reach, json, args).await,
     }
 }
 
@@ -71,7 +72,7 @@ pub fn now_us() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
-async fn produce(broker: &str, json: bool, args: ProduceArgs) -> Result<ExitCode> {
+async fn produce(reach: &Reach, json: bool, args: ProduceArgs) -> Result<ExitCode> {
     if args.size == 0 || args.in_flight == 0 || args.count == 0 {
         bail!("--size, --in-flight and --count must be at least 1");
     }
@@ -80,7 +81,7 @@ async fn produce(broker: &str, json: bool, args: ProduceArgs) -> Result<ExitCode
         batch_max_in_flight: args.batch_max_in_flight,
         ..ProducerConfig::default()
     };
-    let producer = Producer::connect(broker, config).await?;
+    let producer = reach.producer(config).await?;
     let body = Bytes::from(vec![b'b'; args.size]);
     let next = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicU64::new(0));

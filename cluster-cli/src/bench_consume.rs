@@ -15,10 +15,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use client::{ConsumeFrom, ConsumeResult, PushConsumer, PushConsumerConfig, ReceivedMessage};
+use client::{ConsumeFrom, ConsumeResult, PushConsumerConfig, ReceivedMessage};
 use hdrhistogram::Histogram;
 
 use crate::bench::{now_us, SENT_AT_PROPERTY};
+use crate::Reach;
 
 #[derive(clap::Args, Debug)]
 pub struct ConsumeArgs {
@@ -56,7 +57,7 @@ struct Tally {
     last_message: Mutex<Instant>,
 }
 
-pub async fn run(broker: &str, json: bool, args: ConsumeArgs) -> Result<ExitCode> {
+pub async fn run(reach: &Reach, json: bool, args: ConsumeArgs) -> Result<ExitCode> {
     if args.count == Some(0) || !(1..=1024).contains(&args.pull_batch) {
         bail!("--count must be at least 1 and --pull-batch 1 to 1024");
     }
@@ -96,7 +97,7 @@ pub async fn run(broker: &str, json: bool, args: ConsumeArgs) -> Result<ExitCode
             Ok(ConsumeResult::ConsumeSuccess)
         }
     };
-    let consumer = PushConsumer::start(broker, config, listener).await?;
+    let consumer = reach.push_consumer(config, listener).await?;
     let idle = Duration::from_millis(args.idle_exit_ms);
     let mut next_progress = started + Duration::from_secs(1);
     let mut handled_at_last_progress = 0;

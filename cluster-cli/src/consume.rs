@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use client::{ConsumeFrom, ConsumeResult, PushConsumer, PushConsumerConfig, ReceivedMessage};
+use client::{ConsumeFrom, ConsumeResult, PushConsumerConfig, ReceivedMessage};
+
+use crate::Reach;
 
 #[derive(clap::Args, Debug)]
 pub struct ConsumeArgs {
@@ -51,7 +53,7 @@ struct Progress {
     last_message: Mutex<Instant>,
 }
 
-pub async fn run(broker: &str, json: bool, args: ConsumeArgs) -> Result<ExitCode> {
+pub async fn run(reach: &Reach, json: bool, args: ConsumeArgs) -> Result<ExitCode> {
     if args.fail_every == Some(0) {
         bail!("--fail-every must be at least 1");
     }
@@ -88,7 +90,7 @@ pub async fn run(broker: &str, json: bool, args: ConsumeArgs) -> Result<ExitCode
         }
     };
     let started = Instant::now();
-    let consumer = PushConsumer::start(broker, config, listener).await?;
+    let consumer = reach.push_consumer(config, listener).await?;
     let idle = Duration::from_millis(args.idle_exit_ms);
     loop {
         let handled = progress.handled.load(Ordering::Acquire);

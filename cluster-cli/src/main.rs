@@ -2,8 +2,9 @@
 //!
 //! Cluster-wide commands (`controller`, `cluster`, `topic` with a controller) talk to the
 //! controller quorum: `--controller ADDR[,ADDR...]` or `CONTROLLER_ADDR`; any reachable member
-//! answers. Data commands (`send`, `consume`, `bench`) and `topic` without a controller talk to
-//! one broker: `--broker ADDR` or `BROKER_ADDR`. Every command prints a table or line for people
+//! answers. Data commands (`send`, `consume`, `bench`) route through the controller when one is
+//! given (every broker group of the topic), and otherwise talk to one broker, as `topic` without
+//! a controller does: `--broker ADDR` or `BROKER_ADDR`. Every command prints a table or line for people
 //! by default and one JSON object with `--json`; the exit code is 0 on success, 1 when the command
 //! ran but something failed (a send not `SEND_OK`, fewer messages consumed than asked, a broker
 //! or controller not alive), 2 on bad usage or when nothing could be reached.
@@ -105,6 +106,43 @@ fn main() -> ExitCode {
     }
 }
 
+/// Where data commands send and consume: through the controller's routes when a controller is
+/// given, else one broker.
+#[derive(Clone, Debug)]
+pub enum Reach {
+    Broker(String),
+    Controller(String),
+}
+
+impl Reach {
+    fn of(cli: &Cli) -> Reach {
+        match &cli.controller {
+            Some(addrs) => Reach::Controller(addrs.clone()),
+            None => Reach::Broker(cli.broker.clone()),
+        }
+    }
+
+    pub async fn producer(&self, config: client::ProducerConfig) -> Result<client::Producer> {
+        Ok(match self {
+            Reach::Broker(addr) => client::Producer::connect(addr, config).await?,
+            Reach::Controller(addrs) => client::Producer::connect_controller(addrs, config).await?,
+        })
+    }
+
+    pub async fn push_consumer(
+        &self,
+        config: client::PushConsumerConfig,
+        listener: impl client::Listener,
+    ) -> Result<client::PushConsumer> {
+        Ok(match self {
+            Reach::Broker(addr) => client::PushConsumer::start(addr, config, listener).await?,
+            Reach::Controller(addrs) => {
+                client::PushConsumer::start_controller(addrs, config, listener).await?
+            }
+        })
+    }
+}
+
 /// The controller connection, or a usage error when no address was given.
 fn controller(cli_controller: &Option<String>) -> Result<client::controller::ControllerConnection> {
     let Some(addrs) = cli_controller else {
@@ -114,6 +152,7 @@ fn controller(cli_controller: &Option<String>) -> Result<client::controller::Con
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
+    let reach = Reach::of(&cli);
     match cli.command {
         Command::Controller { command } => {
             admin::controller(&controller(&cli.controller)?, cli.json, command).await
@@ -134,9 +173,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Topic { command } => topic(&cli.broker, cli.json, command).await,
-        Command::Send(args) => send::run(&cli.broker, cli.json, args).await,
-        Command::Consume(args) => consume::run(&cli.broker, cli.json, args).await,
-        Command::Bench { command } => bench::run(&cli.broker, cli.json, command).await,
+        Command::Send(args) => send::run(&reach, cli.json, args).await,
+        Command::Consume(args) => consume::run(&reach, cli.json, args).await,
+        Command::Bench { command } => bench::run(&reach, cli.json, command).await,
     }
 }
 

@@ -11,8 +11,10 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
-use client::{Message, Producer, ProducerConfig, SendStatus};
+use client::{Message, ProducerConfig, SendStatus};
 use tokio::sync::Semaphore;
+
+use crate::Reach;
 
 #[derive(clap::Args, Debug)]
 pub struct SendArgs {
@@ -43,14 +45,14 @@ enum Mode {
     Oneway,
 }
 
-pub async fn run(broker: &str, json: bool, args: SendArgs) -> Result<ExitCode> {
+pub async fn run(reach: &Reach, json: bool, args: SendArgs) -> Result<ExitCode> {
     if args.size == 0 {
         bail!("--size must be at least 1");
     }
     if args.in_flight == 0 {
         bail!("--in-flight must be at least 1");
     }
-    let producer = Producer::connect(broker, ProducerConfig::default()).await?;
+    let producer = reach.producer(ProducerConfig::default()).await?;
     // Keys unique across runs: a fresh message id names this run.
     let run_id = client::message::new_message_id();
     let body = Bytes::from(vec![b'x'; args.size]);

@@ -4,7 +4,8 @@
 //!
 //! Map: `tests/tests/*.rs` hold the scenarios; this library is the harness they share:
 //! [`BrokerProcess`] starts the `broker` binary and reads the address it listens on;
-//! [`cluster_cli`] runs the admin tool.
+//! [`ControllerQuorum`] runs `controller` processes; [`cluster_cli`] and [`cli_json`] run the
+//! admin tool; [`group_broker`] and [`wait_for_masters`] build a multi-master cluster.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -265,4 +266,72 @@ impl ControllerQuorum {
             let _ = child.wait();
         }
     }
+}
+
+/// Runs `cluster-cli` with `args` (which should include `--json`) and parses its output; `None`
+/// when it printed no JSON (the command failed).
+pub fn cli_json(args: &[&str]) -> Option<serde_json::Value> {
+    let (_, stdout) = cluster_cli(args);
+    serde_json::from_str(stdout.trim()).ok()
+}
+
+/// `cluster-cli controller status --json` against `controllers`.
+pub fn controller_status(controllers: &str) -> Option<serde_json::Value> {
+    cli_json(&[
+        "--controller",
+        controllers,
+        "--json",
+        "controller",
+        "status",
+    ])
+}
+
+/// The controller leader's id, if the quorum has one.
+pub fn controller_leader(controllers: &str) -> Option<u64> {
+    controller_status(controllers)?["leader_id"].as_u64()
+}
+
+/// Starts the master of broker group `group`, registered with `controllers`, its store under
+/// `dir/group`; `extra_args` go to the broker (e.g. `--set flush_disk_type="SYNC_FLUSH"`).
+pub fn group_broker_with(
+    dir: &Path,
+    group: &str,
+    controllers: &str,
+    extra_args: &[&str],
+) -> BrokerProcess {
+    let mut args: Vec<String> = [
+        "--set".to_owned(),
+        format!("broker_name={group:?}"),
+        "--set".to_owned(),
+        format!("controller_addr={controllers:?}"),
+        "--set".to_owned(),
+        "controller_heartbeat_interval_ms=200".to_owned(),
+    ]
+    .into();
+    args.extend(extra_args.iter().map(|a| a.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    BrokerProcess::start(&dir.join(group), &args)
+}
+
+/// [`group_broker_with`] without extra arguments.
+pub fn group_broker(dir: &Path, group: &str, controllers: &str) -> BrokerProcess {
+    group_broker_with(dir, group, controllers, &[])
+}
+
+/// Waits (up to 20 s) until `cluster list` shows `groups` broker groups, each with an alive
+/// master; panics otherwise.
+pub fn wait_for_masters(controllers: &str, groups: usize) {
+    let ready = wait_until(std::time::Duration::from_secs(20), || {
+        cli_json(&["--controller", controllers, "--json", "cluster", "list"]).is_some_and(|list| {
+            let groups_list = list["groups"].as_array().cloned().unwrap_or_default();
+            groups_list.len() == groups
+                && groups_list.iter().all(|g| {
+                    g["brokers"].as_array().is_some_and(|bs| {
+                        bs.iter()
+                            .any(|b| b["role"] == "MASTER" && b["alive"] == true)
+                    })
+                })
+        })
+    });
+    assert!(ready, "brokers did not register with the controller");
 }

@@ -13,56 +13,13 @@ use std::time::{Duration, Instant};
 
 use client::controller::ControllerConnection;
 use client::{ClientError, ErrorCode};
-use cluster_tests::{cluster_cli, wait_until, BrokerProcess, ControllerQuorum};
-use serde_json::Value;
+use cluster_tests::{
+    cli_json, cluster_cli, controller_leader as leader, controller_status as status,
+    group_broker as broker, wait_for_masters, wait_until, ControllerQuorum,
+};
 
 /// Election timeouts of the test quorum (the defaults).
 const ELECTION_TIMEOUT_MAX: Duration = Duration::from_millis(600);
-
-fn cli_json(args: &[&str]) -> Option<Value> {
-    let (_, stdout) = cluster_cli(args);
-    serde_json::from_str(stdout.trim()).ok()
-}
-
-fn status(addrs: &str) -> Option<Value> {
-    cli_json(&["--controller", addrs, "--json", "controller", "status"])
-}
-
-fn leader(addrs: &str) -> Option<u64> {
-    status(addrs)?["leader_id"].as_u64()
-}
-
-/// Starts a broker of `group` registered with the quorum.
-fn broker(dir: &std::path::Path, group: &str, controllers: &str) -> BrokerProcess {
-    BrokerProcess::start(
-        &dir.join(group),
-        &[
-            "--set",
-            &format!("broker_name={group:?}"),
-            "--set",
-            &format!("controller_addr={controllers:?}"),
-            "--set",
-            "controller_heartbeat_interval_ms=200",
-        ],
-    )
-}
-
-/// Waits until cluster list shows `groups` groups, each with an alive master.
-fn wait_for_masters(controllers: &str, groups: usize) {
-    let ready = wait_until(Duration::from_secs(20), || {
-        cli_json(&["--controller", controllers, "--json", "cluster", "list"]).is_some_and(|list| {
-            let groups_list = list["groups"].as_array().cloned().unwrap_or_default();
-            groups_list.len() == groups
-                && groups_list.iter().all(|g| {
-                    g["brokers"].as_array().is_some_and(|bs| {
-                        bs.iter()
-                            .any(|b| b["role"] == "MASTER" && b["alive"] == true)
-                    })
-                })
-        })
-    });
-    assert!(ready, "brokers did not register with the controller");
-}
 
 fn topic_names(controllers: &str) -> Vec<String> {
     cli_json(&["--controller", controllers, "--json", "topic", "list"])
@@ -258,9 +215,6 @@ async fn a_controller_that_missed_a_snapshot_catches_up_and_a_lost_majority_refu
     assert_eq!(code, 2, "cluster-cli exits 2 when the quorum cannot write");
 }
 
-/// Route watch: a client watching a topic learns within about one broker heartbeat timeout
-/// that a group's master died and that it came back, and learns of a new topic group without
-/// asking; the route survives a controller leader change.
 /// Whether every queue of broker-b in the cached route of `orders` has an alive master.
 async fn alive_b(routes: &client::routes::Routes) -> bool {
     let route = routes.get("orders").await.unwrap();
@@ -270,6 +224,9 @@ async fn alive_b(routes: &client::routes::Routes) -> bool {
         .all(|q| q.master_alive)
 }
 
+/// Route watch: a client watching a topic learns within about one broker heartbeat timeout
+/// that a group's master died and that it came back; the route survives a controller leader
+/// change.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_route_watch_pushes_broker_death_and_return() {
     use client::routes::{writable_queues, Routes};

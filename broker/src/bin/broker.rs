@@ -20,9 +20,9 @@ use broker::topics::TopicRegistry;
 use clap::Parser;
 use proto::client::broker_server::BrokerServer;
 use proto::client::consumer_groups_server::ConsumerGroupsServer;
-use proto::controller::{BrokerRole, GroupTopic};
+use proto::controller::{BrokerRole, GroupSettings, GroupTopic};
 use replication::controller::link::{BrokerIdentity, BrokerMetadata, ControllerLink};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_stream::wrappers::TcpListenerStream;
@@ -146,6 +146,7 @@ async fn serve(config: BrokerConfig) -> Result<()> {
             local,
             store.clone(),
             topics.clone(),
+            retry.clone(),
         )?)),
     };
     let service = BrokerService::new(store.clone(), topics, config.broker.clone());
@@ -201,6 +202,7 @@ async fn serve(config: BrokerConfig) -> Result<()> {
 struct LinkedBroker {
     store: Arc<Store>,
     topics: Arc<TopicRegistry>,
+    retry: Arc<RetryState>,
 }
 
 impl BrokerMetadata for LinkedBroker {
@@ -210,6 +212,18 @@ impl BrokerMetadata for LinkedBroker {
             .map(|t| (t.topic.clone(), t.queue_count))
             .collect();
         self.topics.sync(&wanted).map_err(|err| err.to_string())
+    }
+
+    fn sync_group_settings(&self, settings: &[GroupSettings]) -> Result<(), String> {
+        // The message model needs nothing here: a broadcasting group's consumers keep their own
+        // offsets and retry in place, never sending back, so only max retries changes what the
+        // broker does.
+        let table: HashMap<String, u32> = settings
+            .iter()
+            .map(|s| (s.group.clone(), s.max_retries))
+            .collect();
+        self.retry.sync_group_max_retries(table);
+        Ok(())
     }
 
     fn max_offset(&self) -> u64 {
@@ -226,6 +240,7 @@ fn run_controller_link(
     local: std::net::SocketAddr,
     store: Arc<Store>,
     topics: Arc<TopicRegistry>,
+    retry: Arc<RetryState>,
 ) -> Result<impl std::future::Future<Output = ()>> {
     let identity = BrokerIdentity {
         cluster: config.broker.broker_cluster_name.clone(),
@@ -243,7 +258,12 @@ fn run_controller_link(
         },
     };
     let interval = Duration::from_millis(config.broker.controller_heartbeat_interval_ms);
-    let mut link = ControllerLink::new(&addrs, identity, Arc::new(LinkedBroker { store, topics }))?;
+    let metadata = Arc::new(LinkedBroker {
+        store,
+        topics,
+        retry,
+    });
+    let mut link = ControllerLink::new(&addrs, identity, metadata)?;
     Ok(async move {
         if let Err(err) = link.register(interval).await {
             tracing::error!(error = %err, "stopping");

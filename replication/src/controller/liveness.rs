@@ -17,6 +17,8 @@ use tokio::sync::watch;
 pub struct Seen {
     pub at: Instant,
     pub max_offset: u64,
+    /// The metadata revision the broker has applied.
+    pub synced_revision: u64,
 }
 
 /// The leader's liveness table.
@@ -62,7 +64,7 @@ impl Liveness {
     }
 
     /// Records a heartbeat.
-    pub fn beat(&self, group: &str, broker_id: u64, max_offset: u64) {
+    pub fn beat(&self, group: &str, broker_id: u64, max_offset: u64, synced_revision: u64) {
         let mut inner = self.inner.lock().expect("liveness lock poisoned");
         let was_alive = Self::alive_in(&inner, self.timeout, group, broker_id, Instant::now());
         inner.seen.insert(
@@ -70,6 +72,7 @@ impl Liveness {
             Seen {
                 at: Instant::now(),
                 max_offset,
+                synced_revision,
             },
         );
         drop(inner);
@@ -139,7 +142,7 @@ mod tests {
         assert!(liveness.is_alive("a", 0));
         std::thread::sleep(Duration::from_millis(60));
         assert!(!liveness.is_alive("a", 0), "grace over, never heard");
-        liveness.beat("a", 0, 7);
+        liveness.beat("a", 0, 7, 1);
         assert!(liveness.is_alive("a", 0));
         assert_eq!(liveness.seen("a", 0).map(|s| s.max_offset), Some(7));
     }

@@ -40,6 +40,11 @@ const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
 const NODE_STATUS_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long a forwarded request may wait for the leader.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a topic creation waits for the groups' masters to apply it (below the client's
+/// per-attempt timeout, 5 s).
+const SYNC_WAIT_MAX: Duration = Duration::from_secs(3);
+/// How often that wait looks again.
+const SYNC_POLL: Duration = Duration::from_millis(10);
 
 /// A gRPC error with its stable code in the `x-error-code` metadata.
 pub fn error(code: ErrorCode, message: impl Into<String>) -> Status {
@@ -351,6 +356,41 @@ impl ControllerService {
         }
     }
 
+    /// Waits until the live master of each of `groups` reports having applied `revision` (at
+    /// most [`SYNC_WAIT_MAX`] or one broker heartbeat timeout, the shorter); returns the groups
+    /// that did not, and those with no live master (not waited for). So that a producer started
+    /// once a topic's creation is acknowledged finds it on the brokers, not only in the route.
+    async fn wait_for_sync(&self, groups: &[String], revision: u64) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + self.liveness.timeout().min(SYNC_WAIT_MAX);
+        let synced = |group: &str, id: u64| {
+            self.liveness
+                .seen(group, id)
+                .is_some_and(|seen| seen.synced_revision >= revision)
+        };
+        loop {
+            let masters: Vec<(String, Option<u64>)> = self.state.read(|data| {
+                groups
+                    .iter()
+                    .map(|g| {
+                        let master = data.state.groups.get(g).and_then(|group| group.master_id);
+                        (g.clone(), master.filter(|id| self.alive(g, *id)))
+                    })
+                    .collect()
+            });
+            let syncing = masters
+                .iter()
+                .any(|(group, master)| master.is_some_and(|id| !synced(group, id)));
+            if !syncing || tokio::time::Instant::now() >= deadline {
+                return masters
+                    .into_iter()
+                    .filter(|(group, master)| !master.is_some_and(|id| synced(group, id)))
+                    .map(|(group, _)| group)
+                    .collect();
+            }
+            tokio::time::sleep(SYNC_POLL).await;
+        }
+    }
+
     fn routes(&self, topics: &[String]) -> Vec<pb::TopicRoute> {
         let alive = |g: &str, id: u64| self.alive(g, id);
         self.state.read(|data| {
@@ -385,7 +425,8 @@ impl pb::controller_server::Controller for ControllerService {
             },
         })
         .await?;
-        self.liveness.beat(&req.group, req.broker_id, 0);
+        // Not synced yet: the broker syncs right after registering and reports it.
+        self.liveness.beat(&req.group, req.broker_id, 0, 0);
         let group = self.state.read(|data| group_view(&data.state, &req.group));
         Ok(Response::new(pb::RegisterBrokerResponse { group }))
     }
@@ -417,8 +458,12 @@ impl pb::controller_server::Controller for ControllerService {
                 ),
             ));
         }
-        self.liveness
-            .beat(&req.group, req.broker_id, req.max_offset);
+        self.liveness.beat(
+            &req.group,
+            req.broker_id,
+            req.max_offset,
+            req.synced_revision,
+        );
         Ok(Response::new(pb::BrokerHeartbeatResponse {
             metadata_revision: revision,
             group,
@@ -560,6 +605,7 @@ impl pb::controller_server::Controller for ControllerService {
         } else {
             req.perm
         };
+        let groups: Vec<String> = queues.keys().cloned().collect();
         let created = self
             .write(Command::CreateTopic {
                 name: req.topic.clone(),
@@ -567,10 +613,13 @@ impl pb::controller_server::Controller for ControllerService {
                 perm,
             })
             .await?;
+        let revision = self.state.read(|data| data.state.metadata_revision);
+        let unsynced_groups = self.wait_for_sync(&groups, revision).await;
         let route = self.routes(std::slice::from_ref(&req.topic)).remove(0);
         Ok(Response::new(pb::CreateTopicResponse {
             created,
             route: Some(route),
+            unsynced_groups,
         }))
     }
 

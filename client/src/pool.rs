@@ -1,0 +1,71 @@
+//! Connections to brokers by address, shared by a client's producer or consumer: one HTTP/2
+//! channel per broker address, opened on first use and kept.
+//!
+//! A routed client talks to every broker group's master; which address that is comes from the
+//! route and changes with failover, so connections are made lazily from addresses, never up
+//! front. A broker that is down costs a failed request (connection refused, or the connect
+//! timeout when it does not answer at all), not a stuck client.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use proto::client::broker_client::BrokerClient;
+use proto::client::consumer_groups_client::ConsumerGroupsClient;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::error::ClientError;
+use crate::producer::RESPONSE_BYTES_MAX;
+
+/// Longest wait for a TCP connection to a broker. A partitioned broker (packets dropped) costs
+/// this much per attempt; a stopped one answers "refused" at once.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The channels of one client, by broker address.
+#[derive(Default)]
+pub(crate) struct BrokerChannels {
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+impl BrokerChannels {
+    /// Connects to `addr` now (so that a wrong address fails at once) and keeps the channel.
+    pub async fn connect(&self, addr: &str) -> Result<Channel, ClientError> {
+        let channel = endpoint(addr)?.connect().await?;
+        self.channels
+            .lock()
+            .expect("broker channels lock")
+            .insert(addr.to_owned(), channel.clone());
+        Ok(channel)
+    }
+
+    /// The channel to `addr`, made (lazily: nothing is sent yet) on first use.
+    pub fn get(&self, addr: &str) -> Result<Channel, ClientError> {
+        let mut channels = self.channels.lock().expect("broker channels lock");
+        if let Some(channel) = channels.get(addr) {
+            return Ok(channel.clone());
+        }
+        let channel = endpoint(addr)?.connect_lazy();
+        channels.insert(addr.to_owned(), channel.clone());
+        Ok(channel)
+    }
+
+    pub fn broker(&self, addr: &str) -> Result<BrokerClient<Channel>, ClientError> {
+        Ok(BrokerClient::new(self.get(addr)?).max_decoding_message_size(RESPONSE_BYTES_MAX))
+    }
+
+    pub fn consumer_groups(
+        &self,
+        addr: &str,
+    ) -> Result<ConsumerGroupsClient<Channel>, ClientError> {
+        Ok(ConsumerGroupsClient::new(self.get(addr)?))
+    }
+}
+
+fn endpoint(addr: &str) -> Result<Endpoint, ClientError> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|_| ClientError::Invalid {
+            reason: "broker address is not host:port",
+        })?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true))
+}
