@@ -129,7 +129,14 @@ impl ControllerConnection {
                 return Err(err);
             }
             tracing::debug!(addr = %self.addrs[index], error = %err, "controller did not answer; trying the next");
-            last_error = Some(err);
+            // Keep the most telling failure: a controller's own answer (no quorum) says more
+            // than a refused connection to one that is down.
+            if last_error
+                .as_ref()
+                .is_none_or(|last| rank(&err) >= rank(last))
+            {
+                last_error = Some(err);
+            }
             if tokio::time::Instant::now() >= deadline {
                 break;
             }
@@ -206,5 +213,15 @@ impl ControllerConnection {
         })
         .await
         .map(|_| ())
+    }
+}
+
+/// How much a failure says about the quorum: an answer from a controller, then a timeout, then a
+/// connection that failed.
+fn rank(error: &ClientError) -> u8 {
+    match error {
+        ClientError::Broker { .. } => 2,
+        ClientError::Timeout { .. } => 1,
+        _ => 0,
     }
 }

@@ -291,6 +291,18 @@ pub fn controller_leader(controllers: &str) -> Option<u64> {
     controller_status(controllers)?["leader_id"].as_u64()
 }
 
+/// Waits (up to 20 s) until the quorum at `controllers` has a leader and returns its id; panics
+/// otherwise.
+pub fn wait_for_controller_leader(controllers: &str) -> u64 {
+    let mut leader = None;
+    let found = wait_until(std::time::Duration::from_secs(20), || {
+        leader = controller_leader(controllers);
+        leader.is_some()
+    });
+    assert!(found, "the controller quorum has no leader");
+    leader.expect("found")
+}
+
 /// Starts the master of broker group `group`, registered with `controllers`, its store under
 /// `dir/group`; `extra_args` go to the broker (e.g. `--set flush_disk_type="SYNC_FLUSH"`).
 pub fn group_broker_with(

@@ -15,7 +15,8 @@ use client::controller::ControllerConnection;
 use client::{ClientError, ErrorCode};
 use cluster_tests::{
     cli_json, cluster_cli, controller_leader as leader, controller_status as status,
-    group_broker as broker, wait_for_masters, wait_until, ControllerQuorum,
+    group_broker as broker, wait_for_controller_leader, wait_for_masters, wait_until,
+    ControllerQuorum,
 };
 
 /// Election timeouts of the test quorum (the defaults).
@@ -58,7 +59,7 @@ async fn killing_the_leader_elects_another_and_loses_no_metadata() {
     let route_before = conn.route("orders").await.unwrap();
     assert_eq!(route_before.groups.len(), 2, "{route_before:?}");
 
-    let old = leader(&addrs).unwrap();
+    let old = wait_for_controller_leader(&addrs);
     quorum.kill(old, libc::SIGKILL);
     let killed = Instant::now();
     let survivors = quorum
@@ -153,11 +154,12 @@ async fn a_controller_that_missed_a_snapshot_catches_up_and_a_lost_majority_refu
     wait_for_masters(&addrs, 1);
 
     // Controller 3 misses 100 writes; the others snapshot and purge their logs meanwhile.
+    let current = wait_for_controller_leader(&addrs);
     let lagging = quorum
         .members
         .iter()
         .map(|m| m.id)
-        .find(|id| Some(*id) != leader(&addrs))
+        .find(|id| *id != current)
         .unwrap();
     quorum.kill(lagging, libc::SIGKILL);
     let conn = ControllerConnection::new(&addrs).unwrap();
@@ -270,7 +272,7 @@ async fn the_route_watch_pushes_broker_death_and_return() {
     // Its return is pushed too, across a controller leader change. The restarted broker listens
     // on a new port, so seeing that address proves the push (a new leader also presumes unheard
     // brokers alive for one timeout, which alone would not).
-    let old = leader(&addrs).unwrap();
+    let old = wait_for_controller_leader(&addrs);
     quorum.kill(old, libc::SIGKILL);
     drop(b);
     let b = broker(dir.path(), "broker-b", &addrs);

@@ -24,8 +24,8 @@ use client::{
     PushConsumer, PushConsumerConfig, SendStatus,
 };
 use cluster_tests::{
-    cluster_cli, controller_leader, controller_status, group_broker, wait_for_masters, wait_until,
-    ControllerQuorum,
+    cluster_cli, controller_leader, controller_status, group_broker, wait_for_controller_leader,
+    wait_for_masters, wait_until, ControllerQuorum,
 };
 
 /// What the senders saw: per key, the broker group that answered `SEND_OK`; every error.
@@ -124,11 +124,7 @@ async fn sends_survive_controller_and_master_failures_and_every_ack_is_consumed(
         &["--set", "broker_heartbeat_timeout_ms=1000"],
     );
     let addrs = quorum.addrs();
-    assert!(
-        wait_until(Duration::from_secs(20), || controller_leader(&addrs)
-            .is_some()),
-        "no controller leader"
-    );
+    wait_for_controller_leader(&addrs);
     let _a = group_broker(dir.path(), "broker-a", &addrs);
     let b = group_broker(dir.path(), "broker-b", &addrs);
     wait_for_masters(&addrs, 2);
@@ -181,7 +177,7 @@ async fn sends_survive_controller_and_master_failures_and_every_ack_is_consumed(
     .await;
 
     // 1. The controller leader dies: a new one is elected, the route is intact, sends go on.
-    let old_leader = controller_leader(&addrs).unwrap();
+    let old_leader = wait_for_controller_leader(&addrs);
     quorum.kill(old_leader, libc::SIGKILL);
     assert!(
         wait_until(Duration::from_secs(10), || controller_leader(&addrs)
@@ -244,7 +240,7 @@ async fn sends_survive_controller_and_master_failures_and_every_ack_is_consumed(
 
     // 3. Two of three controllers down: no majority. Sends go on from the cached routes;
     // metadata writes fail with a clear error.
-    let second = controller_leader(&addrs).unwrap();
+    let second = wait_for_controller_leader(&addrs);
     quorum.kill(second, libc::SIGKILL);
     wait_for_acks(&history, Some("broker-a"), 100, "group a without a quorum").await;
     wait_for_acks(&history, Some("broker-b"), 100, "group b without a quorum").await;
