@@ -15,9 +15,9 @@
 #                  the script builds them with `cargo build --release` and uses target/release
 #   READY_TIMEOUT_S   how long to wait for the cluster to be ready (default 60)
 #
-# Prints "cluster ready: CONTROLLER_ADDR=..." once `cluster-cli controller status` and
-# `cluster-cli cluster list` both exit 0 (a leader, every controller reachable, both masters
-# alive), then waits. Exits 1 if the cluster is not ready in time (the logs are in CLUSTER_DIR).
+# Prints "cluster ready: CONTROLLER_ADDR=..." once `cluster-cli controller status` exits 0 (a
+# leader, every controller reachable) and `cluster-cli cluster list` exits 0 listing both groups
+# (every broker registered and alive), then waits. Exits 1 if the cluster is not ready in time (the logs are in CLUSTER_DIR).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -80,8 +80,17 @@ for i in 0 1; do
 done
 
 cli() { "$BIN_DIR/cluster-cli" --controller "$controller_addr" "$@"; }
+# Ready: a leader and every controller reachable; both groups registered, every broker alive.
+ready() {
+  cli controller status >/dev/null 2>&1 || return 1
+  local list
+  list=$(cli --json cluster list 2>/dev/null) || return 1
+  for group in "${groups[@]}"; do
+    grep -q "\"name\":\"$group\"" <<<"$list" || return 1
+  done
+}
 deadline=$((SECONDS + READY_TIMEOUT_S))
-until cli controller status >/dev/null 2>&1 && cli cluster list >/dev/null 2>&1; do
+until ready; do
   for pid in "${pids[@]}"; do
     if ! kill -0 "$pid" 2>/dev/null; then
       echo "local-cluster: a process exited during start; see $CLUSTER_DIR/*.log" >&2
