@@ -4,11 +4,13 @@
 //! - [`controller`]: the Raft quorum that is the cluster's name server (routes, topics, broker
 //!   groups, consumer-group settings) and, from step 5, its failover authority. The `controller`
 //!   binary (`src/bin/controller.rs`) runs one member.
-//! - `ship` (step 4): the bidirectional gRPC log stream from master to slave; knows commit-log
-//!   offsets and epochs, never message types.
+//! - [`ship`] (step 4): the bidirectional gRPC log stream from master to slave; knows commit-log
+//!   offsets and epochs, never message types. Built so far: the last common point of two logs
+//!   from their epoch histories (`ship::divergence`).
 //! - `insync` (step 4): tracking each slave's acknowledged offset and the in-sync set.
 //!
 //! This crate defines the traits it needs (the shipped log: read a byte range, append at an
 //! offset, truncate to an offset, epoch history); `broker`'s commit log implements them.
 
 pub mod controller;
+pub mod ship;
