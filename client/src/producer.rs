@@ -708,21 +708,18 @@ fn choose_queue<'a>(
     failed_group: Option<&str>,
     turn: u64,
 ) -> Option<&'a QueueRef> {
-    let with_master = |q: &&QueueRef| !q.master_addr.is_empty();
-    let alive = |q: &&QueueRef| q.master_alive;
-    let elsewhere = |q: &&QueueRef| Some(q.group.as_str()) != failed_group;
-    let tiers: [Vec<&QueueRef>; 3] = [
-        queues
-            .iter()
-            .filter(with_master)
-            .filter(alive)
-            .filter(elsewhere)
-            .collect(),
-        queues.iter().filter(with_master).filter(alive).collect(),
-        queues.iter().filter(with_master).collect(),
-    ];
-    let candidates = tiers.into_iter().find(|tier| !tier.is_empty())?;
-    Some(candidates[(turn % candidates.len() as u64) as usize])
+    // Tier 0: alive elsewhere; 1: alive; 2: any with a master.
+    let in_tier = |q: &QueueRef, tier: u8| {
+        !q.master_addr.is_empty()
+            && (tier == 2 || q.master_alive)
+            && (tier >= 1 || Some(q.group.as_str()) != failed_group)
+    };
+    // Counted, not collected: this runs for every batch.
+    (0..3u8).find_map(|tier| {
+        let count = queues.iter().filter(|q| in_tier(q, tier)).count();
+        let nth = (turn % count.max(1) as u64) as usize;
+        queues.iter().filter(|q| in_tier(q, tier)).nth(nth)
+    })
 }
 
 /// After an RPC was answered, lets the callers it woke run before the lane takes its next batch:

@@ -15,36 +15,20 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use client::{ConsumeFrom, ConsumeResult, PushConsumerConfig, ReceivedMessage};
+use client::{ConsumeResult, ReceivedMessage};
 use hdrhistogram::Histogram;
 
 use crate::bench::{now_us, SENT_AT_PROPERTY};
+use crate::consume::MemberArgs;
 use crate::Reach;
 
 #[derive(clap::Args, Debug)]
 pub struct ConsumeArgs {
-    #[arg(long)]
-    topic: String,
-    #[arg(long)]
-    group: String,
-    /// Stop after this many messages were handled.
-    #[arg(long)]
-    count: Option<u64>,
-    /// Stop after this long without a message.
-    #[arg(long, default_value_t = 5_000)]
-    idle_exit_ms: u64,
+    #[command(flatten)]
+    member: MemberArgs,
     /// Messages per pull (1 to 1024).
     #[arg(long, default_value_t = 256)]
     pull_batch: u32,
-    /// Where a group without committed offsets starts.
-    #[arg(long, value_enum, default_value_t = From::First)]
-    from: From,
-}
-
-#[derive(clap::ValueEnum, Clone, Copy, Debug)]
-enum From {
-    First,
-    Last,
 }
 
 /// What the listener has seen; shared with the progress and summary code.
@@ -58,7 +42,8 @@ struct Tally {
 }
 
 pub async fn run(reach: &Reach, json: bool, args: ConsumeArgs) -> Result<ExitCode> {
-    if args.count == Some(0) || !(1..=1024).contains(&args.pull_batch) {
+    let member = &args.member;
+    if member.count == Some(0) || !(1..=1024).contains(&args.pull_batch) {
         bail!("--count must be at least 1 and --pull-batch 1 to 1024");
     }
     let started = Instant::now();
@@ -68,12 +53,8 @@ pub async fn run(reach: &Reach, json: bool, args: ConsumeArgs) -> Result<ExitCod
         latencies: Mutex::new(Histogram::new_with_bounds(1, 600_000_000, 3)?),
         last_message: Mutex::new(started),
     });
-    let mut config = PushConsumerConfig::new(args.group.clone(), args.topic.clone());
+    let mut config = member.config();
     config.pull_batch = args.pull_batch;
-    config.consume_from = match args.from {
-        From::First => ConsumeFrom::First,
-        From::Last => ConsumeFrom::Last,
-    };
     let listener = {
         let tally = tally.clone();
         move |message: &ReceivedMessage| -> Result<ConsumeResult, client::ListenerError> {
@@ -98,12 +79,12 @@ pub async fn run(reach: &Reach, json: bool, args: ConsumeArgs) -> Result<ExitCod
         }
     };
     let consumer = reach.push_consumer(config, listener).await?;
-    let idle = Duration::from_millis(args.idle_exit_ms);
+    let idle = Duration::from_millis(member.idle_exit_ms);
     let mut next_progress = started + Duration::from_secs(1);
     let mut handled_at_last_progress = 0;
     loop {
         let handled = tally.handled.load(Ordering::Acquire);
-        if args.count.is_some_and(|count| handled >= count) {
+        if member.count.is_some_and(|count| handled >= count) {
             break;
         }
         if tally.last_message.lock().expect("lock").elapsed() >= idle {
@@ -161,7 +142,7 @@ pub async fn run(reach: &Reach, json: bool, args: ConsumeArgs) -> Result<ExitCod
             println!("  no message carried {SENT_AT_PROPERTY} (bench produce --sent-at): no end-to-end latency");
         }
     }
-    let complete = args.count.is_none_or(|count| handled >= count);
+    let complete = member.count.is_none_or(|count| handled >= count);
     Ok(if complete {
         ExitCode::SUCCESS
     } else {

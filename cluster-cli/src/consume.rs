@@ -16,24 +16,19 @@ use client::{ConsumeFrom, ConsumeResult, PushConsumerConfig, ReceivedMessage};
 
 use crate::Reach;
 
+/// Joining a group and when to stop: shared by `consume` and `bench consume`.
 #[derive(clap::Args, Debug)]
-pub struct ConsumeArgs {
+pub struct MemberArgs {
     #[arg(long)]
-    topic: String,
+    pub topic: String,
     #[arg(long)]
-    group: String,
+    pub group: String,
     /// Stop after this many messages were handled.
     #[arg(long)]
-    count: Option<u64>,
+    pub count: Option<u64>,
     /// Stop after this long without a message.
     #[arg(long, default_value_t = 5_000)]
-    idle_exit_ms: u64,
-    /// Write the key of every handled message to this file.
-    #[arg(long)]
-    keys_out: Option<PathBuf>,
-    /// Answer ReconsumeLater to every K-th delivery.
-    #[arg(long)]
-    fail_every: Option<u64>,
+    pub idle_exit_ms: u64,
     /// Where a group without committed offsets starts.
     #[arg(long, value_enum, default_value_t = From::First)]
     from: From,
@@ -43,6 +38,30 @@ pub struct ConsumeArgs {
 enum From {
     First,
     Last,
+}
+
+impl MemberArgs {
+    /// The push consumer's settings these arguments name (the rest at their defaults).
+    pub fn config(&self) -> PushConsumerConfig {
+        let mut config = PushConsumerConfig::new(self.group.clone(), self.topic.clone());
+        config.consume_from = match self.from {
+            From::First => ConsumeFrom::First,
+            From::Last => ConsumeFrom::Last,
+        };
+        config
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ConsumeArgs {
+    #[command(flatten)]
+    member: MemberArgs,
+    /// Write the key of every handled message to this file.
+    #[arg(long)]
+    keys_out: Option<PathBuf>,
+    /// Answer ReconsumeLater to every K-th delivery.
+    #[arg(long)]
+    fail_every: Option<u64>,
 }
 
 struct Progress {
@@ -64,11 +83,8 @@ pub async fn run(reach: &Reach, json: bool, args: ConsumeArgs) -> Result<ExitCod
         keys: Mutex::new(Vec::new()),
         last_message: Mutex::new(Instant::now()),
     });
-    let mut config = PushConsumerConfig::new(args.group.clone(), args.topic.clone());
-    config.consume_from = match args.from {
-        From::First => ConsumeFrom::First,
-        From::Last => ConsumeFrom::Last,
-    };
+    let member = &args.member;
+    let config = member.config();
     let listener = {
         let progress = progress.clone();
         let fail_every = args.fail_every;
@@ -91,10 +107,10 @@ pub async fn run(reach: &Reach, json: bool, args: ConsumeArgs) -> Result<ExitCod
     };
     let started = Instant::now();
     let consumer = reach.push_consumer(config, listener).await?;
-    let idle = Duration::from_millis(args.idle_exit_ms);
+    let idle = Duration::from_millis(member.idle_exit_ms);
     loop {
         let handled = progress.handled.load(Ordering::Acquire);
-        if args.count.is_some_and(|count| handled >= count) {
+        if member.count.is_some_and(|count| handled >= count) {
             break;
         }
         if progress.last_message.lock().expect("lock").elapsed() >= idle {
@@ -127,7 +143,7 @@ pub async fn run(reach: &Reach, json: bool, args: ConsumeArgs) -> Result<ExitCod
     } else {
         println!("handled {handled} messages in {elapsed:.2} s ({failed} deliveries answered ReconsumeLater)");
     }
-    let complete = args.count.is_none_or(|count| handled >= count);
+    let complete = member.count.is_none_or(|count| handled >= count);
     Ok(if complete {
         ExitCode::SUCCESS
     } else {

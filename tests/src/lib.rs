@@ -347,3 +347,50 @@ pub fn wait_for_masters(controllers: &str, groups: usize) {
     });
     assert!(ready, "brokers did not register with the controller");
 }
+
+/// Every message of queues `0..queues` of `topic` as one pull consumer reads them now, queue
+/// after queue, from queue offset 0 until a pull comes back empty (no waiting).
+pub async fn read_queues(
+    consumer: &client::PullConsumer,
+    topic: &str,
+    queues: u32,
+) -> Vec<client::ReceivedMessage> {
+    let mut all = Vec::new();
+    for queue_id in 0..queues {
+        let mut queue_offset = 0;
+        loop {
+            let result = consumer
+                .pull(
+                    topic,
+                    queue_id,
+                    queue_offset,
+                    256,
+                    "*",
+                    std::time::Duration::ZERO,
+                )
+                .await
+                .expect("pull");
+            if result.messages.is_empty() {
+                break;
+            }
+            queue_offset = result.next_queue_offset;
+            all.extend(result.messages);
+        }
+    }
+    all
+}
+
+/// Whether the cached route of `topic` shows `group`'s master alive on every queue, at `addr`
+/// when one is given.
+pub async fn group_alive(
+    routes: &client::routes::Routes,
+    topic: &str,
+    group: &str,
+    addr: Option<&str>,
+) -> bool {
+    let route = routes.get(topic).await.expect("route");
+    client::routes::writable_queues(&route)
+        .iter()
+        .filter(|q| q.group == group)
+        .all(|q| q.master_alive && addr.is_none_or(|a| q.master_addr == a))
+}

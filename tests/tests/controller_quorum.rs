@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use client::controller::ControllerConnection;
 use client::{ClientError, ErrorCode};
 use cluster_tests::{
-    cli_json, cluster_cli, controller_leader as leader, controller_status as status,
+    cli_json, cluster_cli, controller_leader as leader, controller_status as status, group_alive,
     group_broker as broker, wait_for_controller_leader, wait_for_masters, wait_until,
     ControllerQuorum,
 };
@@ -219,11 +219,7 @@ async fn a_controller_that_missed_a_snapshot_catches_up_and_a_lost_majority_refu
 
 /// Whether every queue of broker-b in the cached route of `orders` has an alive master.
 async fn alive_b(routes: &client::routes::Routes) -> bool {
-    let route = routes.get("orders").await.unwrap();
-    client::routes::writable_queues(&route)
-        .iter()
-        .filter(|q| q.group == "broker-b")
-        .all(|q| q.master_alive)
+    group_alive(routes, "orders", "broker-b", None).await
 }
 
 /// Route watch: a client watching a topic learns within about one broker heartbeat timeout

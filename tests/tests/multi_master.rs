@@ -18,14 +18,14 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use client::controller::ControllerConnection;
-use client::routes::{writable_queues, Routes};
+use client::routes::Routes;
 use client::{
     ClientError, ConsumeFrom, ConsumeResult, ErrorCode, Message, Producer, ProducerConfig,
     PushConsumer, PushConsumerConfig, SendStatus,
 };
 use cluster_tests::{
-    cluster_cli, controller_leader, controller_status, group_broker, wait_for_controller_leader,
-    wait_for_masters, wait_until, ControllerQuorum,
+    cluster_cli, controller_leader, controller_status, group_alive, group_broker,
+    wait_for_controller_leader, wait_for_masters, wait_until, ControllerQuorum,
 };
 
 /// What the senders saw: per key, the broker group that answered `SEND_OK`; every error.
@@ -108,11 +108,7 @@ async fn wait_for_acks(history: &Mutex<History>, group: Option<&str>, more: usiz
 
 /// Whether the cached route shows broker-b's master alive at `addr` (any address when `None`).
 async fn b_alive(routes: &Routes, addr: Option<&str>) -> bool {
-    let route = routes.get("orders").await.unwrap();
-    writable_queues(&route)
-        .iter()
-        .filter(|q| q.group == "broker-b")
-        .all(|q| q.master_alive && addr.is_none_or(|a| q.master_addr == a))
+    group_alive(routes, "orders", "broker-b", addr).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

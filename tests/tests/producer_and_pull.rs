@@ -10,28 +10,13 @@ use std::time::{Duration, Instant};
 use client::{
     Admin, ClientError, ErrorCode, Message, Producer, ProducerConfig, PullConsumer, SendStatus,
 };
-use cluster_tests::BrokerProcess;
+use cluster_tests::{read_queues, BrokerProcess};
 
 const TOPIC: &str = "payments";
 const QUEUES: u32 = 4;
 
 async fn pull_all(consumer: &PullConsumer) -> Vec<client::ReceivedMessage> {
-    let mut all = Vec::new();
-    for queue_id in 0..QUEUES {
-        let mut queue_offset = 0;
-        loop {
-            let result = consumer
-                .pull(TOPIC, queue_id, queue_offset, 64, "*", Duration::ZERO)
-                .await
-                .unwrap();
-            if result.messages.is_empty() {
-                break;
-            }
-            queue_offset = result.next_queue_offset;
-            all.extend(result.messages);
-        }
-    }
-    all
+    read_queues(consumer, TOPIC, QUEUES).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,7 +14,7 @@ use client::{
     Admin, ClientError, ErrorCode, Message, Producer, ProducerConfig, PullConsumer,
     ReceivedMessage, SendResult, SendStatus,
 };
-use cluster_tests::BrokerProcess;
+use cluster_tests::{read_queues, BrokerProcess};
 
 const QUEUES: u32 = 4;
 
@@ -24,21 +24,7 @@ async fn pull_all(addr: &str, topic: &str, expected: usize) -> Vec<ReceivedMessa
     let consumer = PullConsumer::connect(addr).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let mut all = Vec::new();
-        for queue_id in 0..QUEUES {
-            let mut queue_offset = 0;
-            loop {
-                let result = consumer
-                    .pull(topic, queue_id, queue_offset, 256, "*", Duration::ZERO)
-                    .await
-                    .unwrap();
-                if result.messages.is_empty() {
-                    break;
-                }
-                queue_offset = result.next_queue_offset;
-                all.extend(result.messages);
-            }
-        }
+        let all = read_queues(&consumer, topic, QUEUES).await;
         if all.len() >= expected || Instant::now() > deadline {
             return all;
         }
