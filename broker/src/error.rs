@@ -99,6 +99,7 @@ fn store_code(err: &StoreError) -> ErrorCode {
         | StoreError::BatchInvalid { .. }
         | StoreError::OffsetInvalid { .. }
         | StoreError::RawInvalid { .. } => ErrorCode::BadRequest,
+        StoreError::ReplicaOnly => ErrorCode::NotMaster,
         _ => ErrorCode::InternalError,
     }
 }

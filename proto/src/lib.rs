@@ -7,9 +7,10 @@
 //!   stable code.
 //! - [`controller`]: the controller quorum (Raft between controllers; routes, heartbeats, topics,
 //!   cluster and quorum status), and [`CONTROLLER_LEADER_METADATA_KEY`].
+//! - [`replication`]: the log stream from a group's master to each slave, and ha status; and
+//!   [`MASTER_ADDR_METADATA_KEY`], where a slave's `NOT_MASTER` refusal names its master.
 //!
-//! Step 4 adds the replication stream (master to slave log shipping). No other crate compiles
-//! `.proto` files.
+//! No other crate compiles `.proto` files.
 
 /// Generated code, nested as the protobuf packages are (generated code refers across packages
 /// with `super::`). Use the short paths below.
@@ -30,6 +31,11 @@ pub mod generated {
                 tonic::include_proto!("broker.controller.v1");
             }
         }
+        pub mod replication {
+            pub mod v1 {
+                tonic::include_proto!("broker.replication.v1");
+            }
+        }
     }
 }
 
@@ -43,8 +49,15 @@ pub use generated::broker::client::v1 as client;
 /// service and administration.
 pub use generated::broker::controller::v1 as controller;
 
+/// Log shipping from master to slaves (`broker.replication.v1`).
+pub use generated::broker::replication::v1 as replication;
+
 /// gRPC metadata key of the stable numeric error code (`common::ErrorCode`) on every error status.
 pub const ERROR_CODE_METADATA_KEY: &str = "x-error-code";
 
 /// gRPC metadata key on a controller's redirect: the leader's address, when it knows one.
 pub const CONTROLLER_LEADER_METADATA_KEY: &str = "x-controller-leader";
+
+/// gRPC metadata key on a `NOT_MASTER` refusal: the group's master address, when the broker knows
+/// it.
+pub const MASTER_ADDR_METADATA_KEY: &str = "x-master-addr";

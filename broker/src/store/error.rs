@@ -31,6 +31,10 @@ pub enum StoreError {
     /// The store is shutting down or its writer is gone.
     #[error("the store is stopped")]
     Stopped,
+    /// The store belongs to a slave: only replication writes to it, so that it stays a
+    /// byte-identical copy of its master's log.
+    #[error("this store is a slave's copy of its master's log: only replication writes to it")]
+    ReplicaOnly,
     /// Another process (or another `Store` in this one) has the directory open.
     #[error("store directory {} is locked by another process", path.display())]
     Locked { path: PathBuf },

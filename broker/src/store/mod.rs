@@ -9,6 +9,8 @@
 //!   `ASYNC_FLUSH`); a `SYNC_FLUSH` append waits for it up to `sync_flush_timeout_ms`.
 //! - [`dispatch`] scans new records ([`scan`]) into the [`consume_queue`]s and saves the
 //!   [`checkpoint`]; [`read`] serves messages from them up to the confirm offset.
+//! - `shipped` implements replication's `ShippedLog` over the store (what a master ships from
+//!   and a slave appends to).
 //! - [`recovery`] rebuilds a consistent state at open; [`truncate`] cuts the log crash-safely;
 //!   [`retention`] deletes old segments; `preallocate` makes the next segment ahead of time; [`epoch`] keeps the epoch history; every metadata file
 //!   goes through [`meta_file`]'s crash-safe protocol. [`config`], [`error`], [`signal`] and
@@ -40,6 +42,7 @@ pub mod retention;
 pub mod scan;
 pub mod segment;
 mod shared;
+mod shipped;
 mod signal;
 pub mod truncate;
 pub mod writer;
@@ -67,7 +70,7 @@ pub use message::{NewMessage, StoredMessage};
 pub use read::{GetRequest, GetResult, GetStatus, TagFilter};
 pub use recovery::RecoveryReport;
 pub use retention::RetentionReport;
-pub use shared::ConfirmMode;
+pub use shared::{ConfirmMode, LogProgress};
 
 use shared::Shared;
 use writer::{EncodedBatch, Writer, WriterCommand};
@@ -275,6 +278,13 @@ impl Store {
         if let Some(err) = self.shared.poisoned() {
             return Err(err);
         }
+        if self
+            .shared
+            .replica_only
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return Err(StoreError::ReplicaOnly);
+        }
         let (reply, written) = oneshot::channel();
         self.writer_tx
             .send(WriterCommand::Append { batch, reply })
@@ -458,6 +468,14 @@ impl Store {
             .is_ok_and(|r| r.is_ok())
     }
 
+    /// Makes this store a slave's (`true`): appends are refused with
+    /// [`StoreError::ReplicaOnly`] and only [`Store::append_raw`] writes, or a master's again.
+    pub fn set_replica_only(&self, replica_only: bool) {
+        self.shared
+            .replica_only
+            .store(replica_only, std::sync::atomic::Ordering::Release);
+    }
+
     /// Hands the confirm offset to the owner (replication) or back to the store.
     pub fn set_confirm_mode(&self, mode: ConfirmMode) {
         self.shared.set_confirm_mode(mode);
@@ -466,14 +484,20 @@ impl Store {
         }
     }
 
-    /// Raises the confirm offset under [`ConfirmMode::External`], never past what is locally
-    /// durable under the flush policy. Returns the confirm offset now in force.
+    /// Under [`ConfirmMode::External`], lets consumers see up to `commit_log_offset`: the confirm
+    /// offset rises at once as far as what is locally durable under the flush policy, and
+    /// follows the flusher the rest of the way. Never lowers it. Returns the confirm offset now
+    /// in force.
     pub fn set_confirm_offset(&self, commit_log_offset: u64) -> u64 {
         if self.shared.confirm_mode() == ConfirmMode::External {
-            self.shared
-                .raise_confirm_offset(commit_log_offset.min(self.shared.locally_durable_offset()));
+            self.shared.allow_confirm_offset(commit_log_offset);
         }
         self.confirm_offset()
+    }
+
+    /// Watches the written and flushed offsets (replication ships and acknowledges by them).
+    pub fn subscribe_progress(&self) -> watch::Receiver<LogProgress> {
+        self.shared.progress_tx.subscribe()
     }
 
     /// (min, max) queue offsets of a queue, if it holds or held any message.

@@ -38,6 +38,10 @@ pub struct FlushProgress {
     pub truncation_generation: u64,
 }
 
+/// The commit log's local progress, as replication watches it: a master ships what is written,
+/// a slave acknowledges what it wrote and flushed.
+pub use replication::ship::LogProgress;
+
 /// Progress of the dispatcher; its mutex is held for a whole dispatch round, so holding it keeps
 /// the consume queues still (truncation does).
 #[derive(Debug)]
@@ -71,7 +75,12 @@ pub(crate) struct Shared {
     /// also covers the read of the locally durable offset that bounds it, so a raise computed
     /// before a truncation cannot land after the truncation's clamp.
     confirm_offset: AtomicU64,
+    /// Under [`ConfirmMode::External`], the confirm offset the owner allows; the store raises
+    /// the confirm offset towards it as local durability catches up.
+    confirm_target: AtomicU64,
     confirm_lock: Mutex<()>,
+    /// Written and flushed offsets, published after every write, flush and truncation.
+    pub progress_tx: watch::Sender<LogProgress>,
     confirm_mode: AtomicU8,
     /// `min(confirm_offset, dispatched_offset)`: what readers can actually see.
     pub readable_tx: watch::Sender<u64>,
@@ -81,6 +90,8 @@ pub(crate) struct Shared {
     pub appends_written: AtomicU64,
     /// Under `ASYNC_FLUSH`, a flush up to this offset was asked for (by `Store::flush`).
     pub flush_requested_offset: AtomicU64,
+    /// Set on a slave's store: appends are refused, only raw appends (replication) write.
+    pub replica_only: std::sync::atomic::AtomicBool,
     /// Set by `Store::shutdown`: the writer closes its channel and drains it.
     pub writer_stop_requested: std::sync::atomic::AtomicBool,
     /// Held for the store's lifetime: the exclusive lock on the directory.
@@ -134,12 +145,18 @@ impl Shared {
                 truncation_generation: 0,
             }),
             confirm_offset: AtomicU64::new(initial_confirm_offset),
+            confirm_target: AtomicU64::new(initial_confirm_offset),
             confirm_lock: Mutex::new(()),
+            progress_tx: watch::Sender::new(LogProgress {
+                write_offset: recovered_end,
+                flushed_offset: recovered_end,
+            }),
             confirm_mode: AtomicU8::new(confirm_mode as u8),
             readable_tx: watch::Sender::new(initial_confirm_offset),
             poison: OnceLock::new(),
             appends_written: AtomicU64::new(0),
             flush_requested_offset: AtomicU64::new(0),
+            replica_only: std::sync::atomic::AtomicBool::new(false),
             writer_stop_requested: std::sync::atomic::AtomicBool::new(false),
             _lock_file: lock_file,
             #[cfg(test)]
@@ -205,6 +222,7 @@ impl Shared {
     /// truncation lowered the written and flushed offsets, so no later raise can pass it.
     pub fn clamp_confirm_offset(&self, offset: u64) {
         let _guard = self.confirm_lock.lock().expect("confirm lock poisoned");
+        self.confirm_target.fetch_min(offset, Ordering::AcqRel);
         if self.confirm_offset.load(Ordering::Acquire) > offset {
             self.confirm_offset.store(offset, Ordering::Release);
             self.publish_readable();
@@ -225,10 +243,38 @@ impl Shared {
         });
     }
 
-    /// Called by the writer and the flusher after they move their offsets.
-    pub fn on_local_progress(&self) {
-        if self.confirm_mode() == ConfirmMode::Local {
-            self.raise_confirm_offset(self.locally_durable_offset());
+    /// Under [`ConfirmMode::External`]: the owner allows consumers up to `offset`. The confirm
+    /// offset follows at once as far as local durability allows, and the rest of the way as the
+    /// writer and flusher progress. A lower allowance than before stops that (the in-sync set
+    /// grew), but never lowers the confirm offset itself.
+    pub fn allow_confirm_offset(&self, offset: u64) {
+        {
+            let _guard = self.confirm_lock.lock().expect("confirm lock poisoned");
+            self.confirm_target.store(offset, Ordering::Release);
         }
+        self.raise_confirm_offset(offset);
+    }
+
+    /// Called by the writer and the flusher after they move their offsets, and by truncation.
+    pub fn on_local_progress(&self) {
+        let target = match self.confirm_mode() {
+            ConfirmMode::Local => self.locally_durable_offset(),
+            ConfirmMode::External => self.confirm_target.load(Ordering::Acquire),
+        };
+        self.raise_confirm_offset(target);
+        self.publish_progress();
+    }
+
+    /// Publishes the written and flushed offsets to their watchers, when they changed.
+    pub fn publish_progress(&self) {
+        let now = LogProgress {
+            write_offset: self.log.write_offset(),
+            flushed_offset: self.log.flushed_offset(),
+        };
+        self.progress_tx.send_if_modified(|current| {
+            let changed = *current != now;
+            *current = now;
+            changed
+        });
     }
 }

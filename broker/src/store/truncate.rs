@@ -226,6 +226,7 @@ pub(crate) fn truncate_running(
     // cannot stay above the cut.
     shared.clamp_confirm_offset(commit_log_offset);
     shared.publish_readable();
+    shared.publish_progress();
 
     let tail = match shared.log.segment_for(commit_log_offset) {
         Some(tail) => tail,

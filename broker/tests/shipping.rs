@@ -1,0 +1,341 @@
+//! Log shipping between two real stores over a real gRPC stream on 127.0.0.1, in one process:
+//! the master's `ShipService` and the slave's replica task, with no controller (the in-sync set
+//! is set directly).
+//!
+//! Invariant checked throughout: up to the confirm offset, the slave's log is a byte-identical
+//! prefix of the master's, with the same epoch history.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use broker::store::{ConfirmMode, FlushDiskType, NewMessage, Store, StoreConfig};
+use bytes::Bytes;
+use proto::replication as pb;
+use proto::replication::log_shipping_client::LogShippingClient;
+use proto::replication::log_shipping_server::LogShippingServer;
+use replication::ship::{
+    replica, AcceptedSet, InSync, InSyncConfig, MasterLocation, ReplicaConfig, ReplicaStatus,
+    ReplicaWait, ShipConfig, ShipService, ShippedLog,
+};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+const SECRET: &str = "test-secret";
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn config(dir: &Path, flush: FlushDiskType) -> StoreConfig {
+    StoreConfig {
+        store_path: dir.to_path_buf(),
+        segment_bytes: 64 << 10,
+        max_message_bytes: 4 << 10,
+        max_properties_bytes: 1 << 10,
+        batch_bytes_max: 32 << 10,
+        flush_disk_type: flush,
+        disk_max_used_ratio: 1.0,
+        retention_check_interval_ms: 3_600_000,
+        ..StoreConfig::default()
+    }
+}
+
+fn in_sync_config(sync_master: bool) -> InSyncConfig {
+    InSyncConfig {
+        master_id: 0,
+        sync_master,
+        require_flushed: false,
+        min_in_sync_replicas: 2,
+        slave_timeout: Duration::from_millis(500),
+        lag_max: Duration::from_secs(15),
+    }
+}
+
+struct Master {
+    store: Arc<Store>,
+    in_sync: Arc<InSync<Store>>,
+    addr: SocketAddr,
+    server: JoinHandle<()>,
+}
+
+async fn start_master(dir: &Path, sync_master: bool) -> Master {
+    let store = Arc::new(Store::open(config(dir, FlushDiskType::AsyncFlush)).unwrap());
+    store.begin_epoch(1).await.unwrap();
+    store.set_confirm_mode(ConfirmMode::External);
+    let in_sync = Arc::new(InSync::new(
+        in_sync_config(sync_master),
+        store.clone(),
+        1,
+        BTreeSet::from([0]),
+        1,
+    ));
+    let service = ShipService::new(
+        store.clone(),
+        Some(in_sync.clone()),
+        ShipConfig {
+            group: "broker-a".into(),
+            broker_id: 0,
+            cluster_secret: SECRET.into(),
+            chunk_bytes: 16 << 10,
+            inflight_bytes_max: 64 << 10,
+            keepalive: Duration::from_millis(100),
+            replication: "SYNC_MASTER".into(),
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(LogShippingServer::new(service))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await
+            .unwrap();
+    });
+    Master {
+        store,
+        in_sync,
+        addr,
+        server,
+    }
+}
+
+struct Slave {
+    store: Arc<Store>,
+    task: JoinHandle<()>,
+}
+
+fn start_slave(dir: &Path, master: &Master, broker_id: u64) -> Slave {
+    let store = Arc::new(
+        Store::open_with_confirm_mode(
+            config(dir, FlushDiskType::AsyncFlush),
+            ConfirmMode::External,
+        )
+        .unwrap(),
+    );
+    store.set_replica_only(true);
+    let location = watch::Sender::new(Some(MasterLocation {
+        addr: master.addr.to_string(),
+        master_id: 0,
+        master_epoch: 1,
+    }));
+    let task = tokio::spawn(replica::run(
+        store.clone(),
+        ReplicaConfig {
+            group: "broker-a".into(),
+            broker_id,
+            addr: format!("127.0.0.1:{}", 20000 + broker_id),
+            cluster_secret: SECRET.into(),
+            keepalive: Duration::from_millis(100),
+            connect_timeout: Duration::from_secs(1),
+        },
+        location.subscribe(),
+        Arc::new(ReplicaStatus::default()),
+    ));
+    // The sender must outlive the task: the task waits on it.
+    std::mem::forget(location);
+    Slave { store, task }
+}
+
+async fn append(store: &Store, count: usize) -> u64 {
+    let mut end = 0;
+    for i in 0..count {
+        let body = Bytes::from(format!("message {i} {}", "x".repeat(i % 300)));
+        end = store
+            .append(NewMessage::new("orders", (i % 4) as u32, body))
+            .await
+            .unwrap()
+            .end_offset;
+    }
+    end
+}
+
+async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn raw(store: &Store, from: u64, to: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut at = from;
+    while at < to {
+        let chunk = store.read_raw(at, 1 << 20).unwrap();
+        assert!(!chunk.is_empty());
+        at += chunk.len() as u64;
+        out.extend_from_slice(&chunk);
+    }
+    out.truncate((to - from) as usize);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slave_copies_the_master_byte_for_byte_and_follows_its_confirm_offset() {
+    let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let master = start_master(dirs.0.path(), false).await;
+    // Written before the slave exists: it catches up across several segments.
+    append(&master.store, 2_000).await;
+    let slave = start_slave(dirs.1.path(), &master, 1);
+    let end = append(&master.store, 500).await;
+    wait_until("the slave holds the master's log", || {
+        slave.store.write_offset() == end
+    })
+    .await;
+    assert_eq!(raw(&slave.store, 0, end), raw(&master.store, 0, end));
+    assert_eq!(
+        ShippedLog::epoch_history(slave.store.as_ref()),
+        ShippedLog::epoch_history(master.store.as_ref())
+    );
+    // The slave is not in the set yet: the master's confirm offset is its own.
+    wait_until("the confirm offset reaches the slave", || {
+        slave.store.confirm_offset() == end
+    })
+    .await;
+
+    // Once in the set, the master confirms only what the slave acknowledged.
+    master.in_sync.apply_view(&AcceptedSet {
+        master_epoch: 1,
+        set: BTreeSet::from([0, 1]),
+        set_epoch: 2,
+    });
+    let end = append(&master.store, 100).await;
+    wait_until("the master confirms what the slave holds", || {
+        master.store.confirm_offset() == end && slave.store.confirm_offset() == end
+    })
+    .await;
+    assert_eq!(raw(&slave.store, 0, end), raw(&master.store, 0, end));
+    slave.task.abort();
+    master.server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_master_waits_for_the_set_and_times_out_without_it() {
+    let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let master = start_master(dirs.0.path(), true).await;
+    // The set is the master alone: below min_in_sync_replicas.
+    let end = append(&master.store, 1).await;
+    assert_eq!(
+        master.in_sync.wait_replicated(end).await,
+        ReplicaWait::NotEnoughReplicas
+    );
+    master.in_sync.apply_view(&AcceptedSet {
+        master_epoch: 1,
+        set: BTreeSet::from([0, 1]),
+        set_epoch: 2,
+    });
+    let slave = start_slave(dirs.1.path(), &master, 1);
+    let end = append(&master.store, 10).await;
+    assert_eq!(
+        master.in_sync.wait_replicated(end).await,
+        ReplicaWait::Replicated
+    );
+    assert!(slave.store.write_offset() >= end);
+
+    // The slave goes: the next append times out (it stays in the set until the controller
+    // accepts its removal, which nobody proposes here).
+    slave.task.abort();
+    let _ = slave.task.await;
+    drop(slave.store);
+    let end = append(&master.store, 1).await;
+    let started = Instant::now();
+    assert_eq!(
+        master.in_sync.wait_replicated(end).await,
+        ReplicaWait::Timeout
+    );
+    assert!(started.elapsed() >= Duration::from_millis(450));
+    assert!(
+        master.store.confirm_offset() < end,
+        "nothing the set lacks is visible"
+    );
+    master.server.abort();
+}
+
+async fn raw_client(addr: SocketAddr) -> LogShippingClient<tonic::transport::Channel> {
+    LogShippingClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap()
+}
+
+fn hello(secret: &str, max_offset: u64) -> pb::ReplicaMessage {
+    pb::ReplicaMessage {
+        body: Some(pb::replica_message::Body::Hello(pb::Hello {
+            group: "broker-a".into(),
+            broker_id: 7,
+            addr: "127.0.0.1:1".into(),
+            cluster_secret: secret.into(),
+            epochs: vec![],
+            max_offset,
+        })),
+    }
+}
+
+fn code(status: &tonic::Status) -> i32 {
+    status
+        .metadata()
+        .get(proto::ERROR_CODE_METADATA_KEY)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_secret_and_an_acknowledgement_beyond_the_end_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = start_master(dir.path(), false).await;
+    let end = append(&master.store, 10).await;
+
+    let mut client = raw_client(master.addr).await;
+    let refused = client
+        .replicate(tokio_stream::iter(vec![hello("wrong", 0)]))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        code(&refused),
+        proto::common::ErrorCode::Unauthorized as i32
+    );
+
+    // A replica that claims to hold more than the master wrote.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(hello(SECRET, 0)).await.unwrap();
+    let mut inbound = client
+        .replicate(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(pb::master_message::Body::Welcome(welcome)) =
+        inbound.message().await.unwrap().unwrap().body
+    else {
+        panic!("expected a Welcome");
+    };
+    tx.send(pb::ReplicaMessage {
+        body: Some(pb::replica_message::Body::Ack(pb::Ack {
+            master_epoch: welcome.master_epoch,
+            written_offset: end + 1_000_000,
+            flushed_offset: 0,
+        })),
+    })
+    .await
+    .unwrap();
+    let refusal = loop {
+        match inbound.message().await {
+            Ok(Some(_chunk)) => continue,
+            Ok(None) => panic!("the stream ended without a refusal"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(code(&refusal), proto::common::ErrorCode::BadRequest as i32);
+    assert!(refusal.message().contains("beyond"), "{refusal:?}");
+    assert!(
+        master
+            .in_sync
+            .view()
+            .replicas
+            .iter()
+            .all(|r| r.written_offset <= end),
+        "the refused acknowledgement counted"
+    );
+    master.server.abort();
+}

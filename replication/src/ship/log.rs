@@ -1,0 +1,121 @@
+//! What log shipping needs from a commit log, as a trait: `broker`'s store implements it, and
+//! this crate never sees a message type.
+
+use std::future::Future;
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use super::EpochEntry;
+
+/// A log's local progress: the end of what is written, and of what is fsynced.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogProgress {
+    pub write_offset: u64,
+    pub flushed_offset: u64,
+}
+
+/// Why the log refused or failed an operation.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// The request does not fit this log (an offset off a record boundary or past the end, a
+    /// record that does not check): nothing changed.
+    #[error("{0}")]
+    Refused(String),
+    /// The log cannot go on (stopped, or an I/O error poisoned it).
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// A commit log as replication sees it: raw bytes at offsets, epochs, and three offsets
+/// (written, flushed, confirmed).
+pub trait ShippedLog: Send + Sync + 'static {
+    /// Whole records from `offset` (a record boundary), at most about `max_bytes` but always
+    /// at least one record when `offset` is below the write offset; empty at the write offset.
+    /// May block on disk: call it from a blocking context.
+    fn read_raw(&self, offset: u64, max_bytes: usize) -> Result<Bytes, LogError>;
+    /// Appends records copied from a master at exactly `offset`, which must be this log's write
+    /// offset; answers the new write offset once written (not necessarily fsynced).
+    fn append_raw(
+        &self,
+        offset: u64,
+        bytes: Bytes,
+    ) -> impl Future<Output = Result<u64, LogError>> + Send;
+    /// Cuts the log back to `offset`, crash-safely.
+    fn truncate_to(&self, offset: u64) -> impl Future<Output = Result<(), LogError>> + Send;
+    /// Records that `epoch` begins at the write offset; answers that offset.
+    fn begin_epoch(&self, epoch: u64) -> impl Future<Output = Result<u64, LogError>> + Send;
+    /// The epoch history, oldest first.
+    fn epoch_history(&self) -> Vec<EpochEntry>;
+    /// The first offset the log still holds.
+    fn min_offset(&self) -> u64;
+    /// The end of what is written, now.
+    fn write_offset(&self) -> u64;
+    /// Watches the written and flushed offsets.
+    fn progress(&self) -> watch::Receiver<LogProgress>;
+    /// The highest offset consumers may read.
+    fn confirm_offset(&self) -> u64;
+    /// Lets consumers read up to `offset` (never lowering what they may read already; never
+    /// past what is locally durable). Answers the confirm offset now in force.
+    fn allow_confirm_offset(&self, offset: u64) -> u64;
+}
+
+/// The epoch that wrote the record at `offset`, from a history (0 before the first entry: a log
+/// written before any master epoch was recorded), and where that epoch ends (the next entry's
+/// start; `u64::MAX` for the newest).
+pub fn epoch_span(history: &[EpochEntry], offset: u64) -> (u64, u64) {
+    let index = history.partition_point(|e| e.start_offset <= offset);
+    let epoch = index.checked_sub(1).map_or(0, |i| history[i].epoch);
+    let end = history.get(index).map_or(u64::MAX, |e| e.start_offset);
+    (epoch, end)
+}
+
+/// A history as the divergence check reads it: records before the first entry belong to epoch
+/// 0, which begins at offset 0.
+pub fn with_implicit_epoch(history: &[EpochEntry]) -> Vec<EpochEntry> {
+    let mut full = Vec::with_capacity(history.len() + 1);
+    if history
+        .first()
+        .is_none_or(|first| first.start_offset > 0 && first.epoch > 0)
+    {
+        full.push(EpochEntry {
+            epoch: 0,
+            start_offset: 0,
+        });
+    }
+    full.extend_from_slice(history);
+    full
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(epoch: u64, start_offset: u64) -> EpochEntry {
+        EpochEntry {
+            epoch,
+            start_offset,
+        }
+    }
+
+    #[test]
+    fn epoch_span_finds_the_epoch_and_its_end() {
+        let history = [entry(1, 100), entry(3, 500)];
+        assert_eq!(epoch_span(&history, 0), (0, 100));
+        assert_eq!(epoch_span(&history, 99), (0, 100));
+        assert_eq!(epoch_span(&history, 100), (1, 500));
+        assert_eq!(epoch_span(&history, 499), (1, 500));
+        assert_eq!(epoch_span(&history, 500), (3, u64::MAX));
+        assert_eq!(epoch_span(&[], 7), (0, u64::MAX));
+    }
+
+    #[test]
+    fn the_implicit_epoch_covers_records_before_the_first_entry() {
+        assert_eq!(with_implicit_epoch(&[]), vec![entry(0, 0)]);
+        assert_eq!(
+            with_implicit_epoch(&[entry(2, 50)]),
+            vec![entry(0, 0), entry(2, 50)]
+        );
+        assert_eq!(with_implicit_epoch(&[entry(2, 0)]), vec![entry(2, 0)]);
+    }
+}

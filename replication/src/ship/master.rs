@@ -1,0 +1,439 @@
+//! The master's side of log shipping: the `LogShipping` gRPC service. One task per slave stream
+//! ships the commit log's raw bytes from the point the handshake agreed on, never more than
+//! `inflight_bytes_max` beyond what the slave acknowledged, and feeds the slave's
+//! acknowledgements to the [`InSync`] tracker.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use proto::common::ErrorCode;
+use proto::replication as pb;
+use proto::replication::log_shipping_server::LogShipping;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::divergence::{last_common_offset, Divergence};
+use super::insync::InSync;
+use super::log::{epoch_span, with_implicit_epoch, ShippedLog};
+use super::{from_wire_history, status};
+
+/// How long a slave has to say Hello after opening its stream.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Messages queued towards one slave: HTTP/2 flow control does the rest.
+const OUTBOUND_QUEUE: usize = 4;
+
+/// Settings of the master's side.
+#[derive(Clone, Debug)]
+pub struct ShipConfig {
+    /// The broker group.
+    pub group: String,
+    /// This broker's id.
+    pub broker_id: u64,
+    /// The shared secret every replica must present. Empty: no replica is accepted.
+    pub cluster_secret: String,
+    /// Bytes read and sent per chunk (a record larger than this goes alone).
+    pub chunk_bytes: usize,
+    /// Bytes sent beyond the slave's acknowledged written offset before waiting for it.
+    pub inflight_bytes_max: u64,
+    /// With nothing to ship, a keep-alive chunk (carrying the confirm offset) goes this often.
+    pub keepalive: Duration,
+    /// `ASYNC_MASTER` or `SYNC_MASTER`, for ha status.
+    pub replication: String,
+}
+
+/// The `LogShipping` service of one broker. A slave's service refuses every stream with
+/// `NOT_MASTER`.
+pub struct ShipService<L> {
+    log: Arc<L>,
+    in_sync: Option<Arc<InSync<L>>>,
+    config: Arc<ShipConfig>,
+}
+
+impl<L: ShippedLog> ShipService<L> {
+    /// `in_sync`: the tracker when this broker is its group's master; `None` on a slave.
+    pub fn new(log: Arc<L>, in_sync: Option<Arc<InSync<L>>>, config: ShipConfig) -> Self {
+        ShipService {
+            log,
+            in_sync,
+            config: Arc::new(config),
+        }
+    }
+
+    fn master(&self) -> Result<&Arc<InSync<L>>, Status> {
+        self.in_sync.as_ref().ok_or_else(|| {
+            status(
+                ErrorCode::NotMaster,
+                tonic::Code::FailedPrecondition,
+                format!(
+                    "broker {} of group {} is not its master",
+                    self.config.broker_id, self.config.group
+                ),
+            )
+        })
+    }
+}
+
+/// Checks the slave's Hello and computes where its log and the master's stop agreeing.
+fn handshake<L: ShippedLog>(
+    log: &L,
+    config: &ShipConfig,
+    hello: &pb::Hello,
+) -> Result<u64, Status> {
+    if config.cluster_secret.is_empty() {
+        return Err(status(
+            ErrorCode::Unauthorized,
+            tonic::Code::Unauthenticated,
+            "this master has no cluster_secret set: it accepts no replica",
+        ));
+    }
+    if !constant_time_eq(
+        hello.cluster_secret.as_bytes(),
+        config.cluster_secret.as_bytes(),
+    ) {
+        tracing::warn!(broker_id = hello.broker_id, addr = %hello.addr, "replica refused: wrong cluster secret");
+        return Err(status(
+            ErrorCode::Unauthorized,
+            tonic::Code::Unauthenticated,
+            "wrong cluster secret",
+        ));
+    }
+    if hello.group != config.group {
+        return Err(status(
+            ErrorCode::BadRequest,
+            tonic::Code::InvalidArgument,
+            format!(
+                "this master serves group {:?}, not {:?}",
+                config.group, hello.group
+            ),
+        ));
+    }
+    if hello.broker_id == config.broker_id {
+        return Err(status(
+            ErrorCode::BadRequest,
+            tonic::Code::InvalidArgument,
+            format!("broker id {} is this master's own", hello.broker_id),
+        ));
+    }
+    let replica = with_implicit_epoch(&from_wire_history(&hello.epochs));
+    let master = with_implicit_epoch(&log.epoch_history());
+    let master_end = log.write_offset();
+    let divergence =
+        last_common_offset(&master, master_end, &replica, hello.max_offset).map_err(|err| {
+            status(
+                ErrorCode::BadRequest,
+                tonic::Code::InvalidArgument,
+                format!("replica's epoch history: {err}"),
+            )
+        })?;
+    let start = match divergence {
+        Divergence::TruncateTo(offset) => offset,
+        Divergence::NothingInCommon if hello.max_offset == 0 => 0,
+        Divergence::NothingInCommon => {
+            return Err(status(
+                ErrorCode::Conflict,
+                tonic::Code::FailedPrecondition,
+                format!(
+                    "the replica's log (end {}) shares no epoch with this master's: it was \
+                     written for another group or cluster; empty its store before it replicates",
+                    hello.max_offset
+                ),
+            ))
+        }
+    };
+    let min_offset = log.min_offset();
+    if start < min_offset {
+        return Err(status(
+            ErrorCode::Conflict,
+            tonic::Code::FailedPrecondition,
+            format!(
+                "the replica needs the log from offset {start}, but this master holds it from \
+                 {min_offset} on (retention deleted the rest)"
+            ),
+        ));
+    }
+    Ok(start)
+}
+
+/// Compares two secrets in time that does not depend on where they differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+type Outbound = mpsc::Sender<Result<pb::MasterMessage, Status>>;
+
+/// One slave's stream, after the handshake.
+struct Session<L> {
+    log: Arc<L>,
+    in_sync: Arc<InSync<L>>,
+    config: Arc<ShipConfig>,
+    broker_id: u64,
+    session: u64,
+    master_epoch: u64,
+    tx: Outbound,
+}
+
+impl<L: ShippedLog> Session<L> {
+    /// Reads the slave's acknowledgements until the stream ends or one is refused.
+    async fn read_acks(&self, mut inbound: Streaming<pb::ReplicaMessage>) {
+        loop {
+            let message = match inbound.message().await {
+                Ok(Some(message)) => message,
+                Ok(None) => break,
+                Err(err) => {
+                    tracing::debug!(broker_id = self.broker_id, error = %err, "replica stream ended");
+                    break;
+                }
+            };
+            let refusal = match message.body {
+                Some(pb::replica_message::Body::Ack(ack)) if ack.master_epoch != self.master_epoch => {
+                    Some(status(
+                        ErrorCode::Conflict,
+                        tonic::Code::FailedPrecondition,
+                        format!(
+                            "acknowledgement of master epoch {} refused: this stream is epoch {}",
+                            ack.master_epoch, self.master_epoch
+                        ),
+                    ))
+                }
+                Some(pb::replica_message::Body::Ack(ack)) => self
+                    .in_sync
+                    .ack(self.broker_id, self.session, ack.written_offset, ack.flushed_offset)
+                    .err()
+                    .map(|err| {
+                        tracing::error!(broker_id = self.broker_id, error = %err, "replica acknowledgement refused; closing its stream");
+                        status(ErrorCode::BadRequest, tonic::Code::InvalidArgument, err.to_string())
+                    }),
+                _ => Some(status(
+                    ErrorCode::BadRequest,
+                    tonic::Code::InvalidArgument,
+                    "only acknowledgements may follow the Hello",
+                )),
+            };
+            if let Some(refusal) = refusal {
+                let _ = self.tx.send(Err(refusal)).await;
+                break;
+            }
+        }
+    }
+
+    /// Ships from `start` until the slave goes, the stream is replaced, or the log fails.
+    async fn ship(&self, start: u64) {
+        let mut progress = self.log.progress();
+        let mut changes = self.in_sync.subscribe();
+        let mut next = start;
+        let mut sent_confirm = u64::MAX;
+        loop {
+            progress.borrow_and_update();
+            changes.borrow_and_update();
+            if self.tx.is_closed() || !self.in_sync.is_current(self.broker_id, self.session) {
+                return;
+            }
+            let write_offset = self.log.write_offset();
+            let inflight = next.saturating_sub(self.in_sync.written(self.broker_id));
+            if next < write_offset && inflight < self.config.inflight_bytes_max {
+                let history = self.log.epoch_history();
+                let (epoch, epoch_end) = epoch_span(&history, next);
+                let want = (self.config.chunk_bytes as u64).min(epoch_end - next) as usize;
+                let log = self.log.clone();
+                let read = tokio::task::spawn_blocking(move || log.read_raw(next, want)).await;
+                let data = match read {
+                    Ok(Ok(data)) => data,
+                    Ok(Err(err)) => {
+                        tracing::error!(offset = next, error = %err, "cannot read the log to ship it");
+                        let _ = self
+                            .tx
+                            .send(Err(status(
+                                ErrorCode::InternalError,
+                                tonic::Code::Internal,
+                                err.to_string(),
+                            )))
+                            .await;
+                        return;
+                    }
+                    Err(err) => {
+                        tracing::error!(error = %err, "log read task failed");
+                        return;
+                    }
+                };
+                let offset = next;
+                next += data.len() as u64;
+                if next >= write_offset {
+                    self.in_sync
+                        .note_sent_to_end(self.broker_id, self.session, next);
+                }
+                let confirm_offset = self.log.confirm_offset();
+                sent_confirm = confirm_offset;
+                let chunk = pb::Chunk {
+                    offset,
+                    epoch,
+                    data,
+                    confirm_offset,
+                    master_write_offset: write_offset,
+                };
+                if !self.send(chunk).await {
+                    return;
+                }
+                continue;
+            }
+            let confirm_offset = self.log.confirm_offset();
+            if confirm_offset != sent_confirm {
+                sent_confirm = confirm_offset;
+                if !self.send(self.keepalive(next, confirm_offset)).await {
+                    return;
+                }
+                continue;
+            }
+            tokio::select! {
+                _ = progress.changed() => {}
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep(self.config.keepalive) => {
+                    if !self.send(self.keepalive(next, confirm_offset)).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn keepalive(&self, next: u64, confirm_offset: u64) -> pb::Chunk {
+        let (epoch, _) = epoch_span(&self.log.epoch_history(), next.saturating_sub(1));
+        pb::Chunk {
+            offset: next,
+            epoch,
+            data: Default::default(),
+            confirm_offset,
+            master_write_offset: self.log.write_offset(),
+        }
+    }
+
+    async fn send(&self, chunk: pb::Chunk) -> bool {
+        self.tx
+            .send(Ok(pb::MasterMessage {
+                body: Some(pb::master_message::Body::Chunk(chunk)),
+            }))
+            .await
+            .is_ok()
+    }
+}
+
+type MasterStream = Pin<Box<dyn Stream<Item = Result<pb::MasterMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl<L: ShippedLog> LogShipping for ShipService<L> {
+    type ReplicateStream = MasterStream;
+
+    async fn replicate(
+        &self,
+        request: Request<Streaming<pb::ReplicaMessage>>,
+    ) -> Result<Response<MasterStream>, Status> {
+        let in_sync = self.master()?.clone();
+        let mut inbound = request.into_inner();
+        let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| {
+                status(
+                    ErrorCode::RequestTimeout,
+                    tonic::Code::DeadlineExceeded,
+                    "no Hello within 10 s",
+                )
+            })??;
+        let Some(pb::ReplicaMessage {
+            body: Some(pb::replica_message::Body::Hello(hello)),
+        }) = first
+        else {
+            return Err(status(
+                ErrorCode::BadRequest,
+                tonic::Code::InvalidArgument,
+                "a replication stream begins with a Hello",
+            ));
+        };
+        let start = handshake(self.log.as_ref(), &self.config, &hello)?;
+        let master_epoch = in_sync.master_epoch();
+        let session = in_sync.connect(hello.broker_id, &hello.addr, start);
+        tracing::info!(
+            broker_id = hello.broker_id,
+            addr = %hello.addr,
+            replica_end = hello.max_offset,
+            start,
+            master_epoch,
+            "replica connected"
+        );
+        let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+        let welcome = pb::MasterMessage {
+            body: Some(pb::master_message::Body::Welcome(pb::Welcome {
+                master_epoch,
+                master_id: self.config.broker_id,
+                truncate_to: start,
+                master_write_offset: self.log.write_offset(),
+            })),
+        };
+        tx.send(Ok(welcome))
+            .await
+            .expect("the receiver is still here");
+        let session = Arc::new(Session {
+            log: self.log.clone(),
+            in_sync,
+            config: self.config.clone(),
+            broker_id: hello.broker_id,
+            session,
+            master_epoch,
+            tx,
+        });
+        tokio::spawn({
+            let session = session.clone();
+            async move {
+                tokio::select! {
+                    _ = session.read_acks(inbound) => {}
+                    _ = session.ship(start) => {}
+                }
+                session
+                    .in_sync
+                    .disconnect(session.broker_id, session.session);
+                tracing::info!(broker_id = session.broker_id, "replica disconnected");
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn ha_status(
+        &self,
+        _request: Request<pb::HaStatusRequest>,
+    ) -> Result<Response<pb::HaStatusResponse>, Status> {
+        let in_sync = self.master()?;
+        let view = in_sync.view();
+        let progress = *self.log.progress().borrow();
+        Ok(Response::new(pb::HaStatusResponse {
+            group: self.config.group.clone(),
+            master_id: self.config.broker_id,
+            master_epoch: view.master_epoch,
+            replication: self.config.replication.clone(),
+            write_offset: self.log.write_offset(),
+            flushed_offset: progress.flushed_offset,
+            confirm_offset: self.log.confirm_offset(),
+            in_sync_set: view.set.into_iter().collect(),
+            in_sync_set_epoch: view.set_epoch,
+            pending_in_sync_set: view.pending.unwrap_or_default().into_iter().collect(),
+            min_in_sync_replicas: in_sync.config().min_in_sync_replicas as u32,
+            replicas: view
+                .replicas
+                .into_iter()
+                .map(|r| pb::ReplicaStatus {
+                    broker_id: r.broker_id,
+                    addr: r.addr,
+                    connected: r.connected,
+                    written_offset: r.written_offset,
+                    flushed_offset: r.flushed_offset,
+                    lag_bytes: r.lag_bytes,
+                    lag_ms: r.lag.as_millis() as u64,
+                    in_sync: r.in_sync,
+                })
+                .collect(),
+        }))
+    }
+}

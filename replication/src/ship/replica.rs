@@ -1,0 +1,348 @@
+//! The slave's side of log shipping: one stream to the group's master at a time.
+//!
+//! A session: connect; send Hello (epoch history, log end, secret); receive Welcome; cut the log
+//! to the point it names (crash-safely, in the store); then append every chunk at exactly its
+//! offset, beginning each new epoch in the local history first so that the two histories stay
+//! the same, and follow the master's confirm offset (capped by what this slave holds durably
+//! under its own flush policy). A separate task acknowledges the written and flushed offsets
+//! each time they move, and at least every keep-alive interval.
+//!
+//! A chunk or Welcome from an epoch older than the newest this log holds comes from a deposed
+//! master: it is refused and the session ends. Any failure ends the session; the next one starts
+//! after a pause that grows to [`RETRY_MAX`], from whatever the master location says then.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use proto::replication as pb;
+use proto::replication::log_shipping_client::LogShippingClient;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Endpoint;
+
+use super::log::{LogError, ShippedLog};
+use super::{to_wire_history, STREAM_MESSAGE_BYTES_MAX};
+
+/// First pause after a failed session; it doubles up to [`RETRY_MAX`].
+const RETRY_MIN: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+/// How long the master has to answer the Hello.
+const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where the group's master is, as the controller (or the configuration) says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MasterLocation {
+    pub addr: String,
+    pub master_id: u64,
+    pub master_epoch: u64,
+}
+
+/// Settings of the slave's side.
+#[derive(Clone, Debug)]
+pub struct ReplicaConfig {
+    pub group: String,
+    pub broker_id: u64,
+    /// Where clients reach this slave (shown in the master's ha status).
+    pub addr: String,
+    pub cluster_secret: String,
+    /// Acknowledgements go at least this often; a master silent for three of these is gone.
+    pub keepalive: Duration,
+    pub connect_timeout: Duration,
+}
+
+/// What the slave knows of its replication now.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReplicaSnapshot {
+    /// A session with the master is open.
+    pub connected: bool,
+    pub master_addr: String,
+    /// The master's write offset in its last chunk.
+    pub master_write_offset: u64,
+    /// Why the last session ended, if one did.
+    pub last_error: Option<String>,
+}
+
+/// Shared with the broker for status and reads.
+#[derive(Debug, Default)]
+pub struct ReplicaStatus {
+    inner: Mutex<ReplicaSnapshot>,
+}
+
+impl ReplicaStatus {
+    pub fn snapshot(&self) -> ReplicaSnapshot {
+        self.inner
+            .lock()
+            .expect("replica status lock poisoned")
+            .clone()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut ReplicaSnapshot)) {
+        f(&mut self.inner.lock().expect("replica status lock poisoned"));
+    }
+}
+
+/// Why a session ended.
+#[derive(Debug, thiserror::Error)]
+enum SessionEnd {
+    #[error("cannot reach the master: {0}")]
+    Transport(String),
+    #[error("the master refused: {0}")]
+    Refused(String),
+    #[error("{0}")]
+    Protocol(String),
+    #[error("the log: {0}")]
+    Log(#[from] LogError),
+}
+
+impl From<tonic::Status> for SessionEnd {
+    fn from(status: tonic::Status) -> Self {
+        match status.code() {
+            tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown => {
+                SessionEnd::Transport(status.message().to_owned())
+            }
+            _ => SessionEnd::Refused(status.message().to_owned()),
+        }
+    }
+}
+
+/// Replicates from whatever master `master` names, until the task is aborted or the log fails.
+pub async fn run<L: ShippedLog>(
+    log: Arc<L>,
+    config: ReplicaConfig,
+    mut master: watch::Receiver<Option<MasterLocation>>,
+    status: Arc<ReplicaStatus>,
+) {
+    let mut pause = RETRY_MIN;
+    let mut failures = 0u64;
+    loop {
+        let location = match master.wait_for(Option::is_some).await {
+            Ok(location) => location.clone().expect("waited for Some"),
+            Err(_) => return,
+        };
+        let started = Instant::now();
+        let moved = {
+            let mut master = master.clone();
+            let location = location.clone();
+            async move {
+                loop {
+                    if master.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                    if master.borrow().as_ref() != Some(&location) {
+                        return;
+                    }
+                }
+            }
+        };
+        let outcome = tokio::select! {
+            outcome = session(&log, &config, &location, &status) => outcome,
+            () = moved => Err(SessionEnd::Protocol(format!("the master moved away from {}", location.addr))),
+        };
+        status.update(|s| s.connected = false);
+        let Err(end) = outcome else { continue };
+        if let SessionEnd::Log(LogError::Failed(reason)) = &end {
+            tracing::error!(reason = %reason, "the local log failed: replication stops");
+            status.update(|s| s.last_error = Some(reason.clone()));
+            return;
+        }
+        // A session that ran a while and then ended starts the backoff afresh.
+        if started.elapsed() > RETRY_MAX * 5 {
+            pause = RETRY_MIN;
+            failures = 0;
+        }
+        failures += 1;
+        if failures <= 3 || failures % 20 == 0 {
+            tracing::warn!(master = %location.addr, failures, error = %end, "replication session ended; retrying");
+        }
+        status.update(|s| s.last_error = Some(end.to_string()));
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(RETRY_MAX);
+    }
+}
+
+/// One session, until it fails.
+async fn session<L: ShippedLog>(
+    log: &Arc<L>,
+    config: &ReplicaConfig,
+    location: &MasterLocation,
+    status: &ReplicaStatus,
+) -> Result<(), SessionEnd> {
+    let endpoint = Endpoint::from_shared(format!("http://{}", location.addr))
+        .map_err(|err| {
+            SessionEnd::Protocol(format!("bad master address {}: {err}", location.addr))
+        })?
+        .connect_timeout(config.connect_timeout)
+        .tcp_nodelay(true);
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|err| SessionEnd::Transport(err.to_string()))?;
+    let mut client = LogShippingClient::new(channel)
+        .max_decoding_message_size(STREAM_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(STREAM_MESSAGE_BYTES_MAX);
+    let (tx, rx) = mpsc::channel(8);
+    let hello = pb::Hello {
+        group: config.group.clone(),
+        broker_id: config.broker_id,
+        addr: config.addr.clone(),
+        cluster_secret: config.cluster_secret.clone(),
+        epochs: to_wire_history(&log.epoch_history()),
+        max_offset: log.write_offset(),
+    };
+    tx.send(pb::ReplicaMessage {
+        body: Some(pb::replica_message::Body::Hello(hello)),
+    })
+    .await
+    .expect("the receiver is still here");
+    let mut inbound = client
+        .replicate(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let welcome = match tokio::time::timeout(WELCOME_TIMEOUT, inbound.message()).await {
+        Err(_) => return Err(SessionEnd::Transport("no Welcome within 10 s".into())),
+        Ok(Err(status)) => return Err(status.into()),
+        Ok(Ok(Some(pb::MasterMessage {
+            body: Some(pb::master_message::Body::Welcome(welcome)),
+        }))) => welcome,
+        Ok(Ok(_)) => {
+            return Err(SessionEnd::Protocol(
+                "the master's first message was not a Welcome".into(),
+            ))
+        }
+    };
+    let newest_epoch = newest_epoch(log.as_ref());
+    if welcome.master_epoch < newest_epoch {
+        return Err(SessionEnd::Refused(format!(
+            "master epoch {} is older than this log's newest epoch {newest_epoch}: a deposed master",
+            welcome.master_epoch
+        )));
+    }
+    let end = log.write_offset();
+    if welcome.truncate_to > end {
+        return Err(SessionEnd::Protocol(format!(
+            "the master asked to truncate to {} beyond this log's end {end}",
+            welcome.truncate_to
+        )));
+    }
+    if welcome.truncate_to < end {
+        tracing::warn!(
+            from = end,
+            to = welcome.truncate_to,
+            bytes = end - welcome.truncate_to,
+            "cutting the log's tail the master does not hold"
+        );
+        log.truncate_to(welcome.truncate_to).await?;
+    }
+    tracing::info!(
+        master = %location.addr,
+        master_epoch = welcome.master_epoch,
+        from = welcome.truncate_to,
+        master_write_offset = welcome.master_write_offset,
+        "replicating"
+    );
+    status.update(|s| {
+        s.connected = true;
+        s.master_addr = location.addr.clone();
+        s.master_write_offset = welcome.master_write_offset;
+    });
+    tokio::select! {
+        outcome = apply_chunks(log, config, &welcome, &mut inbound, status) => outcome,
+        () = acknowledge(log.as_ref(), welcome.master_epoch, config.keepalive, tx) => {
+            Err(SessionEnd::Transport("the stream to the master closed".into()))
+        }
+    }
+}
+
+fn newest_epoch<L: ShippedLog>(log: &L) -> u64 {
+    log.epoch_history().last().map_or(0, |e| e.epoch)
+}
+
+/// Appends every chunk the master sends, until the stream fails.
+async fn apply_chunks<L: ShippedLog>(
+    log: &Arc<L>,
+    config: &ReplicaConfig,
+    welcome: &pb::Welcome,
+    inbound: &mut tonic::Streaming<pb::MasterMessage>,
+    status: &ReplicaStatus,
+) -> Result<(), SessionEnd> {
+    let silence_max = config.keepalive * 3 + Duration::from_secs(1);
+    loop {
+        let message = match tokio::time::timeout(silence_max, inbound.message()).await {
+            Err(_) => {
+                return Err(SessionEnd::Transport(format!(
+                    "the master was silent for {} ms",
+                    silence_max.as_millis()
+                )))
+            }
+            Ok(Err(status)) => return Err(status.into()),
+            Ok(Ok(None)) => {
+                return Err(SessionEnd::Transport("the master ended the stream".into()))
+            }
+            Ok(Ok(Some(message))) => message,
+        };
+        let Some(pb::master_message::Body::Chunk(chunk)) = message.body else {
+            return Err(SessionEnd::Protocol("a second Welcome".into()));
+        };
+        if chunk.epoch > welcome.master_epoch {
+            return Err(SessionEnd::Protocol(format!(
+                "chunk of epoch {} from a master of epoch {}",
+                chunk.epoch, welcome.master_epoch
+            )));
+        }
+        let newest = newest_epoch(log.as_ref());
+        if chunk.epoch < newest && !chunk.data.is_empty() {
+            return Err(SessionEnd::Refused(format!(
+                "chunk of stale epoch {} refused: this log is at epoch {newest}",
+                chunk.epoch
+            )));
+        }
+        if !chunk.data.is_empty() {
+            let end = log.write_offset();
+            if chunk.offset != end {
+                return Err(SessionEnd::Protocol(format!(
+                    "chunk at offset {} but this log ends at {end}",
+                    chunk.offset
+                )));
+            }
+            if chunk.epoch > newest {
+                log.begin_epoch(chunk.epoch).await?;
+            }
+            log.append_raw(chunk.offset, chunk.data).await?;
+        }
+        log.allow_confirm_offset(chunk.confirm_offset);
+        status.update(|s| s.master_write_offset = chunk.master_write_offset);
+    }
+}
+
+/// Sends an acknowledgement each time the written or flushed offset moves, and at least every
+/// `keepalive`; returns when the stream is gone.
+async fn acknowledge<L: ShippedLog>(
+    log: &L,
+    master_epoch: u64,
+    keepalive: Duration,
+    tx: mpsc::Sender<pb::ReplicaMessage>,
+) {
+    let mut progress = log.progress();
+    loop {
+        let now = *progress.borrow_and_update();
+        let ack = pb::ReplicaMessage {
+            body: Some(pb::replica_message::Body::Ack(pb::Ack {
+                master_epoch,
+                written_offset: now.write_offset,
+                flushed_offset: now.flushed_offset.min(now.write_offset),
+            })),
+        };
+        if tx.send(ack).await.is_err() {
+            return;
+        }
+        tokio::select! {
+            changed = progress.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            () = tokio::time::sleep(keepalive) => {}
+            () = tx.closed() => return,
+        }
+    }
+}
