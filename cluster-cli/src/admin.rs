@@ -23,7 +23,7 @@ pub enum ControllerCommand {
 
 #[derive(clap::Subcommand, Debug)]
 pub enum ClusterCommand {
-    /// Broker groups and their brokers: role, address, alive, in sync, offsets.
+    /// Broker groups and their brokers: role, address, alive, in sync, offsets, replication lag.
     List,
 }
 
@@ -164,6 +164,10 @@ pub async fn cluster(
                         "last_heartbeat_ms_ago": b.last_heartbeat_ms_ago,
                         "max_offset": b.max_offset,
                         "in_sync": b.in_sync,
+                        "confirm_offset": b.confirm_offset,
+                        "lag_bytes": b.lag_bytes,
+                        "lag_ms": b.lag_ms,
+                        "replica_connected": b.replica_connected,
                     })).collect::<Vec<_>>(),
                 })
             })
@@ -171,13 +175,24 @@ pub async fn cluster(
         println!("{}", json!({ "groups": groups }));
     } else {
         println!(
-            "{:<16} {:<16} {:>4} {:<22} {:<7} {:>6} {:<6} {:<8} {:>14}",
-            "CLUSTER", "GROUP", "ID", "ADDR", "ROLE", "EPOCH", "ALIVE", "IN_SYNC", "MAX_OFFSET"
+            "{:<16} {:<16} {:>4} {:<22} {:<7} {:>6} {:<6} {:<8} {:>14} {:>14} {:>12} {:>8}",
+            "CLUSTER",
+            "GROUP",
+            "ID",
+            "ADDR",
+            "ROLE",
+            "EPOCH",
+            "ALIVE",
+            "IN_SYNC",
+            "MAX_OFFSET",
+            "CONFIRM",
+            "LAG_BYTES",
+            "LAG_MS"
         );
         for g in &list.groups {
             for b in &g.brokers {
                 println!(
-                    "{:<16} {:<16} {:>4} {:<22} {:<7} {:>6} {:<6} {:<8} {:>14}",
+                    "{:<16} {:<16} {:>4} {:<22} {:<7} {:>6} {:<6} {:<8} {:>14} {:>14} {:>12} {:>8}",
                     g.cluster,
                     g.name,
                     b.broker_id,
@@ -187,6 +202,10 @@ pub async fn cluster(
                     if b.alive { "yes" } else { "NO" },
                     if b.in_sync { "yes" } else { "no" },
                     b.max_offset,
+                    b.confirm_offset,
+                    b.lag_bytes,
+                    // Known only from the master's report on a slave whose stream it has seen.
+                    b.lag_ms.map(|ms| ms.to_string()).unwrap_or("-".into()),
                 );
             }
         }

@@ -10,7 +10,14 @@
 //!
 //! The link tries one controller address at a time and moves to the next on any failure; every
 //! controller forwards to the leader, so any reachable one will do.
+//!
+//! For replication, the link also carries the broker's replication progress in every heartbeat
+//! (for cluster list), hands the broker its group's view (master, master address, in-sync set)
+//! after every answer that carries one, and gives the master an [`InSyncSetProposer`] to ask the
+//! controller to change the in-sync set. The link does not decide anything about replication: the
+//! broker compares the views and makes the proposals.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,8 +26,19 @@ use proto::controller as pb;
 use proto::controller::controller_client::ControllerClient;
 use tonic::transport::{Channel, Endpoint};
 
-/// What the broker gives the link: where to put the topics and the consumer-group settings, and
-/// its log end for cluster list. The sync methods run on a blocking thread and may block.
+/// What a broker reports about replication in each heartbeat, for cluster list.
+#[derive(Clone, Debug, Default)]
+pub struct ReplicationReport {
+    /// The broker's confirm offset: what its consumers may see.
+    pub confirm_offset: u64,
+    /// From a master: one entry per slave it knows. Empty from a slave.
+    pub replicas: Vec<pb::ReplicaProgress>,
+}
+
+/// What the broker gives the link: where to put the topics and the consumer-group settings, its
+/// log end and replication progress for cluster list, and where to hear of its group's view. The
+/// sync methods run on a blocking thread and may block; the others run on the link's async task
+/// and must not (read atomics, send on a channel).
 pub trait BrokerMetadata: Send + Sync + 'static {
     /// Makes the broker's topics exactly `topics` (its own `%` topics aside). Durable before it
     /// returns.
@@ -31,6 +49,16 @@ pub trait BrokerMetadata: Send + Sync + 'static {
     fn sync_group_settings(&self, settings: &[pb::GroupSettings]) -> Result<(), String>;
     /// The commit log's end offset.
     fn max_offset(&self) -> u64;
+    /// Replication progress, sent in every heartbeat. The default reports nothing, for a broker
+    /// that does not replicate.
+    fn replication_report(&self) -> ReplicationReport {
+        ReplicationReport::default()
+    }
+    /// The controller's view of this broker's group, after every successful registration and
+    /// every heartbeat answer that carries one, changed or not: the implementor compares with
+    /// what it holds (a slave learns its master's address here, a master its in-sync set). Must
+    /// not block: it runs on the link's task, between heartbeats.
+    fn group_view_changed(&self, _view: &pb::GroupView) {}
 }
 
 /// Who this broker is, for registration.
@@ -64,8 +92,25 @@ pub struct ControllerLink {
     synced_revision: Option<u64>,
 }
 
+/// Why an in-sync set proposal failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProposeError {
+    /// The controller refused it for good: a stale master or master epoch, an in-sync set
+    /// changed meanwhile, a set without the master or with unknown brokers. Retrying the same
+    /// proposal cannot succeed; the next group view tells what the controller holds.
+    #[error("the controller refused the in-sync set change: {0}")]
+    Refused(String),
+    /// No controller answered within the patience given (no quorum, all unreachable). The
+    /// change may or may not have been applied; the next group view tells.
+    #[error("no controller answered the in-sync set change in time: {0}")]
+    Unavailable(String),
+}
+
 /// Longest wait for one controller's answer.
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+/// Pause between proposal attempts: long enough not to spin against a controller that answers
+/// at once (no leader during an election), short next to an election (a few hundred ms).
+const PROPOSE_RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 fn is_permanent(status: &tonic::Status) -> bool {
     let code = status
@@ -127,6 +172,26 @@ impl ControllerLink {
         self.clients[self.current].clone()
     }
 
+    /// A handle for the master's in-sync set proposals, usable from any task while the link
+    /// heartbeats. It starts with the controller the link uses now.
+    pub fn in_sync_set_proposer(&self) -> InSyncSetProposer {
+        InSyncSetProposer {
+            controllers: self
+                .addrs
+                .iter()
+                .cloned()
+                .zip(self.clients.iter().cloned())
+                .collect(),
+            current: Arc::new(AtomicUsize::new(self.current)),
+        }
+    }
+
+    fn tell_group_view(&self, view: Option<&pb::GroupView>) {
+        if let Some(view) = view {
+            self.metadata.group_view_changed(view);
+        }
+    }
+
     fn next_controller(&mut self, error: &tonic::Status) {
         tracing::debug!(controller = %self.addrs[self.current], error = %error, "controller call failed; trying the next");
         self.current = (self.current + 1) % self.clients.len();
@@ -170,6 +235,7 @@ impl ControllerLink {
             .await?
             .into_inner();
         tracing::info!(group = %id.group, broker_id = id.broker_id, view = ?answer.group, "registered with the controller");
+        self.tell_group_view(answer.group.as_ref());
         self.sync_metadata().await
     }
 
@@ -208,11 +274,14 @@ impl ControllerLink {
 
     /// One heartbeat, and a metadata sync if the controller's metadata moved on.
     pub async fn heartbeat(&mut self) -> Result<(), tonic::Status> {
+        let report = self.metadata.replication_report();
         let request = pb::BrokerHeartbeatRequest {
             group: self.identity.group.clone(),
             broker_id: self.identity.broker_id,
             max_offset: self.metadata.max_offset(),
             synced_revision: self.synced_revision.unwrap_or(0),
+            confirm_offset: report.confirm_offset,
+            replicas: report.replicas,
         };
         let answer = match self.client().broker_heartbeat(request.clone()).await {
             Ok(answer) => answer.into_inner(),
@@ -226,6 +295,7 @@ impl ControllerLink {
                 return Err(status);
             }
         };
+        self.tell_group_view(answer.group.as_ref());
         if self.synced_revision != Some(answer.metadata_revision) {
             if let Err(status) = self.sync_metadata().await {
                 self.next_controller(&status);
@@ -236,9 +306,12 @@ impl ControllerLink {
                 synced_revision: self.synced_revision.unwrap_or(0),
                 ..request
             };
-            if let Err(status) = self.client().broker_heartbeat(report).await {
-                self.next_controller(&status);
-                return Err(status);
+            match self.client().broker_heartbeat(report).await {
+                Ok(answer) => self.tell_group_view(answer.into_inner().group.as_ref()),
+                Err(status) => {
+                    self.next_controller(&status);
+                    return Err(status);
+                }
             }
         }
         Ok(())
@@ -272,19 +345,101 @@ impl ControllerLink {
     }
 }
 
+/// A master's handle for in-sync set proposals: the link's controller clients, shared. Cheap to
+/// clone; clones share which controller answered last.
+#[derive(Clone)]
+pub struct InSyncSetProposer {
+    /// (address, client) per controller.
+    controllers: Arc<[(String, ControllerClient<Channel>)]>,
+    /// Index of the controller to try first: the last one that did not fail.
+    current: Arc<AtomicUsize>,
+}
+
+impl InSyncSetProposer {
+    /// Asks the controller to make `request.in_sync_set` the group's in-sync set, and answers the
+    /// group's view once it is accepted (its new in-sync set and epoch). Tries the controllers in
+    /// turn, each for at most 3 s, pausing 100 ms between attempts, until `patience` runs out
+    /// ([`ProposeError::Unavailable`]); a refusal (CONFLICT, BAD_REQUEST,
+    /// BROKER_GROUP_NOT_FOUND) ends it at once ([`ProposeError::Refused`]).
+    ///
+    /// An attempt that timed out may still have been applied; its retry then carries an old
+    /// in-sync set epoch and is refused as changed meanwhile. Either way the caller learns the
+    /// truth from the next group view, and must not apply the set before an accepted answer.
+    pub async fn propose(
+        &self,
+        request: pb::AlterInSyncSetRequest,
+        patience: Duration,
+    ) -> Result<pb::GroupView, ProposeError> {
+        let deadline = tokio::time::Instant::now() + patience;
+        let count = self.controllers.len();
+        loop {
+            let index = self.current.load(Ordering::Relaxed) % count;
+            let (addr, client) = &self.controllers[index];
+            let call_timeout =
+                CALL_TIMEOUT.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+            let mut client = client.clone();
+            let attempt = client.alter_in_sync_set(request.clone());
+            let failure = match tokio::time::timeout(call_timeout, attempt).await {
+                Ok(Ok(answer)) => match answer.into_inner().group {
+                    Some(view) => return Ok(view),
+                    // Every controller fills it for an accepted change; one that does not is
+                    // broken, and another may answer properly.
+                    None => "accepted, but the answer carried no group view".to_owned(),
+                },
+                Ok(Err(status)) if is_permanent(&status) => {
+                    return Err(ProposeError::Refused(status.message().to_owned()))
+                }
+                Ok(Err(status)) => status.message().to_owned(),
+                Err(_) => format!("no answer within {} ms", call_timeout.as_millis()),
+            };
+            tracing::debug!(controller = %addr, error = %failure, "in-sync set proposal failed; trying the next controller");
+            // Only the first of concurrent failures moves on, so that two proposals failing at
+            // once do not skip a controller.
+            let _ = self.current.compare_exchange(
+                index,
+                (index + 1) % count,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+            if tokio::time::Instant::now() + PROPOSE_RETRY_PAUSE >= deadline {
+                return Err(ProposeError::Unavailable(format!(
+                    "gave up after {} ms; last, controller {addr}: {failure}",
+                    patience.as_millis()
+                )));
+            }
+            tokio::time::sleep(PROPOSE_RETRY_PAUSE).await;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::AtomicU64;
     use std::sync::Mutex;
 
     use super::*;
     use crate::controller::config::ControllerConfig;
     use crate::controller::node::ControllerNode;
 
-    /// A broker that remembers what the link handed it.
+    /// A broker that remembers what the link handed it, and reports what the test sets.
     #[derive(Default)]
     struct RecordingBroker {
         settings: Mutex<Vec<pb::GroupSettings>>,
         settings_syncs: Mutex<u32>,
+        views: Mutex<Vec<pb::GroupView>>,
+        max_offset: AtomicU64,
+        report: Mutex<ReplicationReport>,
+    }
+
+    impl RecordingBroker {
+        fn last_view(&self) -> pb::GroupView {
+            self.views
+                .lock()
+                .unwrap()
+                .last()
+                .cloned()
+                .expect("the link handed over no group view")
+        }
     }
 
     impl BrokerMetadata for RecordingBroker {
@@ -299,31 +454,266 @@ mod tests {
         }
 
         fn max_offset(&self) -> u64 {
+            self.max_offset.load(Ordering::Relaxed)
+        }
+
+        fn replication_report(&self) -> ReplicationReport {
+            self.report.lock().unwrap().clone()
+        }
+
+        fn group_view_changed(&self, view: &pb::GroupView) {
+            self.views.lock().unwrap().push(view.clone());
+        }
+    }
+
+    /// A broker that implements only the required methods: the replication ones have defaults,
+    /// so brokers written before replication still compile and link.
+    struct PlainBroker;
+
+    impl BrokerMetadata for PlainBroker {
+        fn sync_topics(&self, _topics: &[pb::GroupTopic]) -> Result<(), String> {
+            Ok(())
+        }
+
+        fn sync_group_settings(&self, _settings: &[pb::GroupSettings]) -> Result<(), String> {
+            Ok(())
+        }
+
+        fn max_offset(&self) -> u64 {
             0
         }
+    }
+
+    /// A one-node controller on a free loopback port, in `dir`.
+    async fn start_controller(dir: &std::path::Path) -> ControllerNode {
+        ControllerNode::start(ControllerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            // A quorum of one never dials its own address, so the port need not be known yet.
+            peers: "1=127.0.0.1:1".to_owned(),
+            data_dir: dir.to_path_buf(),
+            ..ControllerConfig::default()
+        })
+        .await
+        .unwrap()
+    }
+
+    fn identity(broker_id: u64, role: pb::BrokerRole) -> BrokerIdentity {
+        BrokerIdentity {
+            cluster: "DefaultCluster".to_owned(),
+            group: "broker-a".to_owned(),
+            broker_id,
+            addr: format!("127.0.0.1:{}", 10911 + broker_id),
+            role,
+        }
+    }
+
+    fn proposal(view: &pb::GroupView, in_sync_set: &[u64]) -> pb::AlterInSyncSetRequest {
+        pb::AlterInSyncSetRequest {
+            group: view.name.clone(),
+            master_id: view.master_id.expect("the group has a master"),
+            master_epoch: view.master_epoch,
+            in_sync_set_epoch: view.in_sync_set_epoch,
+            in_sync_set: in_sync_set.to_vec(),
+        }
+    }
+
+    #[test]
+    fn the_proposer_can_be_shared_between_tasks() {
+        fn shareable<T: Send + Sync + Clone + 'static>() {}
+        shareable::<InSyncSetProposer>();
+    }
+
+    #[tokio::test]
+    async fn the_master_changes_the_in_sync_set_only_with_current_epochs() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = start_controller(dir.path()).await;
+        let addr = node.local_addr.to_string();
+        let master = Arc::new(RecordingBroker::default());
+        let slave = Arc::new(RecordingBroker::default());
+        let mut master_link =
+            ControllerLink::new(&addr, identity(0, pb::BrokerRole::Master), master.clone())
+                .unwrap();
+        master_link
+            .register(Duration::from_millis(50))
+            .await
+            .unwrap();
+        let mut slave_link =
+            ControllerLink::new(&addr, identity(1, pb::BrokerRole::Slave), slave.clone()).unwrap();
+        slave_link
+            .register(Duration::from_millis(50))
+            .await
+            .unwrap();
+
+        // Registration hands over the view: the slave learns where its master is.
+        let seen_by_slave = slave.last_view();
+        assert_eq!(seen_by_slave.master_id, Some(0));
+        assert_eq!(seen_by_slave.master_addr, "127.0.0.1:10911");
+        assert_eq!(seen_by_slave.in_sync_set, vec![0]);
+        master_link.heartbeat().await.unwrap();
+        let before = master.last_view();
+        assert_eq!(before.master_addr, "127.0.0.1:10911");
+
+        let proposer = master_link.in_sync_set_proposer();
+        let patience = Duration::from_secs(5);
+        let accepted = proposer
+            .propose(proposal(&before, &[0, 1]), patience)
+            .await
+            .unwrap();
+        assert_eq!(accepted.in_sync_set, vec![0, 1]);
+        assert_eq!(accepted.in_sync_set_epoch, before.in_sync_set_epoch + 1);
+        assert_eq!(accepted.master_epoch, before.master_epoch);
+        assert_eq!(accepted.master_addr, "127.0.0.1:10911");
+
+        // The same proposal again carries the old in-sync set epoch: refused, not retried.
+        let err = proposer
+            .propose(proposal(&before, &[0, 1]), patience)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, ProposeError::Refused(m) if m.contains("changed meanwhile")),
+            "{err}"
+        );
+        // A master epoch that is not the group's: a deposed master must not change the set.
+        let stale = pb::AlterInSyncSetRequest {
+            master_epoch: before.master_epoch - 1,
+            ..proposal(&accepted, &[0])
+        };
+        let err = proposer.propose(stale, patience).await.unwrap_err();
+        assert!(
+            matches!(&err, ProposeError::Refused(m) if m.contains("stale master")),
+            "{err}"
+        );
+
+        // A malformed proposal is refused by the service before it reaches the Raft log.
+        let err = proposer
+            .propose(proposal(&accepted, &[]), patience)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, ProposeError::Refused(m) if m.contains("at least the master")),
+            "{err}"
+        );
+
+        // Every heartbeat answer hands the view over again, now with the accepted set.
+        slave_link.heartbeat().await.unwrap();
+        let seen_by_slave = slave.last_view();
+        assert_eq!(seen_by_slave.in_sync_set, vec![0, 1]);
+        assert_eq!(seen_by_slave.in_sync_set_epoch, accepted.in_sync_set_epoch);
+        node.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn heartbeats_carry_replication_progress_to_cluster_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = start_controller(dir.path()).await;
+        let addr = node.local_addr.to_string();
+        let master = Arc::new(RecordingBroker::default());
+        let slave = Arc::new(RecordingBroker::default());
+        let mut master_link =
+            ControllerLink::new(&addr, identity(0, pb::BrokerRole::Master), master.clone())
+                .unwrap();
+        master_link
+            .register(Duration::from_millis(50))
+            .await
+            .unwrap();
+        let mut slave_link =
+            ControllerLink::new(&addr, identity(1, pb::BrokerRole::Slave), slave.clone()).unwrap();
+        slave_link
+            .register(Duration::from_millis(50))
+            .await
+            .unwrap();
+        let mut admin = ControllerClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        let brokers = |list: pb::ClusterListResponse| {
+            let group = list.groups.into_iter().next().expect("one group");
+            let mut brokers = group.brokers.into_iter();
+            (brokers.next().unwrap(), brokers.next().unwrap())
+        };
+
+        // No report on the slave from its master yet: lag from the two commit-log ends.
+        master.max_offset.store(600, Ordering::Relaxed);
+        *master.report.lock().unwrap() = ReplicationReport {
+            confirm_offset: 500,
+            replicas: Vec::new(),
+        };
+        slave.max_offset.store(450, Ordering::Relaxed);
+        *slave.report.lock().unwrap() = ReplicationReport {
+            confirm_offset: 440,
+            replicas: Vec::new(),
+        };
+        master_link.heartbeat().await.unwrap();
+        slave_link.heartbeat().await.unwrap();
+        let list = admin.cluster_list(pb::ClusterListRequest {}).await.unwrap();
+        let (master_view, slave_view) = brokers(list.into_inner());
+        assert_eq!(master_view.broker_id, 0);
+        assert_eq!(
+            (master_view.confirm_offset, master_view.lag_bytes),
+            (500, 0)
+        );
+        assert_eq!(master_view.lag_ms, None);
+        assert!(!master_view.replica_connected);
+        assert_eq!(slave_view.confirm_offset, 440);
+        assert_eq!(slave_view.lag_bytes, 150);
+        assert_eq!(slave_view.lag_ms, None);
+        assert!(!slave_view.replica_connected);
+
+        // The master reports on its slave: its numbers win.
+        master.report.lock().unwrap().replicas = vec![pb::ReplicaProgress {
+            broker_id: 1,
+            acked_offset: 500,
+            lag_bytes: 100,
+            lag_ms: 25,
+            connected: true,
+        }];
+        master_link.heartbeat().await.unwrap();
+        let list = admin.cluster_list(pb::ClusterListRequest {}).await.unwrap();
+        let (master_view, slave_view) = brokers(list.into_inner());
+        assert_eq!(master_view.lag_bytes, 0);
+        assert_eq!(slave_view.lag_bytes, 100);
+        assert_eq!(slave_view.lag_ms, Some(25));
+        assert!(slave_view.replica_connected);
+        node.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_proposal_with_no_controller_reachable_gives_up_after_its_patience() {
+        // Port 1 on loopback refuses connections at once: every attempt fails fast, so the loop
+        // and not a single call's timeout is what ends.
+        let link = ControllerLink::new(
+            "127.0.0.1:1",
+            identity(0, pb::BrokerRole::Master),
+            Arc::new(PlainBroker),
+        )
+        .unwrap();
+        let request = pb::AlterInSyncSetRequest {
+            group: "broker-a".to_owned(),
+            master_id: 0,
+            master_epoch: 1,
+            in_sync_set_epoch: 1,
+            in_sync_set: vec![0],
+        };
+        let started = tokio::time::Instant::now();
+        let err = link
+            .in_sync_set_proposer()
+            .propose(request, Duration::from_millis(350))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ProposeError::Unavailable(_)), "{err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[tokio::test]
     async fn group_settings_set_on_the_controller_reach_the_broker_at_the_next_heartbeat() {
         let dir = tempfile::tempdir().unwrap();
-        let node = ControllerNode::start(ControllerConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            // A quorum of one never dials its own address, so the port need not be known yet.
-            peers: "1=127.0.0.1:1".to_owned(),
-            data_dir: dir.path().to_path_buf(),
-            ..ControllerConfig::default()
-        })
-        .await
-        .unwrap();
+        let node = start_controller(dir.path()).await;
         let addr = node.local_addr.to_string();
         let broker = Arc::new(RecordingBroker::default());
-        let identity = BrokerIdentity {
-            cluster: "DefaultCluster".to_owned(),
-            group: "broker-a".to_owned(),
-            broker_id: 0,
-            addr: "127.0.0.1:10911".to_owned(),
-            role: pb::BrokerRole::Master,
-        };
+        let identity = identity(0, pb::BrokerRole::Master);
         let mut link = ControllerLink::new(&addr, identity, broker.clone()).unwrap();
         // Retries until the controller has elected itself.
         link.register(Duration::from_millis(50)).await.unwrap();

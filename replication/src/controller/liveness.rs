@@ -10,15 +10,43 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use proto::controller::ReplicaProgress;
 use tokio::sync::watch;
 
+/// Most replica progress entries kept from one heartbeat: a group is a master and a few slaves,
+/// and the in-sync set is capped the same way, so more is a malformed report whose tail can go.
+pub const REPLICAS_MAX: usize = super::state::IN_SYNC_SET_MAX;
+
+/// What a broker says in one heartbeat.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Heartbeat {
+    /// The broker's commit-log end.
+    pub max_offset: u64,
+    /// The metadata revision the broker has applied.
+    pub synced_revision: u64,
+    /// The broker's confirm offset: what its consumers may see.
+    pub confirm_offset: u64,
+    /// From a master: how far each slave it knows is. Empty from a slave.
+    pub replicas: Vec<ReplicaProgress>,
+}
+
 /// What the leader last heard from one broker.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Seen {
     pub at: Instant,
     pub max_offset: u64,
     /// The metadata revision the broker has applied.
     pub synced_revision: u64,
+    pub confirm_offset: u64,
+    /// The master's report on its slaves (at most [`REPLICAS_MAX`]).
+    pub replicas: Vec<ReplicaProgress>,
+}
+
+impl Seen {
+    /// This (master's) report on slave `broker_id`, if it made one.
+    pub fn replica(&self, broker_id: u64) -> Option<&ReplicaProgress> {
+        self.replicas.iter().find(|r| r.broker_id == broker_id)
+    }
 }
 
 /// The leader's liveness table.
@@ -64,7 +92,14 @@ impl Liveness {
     }
 
     /// Records a heartbeat.
-    pub fn beat(&self, group: &str, broker_id: u64, max_offset: u64, synced_revision: u64) {
+    pub fn beat(&self, group: &str, broker_id: u64, heartbeat: Heartbeat) {
+        let Heartbeat {
+            max_offset,
+            synced_revision,
+            confirm_offset,
+            mut replicas,
+        } = heartbeat;
+        replicas.truncate(REPLICAS_MAX);
         let mut inner = self.inner.lock().expect("liveness lock poisoned");
         let was_alive = Self::alive_in(&inner, self.timeout, group, broker_id, Instant::now());
         inner.seen.insert(
@@ -73,6 +108,8 @@ impl Liveness {
                 at: Instant::now(),
                 max_offset,
                 synced_revision,
+                confirm_offset,
+                replicas,
             },
         );
         drop(inner);
@@ -84,7 +121,7 @@ impl Liveness {
     /// What was last heard from a broker, since this node became leader.
     pub fn seen(&self, group: &str, broker_id: u64) -> Option<Seen> {
         let inner = self.inner.lock().expect("liveness lock poisoned");
-        inner.seen.get(&(group.to_owned(), broker_id)).copied()
+        inner.seen.get(&(group.to_owned(), broker_id)).cloned()
     }
 
     /// Whether the broker counts as alive now.
@@ -142,9 +179,47 @@ mod tests {
         assert!(liveness.is_alive("a", 0));
         std::thread::sleep(Duration::from_millis(60));
         assert!(!liveness.is_alive("a", 0), "grace over, never heard");
-        liveness.beat("a", 0, 7, 1);
+        liveness.beat(
+            "a",
+            0,
+            Heartbeat {
+                max_offset: 7,
+                synced_revision: 1,
+                ..Heartbeat::default()
+            },
+        );
         assert!(liveness.is_alive("a", 0));
         assert_eq!(liveness.seen("a", 0).map(|s| s.max_offset), Some(7));
+    }
+
+    #[test]
+    fn a_heartbeat_keeps_the_confirm_offset_and_a_bounded_replica_report() {
+        let liveness = Liveness::new(Duration::from_secs(60));
+        liveness.set_leader(true);
+        let replicas: Vec<ReplicaProgress> = (1..=REPLICAS_MAX as u64 + 5)
+            .map(|broker_id| ReplicaProgress {
+                broker_id,
+                acked_offset: 90,
+                lag_bytes: 10,
+                lag_ms: 3,
+                connected: true,
+            })
+            .collect();
+        liveness.beat(
+            "a",
+            0,
+            Heartbeat {
+                max_offset: 100,
+                synced_revision: 1,
+                confirm_offset: 90,
+                replicas,
+            },
+        );
+        let seen = liveness.seen("a", 0).unwrap();
+        assert_eq!(seen.confirm_offset, 90);
+        assert_eq!(seen.replicas.len(), REPLICAS_MAX);
+        assert_eq!(seen.replica(1).map(|r| r.lag_bytes), Some(10));
+        assert!(seen.replica(0).is_none());
     }
 
     #[test]

@@ -24,10 +24,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
-use super::liveness::Liveness;
+use super::liveness::{Heartbeat, Liveness, Seen};
 use super::state::{
-    BrokerInfo, ClusterState, Command, CommandError, ConfiguredRole, GroupSettings, MessageModel,
-    PERM_READ, PERM_WRITE,
+    BrokerGroup, BrokerInfo, ClusterState, Command, CommandError, ConfiguredRole, GroupSettings,
+    MessageModel, IN_SYNC_SET_MAX, PERM_READ, PERM_WRITE,
 };
 use super::store::SharedState;
 use super::{NodeId, Raft};
@@ -269,7 +269,54 @@ fn group_view(state: &ClusterState, name: &str) -> Option<pb::GroupView> {
         master_epoch: group.master_epoch,
         in_sync_set: group.in_sync_set.iter().copied().collect(),
         in_sync_set_epoch: group.in_sync_set_epoch,
+        master_addr: group
+            .master_id
+            .and_then(|id| group.brokers.get(&id))
+            .map(|master| master.addr.clone())
+            .unwrap_or_default(),
     })
+}
+
+/// How far a slave is behind its master, as cluster list shows it.
+#[derive(Debug, Default, PartialEq)]
+struct ReplicaLag {
+    lag_bytes: u64,
+    /// Known only from the master's report.
+    lag_ms: Option<u64>,
+    /// The master reports the slave's log stream open.
+    connected: bool,
+}
+
+/// The lag of `broker_id`: from the master's own report on it when there is one (the master
+/// measures against its write offset and knows the stream), else from the two brokers' reported
+/// commit-log ends, which is all the controller has. The master itself is never behind, and
+/// without the master's heartbeat nothing is known.
+fn replica_lag(
+    group: &BrokerGroup,
+    broker_id: u64,
+    seen: Option<&Seen>,
+    master_seen: Option<&Seen>,
+) -> ReplicaLag {
+    if group.master_id.is_none_or(|master| master == broker_id) {
+        return ReplicaLag::default();
+    }
+    let Some(master_seen) = master_seen else {
+        return ReplicaLag::default();
+    };
+    match master_seen.replica(broker_id) {
+        Some(progress) => ReplicaLag {
+            lag_bytes: progress.lag_bytes,
+            lag_ms: Some(progress.lag_ms),
+            connected: progress.connected,
+        },
+        None => ReplicaLag {
+            lag_bytes: master_seen
+                .max_offset
+                .saturating_sub(seen.map(|s| s.max_offset).unwrap_or(0)),
+            lag_ms: None,
+            connected: false,
+        },
+    }
 }
 
 /// The route of `topic`; a topic that does not exist has no groups.
@@ -391,6 +438,48 @@ impl ControllerService {
         }
     }
 
+    /// One group of cluster list. Only the leader has heard heartbeats: elsewhere the offsets
+    /// and lags are 0 and absent.
+    fn group_detail(&self, name: &str, group: &BrokerGroup, leader: bool) -> pb::GroupDetail {
+        let seen = |id: u64| leader.then(|| self.liveness.seen(name, id)).flatten();
+        let master_seen = group.master_id.and_then(seen);
+        let brokers = group
+            .brokers
+            .values()
+            .map(|b| {
+                let seen = seen(b.id);
+                let lag = replica_lag(group, b.id, seen.as_ref(), master_seen.as_ref());
+                pb::BrokerView {
+                    broker_id: b.id,
+                    addr: b.addr.clone(),
+                    role: if group.master_id == Some(b.id) {
+                        pb::BrokerRole::Master as i32
+                    } else {
+                        pb::BrokerRole::Slave as i32
+                    },
+                    configured_role: role_to_wire(b.configured_role) as i32,
+                    alive: self.alive(name, b.id),
+                    last_heartbeat_ms_ago: seen.as_ref().map(|s| s.at.elapsed().as_millis() as u64),
+                    max_offset: seen.as_ref().map(|s| s.max_offset).unwrap_or(0),
+                    in_sync: group.in_sync_set.contains(&b.id),
+                    confirm_offset: seen.as_ref().map(|s| s.confirm_offset).unwrap_or(0),
+                    lag_bytes: lag.lag_bytes,
+                    lag_ms: lag.lag_ms,
+                    replica_connected: lag.connected,
+                }
+            })
+            .collect();
+        pb::GroupDetail {
+            name: name.to_owned(),
+            cluster: group.cluster.clone(),
+            master_id: group.master_id,
+            master_epoch: group.master_epoch,
+            in_sync_set: group.in_sync_set.iter().copied().collect(),
+            in_sync_set_epoch: group.in_sync_set_epoch,
+            brokers,
+        }
+    }
+
     fn routes(&self, topics: &[String]) -> Vec<pb::TopicRoute> {
         let alive = |g: &str, id: u64| self.alive(g, id);
         self.state.read(|data| {
@@ -426,7 +515,8 @@ impl pb::controller_server::Controller for ControllerService {
         })
         .await?;
         // Not synced yet: the broker syncs right after registering and reports it.
-        self.liveness.beat(&req.group, req.broker_id, 0, 0);
+        self.liveness
+            .beat(&req.group, req.broker_id, Heartbeat::default());
         let group = self.state.read(|data| group_view(&data.state, &req.group));
         Ok(Response::new(pb::RegisterBrokerResponse { group }))
     }
@@ -461,8 +551,12 @@ impl pb::controller_server::Controller for ControllerService {
         self.liveness.beat(
             &req.group,
             req.broker_id,
-            req.max_offset,
-            req.synced_revision,
+            Heartbeat {
+                max_offset: req.max_offset,
+                synced_revision: req.synced_revision,
+                confirm_offset: req.confirm_offset,
+                replicas: req.replicas,
+            },
         );
         Ok(Response::new(pb::BrokerHeartbeatResponse {
             metadata_revision: revision,
@@ -497,6 +591,64 @@ impl pb::controller_server::Controller for ControllerService {
                     .collect(),
             }
         })))
+    }
+
+    async fn alter_in_sync_set(
+        &self,
+        request: Request<pb::AlterInSyncSetRequest>,
+    ) -> Result<Response<pb::AlterInSyncSetResponse>, Status> {
+        write_at_leader!(self, request, alter_in_sync_set);
+        let req = request.into_inner();
+        if req.group.is_empty() {
+            return Err(error(ErrorCode::BadRequest, "group is required"));
+        }
+        if req.in_sync_set.is_empty() {
+            return Err(error(
+                ErrorCode::BadRequest,
+                "the in-sync set must name at least the master",
+            ));
+        }
+        if req.in_sync_set.len() > IN_SYNC_SET_MAX {
+            return Err(error(
+                ErrorCode::BadRequest,
+                format!(
+                    "an in-sync set names at most {IN_SYNC_SET_MAX} brokers, not {}",
+                    req.in_sync_set.len()
+                ),
+            ));
+        }
+        let in_sync_set: BTreeSet<u64> = req.in_sync_set.iter().copied().collect();
+        // For the log line only: the set this proposal replaces, if the state read here is the
+        // one the command will be checked against (the epoch says so).
+        let replaced = self.state.read(|data| {
+            data.state
+                .groups
+                .get(&req.group)
+                .filter(|g| g.in_sync_set_epoch == req.in_sync_set_epoch)
+                .map(|g| g.in_sync_set.clone())
+        });
+        let changed = self
+            .write(Command::AlterInSyncSet {
+                group: req.group.clone(),
+                master_id: req.master_id,
+                master_epoch: req.master_epoch,
+                in_sync_set_epoch: req.in_sync_set_epoch,
+                in_sync_set: in_sync_set.clone(),
+            })
+            .await?;
+        let group = self.state.read(|data| group_view(&data.state, &req.group));
+        if changed {
+            tracing::info!(
+                group = %req.group,
+                master_id = req.master_id,
+                master_epoch = req.master_epoch,
+                old_in_sync_set = ?replaced,
+                in_sync_set = ?in_sync_set,
+                in_sync_set_epoch = req.in_sync_set_epoch + 1,
+                "in-sync set changed"
+            );
+        }
+        Ok(Response::new(pb::AlterInSyncSetResponse { group }))
     }
 
     async fn get_route(
@@ -700,36 +852,7 @@ impl pb::controller_server::Controller for ControllerService {
             data.state
                 .groups
                 .iter()
-                .map(|(name, group)| pb::GroupDetail {
-                    name: name.clone(),
-                    cluster: group.cluster.clone(),
-                    master_id: group.master_id,
-                    master_epoch: group.master_epoch,
-                    in_sync_set: group.in_sync_set.iter().copied().collect(),
-                    in_sync_set_epoch: group.in_sync_set_epoch,
-                    brokers: group
-                        .brokers
-                        .values()
-                        .map(|b| {
-                            let seen = leader.then(|| self.liveness.seen(name, b.id)).flatten();
-                            pb::BrokerView {
-                                broker_id: b.id,
-                                addr: b.addr.clone(),
-                                role: if group.master_id == Some(b.id) {
-                                    pb::BrokerRole::Master as i32
-                                } else {
-                                    pb::BrokerRole::Slave as i32
-                                },
-                                configured_role: role_to_wire(b.configured_role) as i32,
-                                alive: self.alive(name, b.id),
-                                last_heartbeat_ms_ago: seen
-                                    .map(|s| s.at.elapsed().as_millis() as u64),
-                                max_offset: seen.map(|s| s.max_offset).unwrap_or(0),
-                                in_sync: group.in_sync_set.contains(&b.id),
-                            }
-                        })
-                        .collect(),
-                })
+                .map(|(name, group)| self.group_detail(name, group, leader))
                 .collect()
         });
         Ok(Response::new(pb::ClusterListResponse { groups }))
@@ -915,5 +1038,105 @@ impl pb::controller_server::Controller for ControllerService {
                 "removing controller {id} failed: {err}"
             ))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    fn group() -> BrokerGroup {
+        let broker = |id: u64, role| {
+            (
+                id,
+                BrokerInfo {
+                    id,
+                    addr: format!("127.0.0.1:{}", 10911 + id),
+                    configured_role: role,
+                },
+            )
+        };
+        BrokerGroup {
+            cluster: "c".into(),
+            brokers: BTreeMap::from([
+                broker(0, ConfiguredRole::Master),
+                broker(1, ConfiguredRole::Slave),
+                broker(2, ConfiguredRole::Slave),
+            ]),
+            master_id: Some(0),
+            master_epoch: 1,
+            in_sync_set: BTreeSet::from([0]),
+            in_sync_set_epoch: 1,
+        }
+    }
+
+    fn seen(max_offset: u64, replicas: Vec<pb::ReplicaProgress>) -> Seen {
+        Seen {
+            at: Instant::now(),
+            max_offset,
+            synced_revision: 0,
+            confirm_offset: 0,
+            replicas,
+        }
+    }
+
+    #[test]
+    fn a_slave_lag_comes_from_its_master_report_else_from_the_commit_log_ends() {
+        let group = group();
+        let master = seen(
+            600,
+            vec![pb::ReplicaProgress {
+                broker_id: 1,
+                acked_offset: 500,
+                lag_bytes: 100,
+                lag_ms: 25,
+                connected: true,
+            }],
+        );
+        let reported = replica_lag(&group, 1, Some(&seen(450, vec![])), Some(&master));
+        assert_eq!(
+            reported,
+            ReplicaLag {
+                lag_bytes: 100,
+                lag_ms: Some(25),
+                connected: true
+            }
+        );
+        let unreported = replica_lag(&group, 2, Some(&seen(450, vec![])), Some(&master));
+        assert_eq!(
+            unreported,
+            ReplicaLag {
+                lag_bytes: 150,
+                lag_ms: None,
+                connected: false
+            }
+        );
+        // A slave ahead of the master's last report is not behind at all.
+        let ahead = replica_lag(&group, 2, Some(&seen(700, vec![])), Some(&master));
+        assert_eq!(ahead.lag_bytes, 0);
+        // Not heard from yet: its whole log is missing, as far as the controller knows.
+        assert_eq!(replica_lag(&group, 2, None, Some(&master)).lag_bytes, 600);
+    }
+
+    #[test]
+    fn the_master_and_a_masterless_group_show_no_lag() {
+        let mut group = group();
+        let master = seen(600, vec![]);
+        assert_eq!(
+            replica_lag(&group, 0, Some(&master), Some(&master)),
+            ReplicaLag::default()
+        );
+        assert_eq!(
+            replica_lag(&group, 1, Some(&seen(0, vec![])), None),
+            ReplicaLag::default(),
+            "the master's report is unknown"
+        );
+        group.master_id = None;
+        assert_eq!(
+            replica_lag(&group, 1, Some(&seen(0, vec![])), Some(&master)),
+            ReplicaLag::default()
+        );
     }
 }

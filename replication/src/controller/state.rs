@@ -21,6 +21,9 @@ pub const QUEUE_COUNT_MAX: u32 = 1024;
 pub const MAX_RETRIES_MAX: u32 = 64;
 /// Longest broker address (`host:port`).
 pub const ADDR_BYTES_MAX: usize = 255;
+/// Most members an in-sync set may name: a broker group is one master and a few slaves, so a
+/// longer set is a malformed request, not a large group.
+pub const IN_SYNC_SET_MAX: usize = 64;
 
 /// RocketMQ's permission bits on a topic.
 pub const PERM_READ: u32 = 4;
@@ -130,6 +133,18 @@ pub enum Command {
         group: String,
         settings: GroupSettings,
     },
+    /// A master proposes a new in-sync set for its group (RocketMQ 5's AlterSyncStateSet, Kafka's
+    /// AlterPartition). Accepted only from the current master at the current master epoch, and
+    /// only against the in-sync set epoch the master last saw: a master deposed meanwhile, or one
+    /// racing another change, must not overwrite what it has not seen. Accepted, the epoch rises
+    /// by one; the master applies the set only once it is accepted.
+    AlterInSyncSet {
+        group: String,
+        master_id: u64,
+        master_epoch: u64,
+        in_sync_set_epoch: u64,
+        in_sync_set: BTreeSet<u64>,
+    },
 }
 
 /// Why a command was refused. Refusals change nothing.
@@ -206,6 +221,19 @@ impl ClusterState {
             Command::SetGroupSettings { group, settings } => {
                 self.set_group_settings(group, *settings)
             }
+            Command::AlterInSyncSet {
+                group,
+                master_id,
+                master_epoch,
+                in_sync_set_epoch,
+                in_sync_set,
+            } => self.alter_in_sync_set(
+                group,
+                *master_id,
+                *master_epoch,
+                *in_sync_set_epoch,
+                in_sync_set,
+            ),
         };
         match result {
             Ok(changed) => CommandResult::Done { changed },
@@ -382,6 +410,65 @@ impl ClusterState {
         Ok(true)
     }
 
+    fn alter_in_sync_set(
+        &mut self,
+        group_name: &str,
+        master_id: u64,
+        master_epoch: u64,
+        in_sync_set_epoch: u64,
+        in_sync_set: &BTreeSet<u64>,
+    ) -> Result<bool, CommandError> {
+        let group = self
+            .groups
+            .get_mut(group_name)
+            .ok_or_else(|| CommandError::GroupNotFound(group_name.to_owned()))?;
+        // Epochs first: a deposed master's proposal is stale whatever it names, and saying so
+        // tells it to step down rather than to fix its request.
+        if group.master_id != Some(master_id) || group.master_epoch != master_epoch {
+            let current = match group.master_id {
+                Some(id) => format!("master {id}"),
+                None => "no master".to_owned(),
+            };
+            return Err(CommandError::Conflict(format!(
+                "stale master or master epoch: broker {master_id} at master epoch \
+                 {master_epoch} proposed, but broker group {group_name:?} has {current} at master \
+                 epoch {}",
+                group.master_epoch
+            )));
+        }
+        if group.in_sync_set_epoch != in_sync_set_epoch {
+            return Err(CommandError::Conflict(format!(
+                "in-sync set changed meanwhile (epoch {in_sync_set_epoch}, now {})",
+                group.in_sync_set_epoch
+            )));
+        }
+        if in_sync_set.len() > IN_SYNC_SET_MAX {
+            return Err(CommandError::Invalid(format!(
+                "an in-sync set names at most {IN_SYNC_SET_MAX} brokers, not {}",
+                in_sync_set.len()
+            )));
+        }
+        if !in_sync_set.contains(&master_id) {
+            return Err(CommandError::Invalid(format!(
+                "the in-sync set {in_sync_set:?} must contain the master {master_id}"
+            )));
+        }
+        if let Some(unknown) = in_sync_set
+            .iter()
+            .find(|id| !group.brokers.contains_key(id))
+        {
+            return Err(CommandError::Invalid(format!(
+                "broker {unknown} is not registered in broker group {group_name:?}"
+            )));
+        }
+        if group.in_sync_set == *in_sync_set {
+            return Ok(false);
+        }
+        group.in_sync_set = in_sync_set.clone();
+        group.in_sync_set_epoch += 1;
+        Ok(true)
+    }
+
     /// Topics with queues on `group`, and their queue count there.
     pub fn topics_of_group(&self, group: &str) -> Vec<(String, u32, u32)> {
         self.topics
@@ -518,5 +605,148 @@ mod tests {
             }),
             CommandResult::Done { changed: true }
         );
+    }
+
+    /// Group "a": master 0 (master epoch 1), slaves 1 and 2, in-sync set {0} at epoch 1.
+    fn group_of_three() -> ClusterState {
+        let mut state = ClusterState::default();
+        register(&mut state, "a", broker(0, ConfiguredRole::Master));
+        register(&mut state, "a", broker(1, ConfiguredRole::Slave));
+        register(&mut state, "a", broker(2, ConfiguredRole::Slave));
+        let group = &state.groups["a"];
+        assert_eq!(
+            (group.master_epoch, group.in_sync_set_epoch),
+            (1, 1),
+            "fixture"
+        );
+        state
+    }
+
+    fn alter(master_id: u64, master_epoch: u64, in_sync_set_epoch: u64, set: &[u64]) -> Command {
+        Command::AlterInSyncSet {
+            group: "a".into(),
+            master_id,
+            master_epoch,
+            in_sync_set_epoch,
+            in_sync_set: set.iter().copied().collect(),
+        }
+    }
+
+    /// Applies `command`, expects a refusal that `expected` accepts, and checks that the whole
+    /// state is unchanged.
+    fn assert_refused(
+        state: &mut ClusterState,
+        command: Command,
+        expected: impl Fn(&CommandError) -> bool,
+    ) -> CommandError {
+        let before = state.clone();
+        let result = state.apply(&command);
+        assert_eq!(*state, before, "a refusal changed the state: {command:?}");
+        match result {
+            CommandResult::Refused(err) if expected(&err) => err,
+            other => panic!("{command:?}: unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_master_widens_and_narrows_the_in_sync_set_each_time_raising_its_epoch() {
+        let mut state = group_of_three();
+        assert_eq!(
+            state.apply(&alter(0, 1, 1, &[0, 1])),
+            CommandResult::Done { changed: true }
+        );
+        let group = &state.groups["a"];
+        assert_eq!(group.in_sync_set, BTreeSet::from([0, 1]));
+        assert_eq!(group.in_sync_set_epoch, 2);
+        assert_eq!(group.master_epoch, 1, "the master epoch is not touched");
+
+        assert_eq!(
+            state.apply(&alter(0, 1, 2, &[0])),
+            CommandResult::Done { changed: true }
+        );
+        let group = &state.groups["a"];
+        assert_eq!(group.in_sync_set, BTreeSet::from([0]));
+        assert_eq!(group.in_sync_set_epoch, 3);
+    }
+
+    #[test]
+    fn proposing_the_current_in_sync_set_changes_nothing() {
+        let mut state = group_of_three();
+        state.apply(&alter(0, 1, 1, &[0, 2]));
+        let before = state.clone();
+        assert_eq!(
+            state.apply(&alter(0, 1, 2, &[0, 2])),
+            CommandResult::Done { changed: false }
+        );
+        assert_eq!(state, before, "same set: the epoch is not raised");
+    }
+
+    #[test]
+    fn an_in_sync_set_change_for_an_unknown_group_is_refused() {
+        let mut state = group_of_three();
+        let err = assert_refused(
+            &mut state,
+            Command::AlterInSyncSet {
+                group: "b".into(),
+                master_id: 0,
+                master_epoch: 1,
+                in_sync_set_epoch: 1,
+                in_sync_set: BTreeSet::from([0]),
+            },
+            |err| matches!(err, CommandError::GroupNotFound(_)),
+        );
+        assert_eq!(err, CommandError::GroupNotFound("b".into()));
+    }
+
+    #[test]
+    fn an_in_sync_set_change_from_a_stale_master_or_master_epoch_is_refused() {
+        let mut state = group_of_three();
+        let conflict = |err: &CommandError| matches!(err, CommandError::Conflict(_));
+        // Not the master.
+        let err = assert_refused(&mut state, alter(1, 1, 1, &[0, 1]), conflict);
+        assert!(err.to_string().contains("stale master"), "{err}");
+        assert!(
+            err.to_string().contains("has master 0 at master epoch 1"),
+            "{err}"
+        );
+        // The master, but at an older master epoch.
+        let err = assert_refused(&mut state, alter(0, 0, 1, &[0, 1]), conflict);
+        assert!(err.to_string().contains("stale master"), "{err}");
+        // A group without a master accepts no proposal.
+        register(&mut state, "a", broker(0, ConfiguredRole::Slave));
+        let err = assert_refused(&mut state, alter(0, 1, 2, &[0]), conflict);
+        assert!(err.to_string().contains("has no master"), "{err}");
+    }
+
+    #[test]
+    fn an_in_sync_set_change_against_an_older_in_sync_set_epoch_is_refused() {
+        let mut state = group_of_three();
+        state.apply(&alter(0, 1, 1, &[0, 1]));
+        let err = assert_refused(&mut state, alter(0, 1, 1, &[0, 2]), |err| {
+            matches!(err, CommandError::Conflict(_))
+        });
+        assert_eq!(
+            err.to_string(),
+            "conflict: in-sync set changed meanwhile (epoch 1, now 2)"
+        );
+    }
+
+    #[test]
+    fn an_in_sync_set_without_the_master_or_with_unknown_brokers_is_refused() {
+        let mut state = group_of_three();
+        let invalid = |err: &CommandError| matches!(err, CommandError::Invalid(_));
+        let err = assert_refused(&mut state, alter(0, 1, 1, &[1, 2]), invalid);
+        assert!(
+            err.to_string().contains("must contain the master 0"),
+            "{err}"
+        );
+        assert_refused(&mut state, alter(0, 1, 1, &[]), invalid);
+        let err = assert_refused(&mut state, alter(0, 1, 1, &[0, 7]), invalid);
+        assert!(
+            err.to_string().contains("broker 7 is not registered"),
+            "{err}"
+        );
+        let too_many: Vec<u64> = (0..=IN_SYNC_SET_MAX as u64).collect();
+        assert_refused(&mut state, alter(0, 1, 1, &too_many), invalid);
     }
 }
