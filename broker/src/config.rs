@@ -52,6 +52,42 @@ pub struct BrokerSettings {
     /// How often the broker heartbeats the controller. The controller shows a broker dead
     /// after its `broker_heartbeat_timeout_ms` of silence.
     pub controller_heartbeat_interval_ms: u64,
+    /// `SYNC_MASTER`: the smallest in-sync set, the master included, a send is acknowledged
+    /// `SEND_OK` with; below it, sends answer `SLAVE_NOT_AVAILABLE`. 0 means by role: 2 for
+    /// `SYNC_MASTER` (never silently async), 1 otherwise. 1 is an explicit choice to let a
+    /// `SYNC_MASTER` acknowledge alone when no slave keeps up.
+    pub min_in_sync_replicas: u32,
+    /// `SYNC_MASTER`: longest a send waits for the in-sync set before `FLUSH_SLAVE_TIMEOUT`.
+    pub slave_timeout_ms: u64,
+    /// A slave that has not been caught up for this long leaves the in-sync set (RocketMQ's
+    /// haMaxTimeSlaveNotCatchup).
+    pub in_sync_lag_max_ms: u64,
+    /// The secret a slave presents to its master. Must be the same on every broker of the
+    /// cluster; a master with none accepts no slave.
+    pub cluster_secret: String,
+    /// Bytes a master ships per chunk (a larger record goes alone).
+    pub replication_chunk_bytes: u64,
+    /// Bytes a master sends beyond what a slave acknowledged before it waits.
+    pub replication_inflight_bytes_max: u64,
+    /// With nothing to ship, master and slave still exchange a message this often; a side
+    /// silent for three of these is gone.
+    pub replication_keepalive_ms: u64,
+}
+
+impl BrokerSettings {
+    /// A slave of its group (`broker_role = SLAVE`).
+    pub fn is_slave(&self) -> bool {
+        self.broker_role == "SLAVE"
+    }
+
+    /// `min_in_sync_replicas` with 0 resolved by role.
+    pub fn min_in_sync_replicas(&self) -> u32 {
+        match (self.min_in_sync_replicas, self.broker_role.as_str()) {
+            (0, "SYNC_MASTER") => 2,
+            (0, _) => 1,
+            (n, _) => n,
+        }
+    }
 }
 
 impl Default for BrokerSettings {
@@ -72,6 +108,13 @@ impl Default for BrokerSettings {
             advertised_addr: String::new(),
             broker_role: "ASYNC_MASTER".into(),
             controller_heartbeat_interval_ms: 500,
+            min_in_sync_replicas: 0,
+            slave_timeout_ms: 3_000,
+            in_sync_lag_max_ms: 15_000,
+            cluster_secret: String::new(),
+            replication_chunk_bytes: 1 << 20,
+            replication_inflight_bytes_max: 16 << 20,
+            replication_keepalive_ms: 500,
         }
     }
 }
@@ -211,10 +254,60 @@ impl BrokerConfig {
                 });
             }
         }
+        self.validate_replication()?;
         if self.broker.broker_name.is_empty() {
             return Err(ConfigError::Rule {
                 field: "broker_name",
                 reason: "must not be empty",
+            });
+        }
+        Ok(())
+    }
+}
+
+impl BrokerConfig {
+    fn validate_replication(&self) -> Result<(), ConfigError> {
+        let b = &self.broker;
+        let replicates = b.is_slave() || b.min_in_sync_replicas() > 1;
+        if replicates && b.controller_addr.is_empty() {
+            return Err(ConfigError::Rule {
+                field: "controller_addr",
+                reason: "must be set for a SLAVE, and for a SYNC_MASTER that needs slaves: the \
+                         controller holds the in-sync set and tells slaves where the master is",
+            });
+        }
+        if replicates && b.cluster_secret.is_empty() {
+            return Err(ConfigError::Rule {
+                field: "cluster_secret",
+                reason: "must be set for a SLAVE, and for a SYNC_MASTER that needs slaves: \
+                         masters accept only slaves that present it",
+            });
+        }
+        if b.slave_timeout_ms == 0 || b.in_sync_lag_max_ms == 0 || b.replication_keepalive_ms == 0 {
+            return Err(ConfigError::Rule {
+                field: "slave_timeout_ms",
+                reason: "slave_timeout_ms, in_sync_lag_max_ms and replication_keepalive_ms \
+                         must be above 0",
+            });
+        }
+        if !(64 << 10..=16 << 20).contains(&b.replication_chunk_bytes) {
+            return Err(ConfigError::Rule {
+                field: "replication_chunk_bytes",
+                reason: "must be 64 KiB to 16 MiB",
+            });
+        }
+        if b.replication_inflight_bytes_max < b.replication_chunk_bytes
+            || b.replication_inflight_bytes_max > 1 << 30
+        {
+            return Err(ConfigError::Rule {
+                field: "replication_inflight_bytes_max",
+                reason: "must be at least replication_chunk_bytes and at most 1 GiB",
+            });
+        }
+        if b.min_in_sync_replicas > 64 {
+            return Err(ConfigError::Rule {
+                field: "min_in_sync_replicas",
+                reason: "must be at most 64",
             });
         }
         Ok(())

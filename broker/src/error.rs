@@ -44,6 +44,8 @@ pub enum BrokerError {
     NotDurable,
     #[error("topic names starting with % belong to the broker")]
     TopicReserved { topic: String },
+    #[error("this broker is a slave and serves reads only; the master is {}", master_addr.as_deref().unwrap_or("not known now"))]
+    NotMaster { master_addr: Option<String> },
 }
 
 impl BrokerError {
@@ -63,12 +65,17 @@ impl BrokerError {
             BrokerError::OffsetBeyondEnd { .. } => ErrorCode::IllegalOffset,
             BrokerError::NotDurable => ErrorCode::MasterPersistenceTimeout,
             BrokerError::TopicReserved { .. } => ErrorCode::IllegalTopic,
+            BrokerError::NotMaster { .. } => ErrorCode::NotMaster,
         }
     }
 
     /// The gRPC status of this error, with its stable code in the metadata.
     pub fn into_status(self) -> tonic::Status {
         let code = self.code();
+        let master_addr = match &self {
+            BrokerError::NotMaster { master_addr } => master_addr.clone(),
+            _ => None,
+        };
         let grpc = match code {
             ErrorCode::TopicNotFound | ErrorCode::NotFound => tonic::Code::NotFound,
             ErrorCode::PayloadTooLarge
@@ -84,6 +91,11 @@ impl BrokerError {
             proto::ERROR_CODE_METADATA_KEY,
             tonic::metadata::MetadataValue::from(code as i32),
         );
+        if let Some(value) = master_addr.and_then(|addr| addr.parse().ok()) {
+            status
+                .metadata_mut()
+                .insert(proto::MASTER_ADDR_METADATA_KEY, value);
+        }
         status
     }
 }

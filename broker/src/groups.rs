@@ -7,6 +7,13 @@
 //! again, so that retention (which deletes whole old segments) never takes the last record of a
 //! live offset.
 //!
+//! On a slave the log is its master's copy and nothing else writes to it: the table follows the
+//! offset records as they replicate ([`ConsumerGroupState::follow`]), and a commit made on the
+//! slave (consumers fell back to it while the master was unreachable) is kept in memory, over
+//! the replicated value, until a replicated commit of the same queue reaches it. The consumer
+//! commits again to the master when it returns, so such a commit is neither lost nor
+//! overwritten by the master's older value.
+//!
 //! Membership is kept in memory: a member that has not sent a heartbeat for
 //! `consumer_heartbeat_timeout_ms` is gone. Members compute their queue assignment from the
 //! sorted member list, so every member agrees without a coordinator.
@@ -42,6 +49,10 @@ pub struct ConsumerGroupState {
     topics: Arc<TopicRegistry>,
     /// Held across (append, table update) so the table applies commits in log order.
     offsets: tokio::sync::Mutex<HashMap<OffsetKey, u64>>,
+    /// Commits made on a slave, over the replicated table.
+    slave_commits: Mutex<HashMap<OffsetKey, u64>>,
+    /// The queue offset in the offset topic up to which the table is read.
+    next_record: std::sync::atomic::AtomicU64,
     members: Mutex<HashMap<String, BTreeMap<String, Instant>>>,
     heartbeat_timeout: Duration,
 }
@@ -54,43 +65,62 @@ impl ConsumerGroupState {
         heartbeat_timeout: Duration,
     ) -> Result<Self, BrokerError> {
         let mut table = HashMap::new();
-        let (mut queue_offset, _) = store.queue_offsets(OFFSET_TOPIC, 0).unwrap_or((0, 0));
+        let (queue_offset, _) = store.queue_offsets(OFFSET_TOPIC, 0).unwrap_or((0, 0));
+        // Everything consumers may see (on a slave, up to the confirm offset its checkpoint
+        // saved; the rest comes with `follow`).
         store
-            .wait_readable(store.write_offset(), Duration::from_secs(60))
+            .wait_readable(store.confirm_offset(), Duration::from_secs(60))
             .await;
-        loop {
-            let result = store.get_messages(&GetRequest {
-                topic: OFFSET_TOPIC,
-                queue_id: 0,
-                queue_offset,
-                max_count: 1024,
-                max_bytes: 16 << 20,
-                filter: &TagFilter::All,
-            })?;
-            if result.messages.is_empty() {
-                break;
-            }
-            for message in &result.messages {
-                match decode(&message.body()) {
-                    Some((key, offset)) => {
-                        table.insert(key, offset);
-                    }
-                    None => tracing::warn!(
-                        commit_log_offset = message.commit_log_offset(),
-                        "skipping an offset record this version cannot read"
-                    ),
-                }
-            }
-            queue_offset = result.next_queue_offset;
-        }
+        let next = read_offset_records(&store, queue_offset, &mut table)?;
         tracing::info!(offsets = table.len(), "consumer offsets loaded");
         Ok(ConsumerGroupState {
             store,
             topics,
             offsets: tokio::sync::Mutex::new(table),
+            slave_commits: Mutex::new(HashMap::new()),
+            next_record: std::sync::atomic::AtomicU64::new(next),
             members: Mutex::new(HashMap::new()),
             heartbeat_timeout,
         })
+    }
+
+    /// On a slave: applies the offset records that replicate, as they become readable, until
+    /// the task is aborted.
+    pub async fn follow(self: Arc<Self>) {
+        let mut readable = self.store.subscribe_readable_offset();
+        loop {
+            let from = self.next_record.load(std::sync::atomic::Ordering::Acquire);
+            let mut records = HashMap::new();
+            match read_offset_records(&self.store, from, &mut records) {
+                Ok(next) => {
+                    if !records.is_empty() {
+                        let mut table = self.offsets.lock().await;
+                        let mut slave_commits = self
+                            .slave_commits
+                            .lock()
+                            .expect("slave commits lock poisoned");
+                        for (key, offset) in records {
+                            // The master has caught up with a commit made here.
+                            if slave_commits
+                                .get(&key)
+                                .is_some_and(|local| offset >= *local)
+                            {
+                                slave_commits.remove(&key);
+                            }
+                            table.insert(key, offset);
+                        }
+                    }
+                    self.next_record
+                        .store(next, std::sync::atomic::Ordering::Release);
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot read replicated consumer offsets");
+                }
+            }
+            if readable.changed().await.is_err() {
+                return;
+            }
+        }
     }
 
     /// Commits `queue_offset` for (group, topic, queue).
@@ -127,6 +157,13 @@ impl ConsumerGroupState {
             });
         }
         let key = (group.to_owned(), topic.to_owned(), queue_id);
+        if self.store.is_replica_only() {
+            self.slave_commits
+                .lock()
+                .expect("slave commits lock poisoned")
+                .insert(key, queue_offset);
+            return Ok(());
+        }
         let mut table = self.offsets.lock().await;
         self.append(&key, queue_offset).await?;
         table.insert(key, queue_offset);
@@ -146,11 +183,17 @@ impl ConsumerGroupState {
 
     /// The committed offset of (group, topic, queue).
     pub async fn query(&self, group: &str, topic: &str, queue_id: u32) -> Option<u64> {
-        self.offsets
+        let key = (group.to_owned(), topic.to_owned(), queue_id);
+        let local = self
+            .slave_commits
             .lock()
-            .await
-            .get(&(group.to_owned(), topic.to_owned(), queue_id))
-            .copied()
+            .expect("slave commits lock poisoned")
+            .get(&key)
+            .copied();
+        match local {
+            Some(offset) => Some(offset),
+            None => self.offsets.lock().await.get(&key).copied(),
+        }
     }
 
     /// Writes every committed offset again (see the module documentation).
@@ -178,6 +221,44 @@ impl ConsumerGroupState {
             id == client_id || now.duration_since(*seen) < self.heartbeat_timeout
         });
         Ok(group_members.keys().cloned().collect())
+    }
+}
+
+/// Reads the offset records from `queue_offset` on into `table`; answers where to go on from.
+fn read_offset_records(
+    store: &Store,
+    mut queue_offset: u64,
+    table: &mut HashMap<OffsetKey, u64>,
+) -> Result<u64, BrokerError> {
+    loop {
+        let result = store.get_messages(&GetRequest {
+            topic: OFFSET_TOPIC,
+            queue_id: 0,
+            queue_offset,
+            max_count: 1024,
+            max_bytes: 16 << 20,
+            filter: &TagFilter::All,
+        })?;
+        if result.messages.is_empty() {
+            if result.next_queue_offset > queue_offset {
+                // Below what retention kept: go on from where the queue starts now.
+                queue_offset = result.next_queue_offset;
+                continue;
+            }
+            return Ok(queue_offset);
+        }
+        for message in &result.messages {
+            match decode(&message.body()) {
+                Some((key, offset)) => {
+                    table.insert(key, offset);
+                }
+                None => tracing::warn!(
+                    commit_log_offset = message.commit_log_offset(),
+                    "skipping an offset record this version cannot read"
+                ),
+            }
+        }
+        queue_offset = result.next_queue_offset;
     }
 }
 

@@ -7,6 +7,8 @@
 //! - [`topics`]: the topics and their queue counts, persisted crash-safely.
 //! - [`groups`]: consumer groups: committed offsets (records of an internal topic in the commit
 //!   log, so they survive restarts and replicate with it) and live members.
+//! - [`role`]: master or slave of its group: the slave's `NOT_MASTER` refusal, the master's
+//!   `SYNC_MASTER` wait, and the controller's group view turned into each role's state.
 //! - [`retry`]: send-back of failed messages: delay levels through the schedule topic, the
 //!   group's retry topic, and its dead-letter topic after `max_reconsume_times`.
 //! - [`error`]: the broker's error type and the one place errors become gRPC statuses with
@@ -22,6 +24,7 @@ pub mod config;
 pub mod error;
 pub mod groups;
 pub mod retry;
+pub mod role;
 pub mod service;
 pub mod store;
 pub mod topics;

@@ -13,9 +13,11 @@ use tonic::{Request, Response, Status};
 
 use crate::config::BrokerSettings;
 use crate::error::BrokerError;
+use crate::role::Role;
 use crate::store::message::{PROPERTY_KEYS, PROPERTY_TAGS, PROPERTY_UNIQUE_ID};
 use crate::store::{GetRequest, GetStatus, NewMessage, PutStatus, Store, StoredMessage, TagFilter};
 use crate::topics::TopicRegistry;
+use replication::ship::ReplicaWait;
 
 /// Property names only the broker sets: tag, keys and id travel in them, and the retry path
 /// adds the others.
@@ -40,19 +42,26 @@ pub const MESSAGE_ID_BYTES_MAX: usize = 128;
 /// Longest tag or key accepted.
 pub const TAG_BYTES_MAX: usize = 255;
 
-/// The service state: the store and the topics.
+/// The service state: the store, the topics, and the broker's role.
 pub struct BrokerService {
     store: Arc<Store>,
     topics: Arc<TopicRegistry>,
     settings: BrokerSettings,
+    role: Arc<Role>,
 }
 
 impl BrokerService {
-    pub fn new(store: Arc<Store>, topics: Arc<TopicRegistry>, settings: BrokerSettings) -> Self {
+    pub fn new(
+        store: Arc<Store>,
+        topics: Arc<TopicRegistry>,
+        settings: BrokerSettings,
+        role: Arc<Role>,
+    ) -> Self {
         BrokerService {
             store,
             topics,
             settings,
+            role,
         }
     }
 
@@ -94,6 +103,7 @@ impl BrokerService {
                 topic: request.topic,
             });
         }
+        self.role.check_writable()?;
         self.check_queue(&request.topic, request.queue_id)?;
         let mut message_ids = Vec::with_capacity(request.messages.len());
         let mut messages = Vec::with_capacity(request.messages.len());
@@ -107,9 +117,15 @@ impl BrokerService {
         } else {
             self.store.append_batch(messages).await?
         };
+        // The local status first: a message not durable here is answered so, whatever the
+        // slaves hold. Then, under SYNC_MASTER, the in-sync set (see `replication::ship::insync`).
         let status = match appended.status {
-            PutStatus::Ok => SendStatus::SendOk,
             PutStatus::FlushDiskTimeout => SendStatus::FlushDiskTimeout,
+            PutStatus::Ok => match self.role.wait_replicated(appended.end_offset).await {
+                ReplicaWait::Replicated => SendStatus::SendOk,
+                ReplicaWait::Timeout => SendStatus::FlushSlaveTimeout,
+                ReplicaWait::NotEnoughReplicas => SendStatus::SlaveNotAvailable,
+            },
         };
         let commit_log_offsets = if appended.record_commit_log_offsets.is_empty() {
             vec![appended.commit_log_offset]
@@ -241,6 +257,7 @@ impl Broker for BrokerService {
             }
             .into());
         }
+        self.role.check_writable()?;
         let created = self.topics.create(&request.topic, request.queue_count)?;
         Ok(Response::new(wire::CreateTopicResponse { created }))
     }

@@ -63,12 +63,21 @@ pub struct BrokerProcess {
 impl BrokerProcess {
     /// Starts a broker with its store in `store`, plus `extra_args`.
     pub fn start(store: &Path, extra_args: &[&str]) -> BrokerProcess {
+        // The log goes next to the store (`<store>.log`), for reading after a failed test.
+        let log = std::fs::create_dir_all(store.parent().unwrap_or(store))
+            .and_then(|()| {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(store.with_extension("log"))
+            })
+            .map_or_else(|_| Stdio::null(), Stdio::from);
         let mut child = Command::new(workspace_binary("broker", "broker"))
             .args(["--listen", "127.0.0.1:0", "--store-path"])
             .arg(store)
             .args(extra_args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("start the broker");
         let mut line = String::new();

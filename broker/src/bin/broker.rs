@@ -1,5 +1,6 @@
-//! The `broker` process: opens the store and the topic registry, serves the client-facing gRPC
-//! service, and on SIGTERM or SIGINT stops accepting, finishes the requests in flight, flushes,
+//! The `broker` process: opens the store and the topic registry, takes its role (a master ships
+//! its log to its slaves; a slave replicates its master's), serves the client-facing gRPC
+//! services and the replication stream, and on SIGTERM or SIGINT stops accepting, finishes the requests in flight, flushes,
 //! and closes the store cleanly (the abort marker goes, so the next start needs no recovery).
 //!
 //! Prints `broker listening on ADDR` on stdout once it serves (with `listen` port 0, ADDR has
@@ -14,20 +15,31 @@ use std::time::Duration;
 use broker::config::BrokerConfig;
 use broker::groups::{ConsumerGroupService, ConsumerGroupState};
 use broker::retry::{parse_delay_levels, RetryState};
+use broker::role::{ControllerAuthority, Role};
 use broker::service::BrokerService;
-use broker::store::Store;
+use broker::store::{ConfirmMode, FlushDiskType, Store};
 use broker::topics::TopicRegistry;
 use clap::Parser;
 use proto::client::broker_server::BrokerServer;
 use proto::client::consumer_groups_server::ConsumerGroupsServer;
-use proto::controller::{BrokerRole, GroupSettings, GroupTopic};
-use replication::controller::link::{BrokerIdentity, BrokerMetadata, ControllerLink};
-use std::collections::{BTreeMap, HashMap};
+use proto::controller::{BrokerRole, GroupSettings, GroupTopic, GroupView};
+use proto::replication::log_shipping_server::LogShippingServer;
+use replication::controller::link::{
+    BrokerIdentity, BrokerMetadata, ControllerLink, ReplicationReport,
+};
+use replication::ship::{
+    replica, InSync, InSyncConfig, ReplicaConfig, ReplicaStatus, ShipConfig, ShipService,
+    STREAM_MESSAGE_BYTES_MAX,
+};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
 
+/// How long a slave waits for its master's TCP connection.
+const REPLICA_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Room for request framing and fields beyond message bytes.
 const REQUEST_OVERHEAD_BYTES: usize = 1 << 20;
 
@@ -95,23 +107,39 @@ fn load_config(cli: &Cli) -> Result<BrokerConfig> {
 }
 
 async fn serve(config: BrokerConfig) -> Result<()> {
+    let settings = &config.broker;
+    let is_slave = settings.is_slave();
     let store_path = config.store.store_path.clone();
     let store = tokio::task::spawn_blocking({
         let store_config = config.store.clone();
-        move || Store::open(store_config)
+        // A slave shows consumers only what its master confirmed: from its last checkpoint's
+        // confirm offset on, never its whole recovered log.
+        let mode = if is_slave {
+            ConfirmMode::External
+        } else {
+            ConfirmMode::Local
+        };
+        move || Store::open_with_confirm_mode(store_config, mode)
     })
     .await
     .context("open the store")??;
     let store = Arc::new(store);
+    store.set_replica_only(is_slave);
     let topics = Arc::new(TopicRegistry::open(&store_path)?);
-    let listener = TcpListener::bind(config.broker.listen)
+    let listener = TcpListener::bind(settings.listen)
         .await
-        .with_context(|| format!("listen on {}", config.broker.listen))?;
+        .with_context(|| format!("listen on {}", settings.listen))?;
     let local = listener.local_addr()?;
+    let advertised = if settings.advertised_addr.is_empty() {
+        local.to_string()
+    } else {
+        settings.advertised_addr.clone()
+    };
     tracing::info!(
         addr = %local,
-        broker_name = %config.broker.broker_name,
-        broker_id = config.broker.broker_id,
+        broker_name = %settings.broker_name,
+        broker_id = settings.broker_id,
+        broker_role = %settings.broker_role,
         flush_disk_type = ?config.store.flush_disk_type,
         "broker serving"
     );
@@ -120,36 +148,74 @@ async fn serve(config: BrokerConfig) -> Result<()> {
         ConsumerGroupState::load(
             store.clone(),
             topics.clone(),
-            Duration::from_millis(config.broker.consumer_heartbeat_timeout_ms),
+            Duration::from_millis(settings.consumer_heartbeat_timeout_ms),
         )
         .await?,
     );
-    let snapshots = tokio::spawn(snapshot_offsets(
-        groups.clone(),
-        Duration::from_millis(config.broker.offset_snapshot_interval_ms),
-    ));
-    let levels = parse_delay_levels(&config.broker.message_delay_level)
+    let role = Arc::new(make_role(&config, &store));
+    let mut tasks = Vec::new();
+    let levels = parse_delay_levels(&settings.message_delay_level)
         .map_err(|reason| anyhow::anyhow!("message_delay_level: {reason}"))?;
     let retry = RetryState::new(
         store.clone(),
         topics.clone(),
         groups.clone(),
         levels,
-        config.broker.max_reconsume_times,
+        settings.max_reconsume_times,
     )?;
-    let schedulers = retry.start_scheduler();
-    let link = match config.broker.controller_addr.as_str() {
-        "" => None,
-        addrs => Some(tokio::spawn(run_controller_link(
-            addrs.to_owned(),
+    match role.as_ref() {
+        Role::Master { .. } => {
+            // Only a master writes its log: the offset snapshots and the delay schedule.
+            tasks.push(tokio::spawn(snapshot_offsets(
+                groups.clone(),
+                Duration::from_millis(settings.offset_snapshot_interval_ms),
+            )));
+            tasks.extend(retry.start_scheduler());
+        }
+        Role::Slave { master, status } => {
+            tasks.push(tokio::spawn(groups.clone().follow()));
+            tasks.push(tokio::spawn(replica::run(
+                store.clone(),
+                ReplicaConfig {
+                    group: settings.broker_name.clone(),
+                    broker_id: settings.broker_id,
+                    addr: advertised.clone(),
+                    cluster_secret: settings.cluster_secret.clone(),
+                    keepalive: Duration::from_millis(settings.replication_keepalive_ms),
+                    connect_timeout: REPLICA_CONNECT_TIMEOUT,
+                },
+                master.subscribe(),
+                status.clone(),
+            )));
+        }
+    }
+    if !settings.controller_addr.is_empty() {
+        tasks.extend(start_controller_link(
             &config,
-            local,
+            advertised,
             store.clone(),
             topics.clone(),
             retry.clone(),
-        )?)),
-    };
-    let service = BrokerService::new(store.clone(), topics, config.broker.clone());
+            role.clone(),
+        )?);
+    }
+    let ship = ShipService::new(
+        store.clone(),
+        match role.as_ref() {
+            Role::Master { in_sync, .. } => Some(in_sync.clone()),
+            Role::Slave { .. } => None,
+        },
+        ShipConfig {
+            group: settings.broker_name.clone(),
+            broker_id: settings.broker_id,
+            cluster_secret: settings.cluster_secret.clone(),
+            chunk_bytes: settings.replication_chunk_bytes as usize,
+            inflight_bytes_max: settings.replication_inflight_bytes_max,
+            keepalive: Duration::from_millis(settings.replication_keepalive_ms),
+            replication: role.name().to_owned(),
+        },
+    );
+    let service = BrokerService::new(store.clone(), topics, settings.clone(), role.clone());
     // Room for the largest batch the store takes, so that an oversized message reaches the
     // service's checks and gets its own error code instead of a transport error.
     let request_bytes_max = config.store.batch_bytes_max + REQUEST_OVERHEAD_BYTES;
@@ -175,6 +241,11 @@ async fn serve(config: BrokerConfig) -> Result<()> {
         .add_service(ConsumerGroupsServer::new(ConsumerGroupService::new(
             groups, retry,
         )))
+        .add_service(
+            LogShippingServer::new(ship)
+                .max_decoding_message_size(STREAM_MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(STREAM_MESSAGE_BYTES_MAX),
+        )
         .serve_with_incoming_shutdown(incoming, async move {
             tokio::select! {
                 _ = terminate.recv() => {}
@@ -184,12 +255,8 @@ async fn serve(config: BrokerConfig) -> Result<()> {
         })
         .await
         .context("serve")?;
-    snapshots.abort();
-    if let Some(link) = link {
-        link.abort();
-    }
-    for scheduler in schedulers {
-        scheduler.abort();
+    for task in tasks {
+        task.abort();
     }
     tokio::task::spawn_blocking(move || store.shutdown())
         .await
@@ -198,11 +265,52 @@ async fn serve(config: BrokerConfig) -> Result<()> {
     Ok(())
 }
 
+/// The role `broker_role` names. A master hands its confirm offset to its in-sync tracker,
+/// which starts with the master alone in the set until the controller's view arrives.
+fn make_role(config: &BrokerConfig, store: &Arc<Store>) -> Role {
+    let settings = &config.broker;
+    if settings.is_slave() {
+        return Role::Slave {
+            master: watch::Sender::new(None),
+            status: Arc::new(ReplicaStatus::default()),
+        };
+    }
+    store.set_confirm_mode(ConfirmMode::External);
+    let sync_master = settings.broker_role == "SYNC_MASTER";
+    let newest_epoch = store.epoch_history().last().map_or(0, |e| e.epoch);
+    let in_sync = InSync::new(
+        InSyncConfig {
+            master_id: settings.broker_id,
+            sync_master,
+            require_flushed: config.store.flush_disk_type == FlushDiskType::SyncFlush,
+            min_in_sync_replicas: settings.min_in_sync_replicas() as usize,
+            slave_timeout: Duration::from_millis(settings.slave_timeout_ms),
+            lag_max: Duration::from_millis(settings.in_sync_lag_max_ms),
+        },
+        store.clone(),
+        newest_epoch,
+        BTreeSet::from([settings.broker_id]),
+        0,
+    );
+    Role::Master {
+        in_sync: Arc::new(in_sync),
+        replication: if sync_master {
+            "SYNC_MASTER"
+        } else {
+            "ASYNC_MASTER"
+        },
+    }
+}
+
 /// What the controller link reads and writes on this broker.
 struct LinkedBroker {
     store: Arc<Store>,
     topics: Arc<TopicRegistry>,
     retry: Arc<RetryState>,
+    role: Arc<Role>,
+    /// The controller's latest view of the group, applied by a task of its own (applying may
+    /// write the epoch file, and the link's calls must not block).
+    views: watch::Sender<Option<GroupView>>,
 }
 
 impl BrokerMetadata for LinkedBroker {
@@ -229,49 +337,86 @@ impl BrokerMetadata for LinkedBroker {
     fn max_offset(&self) -> u64 {
         self.store.write_offset()
     }
+
+    fn replication_report(&self) -> ReplicationReport {
+        ReplicationReport {
+            confirm_offset: self.store.confirm_offset(),
+            replicas: self.role.progress_report(),
+        }
+    }
+
+    fn group_view_changed(&self, view: &GroupView) {
+        self.views.send_if_modified(|current| {
+            let changed = current.as_ref() != Some(view);
+            if changed {
+                *current = Some(view.clone());
+            }
+            changed
+        });
+    }
 }
 
-/// Registers with the controller (waiting for it if it is not up yet), then heartbeats. The
-/// broker serves meanwhile with the topics it last synced. A permanent refusal (a second master
-/// for the group, a bad name) stops the process: it must not serve a group it does not belong to.
-fn run_controller_link(
-    addrs: String,
+/// Registers with the controller (waiting for it if it is not up yet), then heartbeats; applies
+/// each group view the controller answers with; on a master, reviews the in-sync set and
+/// proposes its changes to the controller. The broker serves meanwhile with the topics it last
+/// synced. A permanent refusal (a second master for the group, a bad name) stops the process:
+/// it must not serve a group it does not belong to.
+fn start_controller_link(
     config: &BrokerConfig,
-    local: std::net::SocketAddr,
+    advertised: String,
     store: Arc<Store>,
     topics: Arc<TopicRegistry>,
     retry: Arc<RetryState>,
-) -> Result<impl std::future::Future<Output = ()>> {
+    role: Arc<Role>,
+) -> Result<Vec<tokio::task::JoinHandle<()>>> {
+    let settings = &config.broker;
     let identity = BrokerIdentity {
-        cluster: config.broker.broker_cluster_name.clone(),
-        group: config.broker.broker_name.clone(),
-        broker_id: config.broker.broker_id,
-        addr: if config.broker.advertised_addr.is_empty() {
-            local.to_string()
-        } else {
-            config.broker.advertised_addr.clone()
-        },
-        role: if config.broker.broker_role == "SLAVE" {
+        cluster: settings.broker_cluster_name.clone(),
+        group: settings.broker_name.clone(),
+        broker_id: settings.broker_id,
+        addr: advertised,
+        role: if settings.is_slave() {
             BrokerRole::Slave
         } else {
             BrokerRole::Master
         },
     };
-    let interval = Duration::from_millis(config.broker.controller_heartbeat_interval_ms);
+    let interval = Duration::from_millis(settings.controller_heartbeat_interval_ms);
+    let (views, mut view_rx) = watch::channel(None::<GroupView>);
     let metadata = Arc::new(LinkedBroker {
-        store,
+        store: store.clone(),
         topics,
         retry,
+        role: role.clone(),
+        views,
     });
-    let mut link = ControllerLink::new(&addrs, identity, metadata)?;
-    Ok(async move {
+    let mut link = ControllerLink::new(&settings.controller_addr, identity, metadata)?;
+    let mut tasks = Vec::new();
+    if let Role::Master { in_sync, .. } = role.as_ref() {
+        let authority = ControllerAuthority {
+            group: settings.broker_name.clone(),
+            proposer: link.in_sync_set_proposer(),
+        };
+        tasks.push(tokio::spawn(in_sync.clone().review(authority)));
+    }
+    let broker_id = settings.broker_id;
+    tasks.push(tokio::spawn(async move {
+        while view_rx.changed().await.is_ok() {
+            let view = view_rx.borrow_and_update().clone();
+            if let Some(view) = view {
+                role.apply_group_view(&store, broker_id, &view).await;
+            }
+        }
+    }));
+    tasks.push(tokio::spawn(async move {
         if let Err(err) = link.register(interval).await {
             tracing::error!(error = %err, "stopping");
             eprintln!("broker: {err}");
             std::process::exit(2);
         }
         link.run(interval).await;
-    })
+    }));
+    Ok(tasks)
 }
 
 /// Writes every committed offset again on an interval (see `broker::groups`).

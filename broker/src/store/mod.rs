@@ -476,6 +476,13 @@ impl Store {
             .store(replica_only, std::sync::atomic::Ordering::Release);
     }
 
+    /// Whether this store is a slave's ([`Store::set_replica_only`]).
+    pub fn is_replica_only(&self) -> bool {
+        self.shared
+            .replica_only
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Hands the confirm offset to the owner (replication) or back to the store.
     pub fn set_confirm_mode(&self, mode: ConfirmMode) {
         self.shared.set_confirm_mode(mode);

@@ -265,13 +265,15 @@ impl Shared {
         self.publish_progress();
     }
 
-    /// Publishes the written and flushed offsets to their watchers, when they changed.
+    /// Publishes the written and flushed offsets to their watchers, when they changed. The
+    /// offsets are read under the watch's own lock: the writer and the flusher both publish, and
+    /// values read before the lock could land out of order and hide the newer one.
     pub fn publish_progress(&self) {
-        let now = LogProgress {
-            write_offset: self.log.write_offset(),
-            flushed_offset: self.log.flushed_offset(),
-        };
         self.progress_tx.send_if_modified(|current| {
+            let now = LogProgress {
+                write_offset: self.log.write_offset(),
+                flushed_offset: self.log.flushed_offset(),
+            };
             let changed = *current != now;
             *current = now;
             changed
