@@ -53,17 +53,23 @@ impl PullConsumer {
         poll_timeout: Duration,
     ) -> Result<PullResult, ClientError> {
         let mut client = self.client.clone();
-        let response = client
-            .pull(proto::client::PullRequest {
-                topic: topic.to_owned(),
-                queue_id,
-                queue_offset,
-                max_messages,
-                max_bytes: 0,
-                tag_expression: tag_expression.to_owned(),
-                poll_timeout_ms: poll_timeout.as_millis().min(u32::MAX as u128) as u32,
-            })
-            .await?
+        let request = proto::client::PullRequest {
+            topic: topic.to_owned(),
+            queue_id,
+            queue_offset,
+            max_messages,
+            max_bytes: 0,
+            tag_expression: tag_expression.to_owned(),
+            poll_timeout_ms: poll_timeout.as_millis().min(u32::MAX as u128) as u32,
+        };
+        // A broker that accepted the connection but stopped answering (a paused process) must
+        // cost a timeout, not a pull that never returns.
+        let deadline = poll_timeout + PULL_ANSWER_MARGIN;
+        let response = tokio::time::timeout(deadline, client.pull(request))
+            .await
+            .map_err(|_| ClientError::Timeout {
+                timeout_ms: deadline.as_millis() as u64,
+            })??
             .into_inner();
         Ok(PullResult {
             status: PullStatus::try_from(response.status).unwrap_or(PullStatus::Unspecified),
@@ -78,6 +84,9 @@ impl PullConsumer {
         })
     }
 }
+
+/// How long a pull may take beyond its long-polling wait before it counts as timed out.
+pub const PULL_ANSWER_MARGIN: Duration = Duration::from_secs(3);
 
 /// Topic administration against one broker.
 #[derive(Clone)]

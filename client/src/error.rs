@@ -39,7 +39,10 @@ impl ClientError {
             ClientError::Transport { .. } | ClientError::Timeout { .. } => true,
             ClientError::Broker { code, .. } => matches!(
                 code,
-                ErrorCode::InternalError | ErrorCode::TooManyRequests | ErrorCode::RequestTimeout
+                ErrorCode::InternalError
+                    | ErrorCode::TooManyRequests
+                    | ErrorCode::RequestTimeout
+                    | ErrorCode::NotMaster
             ),
             ClientError::Invalid { .. } | ClientError::NoRoute { .. } => false,
         }

@@ -13,8 +13,15 @@
 //!   the topic's queues, sorted by (broker group, queue id), the same way (position modulo member
 //!   count), so they agree without a coordinator. A member that stops heartbeating is dropped by
 //!   the brokers and its queues move at the others' next heartbeat. The queues of a group whose
-//!   master cannot be reached stay in the deal (so that nothing else moves) and their worker
-//!   keeps retrying until it returns.
+//!   master cannot be reached stay in the deal (so that nothing else moves).
+//! - Reads from slaves: when a group's master cannot be reached (a transport failure or a
+//!   timeout; a paused master costs the pull's poll timeout plus 3 s), the heartbeat goes to its
+//!   slaves instead, and each queue's worker reads from the next broker of the group the route
+//!   names, trying the master again every 5 s. The worker keeps its queue offset in memory
+//!   across the switch and commits where it reads, so an offset committed on a slave is not lost
+//!   when the master returns: the worker's next commit carries it to the master, over the
+//!   master's older value. A slave refuses hand-backs (`NOT_MASTER`): a failed message is then
+//!   retried in place. A slave serves only what its master confirmed.
 //! - Offsets: kept on the queue's broker (committed after each handled batch, and when a queue
 //!   is given up), so a restarted or replacing member resumes where the group left off. At least
 //!   once: a batch handled but not yet committed when a member dies is delivered again.
@@ -315,9 +322,11 @@ async fn assignment(shared: &Shared, retry_topic: &str) -> Result<Vec<AssignedQu
     let topic = &shared.config.topic;
     // The topic's queues (from the route; on one broker, from its topic list below) and the
     // brokers holding them, by group.
-    let (mut topic_queues, brokers): (Vec<AssignedQueue>, Vec<(String, String)>) =
+    // The brokers to heartbeat, per group, best first: the master, then its slaves (which
+    // answer while the master cannot be reached, so that consumers keep reading from them).
+    let (mut topic_queues, brokers): (Vec<AssignedQueue>, Vec<(String, Vec<String>)>) =
         match &shared.source {
-            Source::Broker { addr } => (Vec::new(), vec![(String::new(), addr.clone())]),
+            Source::Broker { addr } => (Vec::new(), vec![(String::new(), vec![addr.clone()])]),
             Source::Cluster { routes } => {
                 let route = routes.get(topic).await?;
                 let queues: Vec<AssignedQueue> = routes::readable_queues(&route)
@@ -330,31 +339,49 @@ async fn assignment(shared: &Shared, retry_topic: &str) -> Result<Vec<AssignedQu
                         broker_addr: q.master_addr,
                     })
                     .collect();
-                let brokers: BTreeSet<(String, String)> = queues
-                    .iter()
-                    .map(|q| (q.group.clone(), q.broker_addr.clone()))
+                let groups: BTreeSet<String> = queues.iter().map(|q| q.group.clone()).collect();
+                let brokers = groups
+                    .into_iter()
+                    .map(|group| {
+                        let candidates = routes::read_candidates(&route, &group);
+                        (group, candidates)
+                    })
                     .collect();
-                (queues, brokers.into_iter().collect())
+                (queues, brokers)
             }
         };
 
-    // Heartbeat every broker at once; the members are those any of them knows.
+    // Heartbeat every group at once; the members are those any of them knows.
     let mut heartbeats = tokio::task::JoinSet::new();
-    for (group, addr) in &brokers {
+    for (group, candidates) in &brokers {
         let request = HeartbeatRequest {
             group: shared.config.group.clone(),
             client_id: shared.client_id.clone(),
         };
-        let client = shared.brokers.consumer_groups(addr);
-        let (group, addr) = (group.clone(), addr.clone());
+        let clients: Vec<(String, Result<_, ClientError>)> = candidates
+            .iter()
+            .map(|addr| (addr.clone(), shared.brokers.consumer_groups(addr)))
+            .collect();
+        let group = group.clone();
         heartbeats.spawn(async move {
-            let answer = async move { Ok::<_, ClientError>(client?.heartbeat(request).await?) };
-            let answer = tokio::time::timeout(HEARTBEAT_TIMEOUT, answer)
-                .await
-                .unwrap_or(Err(ClientError::Timeout {
-                    timeout_ms: HEARTBEAT_TIMEOUT.as_millis() as u64,
-                }));
-            (group, addr, answer.map(|a| a.into_inner().members))
+            let mut last = Err(ClientError::NoRoute {
+                topic: String::new(),
+                reason: "the group has no broker",
+            });
+            for (addr, client) in clients {
+                let request = request.clone();
+                let answer = async move { Ok::<_, ClientError>(client?.heartbeat(request).await?) };
+                let answer = tokio::time::timeout(HEARTBEAT_TIMEOUT, answer)
+                    .await
+                    .unwrap_or(Err(ClientError::Timeout {
+                        timeout_ms: HEARTBEAT_TIMEOUT.as_millis() as u64,
+                    }));
+                match answer {
+                    Ok(answer) => return (group, addr, Ok(answer.into_inner().members)),
+                    Err(err) => last = Err(err),
+                }
+            }
+            (group, String::new(), last)
         });
     }
     let mut members = BTreeSet::new();
@@ -459,22 +486,46 @@ async fn consume_queue(
         shared.config.tag_expression.clone()
     };
     let mut offset = None;
+    // The broker pulls go to: the master, or a slave of the group while the master cannot be
+    // reached. The queue offset stays in memory across a switch (never queried again from the
+    // other broker, whose committed offset may be older), and commits go where the pulls go.
+    let mut serving = Serving::new(queue.broker_addr.clone());
+    // Where the last commit of `offset` went.
+    let mut committed_at: Option<String> = None;
     while !*stopped.borrow() {
+        serving.maybe_return_to_master();
+        let addr = serving.addr.clone();
         let current = match offset {
             Some(current) => current,
-            None => match start_offset(&shared, &queue).await {
+            None => match start_offset(&shared, &queue, &addr).await {
                 Ok(start) => {
                     offset = Some(start);
+                    // The broker knows it: it answered it, or took its commit.
+                    committed_at = Some(addr.clone());
                     start
                 }
                 Err(err) => {
                     tracing::warn!(topic, queue_id, error = %err, "cannot find where to start; retrying");
+                    serving.failed(&shared, &queue, &err).await;
                     pause(&mut stopped).await;
                     continue;
                 }
             },
         };
-        let pulled = match puller(&shared, &queue) {
+        // Reading from another broker than the last commit went to (a slave, or the master
+        // back): tell it where the group is first, so that its older offset never counts.
+        if committed_at.as_deref() != Some(addr.as_str()) && offset.is_some() {
+            match commit(&shared, &queue, &addr, current).await {
+                Ok(()) => committed_at = Some(addr.clone()),
+                Err(err) => {
+                    tracing::debug!(topic, queue_id, error = %err, "offset commit failed; retrying");
+                    serving.failed(&shared, &queue, &err).await;
+                    pause(&mut stopped).await;
+                    continue;
+                }
+            }
+        }
+        let pulled = match puller(&shared, &addr) {
             Ok(puller) => {
                 puller
                     .pull(
@@ -493,6 +544,7 @@ async fn consume_queue(
             Ok(result) => result,
             Err(err) => {
                 tracing::debug!(topic, queue_id, error = %err, "pull failed; retrying");
+                serving.failed(&shared, &queue, &err).await;
                 pause(&mut stopped).await;
                 continue;
             }
@@ -513,17 +565,21 @@ async fn consume_queue(
         let finished = if in_place {
             handle_in_place(&shared, &result.messages, &mut stopped).await
         } else {
-            handle_and_hand_back(&shared, &queue, &result.messages, &mut stopped).await
+            handle_and_hand_back(&shared, &addr, &result.messages, &mut stopped).await
         };
         if let Err(first_unfinished) = finished {
             // Stopped in the middle: commit up to the first message not dealt with, so that the
             // next owner starts there (it is delivered again: at least once).
-            let _ = commit(&shared, &queue, first_unfinished).await;
+            let _ = commit(&shared, &queue, &addr, first_unfinished).await;
             return;
         }
         offset = Some(result.next_queue_offset);
-        if let Err(err) = commit(&shared, &queue, result.next_queue_offset).await {
-            tracing::debug!(topic, queue_id, error = %err, "offset commit failed; the next one covers it");
+        committed_at = None;
+        match commit(&shared, &queue, &addr, result.next_queue_offset).await {
+            Ok(()) => committed_at = Some(addr),
+            Err(err) => {
+                tracing::debug!(topic, queue_id, error = %err, "offset commit failed; the next one covers it")
+            }
         }
     }
 }
@@ -533,14 +589,14 @@ async fn consume_queue(
 /// first such message.
 async fn handle_and_hand_back(
     shared: &Shared,
-    queue: &AssignedQueue,
+    addr: &str,
     messages: &[ReceivedMessage],
     stopped: &mut watch::Receiver<bool>,
 ) -> Result<(), u64> {
     let outcomes = handle(shared, messages.to_vec()).await;
     for (message, outcome) in messages.iter().zip(outcomes) {
         if outcome == ConsumeResult::ReconsumeLater {
-            while let Err(err) = send_back(shared, queue, message).await {
+            while let Err(err) = send_back(shared, addr, message).await {
                 if !err.is_retriable() {
                     // The broker will never take this one back: retry it in place instead,
                     // still never moving past it unhandled.
@@ -595,14 +651,78 @@ async fn pause(stopped: &mut watch::Receiver<bool>) {
     let _ = tokio::time::timeout(Duration::from_millis(500), stopped.changed()).await;
 }
 
-/// Pulls of `queue`, from its broker.
-fn puller(shared: &Shared, queue: &AssignedQueue) -> Result<PullConsumer, ClientError> {
-    Ok(PullConsumer::with_client(
-        shared.brokers.broker(&queue.broker_addr)?,
-    ))
+/// Pulls from the broker at `addr`.
+fn puller(shared: &Shared, addr: &str) -> Result<PullConsumer, ClientError> {
+    Ok(PullConsumer::with_client(shared.brokers.broker(addr)?))
 }
 
-async fn start_offset(shared: &Shared, queue: &AssignedQueue) -> Result<u64, ClientError> {
+/// How long a consumer reading from a slave waits before trying its master again.
+const MASTER_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// Which broker of the queue's group a queue worker reads from.
+struct Serving {
+    master: String,
+    addr: String,
+    since: std::time::Instant,
+}
+
+impl Serving {
+    fn new(master: String) -> Serving {
+        Serving {
+            addr: master.clone(),
+            master,
+            since: std::time::Instant::now(),
+        }
+    }
+
+    /// Reading from a slave for a while: try the master again.
+    fn maybe_return_to_master(&mut self) {
+        if self.addr != self.master && self.since.elapsed() >= MASTER_RETRY_AFTER {
+            tracing::info!(master = %self.master, "trying the master again");
+            self.addr = self.master.clone();
+            self.since = std::time::Instant::now();
+        }
+    }
+
+    /// A call to the serving broker failed: on a transport failure or a timeout, move to the next
+    /// broker of the group the route names (a slave while the master is down). Only with routes
+    /// from the controller: a consumer of one broker has nowhere else to go.
+    async fn failed(&mut self, shared: &Shared, queue: &AssignedQueue, err: &ClientError) {
+        if !matches!(
+            err,
+            ClientError::Transport { .. } | ClientError::Timeout { .. }
+        ) {
+            return;
+        }
+        let Source::Cluster { routes } = &shared.source else {
+            return;
+        };
+        let Ok(route) = routes.get(&shared.config.topic).await else {
+            return;
+        };
+        let candidates = routes::read_candidates(&route, &queue.group);
+        let Some(next) = candidates
+            .iter()
+            .position(|a| *a == self.addr)
+            .map_or(candidates.first(), |i| {
+                candidates.get((i + 1) % candidates.len())
+            })
+        else {
+            return;
+        };
+        if *next != self.addr {
+            tracing::info!(group = %queue.group, topic = %queue.topic, queue_id = queue.queue_id, from = %self.addr, to = %next, "reading from another broker of the group");
+            self.addr = next.clone();
+            self.since = std::time::Instant::now();
+        }
+    }
+}
+
+async fn start_offset(
+    shared: &Shared,
+    queue: &AssignedQueue,
+    addr: &str,
+) -> Result<u64, ClientError> {
     let (topic, queue_id) = (queue.topic.as_str(), queue.queue_id);
     if shared.config.message_model == MessageModel::Broadcasting {
         let local = shared
@@ -614,7 +734,7 @@ async fn start_offset(shared: &Shared, queue: &AssignedQueue) -> Result<u64, Cli
         if let Some(offset) = local {
             return Ok(offset);
         }
-        let probe = puller(shared, queue)?
+        let probe = puller(shared, addr)?
             .pull(topic, queue_id, 0, 1, "*", Duration::ZERO)
             .await?;
         return Ok(match shared.config.consume_from {
@@ -622,15 +742,14 @@ async fn start_offset(shared: &Shared, queue: &AssignedQueue) -> Result<u64, Cli
             ConsumeFrom::Last => probe.max_queue_offset,
         });
     }
-    let mut groups = shared.brokers.consumer_groups(&queue.broker_addr)?;
-    let committed = groups
-        .query_offset(QueryOffsetRequest {
-            group: shared.config.group.clone(),
-            topic: topic.to_owned(),
-            queue_id,
-        })
-        .await?
-        .into_inner();
+    let mut groups = shared.brokers.consumer_groups(addr)?;
+    let committed = within_call_timeout(groups.query_offset(QueryOffsetRequest {
+        group: shared.config.group.clone(),
+        topic: topic.to_owned(),
+        queue_id,
+    }))
+    .await?
+    .into_inner();
     if committed.found {
         return Ok(committed.queue_offset);
     }
@@ -640,7 +759,7 @@ async fn start_offset(shared: &Shared, queue: &AssignedQueue) -> Result<u64, Cli
     } else {
         shared.config.consume_from
     };
-    let probe = puller(shared, queue)?
+    let probe = puller(shared, addr)?
         .pull(topic, queue_id, 0, 1, "*", Duration::ZERO)
         .await?;
     let start = match from {
@@ -649,7 +768,7 @@ async fn start_offset(shared: &Shared, queue: &AssignedQueue) -> Result<u64, Cli
     };
     // Committed at once: a member that dies during its first batch must not leave the next owner
     // to start from "last" again, past the messages that arrived in between.
-    commit(shared, queue, start).await?;
+    commit(shared, queue, addr, start).await?;
     Ok(start)
 }
 
@@ -682,27 +801,28 @@ async fn handle(shared: &Shared, messages: Vec<ReceivedMessage>) -> Vec<ConsumeR
     .unwrap_or_else(|_| vec![ConsumeResult::ReconsumeLater; count])
 }
 
-/// Hands a failed message back to the broker it came from.
+/// Hands a failed message back to the broker it came from (a slave refuses it with
+/// `NOT_MASTER`: the message is then retried in place).
 async fn send_back(
     shared: &Shared,
-    queue: &AssignedQueue,
+    addr: &str,
     message: &ReceivedMessage,
 ) -> Result<(), ClientError> {
-    let mut groups = shared.brokers.consumer_groups(&queue.broker_addr)?;
-    groups
-        .send_back(SendBackRequest {
-            group: shared.config.group.clone(),
-            commit_log_offset: message.commit_log_offset,
-            topic: message.topic.clone(),
-            queue_offset: message.queue_offset,
-        })
-        .await?;
+    let mut groups = shared.brokers.consumer_groups(addr)?;
+    within_call_timeout(groups.send_back(SendBackRequest {
+        group: shared.config.group.clone(),
+        commit_log_offset: message.commit_log_offset,
+        topic: message.topic.clone(),
+        queue_offset: message.queue_offset,
+    }))
+    .await?;
     Ok(())
 }
 
 async fn commit(
     shared: &Shared,
     queue: &AssignedQueue,
+    addr: &str,
     queue_offset: u64,
 ) -> Result<(), ClientError> {
     if shared.config.message_model == MessageModel::Broadcasting {
@@ -713,14 +833,29 @@ async fn commit(
             .insert(offset_key(queue), queue_offset);
         return Ok(());
     }
-    let mut groups = shared.brokers.consumer_groups(&queue.broker_addr)?;
-    groups
-        .commit_offset(CommitOffsetRequest {
-            group: shared.config.group.clone(),
-            topic: queue.topic.clone(),
-            queue_id: queue.queue_id,
-            queue_offset,
-        })
-        .await?;
+    let mut groups = shared.brokers.consumer_groups(addr)?;
+    within_call_timeout(groups.commit_offset(CommitOffsetRequest {
+        group: shared.config.group.clone(),
+        topic: queue.topic.clone(),
+        queue_id: queue.queue_id,
+        queue_offset,
+    }))
+    .await?;
     Ok(())
+}
+
+/// Longest wait for a broker's answer to an offset or hand-back call.
+const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Runs a call to a broker with [`CALL_TIMEOUT`]: a paused broker costs a timeout, then the
+/// queue's worker moves on (to a slave, for reads).
+async fn within_call_timeout<T>(
+    call: impl std::future::Future<Output = Result<T, tonic::Status>>,
+) -> Result<T, ClientError> {
+    tokio::time::timeout(CALL_TIMEOUT, call)
+        .await
+        .map_err(|_| ClientError::Timeout {
+            timeout_ms: CALL_TIMEOUT.as_millis() as u64,
+        })?
+        .map_err(ClientError::from)
 }

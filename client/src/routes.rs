@@ -128,6 +128,17 @@ fn queues(route: &wire::TopicRoute, perm: u32) -> Vec<QueueRef> {
     out
 }
 
+/// The brokers of `group` in `route` that a consumer may read from, best first: the master,
+/// then the slaves the controller reports alive, then the others.
+pub fn read_candidates(route: &wire::TopicRoute, group: &str) -> Vec<String> {
+    let Some(group) = route.groups.iter().find(|g| g.group == group) else {
+        return Vec::new();
+    };
+    let mut brokers: Vec<&wire::BrokerRoute> = group.brokers.iter().collect();
+    brokers.sort_by_key(|b| (Some(b.broker_id) != group.master_id, !b.alive, b.broker_id));
+    brokers.into_iter().map(|b| b.addr.clone()).collect()
+}
+
 /// Keeps a watch open on the controller leader for the watched topics; reopens it when it ends
 /// (leader change) or when the watched set grows. Ends when the cache is dropped.
 async fn watch_loop(routes: std::sync::Weak<Routes>) {

@@ -8,16 +8,23 @@
 //!   a member stopped, sends answer `FLUSH_SLAVE_TIMEOUT` (never hang) until the controller
 //!   accepts the set without it; then `SEND_OK` resumes; the member rejoins once resumed;
 //! - `ASYNC_MASTER` never waits on a slave;
-//! - every message acknowledged `SEND_OK` is read back, from a slave too while the master is
-//!   stopped.
+//! - every message acknowledged `SEND_OK` is consumed, from the slaves while the master is
+//!   stopped, and the offsets the consumer committed on a slave reach the master when it returns.
 
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use std::sync::{Arc, Mutex};
+
 use bytes::Bytes;
-use client::{Message, Producer, ProducerConfig, PullConsumer, SendStatus};
-use cluster_tests::{cli_json, read_queues, wait_until, BrokerProcess, ControllerQuorum};
+use client::{
+    ConsumeFrom, ConsumeResult, Message, Producer, ProducerConfig, PullConsumer, PushConsumer,
+    PushConsumerConfig, ReceivedMessage, SendStatus,
+};
+use cluster_tests::{cli_json, wait_until, BrokerProcess, ControllerQuorum};
+use proto::client::consumer_groups_client::ConsumerGroupsClient;
+use proto::client::QueryOffsetRequest;
 
 const SECRET: &str = "replication-test-secret";
 const TOPIC: &str = "payments";
@@ -288,23 +295,93 @@ fn sync_master_with_two_slaves_waits_for_the_in_sync_set_and_survives_a_stopped_
     let slave1 = broker(dir.path(), 1, "SLAVE", &controllers, &flush);
     wait_for_set(&controllers, &[0, 1, 2], Duration::from_secs(20));
 
-    // 6. The master stops: a consumer reads every acknowledged message from a slave.
+    // 6. The master stops: a routed push consumer, started now, reads every acknowledged
+    //    message from a slave, committing its offsets there.
     master.signal(libc::SIGSTOP);
-    let consumer = rt.block_on(PullConsumer::connect(slave1.addr())).unwrap();
-    let read: BTreeSet<String> = rt
-        .block_on(read_queues(&consumer, TOPIC, QUEUES))
-        .into_iter()
-        .flat_map(|m| m.keys)
-        .collect();
-    let missing: Vec<&String> = acked.iter().filter(|k| !read.contains(*k)).collect();
+    let consumed = Arc::new(Mutex::new(BTreeSet::new()));
+    let mut config = PushConsumerConfig::new("audit", TOPIC);
+    config.consume_from = ConsumeFrom::First;
+    config.heartbeat_interval = Duration::from_millis(500);
+    config.poll_timeout = Duration::from_millis(500);
+    let consumer = rt
+        .block_on(PushConsumer::start_controller(&controllers, config, {
+            let consumed = consumed.clone();
+            move |m: &ReceivedMessage| {
+                consumed.lock().unwrap().extend(m.keys.iter().cloned());
+                Ok(ConsumeResult::ConsumeSuccess)
+            }
+        }))
+        .unwrap();
+    let all_read = wait_until(Duration::from_secs(40), || {
+        let consumed = consumed.lock().unwrap();
+        acked.iter().all(|k| consumed.contains(k))
+    });
+    let missing: Vec<String> = {
+        let consumed = consumed.lock().unwrap();
+        acked
+            .iter()
+            .filter(|k| !consumed.contains(*k))
+            .cloned()
+            .collect()
+    };
     assert!(
-        missing.is_empty(),
-        "{} of {} SEND_OK messages not readable on the slave, e.g. {:?}",
+        all_read,
+        "{} of {} SEND_OK messages not consumed from the slaves, e.g. {:?}",
         missing.len(),
         acked.len(),
         &missing[..missing.len().min(5)]
     );
+
+    // 7. The master returns: the offsets committed on the slave reach it (the consumer's next
+    //    commits), never overwritten by the master's older (here: missing) ones.
     master.signal(libc::SIGCONT);
+    let ends = rt.block_on(queue_ends(master.addr()));
+    let caught_up = wait_until(Duration::from_secs(30), || {
+        rt.block_on(committed(master.addr(), "audit")) == ends
+    });
+    assert!(
+        caught_up,
+        "the master's committed offsets {:?} did not reach the queue ends {ends:?}",
+        rt.block_on(committed(master.addr(), "audit"))
+    );
+    rt.block_on(consumer.shutdown());
+    drop(slave1);
+}
+
+/// The end (max queue offset) of each queue of the topic on the broker at `addr`.
+async fn queue_ends(addr: &str) -> Vec<u64> {
+    let consumer = PullConsumer::connect(addr).await.unwrap();
+    let mut ends = Vec::new();
+    for queue_id in 0..QUEUES {
+        let probe = consumer
+            .pull(TOPIC, queue_id, 0, 1, "*", Duration::ZERO)
+            .await
+            .unwrap();
+        ends.push(probe.max_queue_offset);
+    }
+    ends
+}
+
+/// The offsets `group` committed on the broker at `addr`, per queue (0 when none).
+async fn committed(addr: &str, group: &str) -> Vec<u64> {
+    let Ok(mut client) = ConsumerGroupsClient::connect(format!("http://{addr}")).await else {
+        return Vec::new();
+    };
+    let mut offsets = Vec::new();
+    for queue_id in 0..QUEUES {
+        let answer = client
+            .query_offset(QueryOffsetRequest {
+                group: group.to_owned(),
+                topic: TOPIC.to_owned(),
+                queue_id,
+            })
+            .await;
+        match answer {
+            Ok(answer) => offsets.push(answer.into_inner().queue_offset),
+            Err(_) => return Vec::new(),
+        }
+    }
+    offsets
 }
 
 #[test]
