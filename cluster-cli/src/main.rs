@@ -1,18 +1,21 @@
 //! `cluster-cli`: administration, role inspection, send and consume drills, benchmarks.
 //!
-//! Cluster-wide commands (`controller`, `cluster`, `topic` with a controller) talk to the
+//! Cluster-wide commands (`controller`, `cluster`, `ha`, `topic` with a controller) talk to the
 //! controller quorum: `--controller ADDR[,ADDR...]` or `CONTROLLER_ADDR`; any reachable member
-//! answers. Data commands (`send`, `consume`, `bench`) route through the controller when one is
-//! given (every broker group of the topic), and otherwise talk to one broker, as `topic` without
-//! a controller does: `--broker ADDR` or `BROKER_ADDR`. Every command prints a table or line for people
-//! by default and one JSON object with `--json`; the exit code is 0 on success, 1 when the command
-//! ran but something failed (a send not `SEND_OK`, fewer messages consumed than asked, a broker
-//! or controller not alive), 2 on bad usage or when nothing could be reached.
+//! answers (`ha` then asks the group's master, which the controller names). Data commands
+//! (`send`, `consume`, `bench`) route through the controller when one is given (every broker
+//! group of the topic), and otherwise talk to one broker, as `topic` without a controller does:
+//! `--broker ADDR` or `BROKER_ADDR`. Every command prints a table or line for people by default
+//! and one JSON object with `--json`; the exit code is 0 on success, 1 when the command ran but
+//! something failed (a send not `SEND_OK`, fewer messages consumed than asked, a broker or
+//! controller not alive, a broker group unknown or its master not answering), 2 on bad usage or
+//! when nothing could be reached.
 
 mod admin;
 mod bench;
 mod bench_consume;
 mod consume;
+mod ha;
 mod send;
 
 use std::process::ExitCode;
@@ -53,6 +56,11 @@ enum Command {
     Cluster {
         #[command(subcommand)]
         command: admin::ClusterCommand,
+    },
+    /// Replication of one broker group, from its master (controller needed to find it).
+    Ha {
+        #[command(subcommand)]
+        command: ha::HaCommand,
     },
     /// Topic administration.
     Topic {
@@ -160,6 +168,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Cluster { command } => {
             admin::cluster(&controller(&cli.controller)?, cli.json, command).await
         }
+        Command::Ha { command } => ha::run(&controller(&cli.controller)?, cli.json, command).await,
         Command::Topic { command } if cli.controller.is_some() => {
             let conn = controller(&cli.controller)?;
             match command {
