@@ -102,6 +102,8 @@ async fn start_master(dir: &Path, sync_master: bool) -> Master {
 struct Slave {
     store: Arc<Store>,
     task: JoinHandle<()>,
+    /// Where the replica task learns its master; held so that the task keeps waiting on it.
+    _location: watch::Sender<Option<MasterLocation>>,
 }
 
 fn start_slave(dir: &Path, master: &Master, broker_id: u64) -> Slave {
@@ -131,9 +133,11 @@ fn start_slave(dir: &Path, master: &Master, broker_id: u64) -> Slave {
         location.subscribe(),
         Arc::new(ReplicaStatus::default()),
     ));
-    // The sender must outlive the task: the task waits on it.
-    std::mem::forget(location);
-    Slave { store, task }
+    Slave {
+        store,
+        task,
+        _location: location,
+    }
 }
 
 async fn append(store: &Store, count: usize) -> u64 {

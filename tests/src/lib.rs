@@ -320,6 +320,16 @@ pub fn group_broker_with(
     controllers: &str,
     extra_args: &[&str],
 ) -> BrokerProcess {
+    group_broker_at(&dir.join(group), group, controllers, extra_args)
+}
+
+/// A broker of `group` registered with `controllers`, its store in `store`.
+fn group_broker_at(
+    store: &Path,
+    group: &str,
+    controllers: &str,
+    extra_args: &[&str],
+) -> BrokerProcess {
     let mut args: Vec<String> = [
         "--set".to_owned(),
         format!("broker_name={group:?}"),
@@ -331,7 +341,41 @@ pub fn group_broker_with(
     .into();
     args.extend(extra_args.iter().map(|a| a.to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    BrokerProcess::start(&dir.join(group), &args)
+    BrokerProcess::start(store, &args)
+}
+
+/// The cluster secret of every replicating broker the tests start.
+pub const TEST_CLUSTER_SECRET: &str = "cluster-test-secret";
+
+/// Starts broker `id` of `group` in `role` (`ASYNC_MASTER`, `SYNC_MASTER`, `SLAVE`), registered
+/// with `controllers`, its store under `dir/<group>-<id>`: 16 MiB segments, 200 ms heartbeats and
+/// replication keep-alives, the test cluster secret; `extra_args` go last (`--set KEY=VALUE`).
+pub fn group_member(
+    dir: &Path,
+    group: &str,
+    id: u64,
+    role: &str,
+    controllers: &str,
+    extra_args: &[&str],
+) -> BrokerProcess {
+    let mut args: Vec<String> = [
+        format!("broker_id={id}"),
+        format!("broker_role={role:?}"),
+        format!("cluster_secret={TEST_CLUSTER_SECRET:?}"),
+        "replication_keepalive_ms=200".to_owned(),
+        "segment_bytes=16777216".to_owned(),
+    ]
+    .into_iter()
+    .flat_map(|setting| ["--set".to_owned(), setting])
+    .collect();
+    args.extend(extra_args.iter().map(|a| a.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    group_broker_at(
+        &dir.join(format!("{group}-{id}")),
+        group,
+        controllers,
+        &args,
+    )
 }
 
 /// [`group_broker_with`] without extra arguments.

@@ -8,32 +8,13 @@
 use std::path::Path;
 use std::time::Duration;
 
-use cluster_tests::{cli_json, cluster_cli, wait_until, BrokerProcess, ControllerQuorum};
+use cluster_tests::{
+    cli_json, cluster_cli, group_member, wait_until, BrokerProcess, ControllerQuorum,
+};
 
-const SECRET: &str = "ha-status-test-secret";
-
-/// A broker of `broker-a` (the pattern of `tests/tests/replication.rs`).
+/// Broker `id` of `broker-a`.
 fn broker(dir: &Path, id: u64, role: &str, controllers: &str) -> BrokerProcess {
-    let args: Vec<String> = vec![
-        "--set".into(),
-        "broker_name=\"broker-a\"".into(),
-        "--set".into(),
-        format!("broker_id={id}"),
-        "--set".into(),
-        format!("broker_role={role:?}"),
-        "--set".into(),
-        format!("controller_addr={controllers:?}"),
-        "--set".into(),
-        "controller_heartbeat_interval_ms=200".into(),
-        "--set".into(),
-        format!("cluster_secret={SECRET:?}"),
-        "--set".into(),
-        "replication_keepalive_ms=200".into(),
-        "--set".into(),
-        "segment_bytes=16777216".into(),
-    ];
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    BrokerProcess::start(&dir.join(format!("broker-a-{id}")), &args)
+    group_member(dir, "broker-a", id, role, controllers, &[])
 }
 
 fn ha_status(controllers: &str, group: &str) -> Option<serde_json::Value> {

@@ -22,41 +22,23 @@ use client::{
     ConsumeFrom, ConsumeResult, Message, Producer, ProducerConfig, PullConsumer, PushConsumer,
     PushConsumerConfig, ReceivedMessage, SendStatus,
 };
-use cluster_tests::{cli_json, wait_until, BrokerProcess, ControllerQuorum};
+use cluster_tests::{cli_json, group_member, wait_until, BrokerProcess, ControllerQuorum};
 use proto::client::consumer_groups_client::ConsumerGroupsClient;
 use proto::client::QueryOffsetRequest;
 
-const SECRET: &str = "replication-test-secret";
 const TOPIC: &str = "payments";
 const QUEUES: u32 = 4;
 
-/// A broker of `broker-a`.
+/// Broker `id` of `broker-a`, with the short replication timeouts these tests need.
 fn broker(dir: &Path, id: u64, role: &str, controllers: &str, extra: &[&str]) -> BrokerProcess {
-    let mut args: Vec<String> = vec![
-        "--set".into(),
-        "broker_name=\"broker-a\"".into(),
-        "--set".into(),
-        format!("broker_id={id}"),
-        "--set".into(),
-        format!("broker_role={role:?}"),
-        "--set".into(),
-        format!("controller_addr={controllers:?}"),
-        "--set".into(),
-        "controller_heartbeat_interval_ms=200".into(),
-        "--set".into(),
-        format!("cluster_secret={SECRET:?}"),
-        "--set".into(),
-        "slave_timeout_ms=1000".into(),
-        "--set".into(),
-        "in_sync_lag_max_ms=2000".into(),
-        "--set".into(),
-        "replication_keepalive_ms=200".into(),
-        "--set".into(),
-        "segment_bytes=16777216".into(),
+    let mut args = vec![
+        "--set",
+        "slave_timeout_ms=1000",
+        "--set",
+        "in_sync_lag_max_ms=2000",
     ];
-    args.extend(extra.iter().map(|a| a.to_string()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    BrokerProcess::start(&dir.join(format!("broker-a-{id}")), &args)
+    args.extend_from_slice(extra);
+    group_member(dir, "broker-a", id, role, controllers, &args)
 }
 
 fn cluster_list(controllers: &str) -> Option<serde_json::Value> {

@@ -216,22 +216,24 @@ impl<L: ShippedLog> InSync<L> {
         }
     }
 
-    /// Members the master waits for now: the set and a change in flight, the master aside.
-    fn required(&self, state: &State) -> BTreeSet<u64> {
-        let mut required = state.set.clone();
-        if let Some(pending) = &state.pending {
-            required.extend(pending.iter().copied());
-        }
-        required.remove(&self.config.master_id);
-        required
+    /// Members the master waits for now: the set and a change in flight, the master aside (a
+    /// member of both is named twice; every caller asks "all" or "lowest", which a repeat does
+    /// not change). Without allocating: the send path asks on every wake-up.
+    fn required<'a>(&self, state: &'a State) -> impl Iterator<Item = u64> + 'a {
+        let master_id = self.config.master_id;
+        state
+            .set
+            .iter()
+            .chain(state.pending.iter().flatten())
+            .copied()
+            .filter(move |id| *id != master_id)
     }
 
     /// Lets consumers read what every required member holds.
     fn update_confirm(&self, state: &State) {
         let target = self
             .required(state)
-            .iter()
-            .map(|id| state.replicas.get(id).map_or(0, |r| self.acked(r)))
+            .map(|id| state.replicas.get(&id).map_or(0, |r| self.acked(r)))
             .min()
             .unwrap_or(u64::MAX);
         self.log.allow_confirm_offset(target);
@@ -402,10 +404,10 @@ impl<L: ShippedLog> InSync<L> {
                 if state.set.len() < self.config.min_in_sync_replicas {
                     return ReplicaWait::NotEnoughReplicas;
                 }
-                let held = self.required(&state).iter().all(|id| {
+                let held = self.required(&state).all(|id| {
                     state
                         .replicas
-                        .get(id)
+                        .get(&id)
                         .is_some_and(|r| self.acked(r) >= end_offset)
                 });
                 if held {
