@@ -1,0 +1,324 @@
+//! A slave that starts empty against a master that already holds 1 GiB, and a replica that lies
+//! about what it holds, both against real broker processes on 127.0.0.1.
+//!
+//! Invariants:
+//! - an empty slave catches up the whole log (many segments, far more than the master's
+//!   in-flight bound) and ends byte-identical to the master, then joins the in-sync set;
+//! - a replica acknowledging an offset beyond the master's end is refused with `BAD_REQUEST`,
+//!   and the master's confirm offset never moves past what it wrote.
+
+use std::io::Read;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use cluster_tests::{cli_json, cluster_cli, group_member, wait_until, TEST_CLUSTER_SECRET};
+use proto::replication as pb;
+use proto::replication::log_shipping_client::LogShippingClient;
+
+const TOPIC: &str = "ledger";
+/// The log the slave must catch up: 1 GiB of 256 KiB bodies.
+const BODY_BYTES: usize = 256 << 10;
+const MESSAGES: u64 = 4096;
+
+/// Per broker id of `broker-a`: (max offset, in the in-sync set), from `cluster list`.
+fn members(controllers: &str) -> Vec<(u64, u64, bool)> {
+    let Some(list) = cli_json(&["--controller", controllers, "--json", "cluster", "list"]) else {
+        return Vec::new();
+    };
+    let Some(group) = list["groups"]
+        .as_array()
+        .and_then(|groups| groups.iter().find(|g| g["name"] == "broker-a"))
+    else {
+        return Vec::new();
+    };
+    let set: Vec<u64> = group["in_sync_set"]
+        .as_array()
+        .map(|ids| ids.iter().filter_map(|i| i.as_u64()).collect())
+        .unwrap_or_default();
+    group["brokers"]
+        .as_array()
+        .map(|brokers| {
+            brokers
+                .iter()
+                .map(|b| {
+                    let id = b["id"].as_u64().unwrap_or(u64::MAX);
+                    (id, b["max_offset"].as_u64().unwrap_or(0), set.contains(&id))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The segment files of the store in `store_dir`, by base offset.
+fn segments(store_dir: &Path) -> Vec<(u64, std::path::PathBuf)> {
+    let mut segments: Vec<_> = std::fs::read_dir(store_dir.join("commitlog"))
+        .expect("commit log directory")
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            name.parse::<u64>().ok().map(|base| (base, e.path()))
+        })
+        .collect();
+    segments.sort();
+    segments
+}
+
+/// Compares the commit logs of two stores over `0..end`, segment by segment, a few MiB at a time
+/// (two 1 GiB logs are not read into memory). Panics at the first difference.
+fn assert_same_log(master_dir: &Path, slave_dir: &Path, end: u64) {
+    let master = segments(master_dir);
+    let slave = segments(slave_dir);
+    let bases = |s: &[(u64, std::path::PathBuf)]| s.iter().map(|(b, _)| *b).collect::<Vec<_>>();
+    let covering: Vec<u64> = bases(&master).into_iter().filter(|b| *b < end).collect();
+    assert_eq!(
+        covering,
+        bases(&slave)
+            .into_iter()
+            .filter(|b| *b < end)
+            .collect::<Vec<_>>(),
+        "the slave's segments do not start where the master's do"
+    );
+    let mut compared = 0u64;
+    for (index, base) in covering.iter().enumerate() {
+        let next = covering.get(index + 1).copied().unwrap_or(end).min(end);
+        let mut a = std::fs::File::open(&master[index].1)
+            .unwrap()
+            .take(next - base);
+        let mut b = std::fs::File::open(&slave[index].1)
+            .unwrap()
+            .take(next - base);
+        let (mut buf_a, mut buf_b) = (vec![0u8; 4 << 20], vec![0u8; 4 << 20]);
+        let mut at = *base;
+        loop {
+            let n = read_full(&mut a, &mut buf_a);
+            let m = read_full(&mut b, &mut buf_b);
+            assert_eq!(n, m, "segment {base}: lengths differ");
+            if n == 0 {
+                break;
+            }
+            if buf_a[..n] != buf_b[..n] {
+                let first = (0..n).find(|i| buf_a[*i] != buf_b[*i]).unwrap();
+                panic!("the logs differ at offset {}", at + first as u64);
+            }
+            at += n as u64;
+            compared += n as u64;
+        }
+        assert_eq!(at, next, "segment {base} is shorter than the log");
+    }
+    assert_eq!(compared, end, "the segments do not cover the log");
+}
+
+fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> usize {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]).unwrap() {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    filled
+}
+
+fn create_topic(controllers: &str) {
+    let (code, out) = cluster_cli(&[
+        "--controller",
+        controllers,
+        "topic",
+        "create",
+        TOPIC,
+        "--queues",
+        "4",
+    ]);
+    assert_eq!(code, 0, "topic create: {out}");
+}
+
+#[test]
+fn an_empty_slave_catches_up_a_master_holding_one_gib() {
+    let dir = tempfile::tempdir().unwrap();
+    let quorum = cluster_tests::ControllerQuorum::start(dir.path(), 1, &[]);
+    let controllers = quorum.addrs();
+    // 64 MiB segments: the log spans 16 of them. Retention by disk is off: a shared test machine
+    // may be fuller than the default 75 %, and the slave needs the log from offset 0.
+    let settings = [
+        "--set",
+        "segment_bytes=67108864",
+        "--set",
+        "disk_max_used_ratio=1.0",
+    ];
+    let master = group_member(
+        dir.path(),
+        "broker-a",
+        0,
+        "ASYNC_MASTER",
+        &controllers,
+        &settings,
+    );
+    create_topic(&controllers);
+
+    let (code, out) = cluster_cli(&[
+        "--broker",
+        master.addr(),
+        "--json",
+        "bench",
+        "produce",
+        "--topic",
+        TOPIC,
+        "--count",
+        &MESSAGES.to_string(),
+        "--size",
+        &BODY_BYTES.to_string(),
+        "--in-flight",
+        "16",
+    ]);
+    assert_eq!(code, 0, "bench produce: {out}");
+    let summary: serde_json::Value = serde_json::from_str(out.trim()).expect("bench summary");
+    assert_eq!(
+        summary["statuses"]["SEND_OK"].as_u64(),
+        Some(MESSAGES),
+        "{summary}"
+    );
+    let filled = wait_until(Duration::from_secs(20), || {
+        members(&controllers)
+            .first()
+            .is_some_and(|(_, max, _)| *max >= MESSAGES * BODY_BYTES as u64)
+    });
+    assert!(filled, "{:?}", members(&controllers));
+    let end = members(&controllers)[0].1;
+
+    // The slave starts with an empty store and must fetch all of it.
+    let started = Instant::now();
+    let slave = group_member(dir.path(), "broker-a", 1, "SLAVE", &controllers, &settings);
+    let caught_up = wait_until(Duration::from_secs(300), || {
+        let members = members(&controllers);
+        members.len() == 2 && members[1].1 >= end && members[1].2
+    });
+    let took = started.elapsed();
+    assert!(
+        caught_up,
+        "the slave did not catch up {end} bytes: {:?}",
+        members(&controllers)
+    );
+    eprintln!(
+        "an empty slave caught up {end} bytes in {took:?} ({:.0} MB/s, process start included)",
+        end as f64 / took.as_secs_f64() / 1e6
+    );
+    assert_same_log(
+        &dir.path().join("broker-a-0"),
+        &dir.path().join("broker-a-1"),
+        end,
+    );
+    drop(slave);
+    drop(master);
+}
+
+#[test]
+fn a_replica_claiming_more_than_the_master_wrote_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let quorum = cluster_tests::ControllerQuorum::start(dir.path(), 1, &[]);
+    let controllers = quorum.addrs();
+    let master = group_member(
+        dir.path(),
+        "broker-a",
+        0,
+        "SYNC_MASTER",
+        &controllers,
+        &["--set", "min_in_sync_replicas=1"],
+    );
+    create_topic(&controllers);
+    let (code, out) = cluster_cli(&[
+        "--broker",
+        master.addr(),
+        "--json",
+        "bench",
+        "produce",
+        "--topic",
+        TOPIC,
+        "--count",
+        "100",
+        "--size",
+        "100",
+    ]);
+    assert_eq!(code, 0, "bench produce: {out}");
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut client = LogShippingClient::connect(format!("http://{}", master.addr()))
+            .await
+            .unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(pb::ReplicaMessage {
+            body: Some(pb::replica_message::Body::Hello(pb::Hello {
+                group: "broker-a".into(),
+                broker_id: 7,
+                addr: "127.0.0.1:1".into(),
+                cluster_secret: TEST_CLUSTER_SECRET.into(),
+                epochs: vec![],
+                max_offset: 0,
+            })),
+        })
+        .await
+        .unwrap();
+        let mut inbound = client
+            .replicate(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        let welcome = match inbound.message().await.unwrap().and_then(|m| m.body) {
+            Some(pb::master_message::Body::Welcome(welcome)) => welcome,
+            other => panic!("expected a Welcome, got {other:?}"),
+        };
+        let end = welcome.master_write_offset;
+        assert!(end > 0);
+        tx.send(pb::ReplicaMessage {
+            body: Some(pb::replica_message::Body::Ack(pb::Ack {
+                master_epoch: welcome.master_epoch,
+                written_offset: end + (1 << 30),
+                flushed_offset: end + (1 << 30),
+            })),
+        })
+        .await
+        .unwrap();
+        let refusal = loop {
+            match inbound.message().await {
+                Ok(Some(_chunk)) => continue,
+                Ok(None) => panic!("the stream ended without a refusal"),
+                Err(status) => break status,
+            }
+        };
+        let code: i32 = refusal
+            .metadata()
+            .get(proto::ERROR_CODE_METADATA_KEY)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        assert_eq!(
+            code,
+            proto::common::ErrorCode::BadRequest as i32,
+            "{refusal:?}"
+        );
+        assert!(refusal.message().contains("beyond"), "{refusal:?}");
+    });
+
+    // The lie moved nothing: in the master's own view, no replica holds more than the master
+    // wrote, and its confirm offset is within its log.
+    let status = cli_json(&[
+        "--controller",
+        &controllers,
+        "--json",
+        "ha",
+        "status",
+        "broker-a",
+    ])
+    .expect("ha status");
+    let write_offset = status["write_offset"].as_u64().unwrap();
+    assert!(
+        status["confirm_offset"].as_u64().unwrap() <= write_offset,
+        "{status}"
+    );
+    for replica in status["replicas"].as_array().unwrap() {
+        assert!(
+            replica["written_offset"].as_u64().unwrap() <= write_offset,
+            "{status}"
+        );
+    }
+}
