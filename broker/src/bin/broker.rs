@@ -380,6 +380,8 @@ fn start_controller_link(
         } else {
             BrokerRole::Master
         },
+        incarnation: new_incarnation(),
+        election_priority: 0,
     };
     let interval = Duration::from_millis(settings.controller_heartbeat_interval_ms);
     let (views, mut view_rx) = watch::channel(None::<GroupView>);
@@ -417,6 +419,19 @@ fn start_controller_link(
         link.run(interval).await;
     }));
     Ok(tasks)
+}
+
+/// A number no earlier run of this broker used (see `RegisterBrokerRequest.incarnation`):
+/// std's randomly seeded hasher over the wall clock and the process id. Never 0.
+fn new_incarnation() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    hasher.write_u128(now.as_nanos());
+    hasher.write_u32(std::process::id());
+    hasher.finish().max(1)
 }
 
 /// Writes every committed offset again on an interval (see `broker::groups`).

@@ -19,7 +19,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use proto::common::ErrorCode;
 use proto::controller as pb;
@@ -59,6 +59,34 @@ pub trait BrokerMetadata: Send + Sync + 'static {
     /// what it holds (a slave learns its master's address here, a master its in-sync set). Must
     /// not block: it runs on the link's task, between heartbeats.
     fn group_view_changed(&self, _view: &pb::GroupView) {}
+    /// The newest epoch in the broker's commit log (0: none), for election ranking.
+    fn log_epoch(&self) -> u64 {
+        0
+    }
+    /// The master epoch the broker acts in: the one it is master of, or the one of the master
+    /// it follows (0: none yet).
+    fn master_epoch(&self) -> u64 {
+        0
+    }
+    /// True once a master asked to resign has stopped acknowledging and let its slaves catch up.
+    fn resigned(&self) -> bool {
+        false
+    }
+    /// After every heartbeat answer (after `group_view_changed` with its view): the lease it
+    /// granted or withheld, and whether it asks this master to resign. Must not block.
+    fn lease_answered(&self, _answer: LeaseAnswer) {}
+}
+
+/// What one heartbeat answer said about mastership.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseAnswer {
+    /// The master epoch of the answer's group view.
+    pub master_epoch: u64,
+    /// When the granted lease ends: the heartbeat's send time plus `lease_ms`, by this process's
+    /// monotonic clock. None: no lease granted (not the master, or asked to resign).
+    pub valid_until: Option<Instant>,
+    /// The controller asks this master to resign (planned switchover).
+    pub resign: bool,
 }
 
 /// Who this broker is, for registration.
@@ -69,7 +97,12 @@ pub struct BrokerIdentity {
     pub broker_id: u64,
     /// Where clients and slaves reach it.
     pub addr: String,
+    /// MASTER or SLAVE (static roles) or CONTROLLED.
     pub role: pb::BrokerRole,
+    /// Random per process start (see `RegisterBrokerRequest.incarnation`).
+    pub incarnation: u64,
+    /// Lower wins among equal election candidates.
+    pub election_priority: u32,
 }
 
 /// Why the link gave up.
@@ -90,6 +123,8 @@ pub struct ControllerLink {
     current: usize,
     metadata: Arc<dyn BrokerMetadata>,
     synced_revision: Option<u64>,
+    /// Notified to heartbeat at once instead of at the next tick.
+    wake: Arc<tokio::sync::Notify>,
 }
 
 /// Why an in-sync set proposal failed.
@@ -165,7 +200,14 @@ impl ControllerLink {
             current: 0,
             metadata,
             synced_revision: None,
+            wake: Arc::new(tokio::sync::Notify::new()),
         })
+    }
+
+    /// A handle that makes [`ControllerLink::run`] heartbeat at once (a master that finished
+    /// resigning, a broker whose role changed), instead of at its next tick.
+    pub fn wake_handle(&self) -> Arc<tokio::sync::Notify> {
+        self.wake.clone()
     }
 
     fn client(&self) -> ControllerClient<Channel> {
@@ -190,6 +232,18 @@ impl ControllerLink {
         if let Some(view) = view {
             self.metadata.group_view_changed(view);
         }
+    }
+
+    fn tell_lease(&self, answer: &pb::BrokerHeartbeatResponse, sent_at: Instant) {
+        let Some(view) = answer.group.as_ref() else {
+            return;
+        };
+        self.metadata.lease_answered(LeaseAnswer {
+            master_epoch: view.master_epoch,
+            valid_until: (answer.lease_ms > 0)
+                .then(|| sent_at + Duration::from_millis(answer.lease_ms)),
+            resign: answer.resign,
+        });
     }
 
     fn next_controller(&mut self, error: &tonic::Status) {
@@ -231,6 +285,10 @@ impl ControllerLink {
                 broker_id: id.broker_id,
                 addr: id.addr.clone(),
                 role: id.role as i32,
+                incarnation: id.incarnation,
+                election_priority: id.election_priority,
+                log_epoch: self.metadata.log_epoch(),
+                max_offset: self.metadata.max_offset(),
             })
             .await?
             .into_inner();
@@ -282,7 +340,14 @@ impl ControllerLink {
             synced_revision: self.synced_revision.unwrap_or(0),
             confirm_offset: report.confirm_offset,
             replicas: report.replicas,
+            incarnation: self.identity.incarnation,
+            log_epoch: self.metadata.log_epoch(),
+            master_epoch: self.metadata.master_epoch(),
+            resigned: self.metadata.resigned(),
         };
+        // The lease counts from before the request left: the controller's own count starts
+        // when it arrives, which is later.
+        let sent_at = Instant::now();
         let answer = match self.client().broker_heartbeat(request.clone()).await {
             Ok(answer) => answer.into_inner(),
             Err(status) if is_unregistered(&status) => {
@@ -296,6 +361,7 @@ impl ControllerLink {
             }
         };
         self.tell_group_view(answer.group.as_ref());
+        self.tell_lease(&answer, sent_at);
         if self.synced_revision != Some(answer.metadata_revision) {
             if let Err(status) = self.sync_metadata().await {
                 self.next_controller(&status);
@@ -306,8 +372,13 @@ impl ControllerLink {
                 synced_revision: self.synced_revision.unwrap_or(0),
                 ..request
             };
+            let sent_at = Instant::now();
             match self.client().broker_heartbeat(report).await {
-                Ok(answer) => self.tell_group_view(answer.into_inner().group.as_ref()),
+                Ok(answer) => {
+                    let answer = answer.into_inner();
+                    self.tell_group_view(answer.group.as_ref());
+                    self.tell_lease(&answer, sent_at);
+                }
                 Err(status) => {
                     self.next_controller(&status);
                     return Err(status);
@@ -323,8 +394,12 @@ impl ControllerLink {
         let mut ticks = tokio::time::interval(interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut failing_since: Option<tokio::time::Instant> = None;
+        let wake = self.wake.clone();
         loop {
-            ticks.tick().await;
+            tokio::select! {
+                _ = ticks.tick() => {}
+                () = wake.notified() => ticks.reset(),
+            }
             match self.heartbeat().await {
                 Ok(()) => {
                     if let Some(since) = failing_since.take() {
@@ -504,6 +579,8 @@ mod tests {
             broker_id,
             addr: format!("127.0.0.1:{}", 10911 + broker_id),
             role,
+            incarnation: 1,
+            election_priority: 0,
         }
     }
 

@@ -466,6 +466,7 @@ impl ControllerService {
                     lag_bytes: lag.lag_bytes,
                     lag_ms: lag.lag_ms,
                     replica_connected: lag.connected,
+                    ..Default::default()
                 }
             })
             .collect();
@@ -561,7 +562,15 @@ impl pb::controller_server::Controller for ControllerService {
         Ok(Response::new(pb::BrokerHeartbeatResponse {
             metadata_revision: revision,
             group,
+            ..Default::default()
         }))
+    }
+
+    async fn elect_master(
+        &self,
+        _request: Request<pb::ElectMasterRequest>,
+    ) -> Result<Response<pb::ElectMasterResponse>, Status> {
+        Err(Status::unimplemented("elections come with step 5"))
     }
 
     async fn group_topics(
