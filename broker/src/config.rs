@@ -47,10 +47,19 @@ pub struct BrokerSettings {
     /// The address clients and slaves reach this broker at, registered with the controller.
     /// Empty: the address it listens on (which must then not be 0.0.0.0).
     pub advertised_addr: String,
-    /// `ASYNC_MASTER`, `SYNC_MASTER` or `SLAVE` (static roles, as in RocketMQ 4).
+    /// `CONTROLLED` (the controller assigns the role and fails the master over), or a static
+    /// role as in RocketMQ 4 (`ASYNC_MASTER`, `SYNC_MASTER`, `SLAVE`: no failover). Empty:
+    /// `CONTROLLED` when `controller_addr` is set, `ASYNC_MASTER` otherwise.
     pub broker_role: String,
+    /// `CONTROLLED` brokers: how this broker replicates while it is master, `ASYNC` (as
+    /// `ASYNC_MASTER`) or `SYNC` (as `SYNC_MASTER`). Set the same on every broker of a group.
+    pub replication_mode: String,
+    /// `CONTROLLED` brokers: among election candidates equal in log epoch and log end, the
+    /// lowest priority wins (then the lowest broker id). RocketMQ's brokerElectionPriority.
+    pub election_priority: u32,
     /// How often the broker heartbeats the controller. The controller shows a broker dead
-    /// after its `broker_heartbeat_timeout_ms` of silence.
+    /// after its `broker_heartbeat_timeout_ms` of silence; a controlled master's lease is renewed
+    /// by these heartbeats, so keep this at most a third of the controller's `broker_lease_ms`.
     pub controller_heartbeat_interval_ms: u64,
     /// `SYNC_MASTER`: the smallest in-sync set, the master included, a send is acknowledged
     /// `SEND_OK` with; below it, sends answer `SLAVE_NOT_AVAILABLE`. 0 means by role: 2 for
@@ -75,17 +84,40 @@ pub struct BrokerSettings {
 }
 
 impl BrokerSettings {
-    /// A slave of its group (`broker_role = SLAVE`).
-    pub fn is_slave(&self) -> bool {
-        self.broker_role == "SLAVE"
+    /// `broker_role` with the empty default resolved.
+    pub fn role(&self) -> &str {
+        match self.broker_role.as_str() {
+            "" if self.controller_addr.is_empty() => "ASYNC_MASTER",
+            "" => "CONTROLLED",
+            role => role,
+        }
     }
 
-    /// `min_in_sync_replicas` with 0 resolved by role.
+    /// A static slave of its group (`broker_role = SLAVE`).
+    pub fn is_slave(&self) -> bool {
+        self.role() == "SLAVE"
+    }
+
+    /// The controller assigns this broker's role.
+    pub fn is_controlled(&self) -> bool {
+        self.role() == "CONTROLLED"
+    }
+
+    /// Whether this broker, as master, waits for its in-sync set (`SYNC_MASTER`).
+    pub fn sync_master(&self) -> bool {
+        match self.role() {
+            "SYNC_MASTER" => true,
+            "CONTROLLED" => self.replication_mode == "SYNC",
+            _ => false,
+        }
+    }
+
+    /// `min_in_sync_replicas` with 0 resolved by role: 2 for a synchronous master.
     pub fn min_in_sync_replicas(&self) -> u32 {
-        match (self.min_in_sync_replicas, self.broker_role.as_str()) {
-            (0, "SYNC_MASTER") => 2,
-            (0, _) => 1,
-            (n, _) => n,
+        match self.min_in_sync_replicas {
+            0 if self.sync_master() => 2,
+            0 => 1,
+            n => n,
         }
     }
 }
@@ -106,8 +138,10 @@ impl Default for BrokerSettings {
             max_reconsume_times: 16,
             controller_addr: String::new(),
             advertised_addr: String::new(),
-            broker_role: "ASYNC_MASTER".into(),
-            controller_heartbeat_interval_ms: 500,
+            broker_role: String::new(),
+            replication_mode: "ASYNC".into(),
+            election_priority: 100,
+            controller_heartbeat_interval_ms: 200,
             min_in_sync_replicas: 0,
             slave_timeout_ms: 3_000,
             in_sync_lag_max_ms: 15_000,
@@ -225,11 +259,23 @@ impl BrokerConfig {
         }
         if !matches!(
             self.broker.broker_role.as_str(),
-            "ASYNC_MASTER" | "SYNC_MASTER" | "SLAVE"
+            "" | "CONTROLLED" | "ASYNC_MASTER" | "SYNC_MASTER" | "SLAVE"
         ) {
             return Err(ConfigError::Rule {
                 field: "broker_role",
-                reason: "must be ASYNC_MASTER, SYNC_MASTER or SLAVE",
+                reason: "must be CONTROLLED, ASYNC_MASTER, SYNC_MASTER or SLAVE (or empty)",
+            });
+        }
+        if !matches!(self.broker.replication_mode.as_str(), "ASYNC" | "SYNC") {
+            return Err(ConfigError::Rule {
+                field: "replication_mode",
+                reason: "must be ASYNC or SYNC",
+            });
+        }
+        if self.broker.is_controlled() && self.broker.controller_addr.is_empty() {
+            return Err(ConfigError::Rule {
+                field: "controller_addr",
+                reason: "must be set for broker_role CONTROLLED: the controller assigns the role",
             });
         }
         if !self.broker.controller_addr.is_empty() {
@@ -272,15 +318,16 @@ impl BrokerConfig {
         if replicates && b.controller_addr.is_empty() {
             return Err(ConfigError::Rule {
                 field: "controller_addr",
-                reason: "must be set for a SLAVE, and for a SYNC_MASTER that needs slaves: the \
-                         controller holds the in-sync set and tells slaves where the master is",
+                reason: "must be set for a SLAVE, and for a synchronous master that needs \
+                         slaves: the controller holds the in-sync set and tells slaves where the \
+                         master is",
             });
         }
         if replicates && b.cluster_secret.is_empty() {
             return Err(ConfigError::Rule {
                 field: "cluster_secret",
-                reason: "must be set for a SLAVE, and for a SYNC_MASTER that needs slaves: \
-                         masters accept only slaves that present it",
+                reason: "must be set for a SLAVE, and for a synchronous master that needs \
+                         slaves: masters accept only slaves that present it",
             });
         }
         if b.slave_timeout_ms == 0 || b.in_sync_lag_max_ms == 0 || b.replication_keepalive_ms == 0 {

@@ -46,6 +46,10 @@ pub enum BrokerError {
     TopicReserved { topic: String },
     #[error("this broker is a slave and serves reads only; the master is {}", master_addr.as_deref().unwrap_or("not known now"))]
     NotMaster { master_addr: Option<String> },
+    /// A master that may not acknowledge now: its lease ran out, it was deposed, or it is
+    /// handing over. Retriable: the client asks the controller for the master again.
+    #[error("this broker cannot acknowledge writes now: {reason}")]
+    CannotAcknowledge { reason: String },
 }
 
 impl BrokerError {
@@ -65,7 +69,9 @@ impl BrokerError {
             BrokerError::OffsetBeyondEnd { .. } => ErrorCode::IllegalOffset,
             BrokerError::NotDurable => ErrorCode::MasterPersistenceTimeout,
             BrokerError::TopicReserved { .. } => ErrorCode::IllegalTopic,
-            BrokerError::NotMaster { .. } => ErrorCode::NotMaster,
+            BrokerError::NotMaster { .. } | BrokerError::CannotAcknowledge { .. } => {
+                ErrorCode::NotMaster
+            }
         }
     }
 

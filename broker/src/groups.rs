@@ -85,10 +85,20 @@ impl ConsumerGroupState {
     }
 
     /// On a slave: applies the offset records that replicate, as they become readable, until
-    /// the task is aborted.
+    /// the task is aborted. Starts by reading the whole offset topic again, and does so again
+    /// after every truncation: a deposed master's table holds commits from the tail its
+    /// rejoining cut, which no later record may overwrite.
     pub async fn follow(self: Arc<Self>) {
         let mut readable = self.store.subscribe_readable_offset();
+        let mut generation = None;
         loop {
+            let now = self.store.truncation_generation();
+            if generation != Some(now) {
+                generation = Some(now);
+                if let Err(err) = self.reload().await {
+                    tracing::warn!(error = %err, "cannot read the replicated consumer offsets");
+                }
+            }
             let from = self.next_record.load(std::sync::atomic::Ordering::Acquire);
             let mut records = HashMap::new();
             match read_offset_records(&self.store, from, &mut records) {
@@ -119,6 +129,60 @@ impl ConsumerGroupState {
             }
             if readable.changed().await.is_err() {
                 return;
+            }
+        }
+    }
+
+    /// Rebuilds the table from every offset record consumers may see.
+    async fn reload(&self) -> Result<(), BrokerError> {
+        let mut table = self.offsets.lock().await;
+        let (queue_offset, _) = self.store.queue_offsets(OFFSET_TOPIC, 0).unwrap_or((0, 0));
+        let mut fresh = HashMap::new();
+        let next = read_offset_records(&self.store, queue_offset, &mut fresh)?;
+        *table = fresh;
+        self.next_record
+            .store(next, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
+    /// This broker became master: the commits consumers made here while it was a slave are
+    /// written to its log like any commit (unless the replicated table already went past them).
+    pub async fn promote(&self) {
+        let commits = std::mem::take(
+            &mut *self
+                .slave_commits
+                .lock()
+                .expect("slave commits lock poisoned"),
+        );
+        let mut table = self.offsets.lock().await;
+        for (key, offset) in commits {
+            if table.get(&key).is_some_and(|current| *current >= offset) {
+                continue;
+            }
+            match self.append(&key, offset).await {
+                Ok(()) => {
+                    table.insert(key, offset);
+                }
+                Err(err) => {
+                    tracing::warn!(group = %key.0, topic = %key.1, queue_id = key.2, error = %err, "cannot write a commit made while this broker was a slave");
+                }
+            }
+        }
+    }
+
+    /// Writes every committed offset again every `interval` (see the module documentation),
+    /// until the task is aborted.
+    pub async fn snapshot_every(self: Arc<Self>, interval: Duration) {
+        // The first tick is immediate: after a long downtime the loaded offsets may sit in
+        // segments retention is about to delete, so they are written again at once.
+        let mut ticks = tokio::time::interval(interval);
+        loop {
+            ticks.tick().await;
+            match self.snapshot().await {
+                Ok(count) => tracing::debug!(count, "consumer offsets written again"),
+                Err(err) => {
+                    tracing::warn!(error = %err, "could not write the consumer offsets again")
+                }
             }
         }
     }

@@ -1,125 +1,543 @@
-//! The broker's role in its group (static, from `broker_role`, as in RocketMQ 4):
-//! - a **master** appends, ships its log to its slaves, keeps the in-sync set through the
-//!   controller and answers sends by it (`SYNC_MASTER`) or at once (`ASYNC_MASTER`);
-//! - a **slave** replicates its master's log, refuses writes with `NOT_MASTER` (naming the
-//!   master), and serves reads up to the confirm offset its master sent.
+//! The broker's role in its group, and how it changes.
 //!
-//! Also here: the controller's group view turned into what each role needs (the master's
-//! epoch and in-sync set; the slave's master location), and the in-sync set authority that
-//! proposes changes through the controller link.
+//! - A **master** appends, ships its log to its slaves, keeps the in-sync set through the
+//!   controller and answers sends by it (`SYNC_MASTER`) or at once (`ASYNC_MASTER`).
+//! - A **slave** replicates its master's log, refuses writes with `NOT_MASTER` (naming the
+//!   master when it knows it), and serves reads up to the confirm offset its master sent.
+//!
+//! With a **static** role (`broker_role` `ASYNC_MASTER`, `SYNC_MASTER` or `SLAVE`, as in
+//! RocketMQ 4) the broker keeps it for life: no failover. A **controlled** broker (the default
+//! with a controller) starts as a slave with no master and takes whatever role the controller's
+//! group view names, in order, one change at a time ([`RoleCell::apply_view`]):
+//!
+//! - **Elected** at epoch E (newer than every epoch in its log): it stops replicating, begins E
+//!   in its log, takes writes, and tracks a new in-sync set. A broker whose log already holds E
+//!   was master of E before it restarted: it waits for the controller to elect again, because
+//!   its log may have lost the unflushed tail its slaves hold.
+//! - **Deposed** (another master at a newer epoch): it stops acknowledging at once (waits end
+//!   [`ReplicaWait::Deposed`], streams to its slaves close), then replicates from the new master,
+//!   whose handshake cuts the tail this log holds beyond their last common epoch.
+//!
+//! **Fencing.** A controlled master acknowledges only while it holds a lease from the controller
+//! (docs/ARCHITECTURE.md, "Failover"): checked before it appends and again after the in-sync set
+//! acknowledged, just before `SEND_OK`. A paused master that wakes after its lease ran out
+//! answers an error, never `SEND_OK`; the controller elects no successor before the lease ran out.
+//!
+//! **Resigning** (planned switchover): asked by the controller, the master stops acknowledging,
+//! waits (briefly) until its set holds its whole log, then says so in its next heartbeat, sent
+//! at once.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use proto::controller as pb;
-use replication::controller::link::{InSyncSetProposer, ProposeError};
+use replication::controller::link::{InSyncSetProposer, LeaseAnswer, ProposeError};
 use replication::ship::{
-    AcceptedSet, InSync, InSyncAuthority, MasterLocation, ProposedSet, ReplicaStatus, ReplicaWait,
+    replica, AcceptedSet, InSync, InSyncAuthority, InSyncConfig, MasterLocation, ProposedSet,
+    ReplicaConfig, ReplicaStatus, ReplicaWait,
 };
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
 
 use crate::error::BrokerError;
+use crate::groups::ConsumerGroupState;
+use crate::retry::RetryState;
 use crate::store::Store;
 
 /// How long a proposal to the controller may keep trying.
 const PROPOSE_PATIENCE: Duration = Duration::from_secs(3);
+/// How long a resigning master waits for its set to hold its whole log before it says it
+/// resigned anyway (what the set lacks was never acknowledged).
+const RESIGN_PATIENCE: Duration = Duration::from_secs(1);
 
-/// What this broker is in its group.
+/// What this broker is in its group now.
 pub enum Role {
-    Master {
-        in_sync: Arc<InSync<Store>>,
-        /// `ASYNC_MASTER` or `SYNC_MASTER`.
-        replication: &'static str,
-    },
-    Slave {
-        /// Where the master is, as the controller last said.
-        master: watch::Sender<Option<MasterLocation>>,
-        status: Arc<ReplicaStatus>,
-    },
+    Master(MasterRole),
+    Slave(SlaveRole),
+}
+
+pub struct MasterRole {
+    pub in_sync: Arc<InSync<Store>>,
+    /// The master epoch this broker is master of.
+    pub epoch: u64,
+    /// A controlled master acknowledges only under a lease; a static one has none to check.
+    leased: bool,
+}
+
+pub struct SlaveRole {
+    /// Where the master is, as the controller last said (None: no master known).
+    pub master: watch::Sender<Option<MasterLocation>>,
+    pub status: Arc<ReplicaStatus>,
 }
 
 impl Role {
-    /// Refuses writes on a slave, naming the master when it is known.
-    pub fn check_writable(&self) -> Result<(), BrokerError> {
+    /// `ASYNC_MASTER`, `SYNC_MASTER` or `SLAVE`.
+    pub fn name(&self) -> &'static str {
         match self {
-            Role::Master { .. } => Ok(()),
-            Role::Slave { master, .. } => Err(BrokerError::NotMaster {
-                master_addr: master.borrow().as_ref().map(|m| m.addr.clone()),
-            }),
+            Role::Master(m) if m.in_sync.config().sync_master => "SYNC_MASTER",
+            Role::Master(_) => "ASYNC_MASTER",
+            Role::Slave(_) => "SLAVE",
         }
     }
 
     /// Waits until the in-sync set holds everything below `end_offset` (`SYNC_MASTER`).
     pub async fn wait_replicated(&self, end_offset: u64) -> ReplicaWait {
         match self {
-            Role::Master { in_sync, .. } => in_sync.wait_replicated(end_offset).await,
+            Role::Master(m) => m.in_sync.wait_replicated(end_offset).await,
             // A slave never appends.
-            Role::Slave { .. } => ReplicaWait::NotEnoughReplicas,
+            Role::Slave(_) => ReplicaWait::Deposed,
         }
     }
 
-    /// `ASYNC_MASTER`, `SYNC_MASTER` or `SLAVE`.
-    pub fn name(&self) -> &'static str {
+    fn master_addr(&self) -> Option<String> {
         match self {
-            Role::Master { replication, .. } => replication,
-            Role::Slave { .. } => "SLAVE",
+            Role::Slave(s) => s.master.borrow().as_ref().map(|m| m.addr.clone()),
+            Role::Master(_) => None,
+        }
+    }
+}
+
+/// Everything a role needs to run, whichever it is.
+pub struct RoleContext {
+    pub store: Arc<Store>,
+    pub groups: Arc<ConsumerGroupState>,
+    pub retry: Arc<RetryState>,
+    pub broker_id: u64,
+    /// The controller assigns the role (`broker_role = CONTROLLED`).
+    pub controlled: bool,
+    /// How this broker replicates when master.
+    pub in_sync: InSyncConfig,
+    /// How it replicates when slave.
+    pub replica: ReplicaConfig,
+    /// How often a master writes every committed offset again.
+    pub offset_snapshot_interval: Duration,
+}
+
+/// The role to start with.
+pub enum InitialRole {
+    /// A static master, at the newest epoch of its log until the controller's view says more.
+    StaticMaster,
+    /// A static slave, or a controlled broker waiting for the controller.
+    Slave,
+}
+
+/// Mastership as the controller's heartbeat answers last described it.
+#[derive(Debug, Default)]
+struct Lease {
+    /// The master epoch the answers were about.
+    epoch: u64,
+    valid_until: Option<Instant>,
+    resign: Resign,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Resign {
+    #[default]
+    No,
+    /// Asked; acknowledging stopped; waiting for the set to catch up.
+    Resigning,
+    /// Done: the next heartbeat says so.
+    Resigned,
+}
+
+/// The current role, and the one place that changes it.
+pub struct RoleCell {
+    ctx: RoleContext,
+    current: watch::Sender<Arc<Role>>,
+    /// The master's tracker, for the log-shipping service (None while not master).
+    in_sync: watch::Sender<Option<Arc<InSync<Store>>>>,
+    /// The current role's tasks (replication, offset snapshots, the delay schedule, ...).
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Serializes role changes.
+    transition: tokio::sync::Mutex<()>,
+    lease: Mutex<Lease>,
+    authority: OnceLock<ControllerAuthority>,
+    /// Makes the controller link heartbeat at once.
+    wake: OnceLock<Arc<Notify>>,
+}
+
+impl RoleCell {
+    /// The cell with its first role, whose tasks start with [`RoleCell::start`].
+    pub fn new(ctx: RoleContext, initial: InitialRole) -> Arc<RoleCell> {
+        let role = match initial {
+            InitialRole::StaticMaster => {
+                ctx.store.set_replica_only(false);
+                let epoch = newest_epoch(&ctx.store);
+                let in_sync = Arc::new(InSync::new(
+                    ctx.in_sync.clone(),
+                    ctx.store.clone(),
+                    epoch,
+                    BTreeSet::from([ctx.broker_id]),
+                    0,
+                ));
+                Role::Master(MasterRole {
+                    in_sync,
+                    epoch,
+                    leased: false,
+                })
+            }
+            InitialRole::Slave => {
+                ctx.store.set_replica_only(true);
+                Role::Slave(SlaveRole {
+                    master: watch::Sender::new(None),
+                    status: Arc::new(ReplicaStatus::default()),
+                })
+            }
+        };
+        let in_sync = match &role {
+            Role::Master(m) => Some(m.in_sync.clone()),
+            Role::Slave(_) => None,
+        };
+        Arc::new(RoleCell {
+            ctx,
+            current: watch::Sender::new(Arc::new(role)),
+            in_sync: watch::Sender::new(in_sync),
+            tasks: Mutex::new(Vec::new()),
+            transition: tokio::sync::Mutex::new(()),
+            lease: Mutex::new(Lease::default()),
+            authority: OnceLock::new(),
+            wake: OnceLock::new(),
+        })
+    }
+
+    /// Starts the first role's tasks. `authority`: the controller, for a master's in-sync set
+    /// changes (None without a controller); `wake`: makes the link heartbeat at once.
+    pub async fn start(&self, authority: Option<ControllerAuthority>, wake: Option<Arc<Notify>>) {
+        let _transition = self.transition.lock().await;
+        if let Some(authority) = authority {
+            let _ = self.authority.set(authority);
+        }
+        if let Some(wake) = wake {
+            let _ = self.wake.set(wake);
+        }
+        let role = self.current();
+        self.start_tasks(&role);
+    }
+
+    pub fn current(&self) -> Arc<Role> {
+        self.current.borrow().clone()
+    }
+
+    /// The master's tracker while this broker is master, for the log-shipping service.
+    pub fn in_sync_watch(&self) -> watch::Receiver<Option<Arc<InSync<Store>>>> {
+        self.in_sync.subscribe()
+    }
+
+    /// The role if this broker may take a write now: a master (holding its lease, when
+    /// controlled). Otherwise `NOT_MASTER`, naming the master when known.
+    pub fn writable(&self) -> Result<Arc<Role>, BrokerError> {
+        let role = self.current();
+        match role.as_ref() {
+            Role::Master(m) => self.check_lease(m)?,
+            Role::Slave(_) => {
+                return Err(BrokerError::NotMaster {
+                    master_addr: role.master_addr(),
+                })
+            }
+        }
+        Ok(role)
+    }
+
+    /// Whether `role` (from [`RoleCell::writable`]) may still acknowledge: it is still the
+    /// current role, and its lease still runs. Asked after the in-sync set acknowledged, just
+    /// before `SEND_OK`.
+    pub fn may_acknowledge(&self, role: &Arc<Role>) -> Result<(), BrokerError> {
+        let current = self.current();
+        match role.as_ref() {
+            Role::Master(m) if Arc::ptr_eq(role, &current) => self.check_lease(m),
+            Role::Master(m) => Err(BrokerError::CannotAcknowledge {
+                reason: format!(
+                    "this broker stopped being master of epoch {} meanwhile",
+                    m.epoch
+                ),
+            }),
+            Role::Slave(_) => Err(BrokerError::NotMaster {
+                master_addr: current.master_addr(),
+            }),
         }
     }
 
-    /// Takes in the controller's view of the group. A master begins the view's epoch in its
-    /// log (when newer than the log's newest) before adopting it, so that every record it
-    /// ships from then on carries it; a slave follows the master's location.
-    pub async fn apply_group_view(&self, store: &Store, broker_id: u64, view: &pb::GroupView) {
-        match self {
-            Role::Master { in_sync, .. } => {
-                if view.master_id != Some(broker_id) {
-                    tracing::warn!(
-                        master_id = ?view.master_id,
-                        "the controller names another master of this group; this static master \
-                         keeps its role (step 5 hands roles to the controller)"
-                    );
-                    return;
-                }
-                let newest = store.epoch_history().last().map_or(0, |e| e.epoch);
+    fn check_lease(&self, master: &MasterRole) -> Result<(), BrokerError> {
+        if master.in_sync.is_deposed() {
+            return Err(BrokerError::CannotAcknowledge {
+                reason: format!("master epoch {} was superseded", master.epoch),
+            });
+        }
+        if !master.leased {
+            return Ok(());
+        }
+        let lease = self.lease.lock().expect("lease lock poisoned");
+        if lease.epoch == master.epoch && lease.resign != Resign::No {
+            return Err(BrokerError::CannotAcknowledge {
+                reason: "this master is handing mastership over (planned switchover)".into(),
+            });
+        }
+        match lease.valid_until {
+            Some(until) if lease.epoch == master.epoch && Instant::now() < until => Ok(()),
+            _ => Err(BrokerError::CannotAcknowledge {
+                reason: format!(
+                    "no master lease for epoch {} (the controller has not renewed it)",
+                    master.epoch
+                ),
+            }),
+        }
+    }
+
+    /// A heartbeat answer's word on mastership (from the controller link's task).
+    pub fn lease_answered(self: &Arc<Self>, answer: LeaseAnswer) {
+        let mut lease = self.lease.lock().expect("lease lock poisoned");
+        if answer.master_epoch < lease.epoch {
+            return;
+        }
+        if answer.master_epoch > lease.epoch {
+            *lease = Lease {
+                epoch: answer.master_epoch,
+                ..Lease::default()
+            };
+        }
+        lease.valid_until = answer.valid_until;
+        if !answer.resign {
+            if answer.valid_until.is_some() && lease.resign != Resign::No {
+                tracing::info!(
+                    epoch = lease.epoch,
+                    "the controller renewed the lease: the switchover was called off"
+                );
+                lease.resign = Resign::No;
+            }
+            return;
+        }
+        if lease.resign != Resign::No {
+            return;
+        }
+        let role = self.current();
+        let Role::Master(master) = role.as_ref() else {
+            return;
+        };
+        if master.epoch != answer.master_epoch {
+            return;
+        }
+        lease.resign = Resign::Resigning;
+        drop(lease);
+        tracing::info!(
+            epoch = answer.master_epoch,
+            "asked to resign: acknowledging stopped; letting the in-sync set catch up"
+        );
+        let cell = self.clone();
+        let in_sync = master.in_sync.clone();
+        let epoch = master.epoch;
+        tokio::spawn(async move {
+            let end = cell.ctx.store.write_offset();
+            let held = in_sync.wait_members_hold(end, RESIGN_PATIENCE).await;
+            let mut lease = cell.lease.lock().expect("lease lock poisoned");
+            if lease.epoch == epoch && lease.resign == Resign::Resigning {
+                lease.resign = Resign::Resigned;
+                drop(lease);
+                tracing::info!(
+                    epoch,
+                    end,
+                    caught_up = held,
+                    "resigned: telling the controller"
+                );
+                cell.wake_link();
+            }
+        });
+    }
+
+    /// True once a master asked to resign has done so (for the next heartbeat).
+    pub fn resigned(&self) -> bool {
+        let role = self.current();
+        let Role::Master(master) = role.as_ref() else {
+            return false;
+        };
+        let lease = self.lease.lock().expect("lease lock poisoned");
+        lease.epoch == master.epoch && lease.resign == Resign::Resigned
+    }
+
+    /// The master epoch this broker acts in: the one it is master of, or its master's.
+    pub fn master_epoch(&self) -> u64 {
+        match self.current().as_ref() {
+            Role::Master(m) => m.epoch,
+            Role::Slave(s) => s.master.borrow().as_ref().map_or(0, |m| m.master_epoch),
+        }
+    }
+
+    /// The newest epoch in the commit log.
+    pub fn log_epoch(&self) -> u64 {
+        newest_epoch(&self.ctx.store)
+    }
+
+    fn wake_link(&self) {
+        if let Some(wake) = self.wake.get() {
+            wake.notify_one();
+        }
+    }
+
+    /// Takes in the controller's view of the group: follows a new master, or becomes master, or
+    /// stops being master (controlled brokers only), or takes a new in-sync set.
+    pub async fn apply_view(&self, view: &pb::GroupView) {
+        let _transition = self.transition.lock().await;
+        let role = self.current();
+        let me = self.ctx.broker_id;
+        let named_me = view.master_id == Some(me);
+        match role.as_ref() {
+            Role::Master(m) if named_me && view.master_epoch == m.epoch => {
+                m.in_sync.apply_view(&accepted(view));
+            }
+            Role::Master(m) if named_me && view.master_epoch > m.epoch => {
+                self.become_master(view).await;
+            }
+            Role::Master(m) if !named_me && !self.ctx.controlled => {
+                tracing::warn!(
+                    master_id = ?view.master_id,
+                    epoch = m.epoch,
+                    "the controller names another master of this group; this static master \
+                     keeps its role (static roles have no failover)"
+                );
+            }
+            Role::Master(m) if !named_me && view.master_epoch > m.epoch => {
+                tracing::warn!(
+                    epoch = m.epoch,
+                    new_epoch = view.master_epoch,
+                    new_master = ?view.master_id,
+                    "deposed: another master was elected; replicating from it"
+                );
+                self.become_slave(view).await;
+            }
+            Role::Master(_) => {}
+            Role::Slave(_) if named_me && self.ctx.controlled => {
+                let newest = newest_epoch(&self.ctx.store);
                 if view.master_epoch > newest {
-                    match store.begin_epoch(view.master_epoch).await {
-                        Ok(offset) => {
-                            tracing::info!(epoch = view.master_epoch, offset, "master epoch begins")
-                        }
-                        Err(err) => {
-                            tracing::error!(error = %err, epoch = view.master_epoch, "cannot begin the master epoch");
-                            return;
-                        }
-                    }
+                    tracing::info!(epoch = view.master_epoch, "elected master");
+                    self.become_master(view).await;
+                } else {
+                    // Master of this epoch before a restart: the log may lack the unflushed
+                    // tail the slaves hold. The controller elects again (new incarnation).
+                    tracing::info!(
+                        epoch = view.master_epoch,
+                        log_epoch = newest,
+                        "named master of an epoch this log already holds; waiting for a new \
+                         election"
+                    );
                 }
-                in_sync.apply_view(&accepted(view));
             }
-            Role::Slave { master, .. } => {
-                let location = match view.master_id {
-                    Some(master_id) if !view.master_addr.is_empty() => Some(MasterLocation {
-                        addr: view.master_addr.clone(),
-                        master_id,
-                        master_epoch: view.master_epoch,
-                    }),
-                    _ => None,
-                };
-                master.send_if_modified(|current| {
-                    let changed = *current != location;
-                    if changed {
-                        tracing::info!(master = ?location, "the group's master changed");
-                        current.clone_from(&location);
-                    }
-                    changed
-                });
+            Role::Slave(slave) => follow(slave, view),
+        }
+    }
+
+    async fn become_master(&self, view: &pb::GroupView) {
+        let epoch = view.master_epoch;
+        let store = &self.ctx.store;
+        if let Role::Master(old) = self.current().as_ref() {
+            old.in_sync.depose();
+        }
+        self.stop_tasks().await;
+        if epoch > newest_epoch(store) {
+            if let Err(err) = store.begin_epoch(epoch).await {
+                // The log cannot be written: a master that cannot write its epoch can write
+                // nothing. Stopping lets the controller elect another.
+                tracing::error!(error = %err, epoch, "cannot begin the master epoch; stopping");
+                eprintln!("broker: cannot begin master epoch {epoch}: {err}");
+                std::process::exit(3);
             }
         }
+        store.set_replica_only(false);
+        self.ctx.groups.promote().await;
+        let in_sync = Arc::new(InSync::new(
+            self.ctx.in_sync.clone(),
+            store.clone(),
+            epoch,
+            accepted(view).set,
+            view.in_sync_set_epoch,
+        ));
+        let role = Arc::new(Role::Master(MasterRole {
+            in_sync: in_sync.clone(),
+            epoch,
+            leased: self.ctx.controlled,
+        }));
+        self.current.send_replace(role.clone());
+        self.in_sync.send_replace(Some(in_sync));
+        tracing::info!(
+            epoch,
+            offset = store.write_offset(),
+            in_sync_set = ?view.in_sync_set,
+            "master epoch begins"
+        );
+        self.start_tasks(&role);
+        self.wake_link();
+    }
+
+    async fn become_slave(&self, view: &pb::GroupView) {
+        let slave = SlaveRole {
+            master: watch::Sender::new(None),
+            status: Arc::new(ReplicaStatus::default()),
+        };
+        follow(&slave, view);
+        let role = Arc::new(Role::Slave(slave));
+        // Writes are refused from here on; the old tracker ends every wait without SEND_OK.
+        let old = self.current.send_replace(role.clone());
+        self.in_sync.send_replace(None);
+        if let Role::Master(old) = old.as_ref() {
+            old.in_sync.depose();
+        }
+        self.stop_tasks().await;
+        self.ctx.store.set_replica_only(true);
+        self.start_tasks(&role);
+        self.wake_link();
+    }
+
+    fn start_tasks(&self, role: &Arc<Role>) {
+        let mut tasks = self.tasks.lock().expect("role tasks lock poisoned");
+        match role.as_ref() {
+            Role::Master(m) => {
+                if let Some(authority) = self.authority.get() {
+                    tasks.push(tokio::spawn(m.in_sync.clone().review(authority.clone())));
+                }
+                // Only a master writes its log: the offset snapshots and the delay schedule.
+                tasks.push(tokio::spawn(
+                    self.ctx
+                        .groups
+                        .clone()
+                        .snapshot_every(self.ctx.offset_snapshot_interval),
+                ));
+                tasks.extend(self.ctx.retry.start_scheduler());
+            }
+            Role::Slave(s) => {
+                tasks.push(tokio::spawn(self.ctx.groups.clone().follow()));
+                tasks.push(tokio::spawn(replica::run(
+                    self.ctx.store.clone(),
+                    self.ctx.replica.clone(),
+                    s.master.subscribe(),
+                    s.status.clone(),
+                )));
+            }
+        }
+    }
+
+    async fn stop_tasks(&self) {
+        let tasks = std::mem::take(&mut *self.tasks.lock().expect("role tasks lock poisoned"));
+        for task in &tasks {
+            task.abort();
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+
+    /// Stops the role's tasks (at shutdown).
+    pub async fn shutdown(&self) {
+        let _transition = self.transition.lock().await;
+        if let Role::Master(m) = self.current().as_ref() {
+            m.in_sync.depose();
+        }
+        self.stop_tasks().await;
     }
 
     /// Replication progress for the controller's cluster list: a master reports each slave.
     pub fn progress_report(&self) -> Vec<pb::ReplicaProgress> {
-        match self {
-            Role::Master { in_sync, .. } => in_sync
+        match self.current().as_ref() {
+            Role::Master(m) => m
+                .in_sync
                 .view()
                 .replicas
                 .into_iter()
@@ -131,9 +549,33 @@ impl Role {
                     connected: r.connected,
                 })
                 .collect(),
-            Role::Slave { .. } => Vec::new(),
+            Role::Slave(_) => Vec::new(),
         }
     }
+}
+
+/// A slave follows the master the view names.
+fn follow(slave: &SlaveRole, view: &pb::GroupView) {
+    let location = match view.master_id {
+        Some(master_id) if !view.master_addr.is_empty() => Some(MasterLocation {
+            addr: view.master_addr.clone(),
+            master_id,
+            master_epoch: view.master_epoch,
+        }),
+        _ => None,
+    };
+    slave.master.send_if_modified(|current| {
+        let changed = *current != location;
+        if changed {
+            tracing::info!(master = ?location, "the group's master changed");
+            current.clone_from(&location);
+        }
+        changed
+    });
+}
+
+fn newest_epoch(store: &Store) -> u64 {
+    store.epoch_history().last().map_or(0, |e| e.epoch)
 }
 
 fn accepted(view: &pb::GroupView) -> AcceptedSet {
@@ -145,6 +587,7 @@ fn accepted(view: &pb::GroupView) -> AcceptedSet {
 }
 
 /// The controller as the authority over the in-sync set.
+#[derive(Clone)]
 pub struct ControllerAuthority {
     pub group: String,
     pub proposer: InSyncSetProposer,

@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 
 use crate::config::BrokerSettings;
 use crate::error::BrokerError;
-use crate::role::Role;
+use crate::role::RoleCell;
 use crate::store::message::{PROPERTY_KEYS, PROPERTY_TAGS, PROPERTY_UNIQUE_ID};
 use crate::store::{GetRequest, GetStatus, NewMessage, PutStatus, Store, StoredMessage, TagFilter};
 use crate::topics::TopicRegistry;
@@ -47,7 +47,7 @@ pub struct BrokerService {
     store: Arc<Store>,
     topics: Arc<TopicRegistry>,
     settings: BrokerSettings,
-    role: Arc<Role>,
+    role: Arc<RoleCell>,
 }
 
 impl BrokerService {
@@ -55,7 +55,7 @@ impl BrokerService {
         store: Arc<Store>,
         topics: Arc<TopicRegistry>,
         settings: BrokerSettings,
-        role: Arc<Role>,
+        role: Arc<RoleCell>,
     ) -> Self {
         BrokerService {
             store,
@@ -103,7 +103,7 @@ impl BrokerService {
                 topic: request.topic,
             });
         }
-        self.role.check_writable()?;
+        let role = self.role.writable()?;
         self.check_queue(&request.topic, request.queue_id)?;
         let mut message_ids = Vec::with_capacity(request.messages.len());
         let mut messages = Vec::with_capacity(request.messages.len());
@@ -121,10 +121,20 @@ impl BrokerService {
         // slaves hold. Then, under SYNC_MASTER, the in-sync set (see `replication::ship::insync`).
         let status = match appended.status {
             PutStatus::FlushDiskTimeout => SendStatus::FlushDiskTimeout,
-            PutStatus::Ok => match self.role.wait_replicated(appended.end_offset).await {
-                ReplicaWait::Replicated => SendStatus::SendOk,
+            PutStatus::Ok => match role.wait_replicated(appended.end_offset).await {
+                // Fencing: SEND_OK only from the master that still holds its lease now, after
+                // the set acknowledged (docs/DURABILITY.md, "Failover").
+                ReplicaWait::Replicated => {
+                    self.role.may_acknowledge(&role)?;
+                    SendStatus::SendOk
+                }
                 ReplicaWait::Timeout => SendStatus::FlushSlaveTimeout,
                 ReplicaWait::NotEnoughReplicas => SendStatus::SlaveNotAvailable,
+                ReplicaWait::Deposed => {
+                    return Err(BrokerError::CannotAcknowledge {
+                        reason: "another master was elected while the send waited".into(),
+                    })
+                }
             },
         };
         let commit_log_offsets = if appended.record_commit_log_offsets.is_empty() {
@@ -257,7 +267,7 @@ impl Broker for BrokerService {
             }
             .into());
         }
-        self.role.check_writable()?;
+        self.role.writable()?;
         let created = self.topics.create(&request.topic, request.queue_count)?;
         Ok(Response::new(wire::CreateTopicResponse { created }))
     }

@@ -69,9 +69,11 @@ async fn start_master(dir: &Path, sync_master: bool) -> Master {
         BTreeSet::from([0]),
         1,
     ));
+    // The sender may go: a receiver keeps the last value, as a master that never changes role.
+    let (_, current) = tokio::sync::watch::channel(Some(in_sync.clone()));
     let service = ShipService::new(
         store.clone(),
-        Some(in_sync.clone()),
+        current,
         ShipConfig {
             group: "broker-a".into(),
             broker_id: 0,
@@ -79,7 +81,6 @@ async fn start_master(dir: &Path, sync_master: bool) -> Master {
             chunk_bytes: 16 << 10,
             inflight_bytes_max: 64 << 10,
             keepalive: Duration::from_millis(100),
-            replication: "SYNC_MASTER".into(),
         },
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

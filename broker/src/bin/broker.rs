@@ -15,7 +15,7 @@ use std::time::Duration;
 use broker::config::BrokerConfig;
 use broker::groups::{ConsumerGroupService, ConsumerGroupState};
 use broker::retry::{parse_delay_levels, RetryState};
-use broker::role::{ControllerAuthority, Role};
+use broker::role::{ControllerAuthority, InitialRole, RoleCell, RoleContext};
 use broker::service::BrokerService;
 use broker::store::{ConfirmMode, FlushDiskType, Store};
 use broker::topics::TopicRegistry;
@@ -25,13 +25,12 @@ use proto::client::consumer_groups_server::ConsumerGroupsServer;
 use proto::controller::{BrokerRole, GroupSettings, GroupTopic, GroupView};
 use proto::replication::log_shipping_server::LogShippingServer;
 use replication::controller::link::{
-    BrokerIdentity, BrokerMetadata, ControllerLink, ReplicationReport,
+    BrokerIdentity, BrokerMetadata, ControllerLink, LeaseAnswer, ReplicationReport,
 };
 use replication::ship::{
-    replica, InSync, InSyncConfig, ReplicaConfig, ReplicaStatus, ShipConfig, ShipService,
-    STREAM_MESSAGE_BYTES_MAX,
+    InSyncConfig, ReplicaConfig, ShipConfig, ShipService, STREAM_MESSAGE_BYTES_MAX,
 };
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
@@ -108,23 +107,21 @@ fn load_config(cli: &Cli) -> Result<BrokerConfig> {
 
 async fn serve(config: BrokerConfig) -> Result<()> {
     let settings = &config.broker;
-    let is_slave = settings.is_slave();
     let store_path = config.store.store_path.clone();
     let store = tokio::task::spawn_blocking({
         let store_config = config.store.clone();
-        // A slave shows consumers only what its master confirmed: from its last checkpoint's
-        // confirm offset on, never its whole recovered log.
-        let mode = if is_slave {
-            ConfirmMode::External
-        } else {
+        // Every replicating broker shows consumers what its in-sync set (or its master) confirmed,
+        // never its whole recovered log; a broker without a controller confirms by itself.
+        let mode = if settings.controller_addr.is_empty() {
             ConfirmMode::Local
+        } else {
+            ConfirmMode::External
         };
         move || Store::open_with_confirm_mode(store_config, mode)
     })
     .await
     .context("open the store")??;
     let store = Arc::new(store);
-    store.set_replica_only(is_slave);
     let topics = Arc::new(TopicRegistry::open(&store_path)?);
     let listener = TcpListener::bind(settings.listen)
         .await
@@ -139,10 +136,16 @@ async fn serve(config: BrokerConfig) -> Result<()> {
         addr = %local,
         broker_name = %settings.broker_name,
         broker_id = settings.broker_id,
-        broker_role = %settings.broker_role,
+        broker_role = %settings.role(),
         flush_disk_type = ?config.store.flush_disk_type,
         "broker serving"
     );
+    if settings.is_controlled() && settings.cluster_secret.is_empty() {
+        tracing::warn!(
+            "cluster_secret is empty: this broker can neither serve slaves as master nor \
+             replicate as slave"
+        );
+    }
     println!("broker listening on {local}");
     let groups = Arc::new(
         ConsumerGroupState::load(
@@ -152,8 +155,6 @@ async fn serve(config: BrokerConfig) -> Result<()> {
         )
         .await?,
     );
-    let role = Arc::new(make_role(&config, &store));
-    let mut tasks = Vec::new();
     let levels = parse_delay_levels(&settings.message_delay_level)
         .map_err(|reason| anyhow::anyhow!("message_delay_level: {reason}"))?;
     let retry = RetryState::new(
@@ -163,48 +164,56 @@ async fn serve(config: BrokerConfig) -> Result<()> {
         levels,
         settings.max_reconsume_times,
     )?;
-    match role.as_ref() {
-        Role::Master { .. } => {
-            // Only a master writes its log: the offset snapshots and the delay schedule.
-            tasks.push(tokio::spawn(snapshot_offsets(
-                groups.clone(),
-                Duration::from_millis(settings.offset_snapshot_interval_ms),
-            )));
-            tasks.extend(retry.start_scheduler());
-        }
-        Role::Slave { master, status } => {
-            tasks.push(tokio::spawn(groups.clone().follow()));
-            tasks.push(tokio::spawn(replica::run(
+    let role = RoleCell::new(
+        RoleContext {
+            store: store.clone(),
+            groups: groups.clone(),
+            retry: retry.clone(),
+            broker_id: settings.broker_id,
+            controlled: settings.is_controlled(),
+            in_sync: InSyncConfig {
+                master_id: settings.broker_id,
+                sync_master: settings.sync_master(),
+                require_flushed: config.store.flush_disk_type == FlushDiskType::SyncFlush,
+                min_in_sync_replicas: settings.min_in_sync_replicas() as usize,
+                slave_timeout: Duration::from_millis(settings.slave_timeout_ms),
+                lag_max: Duration::from_millis(settings.in_sync_lag_max_ms),
+            },
+            replica: ReplicaConfig {
+                group: settings.broker_name.clone(),
+                broker_id: settings.broker_id,
+                addr: advertised.clone(),
+                cluster_secret: settings.cluster_secret.clone(),
+                keepalive: Duration::from_millis(settings.replication_keepalive_ms),
+                connect_timeout: REPLICA_CONNECT_TIMEOUT,
+            },
+            offset_snapshot_interval: Duration::from_millis(settings.offset_snapshot_interval_ms),
+        },
+        if settings.is_slave() || settings.is_controlled() {
+            InitialRole::Slave
+        } else {
+            InitialRole::StaticMaster
+        },
+    );
+    let mut tasks = Vec::new();
+    if settings.controller_addr.is_empty() {
+        role.start(None, None).await;
+    } else {
+        tasks.extend(
+            start_controller_link(
+                &config,
+                advertised,
                 store.clone(),
-                ReplicaConfig {
-                    group: settings.broker_name.clone(),
-                    broker_id: settings.broker_id,
-                    addr: advertised.clone(),
-                    cluster_secret: settings.cluster_secret.clone(),
-                    keepalive: Duration::from_millis(settings.replication_keepalive_ms),
-                    connect_timeout: REPLICA_CONNECT_TIMEOUT,
-                },
-                master.subscribe(),
-                status.clone(),
-            )));
-        }
-    }
-    if !settings.controller_addr.is_empty() {
-        tasks.extend(start_controller_link(
-            &config,
-            advertised,
-            store.clone(),
-            topics.clone(),
-            retry.clone(),
-            role.clone(),
-        )?);
+                topics.clone(),
+                retry.clone(),
+                role.clone(),
+            )
+            .await?,
+        );
     }
     let ship = ShipService::new(
         store.clone(),
-        match role.as_ref() {
-            Role::Master { in_sync, .. } => Some(in_sync.clone()),
-            Role::Slave { .. } => None,
-        },
+        role.in_sync_watch(),
         ShipConfig {
             group: settings.broker_name.clone(),
             broker_id: settings.broker_id,
@@ -212,7 +221,6 @@ async fn serve(config: BrokerConfig) -> Result<()> {
             chunk_bytes: settings.replication_chunk_bytes as usize,
             inflight_bytes_max: settings.replication_inflight_bytes_max,
             keepalive: Duration::from_millis(settings.replication_keepalive_ms),
-            replication: role.name().to_owned(),
         },
     );
     let service = BrokerService::new(store.clone(), topics, settings.clone(), role.clone());
@@ -258,6 +266,7 @@ async fn serve(config: BrokerConfig) -> Result<()> {
     for task in tasks {
         task.abort();
     }
+    role.shutdown().await;
     tokio::task::spawn_blocking(move || store.shutdown())
         .await
         .context("stop the store")??;
@@ -265,49 +274,12 @@ async fn serve(config: BrokerConfig) -> Result<()> {
     Ok(())
 }
 
-/// The role `broker_role` names. A master hands its confirm offset to its in-sync tracker,
-/// which starts with the master alone in the set until the controller's view arrives.
-fn make_role(config: &BrokerConfig, store: &Arc<Store>) -> Role {
-    let settings = &config.broker;
-    if settings.is_slave() {
-        return Role::Slave {
-            master: watch::Sender::new(None),
-            status: Arc::new(ReplicaStatus::default()),
-        };
-    }
-    store.set_confirm_mode(ConfirmMode::External);
-    let sync_master = settings.broker_role == "SYNC_MASTER";
-    let newest_epoch = store.epoch_history().last().map_or(0, |e| e.epoch);
-    let in_sync = InSync::new(
-        InSyncConfig {
-            master_id: settings.broker_id,
-            sync_master,
-            require_flushed: config.store.flush_disk_type == FlushDiskType::SyncFlush,
-            min_in_sync_replicas: settings.min_in_sync_replicas() as usize,
-            slave_timeout: Duration::from_millis(settings.slave_timeout_ms),
-            lag_max: Duration::from_millis(settings.in_sync_lag_max_ms),
-        },
-        store.clone(),
-        newest_epoch,
-        BTreeSet::from([settings.broker_id]),
-        0,
-    );
-    Role::Master {
-        in_sync: Arc::new(in_sync),
-        replication: if sync_master {
-            "SYNC_MASTER"
-        } else {
-            "ASYNC_MASTER"
-        },
-    }
-}
-
 /// What the controller link reads and writes on this broker.
 struct LinkedBroker {
     store: Arc<Store>,
     topics: Arc<TopicRegistry>,
     retry: Arc<RetryState>,
-    role: Arc<Role>,
+    role: Arc<RoleCell>,
     /// The controller's latest view of the group, applied by a task of its own (applying may
     /// write the epoch file, and the link's calls must not block).
     views: watch::Sender<Option<GroupView>>,
@@ -354,20 +326,36 @@ impl BrokerMetadata for LinkedBroker {
             changed
         });
     }
+
+    fn log_epoch(&self) -> u64 {
+        self.role.log_epoch()
+    }
+
+    fn master_epoch(&self) -> u64 {
+        self.role.master_epoch()
+    }
+
+    fn resigned(&self) -> bool {
+        self.role.resigned()
+    }
+
+    fn lease_answered(&self, answer: LeaseAnswer) {
+        self.role.lease_answered(answer);
+    }
 }
 
 /// Registers with the controller (waiting for it if it is not up yet), then heartbeats; applies
-/// each group view the controller answers with; on a master, reviews the in-sync set and
-/// proposes its changes to the controller. The broker serves meanwhile with the topics it last
-/// synced. A permanent refusal (a second master for the group, a bad name) stops the process:
-/// it must not serve a group it does not belong to.
-fn start_controller_link(
+/// each group view the controller answers with, in order (the role changes there); a master
+/// proposes its in-sync set changes to the controller. The broker serves meanwhile with the
+/// topics it last synced. A permanent refusal (a second master for the group, a bad name) stops
+/// the process: it must not serve a group it does not belong to.
+async fn start_controller_link(
     config: &BrokerConfig,
     advertised: String,
     store: Arc<Store>,
     topics: Arc<TopicRegistry>,
     retry: Arc<RetryState>,
-    role: Arc<Role>,
+    role: Arc<RoleCell>,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>> {
     let settings = &config.broker;
     let identity = BrokerIdentity {
@@ -375,13 +363,13 @@ fn start_controller_link(
         group: settings.broker_name.clone(),
         broker_id: settings.broker_id,
         addr: advertised,
-        role: if settings.is_slave() {
-            BrokerRole::Slave
-        } else {
-            BrokerRole::Master
+        role: match settings.role() {
+            "CONTROLLED" => BrokerRole::Controlled,
+            "SLAVE" => BrokerRole::Slave,
+            _ => BrokerRole::Master,
         },
         incarnation: new_incarnation(),
-        election_priority: 0,
+        election_priority: settings.election_priority,
     };
     let interval = Duration::from_millis(settings.controller_heartbeat_interval_ms);
     let (views, mut view_rx) = watch::channel(None::<GroupView>);
@@ -393,20 +381,20 @@ fn start_controller_link(
         views,
     });
     let mut link = ControllerLink::new(&settings.controller_addr, identity, metadata)?;
-    let mut tasks = Vec::new();
-    if let Role::Master { in_sync, .. } = role.as_ref() {
-        let authority = ControllerAuthority {
+    role.start(
+        Some(ControllerAuthority {
             group: settings.broker_name.clone(),
             proposer: link.in_sync_set_proposer(),
-        };
-        tasks.push(tokio::spawn(in_sync.clone().review(authority)));
-    }
-    let broker_id = settings.broker_id;
+        }),
+        Some(link.wake_handle()),
+    )
+    .await;
+    let mut tasks = Vec::new();
     tasks.push(tokio::spawn(async move {
         while view_rx.changed().await.is_ok() {
             let view = view_rx.borrow_and_update().clone();
             if let Some(view) = view {
-                role.apply_group_view(&store, broker_id, &view).await;
+                role.apply_view(&view).await;
             }
         }
     }));
@@ -432,18 +420,4 @@ fn new_incarnation() -> u64 {
     hasher.write_u128(now.as_nanos());
     hasher.write_u32(std::process::id());
     hasher.finish().max(1)
-}
-
-/// Writes every committed offset again on an interval (see `broker::groups`).
-async fn snapshot_offsets(groups: Arc<ConsumerGroupState>, interval: Duration) {
-    // The first tick is immediate: after a long downtime the loaded offsets may sit in segments
-    // retention is about to delete, so they are written again at once.
-    let mut ticks = tokio::time::interval(interval);
-    loop {
-        ticks.tick().await;
-        match groups.snapshot().await {
-            Ok(count) => tracing::debug!(count, "consumer offsets written again"),
-            Err(err) => tracing::warn!(error = %err, "could not write the consumer offsets again"),
-        }
-    }
 }

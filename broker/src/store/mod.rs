@@ -470,6 +470,12 @@ impl Store {
 
     /// Makes this store a slave's (`true`): appends are refused with
     /// [`StoreError::ReplicaOnly`] and only [`Store::append_raw`] writes, or a master's again.
+    /// Raised by every truncation: whoever reads the log incrementally (a slave's offset table)
+    /// starts over when it changes.
+    pub fn truncation_generation(&self) -> u64 {
+        self.shared.flush_progress.borrow().truncation_generation
+    }
+
     pub fn set_replica_only(&self, replica_only: bool) {
         self.shared
             .replica_only

@@ -19,9 +19,14 @@
 //!   change in flight) acknowledged it; `FLUSH_SLAVE_TIMEOUT` after `slave_timeout`;
 //!   `SLAVE_NOT_AVAILABLE` at once, or as soon as it becomes so while waiting, when the set is
 //!   smaller than `min_in_sync_replicas`.
+//! - **Deposed.** When the controller elects another master, the broker deposes its tracker:
+//!   waits end with [`ReplicaWait::Deposed`] (never `SEND_OK`), shippers close their streams, and
+//!   no change is proposed any more. A tracker is never revived; a re-elected master gets a new
+//!   one.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -60,6 +65,8 @@ pub enum ReplicaWait {
     Timeout,
     /// The set is smaller than `min_in_sync_replicas`.
     NotEnoughReplicas,
+    /// This broker is no longer the master this tracker served.
+    Deposed,
 }
 
 /// A change of the set, as proposed to the controller.
@@ -157,6 +164,7 @@ pub struct InSync<L> {
     state: Mutex<State>,
     /// Bumped on every acknowledgement and set change: waiters and shippers watch it.
     changed: watch::Sender<u64>,
+    deposed: AtomicBool,
 }
 
 impl<L: ShippedLog> InSync<L> {
@@ -181,6 +189,7 @@ impl<L: ShippedLog> InSync<L> {
                 started_at: Instant::now(),
             }),
             changed: watch::Sender::new(0),
+            deposed: AtomicBool::new(false),
         };
         tracker.update_confirm(&tracker.lock());
         tracker
@@ -205,6 +214,47 @@ impl<L: ShippedLog> InSync<L> {
 
     pub fn master_epoch(&self) -> u64 {
         self.lock().master_epoch
+    }
+
+    /// This broker is no longer the master this tracker served: every wait ends
+    /// [`ReplicaWait::Deposed`], shippers end their streams, the reviewer stops.
+    pub fn depose(&self) {
+        self.deposed.store(true, Ordering::Release);
+        self.bump();
+    }
+
+    pub fn is_deposed(&self) -> bool {
+        self.deposed.load(Ordering::Acquire)
+    }
+
+    /// Waits until every member of the set (and of a change in flight) acknowledged
+    /// `end_offset`, whatever the replication mode, for at most `patience`: a resigning master
+    /// lets its successor catch up before it says it resigned. True if they did.
+    pub async fn wait_members_hold(&self, end_offset: u64, patience: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + patience;
+        let mut changes = self.subscribe();
+        loop {
+            changes.borrow_and_update();
+            {
+                let state = self.lock();
+                let held = self.required(&state).all(|id| {
+                    state
+                        .replicas
+                        .get(&id)
+                        .is_some_and(|r| self.acked(r) >= end_offset)
+                });
+                if held {
+                    return true;
+                }
+            }
+            if self.is_deposed() {
+                return false;
+            }
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return false,
+            }
+        }
     }
 
     /// The offset that counts for a slave under this group's flush mode.
@@ -364,12 +414,12 @@ impl<L: ShippedLog> InSync<L> {
     }
 
     /// The set as the controller now holds it (from a heartbeat answer or a proposal's answer).
-    /// Ignored when it is older than what the master knows.
+    /// Ignored when it is older than what the master knows, or of another master epoch (a
+    /// master elected again gets a new tracker).
     pub fn apply_view(&self, accepted: &AcceptedSet) {
         let mut state = self.lock();
-        let newer = accepted.master_epoch > state.master_epoch
-            || (accepted.master_epoch == state.master_epoch
-                && accepted.set_epoch > state.set_epoch);
+        let newer =
+            accepted.master_epoch == state.master_epoch && accepted.set_epoch > state.set_epoch;
         if !newer {
             return;
         }
@@ -392,6 +442,9 @@ impl<L: ShippedLog> InSync<L> {
     /// Waits until every member holds everything below `end_offset` (only under
     /// `SYNC_MASTER`; `ASYNC_MASTER` answers `Replicated` at once).
     pub async fn wait_replicated(&self, end_offset: u64) -> ReplicaWait {
+        if self.is_deposed() {
+            return ReplicaWait::Deposed;
+        }
         if !self.config.sync_master {
             return ReplicaWait::Replicated;
         }
@@ -399,6 +452,9 @@ impl<L: ShippedLog> InSync<L> {
         let mut changes = self.subscribe();
         loop {
             changes.borrow_and_update();
+            if self.is_deposed() {
+                return ReplicaWait::Deposed;
+            }
             {
                 let state = self.lock();
                 if state.set.len() < self.config.min_in_sync_replicas {
@@ -424,7 +480,7 @@ impl<L: ShippedLog> InSync<L> {
     /// The change the set needs now, if any and none is in flight; marks it in flight.
     pub fn plan_change(&self) -> Option<ProposedSet> {
         let mut state = self.lock();
-        if state.pending.is_some() {
+        if state.pending.is_some() || self.is_deposed() {
             return None;
         }
         let now = Instant::now();
@@ -488,6 +544,9 @@ impl<L: ShippedLog> InSync<L> {
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
+            if self.is_deposed() {
+                return;
+            }
             if let Some(change) = self.plan_change() {
                 tracing::info!(set = ?change.set, set_epoch = change.set_epoch, "proposing an in-sync set change to the controller");
                 let outcome = authority.propose(change).await;

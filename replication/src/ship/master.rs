@@ -10,7 +10,7 @@ use std::time::Duration;
 use proto::common::ErrorCode;
 use proto::replication as pb;
 use proto::replication::log_shipping_server::LogShipping;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
@@ -40,21 +40,24 @@ pub struct ShipConfig {
     pub inflight_bytes_max: u64,
     /// With nothing to ship, a keep-alive chunk (carrying the confirm offset) goes this often.
     pub keepalive: Duration,
-    /// `ASYNC_MASTER` or `SYNC_MASTER`, for ha status.
-    pub replication: String,
 }
 
-/// The `LogShipping` service of one broker. A slave's service refuses every stream with
-/// `NOT_MASTER`.
+/// The `LogShipping` service of one broker. While the broker is not its group's master, it
+/// refuses every stream with `NOT_MASTER`.
 pub struct ShipService<L> {
     log: Arc<L>,
-    in_sync: Option<Arc<InSync<L>>>,
+    in_sync: watch::Receiver<Option<Arc<InSync<L>>>>,
     config: Arc<ShipConfig>,
 }
 
 impl<L: ShippedLog> ShipService<L> {
-    /// `in_sync`: the tracker when this broker is its group's master; `None` on a slave.
-    pub fn new(log: Arc<L>, in_sync: Option<Arc<InSync<L>>>, config: ShipConfig) -> Self {
+    /// `in_sync`: the tracker while this broker is its group's master, `None` while it is not.
+    /// A stream lives as long as the tracker it began with: a deposed tracker ends it.
+    pub fn new(
+        log: Arc<L>,
+        in_sync: watch::Receiver<Option<Arc<InSync<L>>>>,
+        config: ShipConfig,
+    ) -> Self {
         ShipService {
             log,
             in_sync,
@@ -62,8 +65,9 @@ impl<L: ShippedLog> ShipService<L> {
         }
     }
 
-    fn master(&self) -> Result<&Arc<InSync<L>>, Status> {
-        self.in_sync.as_ref().ok_or_else(|| {
+    fn master(&self) -> Result<Arc<InSync<L>>, Status> {
+        let current = self.in_sync.borrow().clone();
+        current.filter(|t| !t.is_deposed()).ok_or_else(|| {
             status(
                 ErrorCode::NotMaster,
                 tonic::Code::FailedPrecondition,
@@ -234,6 +238,20 @@ impl<L: ShippedLog> Session<L> {
             if self.tx.is_closed() || !self.in_sync.is_current(self.broker_id, self.session) {
                 return;
             }
+            if self.in_sync.is_deposed() {
+                let _ = self
+                    .tx
+                    .send(Err(status(
+                        ErrorCode::NotMaster,
+                        tonic::Code::FailedPrecondition,
+                        format!(
+                            "broker {} is no longer the master of epoch {}",
+                            self.config.broker_id, self.master_epoch
+                        ),
+                    )))
+                    .await;
+                return;
+            }
             let write_offset = self.log.write_offset();
             let inflight = next.saturating_sub(self.in_sync.written(self.broker_id));
             if next < write_offset && inflight < self.config.inflight_bytes_max {
@@ -332,7 +350,7 @@ impl<L: ShippedLog> LogShipping for ShipService<L> {
         &self,
         request: Request<Streaming<pb::ReplicaMessage>>,
     ) -> Result<Response<MasterStream>, Status> {
-        let in_sync = self.master()?.clone();
+        let in_sync = self.master()?;
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
@@ -412,7 +430,12 @@ impl<L: ShippedLog> LogShipping for ShipService<L> {
             group: self.config.group.clone(),
             master_id: self.config.broker_id,
             master_epoch: view.master_epoch,
-            replication: self.config.replication.clone(),
+            replication: if in_sync.config().sync_master {
+                "SYNC_MASTER"
+            } else {
+                "ASYNC_MASTER"
+            }
+            .to_owned(),
             write_offset: self.log.write_offset(),
             flushed_offset: progress.flushed_offset,
             confirm_offset: self.log.confirm_offset(),

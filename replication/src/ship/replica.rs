@@ -120,23 +120,9 @@ pub async fn run<L: ShippedLog>(
             Err(_) => return,
         };
         let started = Instant::now();
-        let moved = {
-            let mut master = master.clone();
-            let location = location.clone();
-            async move {
-                loop {
-                    if master.changed().await.is_err() {
-                        std::future::pending::<()>().await;
-                    }
-                    if master.borrow().as_ref() != Some(&location) {
-                        return;
-                    }
-                }
-            }
-        };
         let outcome = tokio::select! {
             outcome = session(&log, &config, &location, &status) => outcome,
-            () = moved => Err(SessionEnd::Protocol(format!("the master moved away from {}", location.addr))),
+            () = moved_from(master.clone(), location.clone()) => Err(SessionEnd::Protocol(format!("the master moved away from {}", location.addr))),
         };
         status.update(|s| s.connected = false);
         let Err(end) = outcome else { continue };
@@ -155,8 +141,27 @@ pub async fn run<L: ShippedLog>(
             tracing::warn!(master = %location.addr, failures, error = %end, "replication session ended; retrying");
         }
         status.update(|s| s.last_error = Some(end.to_string()));
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(RETRY_MAX);
+        // A new master (after a failover) is tried at once: the pause is for retrying the same
+        // one.
+        tokio::select! {
+            () = tokio::time::sleep(pause) => pause = (pause * 2).min(RETRY_MAX),
+            () = moved_from(master.clone(), location) => {
+                pause = RETRY_MIN;
+                failures = 0;
+            }
+        }
+    }
+}
+
+/// Completes once the master location is no longer `location`.
+async fn moved_from(mut master: watch::Receiver<Option<MasterLocation>>, location: MasterLocation) {
+    loop {
+        if master.borrow_and_update().as_ref() != Some(&location) {
+            return;
+        }
+        if master.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 }
 
