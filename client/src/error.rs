@@ -34,6 +34,19 @@ impl ClientError {
     /// True when sending again (to another queue or broker) may succeed: transport failures and
     /// timeouts, and the broker's internal errors. Never bad input. A retried send whose first
     /// attempt did land is a duplicate: delivery is at least once.
+    /// The broker could not be reached, or is not (or no longer) its group's master: what a
+    /// failover looks like from a client, until the route names the new master.
+    pub fn is_master_gone(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Transport { .. }
+                | ClientError::Broker {
+                    code: ErrorCode::NotMaster,
+                    ..
+                }
+        )
+    }
+
     pub fn is_retriable(&self) -> bool {
         match self {
             ClientError::Transport { .. } | ClientError::Timeout { .. } => true,

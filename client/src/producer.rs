@@ -128,6 +128,10 @@ pub struct SendResult {
     pub commit_log_offset: u64,
 }
 
+/// Longest pause between two attempts while a failover moves a group's master: the route watch
+/// usually says sooner.
+const FAILOVER_POLL: Duration = Duration::from_millis(200);
+
 /// Most messages one `Send` RPC may carry (the broker's limit).
 pub const BATCH_MESSAGES_LIMIT: usize = 1024;
 
@@ -558,12 +562,23 @@ impl Producer {
     /// Sends `messages` as one RPC to `first`, then, after each retriable failure, to the next
     /// queue (of another broker group when there is one), up to `retries` more times, always
     /// with the same message ids. Returns where the answered attempt went.
+    ///
+    /// A routed producer also rides out a failover: while the failure says the group's master
+    /// is gone (unreachable, `NOT_MASTER`), it waits for the route to change (at most
+    /// [`FAILOVER_POLL`] at a time) and tries again, beyond `retries`, until `send_timeout` has
+    /// passed since the first attempt: the caller sees a pause, then `SEND_OK` from the new
+    /// master or a definite error.
     async fn attempts(
         &self,
         route: &TopicRoute,
         first: Destination,
         messages: &[proto::client::Message],
     ) -> Result<(proto::client::SendResponse, Destination), Failed> {
+        let deadline = tokio::time::Instant::now() + self.inner.config.send_timeout;
+        let mut updates = match &self.inner.target {
+            Target::Cluster { routes } => Some(routes.updates()),
+            Target::Broker { .. } => None,
+        };
         let mut destination = first;
         let mut attempt = 0;
         loop {
@@ -574,7 +589,13 @@ impl Producer {
                 Ok(response) => return Ok((response, destination)),
                 Err(error) => error,
             };
-            if !error.is_retriable() || attempt >= self.inner.config.retries {
+            if !error.is_retriable() {
+                return Err(Failed { error, destination });
+            }
+            let master_gone = error.is_master_gone() && updates.is_some();
+            if attempt < self.inner.config.retries {
+                attempt += 1;
+            } else if !(master_gone && tokio::time::Instant::now() < deadline) {
                 return Err(Failed { error, destination });
             }
             tracing::debug!(
@@ -584,9 +605,15 @@ impl Producer {
                 error = %error,
                 "send failed; retrying on the next queue"
             );
-            attempt += 1;
+            if master_gone {
+                if let Some(updates) = updates.as_mut() {
+                    let until = deadline.min(tokio::time::Instant::now() + FAILOVER_POLL);
+                    let _ = tokio::time::timeout_at(until, updates.changed()).await;
+                }
+            }
             match self.destination(route, Some(&destination.group)).await {
                 Ok(next) => destination = next,
+                Err(_) if master_gone && tokio::time::Instant::now() < deadline => {}
                 Err(_) => return Err(Failed { error, destination }),
             }
         }

@@ -7,11 +7,11 @@
 //! - a replica acknowledging an offset beyond the master's end is refused with `BAD_REQUEST`,
 //!   and the master's confirm offset never moves past what it wrote.
 
-use std::io::Read;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use cluster_tests::{cli_json, cluster_cli, group_member, wait_until, TEST_CLUSTER_SECRET};
+use cluster_tests::{
+    assert_same_log, cli_json, cluster_cli, group_member, wait_until, TEST_CLUSTER_SECRET,
+};
 use proto::replication as pb;
 use proto::replication::log_shipping_client::LogShippingClient;
 
@@ -47,76 +47,6 @@ fn members(controllers: &str) -> Vec<(u64, u64, bool)> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-/// The segment files of the store in `store_dir`, by base offset.
-fn segments(store_dir: &Path) -> Vec<(u64, std::path::PathBuf)> {
-    let mut segments: Vec<_> = std::fs::read_dir(store_dir.join("commitlog"))
-        .expect("commit log directory")
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().to_string();
-            name.parse::<u64>().ok().map(|base| (base, e.path()))
-        })
-        .collect();
-    segments.sort();
-    segments
-}
-
-/// Compares the commit logs of two stores over `0..end`, segment by segment, a few MiB at a time
-/// (two 1 GiB logs are not read into memory). Panics at the first difference.
-fn assert_same_log(master_dir: &Path, slave_dir: &Path, end: u64) {
-    let master = segments(master_dir);
-    let slave = segments(slave_dir);
-    let bases = |s: &[(u64, std::path::PathBuf)]| s.iter().map(|(b, _)| *b).collect::<Vec<_>>();
-    let covering: Vec<u64> = bases(&master).into_iter().filter(|b| *b < end).collect();
-    assert_eq!(
-        covering,
-        bases(&slave)
-            .into_iter()
-            .filter(|b| *b < end)
-            .collect::<Vec<_>>(),
-        "the slave's segments do not start where the master's do"
-    );
-    let mut compared = 0u64;
-    for (index, base) in covering.iter().enumerate() {
-        let next = covering.get(index + 1).copied().unwrap_or(end).min(end);
-        let mut a = std::fs::File::open(&master[index].1)
-            .unwrap()
-            .take(next - base);
-        let mut b = std::fs::File::open(&slave[index].1)
-            .unwrap()
-            .take(next - base);
-        let (mut buf_a, mut buf_b) = (vec![0u8; 4 << 20], vec![0u8; 4 << 20]);
-        let mut at = *base;
-        loop {
-            let n = read_full(&mut a, &mut buf_a);
-            let m = read_full(&mut b, &mut buf_b);
-            assert_eq!(n, m, "segment {base}: lengths differ");
-            if n == 0 {
-                break;
-            }
-            if buf_a[..n] != buf_b[..n] {
-                let first = (0..n).find(|i| buf_a[*i] != buf_b[*i]).unwrap();
-                panic!("the logs differ at offset {}", at + first as u64);
-            }
-            at += n as u64;
-            compared += n as u64;
-        }
-        assert_eq!(at, next, "segment {base} is shorter than the log");
-    }
-    assert_eq!(compared, end, "the segments do not cover the log");
-}
-
-fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> usize {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match reader.read(&mut buf[filled..]).unwrap() {
-            0 => break,
-            n => filled += n,
-        }
-    }
-    filled
 }
 
 fn create_topic(controllers: &str) {
