@@ -234,7 +234,13 @@ async fn the_route_watch_pushes_broker_death_and_return() {
     let mut quorum = ControllerQuorum::start(
         dir.path(),
         3,
-        &["--set", "broker_heartbeat_timeout_ms=1000"],
+        // The lease wait (lease + margin) may not exceed the heartbeat timeout.
+        &[
+            "--set",
+            "broker_heartbeat_timeout_ms=1000",
+            "--set",
+            "broker_lease_ms=700",
+        ],
     );
     let addrs = quorum.addrs();
     assert!(wait_until(Duration::from_secs(20), || leader(&addrs).is_some()));

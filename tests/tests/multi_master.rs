@@ -117,7 +117,13 @@ async fn sends_survive_controller_and_master_failures_and_every_ack_is_consumed(
     let mut quorum = ControllerQuorum::start(
         dir.path(),
         3,
-        &["--set", "broker_heartbeat_timeout_ms=1000"],
+        // The lease wait (lease + margin) may not exceed the heartbeat timeout.
+        &[
+            "--set",
+            "broker_heartbeat_timeout_ms=1000",
+            "--set",
+            "broker_lease_ms=700",
+        ],
     );
     let addrs = quorum.addrs();
     wait_for_controller_leader(&addrs);

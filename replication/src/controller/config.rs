@@ -9,6 +9,13 @@ use serde::{Deserialize, Serialize};
 
 use super::NodeId;
 
+/// Shortest lease: a master renews it by heartbeat, so it must outlast a few heartbeat round
+/// trips.
+pub const BROKER_LEASE_MS_MIN: u64 = 100;
+/// Smallest margin: below this, scheduling delays alone (a GC-free process still gets descheduled
+/// for tens of milliseconds) could let a master act on a lease the controller counts as over.
+pub const LEASE_MARGIN_MS_MIN: u64 = 50;
+
 /// Settings of one controller.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -31,6 +38,13 @@ pub struct ControllerConfig {
     pub election_timeout_max_ms: u64,
     /// A broker silent for this long is shown dead and its queues are skipped by clients.
     pub broker_heartbeat_timeout_ms: u64,
+    /// The lease a heartbeat answer grants a controlled master: it may acknowledge sends until
+    /// this long after it sent the heartbeat, by its own clock.
+    pub broker_lease_ms: u64,
+    /// What the controller adds to the lease before it elects a successor, counted from when it
+    /// received the last heartbeat it granted a lease on: covers the rates of the two clocks
+    /// differing and the master's scheduling delays.
+    pub lease_margin_ms: u64,
     /// Build a snapshot after this many log entries since the last one.
     pub snapshot_logs_since_last: u64,
     /// Log entries kept behind a snapshot, so that a briefly lagging controller catches up from
@@ -49,6 +63,8 @@ impl Default for ControllerConfig {
             election_timeout_min_ms: 300,
             election_timeout_max_ms: 600,
             broker_heartbeat_timeout_ms: 3_000,
+            broker_lease_ms: 1_000,
+            lease_margin_ms: 200,
             snapshot_logs_since_last: 5_000,
             logs_kept_after_snapshot: 1_000,
         }
@@ -115,6 +131,29 @@ impl ControllerConfig {
         if self.broker_heartbeat_timeout_ms < 100 {
             anyhow::bail!("broker_heartbeat_timeout_ms must be at least 100");
         }
+        if self.broker_lease_ms < BROKER_LEASE_MS_MIN {
+            anyhow::bail!(
+                "broker_lease_ms must be at least {BROKER_LEASE_MS_MIN}: a master renews its \
+                 lease by heartbeat, and a shorter one runs out between heartbeats"
+            );
+        }
+        if self.lease_margin_ms < LEASE_MARGIN_MS_MIN {
+            anyhow::bail!(
+                "lease_margin_ms must be at least {LEASE_MARGIN_MS_MIN}: it covers clock-rate \
+                 drift and a master's scheduling delay before it checks its lease"
+            );
+        }
+        let lease_wait_ms = self.broker_lease_ms.saturating_add(self.lease_margin_ms);
+        if self.broker_heartbeat_timeout_ms < lease_wait_ms {
+            anyhow::bail!(
+                "broker_heartbeat_timeout_ms ({}) must be at least broker_lease_ms + \
+                 lease_margin_ms ({} + {} = {lease_wait_ms}): a master whose lease may still \
+                 run must not be shown dead to clients",
+                self.broker_heartbeat_timeout_ms,
+                self.broker_lease_ms,
+                self.lease_margin_ms
+            );
+        }
         if self.snapshot_logs_since_last == 0 {
             anyhow::bail!("snapshot_logs_since_last must be above 0");
         }
@@ -140,6 +179,32 @@ mod tests {
             };
             assert!(config.validate().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn lease_settings_are_validated() {
+        assert!(ControllerConfig::default().validate().is_ok());
+        let with = |lease, margin, timeout| ControllerConfig {
+            broker_lease_ms: lease,
+            lease_margin_ms: margin,
+            broker_heartbeat_timeout_ms: timeout,
+            ..ControllerConfig::default()
+        };
+        let err = with(99, 200, 3_000).validate().unwrap_err().to_string();
+        assert!(
+            err.contains("broker_lease_ms must be at least 100"),
+            "{err}"
+        );
+        let err = with(1_000, 49, 3_000).validate().unwrap_err().to_string();
+        assert!(err.contains("lease_margin_ms must be at least 50"), "{err}");
+        let err = with(1_000, 200, 1_000).validate().unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "(1000) must be at least broker_lease_ms + lease_margin_ms (1000 + 200 = 1200)"
+            ),
+            "{err}"
+        );
+        assert!(with(800, 200, 1_000).validate().is_ok());
     }
 
     #[test]

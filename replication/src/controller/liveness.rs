@@ -2,11 +2,16 @@
 //! heartbeat, in memory only. Writing heartbeats to the Raft log would grow it with time instead
 //! of with changes; a new leader simply starts listening.
 //!
+//! What a broker last said also feeds elections (`election.rs`): its process incarnation, the
+//! newest epoch in its log and its log end rank it as a candidate, and a master's `resigned` flag
+//! ends a planned switchover. Registration counts as a heartbeat, so that a broker is a candidate
+//! as soon as it has registered.
+//!
 //! A leader that has just taken over has heard nobody yet. For one timeout after it became
 //! leader, a broker it has not heard from counts as alive (it was, as far as anyone knows): a
 //! controller election must not look like every broker dying at once.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -28,11 +33,21 @@ pub struct Heartbeat {
     pub confirm_offset: u64,
     /// From a master: how far each slave it knows is. Empty from a slave.
     pub replicas: Vec<ReplicaProgress>,
+    /// The broker process's incarnation (random per process start).
+    pub incarnation: u64,
+    /// The newest epoch in the broker's commit log.
+    pub log_epoch: u64,
+    /// The master epoch the broker acts in (0: none yet).
+    pub master_epoch: u64,
+    /// A master asked to resign says it has stopped acknowledging.
+    pub resigned: bool,
 }
 
 /// What the leader last heard from one broker.
 #[derive(Clone, Debug)]
 pub struct Seen {
+    /// When the leader received it (for a forwarded heartbeat: when the forward arrived, which
+    /// is later than the broker sent it).
     pub at: Instant,
     pub max_offset: u64,
     /// The metadata revision the broker has applied.
@@ -40,6 +55,10 @@ pub struct Seen {
     pub confirm_offset: u64,
     /// The master's report on its slaves (at most [`REPLICAS_MAX`]).
     pub replicas: Vec<ReplicaProgress>,
+    pub incarnation: u64,
+    pub log_epoch: u64,
+    pub master_epoch: u64,
+    pub resigned: bool,
 }
 
 impl Seen {
@@ -91,25 +110,47 @@ impl Liveness {
         self.changes.send_modify(|v| *v += 1);
     }
 
-    /// Records a heartbeat.
-    pub fn beat(&self, group: &str, broker_id: u64, heartbeat: Heartbeat) {
+    /// When this node last became leader; None while it is not leader.
+    pub fn leader_since(&self) -> Option<Instant> {
+        self.inner
+            .lock()
+            .expect("liveness lock poisoned")
+            .leader_since
+    }
+
+    /// Records a heartbeat (or a registration) received at `received_at`.
+    pub fn beat(&self, group: &str, broker_id: u64, heartbeat: Heartbeat, received_at: Instant) {
         let Heartbeat {
             max_offset,
             synced_revision,
             confirm_offset,
             mut replicas,
+            incarnation,
+            log_epoch,
+            master_epoch,
+            resigned,
         } = heartbeat;
         replicas.truncate(REPLICAS_MAX);
         let mut inner = self.inner.lock().expect("liveness lock poisoned");
         let was_alive = Self::alive_in(&inner, self.timeout, group, broker_id, Instant::now());
+        let key = (group.to_owned(), broker_id);
+        // Two heartbeats of one broker handled concurrently: the later receive time stays, so
+        // that a broker never looks silent longer than it was.
+        if inner.seen.get(&key).is_some_and(|s| s.at > received_at) {
+            return;
+        }
         inner.seen.insert(
-            (group.to_owned(), broker_id),
+            key,
             Seen {
-                at: Instant::now(),
+                at: received_at,
                 max_offset,
                 synced_revision,
                 confirm_offset,
                 replicas,
+                incarnation,
+                log_epoch,
+                master_epoch,
+                resigned,
             },
         );
         drop(inner);
@@ -122,6 +163,17 @@ impl Liveness {
     pub fn seen(&self, group: &str, broker_id: u64) -> Option<Seen> {
         let inner = self.inner.lock().expect("liveness lock poisoned");
         inner.seen.get(&(group.to_owned(), broker_id)).cloned()
+    }
+
+    /// What was last heard from each broker of `group` since this node became leader, by id.
+    pub fn seen_group(&self, group: &str) -> BTreeMap<u64, Seen> {
+        let inner = self.inner.lock().expect("liveness lock poisoned");
+        inner
+            .seen
+            .iter()
+            .filter(|((g, _), _)| g == group)
+            .map(|((_, id), seen)| (*id, seen.clone()))
+            .collect()
     }
 
     /// Whether the broker counts as alive now.
@@ -187,6 +239,7 @@ mod tests {
                 synced_revision: 1,
                 ..Heartbeat::default()
             },
+            Instant::now(),
         );
         assert!(liveness.is_alive("a", 0));
         assert_eq!(liveness.seen("a", 0).map(|s| s.max_offset), Some(7));
@@ -213,13 +266,34 @@ mod tests {
                 synced_revision: 1,
                 confirm_offset: 90,
                 replicas,
+                ..Heartbeat::default()
             },
+            Instant::now(),
         );
         let seen = liveness.seen("a", 0).unwrap();
         assert_eq!(seen.confirm_offset, 90);
         assert_eq!(seen.replicas.len(), REPLICAS_MAX);
         assert_eq!(seen.replica(1).map(|r| r.lag_bytes), Some(10));
         assert!(seen.replica(0).is_none());
+    }
+
+    #[test]
+    fn a_heartbeat_handled_late_does_not_roll_the_receive_time_back() {
+        let liveness = Liveness::new(Duration::from_secs(60));
+        liveness.set_leader(true);
+        let earlier = Instant::now();
+        let later = earlier + Duration::from_millis(5);
+        let beat = |log_epoch| Heartbeat {
+            log_epoch,
+            incarnation: 7,
+            ..Heartbeat::default()
+        };
+        liveness.beat("a", 0, beat(2), later);
+        liveness.beat("a", 0, beat(1), earlier);
+        let seen = liveness.seen("a", 0).unwrap();
+        assert_eq!((seen.at, seen.log_epoch, seen.incarnation), (later, 2, 7));
+        assert_eq!(liveness.seen_group("a").len(), 1);
+        assert!(liveness.seen_group("b").is_empty());
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! The controller: a Raft quorum (openraft) that is the cluster's name server and, from step 5,
-//! its failover authority.
+//! The controller: a Raft quorum (openraft) that is the cluster's name server and its failover
+//! authority for groups of controlled brokers.
 //!
 //! Map:
 //! - [`state`]: the replicated state (broker groups and brokers with their in-sync sets, topics
@@ -8,10 +8,14 @@
 //! - [`store`]: the Raft log, vote and state machine in sled, each durable before openraft is told
 //!   so; snapshots from a consistent copy.
 //! - [`network`]: Raft between controllers over tonic, both sides.
-//! - [`liveness`]: which brokers heartbeat lately and what they reported (offsets, replication
-//!   progress), kept in the leader's memory only.
-//! - [`service`]: the gRPC `Controller` service (registration, heartbeats, in-sync set changes,
-//!   routes and the route watch, topics, cluster and quorum status, membership changes); forwards
+//! - [`liveness`]: which brokers heartbeat lately and what they reported (offsets, log epoch,
+//!   incarnation, replication progress, resignation), kept in the leader's memory only.
+//! - [`lease`]: the leases the leader granted masters and the planned switchovers running, in
+//!   the leader's memory only.
+//! - [`election`]: when a controlled group needs a new master and whom to elect (a pure
+//!   decision), and the leader's loop that proposes `ElectMaster` through Raft.
+//! - [`service`]: the gRPC `Controller` service (registration, heartbeats and the lease they
+//!   grant, in-sync set changes, planned switchovers, routes and the route watch, topics, cluster and quorum status, membership changes); forwards
 //!   to the leader.
 //! - [`node`]: starting and stopping one controller: storage, Raft, servers, first
 //!   initialisation.
@@ -20,6 +24,8 @@
 //!   synced from the controller, group views handed to the broker, in-sync set proposals.
 
 pub mod config;
+pub mod election;
+pub mod lease;
 pub mod link;
 pub mod liveness;
 pub mod network;

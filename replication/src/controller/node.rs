@@ -1,5 +1,5 @@
 //! One running controller: storage, Raft, the gRPC servers, first initialisation, and the
-//! background tasks that keep the leader's liveness view current.
+//! background tasks that keep the leader's liveness view current and elect masters.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +14,8 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use super::config::ControllerConfig;
+use super::election::{ElectionContext, ElectionLoop, Timing};
+use super::lease::Leases;
 use super::liveness::Liveness;
 use super::network::{NetworkFactory, RaftService, RAFT_MESSAGE_BYTES_MAX};
 use super::service::ControllerService;
@@ -73,11 +75,26 @@ impl ControllerNode {
         let liveness = Arc::new(Liveness::new(Duration::from_millis(
             config.broker_heartbeat_timeout_ms,
         )));
+        let election = ElectionContext::new(Timing::from_config(&config));
         let tasks = vec![
-            tokio::spawn(follow_leadership(raft.clone(), liveness.clone())),
+            tokio::spawn(follow_leadership(
+                raft.clone(),
+                liveness.clone(),
+                election.leases.clone(),
+            )),
             tokio::spawn(publish_liveness(state.clone(), liveness.clone())),
+            tokio::spawn(
+                ElectionLoop::new(
+                    raft.clone(),
+                    state.clone(),
+                    liveness.clone(),
+                    election.clone(),
+                )
+                .run(),
+            ),
         ];
-        let service = ControllerService::new(config.id, raft.clone(), state.clone(), liveness);
+        let service =
+            ControllerService::new(config.id, raft.clone(), state.clone(), liveness, election);
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
         let server = tokio::spawn(
             tonic::transport::Server::builder()
@@ -134,14 +151,16 @@ impl ControllerNode {
     }
 }
 
-/// Resets the liveness view whenever this node gains or loses leadership.
-async fn follow_leadership(raft: Raft, liveness: Arc<Liveness>) {
+/// Resets the leader's memory (liveness, leases, switchovers) whenever this node gains or loses
+/// leadership.
+async fn follow_leadership(raft: Raft, liveness: Arc<Liveness>, leases: Arc<Leases>) {
     let mut metrics = raft.metrics();
     let mut was_leader = false;
     loop {
         let is_leader = metrics.borrow_and_update().state == ServerState::Leader;
         if is_leader != was_leader {
             tracing::info!(leader = is_leader, "controller leadership changed");
+            leases.clear();
             liveness.set_leader(is_leader);
             was_leader = is_leader;
         }

@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, ServerState};
@@ -24,6 +24,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
+use super::election::{best_switchover_target, is_candidate_alive, ElectionContext};
+use super::lease::{GrantDecision, SwitchoverEnd, SwitchoverPlan};
 use super::liveness::{Heartbeat, Liveness, Seen};
 use super::state::{
     BrokerGroup, BrokerInfo, ClusterState, Command, CommandError, ConfiguredRole, GroupSettings,
@@ -45,6 +47,11 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 const SYNC_WAIT_MAX: Duration = Duration::from_secs(3);
 /// How often that wait looks again.
 const SYNC_POLL: Duration = Duration::from_millis(10);
+/// Longest a planned switchover (`ElectMaster`) waits for its election before answering: below
+/// the forwarding timeout, so that a call forwarded by a follower gets this answer and not a
+/// transport timeout. With the default lease (1 s + 0.2 s margin) a switchover whose master does
+/// not confirm ends in about 1.3 s.
+const SWITCHOVER_WAIT_MAX: Duration = Duration::from_secs(8);
 
 /// A gRPC error with its stable code in the `x-error-code` metadata.
 pub fn error(code: ErrorCode, message: impl Into<String>) -> Status {
@@ -54,6 +61,7 @@ pub fn error(code: ErrorCode, message: impl Into<String>) -> Status {
         }
         ErrorCode::Conflict => tonic::Code::AlreadyExists,
         ErrorCode::ControllerNotAvailable => tonic::Code::Unavailable,
+        ErrorCode::RequestTimeout => tonic::Code::DeadlineExceeded,
         ErrorCode::InternalError => tonic::Code::Internal,
         _ => tonic::Code::InvalidArgument,
     };
@@ -91,18 +99,26 @@ pub struct ControllerService {
     raft: Raft,
     state: SharedState,
     liveness: Arc<Liveness>,
+    election: ElectionContext,
     peers: Mutex<HashMap<String, ControllerClient<Channel>>>,
     /// Membership changes one at a time (openraft refuses overlapping ones).
     membership_lock: tokio::sync::Mutex<()>,
 }
 
 impl ControllerService {
-    pub fn new(id: NodeId, raft: Raft, state: SharedState, liveness: Arc<Liveness>) -> Self {
+    pub fn new(
+        id: NodeId,
+        raft: Raft,
+        state: SharedState,
+        liveness: Arc<Liveness>,
+        election: ElectionContext,
+    ) -> Self {
         ControllerService {
             id,
             raft,
             state,
             liveness,
+            election,
             peers: Mutex::new(HashMap::new()),
             membership_lock: tokio::sync::Mutex::new(()),
         }
@@ -258,6 +274,7 @@ fn role_to_wire(role: ConfiguredRole) -> pb::BrokerRole {
     match role {
         ConfiguredRole::Master => pb::BrokerRole::Master,
         ConfiguredRole::Slave => pb::BrokerRole::Slave,
+        ConfiguredRole::Controlled => pb::BrokerRole::Controlled,
     }
 }
 
@@ -466,7 +483,8 @@ impl ControllerService {
                     lag_bytes: lag.lag_bytes,
                     lag_ms: lag.lag_ms,
                     replica_connected: lag.connected,
-                    ..Default::default()
+                    log_epoch: seen.as_ref().map(|s| s.log_epoch).unwrap_or(0),
+                    election_priority: b.election_priority,
                 }
             })
             .collect();
@@ -479,6 +497,152 @@ impl ControllerService {
             in_sync_set_epoch: group.in_sync_set_epoch,
             brokers,
         }
+    }
+
+    /// The heartbeat answer: the group view, and the lease that goes with it. A lease is granted
+    /// only to the master of a controlled group at the incarnation it was elected with (and which
+    /// is its registered one), and only after a quorum confirmed this node still leads and its
+    /// state is the latest: a deposed leader that has not noticed yet must not promise a lease
+    /// its successor does not know of. The view answered is the one the lease was decided on.
+    async fn lease_answer(
+        &self,
+        group: &str,
+        broker_id: u64,
+        incarnation: u64,
+        received_at: Instant,
+    ) -> pb::BrokerHeartbeatResponse {
+        let leased_epoch = |state: &ClusterState| {
+            let g = state.groups.get(group)?;
+            let registered = g.brokers.get(&broker_id)?.incarnation;
+            (g.is_controlled()
+                && g.master_id == Some(broker_id)
+                && g.master_incarnation == incarnation
+                && registered == incarnation)
+                .then_some(g.master_epoch)
+        };
+        let read = |state: &ClusterState| pb::BrokerHeartbeatResponse {
+            metadata_revision: state.metadata_revision,
+            group: group_view(state, group),
+            ..Default::default()
+        };
+        if self.state.read(|data| leased_epoch(&data.state)).is_none() {
+            return self.state.read(|data| read(&data.state));
+        }
+        if let Err(err) = self.raft.ensure_linearizable().await {
+            tracing::debug!(group, broker_id, error = %err, "leadership not confirmed; no lease");
+            return self.state.read(|data| read(&data.state));
+        }
+        let (mut answer, epoch) = self
+            .state
+            .read(|data| (read(&data.state), leased_epoch(&data.state)));
+        if let Some(epoch) = epoch {
+            match self.election.leases.grant(group, epoch, received_at) {
+                GrantDecision::Granted => {
+                    answer.lease_ms = self.election.timing.broker_lease.as_millis() as u64;
+                }
+                GrantDecision::Resign => answer.resign = true,
+                GrantDecision::Fenced => {}
+            }
+        }
+        answer
+    }
+
+    /// Checks a planned switchover request against the state and liveness; answers the plan.
+    fn switchover_plan(&self, req: &pb::ElectMasterRequest) -> Result<SwitchoverPlan, Status> {
+        let now = Instant::now();
+        let timing = self.election.timing;
+        let seen = self.liveness.seen_group(&req.group);
+        self.state.read(|data| {
+            let Some(group) = data.state.groups.get(&req.group) else {
+                return Err(error(
+                    ErrorCode::BrokerGroupNotFound,
+                    format!("broker group {:?} is not registered", req.group),
+                ));
+            };
+            if !group.is_controlled() {
+                return Err(error(
+                    ErrorCode::Conflict,
+                    format!(
+                        "broker group {:?} has static roles (MASTER or SLAVE): its master is the \
+                         broker configured so; only groups of CONTROLLED brokers have elections",
+                        req.group
+                    ),
+                ));
+            }
+            let in_sync = |id: u64| group.never_had_master() || group.in_sync_set.contains(&id);
+            let target = match req.broker_id {
+                Some(id) => {
+                    if !group.brokers.contains_key(&id) {
+                        return Err(error(
+                            ErrorCode::NotFound,
+                            format!(
+                                "broker {id} is not registered in broker group {:?}",
+                                req.group
+                            ),
+                        ));
+                    }
+                    if group.master_id == Some(id) {
+                        return Err(error(
+                            ErrorCode::Conflict,
+                            format!(
+                                "broker {id} is already the master of broker group {:?} (master \
+                                 epoch {})",
+                                req.group, group.master_epoch
+                            ),
+                        ));
+                    }
+                    if !is_candidate_alive(group, &seen, id, now, &timing) {
+                        let heard = seen
+                            .get(&id)
+                            .map(|s| {
+                                format!(
+                                    "last heard {} ms ago",
+                                    now.duration_since(s.at).as_millis()
+                                )
+                            })
+                            .unwrap_or_else(|| {
+                                "not heard since this controller became leader".to_owned()
+                            });
+                        return Err(error(
+                            ErrorCode::Conflict,
+                            format!(
+                                "broker {id} is not alive ({heard}; a master must have been heard \
+                                 within {} ms)",
+                                timing.lease_wait().as_millis()
+                            ),
+                        ));
+                    }
+                    if !req.unclean && !in_sync(id) {
+                        return Err(error(
+                            ErrorCode::Conflict,
+                            format!(
+                                "broker {id} is not in the in-sync set {:?} of broker group {:?}: \
+                                 it may lack acknowledged messages; wait until it catches up, or \
+                                 elect it with unclean (which may lose them)",
+                                group.in_sync_set, req.group
+                            ),
+                        ));
+                    }
+                    id
+                }
+                None => best_switchover_target(group, &seen, now, &timing).ok_or_else(|| {
+                    error(
+                        ErrorCode::Conflict,
+                        format!(
+                            "broker group {:?} has no alive member of its in-sync set {:?} other \
+                             than the master {:?} to move mastership to",
+                            req.group, group.in_sync_set, group.master_id
+                        ),
+                    )
+                })?,
+            };
+            Ok(SwitchoverPlan {
+                target,
+                unclean: req.unclean,
+                started: now,
+                master_epoch: group.master_epoch,
+            })
+        })
     }
 
     fn routes(&self, topics: &[String]) -> Vec<pb::TopicRoute> {
@@ -498,12 +662,19 @@ impl pb::controller_server::Controller for ControllerService {
         &self,
         request: Request<pb::RegisterBrokerRequest>,
     ) -> Result<Response<pb::RegisterBrokerResponse>, Status> {
+        let received_at = Instant::now();
         write_at_leader!(self, request, register_broker);
         let req = request.into_inner();
         let role = match pb::BrokerRole::try_from(req.role) {
             Ok(pb::BrokerRole::Master) => ConfiguredRole::Master,
             Ok(pb::BrokerRole::Slave) => ConfiguredRole::Slave,
-            _ => return Err(error(ErrorCode::BadRequest, "role must be MASTER or SLAVE")),
+            Ok(pb::BrokerRole::Controlled) => ConfiguredRole::Controlled,
+            _ => {
+                return Err(error(
+                    ErrorCode::BadRequest,
+                    "role must be MASTER, SLAVE or CONTROLLED",
+                ))
+            }
         };
         self.write(Command::RegisterBroker {
             cluster: req.cluster,
@@ -512,12 +683,25 @@ impl pb::controller_server::Controller for ControllerService {
                 id: req.broker_id,
                 addr: req.addr,
                 configured_role: role,
+                incarnation: req.incarnation,
+                election_priority: req.election_priority,
             },
         })
         .await?;
-        // Not synced yet: the broker syncs right after registering and reports it.
-        self.liveness
-            .beat(&req.group, req.broker_id, Heartbeat::default());
+        // Counts as a heartbeat, so that the broker is an election candidate at once. Not synced
+        // yet: the broker syncs right after registering and reports it.
+        self.liveness.beat(
+            &req.group,
+            req.broker_id,
+            Heartbeat {
+                max_offset: req.max_offset,
+                incarnation: req.incarnation,
+                log_epoch: req.log_epoch,
+                ..Heartbeat::default()
+            },
+            received_at,
+        );
+        self.election.wake.notify_one();
         let group = self.state.read(|data| group_view(&data.state, &req.group));
         Ok(Response::new(pb::RegisterBrokerResponse { group }))
     }
@@ -526,19 +710,17 @@ impl pb::controller_server::Controller for ControllerService {
         &self,
         request: Request<pb::BrokerHeartbeatRequest>,
     ) -> Result<Response<pb::BrokerHeartbeatResponse>, Status> {
+        // Before anything else: the lease is recorded as granted at this instant, which must not
+        // be earlier than the broker sent the heartbeat (it cannot be) and should be as early as
+        // possible (later only delays a successor).
+        let received_at = Instant::now();
         write_at_leader!(self, request, broker_heartbeat);
         let req = request.into_inner();
-        let (known, revision, group) = self.state.read(|data| {
-            let known = data
-                .state
+        let known = self.state.read(|data| {
+            data.state
                 .groups
                 .get(&req.group)
-                .is_some_and(|g| g.brokers.contains_key(&req.broker_id));
-            (
-                known,
-                data.state.metadata_revision,
-                group_view(&data.state, &req.group),
-            )
+                .is_some_and(|g| g.brokers.contains_key(&req.broker_id))
         });
         if !known {
             return Err(error(
@@ -557,20 +739,126 @@ impl pb::controller_server::Controller for ControllerService {
                 synced_revision: req.synced_revision,
                 confirm_offset: req.confirm_offset,
                 replicas: req.replicas,
+                incarnation: req.incarnation,
+                log_epoch: req.log_epoch,
+                master_epoch: req.master_epoch,
+                resigned: req.resigned,
             },
+            received_at,
         );
-        Ok(Response::new(pb::BrokerHeartbeatResponse {
-            metadata_revision: revision,
-            group,
-            ..Default::default()
-        }))
+        if req.resigned {
+            // A planned switchover may elect now rather than at the next tick.
+            self.election.wake.notify_one();
+        }
+        let answer = self
+            .lease_answer(&req.group, req.broker_id, req.incarnation, received_at)
+            .await;
+        Ok(Response::new(answer))
     }
 
     async fn elect_master(
         &self,
-        _request: Request<pb::ElectMasterRequest>,
+        request: Request<pb::ElectMasterRequest>,
     ) -> Result<Response<pb::ElectMasterResponse>, Status> {
-        Err(Status::unimplemented("elections come with step 5"))
+        write_at_leader!(self, request, elect_master);
+        let req = request.into_inner();
+        if req.group.is_empty() {
+            return Err(error(ErrorCode::BadRequest, "group is required"));
+        }
+        if req.unclean && req.broker_id.is_none() {
+            return Err(error(
+                ErrorCode::BadRequest,
+                "an unclean election needs broker_id: the controller never picks a broker that \
+                 may lack acknowledged messages by itself",
+            ));
+        }
+        // Judge the request against the latest state, confirmed by a quorum.
+        self.raft
+            .ensure_linearizable()
+            .await
+            .map_err(|err| unavailable(format!("cannot confirm leadership: {err}")))?;
+        let plan = self.switchover_plan(&req)?;
+        let target = plan.target;
+        let from_epoch = plan.master_epoch;
+        let (id, outcome) = self
+            .election
+            .leases
+            .start_switchover(&req.group, plan)
+            .map_err(|running| {
+                error(
+                    ErrorCode::Conflict,
+                    format!(
+                        "a switchover of broker group {:?} to broker {} is already running \
+                         (started {} ms ago); wait for it to end",
+                        req.group,
+                        running.target,
+                        running.started.elapsed().as_millis()
+                    ),
+                )
+            })?;
+        tracing::info!(group = %req.group, target, unclean = req.unclean, master_epoch = from_epoch, "planned switchover started; asking the master to resign");
+        self.election.wake.notify_one();
+        let end = match tokio::time::timeout(SWITCHOVER_WAIT_MAX, outcome).await {
+            Ok(Ok(end)) => end,
+            Ok(Err(_)) => SwitchoverEnd::Abandoned {
+                reason: "the controller stopped leading before the election".to_owned(),
+            },
+            Err(_) => {
+                let reason = format!(
+                    "broker {target} was not elected within {} s",
+                    SWITCHOVER_WAIT_MAX.as_secs()
+                );
+                self.election.leases.end_switchover(
+                    &req.group,
+                    id,
+                    SwitchoverEnd::Abandoned {
+                        reason: reason.clone(),
+                    },
+                );
+                SwitchoverEnd::Abandoned { reason }
+            }
+        };
+        let (view, master_now) = self.state.read(|data| {
+            let group = data.state.groups.get(&req.group);
+            (
+                group_view(&data.state, &req.group),
+                group.map(|g| (g.master_id, g.master_epoch)),
+            )
+        });
+        match end {
+            SwitchoverEnd::Elected {
+                possibly_lost_bytes,
+                ..
+            } => Ok(Response::new(pb::ElectMasterResponse {
+                group: view,
+                possibly_lost_bytes,
+            })),
+            // The loop gave up or we stopped waiting; but the target may have been elected just
+            // then: the state says.
+            SwitchoverEnd::Abandoned { .. }
+                if master_now.is_some_and(|(m, e)| m == Some(target) && e > from_epoch) =>
+            {
+                Ok(Response::new(pb::ElectMasterResponse {
+                    group: view,
+                    possibly_lost_bytes: 0,
+                }))
+            }
+            SwitchoverEnd::Abandoned { reason } => {
+                let (master, epoch) = master_now.unwrap_or((None, 0));
+                let now = match master {
+                    Some(id) => format!("broker {id} is master at master epoch {epoch}"),
+                    None => format!("the group has no master (master epoch {epoch})"),
+                };
+                Err(error(
+                    ErrorCode::RequestTimeout,
+                    format!(
+                        "switchover of broker group {:?} to broker {target} did not happen: \
+                         {reason}; {now}",
+                        req.group
+                    ),
+                ))
+            }
+        }
     }
 
     async fn group_topics(
@@ -1052,8 +1340,6 @@ impl pb::controller_server::Controller for ControllerService {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Instant;
-
     use super::*;
 
     fn group() -> BrokerGroup {
@@ -1064,6 +1350,8 @@ mod tests {
                     id,
                     addr: format!("127.0.0.1:{}", 10911 + id),
                     configured_role: role,
+                    incarnation: 1,
+                    election_priority: 0,
                 },
             )
         };
@@ -1078,6 +1366,7 @@ mod tests {
             master_epoch: 1,
             in_sync_set: BTreeSet::from([0]),
             in_sync_set_epoch: 1,
+            master_incarnation: 1,
         }
     }
 
@@ -1088,6 +1377,10 @@ mod tests {
             synced_revision: 0,
             confirm_offset: 0,
             replicas,
+            incarnation: 1,
+            log_epoch: 0,
+            master_epoch: 0,
+            resigned: false,
         }
     }
 

@@ -29,12 +29,23 @@ pub const IN_SYNC_SET_MAX: usize = 64;
 pub const PERM_READ: u32 = 4;
 pub const PERM_WRITE: u32 = 2;
 
-/// The role a broker was configured with. Step 5 lets the controller assign roles; until then a
-/// broker states its role when it registers, as in RocketMQ 4.
+/// The role a broker was configured with. `Master` and `Slave` are static roles, as in RocketMQ
+/// 4: the broker states its role when it registers and nothing fails over. `Controlled` leaves
+/// the role to the controller, which elects the group's master and fails it over
+/// (`election.rs`). A group is either static or controlled, never a mix: a static master would
+/// take mastership back from an elected one at its next registration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ConfiguredRole {
     Master,
     Slave,
+    Controlled,
+}
+
+impl ConfiguredRole {
+    /// Whether the controller elects this broker's role.
+    pub fn is_controlled(self) -> bool {
+        self == ConfiguredRole::Controlled
+    }
 }
 
 /// One broker of a group.
@@ -43,6 +54,15 @@ pub struct BrokerInfo {
     pub id: u64,
     pub addr: String,
     pub configured_role: ConfiguredRole,
+    /// Chosen at random by the broker process when it starts, and registered: a master whose
+    /// registered incarnation is not the one it was elected with is a new process, which holds
+    /// no lease (0 in state written before step 5).
+    #[serde(default)]
+    pub incarnation: u64,
+    /// Among election candidates equal in log epoch and max offset, the lowest wins (RocketMQ's
+    /// brokerElectionPriority).
+    #[serde(default)]
+    pub election_priority: u32,
 }
 
 /// A broker group (RocketMQ's brokerName): one master, its slaves, and who is in sync.
@@ -56,6 +76,35 @@ pub struct BrokerGroup {
     pub master_epoch: u64,
     pub in_sync_set: BTreeSet<u64>,
     pub in_sync_set_epoch: u64,
+    /// The incarnation the master had when it became master (elected, or registered as a static
+    /// master). Leases go only to that process; a master registered again with another one has
+    /// restarted, and a controlled group elects again at once.
+    #[serde(default)]
+    pub master_incarnation: u64,
+}
+
+impl BrokerGroup {
+    /// Whether the controller elects this group's master: its brokers registered CONTROLLED
+    /// (all of them or none, [`ClusterState::apply`] refuses a mix).
+    pub fn is_controlled(&self) -> bool {
+        self.brokers
+            .values()
+            .any(|broker| broker.configured_role.is_controlled())
+    }
+
+    /// Whether the group has ever had a master: until then every registered broker is a
+    /// candidate, since no in-sync set has been formed yet.
+    pub fn never_had_master(&self) -> bool {
+        self.master_epoch == 0 || self.in_sync_set.is_empty()
+    }
+
+    /// The master restarted: its registered incarnation is not the one it became master with,
+    /// so the process that held its lease is gone.
+    pub fn master_restarted(&self) -> bool {
+        self.master_id
+            .and_then(|id| self.brokers.get(&id))
+            .is_some_and(|master| master.incarnation != self.master_incarnation)
+    }
 }
 
 /// A topic: how many queues it has on each broker group, and whether it may be read and written.
@@ -144,6 +193,22 @@ pub enum Command {
         master_epoch: u64,
         in_sync_set_epoch: u64,
         in_sync_set: BTreeSet<u64>,
+    },
+    /// The controller leader elects a master for a controlled group (automatically, or for a
+    /// planned switchover). A compare-and-set on `master_epoch`: decided against one state, it
+    /// is refused if the group moved on meanwhile, so two deciders (a switchover racing a
+    /// failover, or two leaders in turn) elect at most one master per epoch. Accepted, the master
+    /// epoch and the in-sync set epoch rise by one. Unless `unclean`, the new master comes from
+    /// the in-sync set (any registered broker while the group has never had a master) and the
+    /// new set keeps only members of the old one.
+    ElectMaster {
+        group: String,
+        /// The group's master epoch the election was decided at.
+        master_epoch: u64,
+        master_id: u64,
+        in_sync_set: BTreeSet<u64>,
+        /// Elect outside the in-sync set: acknowledged messages the new master lacks are lost.
+        unclean: bool,
     },
 }
 
@@ -234,6 +299,13 @@ impl ClusterState {
                 *in_sync_set_epoch,
                 in_sync_set,
             ),
+            Command::ElectMaster {
+                group,
+                master_epoch,
+                master_id,
+                in_sync_set,
+                unclean,
+            } => self.elect_master(group, *master_epoch, *master_id, in_sync_set, *unclean),
         };
         match result {
             Ok(changed) => CommandResult::Done { changed },
@@ -259,6 +331,22 @@ impl ClusterState {
                 return Err(CommandError::Conflict(format!(
                     "broker group {group_name:?} belongs to cluster {:?}, not {cluster:?}",
                     group.cluster
+                )));
+            }
+            if let Some(other) = group.brokers.values().find(|b| {
+                b.id != broker.id
+                    && b.configured_role.is_controlled() != broker.configured_role.is_controlled()
+            }) {
+                let (static_id, controlled_id) = if broker.configured_role.is_controlled() {
+                    (other.id, broker.id)
+                } else {
+                    (broker.id, other.id)
+                };
+                return Err(CommandError::Conflict(format!(
+                    "broker group {group_name:?} cannot mix static and controlled roles: broker \
+                     {static_id} has a static role (MASTER or SLAVE, no automatic failover), \
+                     broker {controlled_id} is CONTROLLED (the controller elects the master); \
+                     configure every broker of the group the same way"
                 )));
             }
             if broker.configured_role == ConfiguredRole::Master {
@@ -294,10 +382,15 @@ impl ClusterState {
             ConfiguredRole::Master if group.master_id != Some(broker.id) => {
                 group.master_id = Some(broker.id);
                 group.master_epoch += 1;
+                group.master_incarnation = broker.incarnation;
                 // A new master starts alone in its in-sync set; slaves join as they catch up.
                 group.in_sync_set = BTreeSet::from([broker.id]);
                 group.in_sync_set_epoch += 1;
                 changed = true;
+            }
+            ConfiguredRole::Master => {
+                // A static master restarted: it is master by configuration, in this process too.
+                group.master_incarnation = broker.incarnation;
             }
             ConfiguredRole::Slave if group.master_id == Some(broker.id) => {
                 // A static master restarted as a slave: the group has no master until one
@@ -307,7 +400,11 @@ impl ClusterState {
                 group.in_sync_set_epoch += 1;
                 changed = true;
             }
-            _ => {}
+            // A controlled broker never makes itself master: the controller leader elects one
+            // (at once for a group that never had a master, `election.rs`). A restarted
+            // controlled master stays named master until then, without a lease: its new
+            // incarnation differs from `master_incarnation`.
+            ConfiguredRole::Slave | ConfiguredRole::Controlled => {}
         }
         Ok(changed)
     }
@@ -469,6 +566,86 @@ impl ClusterState {
         Ok(true)
     }
 
+    fn elect_master(
+        &mut self,
+        group_name: &str,
+        master_epoch: u64,
+        master_id: u64,
+        in_sync_set: &BTreeSet<u64>,
+        unclean: bool,
+    ) -> Result<bool, CommandError> {
+        let group = self
+            .groups
+            .get_mut(group_name)
+            .ok_or_else(|| CommandError::GroupNotFound(group_name.to_owned()))?;
+        if !group.is_controlled() {
+            return Err(CommandError::Conflict(format!(
+                "broker group {group_name:?} has static roles (MASTER or SLAVE): its master is \
+                 the broker configured so, and the controller elects none"
+            )));
+        }
+        // The compare-and-set first: an election decided against an older state is stale
+        // whatever it names.
+        if group.master_epoch != master_epoch {
+            return Err(CommandError::Conflict(format!(
+                "master epoch changed meanwhile: the election was decided at master epoch \
+                 {master_epoch}, broker group {group_name:?} is at {}",
+                group.master_epoch
+            )));
+        }
+        let Some(incarnation) = group.brokers.get(&master_id).map(|b| b.incarnation) else {
+            return Err(CommandError::Invalid(format!(
+                "broker {master_id} is not registered in broker group {group_name:?}"
+            )));
+        };
+        if !unclean && !group.never_had_master() && !group.in_sync_set.contains(&master_id) {
+            return Err(CommandError::Conflict(format!(
+                "broker {master_id} is not in the in-sync set {:?} of broker group \
+                 {group_name:?}: it may lack acknowledged messages (only an unclean election \
+                 may choose it)",
+                group.in_sync_set
+            )));
+        }
+        if in_sync_set.len() > IN_SYNC_SET_MAX {
+            return Err(CommandError::Invalid(format!(
+                "an in-sync set names at most {IN_SYNC_SET_MAX} brokers, not {}",
+                in_sync_set.len()
+            )));
+        }
+        if !in_sync_set.contains(&master_id) {
+            return Err(CommandError::Invalid(format!(
+                "the new in-sync set {in_sync_set:?} must contain the new master {master_id}"
+            )));
+        }
+        if let Some(unknown) = in_sync_set
+            .iter()
+            .find(|id| !group.brokers.contains_key(id))
+        {
+            return Err(CommandError::Invalid(format!(
+                "broker {unknown} is not registered in broker group {group_name:?}"
+            )));
+        }
+        if !unclean {
+            // Nobody becomes in sync by an election: only the master's proposals add members.
+            if let Some(added) = in_sync_set
+                .iter()
+                .find(|id| **id != master_id && !group.in_sync_set.contains(id))
+            {
+                return Err(CommandError::Invalid(format!(
+                    "broker {added} is not in the in-sync set {:?} of broker group \
+                     {group_name:?}; an election keeps only members of it",
+                    group.in_sync_set
+                )));
+            }
+        }
+        group.master_id = Some(master_id);
+        group.master_epoch += 1;
+        group.master_incarnation = incarnation;
+        group.in_sync_set = in_sync_set.clone();
+        group.in_sync_set_epoch += 1;
+        Ok(true)
+    }
+
     /// Topics with queues on `group`, and their queue count there.
     pub fn topics_of_group(&self, group: &str) -> Vec<(String, u32, u32)> {
         self.topics
@@ -492,6 +669,8 @@ mod tests {
             id,
             addr: format!("127.0.0.1:{}", 10911 + id),
             configured_role: role,
+            incarnation: 100 + id,
+            election_priority: 0,
         }
     }
 
@@ -632,6 +811,27 @@ mod tests {
         }
     }
 
+    impl Command {
+        fn with_group(self, name: &str) -> Command {
+            match self {
+                Command::AlterInSyncSet {
+                    master_id,
+                    master_epoch,
+                    in_sync_set_epoch,
+                    in_sync_set,
+                    ..
+                } => Command::AlterInSyncSet {
+                    group: name.into(),
+                    master_id,
+                    master_epoch,
+                    in_sync_set_epoch,
+                    in_sync_set,
+                },
+                other => other,
+            }
+        }
+    }
+
     /// Applies `command`, expects a refusal that `expected` accepts, and checks that the whole
     /// state is unchanged.
     fn assert_refused(
@@ -748,5 +948,248 @@ mod tests {
         );
         let too_many: Vec<u64> = (0..=IN_SYNC_SET_MAX as u64).collect();
         assert_refused(&mut state, alter(0, 1, 1, &too_many), invalid);
+    }
+
+    /// Group "c": controlled brokers 0, 1 and 2, no master yet.
+    fn controlled_group() -> ClusterState {
+        let mut state = ClusterState::default();
+        for id in 0..3 {
+            assert_eq!(
+                register(&mut state, "c", broker(id, ConfiguredRole::Controlled)),
+                CommandResult::Done { changed: true }
+            );
+        }
+        state
+    }
+
+    fn elect(master_epoch: u64, master_id: u64, set: &[u64], unclean: bool) -> Command {
+        Command::ElectMaster {
+            group: "c".into(),
+            master_epoch,
+            master_id,
+            in_sync_set: set.iter().copied().collect(),
+            unclean,
+        }
+    }
+
+    #[test]
+    fn a_controlled_registration_never_makes_a_master() {
+        let state = controlled_group();
+        let group = &state.groups["c"];
+        assert!(group.is_controlled());
+        assert_eq!(group.master_id, None);
+        assert_eq!((group.master_epoch, group.in_sync_set_epoch), (0, 0));
+        assert!(group.in_sync_set.is_empty());
+        assert_eq!(group.brokers[&2].incarnation, 102);
+    }
+
+    #[test]
+    fn a_group_mixing_static_and_controlled_roles_is_refused() {
+        let mut state = controlled_group();
+        for role in [ConfiguredRole::Master, ConfiguredRole::Slave] {
+            let err = assert_refused(
+                &mut state,
+                Command::RegisterBroker {
+                    cluster: "c".into(),
+                    group: "c".into(),
+                    broker: broker(3, role),
+                },
+                |err| matches!(err, CommandError::Conflict(_)),
+            );
+            assert!(
+                err.to_string().contains("cannot mix static and controlled"),
+                "{err}"
+            );
+        }
+        let mut state = group_of_three();
+        let err = assert_refused(
+            &mut state,
+            Command::RegisterBroker {
+                cluster: "c".into(),
+                group: "a".into(),
+                broker: broker(3, ConfiguredRole::Controlled),
+            },
+            |err| matches!(err, CommandError::Conflict(_)),
+        );
+        assert!(err.to_string().contains("broker 3 is CONTROLLED"), "{err}");
+    }
+
+    #[test]
+    fn the_first_election_may_choose_any_registered_broker() {
+        let mut state = controlled_group();
+        assert_eq!(
+            state.apply(&elect(0, 2, &[2], false)),
+            CommandResult::Done { changed: true }
+        );
+        let group = &state.groups["c"];
+        assert_eq!(group.master_id, Some(2));
+        assert_eq!((group.master_epoch, group.in_sync_set_epoch), (1, 1));
+        assert_eq!(group.in_sync_set, BTreeSet::from([2]));
+        assert_eq!(group.master_incarnation, 102);
+        assert!(!group.master_restarted());
+    }
+
+    #[test]
+    fn an_election_at_a_stale_master_epoch_is_refused() {
+        let mut state = controlled_group();
+        state.apply(&elect(0, 0, &[0], false));
+        // The same decision again: the epoch moved on, so it must not elect a second master.
+        let err = assert_refused(&mut state, elect(0, 1, &[1], false), |err| {
+            matches!(err, CommandError::Conflict(_))
+        });
+        assert_eq!(
+            err.to_string(),
+            "conflict: master epoch changed meanwhile: the election was decided at master epoch \
+             0, broker group \"c\" is at 1"
+        );
+        assert_refused(&mut state, elect(2, 1, &[1], false), |err| {
+            matches!(err, CommandError::Conflict(_))
+        });
+    }
+
+    #[test]
+    fn an_election_of_an_unknown_broker_or_in_an_unknown_or_static_group_is_refused() {
+        let mut state = controlled_group();
+        let err = assert_refused(&mut state, elect(0, 7, &[7], false), |err| {
+            matches!(err, CommandError::Invalid(_))
+        });
+        assert!(
+            err.to_string().contains("broker 7 is not registered"),
+            "{err}"
+        );
+        assert_refused(
+            &mut state,
+            Command::ElectMaster {
+                group: "nope".into(),
+                master_epoch: 0,
+                master_id: 0,
+                in_sync_set: BTreeSet::from([0]),
+                unclean: false,
+            },
+            |err| matches!(err, CommandError::GroupNotFound(_)),
+        );
+        let mut state = group_of_three();
+        let err = assert_refused(
+            &mut state,
+            Command::ElectMaster {
+                group: "a".into(),
+                master_epoch: 1,
+                master_id: 1,
+                in_sync_set: BTreeSet::from([1]),
+                unclean: false,
+            },
+            |err| matches!(err, CommandError::Conflict(_)),
+        );
+        assert!(err.to_string().contains("static roles"), "{err}");
+    }
+
+    #[test]
+    fn a_clean_election_stays_inside_the_in_sync_set() {
+        let mut state = controlled_group();
+        state.apply(&elect(0, 0, &[0], false));
+        state.apply(&alter(0, 1, 1, &[0, 1]).with_group("c"));
+        assert_eq!(state.groups["c"].in_sync_set, BTreeSet::from([0, 1]));
+        // Broker 2 never caught up: electing it could lose acknowledged messages.
+        let err = assert_refused(&mut state, elect(1, 2, &[2], false), |err| {
+            matches!(err, CommandError::Conflict(_))
+        });
+        assert!(err.to_string().contains("not in the in-sync set"), "{err}");
+        // Nor may an election add it to the set.
+        let err = assert_refused(&mut state, elect(1, 1, &[1, 2], false), |err| {
+            matches!(err, CommandError::Invalid(_))
+        });
+        assert!(
+            err.to_string()
+                .contains("broker 2 is not in the in-sync set"),
+            "{err}"
+        );
+        // The new set must hold the new master, and only registered brokers.
+        assert_refused(&mut state, elect(1, 1, &[0], false), |err| {
+            matches!(err, CommandError::Invalid(_))
+        });
+        assert_refused(&mut state, elect(1, 1, &[1, 9], false), |err| {
+            matches!(err, CommandError::Invalid(_))
+        });
+        assert_eq!(
+            state.apply(&elect(1, 1, &[1], false)),
+            CommandResult::Done { changed: true }
+        );
+        let group = &state.groups["c"];
+        assert_eq!(group.master_id, Some(1));
+        assert_eq!((group.master_epoch, group.in_sync_set_epoch), (2, 3));
+        assert_eq!(group.in_sync_set, BTreeSet::from([1]));
+        assert_eq!(group.master_incarnation, 101);
+    }
+
+    #[test]
+    fn an_unclean_election_may_choose_outside_the_in_sync_set() {
+        let mut state = controlled_group();
+        state.apply(&elect(0, 0, &[0], false));
+        assert_eq!(
+            state.apply(&elect(1, 2, &[2], true)),
+            CommandResult::Done { changed: true }
+        );
+        let group = &state.groups["c"];
+        assert_eq!(group.master_id, Some(2));
+        assert_eq!(group.master_epoch, 2);
+        assert_eq!(group.in_sync_set, BTreeSet::from([2]));
+        // Still refused: a set without the new master, or naming unknown brokers.
+        assert_refused(&mut state, elect(2, 1, &[2], true), |err| {
+            matches!(err, CommandError::Invalid(_))
+        });
+        assert_refused(&mut state, elect(2, 1, &[1, 9], true), |err| {
+            matches!(err, CommandError::Invalid(_))
+        });
+    }
+
+    #[test]
+    fn a_master_registered_with_a_new_incarnation_has_restarted() {
+        let mut state = controlled_group();
+        state.apply(&elect(0, 0, &[0], false));
+        let before = state.groups["c"].clone();
+        let restarted = BrokerInfo {
+            incarnation: 555,
+            ..broker(0, ConfiguredRole::Controlled)
+        };
+        assert_eq!(
+            register(&mut state, "c", restarted),
+            CommandResult::Done { changed: true }
+        );
+        let group = &state.groups["c"];
+        assert!(group.master_restarted());
+        // Still named master, at the same epoch, until the controller elects again.
+        assert_eq!(group.master_id, before.master_id);
+        assert_eq!(group.master_epoch, before.master_epoch);
+        assert_eq!(group.master_incarnation, 100);
+        // Electing it again gives its new process the lease's incarnation and a new epoch.
+        state.apply(&elect(1, 0, &[0], false));
+        let group = &state.groups["c"];
+        assert!(!group.master_restarted());
+        assert_eq!((group.master_epoch, group.master_incarnation), (2, 555));
+    }
+
+    #[test]
+    fn a_static_master_records_the_incarnation_it_registered_with() {
+        let mut state = group_of_three();
+        assert_eq!(state.groups["a"].master_incarnation, 100);
+        let restarted = BrokerInfo {
+            incarnation: 9,
+            ..broker(0, ConfiguredRole::Master)
+        };
+        register(&mut state, "a", restarted);
+        let group = &state.groups["a"];
+        assert_eq!((group.master_epoch, group.master_incarnation), (1, 9));
+        assert!(!group.master_restarted());
+    }
+
+    #[test]
+    fn state_written_before_incarnations_still_loads() {
+        let old = r#"{"id":1,"addr":"h:1","configured_role":"Master"}"#;
+        let info: BrokerInfo = serde_json::from_str(old).unwrap();
+        assert_eq!((info.incarnation, info.election_priority), (0, 0));
+        let group = r#"{"cluster":"c","brokers":{},"master_id":null,"master_epoch":3,
+            "in_sync_set":[],"in_sync_set_epoch":2}"#;
+        let group: BrokerGroup = serde_json::from_str(group).unwrap();
+        assert_eq!(group.master_incarnation, 0);
     }
 }

@@ -1,0 +1,1031 @@
+//! Master elections for controlled broker groups: when a group needs a new master, whom to elect,
+//! and the leader's loop that carries it out.
+//!
+//! The decision is a pure function ([`decide`]) of one group's replicated state, what the leader
+//! heard from its brokers (liveness), the time, when this node became leader, the last lease it
+//! granted in the group, and a planned switchover if one runs. The loop ([`ElectionLoop`]) only
+//! gathers those facts every [`ELECTION_TICK`] (and when something changed), and proposes the
+//! decided `Command::ElectMaster` through Raft.
+//!
+//! Safety rests on three things:
+//! - **Leases.** A successor is elected only once the old master's lease has certainly run out:
+//!   `lease_wait` (= `broker_lease_ms + lease_margin_ms`) after the last heartbeat this leader
+//!   granted a lease on, and after this node became leader (its predecessor may have granted one
+//!   just before). Two cases need no wait: a group that never had a master, and a master that
+//!   registered again with a new incarnation (the process that held the lease is gone); and a
+//!   master that confirmed its resignation has given its lease up.
+//! - **The fence.** Between deciding and the election being applied, a heartbeat from the master
+//!   could still be granted a lease on the old state. The loop fences the group's master epoch in
+//!   the lease table first (refused if a lease was granted since it looked), so it cannot.
+//! - **Compare-and-set.** `ElectMaster` carries the master epoch it was decided at, and is
+//!   refused if the group moved on: a switchover racing a failover, or a leader that died
+//!   mid-election and a successor deciding again, elect at most one master per epoch.
+//!
+//! Candidates are the alive members of the in-sync set (any alive broker of a group that never
+//! had a master), alive meaning heard within `lease_wait` from the registered process. The lost
+//! master is not one, unless it restarted and is alive again. They are ranked by log epoch, then
+//! log end (both highest first), then election priority, then broker id (both lowest first). The
+//! new in-sync set is the winner and the other alive members of the old set, never the old master
+//! (it rejoins by catching up, like any slave).
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::error::RaftError;
+use openraft::ServerState;
+use tokio::sync::Notify;
+
+use super::config::ControllerConfig;
+use super::lease::{Leases, SwitchoverEnd, SwitchoverPlan};
+use super::liveness::{Liveness, Seen};
+use super::state::{BrokerGroup, Command, CommandResult};
+use super::store::SharedState;
+use super::Raft;
+
+/// How often the leader looks at every controlled group. A master is found lost at most this
+/// late after its lease wait ends; it costs one pass over the groups in memory.
+pub const ELECTION_TICK: Duration = Duration::from_millis(50);
+
+/// The lease settings elections wait on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timing {
+    /// What a heartbeat answer grants a master (`broker_lease_ms`).
+    pub broker_lease: Duration,
+    /// What the controller adds before it counts a lease as over (`lease_margin_ms`).
+    pub lease_margin: Duration,
+}
+
+impl Timing {
+    pub fn from_config(config: &ControllerConfig) -> Timing {
+        Timing {
+            broker_lease: Duration::from_millis(config.broker_lease_ms),
+            lease_margin: Duration::from_millis(config.lease_margin_ms),
+        }
+    }
+
+    /// How long after the last granted lease (or a silence began) no successor is elected; also
+    /// how recently a broker must have been heard to be a candidate.
+    pub fn lease_wait(&self) -> Duration {
+        self.broker_lease + self.lease_margin
+    }
+}
+
+/// Why a group needs a master.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// The group never had one.
+    FirstMaster,
+    /// The group had one and has none now.
+    NoMaster,
+    /// The master was not heard from for the lease wait.
+    MasterLost,
+    /// The master registered again with a new incarnation: its old process is gone.
+    MasterRestarted,
+    /// A planned switchover whose master confirmed it resigned.
+    SwitchoverResigned,
+    /// A planned switchover whose master did not confirm within the lease wait: its last lease
+    /// has run out anyway.
+    SwitchoverLeaseExpired,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::FirstMaster => "first master",
+            Reason::NoMaster => "no master",
+            Reason::MasterLost => "master lost",
+            Reason::MasterRestarted => "master restarted",
+            Reason::SwitchoverResigned => "switchover, master resigned",
+            Reason::SwitchoverLeaseExpired => "switchover, master lease expired",
+        }
+    }
+}
+
+/// Everything [`decide`] looks at for one group.
+pub struct Facts<'a> {
+    pub group: &'a BrokerGroup,
+    /// What the leader last heard from each broker of the group, by id.
+    pub seen: &'a BTreeMap<u64, Seen>,
+    pub now: Instant,
+    /// When this node became leader.
+    pub leader_since: Instant,
+    /// The receive time of the last heartbeat in this group this leader granted a lease on.
+    pub last_lease_granted_at: Option<Instant>,
+    pub switchover: Option<&'a SwitchoverPlan>,
+}
+
+/// An election to propose.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Election {
+    pub reason: Reason,
+    pub master_id: u64,
+    pub in_sync_set: BTreeSet<u64>,
+    pub unclean: bool,
+    /// The winner's newest log epoch and log end, as it last reported them.
+    pub log_epoch: u64,
+    pub max_offset: u64,
+    /// The old master's last reported log end minus the winner's (0 when not ahead or not known).
+    pub possibly_lost_bytes: u64,
+}
+
+/// What to do about one group now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// The master is fine.
+    Keep,
+    /// A master is needed, but a lease may still run until `until`.
+    Wait {
+        reason: Reason,
+        until: Instant,
+    },
+    /// A master is needed and allowed, but no candidate is alive.
+    NoCandidate {
+        reason: Reason,
+    },
+    /// The planned switchover cannot happen any more.
+    AbandonSwitchover {
+        reason: String,
+    },
+    Elect(Election),
+}
+
+/// Whether `broker_id` counts as alive for an election: heard within the lease wait, from the
+/// process registered now (a heartbeat of an older incarnation says nothing about the new one).
+pub fn is_candidate_alive(
+    group: &BrokerGroup,
+    seen: &BTreeMap<u64, Seen>,
+    broker_id: u64,
+    now: Instant,
+    timing: &Timing,
+) -> bool {
+    let Some(broker) = group.brokers.get(&broker_id) else {
+        return false;
+    };
+    seen.get(&broker_id).is_some_and(|s| {
+        s.incarnation == broker.incarnation
+            && now.saturating_duration_since(s.at) < timing.lease_wait()
+    })
+}
+
+/// Orders `ids` best first: log epoch, then log end (highest first), then election priority,
+/// then broker id (lowest first). A broker never heard from ranks as an empty log.
+pub fn rank(group: &BrokerGroup, seen: &BTreeMap<u64, Seen>, ids: &mut [u64]) {
+    ids.sort_by_key(|id| {
+        let (log_epoch, max_offset) = seen
+            .get(id)
+            .map(|s| (s.log_epoch, s.max_offset))
+            .unwrap_or((0, 0));
+        let priority = group
+            .brokers
+            .get(id)
+            .map(|b| b.election_priority)
+            .unwrap_or(u32::MAX);
+        (Reverse(log_epoch), Reverse(max_offset), priority, *id)
+    });
+}
+
+/// The best broker to move mastership to in a planned switchover: an alive member of the in-sync
+/// set other than the master.
+pub fn best_switchover_target(
+    group: &BrokerGroup,
+    seen: &BTreeMap<u64, Seen>,
+    now: Instant,
+    timing: &Timing,
+) -> Option<u64> {
+    let mut ids: Vec<u64> = group
+        .in_sync_set
+        .iter()
+        .copied()
+        .filter(|id| Some(*id) != group.master_id)
+        .filter(|id| is_candidate_alive(group, seen, *id, now, timing))
+        .collect();
+    rank(group, seen, &mut ids);
+    ids.first().copied()
+}
+
+/// Decides what one controlled group needs now.
+pub fn decide(facts: &Facts, timing: &Timing) -> Decision {
+    match facts.switchover {
+        Some(plan) => decide_switchover(facts, plan, timing),
+        None => decide_failover(facts, timing),
+    }
+}
+
+/// When leases granted before now (by this leader, or by its predecessor) have certainly run out.
+fn leases_over_at(facts: &Facts, timing: &Timing) -> Instant {
+    let wait = timing.lease_wait();
+    let since_leader = facts.leader_since + wait;
+    match facts.last_lease_granted_at {
+        Some(granted) => since_leader.max(granted + wait),
+        None => since_leader,
+    }
+}
+
+fn decide_failover(facts: &Facts, timing: &Timing) -> Decision {
+    let group = facts.group;
+    let (reason, allowed_at) = match group.master_id {
+        None if group.master_epoch == 0 => (Reason::FirstMaster, facts.now),
+        None => (Reason::NoMaster, leases_over_at(facts, timing)),
+        Some(_) if group.master_restarted() => (Reason::MasterRestarted, facts.now),
+        Some(master) => {
+            // Silence counts from the master's last heartbeat as the process it was elected
+            // in, or from when this node became leader if it has not heard it since.
+            let heard_at = facts
+                .seen
+                .get(&master)
+                .filter(|s| s.incarnation == group.master_incarnation)
+                .map(|s| s.at.max(facts.leader_since))
+                .unwrap_or(facts.leader_since);
+            if facts.now.saturating_duration_since(heard_at) < timing.lease_wait() {
+                return Decision::Keep;
+            }
+            (
+                Reason::MasterLost,
+                leases_over_at(facts, timing).max(heard_at + timing.lease_wait()),
+            )
+        }
+    };
+    if facts.now < allowed_at {
+        return Decision::Wait {
+            reason,
+            until: allowed_at,
+        };
+    }
+    let pool: Vec<u64> = if group.never_had_master() {
+        group.brokers.keys().copied().collect()
+    } else {
+        group.in_sync_set.iter().copied().collect()
+    };
+    let mut candidates: Vec<u64> = pool
+        .into_iter()
+        .filter(|id| Some(*id) != group.master_id || reason == Reason::MasterRestarted)
+        .filter(|id| is_candidate_alive(group, facts.seen, *id, facts.now, timing))
+        .collect();
+    rank(group, facts.seen, &mut candidates);
+    match candidates.first() {
+        Some(winner) => Decision::Elect(election(facts, reason, *winner, false, timing)),
+        None => Decision::NoCandidate { reason },
+    }
+}
+
+fn decide_switchover(facts: &Facts, plan: &SwitchoverPlan, timing: &Timing) -> Decision {
+    let group = facts.group;
+    if group.master_epoch != plan.master_epoch {
+        return Decision::AbandonSwitchover {
+            reason: format!(
+                "the master epoch moved from {} to {} meanwhile (another election)",
+                plan.master_epoch, group.master_epoch
+            ),
+        };
+    }
+    if !group.brokers.contains_key(&plan.target) {
+        return Decision::AbandonSwitchover {
+            reason: format!("broker {} is no longer registered", plan.target),
+        };
+    }
+    if !is_candidate_alive(group, facts.seen, plan.target, facts.now, timing) {
+        return Decision::AbandonSwitchover {
+            reason: format!(
+                "broker {} stopped heartbeating (not heard within {} ms)",
+                plan.target,
+                timing.lease_wait().as_millis()
+            ),
+        };
+    }
+    if !plan.unclean && !group.never_had_master() && !group.in_sync_set.contains(&plan.target) {
+        return Decision::AbandonSwitchover {
+            reason: format!(
+                "broker {} left the in-sync set {:?} meanwhile",
+                plan.target, group.in_sync_set
+            ),
+        };
+    }
+    let (reason, allowed_at) = match group.master_id {
+        // No master to resign: only leases granted earlier matter.
+        None if group.master_epoch == 0 => (Reason::SwitchoverLeaseExpired, facts.now),
+        None => (
+            Reason::SwitchoverLeaseExpired,
+            leases_over_at(facts, timing),
+        ),
+        Some(_) if group.master_restarted() => (Reason::MasterRestarted, facts.now),
+        Some(master) => {
+            let resigned = facts.seen.get(&master).is_some_and(|s| {
+                s.resigned
+                    && s.master_epoch == group.master_epoch
+                    && s.incarnation == group.master_incarnation
+                    && s.at >= plan.started
+            });
+            if resigned {
+                (Reason::SwitchoverResigned, facts.now)
+            } else {
+                // No lease was granted since the start: the last one ends within the wait.
+                (
+                    Reason::SwitchoverLeaseExpired,
+                    leases_over_at(facts, timing).max(plan.started + timing.lease_wait()),
+                )
+            }
+        }
+    };
+    if facts.now < allowed_at {
+        return Decision::Wait {
+            reason,
+            until: allowed_at,
+        };
+    }
+    Decision::Elect(election(facts, reason, plan.target, plan.unclean, timing))
+}
+
+fn election(
+    facts: &Facts,
+    reason: Reason,
+    winner: u64,
+    unclean: bool,
+    timing: &Timing,
+) -> Election {
+    let group = facts.group;
+    let in_sync_set: BTreeSet<u64> = if unclean {
+        BTreeSet::from([winner])
+    } else {
+        group
+            .in_sync_set
+            .iter()
+            .copied()
+            .filter(|id| Some(*id) != group.master_id)
+            .filter(|id| is_candidate_alive(group, facts.seen, *id, facts.now, timing))
+            .chain([winner])
+            .collect()
+    };
+    let winner_seen = facts.seen.get(&winner);
+    let max_offset = winner_seen.map(|s| s.max_offset).unwrap_or(0);
+    let old_master_offset = group
+        .master_id
+        .filter(|id| *id != winner)
+        .and_then(|id| facts.seen.get(&id))
+        .map(|s| s.max_offset)
+        .unwrap_or(0);
+    Election {
+        reason,
+        master_id: winner,
+        in_sync_set,
+        unclean,
+        log_epoch: winner_seen.map(|s| s.log_epoch).unwrap_or(0),
+        max_offset,
+        possibly_lost_bytes: old_master_offset.saturating_sub(max_offset),
+    }
+}
+
+/// What the service and the election loop share on the leader.
+#[derive(Clone)]
+pub struct ElectionContext {
+    pub leases: Arc<Leases>,
+    pub timing: Timing,
+    /// Wakes the loop at once: a master resigned, a switchover started.
+    pub wake: Arc<Notify>,
+}
+
+impl ElectionContext {
+    pub fn new(timing: Timing) -> ElectionContext {
+        ElectionContext {
+            leases: Arc::new(Leases::new()),
+            timing,
+            wake: Arc::new(Notify::new()),
+        }
+    }
+}
+
+/// The leader's election task. Runs on every controller and acts only while it leads.
+pub struct ElectionLoop {
+    raft: Raft,
+    state: SharedState,
+    liveness: Arc<Liveness>,
+    context: ElectionContext,
+    /// Per group, the situation last warned about, so that a group without candidates is
+    /// reported once per situation and not every tick.
+    warned: HashMap<String, (u64, u64, Reason)>,
+}
+
+impl ElectionLoop {
+    pub fn new(
+        raft: Raft,
+        state: SharedState,
+        liveness: Arc<Liveness>,
+        context: ElectionContext,
+    ) -> ElectionLoop {
+        ElectionLoop {
+            raft,
+            state,
+            liveness,
+            context,
+            warned: HashMap::new(),
+        }
+    }
+
+    /// Reviews every controlled group each tick and whenever the state, liveness, or a
+    /// switchover changed, until the task is aborted.
+    pub async fn run(mut self) {
+        let mut tick = tokio::time::interval(ELECTION_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut state_changes = self.state.changes();
+        let mut liveness_changes = self.liveness.changes();
+        let wake = self.context.wake.clone();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = wake.notified() => {}
+                changed = state_changes.changed() => if changed.is_err() { return },
+                changed = liveness_changes.changed() => if changed.is_err() { return },
+            }
+            let leader_since = match self.liveness.leader_since() {
+                Some(since) if self.raft.metrics().borrow().state == ServerState::Leader => since,
+                _ => {
+                    self.warned.clear();
+                    continue;
+                }
+            };
+            let groups: Vec<(String, BrokerGroup)> = self.state.read(|data| {
+                data.state
+                    .groups
+                    .iter()
+                    .filter(|(_, group)| group.is_controlled())
+                    .map(|(name, group)| (name.clone(), group.clone()))
+                    .collect()
+            });
+            for (name, group) in groups {
+                self.review(&name, &group, leader_since).await;
+            }
+        }
+    }
+
+    async fn review(&mut self, name: &str, group: &BrokerGroup, leader_since: Instant) {
+        let leases = &self.context.leases;
+        let seen = self.liveness.seen_group(name);
+        let last_lease_granted_at = leases.last_granted_at(name);
+        let switchover = leases.switchover(name);
+        let decision = decide(
+            &Facts {
+                group,
+                seen: &seen,
+                now: Instant::now(),
+                leader_since,
+                last_lease_granted_at,
+                switchover: switchover.as_ref().map(|(_, plan)| plan),
+            },
+            &self.context.timing,
+        );
+        let switchover_id = switchover.map(|(id, _)| id);
+        match decision {
+            Decision::Keep => {
+                self.warned.remove(name);
+            }
+            Decision::Wait { .. } => {}
+            Decision::NoCandidate { reason } => self.warn_no_candidate(name, group, &seen, reason),
+            Decision::AbandonSwitchover { reason } => {
+                tracing::warn!(group = %name, reason = %reason, "planned switchover abandoned");
+                if let Some(id) = switchover_id {
+                    leases.end_switchover(name, id, SwitchoverEnd::Abandoned { reason });
+                }
+            }
+            Decision::Elect(election) => {
+                self.elect(name, group, election, last_lease_granted_at, switchover_id)
+                    .await
+            }
+        }
+    }
+
+    fn warn_no_candidate(
+        &mut self,
+        name: &str,
+        group: &BrokerGroup,
+        seen: &BTreeMap<u64, Seen>,
+        reason: Reason,
+    ) {
+        let situation = (group.master_epoch, group.in_sync_set_epoch, reason);
+        if self.warned.get(name) == Some(&situation) {
+            return;
+        }
+        self.warned.insert(name.to_owned(), situation);
+        let now = Instant::now();
+        let mut outside: Vec<u64> = group
+            .brokers
+            .keys()
+            .copied()
+            .filter(|id| !group.in_sync_set.contains(id))
+            .filter(|id| is_candidate_alive(group, seen, *id, now, &self.context.timing))
+            .collect();
+        rank(group, seen, &mut outside);
+        let outside: Vec<String> = outside
+            .iter()
+            .map(|id| {
+                let end = seen.get(id).map(|s| s.max_offset).unwrap_or(0);
+                format!("{id} (log end {end})")
+            })
+            .collect();
+        let master_end = group
+            .master_id
+            .and_then(|id| seen.get(&id))
+            .map(|s| s.max_offset);
+        tracing::warn!(
+            group = %name,
+            reason = reason.as_str(),
+            master_id = ?group.master_id,
+            master_epoch = group.master_epoch,
+            in_sync_set = ?group.in_sync_set,
+            alive_outside_in_sync_set = ?outside,
+            "no member of the in-sync set is alive: no master can be elected without risk; \
+             `cluster-cli cluster elect {name} --broker-id N --unclean --yes` would elect broker \
+             N from outside the set, losing the acknowledged messages it lacks (up to the old \
+             master's last log end {} minus N's)",
+            master_end.map(|end| end.to_string()).unwrap_or_else(|| "(unknown)".to_owned()),
+        );
+    }
+
+    async fn elect(
+        &mut self,
+        name: &str,
+        group: &BrokerGroup,
+        election: Election,
+        last_lease_granted_at: Option<Instant>,
+        switchover_id: Option<u64>,
+    ) {
+        let leases = &self.context.leases;
+        // No lease at the old epoch from here on; refused if one was granted since the facts
+        // were gathered: decide again at the next pass.
+        let Ok(previous_fence) = leases.fence(name, group.master_epoch, last_lease_granted_at)
+        else {
+            return;
+        };
+        let command = Command::ElectMaster {
+            group: name.to_owned(),
+            master_epoch: group.master_epoch,
+            master_id: election.master_id,
+            in_sync_set: election.in_sync_set.clone(),
+            unclean: election.unclean,
+        };
+        let end = match self.raft.client_write(command).await {
+            Ok(response) => match response.data {
+                CommandResult::Done { .. } => {
+                    tracing::info!(
+                        group = %name,
+                        reason = election.reason.as_str(),
+                        master_id = election.master_id,
+                        old_master_id = ?group.master_id,
+                        master_epoch = group.master_epoch + 1,
+                        log_epoch = election.log_epoch,
+                        max_offset = election.max_offset,
+                        in_sync_set = ?election.in_sync_set,
+                        unclean = election.unclean,
+                        possibly_lost_bytes = election.possibly_lost_bytes,
+                        "master elected"
+                    );
+                    self.warned.remove(name);
+                    SwitchoverEnd::Elected {
+                        master_epoch: group.master_epoch + 1,
+                        possibly_lost_bytes: election.possibly_lost_bytes,
+                    }
+                }
+                CommandResult::Refused(err) => {
+                    // The group moved on (or the decision was made on a state not yet current):
+                    // the master keeps its role, so it must get leases again.
+                    leases.unfence(name, previous_fence);
+                    tracing::info!(group = %name, master_id = election.master_id, error = %err, "election refused; deciding again");
+                    SwitchoverEnd::Abandoned {
+                        reason: format!("the election was refused: {err}"),
+                    }
+                }
+            },
+            Err(err) => {
+                // Leadership moved or Raft is stopping: the entry may still commit, so the fence
+                // stays (the next leader waits out every lease anyway).
+                let reason = match err {
+                    RaftError::APIError(err) => err.to_string(),
+                    RaftError::Fatal(err) => err.to_string(),
+                };
+                tracing::warn!(group = %name, master_id = election.master_id, error = %reason, "election not written");
+                SwitchoverEnd::Abandoned {
+                    reason: format!("the election could not be written: {reason}"),
+                }
+            }
+        };
+        if let Some(id) = switchover_id {
+            leases.end_switchover(name, id, end);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::state::{BrokerInfo, ConfiguredRole};
+
+    const TIMING: Timing = Timing {
+        broker_lease: Duration::from_millis(1_000),
+        lease_margin: Duration::from_millis(200),
+    };
+    const WAIT: Duration = Duration::from_millis(1_200);
+    const MS: Duration = Duration::from_millis(1);
+
+    /// Controlled brokers 0, 1, 2 (incarnations 100, 101, 102); master 0 at master epoch 3,
+    /// elected with incarnation 100; everybody in sync.
+    fn group() -> BrokerGroup {
+        let broker = |id: u64| {
+            (
+                id,
+                BrokerInfo {
+                    id,
+                    addr: format!("127.0.0.1:{}", 10911 + id),
+                    configured_role: ConfiguredRole::Controlled,
+                    incarnation: 100 + id,
+                    election_priority: 0,
+                },
+            )
+        };
+        BrokerGroup {
+            cluster: "c".into(),
+            brokers: BTreeMap::from([broker(0), broker(1), broker(2)]),
+            master_id: Some(0),
+            master_epoch: 3,
+            in_sync_set: BTreeSet::from([0, 1, 2]),
+            in_sync_set_epoch: 5,
+            master_incarnation: 100,
+        }
+    }
+
+    fn heard(id: u64, at: Instant, log_epoch: u64, max_offset: u64) -> (u64, Seen) {
+        (
+            id,
+            Seen {
+                at,
+                max_offset,
+                synced_revision: 0,
+                confirm_offset: 0,
+                replicas: Vec::new(),
+                incarnation: 100 + id,
+                log_epoch,
+                master_epoch: 3,
+                resigned: false,
+            },
+        )
+    }
+
+    /// Facts with the leader in office long enough that its own start holds nothing back.
+    fn facts<'a>(
+        group: &'a BrokerGroup,
+        seen: &'a BTreeMap<u64, Seen>,
+        t0: Instant,
+        now: Instant,
+    ) -> Facts<'a> {
+        Facts {
+            group,
+            seen,
+            now,
+            leader_since: t0.checked_sub(Duration::from_secs(60)).unwrap_or(t0),
+            last_lease_granted_at: None,
+            switchover: None,
+        }
+    }
+
+    fn elected(decision: Decision) -> Election {
+        match decision {
+            Decision::Elect(election) => election,
+            other => panic!("expected an election, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn candidates_rank_by_log_epoch_then_log_end_then_priority_then_id() {
+        let mut group = group();
+        let t0 = Instant::now();
+        group.brokers.get_mut(&2).unwrap().election_priority = 0;
+        group.brokers.get_mut(&1).unwrap().election_priority = 5;
+        let seen = BTreeMap::from([
+            heard(0, t0, 3, 900),
+            heard(1, t0, 3, 500),
+            heard(2, t0, 3, 500),
+        ]);
+        let mut ids = vec![1, 2, 0];
+        rank(&group, &seen, &mut ids);
+        assert_eq!(ids, vec![0, 2, 1], "log end, then priority");
+        // A newer log epoch wins over a longer log.
+        let seen = BTreeMap::from([heard(0, t0, 2, 900), heard(1, t0, 3, 10)]);
+        let mut ids = vec![0, 1];
+        rank(&group, &seen, &mut ids);
+        assert_eq!(ids, vec![1, 0]);
+        // All equal: the lowest id.
+        let mut ids = vec![2, 1];
+        group.brokers.get_mut(&1).unwrap().election_priority = 0;
+        rank(&group, &BTreeMap::new(), &mut ids);
+        assert_eq!(ids, vec![1, 2]);
+    }
+
+    #[test]
+    fn a_group_that_never_had_a_master_elects_at_once_among_all_alive_brokers() {
+        let mut group = group();
+        group.master_id = None;
+        group.master_epoch = 0;
+        group.in_sync_set.clear();
+        group.in_sync_set_epoch = 0;
+        let t0 = Instant::now();
+        let seen = BTreeMap::from([heard(1, t0, 0, 0), heard(2, t0, 0, 0)]);
+        // This node became leader this very instant: nothing to wait for in a new group.
+        let facts = Facts {
+            leader_since: t0,
+            ..facts(&group, &seen, t0, t0)
+        };
+        let election = elected(decide(&facts, &TIMING));
+        assert_eq!(election.reason, Reason::FirstMaster);
+        assert_eq!(election.master_id, 1, "0 was never heard");
+        assert_eq!(election.in_sync_set, BTreeSet::from([1]));
+        assert!(!election.unclean);
+    }
+
+    #[test]
+    fn a_silent_master_is_replaced_only_after_the_lease_wait() {
+        let group = group();
+        let t0 = Instant::now();
+        let seen = BTreeMap::from([
+            heard(0, t0, 3, 900),
+            heard(1, t0 + WAIT, 3, 700),
+            heard(2, t0 + WAIT, 3, 800),
+        ]);
+        let early = facts(&group, &seen, t0, t0 + WAIT - MS);
+        assert_eq!(decide(&early, &TIMING), Decision::Keep);
+        let election = elected(decide(&facts(&group, &seen, t0, t0 + WAIT), &TIMING));
+        assert_eq!(election.reason, Reason::MasterLost);
+        assert_eq!(election.master_id, 2, "the longest log in sync");
+        assert_eq!(
+            election.in_sync_set,
+            BTreeSet::from([1, 2]),
+            "without the lost master"
+        );
+        assert_eq!((election.log_epoch, election.max_offset), (3, 800));
+        assert_eq!(election.possibly_lost_bytes, 100);
+    }
+
+    #[test]
+    fn a_lease_granted_after_the_last_heartbeat_seen_holds_the_election_back() {
+        let group = group();
+        let t0 = Instant::now();
+        let seen = BTreeMap::from([heard(0, t0, 3, 900), heard(1, t0 + WAIT, 3, 900)]);
+        let granted = t0 + Duration::from_millis(100);
+        let facts = Facts {
+            last_lease_granted_at: Some(granted),
+            ..facts(&group, &seen, t0, t0 + WAIT)
+        };
+        assert_eq!(
+            decide(&facts, &TIMING),
+            Decision::Wait {
+                reason: Reason::MasterLost,
+                until: granted + WAIT
+            }
+        );
+    }
+
+    #[test]
+    fn a_new_leader_waits_out_leases_its_predecessor_may_have_granted() {
+        let group = group();
+        let t0 = Instant::now();
+        // The master has not been heard since this node became leader at t0.
+        let seen = BTreeMap::from([heard(1, t0 + WAIT, 3, 900)]);
+        let at = |now| Facts {
+            leader_since: t0,
+            ..facts(&group, &seen, t0, now)
+        };
+        assert_eq!(decide(&at(t0 + WAIT - MS), &TIMING), Decision::Keep);
+        let election = elected(decide(&at(t0 + WAIT), &TIMING));
+        assert_eq!(
+            (election.reason, election.master_id),
+            (Reason::MasterLost, 1)
+        );
+    }
+
+    #[test]
+    fn a_restarted_master_is_replaced_at_once_and_may_win_again() {
+        let mut group = group();
+        group.brokers.get_mut(&0).unwrap().incarnation = 999;
+        let t0 = Instant::now();
+        let mut restarted = heard(0, t0, 3, 900);
+        restarted.1.incarnation = 999;
+        let seen = BTreeMap::from([restarted, heard(1, t0, 3, 800), heard(2, t0, 3, 800)]);
+        // Just became leader and just granted a lease: neither holds back this election, since
+        // the process that held the lease is gone.
+        let facts = Facts {
+            leader_since: t0,
+            last_lease_granted_at: Some(t0),
+            ..facts(&group, &seen, t0, t0)
+        };
+        let election = elected(decide(&facts, &TIMING));
+        assert_eq!(election.reason, Reason::MasterRestarted);
+        assert_eq!(election.master_id, 0, "it still holds the longest log");
+        assert_eq!(election.in_sync_set, BTreeSet::from([0, 1, 2]));
+
+        // Not heard from in its new process yet: the others are the candidates.
+        let seen_old: BTreeMap<u64, Seen> =
+            BTreeMap::from([heard(0, t0, 3, 900), heard(1, t0, 3, 800)]);
+        let facts = Facts {
+            leader_since: t0,
+            ..facts_at(&group, &seen_old, t0)
+        };
+        let election = elected(decide(&facts, &TIMING));
+        assert_eq!(election.master_id, 1);
+        assert_eq!(election.in_sync_set, BTreeSet::from([1]));
+    }
+
+    fn facts_at<'a>(
+        group: &'a BrokerGroup,
+        seen: &'a BTreeMap<u64, Seen>,
+        now: Instant,
+    ) -> Facts<'a> {
+        facts(group, seen, now, now)
+    }
+
+    #[test]
+    fn brokers_outside_the_in_sync_set_silent_or_of_an_old_incarnation_are_not_candidates() {
+        let mut group = group();
+        group.in_sync_set = BTreeSet::from([0, 1]);
+        let t0 = Instant::now();
+        let now = t0 + WAIT;
+        // 1 (in sync) silent; 2 alive but not in sync.
+        let seen_map = BTreeMap::from([
+            heard(0, t0, 3, 900),
+            heard(1, t0, 3, 900),
+            heard(2, now, 3, 900),
+        ]);
+        assert_eq!(
+            decide(&facts(&group, &seen_map, t0, now), &TIMING),
+            Decision::NoCandidate {
+                reason: Reason::MasterLost
+            }
+        );
+        // 1 heard, but from a process other than the registered one.
+        let mut old = heard(1, now, 3, 900);
+        old.1.incarnation = 7;
+        let seen_map = BTreeMap::from([heard(0, t0, 3, 900), old]);
+        assert_eq!(
+            decide(&facts(&group, &seen_map, t0, now), &TIMING),
+            Decision::NoCandidate {
+                reason: Reason::MasterLost
+            }
+        );
+    }
+
+    fn plan(target: u64, unclean: bool, started: Instant) -> SwitchoverPlan {
+        SwitchoverPlan {
+            target,
+            unclean,
+            started,
+            master_epoch: 3,
+        }
+    }
+
+    #[test]
+    fn a_switchover_elects_its_target_as_soon_as_the_master_resigned() {
+        let group = group();
+        let t0 = Instant::now();
+        let started = t0 + 10 * MS;
+        let plan = plan(1, false, started);
+        let with_master = |master: (u64, Seen)| {
+            BTreeMap::from([master, heard(1, t0, 3, 900), heard(2, t0, 3, 900)])
+        };
+        let resigned = |at: Instant, master_epoch: u64| {
+            let mut m = heard(0, at, 3, 900);
+            m.1.resigned = true;
+            m.1.master_epoch = master_epoch;
+            m
+        };
+        let now = started + 20 * MS;
+        let decide_with = |seen: &BTreeMap<u64, Seen>| {
+            decide(
+                &Facts {
+                    switchover: Some(&plan),
+                    last_lease_granted_at: Some(t0),
+                    ..facts(&group, seen, t0, now)
+                },
+                &TIMING,
+            )
+        };
+        // Confirmed at the current epoch after the start: at once.
+        let election = elected(decide_with(&with_master(resigned(started + MS, 3))));
+        assert_eq!(election.reason, Reason::SwitchoverResigned);
+        assert_eq!(election.master_id, 1);
+        assert_eq!(election.in_sync_set, BTreeSet::from([1, 2]));
+        // Not confirmed, confirmed before the start (an older switchover), or at another epoch:
+        // wait for the lease to run out.
+        let until = started + WAIT;
+        for master in [
+            heard(0, started + MS, 3, 900),
+            resigned(t0, 3),
+            resigned(started + MS, 2),
+        ] {
+            assert_eq!(
+                decide_with(&with_master(master)),
+                Decision::Wait {
+                    reason: Reason::SwitchoverLeaseExpired,
+                    until
+                }
+            );
+        }
+        let late = decide(
+            &Facts {
+                switchover: Some(&plan),
+                last_lease_granted_at: Some(t0),
+                ..facts(&group, &with_master(heard(0, until, 3, 900)), t0, until)
+            },
+            &TIMING,
+        );
+        // The target must still be heard: here it was last heard at t0, longer ago than the wait.
+        assert!(
+            matches!(late, Decision::AbandonSwitchover { .. }),
+            "{late:?}"
+        );
+        let alive = BTreeMap::from([heard(0, until, 3, 900), heard(1, until, 3, 900)]);
+        let election = elected(decide(
+            &Facts {
+                switchover: Some(&plan),
+                last_lease_granted_at: Some(t0),
+                ..facts(&group, &alive, t0, until)
+            },
+            &TIMING,
+        ));
+        assert_eq!(
+            (election.reason, election.master_id),
+            (Reason::SwitchoverLeaseExpired, 1)
+        );
+    }
+
+    #[test]
+    fn an_unclean_switchover_elects_outside_the_set_alone_and_counts_what_may_be_lost() {
+        let mut group = group();
+        group.in_sync_set = BTreeSet::from([0, 1]);
+        let t0 = Instant::now();
+        let mut master = heard(0, t0, 3, 900);
+        master.1.resigned = true;
+        let seen = BTreeMap::from([master, heard(1, t0, 3, 900), heard(2, t0, 3, 650)]);
+        let clean = plan(2, false, t0);
+        let decision = decide(
+            &Facts {
+                switchover: Some(&clean),
+                ..facts_at(&group, &seen, t0)
+            },
+            &TIMING,
+        );
+        assert!(
+            matches!(&decision, Decision::AbandonSwitchover { reason } if reason.contains("left the in-sync set")),
+            "{decision:?}"
+        );
+        let unclean = plan(2, true, t0);
+        let election = elected(decide(
+            &Facts {
+                switchover: Some(&unclean),
+                ..facts_at(&group, &seen, t0)
+            },
+            &TIMING,
+        ));
+        assert!(election.unclean);
+        assert_eq!(election.in_sync_set, BTreeSet::from([2]));
+        assert_eq!(election.possibly_lost_bytes, 250);
+    }
+
+    #[test]
+    fn a_switchover_is_abandoned_once_another_election_moved_the_epoch() {
+        let mut group = group();
+        group.master_epoch = 4;
+        group.master_id = Some(2);
+        let t0 = Instant::now();
+        let seen = BTreeMap::from([heard(1, t0, 3, 900), heard(2, t0, 3, 900)]);
+        let plan = plan(1, false, t0);
+        let decision = decide(
+            &Facts {
+                switchover: Some(&plan),
+                ..facts_at(&group, &seen, t0)
+            },
+            &TIMING,
+        );
+        assert!(
+            matches!(&decision, Decision::AbandonSwitchover { reason } if reason.contains("from 3 to 4")),
+            "{decision:?}"
+        );
+    }
+
+    #[test]
+    fn the_best_switchover_target_is_an_alive_in_sync_member_other_than_the_master() {
+        let mut group = group();
+        group.in_sync_set = BTreeSet::from([0, 1]);
+        let t0 = Instant::now();
+        let seen_map = BTreeMap::from([
+            heard(0, t0, 3, 999),
+            heard(1, t0, 3, 10),
+            heard(2, t0, 3, 900),
+        ]);
+        assert_eq!(
+            best_switchover_target(&group, &seen_map, t0, &TIMING),
+            Some(1)
+        );
+        assert_eq!(
+            best_switchover_target(&group, &seen_map, t0 + WAIT, &TIMING),
+            None,
+            "nobody heard within the wait"
+        );
+    }
+}
