@@ -1,6 +1,8 @@
 //! Multi-master through the controller, as real processes: three `controller`s, two broker
-//! groups (`broker-a`, `broker-b`, one master each, `SYNC_FLUSH`), a producer and a push consumer
-//! that find the brokers only through the controller's routes.
+//! groups (`broker-a`, `broker-b`, one static `ASYNC_MASTER` each, `SYNC_FLUSH`), a producer and
+//! a push consumer that find the brokers only through the controller's routes. Static masters
+//! hold no lease, so they serve without a controller majority; controlled masters stop
+//! acknowledging then (tests/tests/failover.rs covers them).
 //!
 //! Invariants, checked on the whole history of the run:
 //! - every message answered `SEND_OK` is consumed afterwards (by key), whatever happened in
@@ -24,9 +26,19 @@ use client::{
     PushConsumer, PushConsumerConfig, SendStatus,
 };
 use cluster_tests::{
-    cluster_cli, controller_leader, controller_status, group_alive, group_broker,
-    wait_for_controller_leader, wait_for_masters, wait_until, ControllerQuorum,
+    cluster_cli, controller_leader, controller_status, group_alive, group_broker_with,
+    wait_for_controller_leader, wait_for_masters, wait_until, BrokerProcess, ControllerQuorum,
 };
+
+/// The static master of `group` (no lease: it keeps serving without a controller majority).
+fn group_broker(dir: &std::path::Path, group: &str, controllers: &str) -> BrokerProcess {
+    group_broker_with(
+        dir,
+        group,
+        controllers,
+        &["--set", "broker_role=\"ASYNC_MASTER\""],
+    )
+}
 
 /// What the senders saw: per key, the broker group that answered `SEND_OK`; every error.
 #[derive(Default)]
