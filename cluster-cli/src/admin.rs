@@ -1,5 +1,5 @@
 //! Commands answered by the controller quorum: `controller status|add|remove`, `cluster list`,
-//! `topic create|route|list` when `--controller` is given.
+//! `cluster elect` (in `elect.rs`), `topic create|route|list` when `--controller` is given.
 
 use std::process::ExitCode;
 
@@ -25,12 +25,16 @@ pub enum ControllerCommand {
 pub enum ClusterCommand {
     /// Broker groups and their brokers: role, address, alive, in sync, offsets, replication lag.
     List,
+    /// Move mastership of a group of CONTROLLED brokers (planned switchover): the master resigns
+    /// and the target (default: the best alive in-sync member) is elected.
+    Elect(crate::elect::ElectArgs),
 }
 
 fn role_name(role: i32) -> &'static str {
     match wire::BrokerRole::try_from(role) {
         Ok(wire::BrokerRole::Master) => "MASTER",
         Ok(wire::BrokerRole::Slave) => "SLAVE",
+        Ok(wire::BrokerRole::Controlled) => "CONTROLLED",
         _ => "UNKNOWN",
     }
 }
@@ -141,7 +145,13 @@ pub async fn cluster(
     json_out: bool,
     command: ClusterCommand,
 ) -> Result<ExitCode> {
-    let ClusterCommand::List = command;
+    match command {
+        ClusterCommand::List => cluster_list(conn, json_out).await,
+        ClusterCommand::Elect(args) => crate::elect::run(conn, json_out, args).await,
+    }
+}
+
+async fn cluster_list(conn: &ControllerConnection, json_out: bool) -> Result<ExitCode> {
     let list = conn.cluster_list().await?;
     if json_out {
         let groups: Vec<Value> = list
@@ -168,6 +178,8 @@ pub async fn cluster(
                         "lag_bytes": b.lag_bytes,
                         "lag_ms": b.lag_ms,
                         "replica_connected": b.replica_connected,
+                        "log_epoch": b.log_epoch,
+                        "election_priority": b.election_priority,
                     })).collect::<Vec<_>>(),
                 })
             })
@@ -175,13 +187,15 @@ pub async fn cluster(
         println!("{}", json!({ "groups": groups }));
     } else {
         println!(
-            "{:<16} {:<16} {:>4} {:<22} {:<7} {:>6} {:<6} {:<8} {:>14} {:>14} {:>12} {:>8}",
+            "{:<16} {:<16} {:>4} {:<22} {:<7} {:<10} {:>6} {:>9} {:<6} {:<8} {:>14} {:>14} {:>12} {:>8}",
             "CLUSTER",
             "GROUP",
             "ID",
             "ADDR",
             "ROLE",
+            "CONF_ROLE",
             "EPOCH",
+            "LOG_EPOCH",
             "ALIVE",
             "IN_SYNC",
             "MAX_OFFSET",
@@ -192,13 +206,15 @@ pub async fn cluster(
         for g in &list.groups {
             for b in &g.brokers {
                 println!(
-                    "{:<16} {:<16} {:>4} {:<22} {:<7} {:>6} {:<6} {:<8} {:>14} {:>14} {:>12} {:>8}",
+                    "{:<16} {:<16} {:>4} {:<22} {:<7} {:<10} {:>6} {:>9} {:<6} {:<8} {:>14} {:>14} {:>12} {:>8}",
                     g.cluster,
                     g.name,
                     b.broker_id,
                     b.addr,
                     role_name(b.role),
+                    role_name(b.configured_role),
                     g.master_epoch,
+                    b.log_epoch,
                     if b.alive { "yes" } else { "NO" },
                     if b.in_sync { "yes" } else { "no" },
                     b.max_offset,

@@ -15,6 +15,7 @@ mod admin;
 mod bench;
 mod bench_consume;
 mod consume;
+mod elect;
 mod ha;
 mod send;
 
