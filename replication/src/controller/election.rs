@@ -582,7 +582,13 @@ impl ElectionLoop {
                     self.warned.remove(name);
                     SwitchoverEnd::Elected {
                         master_epoch: group.master_epoch + 1,
-                        possibly_lost_bytes: election.possibly_lost_bytes,
+                        // A clean election keeps everything acknowledged: a difference in the
+                        // reported log ends is what was never acknowledged.
+                        possibly_lost_bytes: if election.unclean {
+                            election.possibly_lost_bytes
+                        } else {
+                            0
+                        },
                     }
                 }
                 CommandResult::Refused(err) => {

@@ -9,6 +9,8 @@
 //! `Unreachable`, on which openraft backs off, instead of a network error, on which it retries
 //! hot (`shared/STACK.md`).
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use openraft::error::{
@@ -33,9 +35,18 @@ pub const RAFT_MESSAGE_BYTES_MAX: usize = 64 << 20;
 /// How long a connection attempt to a peer may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// Makes one [`Network`] per peer; openraft keeps it for as long as it replicates to that peer.
+/// Makes one [`Network`] per peer for replication, which openraft keeps for as long as it
+/// replicates to that peer, and one per leadership check (`ensure_linearizable`, before every
+/// master lease the controller grants). Small messages (votes, and appends without entries:
+/// heartbeats and leadership checks) share one connection per peer address, so that a lease does
+/// not open a TCP connection to each peer; entries and snapshots go on the network's own, so that
+/// a large transfer never holds up a heartbeat behind it.
 #[derive(Clone, Default)]
-pub struct NetworkFactory;
+pub struct NetworkFactory {
+    connections: SharedConnections,
+}
+
+type SharedConnections = Arc<Mutex<HashMap<String, RaftClient<Channel>>>>;
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = Network;
@@ -44,36 +55,67 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
         Network {
             target,
             addr: node.addr.clone(),
-            client: None,
+            own: None,
+            shared: self.connections.clone(),
         }
     }
 }
 
-/// The connection to one peer, made lazily and remade after a transport failure.
+/// The connections to one peer (its own, and the shared one for small messages), made lazily and
+/// remade after a transport failure.
 pub struct Network {
     target: NodeId,
     addr: String,
-    client: Option<RaftClient<Channel>>,
+    own: Option<RaftClient<Channel>>,
+    shared: SharedConnections,
 }
 
 type Rpc<T, E = openraft::error::Infallible> =
     Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
 
 impl Network {
-    fn client(&mut self) -> Result<RaftClient<Channel>, Unreachable> {
-        if let Some(client) = &self.client {
-            return Ok(client.clone());
-        }
+    fn connect(&self) -> Result<RaftClient<Channel>, Unreachable> {
         let endpoint = Endpoint::from_shared(format!("http://{}", self.addr))
             .map_err(|err| Unreachable::new(&err))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true);
         // Connects on first use, so that making the client never blocks the Raft core.
-        let client = RaftClient::new(endpoint.connect_lazy())
+        Ok(RaftClient::new(endpoint.connect_lazy())
             .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX);
-        self.client = Some(client.clone());
+            .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX))
+    }
+
+    fn client(&mut self, small: bool) -> Result<RaftClient<Channel>, Unreachable> {
+        if !small {
+            if let Some(client) = &self.own {
+                return Ok(client.clone());
+            }
+            let client = self.connect()?;
+            self.own = Some(client.clone());
+            return Ok(client);
+        }
+        let mut shared = self
+            .shared
+            .lock()
+            .expect("raft connection table lock poisoned");
+        if let Some(client) = shared.get(&self.addr) {
+            return Ok(client.clone());
+        }
+        let client = self.connect()?;
+        shared.insert(self.addr.clone(), client.clone());
         Ok(client)
+    }
+
+    /// Drops the connection a call failed on: the next call reconnects.
+    fn forget(&mut self, small: bool) {
+        if small {
+            self.shared
+                .lock()
+                .expect("raft connection table lock poisoned")
+                .remove(&self.addr);
+        } else {
+            self.own = None;
+        }
     }
 
     async fn call<Req, Resp, E>(
@@ -81,6 +123,7 @@ impl Network {
         request: &Req,
         option: &RPCOption,
         method: Method,
+        small: bool,
     ) -> Rpc<Resp, E>
     where
         Req: Serialize,
@@ -89,7 +132,7 @@ impl Network {
     {
         let json = serde_json::to_vec(request)
             .map_err(|err| RPCError::Network(NetworkError::new(&err)))?;
-        let mut client = self.client()?;
+        let mut client = self.client(small)?;
         let payload = RaftPayload { json: json.into() };
         let call = async {
             match method {
@@ -111,8 +154,7 @@ impl Network {
                 )))
             }
             Ok(Err(status)) => {
-                // Drop the channel: the next call reconnects.
-                self.client = None;
+                self.forget(small);
                 return Err(RPCError::Unreachable(Unreachable::new(&status)));
             }
             Ok(Ok(answer)) => answer.into_inner(),
@@ -136,7 +178,8 @@ impl RaftNetwork<TypeConfig> for Network {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Rpc<AppendEntriesResponse<NodeId>> {
-        self.call(&rpc, &option, Method::AppendEntries).await
+        let small = rpc.entries.is_empty();
+        self.call(&rpc, &option, Method::AppendEntries, small).await
     }
 
     async fn install_snapshot(
@@ -144,7 +187,8 @@ impl RaftNetwork<TypeConfig> for Network {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> Rpc<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
-        self.call(&rpc, &option, Method::InstallSnapshot).await
+        self.call(&rpc, &option, Method::InstallSnapshot, false)
+            .await
     }
 
     async fn vote(
@@ -152,7 +196,7 @@ impl RaftNetwork<TypeConfig> for Network {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Rpc<VoteResponse<NodeId>> {
-        self.call(&rpc, &option, Method::Vote).await
+        self.call(&rpc, &option, Method::Vote, true).await
     }
 }
 

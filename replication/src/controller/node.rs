@@ -61,7 +61,7 @@ impl ControllerNode {
         let raft = Raft::new(
             config.id,
             Arc::new(raft_config),
-            NetworkFactory,
+            NetworkFactory::default(),
             log_store,
             state_machine,
         )
