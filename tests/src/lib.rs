@@ -5,7 +5,10 @@
 //! Map: `tests/tests/*.rs` hold the scenarios; this library is the harness they share:
 //! [`BrokerProcess`] starts the `broker` binary and reads the address it listens on;
 //! [`ControllerQuorum`] runs `controller` processes; [`cluster_cli`] and [`cli_json`] run the
-//! admin tool; [`group_broker`] and [`wait_for_masters`] build a multi-master cluster.
+//! admin tool; [`group_broker`] and [`wait_for_masters`] build a multi-master cluster; [`failover`] holds the
+//! failover scenarios' group, producer and history check.
+
+pub mod failover;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};

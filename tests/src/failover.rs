@@ -1,0 +1,297 @@
+//! The failover scenarios' shared parts: broker group `broker-a` of [`BROKERS`] `CONTROLLED`
+//! brokers (SYNC_MASTER + SYNC_FLUSH unless overridden), its state as `cluster list` shows it, a
+//! routed producer that records every outcome ([`Sender`]), and the check of the whole history
+//! ([`check_history`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use client::{Message, Producer, ProducerConfig, PullConsumer, SendStatus};
+
+use crate::{
+    assert_same_log, cli_json, cluster_cli, group_member, read_queues, wait_until, BrokerProcess,
+};
+
+pub const TOPIC: &str = "orders";
+pub const QUEUES: u32 = 4;
+pub const BROKERS: u64 = 3;
+
+/// Broker `id` of `broker-a`: controlled, synchronous, `SYNC_FLUSH`.
+pub fn broker(dir: &Path, id: u64, controllers: &str) -> BrokerProcess {
+    broker_with(dir, id, controllers, &[])
+}
+
+/// [`broker`] with `extra_args` last (`--set KEY=VALUE` overrides the defaults above).
+pub fn broker_with(dir: &Path, id: u64, controllers: &str, extra_args: &[&str]) -> BrokerProcess {
+    let mut args = vec![
+        "--set",
+        "replication_mode=\"SYNC\"",
+        "--set",
+        "flush_disk_type=\"SYNC_FLUSH\"",
+        "--set",
+        "slave_timeout_ms=1000",
+        "--set",
+        "in_sync_lag_max_ms=2000",
+    ];
+    args.extend_from_slice(extra_args);
+    group_member(dir, "broker-a", id, "CONTROLLED", controllers, &args)
+}
+
+/// `broker-a` as the controller lists it.
+#[derive(Debug, Default, Clone)]
+pub struct GroupState {
+    pub master: Option<u64>,
+    pub epoch: u64,
+    pub in_sync: BTreeSet<u64>,
+    /// Per broker id: (alive, max offset, confirm offset).
+    pub brokers: BTreeMap<u64, (bool, u64, u64)>,
+}
+
+pub fn group_state(controllers: &str) -> GroupState {
+    let Some(list) = cli_json(&["--controller", controllers, "--json", "cluster", "list"]) else {
+        return GroupState::default();
+    };
+    let Some(group) = list["groups"]
+        .as_array()
+        .and_then(|groups| groups.iter().find(|g| g["name"] == "broker-a"))
+    else {
+        return GroupState::default();
+    };
+    GroupState {
+        master: group["master_id"].as_u64(),
+        epoch: group["master_epoch"].as_u64().unwrap_or(0),
+        in_sync: group["in_sync_set"]
+            .as_array()
+            .map(|ids| ids.iter().filter_map(|i| i.as_u64()).collect())
+            .unwrap_or_default(),
+        brokers: group["brokers"]
+            .as_array()
+            .map(|brokers| {
+                brokers
+                    .iter()
+                    .map(|b| {
+                        (
+                            b["id"].as_u64().unwrap_or(u64::MAX),
+                            (
+                                b["alive"].as_bool().unwrap_or(false),
+                                b["max_offset"].as_u64().unwrap_or(0),
+                                b["confirm_offset"].as_u64().unwrap_or(0),
+                            ),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
+
+/// Waits until the group has an alive master and all brokers in its in-sync set.
+pub fn wait_for_full_set(controllers: &str, within: Duration) -> GroupState {
+    let all: BTreeSet<u64> = (0..BROKERS).collect();
+    let ready = wait_until(within, || {
+        let state = group_state(controllers);
+        state.in_sync == all
+            && state
+                .master
+                .and_then(|m| state.brokers.get(&m))
+                .is_some_and(|(alive, _, _)| *alive)
+    });
+    let state = group_state(controllers);
+    assert!(
+        ready,
+        "the group did not get a master with every broker in sync: {state:?}"
+    );
+    state
+}
+
+/// One send of the background producer.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    pub key: String,
+    pub started: Instant,
+    pub finished: Instant,
+    /// SEND_OK's (queue id, queue offset), or the status or error otherwise.
+    pub outcome: Result<(u32, u64), String>,
+}
+
+/// A routed producer sending one message at a time until stopped, recording every outcome.
+pub struct Sender {
+    pub log: Arc<Mutex<Vec<Sent>>>,
+    stop: Arc<AtomicBool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Sender {
+    pub fn start(rt: &tokio::runtime::Runtime, controllers: &str) -> Sender {
+        let producer = rt
+            .block_on(Producer::connect_controller(
+                controllers,
+                ProducerConfig::default(),
+            ))
+            .expect("producer");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let task = rt.spawn({
+            let (log, stop) = (log.clone(), stop.clone());
+            async move {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Acquire) {
+                    let key = format!("order-{n}");
+                    n += 1;
+                    let started = Instant::now();
+                    let message = Message::new(TOPIC, Bytes::from(format!("payment {key}")))
+                        .with_key(key.clone());
+                    let outcome = match producer.send(message).await {
+                        Ok(r) if r.status == SendStatus::SendOk => Ok((r.queue_id, r.queue_offset)),
+                        Ok(r) => Err(format!("{:?}", r.status)),
+                        Err(err) => Err(err.to_string()),
+                    };
+                    log.lock().unwrap().push(Sent {
+                        key,
+                        started,
+                        finished: Instant::now(),
+                        outcome,
+                    });
+                }
+            }
+        });
+        Sender {
+            log,
+            stop,
+            task: Some(task),
+        }
+    }
+
+    /// The first SEND_OK of a send started at or after `at`, if any yet.
+    pub fn first_ok_started_after(&self, at: Instant) -> Option<Instant> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|s| s.started >= at && s.outcome.is_ok())
+            .map(|s| s.finished)
+    }
+
+    pub fn acked_since(&self, at: Instant) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.started >= at && s.outcome.is_ok())
+            .count()
+    }
+
+    pub fn finish(mut self, rt: &tokio::runtime::Runtime) -> Vec<Sent> {
+        self.stop.store(true, Ordering::Release);
+        if let Some(task) = self.task.take() {
+            rt.block_on(task).expect("sender task");
+        }
+        std::mem::take(&mut *self.log.lock().unwrap())
+    }
+}
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+pub fn create_topic(controllers: &str) {
+    let (code, out) = cluster_cli(&[
+        "--controller",
+        controllers,
+        "topic",
+        "create",
+        TOPIC,
+        "--queues",
+        &QUEUES.to_string(),
+    ]);
+    assert_eq!(code, 0, "topic create: {out}");
+}
+
+/// Checks the invariants on the whole history: every SEND_OK consumed from the final master,
+/// per-queue order, and every broker's log identical to the master's below the confirm offset.
+pub fn check_history(dir: &Path, controllers: &str, brokers: &[BrokerProcess], history: &[Sent]) {
+    // Everything settles: every broker holds the master's whole log and may show all of it.
+    let settled = wait_until(Duration::from_secs(30), || {
+        let state = group_state(controllers);
+        let Some(master) = state.master else {
+            return false;
+        };
+        let end = state.brokers.get(&master).map_or(0, |b| b.1);
+        state.brokers.len() == BROKERS as usize
+            && state
+                .brokers
+                .values()
+                .all(|(alive, max, confirm)| *alive && *max == end && *confirm == end)
+    });
+    let state = group_state(controllers);
+    assert!(settled, "the group did not settle: {state:?}");
+    let master = state.master.expect("a master");
+    let end = state.brokers[&master].1;
+    for id in (0..BROKERS).filter(|id| *id != master) {
+        assert_same_log(
+            &dir.join(format!("broker-a-{master}")),
+            &dir.join(format!("broker-a-{id}")),
+            end,
+        );
+    }
+
+    let rt = runtime();
+    let consumer = rt
+        .block_on(PullConsumer::connect(brokers[master as usize].addr()))
+        .expect("consumer");
+    let consumed = rt.block_on(read_queues(&consumer, TOPIC, QUEUES));
+    // Per queue: the keys in queue order (first occurrence; a retried send may store twice).
+    let mut per_queue: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+    let mut seen = BTreeSet::new();
+    for message in &consumed {
+        for key in &message.keys {
+            if seen.insert(key.clone()) {
+                let n: u64 = key.trim_start_matches("order-").parse().expect("key");
+                per_queue.entry(message.queue_id).or_default().push(n);
+            }
+        }
+    }
+    let acked: Vec<&Sent> = history.iter().filter(|s| s.outcome.is_ok()).collect();
+    let missing: Vec<&str> = acked
+        .iter()
+        .filter(|s| !seen.contains(&s.key))
+        .map(|s| s.key.as_str())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} SEND_OK messages were not consumed, e.g. {:?}",
+        missing.len(),
+        acked.len(),
+        &missing[..missing.len().min(10)]
+    );
+    // One sender, one message at a time: within a queue, send order is key order.
+    let acked_keys: BTreeSet<u64> = acked
+        .iter()
+        .map(|s| s.key.trim_start_matches("order-").parse().unwrap())
+        .collect();
+    for (queue_id, keys) in &per_queue {
+        let acked_in_queue: Vec<u64> = keys
+            .iter()
+            .copied()
+            .filter(|k| acked_keys.contains(k))
+            .collect();
+        assert!(
+            acked_in_queue.windows(2).all(|w| w[0] < w[1]),
+            "queue {queue_id} holds acknowledged messages out of send order: {acked_in_queue:?}"
+        );
+    }
+    eprintln!(
+        "history: {} sends, {} SEND_OK, all consumed in order from broker {master} (epoch {})",
+        history.len(),
+        acked.len(),
+        state.epoch
+    );
+}
