@@ -17,11 +17,14 @@
 //! - [`store`]: the commit log and everything that makes it durable and readable: segments,
 //!   group commit, flush, consume queues, recovery, truncation, retention, the epoch history.
 //!   Its own `mod.rs` maps its files and follows one append through them.
+//! - [`failpoint`]: pause points a fault test arms (`--failpoint`) to kill a broker at one exact
+//!   step, such as the middle of a truncation.
 //! - `src/bin/broker.rs`: the `broker` process. `src/bin/store-bench/`: the store benchmark
 //!   against raw-disk baselines measured in the same run (`docs/BENCHMARKS.md`).
 
 pub mod config;
 pub mod error;
+pub mod failpoint;
 pub mod groups;
 pub mod retry;
 pub mod role;

@@ -61,6 +61,9 @@ struct Cli {
     /// Any configuration key, as KEY=VALUE in TOML value syntax; repeatable; applied last.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     overrides: Vec<String>,
+    /// Fault tests only: stop at this pause point (see `broker::failpoint`) until killed.
+    #[arg(long, hide = true)]
+    failpoint: Option<String>,
 }
 
 fn main() -> Result<()> {
@@ -72,6 +75,9 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if let Some(point) = &cli.failpoint {
+        broker::failpoint::arm(point).map_err(anyhow::Error::msg)?;
+    }
     let config = load_config(&cli)?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -11,7 +11,8 @@
 //!   [`checkpoint`]; [`read`] serves messages from them up to the confirm offset.
 //! - `shipped` implements replication's `ShippedLog` over the store (what a master ships from
 //!   and a slave appends to).
-//! - [`recovery`] rebuilds a consistent state at open; [`truncate`] cuts the log crash-safely;
+//! - [`recovery`] rebuilds a consistent state at open; [`truncate`] cuts the log crash-safely,
+//!   after [`truncation_report`] lists what it cuts;
 //!   [`retention`] deletes old segments; `preallocate` makes the next segment ahead of time; [`epoch`] keeps the epoch history; every metadata file
 //!   goes through [`meta_file`]'s crash-safe protocol. [`config`], [`error`], [`signal`] and
 //!   [`shared`] hold the settings, the error type, thread wake-ups and the state threads share.
@@ -21,7 +22,8 @@
 //! file-system calls.
 //!
 //! Directory layout: `lock`, `abort` (present while open), `checkpoint`, `epoch`,
-//! `truncate.intent` (only during a truncation), `commitlog/<20-digit base offset>`,
+//! `truncate.intent` (only during a truncation), `truncated/<from>-<to>.jsonl` (one report per
+//! truncation that cut messages), `commitlog/<20-digit base offset>`,
 //! `consumequeue/<topic>/<queue id>/<20-digit first queue offset>`.
 
 pub mod checkpoint;
@@ -45,6 +47,7 @@ mod shared;
 mod shipped;
 mod signal;
 pub mod truncate;
+pub mod truncation_report;
 pub mod writer;
 
 #[cfg(test)]

@@ -461,12 +461,13 @@ async fn truncation_cuts_log_queues_and_epochs_and_offsets_continue() {
         }
         results.push(
             store
-                .append(message("t", 0, &format!("m{i}")))
+                .append(message("t", 0, &format!("m{i}")).with_property("KEYS", format!("k{i}")))
                 .await
                 .unwrap(),
         );
     }
     let cut = results[20].commit_log_offset;
+    let end = store.write_offset();
     assert!(matches!(
         store.truncate_to(cut + 1).await,
         Err(StoreError::OffsetInvalid { .. })
@@ -474,6 +475,40 @@ async fn truncation_cuts_log_queues_and_epochs_and_offsets_continue() {
     store.truncate_to(cut).await.unwrap();
     assert_eq!(store.write_offset(), cut);
     assert!(store.confirm_offset() <= cut);
+    // The report lists every cut message, in log order, after its summary.
+    let report = std::fs::read_to_string(
+        dir.path()
+            .join(truncation_report::REPORT_DIR_NAME)
+            .join(format!("{cut:020}-{end:020}.jsonl")),
+    )
+    .unwrap();
+    let lines: Vec<serde_json::Value> = report
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        (
+            &lines[0]["from"],
+            &lines[0]["to"],
+            &lines[0]["bytes"],
+            &lines[0]["messages"],
+            &lines[0]["listed"]
+        ),
+        (
+            &serde_json::json!(cut),
+            &serde_json::json!(end),
+            &serde_json::json!(end - cut),
+            &serde_json::json!(20),
+            &serde_json::json!(20)
+        )
+    );
+    for (i, line) in lines[1..].iter().enumerate() {
+        let n = 20 + i;
+        assert_eq!(line["keys"], format!("k{n}"));
+        assert_eq!(line["queue_offset"], n as u64);
+        assert_eq!(line["commit_log_offset"], results[n].commit_log_offset);
+        assert_eq!(line["topic"], "t");
+    }
     assert_eq!(
         store.epoch_history(),
         vec![EpochEntry {

@@ -3,6 +3,8 @@
 //!
 //! The steps, in order (a running store first indexes every record below the target, fsyncs
 //! everything written, and lowers the confirm offset to the target):
+//! 0. list the messages about to be cut in a report (`truncated/`, see
+//!    [`super::truncation_report`]), fsynced;
 //! 1. save the intent file `truncate.intent` (the target offset) with the crash-safe protocol;
 //! 2. zero the containing segment from the target to its end and fsync it; delete every later
 //!    segment and fsync the directory;
@@ -123,6 +125,7 @@ pub(crate) fn apply(
     commit_log_offset: u64,
 ) -> Result<()> {
     cut_segments(log, commit_log_offset)?;
+    crate::failpoint::reach(crate::failpoint::TRUNCATE_AFTER_LOG_CUT);
     for queue in queues.all() {
         queue.cut(commit_log_offset)?;
     }
@@ -191,11 +194,13 @@ pub(crate) fn truncate_running(
         shared.poison(err);
         return Err(shared.poisoned().expect("just poisoned"));
     }
+    report_cut(shared, commit_log_offset);
     // Consumers stop seeing the tail before it goes (no raise can pass this while we hold
     // flush_lock: the flusher raises under it, and the writer is this thread).
     shared.clamp_confirm_offset(commit_log_offset);
     let mut epochs = shared.epochs.lock().expect("epoch lock poisoned");
     save_intent(&shared.dir, commit_log_offset)?;
+    crate::failpoint::reach(crate::failpoint::TRUNCATE_AFTER_INTENT);
     if let Err(err) = apply(
         &shared.dir,
         &shared.log,
@@ -246,6 +251,32 @@ pub(crate) fn truncate_running(
         }
     };
     Ok((tail, queue_offset_table(&shared.queues)))
+}
+
+/// Lists the messages about to be cut (see [`super::truncation_report`]) and says so in the log.
+fn report_cut(shared: &Shared, commit_log_offset: u64) {
+    let write_offset = shared.log.write_offset();
+    if commit_log_offset >= write_offset {
+        return;
+    }
+    match super::truncation_report::write(&shared.dir, &shared.log, commit_log_offset, write_offset)
+    {
+        Ok((summary, path)) => tracing::warn!(
+            from = summary.from,
+            to = summary.to,
+            bytes = summary.bytes,
+            messages = summary.messages,
+            report = %path.display(),
+            "cutting messages consumers never saw; under ASYNC_MASTER some may have been \
+             acknowledged to producers: the report lists every one"
+        ),
+        Err(err) => tracing::error!(
+            from = commit_log_offset,
+            to = write_offset,
+            error = %err,
+            "could not write the truncation report; cutting anyway"
+        ),
+    }
 }
 
 /// The writer's table, from the consume queues (which hold every record below write_offset).
