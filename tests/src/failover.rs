@@ -217,7 +217,13 @@ pub fn create_topic(controllers: &str) {
 
 /// Checks the invariants on the whole history: every SEND_OK consumed from the final master,
 /// per-queue order, and every broker's log identical to the master's below the confirm offset.
-pub fn check_history(dir: &Path, controllers: &str, brokers: &[BrokerProcess], history: &[Sent]) {
+/// Returns the key of every message consumed, for the caller's own checks.
+pub fn check_history(
+    dir: &Path,
+    controllers: &str,
+    brokers: &[BrokerProcess],
+    history: &[Sent],
+) -> BTreeSet<String> {
     // Everything settles: every broker holds the master's whole log and may show all of it.
     let settled = wait_until(Duration::from_secs(30), || {
         let state = group_state(controllers);
@@ -294,4 +300,5 @@ pub fn check_history(dir: &Path, controllers: &str, brokers: &[BrokerProcess], h
         acked.len(),
         state.epoch
     );
+    seen
 }

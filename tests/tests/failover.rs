@@ -238,3 +238,38 @@ fn a_planned_switchover_moves_mastership_without_loss() {
     let history = sender.finish(&rt);
     check_history(dir.path(), &controllers, &brokers, &history);
 }
+
+/// Regression: an idle controlled master's keep-alives were never sent, because the controller's
+/// views (one per heartbeat) woke the shipping loop more often than the keep-alive interval and
+/// each wake-up restarted its timer; the slaves dropped their streams as silent every 1.6 s.
+#[test]
+fn an_idle_controlled_master_keeps_its_slaves_streams_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let quorum = ControllerQuorum::start(dir.path(), 1, &[]);
+    let controllers = quorum.addrs();
+    let _brokers: Vec<BrokerProcess> = (0..BROKERS)
+        .map(|id| broker(dir.path(), id, &controllers))
+        .collect();
+    let state = wait_for_full_set(&controllers, Duration::from_secs(30));
+    let slaves: Vec<u64> = (0..BROKERS)
+        .filter(|id| Some(*id) != state.master)
+        .collect();
+    let dropped = |id: u64| {
+        std::fs::read_to_string(dir.path().join(format!("broker-a-{id}.log")))
+            .unwrap_or_default()
+            .matches("the master was silent")
+            .count()
+    };
+    // Three times the slaves' silence limit (3 keep-alives + 1 s): any drop shows by then.
+    let any_dropped = wait_until(Duration::from_secs(5), || {
+        slaves.iter().any(|id| dropped(*id) > 0)
+    });
+    assert!(
+        !any_dropped,
+        "an idle master's slaves found it silent: {:?}",
+        slaves
+            .iter()
+            .map(|id| (id, dropped(*id)))
+            .collect::<Vec<_>>()
+    );
+}

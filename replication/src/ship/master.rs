@@ -232,6 +232,12 @@ impl<L: ShippedLog> Session<L> {
         let mut changes = self.in_sync.subscribe();
         let mut next = start;
         let mut sent_confirm = u64::MAX;
+        // When the last message left: the keep-alive is due `keepalive` after it. Counted from
+        // here, not from each wake-up: in-sync set and progress notifications can come more often
+        // than the keep-alive interval (a controlled master's views arrive with every controller
+        // heartbeat), and a timer restarted on each of them never fired, so an idle master's
+        // slaves heard nothing and dropped their streams as silent.
+        let mut last_sent = tokio::time::Instant::now();
         loop {
             progress.borrow_and_update();
             changes.borrow_and_update();
@@ -297,6 +303,7 @@ impl<L: ShippedLog> Session<L> {
                 if !self.send(chunk).await {
                     return;
                 }
+                last_sent = tokio::time::Instant::now();
                 continue;
             }
             let confirm_offset = self.log.confirm_offset();
@@ -305,15 +312,17 @@ impl<L: ShippedLog> Session<L> {
                 if !self.send(self.keepalive(next, confirm_offset)).await {
                     return;
                 }
+                last_sent = tokio::time::Instant::now();
                 continue;
             }
             tokio::select! {
                 _ = progress.changed() => {}
                 _ = changes.changed() => {}
-                _ = tokio::time::sleep(self.config.keepalive) => {
+                _ = tokio::time::sleep_until(last_sent + self.config.keepalive) => {
                     if !self.send(self.keepalive(next, confirm_offset)).await {
                         return;
                     }
+                    last_sent = tokio::time::Instant::now();
                 }
             }
         }
