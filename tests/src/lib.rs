@@ -107,6 +107,12 @@ impl BrokerProcess {
         assert_eq!(rc, 0, "kill failed");
     }
 
+    /// Kills the process with SIGKILL and reaps it: once this returns its sockets are closed.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Waits for the process to exit.
     pub fn wait(mut self) -> std::process::ExitStatus {
         self.child.wait().expect("reap the broker")
