@@ -224,6 +224,25 @@ pub fn check_history(
     brokers: &[BrokerProcess],
     history: &[Sent],
 ) -> BTreeSet<String> {
+    let (seen, missing) = consume_history(dir, controllers, brokers, history);
+    let acked = history.iter().filter(|s| s.outcome.is_ok()).count();
+    assert!(
+        missing.is_empty(),
+        "{} of {acked} SEND_OK messages were not consumed, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    seen
+}
+
+/// [`check_history`] without the first check: returns the keys consumed and the SEND_OK keys
+/// that were not (what an `ASYNC_MASTER` failover may lose), having checked the rest.
+pub fn consume_history(
+    dir: &Path,
+    controllers: &str,
+    brokers: &[BrokerProcess],
+    history: &[Sent],
+) -> (BTreeSet<String>, Vec<String>) {
     // Everything settles: every broker holds the master's whole log and may show all of it.
     let settled = wait_until(Duration::from_secs(30), || {
         let state = group_state(controllers);
@@ -266,18 +285,11 @@ pub fn check_history(
         }
     }
     let acked: Vec<&Sent> = history.iter().filter(|s| s.outcome.is_ok()).collect();
-    let missing: Vec<&str> = acked
+    let missing: Vec<String> = acked
         .iter()
         .filter(|s| !seen.contains(&s.key))
-        .map(|s| s.key.as_str())
+        .map(|s| s.key.clone())
         .collect();
-    assert!(
-        missing.is_empty(),
-        "{} of {} SEND_OK messages were not consumed, e.g. {:?}",
-        missing.len(),
-        acked.len(),
-        &missing[..missing.len().min(10)]
-    );
     // One sender, one message at a time: within a queue, send order is key order.
     let acked_keys: BTreeSet<u64> = acked
         .iter()
@@ -295,10 +307,33 @@ pub fn check_history(
         );
     }
     eprintln!(
-        "history: {} sends, {} SEND_OK, all consumed in order from broker {master} (epoch {})",
+        "history: {} sends, {} SEND_OK, {} of them consumed, in order, from broker {master} \
+         (epoch {})",
         history.len(),
         acked.len(),
+        acked.len() - missing.len(),
         state.epoch
     );
-    seen
+    (seen, missing)
+}
+
+/// The `KEYS` of every message the truncation reports in the store at `store` list (the
+/// messages its truncations cut); empty without a report.
+pub fn truncation_reported_keys(store: &Path) -> BTreeSet<String> {
+    let Ok(reports) = std::fs::read_dir(store.join("truncated")) else {
+        return BTreeSet::new();
+    };
+    reports
+        .flat_map(|entry| {
+            let text = std::fs::read_to_string(entry.expect("report entry").path())
+                .expect("readable report");
+            text.lines()
+                .skip(1)
+                .filter_map(|line| {
+                    let value: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+                    value["keys"].as_str().map(str::to_owned)
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }

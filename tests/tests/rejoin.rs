@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use client::{Message, Producer, ProducerConfig, PullConsumer, SendStatus};
 use cluster_tests::failover::{
-    broker_with, check_history, create_topic, group_state, runtime, wait_for_full_set, Sent,
-    BROKERS, QUEUES, TOPIC,
+    broker_with, check_history, create_topic, group_state, runtime, truncation_reported_keys,
+    wait_for_full_set, Sent, BROKERS, QUEUES, TOPIC,
 };
 use cluster_tests::{read_queues, wait_until, BrokerProcess, ControllerQuorum};
 
@@ -207,19 +207,7 @@ fn killing_a_deposed_master_during_its_truncation_never_brings_the_tail_back() {
         brokers[old as usize].signal(libc::SIGKILL);
 
         // The report was on disk before anything was cut, and lists this round's divergence.
-        let reported: BTreeSet<String> = std::fs::read_dir(store.join("truncated"))
-            .expect("a truncation report")
-            .flat_map(|entry| {
-                let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
-                text.lines()
-                    .skip(1)
-                    .filter_map(|line| {
-                        let value: serde_json::Value = serde_json::from_str(line).unwrap();
-                        value["keys"].as_str().map(str::to_owned)
-                    })
-                    .collect::<Vec<_>>()
-            })
-            .collect();
+        let reported = truncation_reported_keys(&store);
         let round_keys: BTreeSet<String> = history[history.len() - 20 - DIVERGENT..]
             .iter()
             .take(DIVERGENT)
