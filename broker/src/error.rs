@@ -42,6 +42,10 @@ pub enum BrokerError {
     },
     #[error("stored, but not yet durable: the fsync did not finish in time")]
     NotDurable,
+    /// Under `SYNC_MASTER`: written on the master, but the in-sync set did not hold it in time
+    /// (or the set was below `min_in_sync_replicas`). Retriable.
+    #[error("stored on the master, but not replicated: {reason}")]
+    NotReplicated { reason: &'static str },
     #[error("topic names starting with % belong to the broker")]
     TopicReserved { topic: String },
     #[error("this broker is a slave and serves reads only; the master is {}", master_addr.as_deref().unwrap_or("not known now"))]
@@ -68,6 +72,7 @@ impl BrokerError {
             BrokerError::GroupInvalid { .. } => ErrorCode::IllegalConsumerGroup,
             BrokerError::OffsetBeyondEnd { .. } => ErrorCode::IllegalOffset,
             BrokerError::NotDurable => ErrorCode::MasterPersistenceTimeout,
+            BrokerError::NotReplicated { .. } => ErrorCode::SlavePersistenceTimeout,
             BrokerError::TopicReserved { .. } => ErrorCode::IllegalTopic,
             BrokerError::NotMaster { .. } | BrokerError::CannotAcknowledge { .. } => {
                 ErrorCode::NotMaster

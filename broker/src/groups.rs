@@ -3,7 +3,10 @@
 //! Offsets are records of the internal topic [`OFFSET_TOPIC`] in the commit log, one per commit:
 //! they are as durable as messages under the flush policy, survive restarts (the table is rebuilt
 //! by reading the topic at start), and from step 4 replicate and fail over with the log, so a
-//! failover never rewinds a group. Every `offset_snapshot_interval_ms` the whole table is written
+//! failover never rewinds a group. Under `SYNC_MASTER` a commit is answered only once the
+//! in-sync set holds its record (like a send), and a slave that becomes master first takes every
+//! offset record its log holds, confirmed or not: a consumer is never rewound past a commit it
+//! was told succeeded. Every `offset_snapshot_interval_ms` the whole table is written
 //! again, so that retention (which deletes whole old segments) never takes the last record of a
 //! live offset.
 //!
@@ -32,6 +35,7 @@ use tonic::{Request, Response, Status};
 use crate::error::BrokerError;
 use crate::store::{GetRequest, NewMessage, PutStatus, Store, TagFilter};
 use crate::topics::TopicRegistry;
+use replication::ship::ReplicaWait;
 
 /// Internal topic of committed offsets (queue 0). Names starting with `%` are the broker's.
 pub const OFFSET_TOPIC: &str = "%OFFSETS%";
@@ -71,7 +75,7 @@ impl ConsumerGroupState {
         store
             .wait_readable(store.confirm_offset(), Duration::from_secs(60))
             .await;
-        let next = read_offset_records(&store, queue_offset, &mut table)?;
+        let next = read_offset_records(&store, queue_offset, &mut table, Reach::Confirmed)?;
         tracing::info!(offsets = table.len(), "consumer offsets loaded");
         Ok(ConsumerGroupState {
             store,
@@ -101,7 +105,7 @@ impl ConsumerGroupState {
             }
             let from = self.next_record.load(std::sync::atomic::Ordering::Acquire);
             let mut records = HashMap::new();
-            match read_offset_records(&self.store, from, &mut records) {
+            match read_offset_records(&self.store, from, &mut records, Reach::Confirmed) {
                 Ok(next) => {
                     if !records.is_empty() {
                         let mut table = self.offsets.lock().await;
@@ -138,16 +142,41 @@ impl ConsumerGroupState {
         let mut table = self.offsets.lock().await;
         let (queue_offset, _) = self.store.queue_offsets(OFFSET_TOPIC, 0).unwrap_or((0, 0));
         let mut fresh = HashMap::new();
-        let next = read_offset_records(&self.store, queue_offset, &mut fresh)?;
+        let next = read_offset_records(&self.store, queue_offset, &mut fresh, Reach::Confirmed)?;
         *table = fresh;
         self.next_record
             .store(next, std::sync::atomic::Ordering::Release);
         Ok(())
     }
 
-    /// This broker became master: the commits consumers made here while it was a slave are
-    /// written to its log like any commit (unless the replicated table already went past them).
+    /// This broker became master. First its table takes every offset record its log holds,
+    /// also those above its confirm offset: a commit the old master acknowledged only once this
+    /// broker held it (`SYNC_MASTER`) may not have been confirmed here yet, and skipping it
+    /// would rewind its consumers. Then the commits consumers made here while it was a slave
+    /// are written to its log like any commit (unless the table already went past them).
     pub async fn promote(&self) {
+        {
+            let mut table = self.offsets.lock().await;
+            let from = self.next_record.load(std::sync::atomic::Ordering::Acquire);
+            let store = self.store.clone();
+            let read = tokio::task::spawn_blocking(move || {
+                let mut records = HashMap::new();
+                read_offset_records(&store, from, &mut records, Reach::Written)
+                    .map(|next| (next, records))
+            })
+            .await;
+            match read {
+                Ok(Ok((next, records))) => {
+                    table.extend(records);
+                    self.next_record
+                        .store(next, std::sync::atomic::Ordering::Release);
+                }
+                Ok(Err(err)) => {
+                    tracing::warn!(error = %err, "cannot read this log's last consumer offsets")
+                }
+                Err(err) => tracing::warn!(error = %err, "offset read task failed"),
+            }
+        }
         let commits = std::mem::take(
             &mut *self
                 .slave_commits
@@ -160,7 +189,7 @@ impl ConsumerGroupState {
                 continue;
             }
             match self.append(&key, offset).await {
-                Ok(()) => {
+                Ok(_) => {
                     table.insert(key, offset);
                 }
                 Err(err) => {
@@ -187,14 +216,16 @@ impl ConsumerGroupState {
         }
     }
 
-    /// Commits `queue_offset` for (group, topic, queue).
+    /// Commits `queue_offset` for (group, topic, queue). Returns the end of the offset record
+    /// written on a master (the caller waits for its replication), None on a slave (which
+    /// keeps the commit in memory; see the module documentation).
     pub async fn commit(
         &self,
         group: &str,
         topic: &str,
         queue_id: u32,
         queue_offset: u64,
-    ) -> Result<(), BrokerError> {
+    ) -> Result<Option<u64>, BrokerError> {
         check_group(group)?;
         self.topics.check_queue(topic, queue_id)?;
         self.commit_internal(group, topic, queue_id, queue_offset)
@@ -209,7 +240,7 @@ impl ConsumerGroupState {
         topic: &str,
         queue_id: u32,
         queue_offset: u64,
-    ) -> Result<(), BrokerError> {
+    ) -> Result<Option<u64>, BrokerError> {
         let max = self
             .store
             .queue_offsets(topic, queue_id)
@@ -226,15 +257,16 @@ impl ConsumerGroupState {
                 .lock()
                 .expect("slave commits lock poisoned")
                 .insert(key, queue_offset);
-            return Ok(());
+            return Ok(None);
         }
         let mut table = self.offsets.lock().await;
-        self.append(&key, queue_offset).await?;
+        let end_offset = self.append(&key, queue_offset).await?;
         table.insert(key, queue_offset);
-        Ok(())
+        Ok(Some(end_offset))
     }
 
-    async fn append(&self, key: &OffsetKey, queue_offset: u64) -> Result<(), BrokerError> {
+    /// Writes one offset record; returns its end offset.
+    async fn append(&self, key: &OffsetKey, queue_offset: u64) -> Result<u64, BrokerError> {
         let message = NewMessage::new(OFFSET_TOPIC, 0, encode(key, queue_offset));
         let appended = self.store.append(message).await?;
         if appended.status != PutStatus::Ok {
@@ -242,7 +274,7 @@ impl ConsumerGroupState {
             // not yet durable.
             return Err(BrokerError::NotDurable);
         }
-        Ok(())
+        Ok(appended.end_offset)
     }
 
     /// The committed offset of (group, topic, queue).
@@ -289,20 +321,34 @@ impl ConsumerGroupState {
 }
 
 /// Reads the offset records from `queue_offset` on into `table`; answers where to go on from.
+/// How far [`read_offset_records`] reads.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reach {
+    /// What consumers may see (below the confirm offset).
+    Confirmed,
+    /// Everything written: a new master's own log (see [`ConsumerGroupState::promote`]).
+    Written,
+}
+
 fn read_offset_records(
     store: &Store,
     mut queue_offset: u64,
     table: &mut HashMap<OffsetKey, u64>,
+    reach: Reach,
 ) -> Result<u64, BrokerError> {
     loop {
-        let result = store.get_messages(&GetRequest {
+        let request = GetRequest {
             topic: OFFSET_TOPIC,
             queue_id: 0,
             queue_offset,
             max_count: 1024,
             max_bytes: 16 << 20,
             filter: &TagFilter::All,
-        })?;
+        };
+        let result = match reach {
+            Reach::Confirmed => store.get_messages(&request)?,
+            Reach::Written => store.get_messages_written(&request)?,
+        };
         if result.messages.is_empty() {
             if result.next_queue_offset > queue_offset {
                 // Below what retention kept: go on from where the queue starts now.
@@ -380,11 +426,16 @@ fn take_string(bytes: &[u8]) -> Option<(String, &[u8])> {
 pub struct ConsumerGroupService {
     state: Arc<ConsumerGroupState>,
     retry: Arc<crate::retry::RetryState>,
+    role: Arc<crate::role::RoleCell>,
 }
 
 impl ConsumerGroupService {
-    pub fn new(state: Arc<ConsumerGroupState>, retry: Arc<crate::retry::RetryState>) -> Self {
-        ConsumerGroupService { state, retry }
+    pub fn new(
+        state: Arc<ConsumerGroupState>,
+        retry: Arc<crate::retry::RetryState>,
+        role: Arc<crate::role::RoleCell>,
+    ) -> Self {
+        ConsumerGroupService { state, retry, role }
     }
 }
 
@@ -395,9 +446,36 @@ impl ConsumerGroups for ConsumerGroupService {
         request: Request<wire::CommitOffsetRequest>,
     ) -> Result<Response<wire::CommitOffsetResponse>, Status> {
         let r = request.into_inner();
-        self.state
+        let role = self.role.current();
+        let written = self
+            .state
             .commit(&r.group, &r.topic, r.queue_id, r.queue_offset)
             .await?;
+        // Under SYNC_MASTER a commit is answered, like a send, once the in-sync set holds it:
+        // a failover then never rewinds a consumer past a commit it was told succeeded.
+        if let Some(end_offset) = written {
+            match role.wait_replicated(end_offset).await {
+                ReplicaWait::Replicated => {}
+                ReplicaWait::Timeout => {
+                    return Err(BrokerError::NotReplicated {
+                        reason: "the in-sync set did not hold it within slave_timeout_ms",
+                    }
+                    .into())
+                }
+                ReplicaWait::NotEnoughReplicas => {
+                    return Err(BrokerError::NotReplicated {
+                        reason: "fewer in-sync replicas than min_in_sync_replicas",
+                    }
+                    .into())
+                }
+                ReplicaWait::Deposed => {
+                    return Err(BrokerError::CannotAcknowledge {
+                        reason: "another master was elected while the commit waited".into(),
+                    }
+                    .into())
+                }
+            }
+        }
         Ok(Response::new(wire::CommitOffsetResponse {}))
     }
 

@@ -253,7 +253,9 @@ async fn serve(config: BrokerConfig) -> Result<()> {
                 ),
         )
         .add_service(ConsumerGroupsServer::new(ConsumerGroupService::new(
-            groups, retry,
+            groups,
+            retry,
+            role.clone(),
         )))
         .add_service(
             LogShippingServer::new(ship)

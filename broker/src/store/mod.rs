@@ -347,6 +347,29 @@ impl Store {
         )
     }
 
+    /// Reads messages of one queue from everything written, past the confirm offset, first
+    /// indexing what the dispatcher has not reached yet. Only for a broker that has just become
+    /// master reading its own log's internal records (every record it holds stays in its
+    /// epoch, confirmed or not yet): consumers read with [`Store::get_messages`].
+    pub fn get_messages_written(&self, request: &GetRequest<'_>) -> Result<GetResult> {
+        let write_offset = self.write_offset();
+        {
+            let mut dispatch = self.shared.dispatch.lock().expect("dispatch lock poisoned");
+            if dispatch.dispatched_offset < write_offset {
+                dispatch.dispatched_offset = dispatch::dispatch_range(
+                    &self.shared,
+                    dispatch.dispatched_offset,
+                    write_offset,
+                )?;
+                self.shared.dispatched_offset.store(
+                    dispatch.dispatched_offset,
+                    std::sync::atomic::Ordering::Release,
+                );
+            }
+        }
+        read::get_messages(&self.shared.log, &self.shared.queues, write_offset, request)
+    }
+
     /// Reads the message whose record starts at `commit_log_offset`, if consumers may see it
     /// (below the confirm offset). For handing a consumed message back (retry).
     pub fn read_message_at(&self, commit_log_offset: u64) -> Result<StoredMessage> {
