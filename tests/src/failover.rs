@@ -126,12 +126,20 @@ pub struct Sender {
 }
 
 impl Sender {
+    /// A sender with the producer's default settings.
     pub fn start(rt: &tokio::runtime::Runtime, controllers: &str) -> Sender {
+        Sender::start_with(rt, controllers, ProducerConfig::default())
+    }
+
+    /// A sender whose producer has `config` (a shorter `send_timeout` makes a refusing master
+    /// show up in the history as errors sooner).
+    pub fn start_with(
+        rt: &tokio::runtime::Runtime,
+        controllers: &str,
+        config: ProducerConfig,
+    ) -> Sender {
         let producer = rt
-            .block_on(Producer::connect_controller(
-                controllers,
-                ProducerConfig::default(),
-            ))
+            .block_on(Producer::connect_controller(controllers, config))
             .expect("producer");
         let log = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
