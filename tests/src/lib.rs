@@ -66,13 +66,20 @@ pub struct BrokerProcess {
 impl BrokerProcess {
     /// Starts a broker with its store in `store`, plus `extra_args`.
     pub fn start(store: &Path, extra_args: &[&str]) -> BrokerProcess {
-        // The log goes next to the store (`<store>.log`), for reading after a failed test.
-        let log = std::fs::create_dir_all(store.parent().unwrap_or(store))
+        // The log goes next to the store (`<store>.log`), for reading after a failed test; for
+        // a store that is a temporary directory itself, inside it (`broker.log`), so that it
+        // goes with the directory instead of piling up in the system's temporary directory.
+        let log_path = if store.parent() == Some(std::env::temp_dir().as_path()) {
+            store.join("broker.log")
+        } else {
+            store.with_extension("log")
+        };
+        let log = std::fs::create_dir_all(log_path.parent().unwrap_or(store))
             .and_then(|()| {
                 std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
-                    .open(store.with_extension("log"))
+                    .open(&log_path)
             })
             .map_or_else(|_| Stdio::null(), Stdio::from);
         let mut child = Command::new(workspace_binary("broker", "broker"))
