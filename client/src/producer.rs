@@ -605,7 +605,7 @@ impl Producer {
                 error = %error,
                 "send failed; retrying on the next queue"
             );
-            if master_gone {
+            if master_gone && !self.master_moved(route, &destination).await {
                 if let Some(updates) = updates.as_mut() {
                     let until = deadline.min(tokio::time::Instant::now() + FAILOVER_POLL);
                     let _ = tokio::time::timeout_at(until, updates.changed()).await;
@@ -617,6 +617,21 @@ impl Producer {
                 Err(_) => return Err(Failed { error, destination }),
             }
         }
+    }
+
+    /// Whether the cached route already names another master for `failed`'s broker group: the
+    /// update may have come between choosing `failed` and this attempt's wait for updates,
+    /// which would then sit out a whole [`FAILOVER_POLL`] for nothing.
+    async fn master_moved(&self, route: &TopicRoute, failed: &Destination) -> bool {
+        let Target::Cluster { routes } = &self.inner.target else {
+            return false;
+        };
+        let Ok(now) = routes.get(&route.topic).await else {
+            return false;
+        };
+        routes::writable_queues(&now)
+            .iter()
+            .any(|q| q.group == failed.group && q.master_alive && q.master_addr != failed.addr)
     }
 
     /// One `Send` RPC, bounded by `send_timeout`.
