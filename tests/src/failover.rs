@@ -108,6 +108,18 @@ pub fn wait_for_full_set(controllers: &str, within: Duration) -> GroupState {
     state
 }
 
+/// Waits (up to 20 s) until another broker than `old` is master at a later epoch than
+/// `old_epoch`; panics otherwise.
+pub fn wait_for_successor(controllers: &str, old: u64, old_epoch: u64) -> GroupState {
+    let elected = wait_until(Duration::from_secs(20), || {
+        let state = group_state(controllers);
+        state.master.is_some_and(|m| m != old) && state.epoch > old_epoch
+    });
+    let state = group_state(controllers);
+    assert!(elected, "no successor to broker {old} elected: {state:?}");
+    state
+}
+
 /// One send of the background producer.
 #[derive(Debug, Clone)]
 pub struct Sent {
@@ -210,17 +222,24 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// Creates [`TOPIC`] with [`QUEUES`] queues, retrying for up to 20 s: a quorum that has just
+/// elected its first leader may still refuse writes for a moment (creating an existing topic with
+/// the same queues succeeds, so a retry after a lost answer is harmless).
 pub fn create_topic(controllers: &str) {
-    let (code, out) = cluster_cli(&[
-        "--controller",
-        controllers,
-        "topic",
-        "create",
-        TOPIC,
-        "--queues",
-        &QUEUES.to_string(),
-    ]);
-    assert_eq!(code, 0, "topic create: {out}");
+    let mut last = (0, String::new());
+    let created = wait_until(Duration::from_secs(20), || {
+        last = cluster_cli(&[
+            "--controller",
+            controllers,
+            "topic",
+            "create",
+            TOPIC,
+            "--queues",
+            &QUEUES.to_string(),
+        ]);
+        last.0 == 0
+    });
+    assert!(created, "topic create: exit {}: {}", last.0, last.1);
 }
 
 /// Checks the invariants on the whole history: every SEND_OK consumed from the final master,

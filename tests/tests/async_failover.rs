@@ -18,8 +18,8 @@
 use std::time::{Duration, Instant};
 
 use cluster_tests::failover::{
-    broker_with, consume_history, create_topic, group_state, runtime, truncation_reported_keys,
-    wait_for_full_set, Sender, BROKERS,
+    broker_with, consume_history, create_topic, runtime, truncation_reported_keys,
+    wait_for_full_set, wait_for_successor, Sender, BROKERS,
 };
 use cluster_tests::{wait_until, BrokerProcess, ControllerQuorum};
 
@@ -70,15 +70,7 @@ fn an_async_master_failover_loses_only_the_lag_and_reports_it() {
     for id in &slaves {
         brokers[*id as usize] = broker_with(dir.path(), *id, &controllers, SETTINGS);
     }
-    let elected = wait_until(Duration::from_secs(20), || {
-        let state = group_state(&controllers);
-        state.master.is_some_and(|m| m != old) && state.epoch > before.epoch
-    });
-    assert!(
-        elected,
-        "no successor elected: {:?}",
-        group_state(&controllers)
-    );
+    wait_for_successor(&controllers, old, before.epoch);
     assert!(
         wait_until(Duration::from_secs(15), || sender
             .first_ok_started_after(master_killed_at)

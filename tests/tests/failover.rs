@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use client::{Message, Producer, ProducerConfig, SendStatus};
 use cluster_tests::failover::{
-    broker, check_history, create_topic, group_state, runtime, wait_for_full_set, Sender, BROKERS,
-    TOPIC,
+    broker, check_history, create_topic, group_state, runtime, wait_for_full_set,
+    wait_for_successor, Sender, BROKERS, TOPIC,
 };
 use cluster_tests::{cluster_cli, wait_until, BrokerProcess, ControllerQuorum};
 
@@ -136,15 +136,7 @@ fn a_stopped_master_that_wakes_after_its_successor_acknowledges_nothing() {
                 .await
         }
     });
-    let elected = wait_until(Duration::from_secs(15), || {
-        let state = group_state(&controllers);
-        state.master.is_some_and(|m| m != old as u64) && state.epoch > before.epoch
-    });
-    assert!(
-        elected,
-        "no successor elected: {:?}",
-        group_state(&controllers)
-    );
+    wait_for_successor(&controllers, old as u64, before.epoch);
     assert!(
         wait_until(Duration::from_secs(15), || sender
             .first_ok_started_after(stopped_at)

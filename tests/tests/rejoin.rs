@@ -24,7 +24,7 @@ use bytes::Bytes;
 use client::{Message, Producer, ProducerConfig, PullConsumer, SendStatus};
 use cluster_tests::failover::{
     broker_with, check_history, create_topic, group_state, runtime, truncation_reported_keys,
-    wait_for_full_set, Sent, BROKERS, QUEUES, TOPIC,
+    wait_for_full_set, wait_for_successor, Sent, BROKERS, QUEUES, TOPIC,
 };
 use cluster_tests::{read_queues, wait_until, BrokerProcess, ControllerQuorum};
 
@@ -164,15 +164,7 @@ fn killing_a_deposed_master_during_its_truncation_never_brings_the_tail_back() {
         for id in &slaves {
             brokers[*id as usize] = broker_with(dir.path(), *id, &controllers, SETTINGS);
         }
-        let elected = wait_until(Duration::from_secs(20), || {
-            let state = group_state(&controllers);
-            state.master.is_some_and(|m| m != old) && state.epoch > before.epoch
-        });
-        assert!(
-            elected,
-            "no successor elected: {:?}",
-            group_state(&controllers)
-        );
+        wait_for_successor(&controllers, old, before.epoch);
         let first = history.len();
         send(&rt, &routed, &mut next, 20, false, &mut history);
         assert!(
