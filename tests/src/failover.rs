@@ -14,6 +14,7 @@ use client::{Message, Producer, ProducerConfig, PullConsumer, SendStatus};
 
 use crate::{
     assert_same_log, cli_json, cluster_cli, group_member, read_queues, wait_until, BrokerProcess,
+    ControllerQuorum,
 };
 
 pub const TOPIC: &str = "orders";
@@ -130,6 +131,38 @@ pub struct Sent {
     pub outcome: Result<(u32, u64), String>,
 }
 
+/// Sends one message to [`TOPIC`] with key `key` and records its outcome.
+pub async fn send_one(producer: &Producer, key: String) -> Sent {
+    let started = Instant::now();
+    let message = Message::new(TOPIC, Bytes::from(format!("payment {key}"))).with_key(key.clone());
+    let outcome = match producer.send(message).await {
+        Ok(r) if r.status == SendStatus::SendOk => Ok((r.queue_id, r.queue_offset)),
+        Ok(r) => Err(format!("{:?}", r.status)),
+        Err(err) => Err(err.to_string()),
+    };
+    Sent {
+        key,
+        started,
+        finished: Instant::now(),
+        outcome,
+    }
+}
+
+/// One controller and the [`BROKERS`] brokers of `broker-a` under `dir` (`extra_args` to each,
+/// see [`broker_with`]), with [`TOPIC`] created. Returns the quorum, its address and the brokers.
+pub fn start_group(
+    dir: &Path,
+    extra_args: &[&str],
+) -> (ControllerQuorum, String, Vec<BrokerProcess>) {
+    let quorum = ControllerQuorum::start(dir, 1, &[]);
+    let controllers = quorum.addrs();
+    let brokers = (0..BROKERS)
+        .map(|id| broker_with(dir, id, &controllers, extra_args))
+        .collect();
+    create_topic(&controllers);
+    (quorum, controllers, brokers)
+}
+
 /// A routed producer sending one message at a time until stopped, recording every outcome.
 pub struct Sender {
     pub log: Arc<Mutex<Vec<Sent>>>,
@@ -160,22 +193,9 @@ impl Sender {
             async move {
                 let mut n = 0u64;
                 while !stop.load(Ordering::Acquire) {
-                    let key = format!("order-{n}");
+                    let sent = send_one(&producer, format!("order-{n}")).await;
                     n += 1;
-                    let started = Instant::now();
-                    let message = Message::new(TOPIC, Bytes::from(format!("payment {key}")))
-                        .with_key(key.clone());
-                    let outcome = match producer.send(message).await {
-                        Ok(r) if r.status == SendStatus::SendOk => Ok((r.queue_id, r.queue_offset)),
-                        Ok(r) => Err(format!("{:?}", r.status)),
-                        Err(err) => Err(err.to_string()),
-                    };
-                    log.lock().unwrap().push(Sent {
-                        key,
-                        started,
-                        finished: Instant::now(),
-                        outcome,
-                    });
+                    log.lock().unwrap().push(sent);
                 }
             }
         });

@@ -57,6 +57,14 @@ pub fn cluster_cli(args: &[&str]) -> (i32, String) {
     )
 }
 
+/// How many times `needle` occurs in the log file at `path` (0 when there is none yet); for
+/// waiting on a line a process logs.
+pub fn log_mentions(path: &Path, needle: &str) -> usize {
+    std::fs::read_to_string(path)
+        .map(|text| text.matches(needle).count())
+        .unwrap_or(0)
+}
+
 /// A `broker` process on 127.0.0.1 with an ephemeral port. Killed when dropped.
 pub struct BrokerProcess {
     child: Child,

@@ -18,10 +18,10 @@
 use std::time::{Duration, Instant};
 
 use cluster_tests::failover::{
-    broker_with, consume_history, create_topic, runtime, truncation_reported_keys,
+    broker_with, consume_history, runtime, start_group, truncation_reported_keys,
     wait_for_full_set, wait_for_successor, Sender, BROKERS,
 };
-use cluster_tests::{wait_until, BrokerProcess, ControllerQuorum};
+use cluster_tests::wait_until;
 
 /// Asynchronous replication; slaves down for a few seconds stay in the in-sync set.
 const SETTINGS: &[&str] = &[
@@ -34,12 +34,7 @@ const SETTINGS: &[&str] = &[
 #[test]
 fn an_async_master_failover_loses_only_the_lag_and_reports_it() {
     let dir = tempfile::tempdir().unwrap();
-    let quorum = ControllerQuorum::start(dir.path(), 1, &[]);
-    let controllers = quorum.addrs();
-    let mut brokers: Vec<BrokerProcess> = (0..BROKERS)
-        .map(|id| broker_with(dir.path(), id, &controllers, SETTINGS))
-        .collect();
-    create_topic(&controllers);
+    let (_quorum, controllers, mut brokers) = start_group(dir.path(), SETTINGS);
     let before = wait_for_full_set(&controllers, Duration::from_secs(30));
     let old = before.master.expect("a master");
     let rt = runtime();

@@ -20,10 +20,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use client::{Message, Producer, ProducerConfig, SendStatus};
 use cluster_tests::failover::{
-    broker, check_history, create_topic, group_state, runtime, wait_for_full_set,
+    broker, check_history, group_state, runtime, start_group, wait_for_full_set,
     wait_for_successor, Sender, BROKERS, TOPIC,
 };
-use cluster_tests::{cluster_cli, wait_until, BrokerProcess, ControllerQuorum};
+use cluster_tests::{cluster_cli, log_mentions, wait_until};
 
 #[test]
 fn killing_the_master_again_and_again_loses_no_acknowledged_message() {
@@ -32,12 +32,7 @@ fn killing_the_master_again_and_again_loses_no_acknowledged_message() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(5);
     let dir = tempfile::tempdir().unwrap();
-    let quorum = ControllerQuorum::start(dir.path(), 1, &[]);
-    let controllers = quorum.addrs();
-    let mut brokers: Vec<BrokerProcess> = (0..BROKERS)
-        .map(|id| broker(dir.path(), id, &controllers))
-        .collect();
-    create_topic(&controllers);
+    let (_quorum, controllers, mut brokers) = start_group(dir.path(), &[]);
     wait_for_full_set(&controllers, Duration::from_secs(30));
 
     let rt = runtime();
@@ -96,12 +91,7 @@ fn killing_the_master_again_and_again_loses_no_acknowledged_message() {
 #[test]
 fn a_stopped_master_that_wakes_after_its_successor_acknowledges_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let quorum = ControllerQuorum::start(dir.path(), 1, &[]);
-    let controllers = quorum.addrs();
-    let brokers: Vec<BrokerProcess> = (0..BROKERS)
-        .map(|id| broker(dir.path(), id, &controllers))
-        .collect();
-    create_topic(&controllers);
+    let (_quorum, controllers, brokers) = start_group(dir.path(), &[]);
     let before = wait_for_full_set(&controllers, Duration::from_secs(30));
     let old = before.master.expect("a master") as usize;
 
@@ -170,12 +160,7 @@ fn a_stopped_master_that_wakes_after_its_successor_acknowledges_nothing() {
 #[test]
 fn a_planned_switchover_moves_mastership_without_loss() {
     let dir = tempfile::tempdir().unwrap();
-    let quorum = ControllerQuorum::start(dir.path(), 1, &[]);
-    let controllers = quorum.addrs();
-    let brokers: Vec<BrokerProcess> = (0..BROKERS)
-        .map(|id| broker(dir.path(), id, &controllers))
-        .collect();
-    create_topic(&controllers);
+    let (_quorum, controllers, brokers) = start_group(dir.path(), &[]);
     let rt = runtime();
     let sender = Sender::start(&rt, &controllers);
     for round in 0..3 {
@@ -239,20 +224,16 @@ fn a_planned_switchover_moves_mastership_without_loss() {
 #[test]
 fn an_idle_controlled_master_keeps_its_slaves_streams_open() {
     let dir = tempfile::tempdir().unwrap();
-    let quorum = ControllerQuorum::start(dir.path(), 1, &[]);
-    let controllers = quorum.addrs();
-    let _brokers: Vec<BrokerProcess> = (0..BROKERS)
-        .map(|id| broker(dir.path(), id, &controllers))
-        .collect();
+    let (_quorum, controllers, _brokers) = start_group(dir.path(), &[]);
     let state = wait_for_full_set(&controllers, Duration::from_secs(30));
     let slaves: Vec<u64> = (0..BROKERS)
         .filter(|id| Some(*id) != state.master)
         .collect();
     let dropped = |id: u64| {
-        std::fs::read_to_string(dir.path().join(format!("broker-a-{id}.log")))
-            .unwrap_or_default()
-            .matches("the master was silent")
-            .count()
+        log_mentions(
+            &dir.path().join(format!("broker-a-{id}.log")),
+            "the master was silent",
+        )
     };
     // Three times the slaves' silence limit (3 keep-alives + 1 s): any drop shows by then.
     let any_dropped = wait_until(Duration::from_secs(5), || {

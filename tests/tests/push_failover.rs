@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 
 use client::{ConsumeFrom, ConsumeResult, PushConsumer, PushConsumerConfig, ReceivedMessage};
 use cluster_tests::failover::{
-    broker, create_topic, group_state, runtime, wait_for_full_set, Sender, BROKERS, QUEUES, TOPIC,
+    broker, group_state, runtime, start_group, wait_for_full_set, Sender, QUEUES, TOPIC,
 };
-use cluster_tests::{wait_until, BrokerProcess, ControllerQuorum};
+use cluster_tests::wait_until;
 
 const PULL_BATCH: u32 = 8;
 const DRILLS: usize = 2;
@@ -32,12 +32,7 @@ type Deliveries = Arc<Mutex<Vec<(String, u32, u64)>>>;
 #[test]
 fn a_push_consumer_rides_out_failovers_without_loss_or_a_long_rewind() {
     let dir = tempfile::tempdir().unwrap();
-    let quorum = ControllerQuorum::start(dir.path(), 1, &[]);
-    let controllers = quorum.addrs();
-    let mut brokers: Vec<BrokerProcess> = (0..BROKERS)
-        .map(|id| broker(dir.path(), id, &controllers))
-        .collect();
-    create_topic(&controllers);
+    let (_quorum, controllers, mut brokers) = start_group(dir.path(), &[]);
     wait_for_full_set(&controllers, Duration::from_secs(30));
     let rt = runtime();
 

@@ -17,16 +17,14 @@
 //!   `SEND_OK` message is consumed, in per-queue order (the failover history check).
 
 use std::collections::BTreeSet;
-use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::Bytes;
-use client::{Message, Producer, ProducerConfig, PullConsumer, SendStatus};
+use client::{Producer, ProducerConfig, PullConsumer};
 use cluster_tests::failover::{
-    broker_with, check_history, create_topic, group_state, runtime, truncation_reported_keys,
-    wait_for_full_set, wait_for_successor, Sent, BROKERS, QUEUES, TOPIC,
+    broker_with, check_history, group_state, runtime, send_one, start_group,
+    truncation_reported_keys, wait_for_full_set, wait_for_successor, Sent, BROKERS, QUEUES, TOPIC,
 };
-use cluster_tests::{read_queues, wait_until, BrokerProcess, ControllerQuorum};
+use cluster_tests::{log_mentions, read_queues, wait_until};
 
 /// Slaves down for a few seconds stay in the in-sync set: they must be election candidates.
 const SETTINGS: &[&str] = &["--set", "in_sync_lag_max_ms=20000"];
@@ -45,22 +43,7 @@ fn send(
 ) {
     let one = |key: String| {
         let producer = producer.clone();
-        rt.spawn(async move {
-            let started = Instant::now();
-            let message =
-                Message::new(TOPIC, Bytes::from(format!("payment {key}"))).with_key(key.clone());
-            let outcome = match producer.send(message).await {
-                Ok(r) if r.status == SendStatus::SendOk => Ok((r.queue_id, r.queue_offset)),
-                Ok(r) => Err(format!("{:?}", r.status)),
-                Err(err) => Err(err.to_string()),
-            };
-            Sent {
-                key,
-                started,
-                finished: Instant::now(),
-                outcome,
-            }
-        })
+        rt.spawn(async move { send_one(&producer, key).await })
     };
     let mut pending = Vec::new();
     for _ in 0..count {
@@ -77,22 +60,10 @@ fn send(
     }
 }
 
-/// Times `needle` occurs in the broker log at `log` (the harness appends across restarts).
-fn occurrences(log: &Path, needle: &str) -> usize {
-    std::fs::read_to_string(log)
-        .map(|text| text.matches(needle).count())
-        .unwrap_or(0)
-}
-
 #[test]
 fn killing_a_deposed_master_during_its_truncation_never_brings_the_tail_back() {
     let dir = tempfile::tempdir().unwrap();
-    let quorum = ControllerQuorum::start(dir.path(), 1, &[]);
-    let controllers = quorum.addrs();
-    let mut brokers: Vec<BrokerProcess> = (0..BROKERS)
-        .map(|id| broker_with(dir.path(), id, &controllers, SETTINGS))
-        .collect();
-    create_topic(&controllers);
+    let (_quorum, controllers, mut brokers) = start_group(dir.path(), SETTINGS);
     let rt = runtime();
     let routed = rt
         .block_on(Producer::connect_controller(
@@ -176,7 +147,7 @@ fn killing_a_deposed_master_during_its_truncation_never_brings_the_tail_back() {
         // The old master rejoins and stops inside its truncation; killed there.
         let store = dir.path().join(format!("broker-a-{old}"));
         let log = store.with_extension("log");
-        let reached_before = occurrences(&log, "failpoint reached");
+        let reached_before = log_mentions(&log, "failpoint reached");
         brokers[old as usize] = broker_with(
             dir.path(),
             old,
@@ -184,7 +155,7 @@ fn killing_a_deposed_master_during_its_truncation_never_brings_the_tail_back() {
             &[SETTINGS, &["--failpoint", failpoint]].concat(),
         );
         let reached = wait_until(Duration::from_secs(30), || {
-            occurrences(&log, "failpoint reached") > reached_before
+            log_mentions(&log, "failpoint reached") > reached_before
         });
         if !reached {
             let text = std::fs::read_to_string(&log).unwrap_or_default();

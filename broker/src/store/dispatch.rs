@@ -139,13 +139,23 @@ pub(crate) fn run(shared: Arc<Shared>) {
     }
 }
 
-fn round(shared: &Shared, state: &mut DispatchState, force_checkpoint: bool) -> Result<()> {
-    let target = shared.log.write_offset();
+/// Indexes the log up to `target` (a record boundary) if the dispatcher has not yet, and
+/// publishes the new dispatched offset (readers are told by the caller). Callers hold the
+/// dispatch state: the dispatcher's rounds, and whoever needs everything indexed now.
+pub(crate) fn dispatch_to(shared: &Shared, state: &mut DispatchState, target: u64) -> Result<()> {
     if target > state.dispatched_offset {
         state.dispatched_offset = dispatch_range(shared, state.dispatched_offset, target)?;
         shared
             .dispatched_offset
             .store(state.dispatched_offset, Ordering::Release);
+    }
+    Ok(())
+}
+
+fn round(shared: &Shared, state: &mut DispatchState, force_checkpoint: bool) -> Result<()> {
+    let before = state.dispatched_offset;
+    dispatch_to(shared, state, shared.log.write_offset())?;
+    if state.dispatched_offset != before {
         shared.publish_readable();
     }
     let now = super::now_ms();

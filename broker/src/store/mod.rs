@@ -353,20 +353,11 @@ impl Store {
     /// epoch, confirmed or not yet): consumers read with [`Store::get_messages`].
     pub fn get_messages_written(&self, request: &GetRequest<'_>) -> Result<GetResult> {
         let write_offset = self.write_offset();
-        {
-            let mut dispatch = self.shared.dispatch.lock().expect("dispatch lock poisoned");
-            if dispatch.dispatched_offset < write_offset {
-                dispatch.dispatched_offset = dispatch::dispatch_range(
-                    &self.shared,
-                    dispatch.dispatched_offset,
-                    write_offset,
-                )?;
-                self.shared.dispatched_offset.store(
-                    dispatch.dispatched_offset,
-                    std::sync::atomic::Ordering::Release,
-                );
-            }
-        }
+        dispatch::dispatch_to(
+            &self.shared,
+            &mut self.shared.dispatch.lock().expect("dispatch lock poisoned"),
+            write_offset,
+        )?;
         read::get_messages(&self.shared.log, &self.shared.queues, write_offset, request)
     }
 

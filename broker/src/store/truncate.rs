@@ -24,7 +24,7 @@ use std::sync::Arc;
 use super::checkpoint::Checkpoint;
 use super::commit_log::CommitLog;
 use super::consume_queue::ConsumeQueues;
-use super::dispatch::dispatch_range;
+use super::dispatch::dispatch_to;
 use super::epoch::EpochHistory;
 use super::error::{Result, StoreError};
 use super::flush;
@@ -182,13 +182,7 @@ pub(crate) fn truncate_running(
         "truncating the commit log"
     );
     let mut dispatch = shared.dispatch.lock().expect("dispatch lock poisoned");
-    if dispatch.dispatched_offset < commit_log_offset {
-        dispatch.dispatched_offset =
-            dispatch_range(shared, dispatch.dispatched_offset, commit_log_offset)?;
-        shared
-            .dispatched_offset
-            .store(dispatch.dispatched_offset, Ordering::Release);
-    }
+    dispatch_to(shared, &mut dispatch, commit_log_offset)?;
     let _flush = shared.flush_lock.lock().expect("flush lock poisoned");
     if let Err(err) = flush::flush_locked(shared) {
         shared.poison(err);
