@@ -47,10 +47,11 @@ fn an_async_master_failover_loses_only_the_lag_and_reports_it() {
 
     // The slaves die; the master goes on acknowledging alone.
     let slaves: Vec<u64> = (0..BROKERS).filter(|id| *id != old).collect();
-    let slaves_down_at = Instant::now();
     for id in &slaves {
         brokers[*id as usize].kill();
     }
+    // Taken once both slaves have exited: a send started earlier may still have reached one.
+    let slaves_down_at = Instant::now();
     assert!(
         wait_until(Duration::from_secs(10), || sender
             .acked_since(slaves_down_at)
