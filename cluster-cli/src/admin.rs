@@ -1,7 +1,9 @@
 //! Commands answered by the controller quorum: `controller status|add|remove`, `cluster list`,
-//! `cluster elect` (in `elect.rs`), `topic create|route|list` when `--controller` is given.
+//! `cluster ready`, `cluster elect` (in `elect.rs`), `topic create|route|list` when
+//! `--controller` is given.
 
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use client::controller::{wire, ControllerConnection};
@@ -25,9 +27,117 @@ pub enum ControllerCommand {
 pub enum ClusterCommand {
     /// Broker groups and their brokers: role, address, alive, in sync, offsets, replication lag.
     List,
+    /// Whether every group has an alive master and every broker is alive and in its group's
+    /// in-sync set (exit 0), or what is missing (exit 1); with --wait-s, until it is.
+    Ready(ReadyArgs),
     /// Move mastership of a group of CONTROLLED brokers (planned switchover): the master resigns
     /// and the target (default: the best alive in-sync member) is elected.
     Elect(crate::elect::ElectArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ReadyArgs {
+    /// Also require at least this many broker groups.
+    #[arg(long, default_value_t = 0)]
+    pub groups: usize,
+    /// Also require at least this many brokers in all.
+    #[arg(long, default_value_t = 0)]
+    pub brokers: usize,
+    /// Ask again until ready or this many seconds have passed (0: ask once).
+    #[arg(long, default_value_t = 0)]
+    pub wait_s: u64,
+}
+
+/// How often `cluster ready --wait-s` asks again.
+const READY_POLL: Duration = Duration::from_millis(200);
+
+/// What keeps the cluster from being ready, one line each; empty when it is.
+pub fn readiness_problems(list: &wire::ClusterListResponse, args: &ReadyArgs) -> Vec<String> {
+    let mut problems = Vec::new();
+    if list.groups.len() < args.groups {
+        problems.push(format!(
+            "{} broker groups registered, {} expected",
+            list.groups.len(),
+            args.groups
+        ));
+    }
+    let brokers: usize = list.groups.iter().map(|g| g.brokers.len()).sum();
+    if brokers < args.brokers {
+        problems.push(format!(
+            "{brokers} brokers registered, {} expected",
+            args.brokers
+        ));
+    }
+    for g in &list.groups {
+        match g.master_id {
+            None => problems.push(format!("{}: no master", g.name)),
+            Some(id) => {
+                if !g.brokers.iter().any(|b| b.broker_id == id && b.alive) {
+                    problems.push(format!("{}: master {id} not alive", g.name));
+                }
+            }
+        }
+        for b in &g.brokers {
+            if !b.alive {
+                problems.push(format!("{}: broker {} not alive", g.name, b.broker_id));
+            } else if !g.in_sync_set.contains(&b.broker_id) {
+                problems.push(format!(
+                    "{}: broker {} not in the in-sync set {:?}",
+                    g.name, b.broker_id, g.in_sync_set
+                ));
+            }
+        }
+    }
+    problems
+}
+
+async fn cluster_ready(
+    conn: &ControllerConnection,
+    json_out: bool,
+    args: &ReadyArgs,
+) -> Result<ExitCode> {
+    let deadline = Instant::now() + Duration::from_secs(args.wait_s);
+    let (list, problems) = loop {
+        // While waiting, a quorum still electing its leader is one more thing to wait for.
+        match conn.cluster_list().await {
+            Ok(list) => {
+                let problems = readiness_problems(&list, args);
+                if problems.is_empty() || Instant::now() >= deadline {
+                    break (list, problems);
+                }
+            }
+            Err(err) if Instant::now() >= deadline => return Err(err.into()),
+            Err(_) => {}
+        }
+        tokio::time::sleep(READY_POLL).await;
+    };
+    let brokers: usize = list.groups.iter().map(|g| g.brokers.len()).sum();
+    if json_out {
+        println!(
+            "{}",
+            json!({
+                "ready": problems.is_empty(),
+                "groups": list.groups.len(),
+                "brokers": brokers,
+                "problems": problems,
+            })
+        );
+    } else if problems.is_empty() {
+        println!(
+            "ready: {} groups, {brokers} brokers, every master alive and every broker in sync",
+            list.groups.len()
+        );
+    } else {
+        println!("not ready:");
+        for problem in &problems {
+            println!("  {problem}");
+        }
+    }
+    Ok(if problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn role_name(role: i32) -> &'static str {
@@ -147,6 +257,7 @@ pub async fn cluster(
 ) -> Result<ExitCode> {
     match command {
         ClusterCommand::List => cluster_list(conn, json_out).await,
+        ClusterCommand::Ready(args) => cluster_ready(conn, json_out, &args).await,
         ClusterCommand::Elect(args) => crate::elect::run(conn, json_out, args).await,
     }
 }

@@ -15,6 +15,7 @@ mod admin;
 mod bench;
 mod bench_consume;
 mod consume;
+mod drill;
 mod elect;
 mod ha;
 mod send;
@@ -72,6 +73,9 @@ enum Command {
     Send(send::SendArgs),
     /// Consume as a member of a consumer group until N messages or a silence.
     Consume(consume::ConsumeArgs),
+    /// A failover drill: kill masters in turn while producing and consuming, then check that
+    /// nothing acknowledged was lost (controller needed).
+    Drill(drill::DrillArgs),
     /// Benchmarks against the broker.
     Bench {
         #[command(subcommand)]
@@ -186,6 +190,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Send(args) => send::run(&reach, cli.json, args).await,
         Command::Consume(args) => consume::run(&reach, cli.json, args).await,
         Command::Bench { command } => bench::run(&reach, cli.json, command).await,
+        Command::Drill(args) => {
+            let conn = controller(&cli.controller)?;
+            let addrs = cli.controller.clone().unwrap_or_default();
+            drill::run(&conn, &addrs, args).await
+        }
     }
 }
 

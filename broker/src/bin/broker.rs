@@ -41,6 +41,12 @@ use tokio_stream::StreamExt;
 const REPLICA_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Room for request framing and fields beyond message bytes.
 const REQUEST_OVERHEAD_BYTES: usize = 1 << 20;
+/// On SIGTERM, how long requests in flight (sends waiting for their fsync and their in-sync
+/// set) may finish before a master ends its slaves' log streams, which never end on their own.
+const STOP_REQUESTS_GRACE: Duration = Duration::from_secs(1);
+/// Then how long what is still open (long polls, streams closing) may take before it is cut:
+/// nothing acknowledged depends on it, a cut client retries.
+const STOP_STREAMS_GRACE: Duration = Duration::from_secs(3);
 
 /// A broker of the cluster. Every configuration key is described in docs/CONFIG.md.
 #[derive(Parser, Debug)]
@@ -73,6 +79,8 @@ fn main() -> Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal, not in log files.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     if let Some(point) = &cli.failpoint {
@@ -244,7 +252,8 @@ async fn serve(config: BrokerConfig) -> Result<()> {
     });
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
-    tonic::transport::Server::builder()
+    let (stopping, mut stop_requested) = watch::channel(false);
+    let server = tonic::transport::Server::builder()
         .add_service(
             BrokerServer::new(service)
                 .max_decoding_message_size(request_bytes_max)
@@ -263,14 +272,33 @@ async fn serve(config: BrokerConfig) -> Result<()> {
                 .max_encoding_message_size(STREAM_MESSAGE_BYTES_MAX),
         )
         .serve_with_incoming_shutdown(incoming, async move {
-            tokio::select! {
-                _ = terminate.recv() => {}
-                _ = interrupt.recv() => {}
+            let _ = stop_requested.wait_for(|stop| *stop).await;
+        });
+    tokio::pin!(server);
+    tokio::select! {
+        served = &mut server => served.context("serve")?,
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    tracing::info!("stopping: no new requests; finishing those in flight");
+    let _ = stopping.send(true);
+    // The server returns once every request has ended; a master's log streams to its slaves
+    // end only when its role does, and long polls when their wait runs out.
+    match tokio::time::timeout(STOP_REQUESTS_GRACE, &mut server).await {
+        Ok(served) => served.context("serve")?,
+        Err(_) => {
+            tracing::info!(
+                "requests still open (log streams to slaves, long polls): ending the role"
+            );
+            role.shutdown().await;
+            match tokio::time::timeout(STOP_STREAMS_GRACE, &mut server).await {
+                Ok(served) => served.context("serve")?,
+                Err(_) => tracing::info!(
+                    "connections still open after {STOP_STREAMS_GRACE:?}: closing them"
+                ),
             }
-            tracing::info!("stopping: no new requests; finishing those in flight");
-        })
-        .await
-        .context("serve")?;
+        }
+    }
     for task in tasks {
         task.abort();
     }

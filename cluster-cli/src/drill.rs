@@ -1,0 +1,649 @@
+//! `cluster-cli drill`: a failover drill against a running cluster of `CONTROLLED` broker
+//! groups, checked on its whole history.
+//!
+//! Producers send synchronously, each message with a unique key, and a consumer group consumes
+//! the whole time. Each round kills the master of one broker group (in turn) with the operator's
+//! `--kill-cmd`, waits for the controller to elect a successor and for the first `SEND_OK` from
+//! the group on it, restarts the old master with `--start-cmd`, and waits until every broker is
+//! back in its group's in-sync set. Then the producers stop, the consumer drains, and the drill
+//! counts: `acked` (answered `SEND_OK`), `lost` (acknowledged, never consumed), `duplicates`
+//! (deliveries beyond the first of a message), `order_violations` (a producer's acknowledged
+//! messages of one queue consumed out of send order), and the failover time of each round: from
+//! the kill to the first `SEND_OK` the group's new master gave to a send started after the kill.
+//!
+//! The commands are templates run with `sh -c`: `{node}` becomes `GROUP-ID` (the node names of
+//! `scripts/cluster.sh`), `{group}` and `{id}` the broker group and id. `scripts/failover-drill.sh`
+//! passes `scripts/cluster.sh kill {node} --signal KILL` and `scripts/cluster.sh start {node}`;
+//! on machines of your own, anything that kills and starts a broker (ssh, systemctl) will do.
+//! Their output goes to stderr, so that stdout carries only the result.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::os::fd::AsFd;
+use std::process::{ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use client::controller::{wire, ControllerConnection};
+use client::{
+    ConsumeFrom, ConsumeResult, Message, Producer, ProducerConfig, PushConsumerConfig,
+    ReceivedMessage, SendStatus,
+};
+use serde_json::json;
+
+use crate::admin::{readiness_problems, ReadyArgs};
+
+#[derive(clap::Args, Debug)]
+pub struct DrillArgs {
+    /// Kills a broker: a `sh -c` template with {node}, {group} and {id}.
+    #[arg(long)]
+    kill_cmd: String,
+    /// Starts the killed broker again: a `sh -c` template with {node}, {group} and {id}.
+    #[arg(long)]
+    start_cmd: String,
+    /// Masters to kill, one per round.
+    #[arg(long, default_value_t = 5)]
+    rounds: u32,
+    /// Broker groups whose masters are killed, in turn (default: every group).
+    #[arg(long, value_delimiter = ',')]
+    groups: Vec<String>,
+    /// The topic (created on every group if missing).
+    #[arg(long, default_value = "drill")]
+    topic: String,
+    /// Queues of the topic on each group, when the drill creates it.
+    #[arg(long, default_value_t = 4)]
+    queues: u32,
+    /// The consumer group (default: one named after this run, reading from the first message).
+    #[arg(long)]
+    consumer_group: Option<String>,
+    /// Producers, each sending one message at a time.
+    #[arg(long, default_value_t = 2)]
+    producers: u32,
+    /// Body size in bytes.
+    #[arg(long, default_value_t = 256)]
+    size: usize,
+    /// Traffic before the first round and after each rejoin, in milliseconds.
+    #[arg(long, default_value_t = 2_000)]
+    settle_ms: u64,
+    /// Longest wait for each step (an election, a first SEND_OK, a rejoin, the final drain).
+    #[arg(long, default_value_t = 60)]
+    step_timeout_s: u64,
+    /// Acknowledged messages lost are reported but do not fail the drill (ASYNC_MASTER
+    /// groups, which may lose up to the replication lag).
+    #[arg(long)]
+    allow_loss: bool,
+}
+
+/// One send, as its producer saw it.
+struct Sent {
+    producer: u32,
+    seq: u64,
+    started: Instant,
+    finished: Instant,
+    /// SEND_OK's broker group and queue, or the status or error.
+    outcome: std::result::Result<(String, u32), String>,
+}
+
+/// What one round measured.
+#[derive(serde::Serialize)]
+struct Round {
+    group: String,
+    killed: u64,
+    old_epoch: u64,
+    elected: Option<u64>,
+    new_epoch: Option<u64>,
+    elected_ms: Option<u64>,
+    failover_ms: Option<u64>,
+    rejoined_ms: Option<u64>,
+    error: Option<String>,
+}
+
+/// How often the drill looks at the cluster and the history.
+const POLL: Duration = Duration::from_millis(20);
+
+pub async fn run(
+    conn: &ControllerConnection,
+    controllers: &str,
+    args: DrillArgs,
+) -> Result<ExitCode> {
+    if args.producers == 0 || args.size == 0 || args.queues == 0 {
+        bail!("--producers, --size and --queues must be at least 1");
+    }
+    let step = Duration::from_secs(args.step_timeout_s);
+    let list = wait_ready(conn, step)
+        .await
+        .context("the cluster is not ready")?;
+    let groups: Vec<String> = if args.groups.is_empty() {
+        list.groups.iter().map(|g| g.name.clone()).collect()
+    } else {
+        args.groups.clone()
+    };
+    for g in &groups {
+        if !list.groups.iter().any(|d| &d.name == g) {
+            bail!("broker group {g} is not registered");
+        }
+    }
+    if groups.is_empty() {
+        bail!("no broker group is registered");
+    }
+    create_topic(conn, &args.topic, args.queues, step).await?;
+
+    let run_id = client::message::new_message_id();
+    let consumer_group = args
+        .consumer_group
+        .clone()
+        .unwrap_or_else(|| format!("drill-{run_id}"));
+    let deliveries: Arc<Mutex<Vec<String>>> = Arc::default();
+    let mut config = PushConsumerConfig::new(consumer_group.clone(), args.topic.clone());
+    config.consume_from = ConsumeFrom::First;
+    let consumer = client::PushConsumer::start_controller(controllers, config, {
+        let deliveries = deliveries.clone();
+        move |message: &ReceivedMessage| -> std::result::Result<ConsumeResult, client::ListenerError> {
+            if let Some(key) = message.keys.first() {
+                deliveries.lock().expect("lock").push(key.clone());
+            }
+            Ok(ConsumeResult::ConsumeSuccess)
+        }
+    })
+    .await?;
+
+    let history: Arc<Mutex<Vec<Sent>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let body = Bytes::from(vec![b'd'; args.size]);
+    let mut producers = Vec::new();
+    for p in 0..args.producers {
+        let producer = Producer::connect_controller(controllers, ProducerConfig::default()).await?;
+        let (history, stop, body) = (history.clone(), stop.clone(), body.clone());
+        let (topic, run_id) = (args.topic.clone(), run_id.clone());
+        producers.push(tokio::spawn(async move {
+            let mut seq = 0;
+            while !stop.load(Ordering::Acquire) {
+                let sent = send_one(&producer, &topic, &run_id, p, seq, &body).await;
+                history.lock().expect("lock").push(sent);
+                seq += 1;
+            }
+            producer.close().await;
+        }));
+    }
+    eprintln!(
+        "drill: {} producers sending to {} (consumer group {consumer_group}), {} rounds over {}",
+        args.producers,
+        args.topic,
+        args.rounds,
+        groups.join(", ")
+    );
+
+    let settle = Duration::from_millis(args.settle_ms);
+    tokio::time::sleep(settle).await;
+    let mut rounds = Vec::new();
+    for r in 0..args.rounds {
+        let group = &groups[r as usize % groups.len()];
+        let round = run_round(conn, &args, group, &history, step).await;
+        eprintln!(
+            "drill: round {}/{}: {}",
+            r + 1,
+            args.rounds,
+            describe(&round)
+        );
+        let failed = round.error.is_some();
+        rounds.push(round);
+        if failed {
+            break;
+        }
+        tokio::time::sleep(settle).await;
+    }
+
+    stop.store(true, Ordering::Release);
+    for producer in producers {
+        producer.await.context("producer task")?;
+    }
+    let history = std::mem::take(&mut *history.lock().expect("lock"));
+    let acked: HashMap<String, &Sent> = history
+        .iter()
+        .filter(|s| s.outcome.is_ok())
+        .map(|s| (key(&run_id, s.producer, s.seq), s))
+        .collect();
+    eprintln!(
+        "drill: {} sends, {} SEND_OK; draining the consumer group",
+        history.len(),
+        acked.len()
+    );
+    drain(&deliveries, &acked, step).await;
+    consumer.shutdown().await;
+    let deliveries = std::mem::take(&mut *deliveries.lock().expect("lock"));
+
+    let report = Report::of(&history, &acked, &deliveries, &run_id);
+    let failover: Vec<u64> = rounds.iter().filter_map(|r| r.failover_ms).collect();
+    let all_rounds_done =
+        rounds.len() == args.rounds as usize && rounds.iter().all(|r| r.error.is_none());
+    let passed = all_rounds_done
+        && report.order_violations == 0
+        && (report.lost.is_empty() || args.allow_loss);
+    for key in report.lost.iter().take(20) {
+        eprintln!("drill: lost {key}");
+    }
+    eprintln!(
+        "drill: {} acked, {} lost, {} duplicates, {} order violations, failover p50 {} ms, \
+         max {} ms: {}",
+        acked.len(),
+        report.lost.len(),
+        report.duplicates,
+        report.order_violations,
+        percentile(&failover, 50).map_or("-".into(), |v| v.to_string()),
+        failover.iter().max().map_or("-".into(), |v| v.to_string()),
+        if passed { "PASSED" } else { "FAILED" }
+    );
+    println!(
+        "{}",
+        json!({
+            "passed": passed,
+            "rounds": rounds.len(),
+            "sent": history.len(),
+            "acked": acked.len(),
+            "send_failures": report.failures,
+            "lost": report.lost.len(),
+            "duplicates": report.duplicates,
+            "order_violations": report.order_violations,
+            "failover_ms": {
+                "p50": percentile(&failover, 50),
+                "p99": percentile(&failover, 99),
+                "max": failover.iter().max(),
+            },
+            "round_details": rounds,
+        })
+    );
+    Ok(if passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn key(run_id: &str, producer: u32, seq: u64) -> String {
+    format!("{run_id}-p{producer}-{seq}")
+}
+
+async fn send_one(
+    producer: &Producer,
+    topic: &str,
+    run_id: &str,
+    p: u32,
+    seq: u64,
+    body: &Bytes,
+) -> Sent {
+    let started = Instant::now();
+    let message = Message::new(topic, body.clone()).with_key(key(run_id, p, seq));
+    let outcome = match producer.send(message).await {
+        Ok(r) if r.status == SendStatus::SendOk => Ok((r.broker_group, r.queue_id)),
+        Ok(r) => Err(r.status.name().to_owned()),
+        Err(err) => Err(err.to_string()),
+    };
+    Sent {
+        producer: p,
+        seq,
+        started,
+        finished: Instant::now(),
+        outcome,
+    }
+}
+
+/// Waits until every master is alive and every broker in sync; the list then.
+async fn wait_ready(
+    conn: &ControllerConnection,
+    within: Duration,
+) -> Result<wire::ClusterListResponse> {
+    let deadline = Instant::now() + within;
+    let ready = ReadyArgs {
+        groups: 1,
+        brokers: 0,
+        wait_s: 0,
+    };
+    loop {
+        let last = match conn.cluster_list().await {
+            Ok(list) => {
+                let problems = readiness_problems(&list, &ready);
+                if problems.is_empty() {
+                    return Ok(list);
+                }
+                problems.join("; ")
+            }
+            Err(err) => err.to_string(),
+        };
+        if Instant::now() >= deadline {
+            bail!("{last}");
+        }
+        tokio::time::sleep(POLL * 10).await;
+    }
+}
+
+/// Creates the topic on every group; a quorum that just elected its leader may refuse for a
+/// moment, and creating it again with the same queues is a no-op.
+async fn create_topic(
+    conn: &ControllerConnection,
+    topic: &str,
+    queues: u32,
+    within: Duration,
+) -> Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        match conn.create_topic(topic, queues, &[]).await {
+            Ok(answer) if answer.unsynced_groups.is_empty() => return Ok(()),
+            Ok(answer) if Instant::now() >= deadline => {
+                bail!(
+                    "topic {topic} not on the masters of {:?}",
+                    answer.unsynced_groups
+                )
+            }
+            Err(err) if Instant::now() >= deadline => return Err(err.into()),
+            _ => tokio::time::sleep(POLL * 10).await,
+        }
+    }
+}
+
+/// Kills `group`'s master, measures the failover, restarts the old master and waits for it to
+/// rejoin the in-sync set.
+async fn run_round(
+    conn: &ControllerConnection,
+    args: &DrillArgs,
+    group: &str,
+    history: &Mutex<Vec<Sent>>,
+    step: Duration,
+) -> Round {
+    let mut round = Round {
+        group: group.to_owned(),
+        killed: 0,
+        old_epoch: 0,
+        elected: None,
+        new_epoch: None,
+        elected_ms: None,
+        failover_ms: None,
+        rejoined_ms: None,
+        error: None,
+    };
+    if let Err(err) = round_steps(conn, args, &mut round, history, step).await {
+        round.error = Some(format!("{err:#}"));
+    }
+    round
+}
+
+async fn round_steps(
+    conn: &ControllerConnection,
+    args: &DrillArgs,
+    round: &mut Round,
+    history: &Mutex<Vec<Sent>>,
+    step: Duration,
+) -> Result<()> {
+    let list = wait_ready(conn, step).await?;
+    let detail = group_detail(&list, &round.group)?;
+    let master = detail.master_id.context("the group has no master")?;
+    round.killed = master;
+    round.old_epoch = detail.master_epoch;
+
+    let killed_at = Instant::now();
+    run_command(&args.kill_cmd, &round.group, master).await?;
+    let deadline = Instant::now() + step;
+    loop {
+        if let Ok(list) = conn.cluster_list().await {
+            let detail = group_detail(&list, &round.group)?;
+            if let Some(new) = detail.master_id.filter(|id| *id != master) {
+                if detail.master_epoch > round.old_epoch {
+                    round.elected = Some(new);
+                    round.new_epoch = Some(detail.master_epoch);
+                    round.elected_ms = Some(killed_at.elapsed().as_millis() as u64);
+                    break;
+                }
+            }
+        }
+        if Instant::now() >= deadline {
+            bail!("no successor elected within {} s", step.as_secs());
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    loop {
+        let first_ok = history
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|s| s.started >= killed_at)
+            .find(|s| matches!(&s.outcome, Ok((g, _)) if *g == round.group))
+            .map(|s| s.finished);
+        if let Some(at) = first_ok {
+            round.failover_ms = Some(at.duration_since(killed_at).as_millis() as u64);
+            break;
+        }
+        if Instant::now() >= deadline {
+            bail!("no SEND_OK from the new master within {} s", step.as_secs());
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    let restarted_at = Instant::now();
+    run_command(&args.start_cmd, &round.group, master).await?;
+    wait_ready(conn, step)
+        .await
+        .context("the old master did not rejoin")?;
+    round.rejoined_ms = Some(restarted_at.elapsed().as_millis() as u64);
+    Ok(())
+}
+
+fn group_detail<'a>(
+    list: &'a wire::ClusterListResponse,
+    group: &str,
+) -> Result<&'a wire::GroupDetail> {
+    list.groups
+        .iter()
+        .find(|g| g.name == group)
+        .with_context(|| format!("broker group {group} is not registered"))
+}
+
+/// Runs a kill or start template for broker `id` of `group`, its output on stderr.
+async fn run_command(template: &str, group: &str, id: u64) -> Result<()> {
+    let command = template
+        .replace("{node}", &format!("{group}-{id}"))
+        .replace("{group}", group)
+        .replace("{id}", &id.to_string());
+    let stdout = std::io::stderr()
+        .as_fd()
+        .try_clone_to_owned()
+        .context("duplicate stderr")?;
+    let status = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(&command)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(stdout))
+        .status()
+        .await
+        .with_context(|| format!("run {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed: {status}");
+    }
+    Ok(())
+}
+
+/// Waits until every acknowledged message was delivered, or nothing new came for a while.
+async fn drain(deliveries: &Mutex<Vec<String>>, acked: &HashMap<String, &Sent>, within: Duration) {
+    let deadline = Instant::now() + within;
+    let quiet = Duration::from_secs(10);
+    let mut seen = HashSet::new();
+    let mut read = 0;
+    let mut last_progress = Instant::now();
+    loop {
+        {
+            let deliveries = deliveries.lock().expect("lock");
+            for key in &deliveries[read..] {
+                if acked.contains_key(key) {
+                    seen.insert(key.clone());
+                }
+            }
+            if deliveries.len() > read {
+                last_progress = Instant::now();
+            }
+            read = deliveries.len();
+        }
+        if seen.len() == acked.len()
+            || Instant::now() >= deadline
+            || last_progress.elapsed() >= quiet
+        {
+            return;
+        }
+        tokio::time::sleep(POLL * 5).await;
+    }
+}
+
+/// The drill's verdict on the whole history.
+struct Report {
+    lost: Vec<String>,
+    duplicates: u64,
+    order_violations: u64,
+    /// Sends not answered SEND_OK, by status or error.
+    failures: BTreeMap<String, u64>,
+}
+
+impl Report {
+    fn of(
+        history: &[Sent],
+        acked: &HashMap<String, &Sent>,
+        deliveries: &[String],
+        run_id: &str,
+    ) -> Report {
+        let mut failures = BTreeMap::new();
+        for sent in history {
+            if let Err(why) = &sent.outcome {
+                // Errors carry details (addresses, ids): count them by their first words.
+                let kind: String = why
+                    .split(':')
+                    .next()
+                    .unwrap_or(why)
+                    .chars()
+                    .take(60)
+                    .collect();
+                *failures.entry(kind).or_default() += 1;
+            }
+        }
+        let mut seen = HashSet::new();
+        let mut duplicates = 0;
+        let mut order_violations = 0;
+        // Per producer and queue, the highest sequence consumed so far: a producer sends one
+        // message at a time, so its acknowledged messages of one queue must come in send order.
+        let mut highest: HashMap<(u32, String, u32), u64> = HashMap::new();
+        let prefix = format!("{run_id}-");
+        for key in deliveries.iter().filter(|k| k.starts_with(&prefix)) {
+            if !seen.insert(key.as_str()) {
+                duplicates += 1;
+                continue;
+            }
+            let Some(sent) = acked.get(key) else { continue };
+            let Ok((group, queue)) = &sent.outcome else {
+                continue;
+            };
+            let top = highest
+                .entry((sent.producer, group.clone(), *queue))
+                .or_insert(sent.seq);
+            if sent.seq < *top {
+                order_violations += 1;
+            }
+            *top = (*top).max(sent.seq);
+        }
+        let mut lost: Vec<String> = acked
+            .keys()
+            .filter(|k| !seen.contains(k.as_str()))
+            .cloned()
+            .collect();
+        lost.sort();
+        Report {
+            lost,
+            duplicates,
+            order_violations,
+            failures,
+        }
+    }
+}
+
+/// Nearest-rank percentile.
+fn percentile(values: &[u64], p: usize) -> Option<u64> {
+    let mut sorted = values.to_vec();
+    sorted.sort_unstable();
+    let rank = (p * sorted.len()).div_ceil(100).max(1);
+    sorted.get(rank - 1).copied()
+}
+
+fn describe(round: &Round) -> String {
+    let ms = |v: Option<u64>| v.map_or("-".into(), |v| format!("{v} ms"));
+    let mut text = format!(
+        "{} master {} (epoch {}) killed; elected {} (epoch {}) after {}; first SEND_OK after {}; \
+         rejoined {} after restart",
+        round.group,
+        round.killed,
+        round.old_epoch,
+        round.elected.map_or("-".into(), |v| v.to_string()),
+        round.new_epoch.map_or("-".into(), |v| v.to_string()),
+        ms(round.elected_ms),
+        ms(round.failover_ms),
+        ms(round.rejoined_ms),
+    );
+    if let Some(err) = &round.error {
+        text.push_str(&format!("; FAILED: {err}"));
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sent(producer: u32, seq: u64, outcome: std::result::Result<(String, u32), String>) -> Sent {
+        let now = Instant::now();
+        Sent {
+            producer,
+            seq,
+            started: now,
+            finished: now,
+            outcome,
+        }
+    }
+
+    #[test]
+    fn the_report_counts_loss_duplicates_and_order_per_producer_and_queue() {
+        let ok = |q: u32| Ok(("broker-a".to_owned(), q));
+        let history = vec![
+            sent(0, 0, ok(0)),
+            sent(0, 1, ok(0)),
+            sent(0, 2, ok(1)),
+            sent(0, 3, Err("FLUSH_SLAVE_TIMEOUT".into())),
+            sent(1, 0, ok(0)),
+            sent(1, 1, ok(0)),
+        ];
+        let acked: HashMap<String, &Sent> = history
+            .iter()
+            .filter(|s| s.outcome.is_ok())
+            .map(|s| (key("r", s.producer, s.seq), s))
+            .collect();
+        // p0-1 before p0-0 in queue 0: one violation. p1-1 before p1-0 in another producer's
+        // order counts for that producer only. p0-2 delivered twice; p1-0 never.
+        let deliveries: Vec<String> = [
+            "r-p0-1",
+            "r-p0-0",
+            "r-p0-2",
+            "r-p0-2",
+            "r-p1-1",
+            "other-p0-0",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let report = Report::of(&history, &acked, &deliveries, "r");
+        assert_eq!(report.lost, vec!["r-p1-0".to_owned()]);
+        assert_eq!(report.duplicates, 1);
+        assert_eq!(report.order_violations, 1);
+        assert_eq!(report.failures.get("FLUSH_SLAVE_TIMEOUT"), Some(&1));
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        assert_eq!(percentile(&[], 50), None);
+        assert_eq!(percentile(&[7], 99), Some(7));
+        assert_eq!(percentile(&[4, 1, 3, 2], 50), Some(2));
+        assert_eq!(percentile(&[4, 1, 3, 2], 99), Some(4));
+    }
+}

@@ -1,0 +1,371 @@
+#!/usr/bin/env bash
+# A cluster on this machine in one command, in one of the seed's four topologies, and the
+# commands to operate it: start, stop, pause and kill its nodes, read their logs.
+#
+#   scripts/cluster.sh up TOPOLOGY [--dir DIR] [--controllers 1|3]
+#   scripts/cluster.sh down [--dir DIR] [--wipe]
+#   scripts/cluster.sh status [--dir DIR]
+#   scripts/cluster.sh kill NODE [--signal KILL|STOP|CONT|TERM] [--dir DIR]
+#   scripts/cluster.sh start NODE [--dir DIR]
+#   scripts/cluster.sh logs NODE [--lines N] [--follow] [--dir DIR]
+#
+# TOPOLOGY: single-master, multi-master (2 masters), 2m-2s-async (2 groups, master + slave each,
+# ASYNC_MASTER), 2m-2s-sync (SYNC_MASTER, SYNC_FLUSH on every broker). The broker configuration
+# of each is scripts/topologies/TOPOLOGY.toml, the controllers' scripts/topologies/controller.toml.
+# Every process listens on 127.0.0.1, on a free port chosen at `up` and kept for the cluster's
+# life. Nodes: controller-1..3, and GROUP-ID for brokers (broker-a-0, broker-a-1, broker-b-0,
+# broker-b-1). DIR (default ./.cluster) holds, per node, NODE.toml, its data in NODE/, its log in
+# NODE.log (stdout in NODE.out) and NODE.pid, and cluster.env with CONTROLLER_ADDR=... for
+# cluster-cli (`set -a; . DIR/cluster.env; set +a`).
+#
+# `up` builds the release binaries (cargo build --release, quick when they are current) unless
+# BIN_DIR names a directory holding `controller`, `broker` and `cluster-cli`; starts every node;
+# waits (at most READY_TIMEOUT_S, default 90) until every group has a master and every broker is
+# alive and in its group's in-sync set; prints `cluster-cli cluster list`; and leaves the nodes
+# running in the background. `up` on a DIR of a stopped cluster of the same topology starts it
+# again with its data. `down` stops every node with SIGTERM (SIGKILL after 30 s), brokers first,
+# and keeps DIR unless --wipe.
+#
+# Exit codes: 0 done; 1 the cluster did not become ready, a node did not stop cleanly, or (for
+# status) a node is not running; 2 bad usage.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+TOPOLOGIES="$ROOT/scripts/topologies"
+READY_TIMEOUT_S=${READY_TIMEOUT_S:-90}
+STOP_TIMEOUT_S=30
+
+usage() {
+  sed -n '5,10p' "$0" | sed 's/^# \{0,1\}//' >&2
+  exit 2
+}
+
+die() {
+  echo "cluster.sh: $*" >&2
+  exit 2
+}
+
+# --- arguments -----------------------------------------------------------------------------------
+
+[[ $# -ge 1 ]] || usage
+COMMAND=$1
+shift
+DIR=./.cluster
+CONTROLLERS=
+SIGNAL=KILL
+LINES=100
+FOLLOW=0
+WIPE=0
+POSITIONAL=()
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --dir) DIR=${2:?--dir needs a directory}; shift 2 ;;
+    --controllers) CONTROLLERS=${2:?--controllers needs 1 or 3}; shift 2 ;;
+    --signal) SIGNAL=${2:?--signal needs KILL, STOP, CONT or TERM}; shift 2 ;;
+    --lines) LINES=${2:?--lines needs a number}; shift 2 ;;
+    --follow|-f) FOLLOW=1; shift ;;
+    --wipe) WIPE=1; shift ;;
+    -h|--help) usage ;;
+    -*) die "unknown option $1" ;;
+    *) POSITIONAL+=("$1"); shift ;;
+  esac
+done
+[[ -z $CONTROLLERS || $CONTROLLERS == 1 || $CONTROLLERS == 3 ]] || die "--controllers must be 1 or 3"
+[[ $SIGNAL =~ ^(KILL|STOP|CONT|TERM)$ ]] || die "--signal must be KILL, STOP, CONT or TERM"
+[[ $LINES =~ ^[0-9]+$ ]] || die "--lines must be a number"
+if [[ $COMMAND == up ]]; then
+  mkdir -p "$DIR"
+fi
+[[ -d $DIR ]] || die "no cluster in $DIR (run: scripts/cluster.sh up TOPOLOGY --dir $DIR)"
+DIR=$(cd "$DIR" && pwd)
+
+# --- nodes ---------------------------------------------------------------------------------------
+
+# The nodes of the cluster in DIR, controllers first (the order they start in).
+nodes() {
+  [[ -f $DIR/nodes ]] || die "no cluster in $DIR (run: scripts/cluster.sh up TOPOLOGY --dir $DIR)"
+  cat "$DIR/nodes"
+}
+
+is_node() {
+  nodes | grep -qx -- "$1"
+}
+
+binary_of() {
+  case $1 in
+    controller-*) echo controller ;;
+    *) echo broker ;;
+  esac
+}
+
+# The pid of NODE if it is running (a pid file alone is not enough: the pid may be reused).
+pid_of() {
+  local pidfile=$DIR/$1.pid pid
+  [[ -f $pidfile ]] || return 1
+  pid=$(<"$pidfile")
+  [[ -r /proc/$pid/cmdline ]] || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "$DIR/$1.toml" || return 1
+  echo "$pid"
+}
+
+# running, paused (SIGSTOP) or down.
+state_of() {
+  local pid
+  if ! pid=$(pid_of "$1"); then
+    echo down
+  elif [[ $(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) == T ]]; then
+    echo paused
+  else
+    echo running
+  fi
+}
+
+listen_of() {
+  sed -n 's/^listen = "\(.*\)"$/\1/p' "$DIR/$1.toml"
+}
+
+start_node() {
+  local node=$1 binary
+  binary=$(binary_of "$node")
+  if pid_of "$node" >/dev/null; then
+    echo "cluster.sh: $node is already running" >&2
+    return 1
+  fi
+  # setsid: the node is no part of this shell's session, so a Ctrl-C here never reaches it.
+  setsid "$BIN_DIR/$binary" -c "$DIR/$node.toml" </dev/null >>"$DIR/$node.out" 2>>"$DIR/$node.log" &
+  echo $! >"$DIR/$node.pid"
+}
+
+# Sends SIGNAL to NODE; for KILL and TERM, waits until it is gone (SIGKILL after the stop
+# timeout for TERM). Returns 1 if TERM did not stop it in time.
+signal_node() {
+  local node=$1 signal=$2 pid waited=0
+  pid=$(pid_of "$node") || { echo "cluster.sh: $node is not running" >&2; return 1; }
+  kill -s "$signal" "$pid"
+  [[ $signal == KILL || $signal == TERM ]] || return 0
+  # A paused process does not act on TERM until it runs again.
+  [[ $signal == TERM ]] && kill -s CONT "$pid" 2>/dev/null
+  while [[ -e /proc/$pid ]] && pid_of "$node" >/dev/null; do
+    sleep 0.1
+    waited=$((waited + 1))
+    if [[ $signal == TERM && $waited -ge $((STOP_TIMEOUT_S * 10)) ]]; then
+      echo "cluster.sh: $node did not stop within $STOP_TIMEOUT_S s of SIGTERM: SIGKILL" >&2
+      kill -s KILL "$pid" 2>/dev/null || true
+      return 1
+    fi
+  done
+}
+
+load_env() {
+  [[ -f $DIR/cluster.env ]] || die "no cluster in $DIR (run: scripts/cluster.sh up TOPOLOGY --dir $DIR)"
+  local bin_dir=${BIN_DIR:-}
+  # shellcheck disable=SC1091
+  . "$DIR/cluster.env"
+  # The binaries `up` used, unless the caller names others.
+  BIN_DIR=${bin_dir:-$BIN_DIR}
+  export CONTROLLER_ADDR
+}
+
+cli() {
+  "$BIN_DIR/cluster-cli" --controller "$CONTROLLER_ADDR" "$@"
+}
+
+# --- free ports ----------------------------------------------------------------------------------
+
+# Ports something listens on now, from the kernel's tables (no ss or netstat needed).
+listening_ports() {
+  local file local_addr state
+  for file in /proc/net/tcp /proc/net/tcp6; do
+    [[ -r $file ]] || continue
+    while read -r _ local_addr _ state _; do
+      [[ $state == 0A ]] && echo $((16#${local_addr##*:}))
+    done < <(tail -n +2 "$file")
+  done
+}
+
+TAKEN=" "
+# Sets PORT to a port no one listens on and not handed out before, below the kernel's range for
+# outgoing connections (32768 up), so that no client's own port takes it before the node binds it.
+free_port() {
+  local used
+  used=" $(listening_ports | tr '\n' ' ') "
+  while :; do
+    PORT=$((20000 + RANDOM % 12000))
+    [[ $used == *" $PORT "* || $TAKEN == *" $PORT "* ]] && continue
+    TAKEN+="$PORT "
+    return
+  done
+}
+
+# --- commands ------------------------------------------------------------------------------------
+
+fill() {
+  local template=$1 out=$2
+  shift 2
+  local script=() pair
+  for pair in "$@"; do
+    script+=(-e "s|@${pair%%=*}@|${pair#*=}|g")
+  done
+  sed "${script[@]}" "$template" >"$out"
+}
+
+build_binaries() {
+  if [[ -n ${BIN_DIR:-} ]]; then
+    BIN_DIR=$(cd "$BIN_DIR" && pwd)
+  else
+    echo "cluster.sh: building the release binaries (cargo build --release)" >&2
+    (cd "$ROOT" && cargo build --release --locked -p replication -p broker -p cluster-cli >&2)
+    BIN_DIR=$ROOT/target/release
+  fi
+  local binary
+  for binary in controller broker cluster-cli; do
+    [[ -x $BIN_DIR/$binary ]] || die "$BIN_DIR/$binary is missing"
+  done
+}
+
+cmd_up() {
+  [[ ${#POSITIONAL[@]} -eq 1 ]] || die "up needs one TOPOLOGY: single-master, multi-master, 2m-2s-async, 2m-2s-sync"
+  local topology=${POSITIONAL[0]}
+  local template=$TOPOLOGIES/$topology.toml
+  [[ $topology != controller && -f $template ]] ||
+    die "unknown topology $topology: single-master, multi-master, 2m-2s-async, 2m-2s-sync"
+  build_binaries
+  local node
+  if [[ -f $DIR/cluster.env ]]; then
+    local previous
+    # shellcheck disable=SC1091
+    previous=$(. "$DIR/cluster.env"; echo "$TOPOLOGY $CONTROLLERS")
+    [[ $previous == "$topology ${CONTROLLERS:-${previous#* }}" ]] ||
+      die "$DIR holds a ${previous% *} cluster with ${previous#* } controller(s): use another --dir, or 'down --wipe' it first"
+    for node in $(nodes); do
+      [[ $(state_of "$node") == down ]] || die "$node is already running: the cluster is up (status, or down first)"
+    done
+    echo "cluster.sh: starting the $topology cluster in $DIR again, with its data" >&2
+  else
+    local brokers controller_addr="" peers="" secret i port
+    CONTROLLERS=${CONTROLLERS:-3}
+    brokers=$(sed -n 's/^# cluster.sh nodes: //p' "$template")
+    [[ -n $brokers ]] || die "$template lists no nodes ('# cluster.sh nodes: ...')"
+    secret=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
+    : >"$DIR/nodes"
+    for ((i = 1; i <= CONTROLLERS; i++)); do
+      free_port
+      peers+="${peers:+,}$i=127.0.0.1:$PORT"
+      controller_addr+="${controller_addr:+,}127.0.0.1:$PORT"
+      echo "controller-$i $PORT" >>"$DIR/nodes"
+    done
+    for node in $brokers; do
+      free_port
+      echo "$node $PORT" >>"$DIR/nodes"
+    done
+    local ports; ports=$(cat "$DIR/nodes")
+    cut -d' ' -f1 <<<"$ports" >"$DIR/nodes"
+    while read -r node port; do
+      case $node in
+        controller-*)
+          fill "$TOPOLOGIES/controller.toml" "$DIR/$node.toml" "ID=${node#controller-}" \
+            "LISTEN=127.0.0.1:$port" "PEERS=$peers" "DATA_DIR=$DIR/$node" ;;
+        *)
+          fill "$template" "$DIR/$node.toml" "GROUP=${node%-*}" "ID=${node##*-}" \
+            "LISTEN=127.0.0.1:$port" "STORE_PATH=$DIR/$node" "CONTROLLER_ADDR=$controller_addr" \
+            "CLUSTER_SECRET=$secret" ;;
+      esac
+    done <<<"$ports"
+    chmod 600 "$DIR"/*.toml
+    printf 'TOPOLOGY=%s\nCONTROLLERS=%s\nCONTROLLER_ADDR=%s\n' "$topology" "$CONTROLLERS" \
+      "$controller_addr" >"$DIR/cluster.env"
+  fi
+  # The binaries of this start, for status and start later.
+  sed -i '/^BIN_DIR=/d' "$DIR/cluster.env"
+  printf 'BIN_DIR=%s\n' "$BIN_DIR" >>"$DIR/cluster.env"
+  load_env
+  for node in $(nodes); do
+    start_node "$node"
+    echo "cluster.sh: started $node on $(listen_of "$node")" >&2
+  done
+  local groups brokers
+  groups=$(nodes | grep -v '^controller-' | sed 's/-[0-9]*$//' | sort -u | wc -l)
+  brokers=$(nodes | grep -vc '^controller-')
+  echo "cluster.sh: waiting for $groups group(s) of $brokers broker(s): masters elected, slaves in sync" >&2
+  if ! cli cluster ready --groups "$groups" --brokers "$brokers" --wait-s "$READY_TIMEOUT_S" >&2; then
+    echo "cluster.sh: not ready within $READY_TIMEOUT_S s; logs in $DIR/*.log; nodes left running (down to stop)" >&2
+    exit 1
+  fi
+  cli cluster list || true
+  echo "cluster up: $topology in $DIR; CONTROLLER_ADDR=$CONTROLLER_ADDR (also in $DIR/cluster.env)"
+}
+
+cmd_down() {
+  load_env
+  local node clean=0
+  # Brokers first: they stop cleanly while the controllers still answer.
+  for node in $(nodes | grep -v '^controller-') $(nodes | grep '^controller-'); do
+    [[ $(state_of "$node") == down ]] && continue
+    if signal_node "$node" TERM; then
+      echo "cluster.sh: stopped $node" >&2
+    else
+      clean=1
+    fi
+  done
+  if [[ $WIPE == 1 ]]; then
+    rm -rf "$DIR"
+    echo "cluster.sh: removed $DIR" >&2
+  fi
+  return $clean
+}
+
+cmd_status() {
+  load_env
+  local node all=0 state pid
+  printf '%-14s %-8s %-8s %s\n' NODE STATE PID ADDR
+  for node in $(nodes); do
+    state=$(state_of "$node")
+    pid=$(pid_of "$node" || echo -)
+    printf '%-14s %-8s %-8s %s\n' "$node" "$state" "$pid" "$(listen_of "$node")"
+    [[ $state == running ]] || all=1
+  done
+  echo
+  cli cluster list || true
+  return $all
+}
+
+one_node() {
+  [[ ${#POSITIONAL[@]} -eq 1 ]] || die "$COMMAND needs one NODE"
+  is_node "${POSITIONAL[0]}" || die "no node ${POSITIONAL[0]} in $DIR: $(nodes | tr '\n' ' ')"
+  echo "${POSITIONAL[0]}"
+}
+
+cmd_kill() {
+  local node
+  node=$(one_node)
+  signal_node "$node" "$SIGNAL" || exit 1
+  echo "cluster.sh: sent SIG$SIGNAL to $node" >&2
+}
+
+cmd_start() {
+  local node
+  node=$(one_node)
+  load_env
+  start_node "$node" || exit 1
+  echo "cluster.sh: started $node on $(listen_of "$node")" >&2
+}
+
+cmd_logs() {
+  local node
+  node=$(one_node)
+  if [[ $FOLLOW == 1 ]]; then
+    exec tail -n "$LINES" -f "$DIR/$node.log"
+  fi
+  tail -n "$LINES" "$DIR/$node.log"
+}
+
+case $COMMAND in
+  up) cmd_up ;;
+  down) cmd_down ;;
+  status) cmd_status ;;
+  kill) cmd_kill ;;
+  start) cmd_start ;;
+  logs) cmd_logs ;;
+  -h|--help|help) usage ;;
+  *) die "unknown command $COMMAND: up, down, status, kill, start, logs" ;;
+esac
