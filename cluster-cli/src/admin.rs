@@ -140,6 +140,15 @@ async fn cluster_ready(
     })
 }
 
+/// `ASYNC_MASTER`, `SYNC_MASTER`, or `None` when no broker of the group reported it.
+fn replication_name(mode: i32) -> Option<&'static str> {
+    match wire::ReplicationMode::try_from(mode) {
+        Ok(wire::ReplicationMode::AsyncMaster) => Some("ASYNC_MASTER"),
+        Ok(wire::ReplicationMode::SyncMaster) => Some("SYNC_MASTER"),
+        _ => None,
+    }
+}
+
 fn role_name(role: i32) -> &'static str {
     match wire::BrokerRole::try_from(role) {
         Ok(wire::BrokerRole::Master) => "MASTER",
@@ -272,6 +281,7 @@ async fn cluster_list(conn: &ControllerConnection, json_out: bool) -> Result<Exi
                 json!({
                     "name": g.name,
                     "cluster": g.cluster,
+                    "replication": replication_name(g.replication),
                     "master_id": g.master_id,
                     "master_epoch": g.master_epoch,
                     "in_sync_set": g.in_sync_set,
@@ -298,9 +308,10 @@ async fn cluster_list(conn: &ControllerConnection, json_out: bool) -> Result<Exi
         println!("{}", json!({ "groups": groups }));
     } else {
         println!(
-            "{:<16} {:<16} {:>4} {:<22} {:<7} {:<10} {:>6} {:>9} {:<6} {:<8} {:>14} {:>14} {:>12} {:>8}",
+            "{:<16} {:<16} {:<6} {:>4} {:<22} {:<7} {:<10} {:>6} {:>9} {:<6} {:<8} {:>14} {:>14} {:>12} {:>8}",
             "CLUSTER",
             "GROUP",
+            "REPL",
             "ID",
             "ADDR",
             "ROLE",
@@ -317,9 +328,11 @@ async fn cluster_list(conn: &ControllerConnection, json_out: bool) -> Result<Exi
         for g in &list.groups {
             for b in &g.brokers {
                 println!(
-                    "{:<16} {:<16} {:>4} {:<22} {:<7} {:<10} {:>6} {:>9} {:<6} {:<8} {:>14} {:>14} {:>12} {:>8}",
+                    "{:<16} {:<16} {:<6} {:>4} {:<22} {:<7} {:<10} {:>6} {:>9} {:<6} {:<8} {:>14} {:>14} {:>12} {:>8}",
                     g.cluster,
                     g.name,
+                    replication_name(g.replication)
+                        .map_or("-", |mode| mode.trim_end_matches("_MASTER")),
                     b.broker_id,
                     b.addr,
                     role_name(b.role),

@@ -153,6 +153,7 @@ impl Broker {
             role,
             incarnation,
             election_priority: 0,
+            replication: pb::ReplicationMode::Unspecified,
         };
         let mut link = ControllerLink::new(controller, identity, state.clone()).unwrap();
         *state.wake.lock().unwrap() = Some(link.wake_handle());

@@ -5,8 +5,9 @@
 //! Map: `tests/tests/*.rs` hold the scenarios; this library is the harness they share:
 //! [`BrokerProcess`] starts the `broker` binary and reads the address it listens on;
 //! [`ControllerQuorum`] runs `controller` processes; [`cluster_cli`] and [`cli_json`] run the
-//! admin tool; [`group_broker`] and [`wait_for_masters`] build a multi-master cluster; [`failover`] holds the
-//! failover scenarios' group, producer and history check.
+//! admin tool; [`run_script`] runs `scripts/*.sh` with this build's binaries; [`group_broker`]
+//! and [`wait_for_masters`] build a multi-master cluster; [`failover`] holds the failover
+//! scenarios' group, producer and history check.
 
 pub mod failover;
 
@@ -43,6 +44,36 @@ pub fn workspace_binary(package: &str, binary: &str) -> PathBuf {
         built.push(binary.to_owned());
     }
     profile_dir.join(binary)
+}
+
+/// The directory of this build's `controller`, `broker` and `cluster-cli` (each brought up to
+/// date), for the scripts' `BIN_DIR`.
+pub fn bin_dir() -> PathBuf {
+    workspace_binary("replication", "controller");
+    workspace_binary("cluster-cli", "cluster-cli");
+    workspace_binary("broker", "broker")
+        .parent()
+        .expect("target/<profile>")
+        .to_path_buf()
+}
+
+/// Runs `scripts/NAME` with `args` and this build's binaries; its exit code, stdout and stderr.
+pub fn run_script(name: &str, args: &[&str]) -> (i32, String, String) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../scripts")
+        .join(name);
+    let output = Command::new("bash")
+        .arg(&script)
+        .args(args)
+        .env("BIN_DIR", bin_dir())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the script");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 /// Runs `cluster-cli` with `args` and returns its exit code and stdout.

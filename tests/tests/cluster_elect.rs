@@ -60,6 +60,7 @@ fn controlled_broker(controller: String, id: u64, max_offset: u64) -> tokio::tas
                 role: pb::BrokerRole::Controlled as i32,
                 incarnation: 1000 + id,
                 election_priority: 0,
+                replication: pb::ReplicationMode::SyncMaster as i32,
                 log_epoch: 1,
                 max_offset,
             })

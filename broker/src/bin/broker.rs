@@ -22,7 +22,7 @@ use broker::topics::TopicRegistry;
 use clap::Parser;
 use proto::client::broker_server::BrokerServer;
 use proto::client::consumer_groups_server::ConsumerGroupsServer;
-use proto::controller::{BrokerRole, GroupSettings, GroupTopic, GroupView};
+use proto::controller::{BrokerRole, GroupSettings, GroupTopic, GroupView, ReplicationMode};
 use proto::replication::log_shipping_server::LogShippingServer;
 use replication::controller::link::{
     BrokerIdentity, BrokerMetadata, ControllerLink, LeaseAnswer, ReplicationReport,
@@ -406,6 +406,13 @@ async fn start_controller_link(
         },
         incarnation: new_incarnation(),
         election_priority: settings.election_priority,
+        replication: if settings.is_slave() {
+            ReplicationMode::Unspecified
+        } else if settings.sync_master() {
+            ReplicationMode::SyncMaster
+        } else {
+            ReplicationMode::AsyncMaster
+        },
     };
     let interval = Duration::from_millis(settings.controller_heartbeat_interval_ms);
     let (views, mut view_rx) = watch::channel(None::<GroupView>);

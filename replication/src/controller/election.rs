@@ -623,7 +623,7 @@ impl ElectionLoop {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::state::{BrokerInfo, ConfiguredRole};
+    use crate::controller::state::{BrokerInfo, ConfiguredRole, ReplicationMode};
 
     const TIMING: Timing = Timing {
         broker_lease: Duration::from_millis(1_000),
@@ -644,6 +644,7 @@ mod tests {
                     configured_role: ConfiguredRole::Controlled,
                     incarnation: 100 + id,
                     election_priority: 0,
+                    replication: ReplicationMode::Unknown,
                 },
             )
         };

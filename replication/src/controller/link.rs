@@ -103,6 +103,8 @@ pub struct BrokerIdentity {
     pub incarnation: u64,
     /// Lower wins among equal election candidates.
     pub election_priority: u32,
+    /// How it replicates as master (unspecified for a static slave).
+    pub replication: pb::ReplicationMode,
 }
 
 /// Why the link gave up.
@@ -287,6 +289,7 @@ impl ControllerLink {
                 role: id.role as i32,
                 incarnation: id.incarnation,
                 election_priority: id.election_priority,
+                replication: id.replication as i32,
                 log_epoch: self.metadata.log_epoch(),
                 max_offset: self.metadata.max_offset(),
             })
@@ -581,6 +584,7 @@ mod tests {
             role,
             incarnation: 1,
             election_priority: 0,
+            replication: pb::ReplicationMode::Unspecified,
         }
     }
 

@@ -29,7 +29,7 @@ use super::lease::{GrantDecision, SwitchoverEnd, SwitchoverPlan};
 use super::liveness::{Heartbeat, Liveness, Seen};
 use super::state::{
     BrokerGroup, BrokerInfo, ClusterState, Command, CommandError, ConfiguredRole, GroupSettings,
-    MessageModel, IN_SYNC_SET_MAX, PERM_READ, PERM_WRITE,
+    MessageModel, ReplicationMode, IN_SYNC_SET_MAX, PERM_READ, PERM_WRITE,
 };
 use super::store::SharedState;
 use super::{NodeId, Raft};
@@ -294,6 +294,27 @@ fn group_view(state: &ClusterState, name: &str) -> Option<pb::GroupView> {
     })
 }
 
+/// The group's replication mode: its master's, else the first any broker registered (the
+/// brokers of a group are configured alike).
+fn group_replication(group: &BrokerGroup) -> pb::ReplicationMode {
+    let master = group.master_id.and_then(|id| group.brokers.get(&id));
+    let known = master
+        .map(|m| m.replication)
+        .filter(|mode| *mode != ReplicationMode::Unknown)
+        .or_else(|| {
+            group
+                .brokers
+                .values()
+                .map(|b| b.replication)
+                .find(|mode| *mode != ReplicationMode::Unknown)
+        });
+    match known {
+        Some(ReplicationMode::Async) => pb::ReplicationMode::AsyncMaster,
+        Some(ReplicationMode::Sync) => pb::ReplicationMode::SyncMaster,
+        _ => pb::ReplicationMode::Unspecified,
+    }
+}
+
 /// How far a slave is behind its master, as cluster list shows it.
 #[derive(Debug, Default, PartialEq)]
 struct ReplicaLag {
@@ -496,6 +517,7 @@ impl ControllerService {
             in_sync_set: group.in_sync_set.iter().copied().collect(),
             in_sync_set_epoch: group.in_sync_set_epoch,
             brokers,
+            replication: group_replication(group) as i32,
         }
     }
 
@@ -685,6 +707,11 @@ impl pb::controller_server::Controller for ControllerService {
                 configured_role: role,
                 incarnation: req.incarnation,
                 election_priority: req.election_priority,
+                replication: match pb::ReplicationMode::try_from(req.replication) {
+                    Ok(pb::ReplicationMode::AsyncMaster) => ReplicationMode::Async,
+                    Ok(pb::ReplicationMode::SyncMaster) => ReplicationMode::Sync,
+                    _ => ReplicationMode::Unknown,
+                },
             },
         })
         .await?;
@@ -1352,6 +1379,7 @@ mod tests {
                     configured_role: role,
                     incarnation: 1,
                     election_priority: 0,
+                    replication: ReplicationMode::Unknown,
                 },
             )
         };

@@ -48,6 +48,17 @@ impl ConfiguredRole {
     }
 }
 
+/// How a broker replicates while it is master, as it registered (RocketMQ's ASYNC_MASTER and
+/// SYNC_MASTER); shown by cluster list.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReplicationMode {
+    /// Not reported: a static slave, or state written before brokers reported it.
+    #[default]
+    Unknown,
+    Async,
+    Sync,
+}
+
 /// One broker of a group.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BrokerInfo {
@@ -63,6 +74,8 @@ pub struct BrokerInfo {
     /// brokerElectionPriority).
     #[serde(default)]
     pub election_priority: u32,
+    #[serde(default)]
+    pub replication: ReplicationMode,
 }
 
 /// A broker group (RocketMQ's brokerName): one master, its slaves, and who is in sync.
@@ -671,6 +684,7 @@ mod tests {
             configured_role: role,
             incarnation: 100 + id,
             election_priority: 0,
+            replication: ReplicationMode::Unknown,
         }
     }
 

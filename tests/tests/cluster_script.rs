@@ -1,0 +1,259 @@
+//! `scripts/cluster.sh` brings each of the four topologies up and down cleanly. For each: `up`
+//! waits until every group has a master and every broker is in sync, `cluster list --json`
+//! shows the topology (groups, brokers, replication mode, one master each), messages sent
+//! through the controller are all consumed, `status` tells a paused node from a running one,
+//! and `down` stops every process with SIGTERM, each store closed cleanly (no abort marker
+//! left). A stopped cluster comes up again with its data; bad usage changes nothing.
+
+use std::path::Path;
+
+use cluster_tests::{cluster_cli, run_script};
+use serde_json::Value;
+
+/// What `up` must have built: group names and brokers per group, and the replication mode.
+struct Topology {
+    name: &'static str,
+    groups: &'static [&'static str],
+    brokers_per_group: usize,
+    replication: &'static str,
+}
+
+const TOPOLOGIES: &[Topology] = &[
+    Topology {
+        name: "single-master",
+        groups: &["broker-a"],
+        brokers_per_group: 1,
+        replication: "ASYNC_MASTER",
+    },
+    Topology {
+        name: "multi-master",
+        groups: &["broker-a", "broker-b"],
+        brokers_per_group: 1,
+        replication: "ASYNC_MASTER",
+    },
+    Topology {
+        name: "2m-2s-async",
+        groups: &["broker-a", "broker-b"],
+        brokers_per_group: 2,
+        replication: "ASYNC_MASTER",
+    },
+    Topology {
+        name: "2m-2s-sync",
+        groups: &["broker-a", "broker-b"],
+        brokers_per_group: 2,
+        replication: "SYNC_MASTER",
+    },
+];
+
+fn dir_arg(dir: &Path) -> &str {
+    dir.to_str().expect("a UTF-8 temporary path")
+}
+
+fn controller_addr(dir: &Path) -> String {
+    let env = std::fs::read_to_string(dir.join("cluster.env")).expect("cluster.env");
+    env.lines()
+        .find_map(|line| line.strip_prefix("CONTROLLER_ADDR="))
+        .expect("CONTROLLER_ADDR in cluster.env")
+        .to_owned()
+}
+
+fn up(topology: &str, dir: &Path, controllers: &str) {
+    let (code, stdout, stderr) = run_script(
+        "cluster.sh",
+        &[
+            "up",
+            topology,
+            "--dir",
+            dir_arg(dir),
+            "--controllers",
+            controllers,
+        ],
+    );
+    assert_eq!(code, 0, "up {topology}: {stdout}\n{stderr}");
+    assert!(
+        stdout.contains("cluster up: ") && stdout.contains("CONTROLLER_ADDR="),
+        "up {topology} printed: {stdout}"
+    );
+}
+
+/// `down`: exit 0, no node process left, every broker store closed cleanly.
+fn down_cleanly(dir: &Path, brokers: &[String]) {
+    let pids: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| {
+            let path = e.unwrap().path();
+            (path.extension()? == "pid").then(|| std::fs::read_to_string(path).unwrap())
+        })
+        .collect();
+    let (code, stdout, stderr) = run_script("cluster.sh", &["down", "--dir", dir_arg(dir)]);
+    assert_eq!(code, 0, "down: {stdout}\n{stderr}");
+    for pid in pids {
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", pid.trim())).unwrap_or_default();
+        assert!(
+            !String::from_utf8_lossy(&cmdline).contains(dir_arg(dir)),
+            "process {pid} still runs after down"
+        );
+    }
+    for broker in brokers {
+        assert!(
+            !dir.join(broker).join("abort").exists(),
+            "{broker} did not stop cleanly: its store's abort marker is left"
+        );
+    }
+}
+
+fn check_list(topology: &Topology, controllers: &str) -> Vec<String> {
+    let (code, stdout) = cluster_cli(&["--controller", controllers, "--json", "cluster", "list"]);
+    assert_eq!(code, 0, "cluster list: {stdout}");
+    let list: Value = serde_json::from_str(stdout.trim()).expect("cluster list JSON");
+    let groups = list["groups"].as_array().expect("groups");
+    let names: Vec<&str> = groups.iter().map(|g| g["name"].as_str().unwrap()).collect();
+    assert_eq!(names, topology.groups, "{}: groups", topology.name);
+    let mut nodes = Vec::new();
+    for g in groups {
+        assert_eq!(
+            g["replication"], topology.replication,
+            "{}: {g}",
+            topology.name
+        );
+        let brokers = g["brokers"].as_array().expect("brokers");
+        assert_eq!(
+            brokers.len(),
+            topology.brokers_per_group,
+            "{}: {g}",
+            topology.name
+        );
+        let masters = brokers.iter().filter(|b| b["role"] == "MASTER").count();
+        assert_eq!(masters, 1, "{}: one master per group: {g}", topology.name);
+        assert_eq!(
+            g["master_id"],
+            brokers.iter().find(|b| b["role"] == "MASTER").unwrap()["id"]
+        );
+        for b in brokers {
+            assert_eq!(b["alive"], true, "{b}");
+            assert_eq!(b["in_sync"], true, "{b}");
+            nodes.push(format!("{}-{}", g["name"].as_str().unwrap(), b["id"]));
+        }
+    }
+    nodes
+}
+
+fn send_and_consume(controllers: &str, group: &str, expect: u64) {
+    let (code, out) = cluster_cli(&[
+        "--controller",
+        controllers,
+        "send",
+        "--topic",
+        "tour",
+        "--count",
+        "40",
+    ]);
+    assert_eq!(code, 0, "send: {out}");
+    let (code, out) = cluster_cli(&[
+        "--controller",
+        controllers,
+        "--json",
+        "consume",
+        "--topic",
+        "tour",
+        "--group",
+        group,
+        "--from",
+        "first",
+        "--count",
+        &expect.to_string(),
+        "--idle-exit-ms",
+        "10000",
+    ]);
+    assert_eq!(code, 0, "consume: {out}");
+}
+
+#[test]
+fn each_topology_comes_up_serves_and_goes_down_cleanly() {
+    for topology in TOPOLOGIES {
+        let dir = tempfile::tempdir().unwrap();
+        // The sync topology with the default three controllers, the others with one (quicker).
+        let controllers = if topology.name == "2m-2s-sync" {
+            "3"
+        } else {
+            "1"
+        };
+        up(topology.name, dir.path(), controllers);
+        let addr = controller_addr(dir.path());
+        let nodes = check_list(topology, &addr);
+        let (code, out) = cluster_cli(&["--controller", &addr, "topic", "create", "tour"]);
+        assert_eq!(code, 0, "topic create: {out}");
+        send_and_consume(&addr, "tour-1", 40);
+
+        let (code, status, _) = run_script("cluster.sh", &["status", "--dir", dir_arg(dir.path())]);
+        assert_eq!(code, 0, "status: {status}");
+        let node = &nodes[nodes.len() - 1];
+        let signal = |signal: &str| {
+            let (code, out, err) = run_script(
+                "cluster.sh",
+                &[
+                    "kill",
+                    node,
+                    "--signal",
+                    signal,
+                    "--dir",
+                    dir_arg(dir.path()),
+                ],
+            );
+            assert_eq!(code, 0, "kill --signal {signal}: {out}{err}");
+        };
+        signal("STOP");
+        let (code, status, _) = run_script("cluster.sh", &["status", "--dir", dir_arg(dir.path())]);
+        assert_eq!(code, 1, "status with a paused node: {status}");
+        assert!(
+            status
+                .lines()
+                .any(|l| l.starts_with(node.as_str()) && l.contains("paused")),
+            "{status}"
+        );
+        signal("CONT");
+        let (code, logs, _) =
+            run_script("cluster.sh", &["logs", node, "--dir", dir_arg(dir.path())]);
+        assert!(code == 0 && logs.contains("broker serving"), "logs: {logs}");
+        down_cleanly(dir.path(), &nodes);
+
+        if topology.name == "single-master" {
+            // Up again in the same directory: same cluster, same messages.
+            up(topology.name, dir.path(), controllers);
+            send_and_consume(&controller_addr(dir.path()), "tour-2", 80);
+            down_cleanly(dir.path(), &nodes);
+        }
+        eprintln!("{}: up, served, down cleanly", topology.name);
+    }
+}
+
+#[test]
+fn bad_usage_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir_arg(dir.path());
+    for args in [
+        vec!["up", "three-masters", "--dir", d],
+        vec!["up", "single-master", "--dir", d, "--controllers", "2"],
+        vec!["status", "--dir", d],
+        vec!["bogus"],
+    ] {
+        let (code, _, stderr) = run_script("cluster.sh", &args);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(stderr.contains("cluster.sh:"), "{args:?}: {stderr}");
+    }
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+        "a refused command wrote into the directory"
+    );
+    up("single-master", dir.path(), "1");
+    for args in [
+        vec!["up", "single-master", "--dir", d],
+        vec!["up", "multi-master", "--dir", d],
+        vec!["kill", "broker-z-9", "--dir", d],
+        vec!["kill", "broker-a-0", "--signal", "HUP", "--dir", d],
+    ] {
+        let (code, _, stderr) = run_script("cluster.sh", &args);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+    }
+    down_cleanly(dir.path(), &["broker-a-0".to_owned()]);
+}
