@@ -54,6 +54,9 @@ pub enum BrokerError {
     /// handing over. Retriable: the client asks the controller for the master again.
     #[error("this broker cannot acknowledge writes now: {reason}")]
     CannotAcknowledge { reason: String },
+    /// The group is drained for maintenance (`cluster-cli broker drain`).
+    #[error("broker group {group} is drained for maintenance and takes no new messages")]
+    Drained { group: String },
 }
 
 impl BrokerError {
@@ -74,6 +77,7 @@ impl BrokerError {
             BrokerError::NotDurable => ErrorCode::MasterPersistenceTimeout,
             BrokerError::NotReplicated { .. } => ErrorCode::SlavePersistenceTimeout,
             BrokerError::TopicReserved { .. } => ErrorCode::IllegalTopic,
+            BrokerError::Drained { .. } => ErrorCode::Forbidden,
             BrokerError::NotMaster { .. } | BrokerError::CannotAcknowledge { .. } => {
                 ErrorCode::NotMaster
             }
@@ -94,6 +98,7 @@ impl BrokerError {
             | ErrorCode::MessagePropertiesTooLarge => tonic::Code::InvalidArgument,
             ErrorCode::InternalError => tonic::Code::Internal,
             ErrorCode::TooManyRequests => tonic::Code::ResourceExhausted,
+            ErrorCode::Forbidden => tonic::Code::PermissionDenied,
             _ if (40000..50000).contains(&(code as i32)) => tonic::Code::InvalidArgument,
             _ => tonic::Code::Unavailable,
         };

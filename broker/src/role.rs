@@ -28,6 +28,7 @@
 //! at once.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -155,6 +156,8 @@ pub struct RoleCell {
     authority: OnceLock<ControllerAuthority>,
     /// Makes the controller link heartbeat at once.
     wake: OnceLock<Arc<Notify>>,
+    /// The controller drained the group for maintenance: sends are refused.
+    drained: AtomicBool,
 }
 
 impl RoleCell {
@@ -198,6 +201,7 @@ impl RoleCell {
             lease: Mutex::new(Lease::default()),
             authority: OnceLock::new(),
             wake: OnceLock::new(),
+            drained: AtomicBool::new(false),
         })
     }
 
@@ -237,6 +241,28 @@ impl RoleCell {
             }
         }
         Ok(role)
+    }
+
+    /// What the controller says of the group's drain (every group view carries it).
+    pub fn set_drained(&self, drained: bool) {
+        if self.drained.swap(drained, Ordering::AcqRel) != drained {
+            tracing::warn!(
+                drained,
+                "the controller {} this broker's group",
+                if drained { "drained" } else { "undrained" }
+            );
+        }
+    }
+
+    /// `FORBIDDEN` while the group is drained: a producer whose route is not updated yet must
+    /// not add messages to a group taken out for maintenance.
+    pub fn check_not_drained(&self) -> Result<(), BrokerError> {
+        if self.drained.load(Ordering::Acquire) {
+            return Err(BrokerError::Drained {
+                group: self.ctx.replica.group.clone(),
+            });
+        }
+        Ok(())
     }
 
     /// Whether `role` (from [`RoleCell::writable`]) may still acknowledge: it is still the

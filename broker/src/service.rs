@@ -104,6 +104,7 @@ impl BrokerService {
             });
         }
         let role = self.role.writable()?;
+        self.role.check_not_drained()?;
         self.check_queue(&request.topic, request.queue_id)?;
         let mut message_ids = Vec::with_capacity(request.messages.len());
         let mut messages = Vec::with_capacity(request.messages.len());

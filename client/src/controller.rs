@@ -183,6 +183,21 @@ impl ControllerConnection {
             .await
     }
 
+    /// Drains (`true`) or undrains a broker group; whether that changed it.
+    pub async fn set_group_drained(&self, group: &str, drained: bool) -> Result<bool, ClientError> {
+        let request = wire::SetGroupDrainedRequest {
+            group: group.to_owned(),
+            drained,
+        };
+        let answer = self
+            .call(|mut c| {
+                let request = request.clone();
+                async move { c.set_group_drained(request).await }
+            })
+            .await?;
+        Ok(answer.changed)
+    }
+
     pub async fn cluster_list(&self) -> Result<wire::ClusterListResponse, ClientError> {
         self.call(|mut c| async move { c.cluster_list(wire::ClusterListRequest {}).await })
             .await

@@ -56,6 +56,8 @@ impl ClientError {
                     | ErrorCode::TooManyRequests
                     | ErrorCode::RequestTimeout
                     | ErrorCode::NotMaster
+                    // A drained group: another group takes the message.
+                    | ErrorCode::Forbidden
             ),
             ClientError::Invalid { .. } | ClientError::NoRoute { .. } => false,
         }

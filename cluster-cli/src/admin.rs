@@ -1,6 +1,6 @@
 //! Commands answered by the controller quorum: `controller status|add|remove`, `cluster list`,
-//! `cluster ready`, `cluster elect` (in `elect.rs`), `topic create|route|list` when
-//! `--controller` is given.
+//! `cluster ready`, `cluster elect` (in `elect.rs`), `broker drain|undrain`,
+//! `topic create|route|list` when `--controller` is given.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -33,6 +33,45 @@ pub enum ClusterCommand {
     /// Move mastership of a group of CONTROLLED brokers (planned switchover): the master resigns
     /// and the target (default: the best alive in-sync member) is elected.
     Elect(crate::elect::ElectArgs),
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum BrokerCommand {
+    /// Stop writes to a broker group for maintenance: its queues turn read-only in every route
+    /// (producers move to the other groups) and its master refuses sends with FORBIDDEN.
+    /// Consumers, offsets and replication go on.
+    Drain {
+        /// The broker group (RocketMQ's brokerName).
+        group: String,
+    },
+    /// Resume writes to a drained broker group.
+    Undrain { group: String },
+}
+
+pub async fn broker(
+    conn: &ControllerConnection,
+    json_out: bool,
+    command: BrokerCommand,
+) -> Result<ExitCode> {
+    let (group, drained) = match command {
+        BrokerCommand::Drain { group } => (group, true),
+        BrokerCommand::Undrain { group } => (group, false),
+    };
+    let changed = conn.set_group_drained(&group, drained).await?;
+    let text = match (drained, changed) {
+        (true, true) => format!(
+            "{group} drained: read-only in every route, its master refuses sends (FORBIDDEN)"
+        ),
+        (true, false) => format!("{group} was already drained"),
+        (false, true) => format!("{group} undrained: writable again"),
+        (false, false) => format!("{group} was not drained"),
+    };
+    print_done(
+        json_out,
+        json!({ "group": group, "drained": drained, "changed": changed }),
+        &text,
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(clap::Args, Debug)]
@@ -286,6 +325,7 @@ async fn cluster_list(conn: &ControllerConnection, json_out: bool) -> Result<Exi
                     "master_epoch": g.master_epoch,
                     "in_sync_set": g.in_sync_set,
                     "in_sync_set_epoch": g.in_sync_set_epoch,
+                    "drained": g.drained,
                     "brokers": g.brokers.iter().map(|b| json!({
                         "id": b.broker_id,
                         "addr": b.addr,
@@ -348,6 +388,12 @@ async fn cluster_list(conn: &ControllerConnection, json_out: bool) -> Result<Exi
                     b.lag_ms.map(|ms| ms.to_string()).unwrap_or("-".into()),
                 );
             }
+        }
+        for g in list.groups.iter().filter(|g| g.drained) {
+            println!(
+                "{}: drained (no writes; cluster-cli broker undrain {})",
+                g.name, g.name
+            );
         }
     }
     let all_alive = list

@@ -18,6 +18,7 @@ mod consume;
 mod drill;
 mod elect;
 mod ha;
+mod progress;
 mod send;
 
 use std::process::ExitCode;
@@ -59,6 +60,11 @@ enum Command {
         #[command(subcommand)]
         command: admin::ClusterCommand,
     },
+    /// Broker groups' maintenance: drain and undrain (controller needed).
+    Broker {
+        #[command(subcommand)]
+        command: admin::BrokerCommand,
+    },
     /// Replication of one broker group, from its master (controller needed to find it).
     Ha {
         #[command(subcommand)]
@@ -68,6 +74,11 @@ enum Command {
     Topic {
         #[command(subcommand)]
         command: TopicCommand,
+    },
+    /// Consumer groups.
+    Group {
+        #[command(subcommand)]
+        command: GroupCommand,
     },
     /// Send N messages with unique keys and summarize their statuses.
     Send(send::SendArgs),
@@ -97,8 +108,38 @@ enum TopicCommand {
     },
     /// Where a topic's queues are: groups, masters, liveness (controller only).
     Route { topic: String },
+    /// Each queue's min and max offsets and message count, from each group's master.
+    Status { topic: String },
     /// List topics: with a controller, their routes; with a broker, each queue's offsets.
     List,
+}
+
+#[derive(Subcommand, Debug)]
+enum GroupCommand {
+    /// Per queue: the broker's max offset, the group's committed offset, and the difference
+    /// (the group's retry topic included), from each broker group's master.
+    Progress {
+        /// The consumer group.
+        group: String,
+        #[arg(long)]
+        topic: String,
+    },
+}
+
+/// The masters a per-queue command asks: the topic's groups' through the controller, else the
+/// one broker.
+async fn masters(
+    cli_controller: &Option<String>,
+    broker: &str,
+    topic: &str,
+) -> Result<Vec<progress::Master>> {
+    match cli_controller {
+        Some(_) => progress::masters_of(&controller(cli_controller)?, topic).await,
+        None => Ok(vec![progress::Master {
+            group: broker.to_owned(),
+            addr: Some(broker.to_owned()),
+        }]),
+    }
 }
 
 fn main() -> ExitCode {
@@ -173,6 +214,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Cluster { command } => {
             admin::cluster(&controller(&cli.controller)?, cli.json, command).await
         }
+        Command::Broker { command } => {
+            admin::broker(&controller(&cli.controller)?, cli.json, command).await
+        }
         Command::Ha { command } => ha::run(&controller(&cli.controller)?, cli.json, command).await,
         Command::Topic { command } if cli.controller.is_some() => {
             let conn = controller(&cli.controller)?;
@@ -183,10 +227,20 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     groups,
                 } => admin::topic_create(&conn, cli.json, &topic, queues, &groups).await,
                 TopicCommand::Route { topic } => admin::topic_route(&conn, cli.json, &topic).await,
+                TopicCommand::Status { topic } => {
+                    let masters = progress::masters_of(&conn, &topic).await?;
+                    progress::topic_status(&masters, cli.json, &topic).await
+                }
                 TopicCommand::List => admin::topic_list(&conn, cli.json).await,
             }
         }
         Command::Topic { command } => topic(&cli.broker, cli.json, command).await,
+        Command::Group {
+            command: GroupCommand::Progress { group, topic },
+        } => {
+            let masters = masters(&cli.controller, &cli.broker, &topic).await?;
+            progress::group_progress(&masters, cli.json, &group, &topic).await
+        }
         Command::Send(args) => send::run(&reach, cli.json, args).await,
         Command::Consume(args) => consume::run(&reach, cli.json, args).await,
         Command::Bench { command } => bench::run(&reach, cli.json, command).await,
@@ -201,6 +255,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
 async fn topic(broker: &str, json: bool, command: TopicCommand) -> Result<ExitCode> {
     let admin = client::Admin::connect(broker).await?;
     match command {
+        TopicCommand::Status { topic } => {
+            let masters = masters(&None, broker, &topic).await?;
+            return progress::topic_status(&masters, json, &topic).await;
+        }
         TopicCommand::Route { .. } => {
             anyhow::bail!(
                 "topic route needs the controller: pass --controller or set CONTROLLER_ADDR"

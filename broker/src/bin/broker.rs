@@ -354,6 +354,7 @@ impl BrokerMetadata for LinkedBroker {
     }
 
     fn group_view_changed(&self, view: &GroupView) {
+        self.role.set_drained(view.drained);
         self.views.send_if_modified(|current| {
             let changed = current.as_ref() != Some(view);
             if changed {

@@ -656,6 +656,7 @@ mod tests {
             in_sync_set: BTreeSet::from([0, 1, 2]),
             in_sync_set_epoch: 5,
             master_incarnation: 100,
+            drained: false,
         }
     }
 

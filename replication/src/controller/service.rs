@@ -291,6 +291,7 @@ fn group_view(state: &ClusterState, name: &str) -> Option<pb::GroupView> {
             .and_then(|id| group.brokers.get(&id))
             .map(|master| master.addr.clone())
             .unwrap_or_default(),
+        drained: group.drained,
     })
 }
 
@@ -371,10 +372,16 @@ pub fn topic_route(
                 .iter()
                 .map(|(group_name, count)| {
                     let group = state.groups.get(group_name);
+                    let drained = group.is_some_and(|g| g.drained);
                     pb::QueueGroupRoute {
                         group: group_name.clone(),
                         queue_count: *count,
-                        perm: t.perm,
+                        // A drained group's queues stay readable, not writable.
+                        perm: if drained {
+                            t.perm & !PERM_WRITE
+                        } else {
+                            t.perm
+                        },
                         master_id: group.and_then(|g| g.master_id),
                         master_epoch: group.map(|g| g.master_epoch).unwrap_or(0),
                         brokers: group
@@ -518,6 +525,7 @@ impl ControllerService {
             in_sync_set_epoch: group.in_sync_set_epoch,
             brokers,
             replication: group_replication(group) as i32,
+            drained: group.drained,
         }
     }
 
@@ -1150,6 +1158,24 @@ impl pb::controller_server::Controller for ControllerService {
         Ok(Response::new(pb::SetGroupSettingsResponse {}))
     }
 
+    async fn set_group_drained(
+        &self,
+        request: Request<pb::SetGroupDrainedRequest>,
+    ) -> Result<Response<pb::SetGroupDrainedResponse>, Status> {
+        write_at_leader!(self, request, set_group_drained);
+        let req = request.into_inner();
+        let changed = self
+            .write(Command::SetGroupDrained {
+                group: req.group.clone(),
+                drained: req.drained,
+            })
+            .await?;
+        if changed {
+            tracing::warn!(group = %req.group, drained = req.drained, "broker group drain changed");
+        }
+        Ok(Response::new(pb::SetGroupDrainedResponse { changed }))
+    }
+
     async fn get_group_settings(
         &self,
         request: Request<pb::GetGroupSettingsRequest>,
@@ -1395,6 +1421,7 @@ mod tests {
             in_sync_set: BTreeSet::from([0]),
             in_sync_set_epoch: 1,
             master_incarnation: 1,
+            drained: false,
         }
     }
 

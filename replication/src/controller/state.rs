@@ -94,6 +94,10 @@ pub struct BrokerGroup {
     /// restarted, and a controlled group elects again at once.
     #[serde(default)]
     pub master_incarnation: u64,
+    /// Drained for maintenance: no queue of the group is writable in routes, and its master
+    /// refuses sends.
+    #[serde(default)]
+    pub drained: bool,
 }
 
 impl BrokerGroup {
@@ -194,6 +198,11 @@ pub enum Command {
     SetGroupSettings {
         group: String,
         settings: GroupSettings,
+    },
+    /// Drains a broker group for maintenance, or undrains it.
+    SetGroupDrained {
+        group: String,
+        drained: bool,
     },
     /// A master proposes a new in-sync set for its group (RocketMQ 5's AlterSyncStateSet, Kafka's
     /// AlterPartition). Accepted only from the current master at the current master epoch, and
@@ -299,6 +308,10 @@ impl ClusterState {
             Command::SetGroupSettings { group, settings } => {
                 self.set_group_settings(group, *settings)
             }
+            Command::SetGroupDrained { group, drained } => match self.groups.get_mut(group) {
+                Some(g) => Ok(std::mem::replace(&mut g.drained, *drained) != *drained),
+                None => Err(CommandError::GroupNotFound(group.clone())),
+            },
             Command::AlterInSyncSet {
                 group,
                 master_id,
@@ -1180,6 +1193,36 @@ mod tests {
         let group = &state.groups["c"];
         assert!(!group.master_restarted());
         assert_eq!((group.master_epoch, group.master_incarnation), (2, 555));
+    }
+
+    #[test]
+    fn draining_a_group_is_idempotent_and_an_unknown_group_is_refused() {
+        let mut state = group_of_three();
+        let drain = |drained: bool| Command::SetGroupDrained {
+            group: "a".into(),
+            drained,
+        };
+        assert_eq!(
+            state.apply(&drain(true)),
+            CommandResult::Done { changed: true }
+        );
+        assert!(state.groups["a"].drained);
+        assert_eq!(
+            state.apply(&drain(true)),
+            CommandResult::Done { changed: false }
+        );
+        assert_eq!(
+            state.apply(&drain(false)),
+            CommandResult::Done { changed: true }
+        );
+        assert!(!state.groups["a"].drained);
+        let before = state.clone();
+        let unknown = Command::SetGroupDrained {
+            group: "nope".into(),
+            drained: true,
+        };
+        assert!(matches!(state.apply(&unknown), CommandResult::Refused(_)));
+        assert_eq!(state, before);
     }
 
     #[test]

@@ -1,0 +1,238 @@
+//! `topic status TOPIC` and `group progress GROUP --topic TOPIC`: per queue, what the masters
+//! hold (RocketMQ's `mqadmin topicStatus` and `consumerProgress`). With a controller, the
+//! topic's route names each broker group's master and each is asked; without one, the one
+//! broker of `--broker` is.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use client::controller::ControllerConnection;
+use client::{Admin, ClientError};
+use proto::client::consumer_groups_client::ConsumerGroupsClient;
+use proto::client::{QueryOffsetRequest, TopicStatus};
+use serde_json::{json, Value};
+
+/// Where a topic's queues are read: a broker group and its master's address (None when the
+/// group has no live master).
+pub struct Master {
+    pub group: String,
+    pub addr: Option<String>,
+}
+
+/// The masters of `topic`'s groups, from the controller's route.
+pub async fn masters_of(conn: &ControllerConnection, topic: &str) -> Result<Vec<Master>> {
+    let route = conn.route(topic).await?;
+    if route.groups.is_empty() {
+        anyhow::bail!("topic {topic} does not exist");
+    }
+    Ok(route
+        .groups
+        .iter()
+        .map(|g| Master {
+            group: g.group.clone(),
+            addr: g
+                .brokers
+                .iter()
+                .find(|b| Some(b.broker_id) == g.master_id && b.alive)
+                .map(|b| b.addr.clone()),
+        })
+        .collect())
+}
+
+/// One group's queues of one topic, or why they could not be read.
+async fn queues(master: &Master, topic: &str) -> Result<TopicStatus, String> {
+    let addr = master.addr.as_deref().ok_or("no live master")?;
+    let admin = Admin::connect(addr).await.map_err(|e| e.to_string())?;
+    let topics = admin.list_topics().await.map_err(|e| e.to_string())?;
+    topics
+        .into_iter()
+        .find(|t| t.topic == topic)
+        .ok_or_else(|| format!("the master ({addr}) does not hold topic {topic}"))
+}
+
+pub async fn topic_status(masters: &[Master], json_out: bool, topic: &str) -> Result<ExitCode> {
+    let mut groups = Vec::new();
+    let mut failed = false;
+    let mut total = 0;
+    if !json_out {
+        println!(
+            "{:<16} {:>6} {:>14} {:>14} {:>14}",
+            "GROUP", "QUEUE", "MIN_OFFSET", "MAX_OFFSET", "MESSAGES"
+        );
+    }
+    for master in masters {
+        match queues(master, topic).await {
+            Ok(status) => {
+                let rows: Vec<Value> = status
+                    .queues
+                    .iter()
+                    .map(|q| {
+                        let messages = q.max_queue_offset - q.min_queue_offset;
+                        total += messages;
+                        if !json_out {
+                            println!(
+                                "{:<16} {:>6} {:>14} {:>14} {:>14}",
+                                master.group,
+                                q.queue_id,
+                                q.min_queue_offset,
+                                q.max_queue_offset,
+                                messages
+                            );
+                        }
+                        json!({
+                            "queue_id": q.queue_id,
+                            "min_offset": q.min_queue_offset,
+                            "max_offset": q.max_queue_offset,
+                            "messages": messages,
+                        })
+                    })
+                    .collect();
+                groups.push(json!({
+                    "group": master.group,
+                    "master_addr": master.addr,
+                    "queues": rows,
+                }));
+            }
+            Err(why) => {
+                failed = true;
+                if !json_out {
+                    println!("{:<16} unavailable: {why}", master.group);
+                }
+                groups.push(json!({
+                    "group": master.group,
+                    "master_addr": master.addr,
+                    "error": why,
+                }));
+            }
+        }
+    }
+    if json_out {
+        println!(
+            "{}",
+            json!({ "topic": topic, "groups": groups, "messages": total })
+        );
+    } else {
+        println!("{topic}: {total} messages kept");
+    }
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// A JSON number as text for a table (`-` for null): `Value`'s own `Display` ignores widths.
+fn number(value: &Value) -> String {
+    value.as_u64().map_or("-".into(), |n| n.to_string())
+}
+
+/// The group's committed offset on a queue (None: it has committed none there).
+async fn committed(
+    addr: &str,
+    group: &str,
+    topic: &str,
+    queue_id: u32,
+) -> Result<Option<u64>, ClientError> {
+    let mut client = ConsumerGroupsClient::connect(format!("http://{addr}")).await?;
+    let answer = client
+        .query_offset(QueryOffsetRequest {
+            group: group.to_owned(),
+            topic: topic.to_owned(),
+            queue_id,
+        })
+        .await?
+        .into_inner();
+    Ok(answer.found.then_some(answer.queue_offset))
+}
+
+pub async fn group_progress(
+    masters: &[Master],
+    json_out: bool,
+    group: &str,
+    topic: &str,
+) -> Result<ExitCode> {
+    // The group's own retry topic is consumed with the topic, on each broker that has one.
+    let retry_topic = format!("%RETRY%{group}");
+    let mut rows = Vec::new();
+    let mut errors = Vec::new();
+    let mut diff_total = 0;
+    for master in masters {
+        for (name, required) in [(topic, true), (retry_topic.as_str(), false)] {
+            let status = match queues(master, name).await {
+                Ok(status) => status,
+                Err(_) if !required => continue,
+                Err(why) => {
+                    errors.push(json!({ "broker_group": master.group, "error": why }));
+                    continue;
+                }
+            };
+            let addr = master.addr.as_deref().unwrap_or_default();
+            for q in &status.queues {
+                let consumer = match committed(addr, group, name, q.queue_id).await {
+                    Ok(offset) => offset,
+                    Err(err) => {
+                        errors.push(
+                            json!({ "broker_group": master.group, "error": err.to_string() }),
+                        );
+                        break;
+                    }
+                };
+                // Without a commit the group has read nothing of what is kept.
+                let diff = q.max_queue_offset
+                    - consumer
+                        .unwrap_or(q.min_queue_offset)
+                        .min(q.max_queue_offset);
+                diff_total += diff;
+                rows.push(json!({
+                    "broker_group": master.group,
+                    "topic": name,
+                    "queue_id": q.queue_id,
+                    "broker_offset": q.max_queue_offset,
+                    "consumer_offset": consumer,
+                    "diff": diff,
+                }));
+            }
+        }
+    }
+    if json_out {
+        println!(
+            "{}",
+            json!({
+                "group": group,
+                "topic": topic,
+                "queues": rows,
+                "diff_total": diff_total,
+                "errors": errors,
+            })
+        );
+    } else {
+        println!(
+            "{:<16} {:<28} {:>6} {:>14} {:>16} {:>10}",
+            "BROKER_GROUP", "TOPIC", "QUEUE", "BROKER_OFFSET", "CONSUMER_OFFSET", "DIFF"
+        );
+        for row in &rows {
+            println!(
+                "{:<16} {:<28} {:>6} {:>14} {:>16} {:>10}",
+                row["broker_group"].as_str().unwrap_or_default(),
+                row["topic"].as_str().unwrap_or_default(),
+                number(&row["queue_id"]),
+                number(&row["broker_offset"]),
+                number(&row["consumer_offset"]),
+                number(&row["diff"]),
+            );
+        }
+        for error in &errors {
+            println!(
+                "{}: unavailable: {}",
+                error["broker_group"].as_str().unwrap_or_default(),
+                error["error"].as_str().unwrap_or_default()
+            );
+        }
+        println!("{group} on {topic}: {diff_total} messages not consumed yet");
+    }
+    Ok(if errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
