@@ -146,9 +146,9 @@ signal_node() {
   # A paused process does not act on TERM until it runs again.
   [[ $signal == TERM ]] && kill -s CONT "$pid" 2>/dev/null
   while [[ -e /proc/$pid ]] && pid_of "$node" >/dev/null; do
-    sleep 0.1
+    sleep 0.02
     waited=$((waited + 1))
-    if [[ $signal == TERM && $waited -ge $((STOP_TIMEOUT_S * 10)) ]]; then
+    if [[ $signal == TERM && $waited -ge $((STOP_TIMEOUT_S * 50)) ]]; then
       echo "cluster.sh: $node did not stop within $STOP_TIMEOUT_S s of SIGTERM: SIGKILL" >&2
       kill -s KILL "$pid" 2>/dev/null || true
       return 1

@@ -10,6 +10,9 @@
 //! (deliveries beyond the first of a message), `order_violations` (a producer's acknowledged
 //! messages of one queue consumed out of send order), and the failover time of each round: from
 //! the kill to the first `SEND_OK` the group's new master gave to a send started after the kill.
+//! The kill command must return only once the process is gone (`scripts/cluster.sh kill` does):
+//! sends started before it returns may still reach the old master, so they do not count, and
+//! the time is measured from the command's start.
 //!
 //! The commands are templates run with `sh -c`: `{node}` becomes `GROUP-ID` (the node names of
 //! `scripts/cluster.sh`), `{group}` and `{id}` the broker group and id. `scripts/failover-drill.sh`
@@ -94,6 +97,8 @@ struct Round {
     old_epoch: u64,
     elected: Option<u64>,
     new_epoch: Option<u64>,
+    /// How long the kill command took (it returns once the process is gone).
+    kill_cmd_ms: Option<u64>,
     elected_ms: Option<u64>,
     failover_ms: Option<u64>,
     rejoined_ms: Option<u64>,
@@ -357,6 +362,7 @@ async fn run_round(
         old_epoch: 0,
         elected: None,
         new_epoch: None,
+        kill_cmd_ms: None,
         elected_ms: None,
         failover_ms: None,
         rejoined_ms: None,
@@ -381,8 +387,13 @@ async fn round_steps(
     round.killed = master;
     round.old_epoch = detail.master_epoch;
 
+    // The master is alive when the command starts and gone when it returns (a kill command
+    // must wait for the process to exit): only sends started after that can be the new
+    // master's, and the time is counted from the start, so it is never shorter than the truth.
     let killed_at = Instant::now();
     run_command(&args.kill_cmd, &round.group, master).await?;
+    let dead_at = Instant::now();
+    round.kill_cmd_ms = Some(dead_at.duration_since(killed_at).as_millis() as u64);
     let deadline = Instant::now() + step;
     loop {
         if let Ok(list) = conn.cluster_list().await {
@@ -406,7 +417,7 @@ async fn round_steps(
             .lock()
             .expect("lock")
             .iter()
-            .filter(|s| s.started >= killed_at)
+            .filter(|s| s.started >= dead_at)
             .find(|s| matches!(&s.outcome, Ok((g, _)) if *g == round.group))
             .map(|s| s.finished);
         if let Some(at) = first_ok {
