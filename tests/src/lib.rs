@@ -3,7 +3,8 @@
 //! real signals.
 //!
 //! Map: `tests/tests/*.rs` hold the scenarios; this library is the harness they share:
-//! [`BrokerProcess`] starts the `broker` binary and reads the address it listens on;
+//! [`BrokerProcess`] starts the `broker` binary and reads the address it listens on (and its
+//! metrics endpoint's, when `metrics_listen` is set);
 //! [`ControllerQuorum`] runs `controller` processes; [`cluster_cli`] and [`cli_json`] run the
 //! admin tool; [`group_broker`] and [`wait_for_masters`] build a multi-master cluster; [`failover`] holds the
 //! failover scenarios' group, producer and history check.
