@@ -12,7 +12,8 @@
 # TOPOLOGY: single-master, multi-master (2 masters), 2m-2s-async (2 groups, master + slave each,
 # ASYNC_MASTER), 2m-2s-sync (SYNC_MASTER, SYNC_FLUSH on every broker). The broker configuration
 # of each is scripts/topologies/TOPOLOGY.toml, the controllers' scripts/topologies/controller.toml.
-# Every process listens on 127.0.0.1, on a free port chosen at `up` and kept for the cluster's
+# Every process listens on 127.0.0.1, on free ports chosen at `up` (its service, and its Prometheus
+# metrics endpoint, which `status` prints) and kept for the cluster's
 # life. Nodes: controller-1..3, and GROUP-ID for brokers (broker-a-0, broker-a-1, broker-b-0,
 # broker-b-1). DIR (default ./.cluster) holds, per node, NODE.toml, its data in NODE/, its log in
 # NODE.log (stdout in NODE.out) and NODE.pid, and cluster.env with CONTROLLER_ADDR=... for
@@ -122,6 +123,10 @@ state_of() {
 
 listen_of() {
   sed -n 's/^listen = "\(.*\)"$/\1/p' "$DIR/$1.toml"
+}
+
+metrics_of() {
+  sed -n 's/^metrics_listen = "\(.*\)"$/\1/p' "$DIR/$1.toml"
 }
 
 start_node() {
@@ -252,23 +257,28 @@ cmd_up() {
       free_port
       peers+="${peers:+,}$i=127.0.0.1:$PORT"
       controller_addr+="${controller_addr:+,}127.0.0.1:$PORT"
-      echo "controller-$i $PORT" >>"$DIR/nodes"
+      echo -n "controller-$i $PORT" >>"$DIR/nodes"
+      free_port
+      echo " $PORT" >>"$DIR/nodes"
     done
     for node in $brokers; do
       free_port
-      echo "$node $PORT" >>"$DIR/nodes"
+      echo -n "$node $PORT" >>"$DIR/nodes"
+      free_port
+      echo " $PORT" >>"$DIR/nodes"
     done
     local ports; ports=$(cat "$DIR/nodes")
     cut -d' ' -f1 <<<"$ports" >"$DIR/nodes"
-    while read -r node port; do
+    while read -r node port metrics_port; do
       case $node in
         controller-*)
           fill "$TOPOLOGIES/controller.toml" "$DIR/$node.toml" "ID=${node#controller-}" \
-            "LISTEN=127.0.0.1:$port" "PEERS=$peers" "DATA_DIR=$DIR/$node" ;;
+            "LISTEN=127.0.0.1:$port" "PEERS=$peers" "DATA_DIR=$DIR/$node" \
+            "METRICS_LISTEN=127.0.0.1:$metrics_port" ;;
         *)
           fill "$template" "$DIR/$node.toml" "GROUP=${node%-*}" "ID=${node##*-}" \
             "LISTEN=127.0.0.1:$port" "STORE_PATH=$DIR/$node" "CONTROLLER_ADDR=$controller_addr" \
-            "CLUSTER_SECRET=$secret" ;;
+            "CLUSTER_SECRET=$secret" "METRICS_LISTEN=127.0.0.1:$metrics_port" ;;
       esac
     done <<<"$ports"
     chmod 600 "$DIR"/*.toml
@@ -317,11 +327,12 @@ cmd_down() {
 cmd_status() {
   load_env
   local node all=0 state pid
-  printf '%-14s %-8s %-8s %s\n' NODE STATE PID ADDR
+  printf '%-14s %-8s %-8s %-22s %s\n' NODE STATE PID ADDR METRICS
   for node in $(nodes); do
     state=$(state_of "$node")
     pid=$(pid_of "$node" || echo -)
-    printf '%-14s %-8s %-8s %s\n' "$node" "$state" "$pid" "$(listen_of "$node")"
+    printf '%-14s %-8s %-8s %-22s %s\n' "$node" "$state" "$pid" "$(listen_of "$node")" \
+      "http://$(metrics_of "$node")/metrics"
     [[ $state == running ]] || all=1
   done
   echo

@@ -9,6 +9,8 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+use replication::exporter::ExporterError;
+
 use crate::store::{StoreConfig, StoreError};
 
 /// The broker's own settings.
@@ -81,6 +83,11 @@ pub struct BrokerSettings {
     /// With nothing to ship, master and slave still exchange a message this often; a side
     /// silent for three of these is gone.
     pub replication_keepalive_ms: u64,
+    /// `HOST:PORT` of the Prometheus `/metrics` endpoint (docs/METRICS.md); empty: off. Off by
+    /// default because the brokers of a group often share a machine, where one fixed default
+    /// port would make all but the first fail to start. Port 0 picks a free port, printed as
+    /// `metrics listening on ADDR`.
+    pub metrics_listen: String,
 }
 
 impl BrokerSettings {
@@ -110,6 +117,11 @@ impl BrokerSettings {
             "CONTROLLED" => self.replication_mode == "SYNC",
             _ => false,
         }
+    }
+
+    /// The metrics endpoint's address; `None` when `metrics_listen` is empty (off).
+    pub fn metrics_listen(&self) -> Result<Option<SocketAddr>, ExporterError> {
+        replication::exporter::parse_listen(&self.metrics_listen)
     }
 
     /// `min_in_sync_replicas` with 0 resolved by role: 2 for a synchronous master.
@@ -149,6 +161,7 @@ impl Default for BrokerSettings {
             replication_chunk_bytes: 1 << 20,
             replication_inflight_bytes_max: 16 << 20,
             replication_keepalive_ms: 500,
+            metrics_listen: String::new(),
         }
     }
 }
@@ -164,6 +177,8 @@ pub enum ConfigError {
     Value { key: String, reason: String },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Metrics(#[from] ExporterError),
     #[error("invalid configuration: {field}: {reason}")]
     Rule {
         field: &'static str,
@@ -301,6 +316,7 @@ impl BrokerConfig {
             }
         }
         self.validate_replication()?;
+        self.broker.metrics_listen()?;
         if self.broker.broker_name.is_empty() {
             return Err(ConfigError::Rule {
                 field: "broker_name",
@@ -411,5 +427,25 @@ mod tests {
         assert!(BrokerConfig::default()
             .with_overrides(&["nope=1".into()])
             .is_err());
+    }
+
+    #[test]
+    fn metrics_listen_is_empty_or_an_address() {
+        let with = |value: &str| {
+            BrokerConfig::default()
+                .with_overrides(&[format!("metrics_listen={value}")])
+                .unwrap()
+        };
+        assert_eq!(with("\"\"").broker.metrics_listen().unwrap(), None);
+        let config = with("127.0.0.1:0");
+        config.validate().unwrap();
+        assert_eq!(
+            config.broker.metrics_listen().unwrap(),
+            Some(SocketAddr::from(([127, 0, 0, 1], 0)))
+        );
+        assert!(matches!(
+            with("localhost").validate(),
+            Err(ConfigError::Metrics(_))
+        ));
     }
 }

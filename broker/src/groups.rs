@@ -292,6 +292,28 @@ impl ConsumerGroupState {
         }
     }
 
+    /// Every committed offset as [`ConsumerGroupState::query`] answers it: ((group, topic,
+    /// queue id), committed queue offset), sorted. For the consumer-lag metric.
+    pub async fn committed_offsets(&self) -> Vec<((String, String, u32), u64)> {
+        let mut all: BTreeMap<OffsetKey, u64> = self
+            .offsets
+            .lock()
+            .await
+            .iter()
+            .map(|(key, offset)| (key.clone(), *offset))
+            .collect();
+        let slave_commits = self
+            .slave_commits
+            .lock()
+            .expect("slave commits lock poisoned");
+        all.extend(
+            slave_commits
+                .iter()
+                .map(|(key, offset)| (key.clone(), *offset)),
+        );
+        all.into_iter().collect()
+    }
+
     /// Writes every committed offset again (see the module documentation).
     pub async fn snapshot(&self) -> Result<usize, BrokerError> {
         let table = self.offsets.lock().await;

@@ -14,6 +14,9 @@
 //! - [`error`]: the broker's error type and the one place errors become gRPC statuses with
 //!   their stable codes.
 //! - [`config`]: the flat RocketMQ-style configuration (broker keys and store keys).
+//! - [`metrics`]: the broker's metrics: what the send path and the flusher record, and the
+//!   gauges (offsets, role, epoch, each slave's lag, consumer lag) set at each scrape of the
+//!   `/metrics` endpoint (`replication::exporter`).
 //! - [`store`]: the commit log and everything that makes it durable and readable: segments,
 //!   group commit, flush, consume queues, recovery, truncation, retention, the epoch history.
 //!   Its own `mod.rs` maps its files and follows one append through them.
@@ -26,6 +29,7 @@ pub mod config;
 pub mod error;
 pub mod failpoint;
 pub mod groups;
+pub mod metrics;
 pub mod retry;
 pub mod role;
 pub mod service;

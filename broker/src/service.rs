@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use proto::client::{self as wire, broker_server::Broker};
@@ -118,6 +118,7 @@ impl BrokerService {
         } else {
             self.store.append_batch(messages).await?
         };
+        crate::metrics::record_appended(message_ids.len());
         // The local status first: a message not durable here is answered so, whatever the
         // slaves hold. Then, under SYNC_MASTER, the in-sync set (see `replication::ship::insync`).
         let status = match appended.status {
@@ -243,9 +244,10 @@ impl Broker for BrokerService {
         &self,
         request: Request<wire::SendRequest>,
     ) -> Result<Response<wire::SendResponse>, Status> {
-        Ok(Response::new(
-            BrokerService::send(self, request.into_inner()).await?,
-        ))
+        let started = Instant::now();
+        let answer = BrokerService::send(self, request.into_inner()).await;
+        crate::metrics::record_send(&answer, started.elapsed());
+        Ok(Response::new(answer?))
     }
 
     async fn pull(

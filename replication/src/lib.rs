@@ -8,9 +8,13 @@
 //!   offsets and epochs, never message types. Built so far: the last common point of two logs
 //!   from their epoch histories (`ship::divergence`).
 //! - `insync` (step 4): tracking each slave's acknowledged offset and the in-sync set.
+//! - [`exporter`]: the Prometheus `/metrics` endpoint both processes serve (`metrics_listen`):
+//!   the process-wide recorder the `metrics` macros record into, rendered at each scrape after
+//!   the process's sampler set its gauges.
 //!
 //! This crate defines the traits it needs (the shipped log: read a byte range, append at an
 //! offset, truncate to an offset, epoch history); `broker`'s commit log implements them.
 
 pub mod controller;
+pub mod exporter;
 pub mod ship;

@@ -3,7 +3,8 @@
 //! real signals.
 //!
 //! Map: `tests/tests/*.rs` hold the scenarios; this library is the harness they share:
-//! [`BrokerProcess`] starts the `broker` binary and reads the address it listens on;
+//! [`BrokerProcess`] starts the `broker` binary and reads the address it listens on (and its
+//! metrics endpoint's, when `metrics_listen` is set);
 //! [`ControllerQuorum`] runs `controller` processes; [`cluster_cli`] and [`cli_json`] run the
 //! admin tool; [`run_script`] runs `scripts/*.sh` with this build's binaries; [`group_broker`]
 //! and [`wait_for_masters`] build a multi-master cluster; [`failover`] holds the failover
@@ -96,10 +97,35 @@ pub fn log_mentions(path: &Path, needle: &str) -> usize {
         .unwrap_or(0)
 }
 
+/// Reads a starting process's stdout up to its ready line, `<ready_prefix>ADDR`, and answers
+/// ADDR and, if the process printed `metrics listening on ADDR` before it (`metrics_listen` set),
+/// that address.
+fn read_ready_line(child: &mut Child, ready_prefix: &str) -> (String, Option<String>) {
+    let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+    let mut metrics_addr = None;
+    loop {
+        let mut line = String::new();
+        stdout
+            .read_line(&mut line)
+            .expect("read the process's stdout");
+        if let Some(addr) = line.trim().strip_prefix("metrics listening on ") {
+            metrics_addr = Some(addr.to_owned());
+            continue;
+        }
+        let addr = line
+            .trim()
+            .strip_prefix(ready_prefix)
+            .unwrap_or_else(|| panic!("unexpected line {line:?} before {ready_prefix:?}"))
+            .to_owned();
+        return (addr, metrics_addr);
+    }
+}
+
 /// A `broker` process on 127.0.0.1 with an ephemeral port. Killed when dropped.
 pub struct BrokerProcess {
     child: Child,
     addr: String,
+    metrics_addr: Option<String>,
 }
 
 impl BrokerProcess {
@@ -129,21 +155,22 @@ impl BrokerProcess {
             .stderr(log)
             .spawn()
             .expect("start the broker");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("piped stdout"))
-            .read_line(&mut line)
-            .expect("read the broker's first line");
-        let addr = line
-            .trim()
-            .strip_prefix("broker listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_owned();
-        BrokerProcess { child, addr }
+        let (addr, metrics_addr) = read_ready_line(&mut child, "broker listening on ");
+        BrokerProcess {
+            child,
+            addr,
+            metrics_addr,
+        }
     }
 
     /// `host:port` the broker serves on.
     pub fn addr(&self) -> &str {
         &self.addr
+    }
+
+    /// `host:port` of its `/metrics` endpoint, when started with `metrics_listen` set.
+    pub fn metrics_addr(&self) -> Option<&str> {
+        self.metrics_addr.as_deref()
     }
 
     /// Sends a signal (SIGTERM, SIGKILL, SIGSTOP, ...).
@@ -201,6 +228,8 @@ pub fn wait_until(timeout: std::time::Duration, mut condition: impl FnMut() -> b
 pub struct ControllerProcess {
     pub id: u64,
     pub addr: String,
+    /// `host:port` of its `/metrics` endpoint, when started with `metrics_listen` set.
+    pub metrics_addr: Option<String>,
     child: Option<Child>,
 }
 
@@ -257,6 +286,7 @@ impl ControllerQuorum {
                 .map(|(id, addr)| ControllerProcess {
                     id,
                     addr,
+                    metrics_addr: None,
                     child: None,
                 })
                 .collect(),
@@ -307,14 +337,7 @@ impl ControllerQuorum {
             .stderr(log)
             .spawn()
             .expect("start the controller");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("piped stdout"))
-            .read_line(&mut line)
-            .expect("read the controller's first line");
-        assert!(
-            line.starts_with("controller listening on "),
-            "unexpected first line {line:?}"
-        );
+        (_, member.metrics_addr) = read_ready_line(&mut child, "controller listening on ");
         member.child = Some(child);
     }
 

@@ -4,7 +4,9 @@
 //! and closes the store cleanly (the abort marker goes, so the next start needs no recovery).
 //!
 //! Prints `broker listening on ADDR` on stdout once it serves (with `listen` port 0, ADDR has
-//! the port the system chose: tests and scripts read it there).
+//! the port the system chose: tests and scripts read it there). With `metrics_listen` set, it
+//! prints `metrics listening on ADDR` just before: the broker line stays the last one, so a
+//! reader that stops there (and closes the pipe) never makes a later print fail.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,6 +16,7 @@ use std::time::Duration;
 
 use broker::config::BrokerConfig;
 use broker::groups::{ConsumerGroupService, ConsumerGroupState};
+use broker::metrics::BrokerSampler;
 use broker::retry::{parse_delay_levels, RetryState};
 use broker::role::{ControllerAuthority, InitialRole, RoleCell, RoleContext};
 use broker::service::BrokerService;
@@ -27,6 +30,7 @@ use proto::replication::log_shipping_server::LogShippingServer;
 use replication::controller::link::{
     BrokerIdentity, BrokerMetadata, ControllerLink, LeaseAnswer, ReplicationReport,
 };
+use replication::exporter::Exporter;
 use replication::ship::{
     InSyncConfig, ReplicaConfig, ShipConfig, ShipService, STREAM_MESSAGE_BYTES_MAX,
 };
@@ -121,6 +125,19 @@ fn load_config(cli: &Cli) -> Result<BrokerConfig> {
 
 async fn serve(config: BrokerConfig) -> Result<()> {
     let settings = &config.broker;
+    // The recorder goes in before the store opens, so that the flusher's first fsyncs count.
+    let exporter = match settings.metrics_listen()? {
+        Some(addr) => {
+            let labels = [
+                ("broker_group", settings.broker_name.clone()),
+                ("broker_id", settings.broker_id.to_string()),
+            ];
+            let exporter = Exporter::bind(addr, &labels).await?;
+            broker::metrics::describe();
+            Some(exporter)
+        }
+        None => None,
+    };
     let store_path = config.store.store_path.clone();
     let store = tokio::task::spawn_blocking({
         let store_config = config.store.clone();
@@ -159,6 +176,11 @@ async fn serve(config: BrokerConfig) -> Result<()> {
             "cluster_secret is empty: this broker can neither serve slaves as master nor \
              replicate as slave"
         );
+    }
+    if let Some(exporter) = &exporter {
+        let addr = exporter.local_addr()?;
+        tracing::info!(%addr, "metrics endpoint serving");
+        println!("metrics listening on {addr}");
     }
     println!("broker listening on {local}");
     let groups = Arc::new(
@@ -210,6 +232,13 @@ async fn serve(config: BrokerConfig) -> Result<()> {
         },
     );
     let mut tasks = Vec::new();
+    if let Some(exporter) = exporter {
+        tasks.push(exporter.serve(Arc::new(BrokerSampler::new(
+            store.clone(),
+            role.clone(),
+            groups.clone(),
+        ))));
+    }
     if settings.controller_addr.is_empty() {
         role.start(None, None).await;
     } else {

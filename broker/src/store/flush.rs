@@ -105,6 +105,7 @@ pub(crate) fn flush_locked(shared: &Shared) -> Result<(), StoreError> {
     // The segments synced must cover [flushed, target) without a gap: publishing an offset
     // whose bytes were not all fsynced would acknowledge data that is not durable.
     let mut covered = flushed;
+    let started = Instant::now();
     for segment in shared.log.segments() {
         if segment.end_offset() > flushed && segment.base_offset() < target {
             if segment.base_offset() > covered {
@@ -116,6 +117,7 @@ pub(crate) fn flush_locked(shared: &Shared) -> Result<(), StoreError> {
             covered = segment.end_offset();
         }
     }
+    crate::metrics::record_flush(started.elapsed());
     if covered < target {
         return Err(StoreError::OffsetInvalid {
             commit_log_offset: covered,

@@ -2,7 +2,9 @@
 //! cluster's name server. Runs until SIGTERM or SIGINT, then stops serving and stops Raft.
 //!
 //! Prints `controller listening on ADDR` on stdout once it serves (with port 0 in `listen`, ADDR
-//! has the port the system chose).
+//! has the port the system chose). With `metrics_listen` set, it prints `metrics listening on
+//! ADDR` just before: the controller line stays the last one, so a reader that stops there
+//! (and closes the pipe) never makes a later print fail.
 //!
 //! ```text
 //! controller --id 1 --listen 127.0.0.1:9876 --data-dir ./c1 \
@@ -10,11 +12,13 @@
 //! ```
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Parser;
 use replication::controller::config::ControllerConfig;
 use replication::controller::node::ControllerNode;
+use replication::exporter::Exporter;
 use tokio::signal::unix::{signal, SignalKind};
 
 /// A controller of the cluster. Every configuration key is described in docs/CONFIG.md.
@@ -90,8 +94,24 @@ fn main() -> Result<()> {
 
 async fn run(config: ControllerConfig) -> Result<()> {
     let id = config.id;
+    // The recorder goes in before the node starts, so that no election goes uncounted.
+    let exporter = match config.metrics_listen()? {
+        Some(addr) => {
+            let exporter = Exporter::bind(addr, &[("controller_id", id.to_string())]).await?;
+            replication::controller::metrics::describe();
+            Some(exporter)
+        }
+        None => None,
+    };
     let node = ControllerNode::start(config).await?;
     tracing::info!(id, addr = %node.local_addr, "controller serving");
+    let mut metrics_server = None;
+    if let Some(exporter) = exporter {
+        let addr = exporter.local_addr()?;
+        tracing::info!(%addr, "metrics endpoint serving");
+        println!("metrics listening on {addr}");
+        metrics_server = Some(exporter.serve(Arc::new(node.metrics_sampler())));
+    }
     println!("controller listening on {}", node.local_addr);
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -100,6 +120,9 @@ async fn run(config: ControllerConfig) -> Result<()> {
         _ = int.recv() => {}
     }
     tracing::info!("stopping");
+    if let Some(server) = metrics_server {
+        server.abort();
+    }
     node.shutdown().await?;
     Ok(())
 }

@@ -50,6 +50,11 @@ pub struct ControllerConfig {
     /// Log entries kept behind a snapshot, so that a briefly lagging controller catches up from
     /// the log instead of a whole snapshot.
     pub logs_kept_after_snapshot: u64,
+    /// `HOST:PORT` of the Prometheus `/metrics` endpoint (docs/METRICS.md); empty: off. Off by
+    /// default because several controllers often share a machine, where one fixed default port
+    /// would make all but the first fail to start. Port 0 picks a free port, printed as
+    /// `metrics listening on ADDR`.
+    pub metrics_listen: String,
 }
 
 impl Default for ControllerConfig {
@@ -67,6 +72,7 @@ impl Default for ControllerConfig {
             lease_margin_ms: 200,
             snapshot_logs_since_last: 5_000,
             logs_kept_after_snapshot: 1_000,
+            metrics_listen: String::new(),
         }
     }
 }
@@ -157,7 +163,13 @@ impl ControllerConfig {
         if self.snapshot_logs_since_last == 0 {
             anyhow::bail!("snapshot_logs_since_last must be above 0");
         }
+        self.metrics_listen()?;
         Ok(())
+    }
+
+    /// The metrics endpoint's address; `None` when `metrics_listen` is empty (off).
+    pub fn metrics_listen(&self) -> Result<Option<SocketAddr>, crate::exporter::ExporterError> {
+        crate::exporter::parse_listen(&self.metrics_listen)
     }
 }
 

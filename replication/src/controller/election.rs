@@ -130,6 +130,20 @@ pub struct Election {
     pub possibly_lost_bytes: u64,
 }
 
+impl Election {
+    /// The kind of election, as `controller_elections_total` counts it: `unclean` (from outside
+    /// the in-sync set), `first` (a group's first master), `switchover` (planned) or `failover`
+    /// (the master was lost, restarted, or is missing).
+    pub fn kind(&self) -> &'static str {
+        match self.reason {
+            _ if self.unclean => "unclean",
+            Reason::FirstMaster => "first",
+            Reason::SwitchoverResigned | Reason::SwitchoverLeaseExpired => "switchover",
+            Reason::NoMaster | Reason::MasterLost | Reason::MasterRestarted => "failover",
+        }
+    }
+}
+
 /// What to do about one group now.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
@@ -579,6 +593,7 @@ impl ElectionLoop {
                         possibly_lost_bytes = election.possibly_lost_bytes,
                         "master elected"
                     );
+                    super::metrics::count_election(name, election.kind());
                     self.warned.remove(name);
                     SwitchoverEnd::Elected {
                         master_epoch: group.master_epoch + 1,
@@ -1014,6 +1029,31 @@ mod tests {
             matches!(&decision, Decision::AbandonSwitchover { reason } if reason.contains("from 3 to 4")),
             "{decision:?}"
         );
+    }
+
+    #[test]
+    fn elections_are_counted_by_kind_with_unclean_first() {
+        let election = |reason, unclean| Election {
+            reason,
+            master_id: 1,
+            in_sync_set: BTreeSet::from([1]),
+            unclean,
+            log_epoch: 0,
+            max_offset: 0,
+            possibly_lost_bytes: 0,
+        };
+        assert_eq!(election(Reason::FirstMaster, false).kind(), "first");
+        for reason in [
+            Reason::NoMaster,
+            Reason::MasterLost,
+            Reason::MasterRestarted,
+        ] {
+            assert_eq!(election(reason, false).kind(), "failover");
+        }
+        for reason in [Reason::SwitchoverResigned, Reason::SwitchoverLeaseExpired] {
+            assert_eq!(election(reason, false).kind(), "switchover");
+            assert_eq!(election(reason, true).kind(), "unclean");
+        }
     }
 
     #[test]

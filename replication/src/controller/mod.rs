@@ -19,6 +19,9 @@
 //!   to the leader.
 //! - [`node`]: starting and stopping one controller: storage, Raft, servers, first
 //!   initialisation.
+//! - [`metrics`]: the controller's metrics: the election counter and, at each scrape of the
+//!   `/metrics` endpoint, the Raft term, leadership and (on the leader) each group's alive
+//!   brokers, in-sync set and master epoch.
 //! - [`config`]: the `controller` binary's settings.
 //! - [`link`]: the broker's side: registration, heartbeats with replication progress, topics
 //!   synced from the controller, group views handed to the broker, in-sync set proposals.
@@ -28,6 +31,7 @@ pub mod election;
 pub mod lease;
 pub mod link;
 pub mod liveness;
+pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod service;

@@ -17,6 +17,7 @@ use super::config::ControllerConfig;
 use super::election::{ElectionContext, ElectionLoop, Timing};
 use super::lease::Leases;
 use super::liveness::Liveness;
+use super::metrics::ControllerSampler;
 use super::network::{NetworkFactory, RaftService, RAFT_MESSAGE_BYTES_MAX};
 use super::service::ControllerService;
 use super::store::{self, SharedState};
@@ -30,6 +31,7 @@ pub struct ControllerNode {
     pub raft: Raft,
     pub state: SharedState,
     pub local_addr: std::net::SocketAddr,
+    liveness: Arc<Liveness>,
     shutdown: Option<oneshot::Sender<()>>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     tasks: Vec<JoinHandle<()>>,
@@ -93,8 +95,13 @@ impl ControllerNode {
                 .run(),
             ),
         ];
-        let service =
-            ControllerService::new(config.id, raft.clone(), state.clone(), liveness, election);
+        let service = ControllerService::new(
+            config.id,
+            raft.clone(),
+            state.clone(),
+            liveness.clone(),
+            election,
+        );
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
         let server = tokio::spawn(
             tonic::transport::Server::builder()
@@ -124,10 +131,16 @@ impl ControllerNode {
             raft,
             state,
             local_addr,
+            liveness,
             shutdown: Some(shutdown_tx),
             server,
             tasks,
         })
+    }
+
+    /// What the `/metrics` endpoint samples on this controller.
+    pub fn metrics_sampler(&self) -> ControllerSampler {
+        ControllerSampler::new(self.raft.clone(), self.state.clone(), self.liveness.clone())
     }
 
     /// Stops serving and stops Raft. Both: a stopped server with a running Raft would keep
