@@ -220,7 +220,7 @@ build_binaries() {
   else
     echo "cluster.sh: building the release binaries (cargo build --release)" >&2
     (cd "$ROOT" && cargo build --release --locked -p replication -p broker -p cluster-cli >&2)
-    BIN_DIR=$ROOT/target/release
+    BIN_DIR=${CARGO_TARGET_DIR:-$ROOT/target}/release
   fi
   local binary
   for binary in controller broker cluster-cli; do
