@@ -11,6 +11,7 @@ use client::{Admin, ClientError};
 use proto::client::consumer_groups_client::ConsumerGroupsClient;
 use proto::client::{QueryOffsetRequest, TopicStatus};
 use serde_json::{json, Value};
+use tonic::transport::Channel;
 
 /// Where a topic's queues are read: a broker group and its master's address (None when the
 /// group has no live master).
@@ -39,15 +40,25 @@ pub async fn masters_of(conn: &ControllerConnection, topic: &str) -> Result<Vec<
         .collect())
 }
 
-/// One group's queues of one topic, or why they could not be read.
-async fn queues(master: &Master, topic: &str) -> Result<TopicStatus, String> {
+/// Every topic a group's master holds, with its queues, or why they could not be read.
+async fn master_topics(master: &Master) -> Result<Vec<TopicStatus>, String> {
     let addr = master.addr.as_deref().ok_or("no live master")?;
     let admin = Admin::connect(addr).await.map_err(|e| e.to_string())?;
-    let topics = admin.list_topics().await.map_err(|e| e.to_string())?;
+    admin.list_topics().await.map_err(|e| e.to_string())
+}
+
+/// `topic`'s queues among `topics` (read from `master`), or why it is missing.
+fn find_topic(master: &Master, topics: &[TopicStatus], topic: &str) -> Result<TopicStatus, String> {
     topics
-        .into_iter()
+        .iter()
         .find(|t| t.topic == topic)
-        .ok_or_else(|| format!("the master ({addr}) does not hold topic {topic}"))
+        .cloned()
+        .ok_or_else(|| {
+            format!(
+                "the master ({}) does not hold topic {topic}",
+                master.addr.as_deref().unwrap_or_default()
+            )
+        })
 }
 
 pub async fn topic_status(masters: &[Master], json_out: bool, topic: &str) -> Result<ExitCode> {
@@ -61,7 +72,10 @@ pub async fn topic_status(masters: &[Master], json_out: bool, topic: &str) -> Re
         );
     }
     for master in masters {
-        match queues(master, topic).await {
+        match master_topics(master)
+            .await
+            .and_then(|topics| find_topic(master, &topics, topic))
+        {
             Ok(status) => {
                 let rows: Vec<Value> = status
                     .queues
@@ -128,12 +142,11 @@ fn number(value: &Value) -> String {
 
 /// The group's committed offset on a queue (None: it has committed none there).
 async fn committed(
-    addr: &str,
+    client: &mut ConsumerGroupsClient<Channel>,
     group: &str,
     topic: &str,
     queue_id: u32,
 ) -> Result<Option<u64>, ClientError> {
-    let mut client = ConsumerGroupsClient::connect(format!("http://{addr}")).await?;
     let answer = client
         .query_offset(QueryOffsetRequest {
             group: group.to_owned(),
@@ -157,8 +170,26 @@ pub async fn group_progress(
     let mut errors = Vec::new();
     let mut diff_total = 0;
     for master in masters {
+        // One listing and one connection per master, for the topic and the retry topic.
+        let connected = match master_topics(master).await {
+            Ok(topics) => {
+                let addr = master.addr.as_deref().unwrap_or_default();
+                ConsumerGroupsClient::connect(format!("http://{addr}"))
+                    .await
+                    .map(|client| (topics, client))
+                    .map_err(|e| ClientError::from(e).to_string())
+            }
+            Err(why) => Err(why),
+        };
+        let (topics, mut client) = match connected {
+            Ok(connected) => connected,
+            Err(why) => {
+                errors.push(json!({ "broker_group": master.group, "error": why }));
+                continue;
+            }
+        };
         for (name, required) in [(topic, true), (retry_topic.as_str(), false)] {
-            let status = match queues(master, name).await {
+            let status = match find_topic(master, &topics, name) {
                 Ok(status) => status,
                 Err(_) if !required => continue,
                 Err(why) => {
@@ -166,9 +197,8 @@ pub async fn group_progress(
                     continue;
                 }
             };
-            let addr = master.addr.as_deref().unwrap_or_default();
             for q in &status.queues {
-                let consumer = match committed(addr, group, name, q.queue_id).await {
+                let consumer = match committed(&mut client, group, name, q.queue_id).await {
                     Ok(offset) => offset,
                     Err(err) => {
                         errors.push(

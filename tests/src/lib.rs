@@ -77,6 +77,16 @@ pub fn run_script(name: &str, args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// The `CONTROLLER_ADDR` a cluster started by `scripts/cluster.sh up --dir DIR` wrote to
+/// `DIR/cluster.env`.
+pub fn cluster_env_controller_addr(dir: &Path) -> String {
+    let env = std::fs::read_to_string(dir.join("cluster.env")).expect("cluster.env");
+    env.lines()
+        .find_map(|line| line.strip_prefix("CONTROLLER_ADDR="))
+        .expect("CONTROLLER_ADDR in cluster.env")
+        .to_owned()
+}
+
 /// Runs `cluster-cli` with `args` and returns its exit code and stdout.
 pub fn cluster_cli(args: &[&str]) -> (i32, String) {
     let output = Command::new(workspace_binary("cluster-cli", "cluster-cli"))

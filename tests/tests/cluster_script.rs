@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use cluster_tests::{cluster_cli, run_script};
+use cluster_tests::{cluster_cli, cluster_env_controller_addr, run_script};
 use serde_json::Value;
 
 /// What `up` must have built: group names and brokers per group, and the replication mode.
@@ -47,14 +47,6 @@ const TOPOLOGIES: &[Topology] = &[
 
 fn dir_arg(dir: &Path) -> &str {
     dir.to_str().expect("a UTF-8 temporary path")
-}
-
-fn controller_addr(dir: &Path) -> String {
-    let env = std::fs::read_to_string(dir.join("cluster.env")).expect("cluster.env");
-    env.lines()
-        .find_map(|line| line.strip_prefix("CONTROLLER_ADDR="))
-        .expect("CONTROLLER_ADDR in cluster.env")
-        .to_owned()
 }
 
 fn up(topology: &str, dir: &Path, controllers: &str) {
@@ -179,7 +171,7 @@ fn each_topology_comes_up_serves_and_goes_down_cleanly() {
             "1"
         };
         up(topology.name, dir.path(), controllers);
-        let addr = controller_addr(dir.path());
+        let addr = cluster_env_controller_addr(dir.path());
         let nodes = check_list(topology, &addr);
         let (code, out) = cluster_cli(&["--controller", &addr, "topic", "create", "tour"]);
         assert_eq!(code, 0, "topic create: {out}");
@@ -220,7 +212,7 @@ fn each_topology_comes_up_serves_and_goes_down_cleanly() {
         if topology.name == "single-master" {
             // Up again in the same directory: same cluster, same messages.
             up(topology.name, dir.path(), controllers);
-            send_and_consume(&controller_addr(dir.path()), "tour-2", 80);
+            send_and_consume(&cluster_env_controller_addr(dir.path()), "tour-2", 80);
             down_cleanly(dir.path(), &nodes);
         }
         eprintln!("{}: up, served, down cleanly", topology.name);

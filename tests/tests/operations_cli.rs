@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use cluster_tests::{cli_json, cluster_cli, run_script};
+use cluster_tests::{cli_json, cluster_cli, cluster_env_controller_addr, run_script};
 use serde_json::Value;
 
 fn json(controllers: &str, args: &[&str]) -> Value {
@@ -48,11 +48,7 @@ fn up(dir: &Path) -> String {
         &["up", "multi-master", "--dir", d, "--controllers", "1"],
     );
     assert_eq!(code, 0, "{out}{err}");
-    let env = std::fs::read_to_string(dir.join("cluster.env")).unwrap();
-    env.lines()
-        .find_map(|l| l.strip_prefix("CONTROLLER_ADDR="))
-        .unwrap()
-        .to_owned()
+    cluster_env_controller_addr(dir)
 }
 
 #[test]
