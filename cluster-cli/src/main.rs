@@ -143,13 +143,6 @@ async fn masters(
 }
 
 fn main() -> ExitCode {
-    // A closed pipe (`cluster-cli cluster list | head`) ends the process quietly, as for any
-    // command-line tool, instead of making `println!` panic: Rust ignores SIGPIPE by default.
-    // SAFETY: restoring a signal's default disposition, first thing in main, before any other
-    // thread exists; no handler runs Rust code.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
