@@ -155,11 +155,13 @@ fn topic_status_group_progress_and_drain_tell_and_do_what_they_say() {
         json(&c, &["broker", "undrain", "broker-a"])["changed"],
         true
     );
-    assert_eq!(send(&c, 40)["statuses"]["SEND_OK"], 40);
-    assert!(
-        held(&c, "orders")[0].1 > before[0].1,
-        "broker-a still takes no messages"
-    );
+    // The master hears of it at its next heartbeat answer (every 200 ms); until then it
+    // refuses, and the producer sends those messages to broker-b.
+    let taken = cluster_tests::wait_until(std::time::Duration::from_secs(10), || {
+        assert_eq!(send(&c, 10)["statuses"]["SEND_OK"], 10);
+        held(&c, "orders")[0].1 > before[0].1
+    });
+    assert!(taken, "broker-a still takes no messages");
 
     // Unknown names change nothing and exit 2.
     let (code, _) = cluster_cli(&["--controller", &c, "broker", "drain", "broker-z"]);
