@@ -36,6 +36,7 @@ pub mod error;
 pub mod flush;
 pub mod message;
 pub mod meta_file;
+mod page_cache;
 mod preallocate;
 pub mod read;
 pub mod record;

@@ -345,6 +345,28 @@ impl Segment {
         }
     }
 
+    /// Hands the cached pages of `[from, to)` back to the kernel (see `page_cache.rs`). Advisory:
+    /// the kernel drops only clean pages and keeps any dirty one, so no unflushed byte is lost;
+    /// errors are ignored (the pages stay cached).
+    pub fn release_page_cache(&self, from: u64, to: u64) {
+        debug_assert!(from <= to && to <= self.end_offset());
+        let (Ok(position), Ok(len)) = (
+            libc::off_t::try_from(self.file_position(from)),
+            libc::off_t::try_from(to - from),
+        ) else {
+            return;
+        };
+        // SAFETY: plain system call on a file descriptor we own; no memory is passed.
+        unsafe {
+            libc::posix_fadvise(
+                self.file.as_raw_fd(),
+                position,
+                len,
+                libc::POSIX_FADV_DONTNEED,
+            );
+        }
+    }
+
     /// Tells the kernel to drop this file's cached pages (benchmarks measure cold reads with it).
     pub fn drop_page_cache(&self) {
         // SAFETY: plain system call on a file descriptor this struct owns; no memory is shared.

@@ -88,6 +88,9 @@ pub(crate) struct Shared {
     poison: OnceLock<Arc<StoreError>>,
     /// Appends (not raw appends) written so far; the flusher gathers by it.
     pub appends_written: AtomicU64,
+    /// The commit log's page cache below this offset was handed back to the kernel (see
+    /// `page_cache`). Moved by the housekeeping thread; lowered by truncation.
+    pub page_cache_released_offset: AtomicU64,
     /// Under `ASYNC_FLUSH`, a flush up to this offset was asked for (by `Store::flush`).
     pub flush_requested_offset: AtomicU64,
     /// Set on a slave's store: appends are refused, only raw appends (replication) write.
@@ -118,6 +121,8 @@ impl Shared {
         initial_confirm_offset: u64,
     ) -> Shared {
         debug_assert!(initial_confirm_offset <= recovered_end);
+        // Recovery read the whole unchecked log through the page cache: all of it is releasable.
+        let released_offset = log.min_offset();
         let limits = RecordLimits {
             max_message_bytes: config.max_message_bytes,
             max_properties_bytes: config.max_properties_bytes,
@@ -155,6 +160,7 @@ impl Shared {
             readable_tx: watch::Sender::new(initial_confirm_offset),
             poison: OnceLock::new(),
             appends_written: AtomicU64::new(0),
+            page_cache_released_offset: AtomicU64::new(released_offset),
             flush_requested_offset: AtomicU64::new(0),
             replica_only: std::sync::atomic::AtomicBool::new(false),
             writer_stop_requested: std::sync::atomic::AtomicBool::new(false),

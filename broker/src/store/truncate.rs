@@ -217,6 +217,10 @@ pub(crate) fn truncate_running(
     shared
         .flush_requested_offset
         .fetch_min(commit_log_offset, Ordering::AcqRel);
+    // New data will refill the cut offsets: its pages are releasable again once flushed.
+    shared
+        .page_cache_released_offset
+        .fetch_min(commit_log_offset, Ordering::AcqRel);
     dispatch.dispatched_offset = dispatch.dispatched_offset.min(commit_log_offset);
     shared
         .dispatched_offset
