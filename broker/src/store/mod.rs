@@ -34,6 +34,7 @@ pub mod dispatch;
 pub mod epoch;
 pub mod error;
 pub mod flush;
+mod index_handoff;
 pub mod message;
 pub mod meta_file;
 mod page_cache;
@@ -76,6 +77,7 @@ pub use recovery::RecoveryReport;
 pub use retention::RetentionReport;
 pub use shared::{ConfirmMode, LogProgress};
 
+use consume_queue::CqEntry;
 use shared::Shared;
 use writer::{EncodedBatch, Writer, WriterCommand};
 
@@ -231,12 +233,14 @@ impl Store {
     pub async fn append(&self, message: NewMessage) -> Result<AppendResult> {
         let mut bytes = Vec::new();
         record::encode_message(&message, self.shared.limits, &mut bytes)?;
+        let entries = vec![index_entry(&message, bytes.len())];
         self.submit(EncodedBatch {
             topic: message.topic,
             queue_id: message.queue_id,
             bytes,
             count: 1,
             record_commit_log_offsets: Vec::new(),
+            entries,
         })
         .await
     }
@@ -251,13 +255,16 @@ impl Store {
         };
         let (topic, queue_id) = (first.topic.clone(), first.queue_id);
         let mut bytes = Vec::new();
+        let mut entries = Vec::with_capacity(messages.len());
         for message in &messages {
             if message.topic != topic || message.queue_id != queue_id {
                 return Err(StoreError::BatchInvalid {
                     reason: "every message of a batch must have the same topic and queue",
                 });
             }
+            let start = bytes.len();
             record::encode_message(message, self.shared.limits, &mut bytes)?;
+            entries.push(index_entry(message, bytes.len() - start));
         }
         if bytes.len() > self.shared.config.batch_bytes_max {
             return Err(StoreError::BatchInvalid {
@@ -274,6 +281,7 @@ impl Store {
             } else {
                 Vec::new()
             },
+            entries,
         })
         .await
     }
@@ -650,6 +658,18 @@ impl Drop for Store {
         if let Err(err) = self.shutdown() {
             tracing::error!(error = %err, "store did not stop cleanly");
         }
+    }
+}
+
+/// The consume-queue entry of an encoded message of `size_bytes`, but for its commit-log offset,
+/// which the writer fills in (see `index_handoff`). The tag hash is the one the dispatcher would
+/// read back from the record: [`record::check_message`] hashes the same `TAGS` property.
+fn index_entry(message: &NewMessage, size_bytes: usize) -> CqEntry {
+    CqEntry {
+        commit_log_offset: 0,
+        // Cannot truncate: encode_message bounds a record below u32::MAX.
+        size_bytes: size_bytes as u32,
+        tag_hash: message.tag().map_or(0, record::tag_hash),
     }
 }
 

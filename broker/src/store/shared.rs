@@ -13,6 +13,7 @@ use super::config::{FlushDiskType, StoreConfig};
 use super::consume_queue::ConsumeQueues;
 use super::epoch::EpochHistory;
 use super::error::StoreError;
+use super::index_handoff::IndexHandoff;
 use super::record::RecordLimits;
 use super::signal::Signal;
 
@@ -61,6 +62,8 @@ pub(crate) struct Shared {
     /// Changed by the writer only (epoch commands, truncation).
     pub epochs: Mutex<EpochHistory>,
     pub dispatch: Mutex<DispatchState>,
+    /// Consume-queue entries of what the writer wrote, waiting for the dispatcher.
+    pub index_handoff: IndexHandoff,
     /// Mirror of `dispatch.dispatched_offset` for lock-free checks.
     pub dispatched_offset: AtomicU64,
     /// Held by the flusher around (read write_offset, fsync, publish) and by truncation, so that
@@ -138,6 +141,7 @@ impl Shared {
                 dispatched_offset: recovered_end,
                 last_checkpoint_ms: super::now_ms(),
             }),
+            index_handoff: IndexHandoff::default(),
             dispatched_offset: AtomicU64::new(recovered_end),
             flush_lock: Mutex::new(()),
             flush_signal: Signal::default(),

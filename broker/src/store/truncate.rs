@@ -183,6 +183,9 @@ pub(crate) fn truncate_running(
     );
     let mut dispatch = shared.dispatch.lock().expect("dispatch lock poisoned");
     dispatch_to(shared, &mut dispatch, commit_log_offset)?;
+    // Hand-offs past the cut describe bytes it removes; the writer (this thread) pushes none
+    // until the cut is done.
+    shared.index_handoff.clear();
     let _flush = shared.flush_lock.lock().expect("flush lock poisoned");
     if let Err(err) = flush::flush_locked(shared) {
         shared.poison(err);

@@ -21,7 +21,9 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use super::config::FlushDiskType;
+use super::consume_queue::CqEntry;
 use super::error::{Result, StoreError};
+use super::index_handoff::{IndexRun, WrittenRange};
 use super::record::{self, Prefix, RECORD_PREFIX_BYTES};
 use super::segment::Segment;
 use super::shared::Shared;
@@ -40,6 +42,10 @@ pub(crate) struct EncodedBatch {
     /// not always back to back: a segment roll inside it puts a padding record between two of
     /// them. Unused (no capacity) for a single record.
     pub record_commit_log_offsets: Vec<u64>,
+    /// The consume-queue entry of each record, in order, from the appender (size and tag hash);
+    /// the writer fills in each commit-log offset and hands them to the dispatcher (see
+    /// `index_handoff`).
+    pub entries: Vec<CqEntry>,
 }
 
 /// Where an append landed.
@@ -218,6 +224,7 @@ impl Writer {
         let now = super::now_ms();
         self.buf.clear();
         self.results.clear();
+        let group_start = self.position;
         let mut buf_start = self.position;
         for (batch, _) in group.iter_mut() {
             let mut record_commit_log_offsets =
@@ -238,6 +245,9 @@ impl Writer {
                 let start = self.buf.len();
                 self.buf.extend_from_slice(&batch.bytes[at..at + size]);
                 record::seal(&mut self.buf[start..], queue_offset, self.position, now);
+                let entry = &mut batch.entries[(queue_offset - first_queue_offset) as usize];
+                debug_assert_eq!(entry.size_bytes as usize, size);
+                entry.commit_log_offset = self.position;
                 first_commit_log_offset.get_or_insert(self.position);
                 if keep_record_offsets {
                     record_commit_log_offsets.push(self.position);
@@ -264,8 +274,40 @@ impl Writer {
         self.shared
             .appends_written
             .fetch_add(group.len() as u64, std::sync::atomic::Ordering::AcqRel);
+        self.hand_off_entries(group_start, group);
         self.publish();
         Ok(())
+    }
+
+    /// Hands the group's consume-queue entries to the dispatcher, before `write_offset` covers
+    /// them (see `index_handoff`). The topics and entries move out of the requests: no copy.
+    fn hand_off_entries(
+        &self,
+        start: u64,
+        group: &mut [(EncodedBatch, oneshot::Sender<Result<Written>>)],
+    ) {
+        let mut entry_count = 0;
+        let runs = group
+            .iter_mut()
+            .zip(&self.results)
+            .map(|((batch, _), written)| {
+                entry_count += batch.entries.len();
+                IndexRun {
+                    topic: std::mem::take(&mut batch.topic),
+                    queue_id: batch.queue_id,
+                    first_queue_offset: written.queue_offset,
+                    entries: std::mem::take(&mut batch.entries),
+                }
+            })
+            .collect();
+        let range = WrittenRange {
+            start,
+            end: self.position,
+            runs,
+            entry_count,
+        };
+        // Full: the dispatcher reads this range from the log instead.
+        let _ = self.shared.index_handoff.push(range);
     }
 
     /// Writes the buffered bytes (which start at `buf_start`, in the tail segment).
@@ -435,6 +477,8 @@ impl Writer {
         if commit_log_offset == self.position {
             return Ok(());
         }
+        // The dispatch state is held by truncate_running from its start; ranges handed off before
+        // it are indexed (or dropped) under it, and the rest is emptied there.
         let (tail, queue_offsets) = truncate::truncate_running(&self.shared, commit_log_offset)?;
         self.tail = tail;
         self.position = commit_log_offset;
