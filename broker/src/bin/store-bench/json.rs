@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use anyhow::{Context, Result};
 use serde::{Serialize, Serializer};
 
+use crate::floor::FloorCase;
 use crate::raw::{MemoryProbe, RawFsync, SeqWrite};
 use crate::recovery::{ColdRead, RecoveryFigures};
 use crate::report::{Ratio, Ratios};
@@ -36,6 +37,7 @@ pub(crate) fn to_json(settings: &Settings, results: &Results, ratios: &Ratios) -
             .map(Fixed4),
         store: results.store.iter().map(StoreCaseJson::from).collect(),
         recovery: results.recovery.as_ref().map(RecoveryJson::from),
+        floor: results.floor.iter().map(FloorJson::from).collect(),
         ratios: ratios
             .all
             .iter()
@@ -75,6 +77,8 @@ struct RunJson<'a> {
     raw_seq_write_best_mb_per_sec: Option<Fixed4>,
     store: Vec<StoreCaseJson<'a>>,
     recovery: Option<RecoveryJson>,
+    /// Diagnostic floor cases (empty unless named in `--cases`).
+    floor: Vec<FloorJson>,
     #[serde(serialize_with = "in_order")]
     ratios: Vec<(&'static str, RatioJson)>,
     warnings: &'a [String],
@@ -206,6 +210,31 @@ impl<'a> From<&'a StoreCase> for StoreCaseJson<'a> {
             not_ok: &c.tally.not_ok,
             errors: c.tally.errors,
             first_error: c.tally.first_error.as_deref(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct FloorJson {
+    case: &'static str,
+    ok: u64,
+    elapsed_secs: Fixed4,
+    msgs_per_sec: Fixed4,
+    body_mb_per_sec: Fixed4,
+    latency_p50_us: u64,
+    latency_p99_us: u64,
+}
+
+impl From<&FloorCase> for FloorJson {
+    fn from(c: &FloorCase) -> Self {
+        FloorJson {
+            case: c.name,
+            ok: c.tally.ok,
+            elapsed_secs: Fixed4(c.elapsed_secs),
+            msgs_per_sec: Fixed4(c.msgs_per_sec()),
+            body_mb_per_sec: Fixed4(c.body_mb_per_sec()),
+            latency_p50_us: c.tally.latency_us.value_at_quantile(0.5),
+            latency_p99_us: c.tally.latency_us.value_at_quantile(0.99),
         }
     }
 }

@@ -9,6 +9,7 @@
 //! raw baselines: that is `report`'s job.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -54,7 +55,7 @@ pub(crate) struct Tally {
 }
 
 impl Tally {
-    fn new() -> Result<Tally> {
+    pub(crate) fn new() -> Result<Tally> {
         Ok(Tally {
             ok: 0,
             not_ok: BTreeMap::new(),
@@ -64,7 +65,7 @@ impl Tally {
         })
     }
 
-    fn merge(&mut self, other: Tally) -> Result<()> {
+    pub(crate) fn merge(&mut self, other: Tally) -> Result<()> {
         self.ok += other.ok;
         for (status, count) in other.not_ok {
             *self.not_ok.entry(status).or_default() += count;
@@ -216,11 +217,40 @@ fn store_case(
     })
 }
 
+/// What the appender loop appends to: the store, or a diagnostic floor (`floor.rs`).
+pub(crate) trait AppendTarget: Send + Sync + 'static {
+    /// Appends one message; the status it was acknowledged with.
+    fn append_one(&self, message: NewMessage) -> impl Future<Output = Result<PutStatus>> + Send;
+
+    /// Appends a batch of messages with one call (the `--append-batch` diagnostic).
+    fn append_many(
+        &self,
+        messages: Vec<NewMessage>,
+    ) -> impl Future<Output = Result<PutStatus>> + Send {
+        async move {
+            anyhow::bail!(
+                "this target appends one message per call, not {}",
+                messages.len()
+            )
+        }
+    }
+}
+
+impl AppendTarget for Store {
+    async fn append_one(&self, message: NewMessage) -> Result<PutStatus> {
+        Ok(self.append(message).await?.status)
+    }
+
+    async fn append_many(&self, messages: Vec<NewMessage>) -> Result<PutStatus> {
+        Ok(self.append_batch(messages).await?.status)
+    }
+}
+
 /// One appender: appends until the deadline, `append_batch` messages per call (one `append` per
 /// message when 1), rotating over the queues. Latency is per call. Stops at the first error (a
 /// failed store answers every later append with the same error).
-async fn append_until(
-    store: Arc<Store>,
+pub(crate) async fn append_until<T: AppendTarget>(
+    store: Arc<T>,
     body: Bytes,
     first_queue_id: u32,
     deadline: Instant,
@@ -233,21 +263,18 @@ async fn append_until(
         queue_id = (queue_id + 1) % QUEUE_COUNT;
         let started = Instant::now();
         let result = if append_batch == 1 {
-            store.append(message).await
+            store.append_one(message).await
         } else {
-            store.append_batch(vec![message; append_batch]).await
+            store.append_many(vec![message; append_batch]).await
         };
         let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         match result {
-            Ok(appended) => {
+            Ok(status) => {
                 tally.latency_us.saturating_record(latency_us.max(1));
-                if appended.status == PutStatus::Ok {
+                if status == PutStatus::Ok {
                     tally.ok += append_batch as u64;
                 } else {
-                    *tally
-                        .not_ok
-                        .entry(format!("{:?}", appended.status))
-                        .or_default() += 1;
+                    *tally.not_ok.entry(format!("{status:?}")).or_default() += 1;
                 }
             }
             Err(err) => {
