@@ -302,7 +302,9 @@ impl Store {
             .send(WriterCommand::Append { batch, reply })
             .await
             .map_err(|_| StoreError::Stopped)?;
-        let written = written.await.map_err(|_| StoreError::Stopped)??;
+        let mut written = written.await.map_err(|_| StoreError::Stopped)??;
+        // Freed here, on the thread that allocated it (see `Written::encoded`), before any wait.
+        drop(std::mem::take(&mut written.encoded));
         let status = match self.shared.flush_disk_type() {
             FlushDiskType::AsyncFlush => PutStatus::Ok,
             FlushDiskType::SyncFlush => {

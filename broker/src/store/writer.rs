@@ -61,6 +61,10 @@ pub(crate) struct Written {
     pub store_timestamp_ms: u64,
     /// Truncations before this write; see `FlushProgress::truncation_generation`.
     pub truncation_generation: u64,
+    /// The request's encoded records, handed back so that the appender frees them on its own
+    /// thread: freeing them here was 5 % of the writer's time (a free of memory another thread
+    /// allocated takes the allocator's slow path).
+    pub encoded: Vec<u8>,
 }
 
 pub(crate) enum WriterCommand {
@@ -203,7 +207,8 @@ impl Writer {
         };
         match outcome {
             Ok(()) => {
-                for ((_, reply), written) in group.drain(..).zip(self.results.drain(..)) {
+                for ((batch, reply), mut written) in group.drain(..).zip(self.results.drain(..)) {
+                    written.encoded = batch.bytes;
                     let _ = reply.send(Ok(written));
                 }
             }
@@ -267,6 +272,7 @@ impl Writer {
                 end_offset: self.position,
                 store_timestamp_ms: now,
                 truncation_generation: self.truncation_generation,
+                encoded: Vec::new(),
             });
         }
         self.buf_flush(buf_start)?;
