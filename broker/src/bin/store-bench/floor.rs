@@ -26,11 +26,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use broker::store::record::{encode_message, RecordLimits};
 use broker::store::{NewMessage, PutStatus};
-use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::store_cases::{append_until, AppendTarget, Tally};
-use crate::{mb_per_sec, pattern, runtime, QUEUE_COUNT, RECORD_BYTES};
+use crate::runtime;
+use crate::store_cases::{run_appenders, AppendTarget, Tally};
 
 /// The diagnostic cases, in the order they run.
 pub(crate) const FLOOR_CASES: [&str; 2] = ["floor-echo-a64", "floor-write-a64"];
@@ -55,15 +54,6 @@ pub(crate) struct FloorCase {
     pub(crate) name: &'static str,
     pub(crate) tally: Tally,
     pub(crate) elapsed_secs: f64,
-}
-
-impl FloorCase {
-    pub(crate) fn msgs_per_sec(&self) -> f64 {
-        self.tally.ok as f64 / self.elapsed_secs
-    }
-    pub(crate) fn body_mb_per_sec(&self) -> f64 {
-        mb_per_sec(self.tally.ok * RECORD_BYTES as u64, self.elapsed_secs)
-    }
 }
 
 struct Request {
@@ -116,25 +106,9 @@ pub(crate) fn run_floor(
             .spawn(move || serve(rx, file))
             .context("spawn the floor thread")?;
         let floor = Arc::new(Floor { tx });
-        let body = Bytes::from(pattern(RECORD_BYTES));
         let (tally, elapsed) = rt.block_on(async {
             let started = Instant::now();
-            let deadline = started + duration;
-            let tasks: Vec<_> = (0..APPENDERS)
-                .map(|i| {
-                    tokio::spawn(append_until(
-                        floor.clone(),
-                        body.clone(),
-                        i as u32 % QUEUE_COUNT,
-                        deadline,
-                        1,
-                    ))
-                })
-                .collect();
-            let mut tally = Tally::new()?;
-            for task in tasks {
-                tally.merge(task.await.context("appender task panicked")??)?;
-            }
+            let tally = run_appenders(&floor, APPENDERS, started + duration, 1).await?;
             anyhow::Ok((tally, started.elapsed()))
         })?;
         drop(floor);
@@ -147,15 +121,16 @@ pub(crate) fn run_floor(
             tally,
             elapsed_secs: elapsed.as_secs_f64(),
         };
+        let body_mb_per_sec = case.tally.body_mb_per_sec(case.elapsed_secs);
         let ratio = seq_best_mb.map_or_else(
             || "- (raw-seq not run)".to_owned(),
-            |seq| format!("{:.3}", case.body_mb_per_sec() / seq),
+            |seq| format!("{:.3}", body_mb_per_sec / seq),
         );
         println!(
             "  {:<20} {:>10.0} {:>8.2} {:>8} {:>8} {ratio:>22}",
             case.name,
-            case.msgs_per_sec(),
-            case.body_mb_per_sec(),
+            case.tally.msgs_per_sec(case.elapsed_secs),
+            body_mb_per_sec,
             case.tally.latency_us.value_at_quantile(0.5),
             case.tally.latency_us.value_at_quantile(0.99),
         );

@@ -81,6 +81,16 @@ impl Tally {
     pub(crate) fn not_ok_total(&self) -> u64 {
         self.not_ok.values().sum()
     }
+
+    /// `SEND_OK` messages per second over `elapsed_secs`.
+    pub(crate) fn msgs_per_sec(&self, elapsed_secs: f64) -> f64 {
+        self.ok as f64 / elapsed_secs
+    }
+
+    /// Body bytes of the `SEND_OK` messages, in MB per second over `elapsed_secs`.
+    pub(crate) fn body_mb_per_sec(&self, elapsed_secs: f64) -> f64 {
+        mb_per_sec(self.ok * RECORD_BYTES as u64, elapsed_secs)
+    }
 }
 
 pub(crate) struct StoreCase {
@@ -92,10 +102,10 @@ pub(crate) struct StoreCase {
 
 impl StoreCase {
     pub(crate) fn msgs_per_sec(&self) -> f64 {
-        self.tally.ok as f64 / self.elapsed_secs
+        self.tally.msgs_per_sec(self.elapsed_secs)
     }
     pub(crate) fn body_mb_per_sec(&self) -> f64 {
-        mb_per_sec(self.tally.ok * RECORD_BYTES as u64, self.elapsed_secs)
+        self.tally.body_mb_per_sec(self.elapsed_secs)
     }
     pub(crate) fn latency_us(&self, quantile: f64) -> u64 {
         self.tally.latency_us.value_at_quantile(quantile)
@@ -182,25 +192,9 @@ fn store_case(
     let store = Arc::new(
         Store::open(config).with_context(|| format!("open store {}", store_dir.display()))?,
     );
-    let body = Bytes::from(pattern(RECORD_BYTES));
     let (tally, elapsed) = rt.block_on(async {
         let started = Instant::now();
-        let deadline = started + duration;
-        let tasks: Vec<_> = (0..appenders)
-            .map(|i| {
-                tokio::spawn(append_until(
-                    store.clone(),
-                    body.clone(),
-                    i as u32 % QUEUE_COUNT,
-                    deadline,
-                    append_batch,
-                ))
-            })
-            .collect();
-        let mut tally = Tally::new()?;
-        for task in tasks {
-            tally.merge(task.await.context("appender task panicked")??)?;
-        }
+        let tally = run_appenders(&store, appenders, started + duration, append_batch).await?;
         if flush == FlushDiskType::AsyncFlush {
             store.flush().await.context("final flush")?;
         }
@@ -215,6 +209,33 @@ fn store_case(
         tally,
         elapsed_secs: elapsed.as_secs_f64(),
     })
+}
+
+/// Runs `appenders` tasks of [`append_until`] against `target` until `deadline`; their tallies
+/// merged.
+pub(crate) async fn run_appenders<T: AppendTarget>(
+    target: &Arc<T>,
+    appenders: usize,
+    deadline: Instant,
+    append_batch: usize,
+) -> Result<Tally> {
+    let body = Bytes::from(pattern(RECORD_BYTES));
+    let tasks: Vec<_> = (0..appenders)
+        .map(|i| {
+            tokio::spawn(append_until(
+                target.clone(),
+                body.clone(),
+                i as u32 % QUEUE_COUNT,
+                deadline,
+                append_batch,
+            ))
+        })
+        .collect();
+    let mut tally = Tally::new()?;
+    for task in tasks {
+        tally.merge(task.await.context("appender task panicked")??)?;
+    }
+    Ok(tally)
 }
 
 /// What the appender loop appends to: the store, or a diagnostic floor (`floor.rs`).
@@ -249,7 +270,7 @@ impl AppendTarget for Store {
 /// One appender: appends until the deadline, `append_batch` messages per call (one `append` per
 /// message when 1), rotating over the queues. Latency is per call. Stops at the first error (a
 /// failed store answers every later append with the same error).
-pub(crate) async fn append_until<T: AppendTarget>(
+async fn append_until<T: AppendTarget>(
     store: Arc<T>,
     body: Bytes,
     first_queue_id: u32,
