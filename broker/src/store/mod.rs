@@ -4,22 +4,26 @@
 //! - [`Store`] (this file) validates and encodes the message in the caller's task
 //!   ([`record`], [`message`]) and hands it to [`writer`], the one thread that owns the tail.
 //! - [`writer`] group-commits: gathers waiting appends, assigns queue and commit-log offsets,
-//!   writes them to the tail [`segment`] of the [`commit_log`] with one `pwrite`, and answers.
+//!   writes them to the tail [`segment`] of the [`commit_log`] with one `pwrite`, hands their
+//!   consume-queue entries to the dispatcher (`index_handoff`), and answers.
 //! - [`flush`] fsyncs what was written (at once under `SYNC_FLUSH`, on an interval under
 //!   `ASYNC_FLUSH`); a `SYNC_FLUSH` append waits for it up to `sync_flush_timeout_ms`.
-//! - [`dispatch`] scans new records ([`scan`]) into the [`consume_queue`]s and saves the
-//!   [`checkpoint`]; [`read`] serves messages from them up to the confirm offset.
+//! - [`dispatch`] writes the handed-over entries, and scans ([`scan`]) whatever was written
+//!   without one (raw appends), into the [`consume_queue`]s and saves the [`checkpoint`]; [`read`]
+//!   serves messages from them up to the confirm offset.
 //! - `shipped` implements replication's `ShippedLog` over the store (what a master ships from
 //!   and a slave appends to).
 //! - [`recovery`] rebuilds a consistent state at open; [`truncate`] cuts the log crash-safely,
-//!   after [`truncation_report`] lists what it cuts;
-//!   [`retention`] deletes old segments; `preallocate` makes the next segment ahead of time; [`epoch`] keeps the epoch history; every metadata file
+//!   after [`truncation_report`] lists what it cuts; [`retention`] deletes old segments;
+//!   `page_cache` hands flushed pages far behind the tail back to the kernel; `preallocate` makes
+//!   the next segment ahead of time; [`epoch`] keeps the epoch history; every metadata file
 //!   goes through [`meta_file`]'s crash-safe protocol. [`config`], [`error`], [`signal`] and
 //!   [`shared`] hold the settings, the error type, thread wake-ups and the state threads share.
 //!
-//! Threads: writer, flusher, dispatcher, housekeeping (retention), preallocator. Callers use async methods;
-//! the threads are plain OS threads, because every one of them spends its time in blocking
-//! file-system calls.
+//! Threads: writer, flusher, dispatcher, housekeeping (retention, page-cache release),
+//! preallocator. Callers use async methods; the threads are plain OS threads, because every one
+//! of them spends its time in blocking file-system calls. The last three run at a lower priority
+//! ([`BACKGROUND_THREAD_NICE`]).
 //!
 //! Directory layout: `lock`, `abort` (present while open), `checkpoint`, `epoch`,
 //! `truncate.intent` (only during a truncation), `truncated/<from>-<to>.jsonl` (one report per
