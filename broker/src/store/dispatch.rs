@@ -202,7 +202,7 @@ pub(crate) fn dispatch_to(shared: &Shared, state: &mut DispatchState, target: u6
                 &run.topic,
                 run.queue_id,
                 run.first_queue_offset,
-                &run.entries,
+                run.entries.as_slice(),
             )?;
         }
         dispatched = range.end;
@@ -253,7 +253,7 @@ fn check_against_log(shared: &Shared, range: &super::index_handoff::WrittenRange
         .runs
         .iter()
         .flat_map(|run| {
-            run.entries.iter().enumerate().map(|(i, entry)| {
+            run.entries.as_slice().iter().enumerate().map(|(i, entry)| {
                 (
                     run.topic.clone(),
                     run.queue_id,

@@ -82,6 +82,7 @@ pub use retention::RetentionReport;
 pub use shared::{ConfirmMode, LogProgress};
 
 use consume_queue::CqEntry;
+use index_handoff::RunEntries;
 use shared::Shared;
 use writer::{EncodedBatch, Writer, WriterCommand};
 
@@ -237,7 +238,7 @@ impl Store {
     pub async fn append(&self, message: NewMessage) -> Result<AppendResult> {
         let mut bytes = Vec::new();
         record::encode_message(&message, self.shared.limits, &mut bytes)?;
-        let entries = vec![index_entry(&message, bytes.len())];
+        let entries = RunEntries::One(index_entry(&message, bytes.len()));
         self.submit(EncodedBatch {
             topic: message.topic,
             queue_id: message.queue_id,
@@ -285,7 +286,7 @@ impl Store {
             } else {
                 Vec::new()
             },
-            entries,
+            entries: RunEntries::Many(entries),
         })
         .await
     }

@@ -21,9 +21,8 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use super::config::FlushDiskType;
-use super::consume_queue::CqEntry;
 use super::error::{Result, StoreError};
-use super::index_handoff::{IndexRun, WrittenRange};
+use super::index_handoff::{IndexRun, RunEntries, WrittenRange};
 use super::record::{self, Prefix, RECORD_PREFIX_BYTES};
 use super::segment::Segment;
 use super::shared::Shared;
@@ -45,7 +44,7 @@ pub(crate) struct EncodedBatch {
     /// The consume-queue entry of each record, in order, from the appender (size and tag hash);
     /// the writer fills in each commit-log offset and hands them to the dispatcher (see
     /// `index_handoff`).
-    pub entries: Vec<CqEntry>,
+    pub entries: RunEntries,
 }
 
 /// Where an append landed.
@@ -250,7 +249,8 @@ impl Writer {
                 let start = self.buf.len();
                 self.buf.extend_from_slice(&batch.bytes[at..at + size]);
                 record::seal(&mut self.buf[start..], queue_offset, self.position, now);
-                let entry = &mut batch.entries[(queue_offset - first_queue_offset) as usize];
+                let entry =
+                    &mut batch.entries.as_mut_slice()[(queue_offset - first_queue_offset) as usize];
                 debug_assert_eq!(entry.size_bytes as usize, size);
                 entry.commit_log_offset = self.position;
                 first_commit_log_offset.get_or_insert(self.position);
@@ -297,7 +297,7 @@ impl Writer {
             .iter_mut()
             .zip(&self.results)
             .map(|((batch, _), written)| {
-                entry_count += batch.entries.len();
+                entry_count += batch.entries.as_slice().len();
                 IndexRun {
                     topic: std::mem::take(&mut batch.topic),
                     queue_id: batch.queue_id,
