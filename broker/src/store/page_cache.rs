@@ -5,8 +5,8 @@
 //! Why: an append-only log otherwise takes a fresh page for every 4 KiB it writes, until the
 //! kernel's reclaim starts. On a virtual machine that hands idle free memory back to its host
 //! (free page reporting, balloon drivers; this benchmark machine does it), a page touched for the
-//! first time in a while costs a host fault inside the copy that fills it: the store measured
-//! 2-4x slower writes into such memory than into recycled memory (docs/BENCHMARKS.md). Releasing
+//! first time in a while costs a host fault inside the copy that fills it: writes into such
+//! memory measured about 3x slower than into recycled memory (docs/BENCHMARKS.md). Releasing
 //! behind the tail keeps the store's page cache at about `page_cache_keep_bytes` plus one flush
 //! interval of writes, and the next writes reuse the pages just released. On a machine that
 //! does not hand memory back it saves nothing, and costs only what reading older data costs: a
