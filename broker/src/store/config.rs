@@ -55,6 +55,9 @@ pub struct StoreConfig {
     pub write_queue_capacity: usize,
     /// Most bytes one group commit gathers into one write.
     pub batch_bytes_max: usize,
+    /// Flushed commit-log bytes kept in the page cache behind the flushed offset; older pages
+    /// are handed back to the kernel, so that new writes reuse them (see `page_cache.rs`).
+    pub page_cache_keep_bytes: u64,
 }
 
 impl Default for StoreConfig {
@@ -74,6 +77,7 @@ impl Default for StoreConfig {
             retention_check_interval_ms: 10_000,
             write_queue_capacity: 4_096,
             batch_bytes_max: 8 << 20,
+            page_cache_keep_bytes: 1 << 30,
         }
     }
 }

@@ -1,9 +1,12 @@
-//! The dispatcher: builds consume-queue entries from the commit log, and saves the checkpoint.
+//! The dispatcher: builds consume-queue entries for everything written, and saves the checkpoint.
 //!
-//! It follows `write_offset`: each round scans the newly written records (CRC-checking each, as
-//! every read does), gathers their entries per queue, and appends each queue's run with one write.
-//! Records written by the writer and records copied from a master by `append_raw` take the same
-//! path, so a slave's consume queues are built exactly like its master's.
+//! It follows `write_offset`. For the ranges the writer handed over with their entries
+//! (`index_handoff`: its own group commits) it takes those entries; every other written range
+//! (records copied from a master by `append_raw`, a hand-off that found the queue full) it scans
+//! from the log, CRC-checking each record, as every read does. Either way it gathers the entries
+//! per queue and appends each queue's run with one write. Both sources give the same entries
+//! (debug builds check every handed-over range against the log), so a slave's consume queues are
+//! built exactly like its master's, and recovery, which only has the log, rebuilds them the same.
 //!
 //! Every `checkpoint_interval_ms`, and at shutdown, it fsyncs the consume queues and then saves
 //! the checkpoint (flushed offset read before the fsyncs, dispatched offset), in that order: the
@@ -51,34 +54,58 @@ impl PendingEntries {
         header: &RecordHeader,
         topic: &str,
     ) -> Result<()> {
-        let queue = match queues.get(topic, header.queue_id) {
+        let entry = CqEntry {
+            commit_log_offset: header.commit_log_offset,
+            size_bytes: header.total_bytes,
+            tag_hash: header.tag_hash,
+        };
+        self.add_run(
+            queues,
+            topic,
+            header.queue_id,
+            header.queue_offset,
+            std::slice::from_ref(&entry),
+        )
+    }
+
+    /// Adds the entries of consecutive queue offsets of one queue, the first at
+    /// `first_queue_offset`; writes everything out when too much is gathered.
+    pub fn add_run(
+        &mut self,
+        queues: &ConsumeQueues,
+        topic: &str,
+        queue_id: u32,
+        first_queue_offset: u64,
+        entries: &[CqEntry],
+    ) -> Result<()> {
+        let Some(first) = entries.first() else {
+            return Ok(());
+        };
+        let queue = match queues.get(topic, queue_id) {
             Some(queue) => queue,
-            None => queues.get_or_create(topic, header.queue_id)?,
+            None => queues.get_or_create(topic, queue_id)?,
         };
         let run = self
             .runs
             .entry(Arc::as_ptr(&queue) as usize)
             .or_insert_with(|| Run {
-                first_queue_offset: header.queue_offset,
+                first_queue_offset,
                 queue,
                 encoded: Vec::new(),
             });
         let expected = run.first_queue_offset
             + (run.encoded.len() / super::consume_queue::CQ_ENTRY_BYTES) as u64;
-        if header.queue_offset != expected {
+        if first_queue_offset != expected {
             return Err(StoreError::Corrupt {
                 path: queues_path(&run.queue),
-                position: header.commit_log_offset,
+                position: first.commit_log_offset,
                 reason: "queue offsets in the commit log skip or repeat",
             });
         }
-        CqEntry {
-            commit_log_offset: header.commit_log_offset,
-            size_bytes: header.total_bytes,
-            tag_hash: header.tag_hash,
+        for entry in entries {
+            entry.encode(&mut run.encoded);
         }
-        .encode(&mut run.encoded);
-        self.entries += 1;
+        self.entries += entries.len();
         if self.entries >= PENDING_ENTRIES_MAX {
             self.write_out()?;
         }
@@ -142,14 +169,101 @@ pub(crate) fn run(shared: Arc<Shared>) {
 /// Indexes the log up to `target` (a record boundary) if the dispatcher has not yet, and
 /// publishes the new dispatched offset (readers are told by the caller). Callers hold the
 /// dispatch state: the dispatcher's rounds, and whoever needs everything indexed now.
+///
+/// Takes the writer's handed-over entries where a hand-off starts exactly at the dispatched
+/// offset, and scans the log for every range in between (see the module header).
 pub(crate) fn dispatch_to(shared: &Shared, state: &mut DispatchState, target: u64) -> Result<()> {
-    if target > state.dispatched_offset {
-        state.dispatched_offset = dispatch_range(shared, state.dispatched_offset, target)?;
-        shared
-            .dispatched_offset
-            .store(state.dispatched_offset, Ordering::Release);
+    if target <= state.dispatched_offset {
+        return Ok(());
     }
+    let mut pending = PendingEntries::default();
+    let mut dispatched = state.dispatched_offset;
+    while let Some(range) = shared.index_handoff.pop_until(target) {
+        if range.end <= dispatched {
+            continue; // indexed from the log meanwhile
+        }
+        if range.start != dispatched {
+            // A written range nobody handed over lies before this one: read it from the log,
+            // after the entries gathered so far (a queue takes its entries in order).
+            pending.write_out()?;
+            dispatched = dispatch_range(shared, dispatched, range.start)?;
+        }
+        if range.start != dispatched {
+            // Cannot happen (hand-offs and the log are both cut at group boundaries); the log
+            // decides.
+            debug_assert!(false, "hand-off {range:?} overlaps what was indexed");
+            continue;
+        }
+        #[cfg(debug_assertions)]
+        check_against_log(shared, &range);
+        for run in &range.runs {
+            pending.add_run(
+                &shared.queues,
+                &run.topic,
+                run.queue_id,
+                run.first_queue_offset,
+                run.entries.as_slice(),
+            )?;
+        }
+        dispatched = range.end;
+    }
+    pending.write_out()?;
+    if dispatched < target {
+        dispatched = dispatch_range(shared, dispatched, target)?;
+    }
+    state.dispatched_offset = dispatched;
+    shared
+        .dispatched_offset
+        .store(state.dispatched_offset, Ordering::Release);
     Ok(())
+}
+
+/// Debug builds: a handed-over range must give exactly the entries a scan of the log gives.
+#[cfg(debug_assertions)]
+fn check_against_log(shared: &Shared, range: &super::index_handoff::WrittenRange) {
+    let mut from_log = Vec::new();
+    let end = scan::scan(
+        &shared.log,
+        range.start,
+        range.end,
+        SCAN_CHUNK_BYTES,
+        |header, raw| {
+            let topic =
+                std::str::from_utf8(&raw[header.topic_range()]).expect("checked by check_message");
+            from_log.push((
+                topic.to_owned(),
+                header.queue_id,
+                header.queue_offset,
+                CqEntry {
+                    commit_log_offset: header.commit_log_offset,
+                    size_bytes: header.total_bytes,
+                    tag_hash: header.tag_hash,
+                },
+            ));
+            Ok(())
+        },
+    )
+    .and_then(scan::stop_to_error)
+    .expect("a handed-over range reads back from the log");
+    assert_eq!(
+        end, range.end,
+        "a handed-over range ends where the log says"
+    );
+    let handed: Vec<_> = range
+        .runs
+        .iter()
+        .flat_map(|run| {
+            run.entries.as_slice().iter().enumerate().map(|(i, entry)| {
+                (
+                    run.topic.clone(),
+                    run.queue_id,
+                    run.first_queue_offset + i as u64,
+                    *entry,
+                )
+            })
+        })
+        .collect();
+    assert_eq!(handed, from_log, "handed-over entries differ from the log");
 }
 
 fn round(shared: &Shared, state: &mut DispatchState, force_checkpoint: bool) -> Result<()> {

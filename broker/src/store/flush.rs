@@ -126,6 +126,7 @@ pub(crate) fn flush_locked(shared: &Shared) -> Result<(), StoreError> {
         });
     }
     shared.log.set_flushed_offset(target);
+    super::page_cache::on_flushed(shared);
     // Confirm before answering the appenders, so that a SEND_OK message is already visible.
     shared.on_local_progress();
     shared

@@ -20,6 +20,7 @@ use std::time::UNIX_EPOCH;
 
 use super::error::{Result, StoreError};
 use super::meta_file;
+use super::page_cache;
 use super::shared::Shared;
 
 /// What [`plan`] needs to know of one segment.
@@ -163,12 +164,27 @@ pub(crate) fn run_once(shared: &Shared, now_ms: u64) -> Result<RetentionReport> 
     })
 }
 
-/// The housekeeping thread: a retention pass every `retention_check_interval_ms`.
+/// The housekeeping thread: a retention pass every `retention_check_interval_ms`, and a
+/// page-cache release whenever the flusher says one is due (see `page_cache`).
 pub(crate) fn run(shared: std::sync::Arc<Shared>) {
     let interval = std::time::Duration::from_millis(shared.config.retention_check_interval_ms);
-    while !shared.housekeeping_signal.wait(Some(interval), || false) {
-        if let Err(err) = run_once(&shared, super::now_ms()) {
-            tracing::warn!(error = %err, "retention pass failed; will retry");
+    let mut next_pass = std::time::Instant::now() + interval;
+    loop {
+        let wait = next_pass.saturating_duration_since(std::time::Instant::now());
+        if shared
+            .housekeeping_signal
+            .wait(Some(wait), || page_cache::release_due(&shared).is_some())
+        {
+            return;
+        }
+        if let Some(end) = page_cache::release_due(&shared) {
+            page_cache::release(&shared, end);
+        }
+        if std::time::Instant::now() >= next_pass {
+            next_pass += interval;
+            if let Err(err) = run_once(&shared, super::now_ms()) {
+                tracing::warn!(error = %err, "retention pass failed; will retry");
+            }
         }
     }
 }

@@ -328,6 +328,19 @@ impl Segment {
             return;
         }
         let len = len.min(self.end_offset() - commit_log_offset);
+        self.advise(commit_log_offset, len, libc::POSIX_FADV_WILLNEED);
+    }
+
+    /// Hands the cached pages of `[from, to)` back to the kernel (see `page_cache.rs`). Advisory:
+    /// the kernel drops only clean pages and keeps any dirty one, so no unflushed byte is lost;
+    /// errors are ignored (the pages stay cached).
+    pub fn release_page_cache(&self, from: u64, to: u64) {
+        debug_assert!(from <= to && to <= self.end_offset());
+        self.advise(from, to - from, libc::POSIX_FADV_DONTNEED);
+    }
+
+    /// `posix_fadvise` of `[commit_log_offset, + len)`; advisory, so errors are ignored.
+    fn advise(&self, commit_log_offset: u64, len: u64, advice: libc::c_int) {
         let (Ok(position), Ok(len)) = (
             libc::off_t::try_from(self.file_position(commit_log_offset)),
             libc::off_t::try_from(len),
@@ -336,12 +349,7 @@ impl Segment {
         };
         // SAFETY: plain system call on a file descriptor we own; no memory is passed.
         unsafe {
-            libc::posix_fadvise(
-                self.file.as_raw_fd(),
-                position,
-                len,
-                libc::POSIX_FADV_WILLNEED,
-            );
+            libc::posix_fadvise(self.file.as_raw_fd(), position, len, advice);
         }
     }
 

@@ -13,6 +13,7 @@ use super::config::{FlushDiskType, StoreConfig};
 use super::consume_queue::ConsumeQueues;
 use super::epoch::EpochHistory;
 use super::error::StoreError;
+use super::index_handoff::IndexHandoff;
 use super::record::RecordLimits;
 use super::signal::Signal;
 
@@ -61,6 +62,8 @@ pub(crate) struct Shared {
     /// Changed by the writer only (epoch commands, truncation).
     pub epochs: Mutex<EpochHistory>,
     pub dispatch: Mutex<DispatchState>,
+    /// Consume-queue entries of what the writer wrote, waiting for the dispatcher.
+    pub index_handoff: IndexHandoff,
     /// Mirror of `dispatch.dispatched_offset` for lock-free checks.
     pub dispatched_offset: AtomicU64,
     /// Held by the flusher around (read write_offset, fsync, publish) and by truncation, so that
@@ -88,6 +91,9 @@ pub(crate) struct Shared {
     poison: OnceLock<Arc<StoreError>>,
     /// Appends (not raw appends) written so far; the flusher gathers by it.
     pub appends_written: AtomicU64,
+    /// The commit log's page cache below this offset was handed back to the kernel (see
+    /// `page_cache`). Moved by the housekeeping thread; lowered by truncation.
+    pub page_cache_released_offset: AtomicU64,
     /// Under `ASYNC_FLUSH`, a flush up to this offset was asked for (by `Store::flush`).
     pub flush_requested_offset: AtomicU64,
     /// Set on a slave's store: appends are refused, only raw appends (replication) write.
@@ -118,6 +124,8 @@ impl Shared {
         initial_confirm_offset: u64,
     ) -> Shared {
         debug_assert!(initial_confirm_offset <= recovered_end);
+        // Recovery read the whole unchecked log through the page cache: all of it is releasable.
+        let released_offset = log.min_offset();
         let limits = RecordLimits {
             max_message_bytes: config.max_message_bytes,
             max_properties_bytes: config.max_properties_bytes,
@@ -133,6 +141,7 @@ impl Shared {
                 dispatched_offset: recovered_end,
                 last_checkpoint_ms: super::now_ms(),
             }),
+            index_handoff: IndexHandoff::default(),
             dispatched_offset: AtomicU64::new(recovered_end),
             flush_lock: Mutex::new(()),
             flush_signal: Signal::default(),
@@ -155,6 +164,7 @@ impl Shared {
             readable_tx: watch::Sender::new(initial_confirm_offset),
             poison: OnceLock::new(),
             appends_written: AtomicU64::new(0),
+            page_cache_released_offset: AtomicU64::new(released_offset),
             flush_requested_offset: AtomicU64::new(0),
             replica_only: std::sync::atomic::AtomicBool::new(false),
             writer_stop_requested: std::sync::atomic::AtomicBool::new(false),

@@ -626,6 +626,8 @@ async fn retention_deletes_old_segments_and_queues_follow() {
     }
     let segments = store.segments_for_test();
     assert!(segments > 4);
+    // The dispatcher runs behind the writer: the queue must hold all 200 before it is trimmed.
+    settle(&store).await;
     // Age every segment file by 100 hours; retention keeps the tail whatever its age.
     let old = std::time::SystemTime::now() - Duration::from_secs(100 * 3600);
     for entry in std::fs::read_dir(dir.path().join(recovery::COMMIT_LOG_DIR)).unwrap() {
@@ -724,4 +726,37 @@ async fn rolling_adopts_the_segment_made_ahead_of_time() {
         std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(adopted).unwrap()),
         inode
     );
+}
+
+/// A written range whose entries never reached the dispatcher (a full hand-off) is indexed from
+/// the log, between ranges whose entries did: every message is found at its queue offset.
+#[tokio::test]
+// The guard stops the dispatcher (an OS thread) on purpose; the appends never take it.
+#[allow(clippy::await_holding_lock)]
+async fn a_range_without_a_hand_off_is_indexed_from_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(small_config(dir.path())).unwrap();
+    {
+        // Hold the dispatcher still while three groups are written; drop the middle one's
+        // hand-off, as a full hand-off would.
+        let _dispatch = store.shared.dispatch.lock().unwrap();
+        store.append(message("t", 0, "first")).await.unwrap();
+        let first = store.shared.index_handoff.pop_until(u64::MAX).unwrap();
+        store.append(message("t", 0, "second")).await.unwrap();
+        store.shared.index_handoff.clear();
+        store
+            .shared
+            .index_handoff
+            .push(first)
+            .expect("an empty hand-off takes a range");
+        store
+            .append_batch(vec![message("t", 0, "third"), message("t", 0, "fourth")])
+            .await
+            .unwrap();
+    }
+    let read = read_all(&store, "t", 0).await;
+    assert_eq!(bodies(&read), ["first", "second", "third", "fourth"]);
+    for (queue_offset, message) in read.iter().enumerate() {
+        assert_eq!(message.queue_offset(), queue_offset as u64);
+    }
 }

@@ -183,6 +183,9 @@ pub(crate) fn truncate_running(
     );
     let mut dispatch = shared.dispatch.lock().expect("dispatch lock poisoned");
     dispatch_to(shared, &mut dispatch, commit_log_offset)?;
+    // Hand-offs past the cut describe bytes it removes; the writer (this thread) pushes none
+    // until the cut is done.
+    shared.index_handoff.clear();
     let _flush = shared.flush_lock.lock().expect("flush lock poisoned");
     if let Err(err) = flush::flush_locked(shared) {
         shared.poison(err);
@@ -216,6 +219,10 @@ pub(crate) fn truncate_running(
     });
     shared
         .flush_requested_offset
+        .fetch_min(commit_log_offset, Ordering::AcqRel);
+    // New data will refill the cut offsets: its pages are releasable again once flushed.
+    shared
+        .page_cache_released_offset
         .fetch_min(commit_log_offset, Ordering::AcqRel);
     dispatch.dispatched_offset = dispatch.dispatched_offset.min(commit_log_offset);
     shared

@@ -13,10 +13,11 @@ use std::collections::BTreeMap;
 use anyhow::{Context, Result};
 use serde::{Serialize, Serializer};
 
+use crate::floor::FloorCase;
 use crate::raw::{MemoryProbe, RawFsync, SeqWrite};
 use crate::recovery::{ColdRead, RecoveryFigures};
 use crate::report::{Ratio, Ratios};
-use crate::store_cases::{flush_name, store_case_name, StoreCase};
+use crate::store_cases::{flush_name, store_case_name, StoreCase, Tally};
 use crate::{mb_per_sec, Results, Settings, MB, RECORD_BYTES};
 
 /// The whole run as one line of JSON.
@@ -36,6 +37,7 @@ pub(crate) fn to_json(settings: &Settings, results: &Results, ratios: &Ratios) -
             .map(Fixed4),
         store: results.store.iter().map(StoreCaseJson::from).collect(),
         recovery: results.recovery.as_ref().map(RecoveryJson::from),
+        floor: results.floor.iter().map(FloorJson::from).collect(),
         ratios: ratios
             .all
             .iter()
@@ -75,6 +77,8 @@ struct RunJson<'a> {
     raw_seq_write_best_mb_per_sec: Option<Fixed4>,
     store: Vec<StoreCaseJson<'a>>,
     recovery: Option<RecoveryJson>,
+    /// Diagnostic floor cases (empty unless named in `--cases`).
+    floor: Vec<FloorJson<'a>>,
     #[serde(serialize_with = "in_order")]
     ratios: Vec<(&'static str, RatioJson)>,
     warnings: &'a [String],
@@ -175,6 +179,40 @@ struct StoreCaseJson<'a> {
     case: String,
     flush_disk_type: &'static str,
     appenders: usize,
+    #[serde(flatten)]
+    figures: CaseFigures<'a>,
+}
+
+impl<'a> From<&'a StoreCase> for StoreCaseJson<'a> {
+    fn from(c: &'a StoreCase) -> Self {
+        StoreCaseJson {
+            case: store_case_name(c.flush, c.appenders),
+            flush_disk_type: flush_name(c.flush),
+            appenders: c.appenders,
+            figures: CaseFigures::new(&c.tally, c.elapsed_secs),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct FloorJson<'a> {
+    case: &'static str,
+    #[serde(flatten)]
+    figures: CaseFigures<'a>,
+}
+
+impl<'a> From<&'a FloorCase> for FloorJson<'a> {
+    fn from(c: &'a FloorCase) -> Self {
+        FloorJson {
+            case: c.name,
+            figures: CaseFigures::new(&c.tally, c.elapsed_secs),
+        }
+    }
+}
+
+/// What the appenders of a store or floor case measured (flattened into its object).
+#[derive(Serialize)]
+struct CaseFigures<'a> {
     ok: u64,
     elapsed_secs: Fixed4,
     msgs_per_sec: Fixed4,
@@ -189,23 +227,20 @@ struct StoreCaseJson<'a> {
     first_error: Option<&'a str>,
 }
 
-impl<'a> From<&'a StoreCase> for StoreCaseJson<'a> {
-    fn from(c: &'a StoreCase) -> Self {
-        StoreCaseJson {
-            case: store_case_name(c.flush, c.appenders),
-            flush_disk_type: flush_name(c.flush),
-            appenders: c.appenders,
-            ok: c.tally.ok,
-            elapsed_secs: Fixed4(c.elapsed_secs),
-            msgs_per_sec: Fixed4(c.msgs_per_sec()),
-            body_mb_per_sec: Fixed4(c.body_mb_per_sec()),
-            latency_p50_us: c.latency_us(0.5),
-            latency_p99_us: c.latency_us(0.99),
-            latency_max_us: c.tally.latency_us.max(),
-            not_ok_total: c.tally.not_ok_total(),
-            not_ok: &c.tally.not_ok,
-            errors: c.tally.errors,
-            first_error: c.tally.first_error.as_deref(),
+impl<'a> CaseFigures<'a> {
+    fn new(tally: &'a Tally, elapsed_secs: f64) -> Self {
+        CaseFigures {
+            ok: tally.ok,
+            elapsed_secs: Fixed4(elapsed_secs),
+            msgs_per_sec: Fixed4(tally.msgs_per_sec(elapsed_secs)),
+            body_mb_per_sec: Fixed4(tally.body_mb_per_sec(elapsed_secs)),
+            latency_p50_us: tally.latency_us.value_at_quantile(0.5),
+            latency_p99_us: tally.latency_us.value_at_quantile(0.99),
+            latency_max_us: tally.latency_us.max(),
+            not_ok_total: tally.not_ok_total(),
+            not_ok: &tally.not_ok,
+            errors: tally.errors,
+            first_error: tally.first_error.as_deref(),
         }
     }
 }

@@ -7,6 +7,7 @@
 //! - `raw`: the memory probe and the raw-disk baselines (fsync batches, sequential write).
 //! - `store_cases`: the store append cases and their tallies and latency histograms.
 //! - `recovery`: the `fill` child, its kill, the cold raw reads and the timed `Store::open`.
+//! - `floor`: diagnostic cases, the store's append shape without the store.
 //! - `report`: the ratios against the baselines, the warnings, and their printing.
 //! - `json`: the last stdout line, one JSON object with every figure (a format scripts parse).
 //!
@@ -34,6 +35,8 @@
 //!    policy. Only `SEND_OK` appends count; anything else is printed and must be 0. Under
 //!    `ASYNC_FLUSH` a final `Store::flush` is inside the timed window, so both policies are
 //!    measured for durable data.
+//!    Diagnostic, only when named in `--cases`: `floor-echo-a64` and `floor-write-a64`, the same
+//!    appender loop against the store's hand-off shape with the store taken out (see `floor`).
 //! 3. Recovery (`recovery`): a child process (this binary, hidden `fill` subcommand) fills a store
 //!    to `--recovery-bytes` and is killed with SIGKILL: the state a broker crash leaves (page
 //!    cache intact, abort marker present). The parent then fdatasyncs every file (dirty pages
@@ -55,6 +58,7 @@
 //! case, 64 MiB sequential write and recovery) is for smoke tests; `--cases` runs a subset by name
 //! or name prefix (`raw`, `store-sync`, `store-async-a64`, `recovery`, ...).
 
+mod floor;
 mod json;
 mod raw;
 mod recovery;
@@ -206,7 +210,12 @@ impl Settings {
         if name == "recovery" && self.skip_recovery {
             return false;
         }
-        self.cases.is_empty() || self.cases.iter().any(|token| case_matches(name, token))
+        self.cases.is_empty() || self.named(name)
+    }
+
+    /// Named in `--cases` (diagnostic cases run only then).
+    fn named(&self, name: &str) -> bool {
+        self.cases.iter().any(|token| case_matches(name, token))
     }
 }
 
@@ -235,6 +244,7 @@ fn all_case_names() -> Vec<String> {
         );
     }
     names.push("recovery".to_owned());
+    names.extend(floor::FLOOR_CASES.iter().map(|n| (*n).to_owned()));
     names
 }
 
@@ -276,6 +286,8 @@ struct Results {
     raw_seq: Vec<SeqWrite>,
     store: Vec<StoreCase>,
     recovery: Option<RecoveryFigures>,
+    /// Diagnostic floor cases, when named.
+    floor: Vec<floor::FloorCase>,
 }
 
 fn run(settings: &Settings) -> Result<()> {
@@ -309,6 +321,23 @@ fn run(settings: &Settings) -> Result<()> {
     };
     raw::run_raw(settings, &work_path, &mut results)?;
     store_cases::run_store(settings, &work_path, &mut results)?;
+    let floor_names: Vec<_> = floor::FLOOR_CASES
+        .into_iter()
+        .filter(|name| settings.named(name))
+        .collect();
+    if !floor_names.is_empty() {
+        let seq_best_mb = results
+            .raw_seq
+            .iter()
+            .map(raw::SeqWrite::mb_per_sec)
+            .reduce(f64::max);
+        results.floor = floor::run_floor(
+            &floor_names,
+            &work_path,
+            settings.case_duration,
+            seq_best_mb,
+        )?;
+    }
     if settings.selected("recovery") {
         results.recovery = Some(recovery::run_recovery(&work_path, settings.recovery_bytes)?);
     }

@@ -9,6 +9,7 @@
 //! raw baselines: that is `report`'s job.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -54,7 +55,7 @@ pub(crate) struct Tally {
 }
 
 impl Tally {
-    fn new() -> Result<Tally> {
+    pub(crate) fn new() -> Result<Tally> {
         Ok(Tally {
             ok: 0,
             not_ok: BTreeMap::new(),
@@ -64,7 +65,7 @@ impl Tally {
         })
     }
 
-    fn merge(&mut self, other: Tally) -> Result<()> {
+    pub(crate) fn merge(&mut self, other: Tally) -> Result<()> {
         self.ok += other.ok;
         for (status, count) in other.not_ok {
             *self.not_ok.entry(status).or_default() += count;
@@ -80,6 +81,16 @@ impl Tally {
     pub(crate) fn not_ok_total(&self) -> u64 {
         self.not_ok.values().sum()
     }
+
+    /// `SEND_OK` messages per second over `elapsed_secs`.
+    pub(crate) fn msgs_per_sec(&self, elapsed_secs: f64) -> f64 {
+        self.ok as f64 / elapsed_secs
+    }
+
+    /// Body bytes of the `SEND_OK` messages, in MB per second over `elapsed_secs`.
+    pub(crate) fn body_mb_per_sec(&self, elapsed_secs: f64) -> f64 {
+        mb_per_sec(self.ok * RECORD_BYTES as u64, elapsed_secs)
+    }
 }
 
 pub(crate) struct StoreCase {
@@ -91,10 +102,10 @@ pub(crate) struct StoreCase {
 
 impl StoreCase {
     pub(crate) fn msgs_per_sec(&self) -> f64 {
-        self.tally.ok as f64 / self.elapsed_secs
+        self.tally.msgs_per_sec(self.elapsed_secs)
     }
     pub(crate) fn body_mb_per_sec(&self) -> f64 {
-        mb_per_sec(self.tally.ok * RECORD_BYTES as u64, self.elapsed_secs)
+        self.tally.body_mb_per_sec(self.elapsed_secs)
     }
     pub(crate) fn latency_us(&self, quantile: f64) -> u64 {
         self.tally.latency_us.value_at_quantile(quantile)
@@ -181,25 +192,9 @@ fn store_case(
     let store = Arc::new(
         Store::open(config).with_context(|| format!("open store {}", store_dir.display()))?,
     );
-    let body = Bytes::from(pattern(RECORD_BYTES));
     let (tally, elapsed) = rt.block_on(async {
         let started = Instant::now();
-        let deadline = started + duration;
-        let tasks: Vec<_> = (0..appenders)
-            .map(|i| {
-                tokio::spawn(append_until(
-                    store.clone(),
-                    body.clone(),
-                    i as u32 % QUEUE_COUNT,
-                    deadline,
-                    append_batch,
-                ))
-            })
-            .collect();
-        let mut tally = Tally::new()?;
-        for task in tasks {
-            tally.merge(task.await.context("appender task panicked")??)?;
-        }
+        let tally = run_appenders(&store, appenders, started + duration, append_batch).await?;
         if flush == FlushDiskType::AsyncFlush {
             store.flush().await.context("final flush")?;
         }
@@ -216,11 +211,67 @@ fn store_case(
     })
 }
 
+/// Runs `appenders` tasks of [`append_until`] against `target` until `deadline`; their tallies
+/// merged.
+pub(crate) async fn run_appenders<T: AppendTarget>(
+    target: &Arc<T>,
+    appenders: usize,
+    deadline: Instant,
+    append_batch: usize,
+) -> Result<Tally> {
+    let body = Bytes::from(pattern(RECORD_BYTES));
+    let tasks: Vec<_> = (0..appenders)
+        .map(|i| {
+            tokio::spawn(append_until(
+                target.clone(),
+                body.clone(),
+                i as u32 % QUEUE_COUNT,
+                deadline,
+                append_batch,
+            ))
+        })
+        .collect();
+    let mut tally = Tally::new()?;
+    for task in tasks {
+        tally.merge(task.await.context("appender task panicked")??)?;
+    }
+    Ok(tally)
+}
+
+/// What the appender loop appends to: the store, or a diagnostic floor (`floor.rs`).
+pub(crate) trait AppendTarget: Send + Sync + 'static {
+    /// Appends one message; the status it was acknowledged with.
+    fn append_one(&self, message: NewMessage) -> impl Future<Output = Result<PutStatus>> + Send;
+
+    /// Appends a batch of messages with one call (the `--append-batch` diagnostic).
+    fn append_many(
+        &self,
+        messages: Vec<NewMessage>,
+    ) -> impl Future<Output = Result<PutStatus>> + Send {
+        async move {
+            anyhow::bail!(
+                "this target appends one message per call, not {}",
+                messages.len()
+            )
+        }
+    }
+}
+
+impl AppendTarget for Store {
+    async fn append_one(&self, message: NewMessage) -> Result<PutStatus> {
+        Ok(self.append(message).await?.status)
+    }
+
+    async fn append_many(&self, messages: Vec<NewMessage>) -> Result<PutStatus> {
+        Ok(self.append_batch(messages).await?.status)
+    }
+}
+
 /// One appender: appends until the deadline, `append_batch` messages per call (one `append` per
 /// message when 1), rotating over the queues. Latency is per call. Stops at the first error (a
 /// failed store answers every later append with the same error).
-async fn append_until(
-    store: Arc<Store>,
+async fn append_until<T: AppendTarget>(
+    store: Arc<T>,
     body: Bytes,
     first_queue_id: u32,
     deadline: Instant,
@@ -233,21 +284,18 @@ async fn append_until(
         queue_id = (queue_id + 1) % QUEUE_COUNT;
         let started = Instant::now();
         let result = if append_batch == 1 {
-            store.append(message).await
+            store.append_one(message).await
         } else {
-            store.append_batch(vec![message; append_batch]).await
+            store.append_many(vec![message; append_batch]).await
         };
         let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         match result {
-            Ok(appended) => {
+            Ok(status) => {
                 tally.latency_us.saturating_record(latency_us.max(1));
-                if appended.status == PutStatus::Ok {
+                if status == PutStatus::Ok {
                     tally.ok += append_batch as u64;
                 } else {
-                    *tally
-                        .not_ok
-                        .entry(format!("{:?}", appended.status))
-                        .or_default() += 1;
+                    *tally.not_ok.entry(format!("{status:?}")).or_default() += 1;
                 }
             }
             Err(err) => {
