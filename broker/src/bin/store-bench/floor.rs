@@ -14,25 +14,40 @@
 //!   than 256 MiB behind back to the kernel (the store's default flush interval, and
 //!   `page_cache`). No CRC, queue offsets or consume queues: the least any `ASYNC_FLUSH` store of
 //!   this shape does.
+//!
+//! Two more take the writer thread out, to see whether another shape would have a higher floor
+//! (same file, same syncing thread, no channel and no oneshot):
+//! - `floor-inline-a64`: each appender takes a lock over the file's tail and `pwrite`s its own
+//!   record under it (RocketMQ's shape: the sending thread copies into the page cache).
+//! - `floor-combine-a64`: each appender adds its record to a shared pending buffer; the first to
+//!   find no leader becomes the leader and writes whatever is pending, group after group, in its
+//!   own task, until nothing is; the others wait for the written offset to cover their record
+//!   (the leader/follower group commit of RocksDB's write path).
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use broker::store::record::{encode_message, RecordLimits};
 use broker::store::{NewMessage, PutStatus};
-use tokio::sync::{mpsc, oneshot};
+use tokio::runtime::Runtime;
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::runtime;
 use crate::store_cases::{run_appenders, AppendTarget, Tally};
 
 /// The diagnostic cases, in the order they run.
-pub(crate) const FLOOR_CASES: [&str; 2] = ["floor-echo-a64", "floor-write-a64"];
+pub(crate) const FLOOR_CASES: [&str; 4] = [
+    "floor-echo-a64",
+    "floor-write-a64",
+    "floor-inline-a64",
+    "floor-combine-a64",
+];
 const APPENDERS: usize = 64;
 /// Same capacity as the store's default `write_queue_capacity`.
 const CHANNEL_CAPACITY: usize = 4096;
@@ -96,25 +111,12 @@ pub(crate) fn run_floor(
     let mut cases = Vec::new();
     for &name in names {
         eprintln!("store-bench: {name} ...");
-        let file = match name {
-            "floor-write-a64" => Some(open_file(&dir.join(name))?),
-            _ => None,
+        let (tally, elapsed) = match name {
+            "floor-inline-a64" | "floor-combine-a64" => {
+                run_direct(&rt, &dir.join(name), name == "floor-combine-a64", duration)?
+            }
+            _ => run_threaded(&rt, dir, name, duration)?,
         };
-        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
-        let thread = std::thread::Builder::new()
-            .name("floor-writer".into())
-            .spawn(move || serve(rx, file))
-            .context("spawn the floor thread")?;
-        let floor = Arc::new(Floor { tx });
-        let (tally, elapsed) = rt.block_on(async {
-            let started = Instant::now();
-            let tally = run_appenders(&floor, APPENDERS, started + duration, 1).await?;
-            anyhow::Ok((tally, started.elapsed()))
-        })?;
-        drop(floor);
-        thread
-            .join()
-            .map_err(|_| anyhow::anyhow!("floor thread panicked"))??;
         let _ = std::fs::remove_file(dir.join(name));
         let case = FloorCase {
             name,
@@ -137,6 +139,162 @@ pub(crate) fn run_floor(
         cases.push(case);
     }
     Ok(cases)
+}
+
+/// `floor-echo-a64` and `floor-write-a64`: the appenders hand their records to one thread.
+fn run_threaded(
+    rt: &Runtime,
+    dir: &Path,
+    name: &str,
+    duration: Duration,
+) -> Result<(Tally, Duration)> {
+    let file = match name {
+        "floor-write-a64" => Some(open_file(&dir.join(name))?),
+        _ => None,
+    };
+    let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+    let thread = std::thread::Builder::new()
+        .name("floor-writer".into())
+        .spawn(move || serve(rx, file))
+        .context("spawn the floor thread")?;
+    let floor = Arc::new(Floor { tx });
+    let measured = rt.block_on(async {
+        let started = Instant::now();
+        let tally = run_appenders(&floor, APPENDERS, started + duration, 1).await?;
+        anyhow::Ok((tally, started.elapsed()))
+    })?;
+    drop(floor);
+    thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("floor thread panicked"))??;
+    Ok(measured)
+}
+
+/// The appenders' side of `floor-inline-a64` and `floor-combine-a64`: they write themselves.
+struct Direct {
+    file: Arc<File>,
+    combine: bool,
+    tail: Mutex<Tail>,
+    /// Bytes written so far (not wrapped), for the syncing thread.
+    written: Arc<AtomicU64>,
+    /// The same, for the followers of `floor-combine-a64` to wait on.
+    written_tx: watch::Sender<u64>,
+}
+
+#[derive(Default)]
+struct Tail {
+    /// Bytes written, or (combining) handed to a leader, so far.
+    position: u64,
+    /// Combining: records added since the leader took the last group, and where they end.
+    pending: Vec<u8>,
+    spare: Vec<u8>,
+    enqueued: u64,
+    leading: bool,
+}
+
+impl Direct {
+    /// Writes `buf` at the logical offset `at` (the file is a ring of `FILE_BYTES`).
+    fn write_at(&self, buf: &[u8], at: u64) -> Result<()> {
+        let position = at % FILE_BYTES;
+        let first = buf.len().min((FILE_BYTES - position) as usize);
+        self.file
+            .write_all_at(&buf[..first], position)
+            .context("pwrite")?;
+        self.file.write_all_at(&buf[first..], 0).context("pwrite")?;
+        Ok(())
+    }
+
+    /// Combining: the leader writes pending groups until none is left.
+    fn lead(&self) -> Result<()> {
+        loop {
+            let (group, at) = {
+                let mut tail = self.tail.lock().expect("tail lock poisoned");
+                if tail.pending.is_empty() {
+                    tail.leading = false;
+                    return Ok(());
+                }
+                let spare = std::mem::take(&mut tail.spare);
+                let group = std::mem::replace(&mut tail.pending, spare);
+                (group, tail.position)
+            };
+            self.write_at(&group, at)?;
+            let end = at + group.len() as u64;
+            {
+                let mut tail = self.tail.lock().expect("tail lock poisoned");
+                tail.position = end;
+                let mut group = group;
+                group.clear();
+                tail.spare = group;
+            }
+            self.written.store(end, Ordering::Release);
+            self.written_tx.send_replace(end);
+        }
+    }
+}
+
+impl AppendTarget for Direct {
+    async fn append_one(&self, message: NewMessage) -> Result<PutStatus> {
+        let mut record = Vec::new();
+        encode_message(&message, LIMITS, &mut record)?;
+        if !self.combine {
+            let mut tail = self.tail.lock().expect("tail lock poisoned");
+            self.write_at(&record, tail.position)?;
+            tail.position += record.len() as u64;
+            self.written.store(tail.position, Ordering::Release);
+            return Ok(PutStatus::Ok);
+        }
+        let (end, lead) = {
+            let mut tail = self.tail.lock().expect("tail lock poisoned");
+            tail.pending.extend_from_slice(&record);
+            tail.enqueued += record.len() as u64;
+            let lead = !tail.leading;
+            tail.leading = true;
+            (tail.enqueued, lead)
+        };
+        if lead {
+            self.lead()?;
+        }
+        let mut written = self.written_tx.subscribe();
+        written
+            .wait_for(|written| *written >= end)
+            .await
+            .context("floor stopped")?;
+        Ok(PutStatus::Ok)
+    }
+}
+
+/// `floor-inline-a64` and `floor-combine-a64`: no writer thread; the syncing thread as in
+/// `floor-write-a64`.
+fn run_direct(
+    rt: &Runtime,
+    path: &Path,
+    combine: bool,
+    duration: Duration,
+) -> Result<(Tally, Duration)> {
+    let file = Arc::new(open_file(path)?);
+    let written = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let syncer = {
+        let (file, written, stop) = (file.clone(), written.clone(), stop.clone());
+        std::thread::spawn(move || sync_behind(&file, &written, &stop))
+    };
+    let direct = Arc::new(Direct {
+        file,
+        combine,
+        tail: Mutex::new(Tail::default()),
+        written,
+        written_tx: watch::Sender::new(0),
+    });
+    let measured = rt.block_on(async {
+        let started = Instant::now();
+        let tally = run_appenders(&direct, APPENDERS, started + duration, 1).await?;
+        anyhow::Ok((tally, started.elapsed()))
+    });
+    stop.store(true, Ordering::Release);
+    syncer
+        .join()
+        .map_err(|_| anyhow::anyhow!("floor sync thread panicked"))??;
+    measured
 }
 
 fn open_file(path: &Path) -> Result<File> {
