@@ -36,7 +36,9 @@
 //!    `ASYNC_FLUSH` a final `Store::flush` is inside the timed window, so both policies are
 //!    measured for durable data.
 //!    Diagnostic, only when named in `--cases`: `floor-echo-a64` and `floor-write-a64`, the same
-//!    appender loop against the store's hand-off shape with the store taken out (see `floor`).
+//!    appender loop against the store's hand-off shape with the store taken out, and
+//!    `floor-inline-a64` and `floor-combine-a64`, two shapes without a writer thread (see
+//!    `floor`).
 //! 3. Recovery (`recovery`): a child process (this binary, hidden `fill` subcommand) fills a store
 //!    to `--recovery-bytes` and is killed with SIGKILL: the state a broker crash leaves (page
 //!    cache intact, abort marker present). The parent then fdatasyncs every file (dirty pages
