@@ -152,7 +152,7 @@ async fn cluster_ready(
     };
     let brokers: usize = list.groups.iter().map(|g| g.brokers.len()).sum();
     if json_out {
-        println!(
+        out!(
             "{}",
             json!({
                 "ready": problems.is_empty(),
@@ -162,14 +162,14 @@ async fn cluster_ready(
             })
         );
     } else if problems.is_empty() {
-        println!(
+        out!(
             "ready: {} groups, {brokers} brokers, every master alive and every broker in sync",
             list.groups.len()
         );
     } else {
-        println!("not ready:");
+        out!("not ready:");
         for problem in &problems {
-            println!("  {problem}");
+            out!("  {problem}");
         }
     }
     Ok(if problems.is_empty() {
@@ -225,7 +225,7 @@ pub async fn controller(
                         })
                     })
                     .collect();
-                println!(
+                out!(
                     "{}",
                     json!({
                         "leader_id": status.leader_id,
@@ -236,19 +236,27 @@ pub async fn controller(
                 );
             } else {
                 match status.leader_id {
-                    Some(id) => println!(
+                    Some(id) => out!(
                         "leader: {id} ({}), term {}",
-                        status.leader_addr, status.term
+                        status.leader_addr,
+                        status.term
                     ),
-                    None => println!("leader: none (no quorum?), term {}", status.term),
+                    None => out!("leader: none (no quorum?), term {}", status.term),
                 }
-                println!(
+                out!(
                     "{:>4} {:<22} {:<7} {:<9} {:<10} {:>8} {:>8} {:>8}",
-                    "ID", "ADDR", "VOTER", "REACHABLE", "STATE", "TERM", "APPLIED", "MATCHED"
+                    "ID",
+                    "ADDR",
+                    "VOTER",
+                    "REACHABLE",
+                    "STATE",
+                    "TERM",
+                    "APPLIED",
+                    "MATCHED"
                 );
                 for m in &status.members {
                     let s = m.status.as_ref();
-                    println!(
+                    out!(
                         "{:>4} {:<22} {:<7} {:<9} {:<10} {:>8} {:>8} {:>8}",
                         m.id,
                         m.addr,
@@ -292,9 +300,9 @@ pub async fn controller(
 
 fn print_done(json_out: bool, value: Value, text: &str) {
     if json_out {
-        println!("{value}");
+        out!("{value}");
     } else {
-        println!("{text}");
+        out!("{text}");
     }
 }
 
@@ -345,9 +353,9 @@ async fn cluster_list(conn: &ControllerConnection, json_out: bool) -> Result<Exi
                 })
             })
             .collect();
-        println!("{}", json!({ "groups": groups }));
+        out!("{}", json!({ "groups": groups }));
     } else {
-        println!(
+        out!(
             "{:<16} {:<16} {:<6} {:>4} {:<22} {:<7} {:<10} {:>6} {:>9} {:<6} {:<8} {:>14} {:>14} {:>12} {:>8}",
             "CLUSTER",
             "GROUP",
@@ -367,7 +375,7 @@ async fn cluster_list(conn: &ControllerConnection, json_out: bool) -> Result<Exi
         );
         for g in &list.groups {
             for b in &g.brokers {
-                println!(
+                out!(
                     "{:<16} {:<16} {:<6} {:>4} {:<22} {:<7} {:<10} {:>6} {:>9} {:<6} {:<8} {:>14} {:>14} {:>12} {:>8}",
                     g.cluster,
                     g.name,
@@ -390,9 +398,10 @@ async fn cluster_list(conn: &ControllerConnection, json_out: bool) -> Result<Exi
             }
         }
         for g in list.groups.iter().filter(|g| g.drained) {
-            println!(
+            out!(
                 "{}: drained (no writes; cluster-cli broker undrain {})",
-                g.name, g.name
+                g.name,
+                g.name
             );
         }
     }
@@ -427,9 +436,14 @@ pub fn route_json(route: &wire::TopicRoute) -> Value {
 }
 
 pub fn print_route(route: &wire::TopicRoute) {
-    println!(
+    out!(
         "{:<24} {:<16} {:>6} {:>5} {:>6} {:<30}",
-        "TOPIC", "GROUP", "QUEUES", "PERM", "EPOCH", "MASTER"
+        "TOPIC",
+        "GROUP",
+        "QUEUES",
+        "PERM",
+        "EPOCH",
+        "MASTER"
     );
     for g in &route.groups {
         let master = g
@@ -438,9 +452,14 @@ pub fn print_route(route: &wire::TopicRoute) {
             .find(|b| Some(b.broker_id) == g.master_id)
             .map(|b| format!("{} ({})", b.addr, if b.alive { "alive" } else { "DEAD" }))
             .unwrap_or_else(|| "none".into());
-        println!(
+        out!(
             "{:<24} {:<16} {:>6} {:>5} {:>6} {:<30}",
-            route.topic, g.group, g.queue_count, g.perm, g.master_epoch, master
+            route.topic,
+            g.group,
+            g.queue_count,
+            g.perm,
+            g.master_epoch,
+            master
         );
     }
 }
@@ -456,7 +475,7 @@ pub async fn topic_create(
     let route = answer.route.unwrap_or_default();
     let unsynced = &answer.unsynced_groups;
     if json_out {
-        println!(
+        out!(
             "{}",
             json!({
                 "topic": topic,
@@ -466,7 +485,7 @@ pub async fn topic_create(
             })
         );
     } else {
-        println!(
+        out!(
             "topic {topic}: {}",
             if answer.created {
                 "created"
@@ -476,7 +495,7 @@ pub async fn topic_create(
         );
         print_route(&route);
         if !unsynced.is_empty() {
-            println!(
+            out!(
                 "warning: not yet on the master of {} (no live master, or not synced in time): \
                  sends there fail with TOPIC_NOT_FOUND until it syncs",
                 unsynced.join(", ")
@@ -498,7 +517,7 @@ pub async fn topic_route(
 ) -> Result<ExitCode> {
     let route = conn.route(topic).await?;
     if json_out {
-        println!("{}", route_json(&route));
+        out!("{}", route_json(&route));
     } else {
         print_route(&route);
     }
@@ -509,7 +528,7 @@ pub async fn topic_list(conn: &ControllerConnection, json_out: bool) -> Result<E
     let list = conn.list_topics().await?;
     if json_out {
         let topics: Vec<Value> = list.topics.iter().map(route_json).collect();
-        println!("{}", json!({ "topics": topics }));
+        out!("{}", json!({ "topics": topics }));
     } else {
         for route in &list.topics {
             print_route(route);

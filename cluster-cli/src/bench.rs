@@ -163,7 +163,7 @@ async fn produce(reach: &Reach, json: bool, args: ProduceArgs) -> Result<ExitCod
         latencies.value_at_quantile(0.999),
     );
     if json {
-        println!(
+        out!(
             "{}",
             serde_json::json!({
                 "count": args.count, "size": args.size, "in_flight": args.in_flight,
@@ -178,17 +178,17 @@ async fn produce(reach: &Reach, json: bool, args: ProduceArgs) -> Result<ExitCod
             })
         );
     } else {
-        println!(
+        out!(
             "{} messages of {} B, {} in flight, batches of at most {} ({} RPC with a partial batch in flight): {elapsed:.2} s",
             args.count, args.size, args.in_flight, args.batch_max_messages, args.batch_max_in_flight
         );
-        println!("  {msgs_per_s:.0} msgs/s, {mb_per_s:.1} MB/s; latency p50 {p50} us, p99 {p99} us, p999 {p999} us");
-        println!(
+        out!("  {msgs_per_s:.0} msgs/s, {mb_per_s:.1} MB/s; latency p50 {p50} us, p99 {p99} us, p999 {p999} us");
+        out!(
             "  {} Send RPCs, {messages_per_rpc:.1} messages per RPC",
             stats.rpcs
         );
         for (status, count) in &statuses {
-            println!("  {status:<20} {count}");
+            out!("  {status:<20} {count}");
         }
     }
     let all_ok = statuses.keys().all(|s| s == SendStatus::SendOk.name());

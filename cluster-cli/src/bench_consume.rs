@@ -123,7 +123,7 @@ pub async fn run(reach: &Reach, json: bool, args: ConsumeArgs) -> Result<ExitCod
     if json {
         let latency =
             (stamped > 0).then(|| serde_json::json!({ "p50": p50, "p99": p99, "p999": p999 }));
-        println!(
+        out!(
             "{}",
             serde_json::json!({
                 "received": handled, "pull_batch": args.pull_batch,
@@ -134,12 +134,12 @@ pub async fn run(reach: &Reach, json: bool, args: ConsumeArgs) -> Result<ExitCod
             })
         );
     } else {
-        println!("consumed {handled} messages in {elapsed:.2} s (to the last message)");
-        println!("  {msgs_per_s:.0} msgs/s, {mb_per_s:.1} MB/s");
+        out!("consumed {handled} messages in {elapsed:.2} s (to the last message)");
+        out!("  {msgs_per_s:.0} msgs/s, {mb_per_s:.1} MB/s");
         if stamped > 0 {
-            println!("  end-to-end latency (send call to listener) of {stamped} stamped messages: p50 {p50} us, p99 {p99} us, p999 {p999} us");
+            out!("  end-to-end latency (send call to listener) of {stamped} stamped messages: p50 {p50} us, p99 {p99} us, p999 {p999} us");
         } else {
-            println!("  no message carried {SENT_AT_PROPERTY} (bench produce --sent-at): no end-to-end latency");
+            out!("  no message carried {SENT_AT_PROPERTY} (bench produce --sent-at): no end-to-end latency");
         }
     }
     let complete = member.count.is_none_or(|count| handled >= count);

@@ -131,7 +131,7 @@ pub async fn run(reach: &Reach, json: bool, args: ConsumeArgs) -> Result<ExitCod
     }
     let failed = progress.failed.load(Ordering::Acquire);
     if json {
-        println!(
+        out!(
             "{}",
             serde_json::json!({
                 "received": handled,
@@ -141,7 +141,7 @@ pub async fn run(reach: &Reach, json: bool, args: ConsumeArgs) -> Result<ExitCod
             })
         );
     } else {
-        println!("handled {handled} messages in {elapsed:.2} s ({failed} deliveries answered ReconsumeLater)");
+        out!("handled {handled} messages in {elapsed:.2} s ({failed} deliveries answered ReconsumeLater)");
     }
     let complete = member.count.is_none_or(|count| handled >= count);
     Ok(if complete {

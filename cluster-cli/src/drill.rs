@@ -240,7 +240,7 @@ pub async fn run(
         failover.iter().max().map_or("-".into(), |v| v.to_string()),
         if passed { "PASSED" } else { "FAILED" }
     );
-    println!(
+    out!(
         "{}",
         json!({
             "passed": passed,

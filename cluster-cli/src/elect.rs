@@ -114,7 +114,7 @@ pub async fn run(conn: &ControllerConnection, json_out: bool, args: ElectArgs) -
     };
     let view = answer.group.unwrap_or_default();
     if json_out {
-        println!(
+        out!(
             "{}",
             json!({
                 "group": view.name,
@@ -128,7 +128,7 @@ pub async fn run(conn: &ControllerConnection, json_out: bool, args: ElectArgs) -
             })
         );
     } else {
-        println!(
+        out!(
             "broker group {}: broker {} ({}) is master at master epoch {}; in-sync set {:?}",
             view.name,
             view.master_id

@@ -153,10 +153,10 @@ fn describe(err: &ClientError) -> String {
 /// The master's answer: a header block and one row per replica, or one JSON object.
 fn print_status(json_out: bool, status: &HaStatusResponse, master_addr: &str) {
     if json_out {
-        println!("{}", status_json(status, master_addr));
+        out!("{}", status_json(status, master_addr));
         return;
     }
-    let field = |name: &str, value: String| println!("{name:<22} {value}");
+    let field = |name: &str, value: String| out!("{name:<22} {value}");
     field("group:", status.group.clone());
     field("master:", format!("{} ({master_addr})", status.master_id));
     field("master epoch:", status.master_epoch.to_string());
@@ -185,17 +185,23 @@ fn print_status(json_out: bool, status: &HaStatusResponse, master_addr: &str) {
         "min_in_sync_replicas:",
         status.min_in_sync_replicas.to_string(),
     );
-    println!();
+    out!();
     if status.replicas.is_empty() {
-        println!("no slave has connected to this master since it took the role");
+        out!("no slave has connected to this master since it took the role");
         return;
     }
-    println!(
+    out!(
         "{:>4} {:<22} {:<9} {:>14} {:>14} {:>12} {:>8} IN_SYNC",
-        "ID", "ADDR", "CONNECTED", "WRITTEN", "FLUSHED", "LAG_BYTES", "LAG_MS"
+        "ID",
+        "ADDR",
+        "CONNECTED",
+        "WRITTEN",
+        "FLUSHED",
+        "LAG_BYTES",
+        "LAG_MS"
     );
     for r in &status.replicas {
-        println!(
+        out!(
             "{:>4} {:<22} {:<9} {:>14} {:>14} {:>12} {:>8} {}",
             r.broker_id,
             r.addr,
@@ -247,7 +253,7 @@ fn print_controller_view(
     problem: &str,
 ) {
     if json_out {
-        println!(
+        out!(
             "{}",
             json!({
                 "group": detail.name,
@@ -263,7 +269,7 @@ fn print_controller_view(
         );
         return;
     }
-    let field = |name: &str, value: String| println!("{name:<22} {value}");
+    let field = |name: &str, value: String| out!("{name:<22} {value}");
     field("group:", detail.name.clone());
     field(
         "master:",
@@ -286,7 +292,7 @@ fn print_controller_view(
             detail.in_sync_set_epoch
         ),
     );
-    println!("(the controller's view only: replica offsets and lag come from the master)");
+    out!("(the controller's view only: replica offsets and lag come from the master)");
 }
 
 /// Broker ids as `[0, 1, 2]`.

@@ -11,6 +11,19 @@
 //! controller not alive, a broker group unknown or its master not answering), 2 on bad usage or
 //! when nothing could be reached.
 
+/// `println!` for the command's output: when stdout is a closed pipe (`cluster-cli cluster list
+/// | head`) the process ends quietly with 0, as other command-line tools do, instead of
+/// panicking. SIGPIPE cannot end it instead: it stays ignored, because a write to the socket of
+/// a broker that just died would end the process with it (the failover drill kills brokers).
+macro_rules! out {
+    () => {
+        $crate::write_stdout(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::write_stdout(format_args!($($arg)*))
+    };
+}
+
 mod admin;
 mod bench;
 mod bench_consume;
@@ -142,6 +155,21 @@ async fn masters(
     }
 }
 
+/// Writes one line of output; see [`out!`].
+fn write_stdout(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let written = stdout
+        .write_fmt(args)
+        .and_then(|()| stdout.write_all(b"\n"))
+        .and_then(|()| stdout.flush());
+    match written {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(err) => panic!("failed printing to stdout: {err}"),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
@@ -270,12 +298,12 @@ async fn topic(broker: &str, json: bool, command: TopicCommand) -> Result<ExitCo
         TopicCommand::Create { topic, queues, .. } => {
             let created = admin.create_topic(&topic, queues).await?;
             if json {
-                println!(
+                out!(
                     "{}",
                     serde_json::json!({ "topic": topic, "queues": queues, "created": created })
                 );
             } else {
-                println!(
+                out!(
                     "topic {topic}: {} ({queues} queues)",
                     if created { "created" } else { "already there" }
                 );
@@ -297,16 +325,16 @@ async fn topic(broker: &str, json: bool, command: TopicCommand) -> Result<ExitCo
                         })
                     })
                     .collect();
-                println!("{}", serde_json::json!({ "topics": list }));
+                out!("{}", serde_json::json!({ "topics": list }));
             } else {
-                println!("{:<32} {:>6} {:>14}", "TOPIC", "QUEUES", "MESSAGES");
+                out!("{:<32} {:>6} {:>14}", "TOPIC", "QUEUES", "MESSAGES");
                 for t in &topics {
                     let messages: u64 = t
                         .queues
                         .iter()
                         .map(|q| q.max_queue_offset - q.min_queue_offset)
                         .sum();
-                    println!("{:<32} {:>6} {:>14}", t.topic, t.queue_count, messages);
+                    out!("{:<32} {:>6} {:>14}", t.topic, t.queue_count, messages);
                 }
             }
         }

@@ -66,9 +66,13 @@ pub async fn topic_status(masters: &[Master], json_out: bool, topic: &str) -> Re
     let mut failed = false;
     let mut total = 0;
     if !json_out {
-        println!(
+        out!(
             "{:<16} {:>6} {:>14} {:>14} {:>14}",
-            "GROUP", "QUEUE", "MIN_OFFSET", "MAX_OFFSET", "MESSAGES"
+            "GROUP",
+            "QUEUE",
+            "MIN_OFFSET",
+            "MAX_OFFSET",
+            "MESSAGES"
         );
     }
     for master in masters {
@@ -84,7 +88,7 @@ pub async fn topic_status(masters: &[Master], json_out: bool, topic: &str) -> Re
                         let messages = q.max_queue_offset - q.min_queue_offset;
                         total += messages;
                         if !json_out {
-                            println!(
+                            out!(
                                 "{:<16} {:>6} {:>14} {:>14} {:>14}",
                                 master.group,
                                 q.queue_id,
@@ -110,7 +114,7 @@ pub async fn topic_status(masters: &[Master], json_out: bool, topic: &str) -> Re
             Err(why) => {
                 failed = true;
                 if !json_out {
-                    println!("{:<16} unavailable: {why}", master.group);
+                    out!("{:<16} unavailable: {why}", master.group);
                 }
                 groups.push(json!({
                     "group": master.group,
@@ -121,12 +125,12 @@ pub async fn topic_status(masters: &[Master], json_out: bool, topic: &str) -> Re
         }
     }
     if json_out {
-        println!(
+        out!(
             "{}",
             json!({ "topic": topic, "groups": groups, "messages": total })
         );
     } else {
-        println!("{topic}: {total} messages kept");
+        out!("{topic}: {total} messages kept");
     }
     Ok(if failed {
         ExitCode::from(1)
@@ -225,7 +229,7 @@ pub async fn group_progress(
         }
     }
     if json_out {
-        println!(
+        out!(
             "{}",
             json!({
                 "group": group,
@@ -236,12 +240,17 @@ pub async fn group_progress(
             })
         );
     } else {
-        println!(
+        out!(
             "{:<16} {:<28} {:>6} {:>14} {:>16} {:>10}",
-            "BROKER_GROUP", "TOPIC", "QUEUE", "BROKER_OFFSET", "CONSUMER_OFFSET", "DIFF"
+            "BROKER_GROUP",
+            "TOPIC",
+            "QUEUE",
+            "BROKER_OFFSET",
+            "CONSUMER_OFFSET",
+            "DIFF"
         );
         for row in &rows {
-            println!(
+            out!(
                 "{:<16} {:<28} {:>6} {:>14} {:>16} {:>10}",
                 row["broker_group"].as_str().unwrap_or_default(),
                 row["topic"].as_str().unwrap_or_default(),
@@ -252,13 +261,13 @@ pub async fn group_progress(
             );
         }
         for error in &errors {
-            println!(
+            out!(
                 "{}: unavailable: {}",
                 error["broker_group"].as_str().unwrap_or_default(),
                 error["error"].as_str().unwrap_or_default()
             );
         }
-        println!("{group} on {topic}: {diff_total} messages not consumed yet");
+        out!("{group} on {topic}: {diff_total} messages not consumed yet");
     }
     Ok(if errors.is_empty() {
         ExitCode::SUCCESS

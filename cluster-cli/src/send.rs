@@ -115,7 +115,7 @@ pub async fn run(reach: &Reach, json: bool, args: SendArgs) -> Result<ExitCode> 
     }
     let msgs_per_s = args.count as f64 / elapsed.max(1e-9);
     if json {
-        println!(
+        out!(
             "{}",
             serde_json::json!({
                 "sent": args.count,
@@ -127,21 +127,21 @@ pub async fn run(reach: &Reach, json: bool, args: SendArgs) -> Result<ExitCode> 
             })
         );
     } else {
-        println!(
+        out!(
             "sent {} in {elapsed:.2} s ({msgs_per_s:.0} msgs/s)",
             args.count
         );
         for (status, count) in &statuses {
-            println!("  {status:<20} {count}");
+            out!("  {status:<20} {count}");
         }
         if errors > 0 {
-            println!(
+            out!(
                 "  errors               {errors} (first: {})",
                 first_error.as_deref().unwrap_or("")
             );
         }
         if args.mode == Mode::Oneway {
-            println!("  one-way: no answers; nothing tells whether these messages arrived");
+            out!("  one-way: no answers; nothing tells whether these messages arrived");
         }
     }
     let all_ok = errors == 0 && statuses.keys().all(|s| *s == "SEND_OK");

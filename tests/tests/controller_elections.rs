@@ -136,55 +136,61 @@ fn watch_views(controllers: Vec<String>, views: Views) {
     });
 }
 
-/// The group as the leader sees it: (master, master epoch, in-sync set); recorded in `views`.
-/// Asked of the leader only: a controller without a leader (one just restarted) answers from
-/// its own state, which may be behind, and so does a leader still applying its log.
-async fn group(controllers: &[String], views: &Views) -> Option<(Option<u64>, u64, Vec<u64>)> {
+/// The controller leader, confirmed: it says LEADER, has applied its whole log, holds the
+/// highest term any controller reports, and a majority names it leader. Its address and id.
+/// Without these checks a test would read or kill the wrong one: a controller without a leader
+/// (one just restarted) answers from its own state, which may be behind; so does a leader still
+/// applying its log, and a deposed leader that has not heard of its successor yet (a controller
+/// just restarted may resume its old leadership for a moment, at its old term).
+async fn confirmed_leader(controllers: &[String]) -> Option<(String, u64)> {
+    let mut statuses = Vec::new();
     for addr in controllers {
-        let mut c = client(addr);
-        // A leader that has not applied its whole log yet (just elected) answers from an older
-        // state: skip it too.
-        let leads = c
-            .node_status(pb::NodeStatusRequest {})
-            .await
-            .is_ok_and(|s| {
-                let s = s.into_inner();
-                s.state == "LEADER" && s.last_log_index == s.applied_index
-            });
-        if !leads {
-            continue;
-        }
-        if let Ok(list) = c.cluster_list(pb::ClusterListRequest {}).await {
-            if let Some(g) = list
-                .into_inner()
-                .groups
-                .into_iter()
-                .find(|g| g.name == GROUP)
-            {
-                record(
-                    views,
-                    &pb::GroupView {
-                        master_id: g.master_id,
-                        master_epoch: g.master_epoch,
-                        ..Default::default()
-                    },
-                );
-                return Some((g.master_id, g.master_epoch, g.in_sync_set));
-            }
+        if let Ok(status) = client(addr).node_status(pb::NodeStatusRequest {}).await {
+            statuses.push((addr.clone(), status.into_inner()));
         }
     }
-    None
+    let highest_term = statuses.iter().map(|(_, s)| s.term).max()?;
+    statuses
+        .iter()
+        .find(|(_, s)| {
+            s.state == "LEADER"
+                && s.last_log_index == s.applied_index
+                && s.term == highest_term
+                && statuses
+                    .iter()
+                    .filter(|(_, other)| other.leader_id == Some(s.id))
+                    .count()
+                    > controllers.len() / 2
+        })
+        .map(|(addr, s)| (addr.clone(), s.id))
+}
+
+/// The group as the confirmed leader sees it: (master, master epoch, in-sync set); recorded in
+/// `views`.
+async fn group(controllers: &[String], views: &Views) -> Option<(Option<u64>, u64, Vec<u64>)> {
+    let (addr, _) = confirmed_leader(controllers).await?;
+    let list = client(&addr)
+        .cluster_list(pb::ClusterListRequest {})
+        .await
+        .ok()?;
+    let g = list
+        .into_inner()
+        .groups
+        .into_iter()
+        .find(|g| g.name == GROUP)?;
+    record(
+        views,
+        &pb::GroupView {
+            master_id: g.master_id,
+            master_epoch: g.master_epoch,
+            ..Default::default()
+        },
+    );
+    Some((g.master_id, g.master_epoch, g.in_sync_set))
 }
 
 async fn leader(controllers: &[String]) -> Option<u64> {
-    for addr in controllers {
-        if let Ok(status) = client(addr).status(pb::ControllerStatusRequest {}).await {
-            if let Some(id) = status.into_inner().leader_id {
-                return Some(id);
-            }
-        }
-    }
-    None
+    confirmed_leader(controllers).await.map(|(_, id)| id)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
