@@ -11,7 +11,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use broker::store::{ConfirmMode, FlushDiskType, NewMessage, Store, StoreConfig};
+use broker::store::{
+    ConfirmMode, FlushDiskType, GetRequest, NewMessage, Store, StoreConfig, TagFilter,
+};
 use bytes::Bytes;
 use proto::replication as pb;
 use proto::replication::log_shipping_client::LogShippingClient;
@@ -103,6 +105,7 @@ async fn start_master(dir: &Path, sync_master: bool) -> Master {
 struct Slave {
     store: Arc<Store>,
     task: JoinHandle<()>,
+    status: Arc<ReplicaStatus>,
     /// Where the replica task learns its master; held so that the task keeps waiting on it.
     _location: watch::Sender<Option<MasterLocation>>,
 }
@@ -121,6 +124,7 @@ fn start_slave(dir: &Path, master: &Master, broker_id: u64) -> Slave {
         master_id: 0,
         master_epoch: 1,
     }));
+    let status = Arc::new(ReplicaStatus::default());
     let task = tokio::spawn(replica::run(
         store.clone(),
         ReplicaConfig {
@@ -132,11 +136,12 @@ fn start_slave(dir: &Path, master: &Master, broker_id: u64) -> Slave {
             connect_timeout: Duration::from_secs(1),
         },
         location.subscribe(),
-        Arc::new(ReplicaStatus::default()),
+        status.clone(),
     ));
     Slave {
         store,
         task,
+        status,
         _location: location,
     }
 }
@@ -256,6 +261,134 @@ async fn sync_master_waits_for_the_set_and_times_out_without_it() {
     master.server.abort();
 }
 
+/// Every message of queues 0-3 of "orders" a reader can get, from each queue's first offset:
+/// (queue id, queue offset, body).
+fn messages(store: &Store) -> Vec<(u32, u64, Bytes)> {
+    let mut out = Vec::new();
+    for queue_id in 0..4 {
+        let Some((min, _)) = store.queue_offsets("orders", queue_id) else {
+            continue;
+        };
+        let mut at = min;
+        loop {
+            let got = store
+                .get_messages(&GetRequest {
+                    topic: "orders",
+                    queue_id,
+                    queue_offset: at,
+                    max_count: 64,
+                    max_bytes: 1 << 20,
+                    filter: &TagFilter::All,
+                })
+                .unwrap();
+            if got.messages.is_empty() {
+                break;
+            }
+            for message in &got.messages {
+                out.push((queue_id, message.queue_offset(), message.body()));
+            }
+            at = got.next_queue_offset;
+        }
+    }
+    out
+}
+
+/// A slave whose store is new (a replaced disk) joins a master whose retention deleted offset
+/// 0: it begins at the master's first offset, with the master's epoch there, and its queues
+/// begin at the queue offsets the master's do. Restarted, it opens the same and replicates on
+/// through the ordinary divergence check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_slave_begins_at_the_masters_first_offset_once_retention_deleted_offset_0() {
+    let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let master = start_master(dirs.0.path(), false).await;
+    append(&master.store, 2_000).await;
+    // Every segment but the one being written is older than any retention, once flushed,
+    // dispatched and confirmed.
+    master.store.flush().await.unwrap();
+    wait_until("retention deleted the oldest segments", || {
+        master
+            .store
+            .run_retention(broker::store::now_ms() + 100 * 3_600_000)
+            .unwrap();
+        master.store.min_offset() > 0
+    })
+    .await;
+    let first = master.store.min_offset();
+    let end = append(&master.store, 300).await;
+
+    let slave = start_slave(dirs.1.path(), &master, 1);
+    let deadline = Instant::now() + DEADLINE;
+    while slave.store.write_offset() != end || slave.store.readable_offset() != end {
+        assert!(
+            Instant::now() < deadline,
+            "the new slave does not hold the master's log ({end}): it holds {}..{}, readable \
+             {}; {:?}",
+            slave.store.min_offset(),
+            slave.store.write_offset(),
+            slave.store.readable_offset(),
+            slave.status.snapshot()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(slave.store.min_offset(), first);
+    assert_eq!(
+        raw(&slave.store, first, end),
+        raw(&master.store, first, end)
+    );
+    // The master's epoch 1 began at 0, below the slave's first offset: the slave's history
+    // says the same, so that the two agree on it at the next session's divergence check.
+    assert_eq!(
+        ShippedLog::epoch_history(slave.store.as_ref()),
+        ShippedLog::epoch_history(master.store.as_ref())
+    );
+    assert!(master.store.wait_readable(end, DEADLINE).await);
+    let held = messages(&master.store);
+    assert!(held.iter().all(|(_, queue_offset, _)| *queue_offset > 0));
+    let copied = messages(&slave.store);
+    assert!(
+        copied == held,
+        "the slave serves {} messages, the master {}",
+        copied.len(),
+        held.len()
+    );
+    for queue_id in 0..4 {
+        assert_eq!(
+            slave.store.queue_offsets("orders", queue_id),
+            master.store.queue_offsets("orders", queue_id)
+        );
+    }
+
+    // Restarted, the slave opens as it was, and replicates on from where it is.
+    slave.task.abort();
+    let _ = slave.task.await;
+    let store = slave.store;
+    tokio::task::spawn_blocking(move || store.shutdown().unwrap())
+        .await
+        .unwrap();
+    let slave = start_slave(dirs.1.path(), &master, 1);
+    assert_eq!(slave.store.min_offset(), first);
+    assert_eq!(messages(&slave.store).len(), held.len());
+    let end = append(&master.store, 200).await;
+    wait_until("the restarted slave follows the master", || {
+        slave.store.write_offset() == end && slave.store.readable_offset() == end
+    })
+    .await;
+    assert!(master.store.wait_readable(end, DEADLINE).await);
+    assert_eq!(
+        raw(&slave.store, first, end),
+        raw(&master.store, first, end)
+    );
+    let (copied, held) = (messages(&slave.store), messages(&master.store));
+    assert!(
+        copied == held,
+        "the slave serves {} messages, the master {}",
+        copied.len(),
+        held.len()
+    );
+    slave.task.abort();
+    master.server.abort();
+}
+
 async fn raw_client(addr: SocketAddr) -> LogShippingClient<tonic::transport::Channel> {
     LogShippingClient::connect(format!("http://{addr}"))
         .await
@@ -271,6 +404,7 @@ fn hello(secret: &str, max_offset: u64) -> pb::ReplicaMessage {
             cluster_secret: secret.into(),
             epochs: vec![],
             max_offset,
+            min_offset: 0,
         })),
     }
 }

@@ -59,7 +59,7 @@ fn an_async_master_failover_loses_only_the_lag_and_reports_it() {
         "the ASYNC master stopped acknowledging without its slaves"
     );
     let master_killed_at = Instant::now();
-    brokers[old as usize].signal(libc::SIGKILL);
+    brokers[old as usize].kill();
     let acked_alone = sender.acked_since(slaves_down_at);
 
     // The slaves return; one is elected (both were in the in-sync set), the old master rejoins.

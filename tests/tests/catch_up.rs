@@ -184,6 +184,7 @@ fn a_replica_claiming_more_than_the_master_wrote_is_refused() {
                 cluster_secret: TEST_CLUSTER_SECRET.into(),
                 epochs: vec![],
                 max_offset: 0,
+                min_offset: 0,
             })),
         })
         .await

@@ -48,7 +48,7 @@ fn killing_the_master_again_and_again_loses_no_acknowledged_message() {
         );
         let master = before.master.expect("a master");
         let killed_at = Instant::now();
-        brokers[master as usize].signal(libc::SIGKILL);
+        brokers[master as usize].kill();
         let recovered = wait_until(Duration::from_secs(15), || {
             sender.first_ok_started_after(killed_at).is_some()
         });

@@ -69,7 +69,7 @@ fn a_push_consumer_rides_out_failovers_without_loss_or_a_long_rewind() {
         let master = before.master.expect("a master");
         kills.push(delivered());
         let killed_at = Instant::now();
-        brokers[master as usize].signal(libc::SIGKILL);
+        brokers[master as usize].kill();
         assert!(
             wait_until(Duration::from_secs(15), || sender
                 .first_ok_started_after(killed_at)

@@ -131,7 +131,7 @@ fn killing_a_deposed_master_during_its_truncation_never_brings_the_tail_back() {
 
         // The master dies, the slaves come back; one of them takes over and the new epoch
         // acknowledges more messages.
-        brokers[old as usize].signal(libc::SIGKILL);
+        brokers[old as usize].kill();
         for id in &slaves {
             brokers[*id as usize] = broker_with(dir.path(), *id, &controllers, SETTINGS);
         }
@@ -167,7 +167,7 @@ fn killing_a_deposed_master_during_its_truncation_never_brings_the_tail_back() {
             store.join("truncate.intent").exists(),
             "stopped at {failpoint} without a truncation intent"
         );
-        brokers[old as usize].signal(libc::SIGKILL);
+        brokers[old as usize].kill();
 
         // The report was on disk before anything was cut, and lists this round's divergence.
         let reported = truncation_reported_keys(&store);

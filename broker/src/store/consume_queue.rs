@@ -9,6 +9,13 @@
 //! ```
 //! An all-zero entry (size 0) was never written; no record is smaller than its 64-byte header.
 //!
+//! A queue whose first entry in this store has a queue offset above 0 (a store seeded from a
+//! master's log that retention had already trimmed, [`ConsumeQueues::set_log_begins_late`]) fills
+//! the slots of its first file before that entry with [`CqEntry::BEFORE_LOG`], an entry that points
+//! at commit-log offset 0, below the log's first offset: the same state as a queue whose oldest
+//! entries retention made point at deleted segments, which every reader already skips
+//! (`min_queue_offset` is found by commit-log offset at open).
+//!
 //! Consume queues are derived data: the dispatcher writes them from the commit log and recovery
 //! cuts or rebuilds them from it, so they are fsynced in bulk at each checkpoint rather than per
 //! entry. Entries are appended in queue-offset order by one thread (the dispatcher) and published
@@ -43,6 +50,15 @@ pub struct CqEntry {
 }
 
 impl CqEntry {
+    /// Stands for an entry from before the commit log's first offset, in a queue that begins
+    /// above queue offset 0 in this store (see the module header). Its size is that of the
+    /// smallest record, so that it is never taken for an empty slot.
+    pub const BEFORE_LOG: CqEntry = CqEntry {
+        commit_log_offset: 0,
+        size_bytes: super::record::RECORD_HEADER_BYTES as u32,
+        tag_hash: 0,
+    };
+
     pub fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.commit_log_offset.to_le_bytes());
         out.extend_from_slice(&self.size_bytes.to_le_bytes());
@@ -235,10 +251,21 @@ impl ConsumeQueue {
     }
 
     /// Appends encoded entries (a multiple of 20 bytes) starting at `first_queue_offset`, which
-    /// must be the current `max_queue_offset`. Only the dispatcher and recovery call this.
-    pub fn append(&self, first_queue_offset: u64, encoded: &[u8]) -> Result<()> {
+    /// must be the current `max_queue_offset`, or, when `may_begin_late` (the commit log does not
+    /// begin at 0) and the queue never held an entry, any offset: the queue then begins there.
+    /// Only the dispatcher and recovery call this.
+    pub fn append(
+        &self,
+        first_queue_offset: u64,
+        encoded: &[u8],
+        may_begin_late: bool,
+    ) -> Result<()> {
         assert_eq!(encoded.len() % CQ_ENTRY_BYTES, 0);
-        let max = self.max_queue_offset();
+        let mut max = self.max_queue_offset();
+        if first_queue_offset > max && max == 0 && may_begin_late && self.read_files().is_empty() {
+            self.begin_at(first_queue_offset)?;
+            max = self.max_queue_offset();
+        }
         if first_queue_offset != max {
             return Err(StoreError::Format {
                 path: self.dir.clone(),
@@ -261,6 +288,28 @@ impl ConsumeQueue {
             rest = later;
         }
         self.max_queue_offset.store(queue_offset, Ordering::Release);
+        Ok(())
+    }
+
+    /// Makes an empty queue begin at `queue_offset`: the slots of its first file before it hold
+    /// [`CqEntry::BEFORE_LOG`] (see the module header).
+    fn begin_at(&self, queue_offset: u64) -> Result<()> {
+        let first_file = queue_offset - queue_offset % self.entries_per_file;
+        let before = (queue_offset - first_file) as usize;
+        tracing::info!(
+            topic = %self.topic,
+            queue_id = self.queue_id,
+            queue_offset,
+            "consume queue begins above 0: the commit log does not hold its earlier messages"
+        );
+        self.max_queue_offset.store(first_file, Ordering::Release);
+        *self.synced_queue_offset.lock().expect("sync lock poisoned") = first_file;
+        let mut encoded = Vec::with_capacity(before * CQ_ENTRY_BYTES);
+        for _ in 0..before {
+            CqEntry::BEFORE_LOG.encode(&mut encoded);
+        }
+        self.append(first_file, &encoded, false)?;
+        self.min_queue_offset.store(queue_offset, Ordering::Release);
         Ok(())
     }
 
@@ -524,6 +573,9 @@ pub struct ConsumeQueues {
     dir: PathBuf,
     entries_per_file: u32,
     queues: RwLock<HashMap<String, HashMap<u32, Arc<ConsumeQueue>>>>,
+    /// The commit log does not begin at offset 0: a queue never written may begin above queue
+    /// offset 0 (see the module header).
+    log_begins_late: std::sync::atomic::AtomicBool,
 }
 
 impl ConsumeQueues {
@@ -561,7 +613,19 @@ impl ConsumeQueues {
             dir: dir.to_path_buf(),
             entries_per_file,
             queues: RwLock::new(queues),
+            log_begins_late: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Says whether the commit log begins above offset 0 (set at open and when an empty store is
+    /// seeded at a master's first offset).
+    pub fn set_log_begins_late(&self, begins_late: bool) {
+        self.log_begins_late.store(begins_late, Ordering::Release);
+    }
+
+    /// See [`ConsumeQueues::set_log_begins_late`].
+    pub fn log_begins_late(&self) -> bool {
+        self.log_begins_late.load(Ordering::Acquire)
     }
 
     /// The queue of (topic, queue id), if any message was ever dispatched to it.

@@ -38,6 +38,9 @@ pub(crate) struct PendingEntries {
     /// Keyed by the queue's address: each queue is one `Arc` for the store's lifetime.
     runs: HashMap<usize, Run>,
     entries: usize,
+    /// The commit log does not begin at 0: a queue never written may begin above queue offset 0
+    /// (`ConsumeQueues::set_log_begins_late`).
+    may_begin_late: bool,
 }
 
 struct Run {
@@ -81,6 +84,7 @@ impl PendingEntries {
         let Some(first) = entries.first() else {
             return Ok(());
         };
+        self.may_begin_late = queues.log_begins_late();
         let queue = match queues.get(topic, queue_id) {
             Some(queue) => queue,
             None => queues.get_or_create(topic, queue_id)?,
@@ -115,7 +119,8 @@ impl PendingEntries {
     /// Appends every gathered run to its queue.
     pub fn write_out(&mut self) -> Result<()> {
         for (_, run) in self.runs.drain() {
-            run.queue.append(run.first_queue_offset, &run.encoded)?;
+            run.queue
+                .append(run.first_queue_offset, &run.encoded, self.may_begin_late)?;
         }
         self.entries = 0;
         Ok(())

@@ -116,6 +116,15 @@ impl EpochHistory {
         self.replace(next)
     }
 
+    /// Makes `entry` the whole history (none: empty), durably. Only for a log that holds no
+    /// record (see `Store::start_at`).
+    pub fn reset(&mut self, entry: Option<EpochEntry>) -> Result<()> {
+        if self.entries.as_slice() == entry.as_slice() {
+            return Ok(());
+        }
+        self.replace(entry.into_iter().collect())
+    }
+
     /// The epoch that wrote the record at `offset`, if the history covers it.
     pub fn epoch_at(&self, offset: u64) -> Option<u64> {
         self.entries

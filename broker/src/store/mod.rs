@@ -423,6 +423,24 @@ impl Store {
         done.await.map_err(|_| StoreError::Stopped)?
     }
 
+    /// Makes a log that holds no record begin at `commit_log_offset`, with `epoch` as its whole
+    /// epoch history: a slave whose store is new (a replaced disk) joining a master whose log
+    /// may no longer hold offset 0 (retention deleted it) begins at the master's first offset.
+    /// Queues then begin at the queue offsets of their first records. Refused for a log that
+    /// holds a record.
+    pub async fn start_at(&self, commit_log_offset: u64, epoch: Option<EpochEntry>) -> Result<()> {
+        let (reply, done) = oneshot::channel();
+        self.writer_tx
+            .send(WriterCommand::StartAt {
+                commit_log_offset,
+                epoch,
+                reply,
+            })
+            .await
+            .map_err(|_| StoreError::Stopped)?;
+        done.await.map_err(|_| StoreError::Stopped)?
+    }
+
     /// Records that `epoch` begins at the current write offset; returns that offset.
     pub async fn begin_epoch(&self, epoch: u64) -> Result<u64> {
         let (reply, done) = oneshot::channel();

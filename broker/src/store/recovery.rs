@@ -104,6 +104,7 @@ pub(crate) fn recover(dir: &Path, config: &StoreConfig, clean_shutdown: bool) ->
         });
     };
     let min_offset = log.min_offset();
+    queues.set_log_begins_late(min_offset > 0);
     let checkpoint = Checkpoint::load(dir)?;
     let start = match checkpoint {
         Some(checkpoint) if queues_existed => checkpoint

@@ -149,6 +149,7 @@ pub(crate) fn run_once(shared: &Shared, now_ms: u64) -> Result<RetentionReport> 
     let new_min = infos[count].base_offset;
     // Out of the list first, so that no reader finds them; then off the disk.
     shared.log.retain_segments(|s| s.base_offset() >= new_min);
+    shared.queues.set_log_begins_late(new_min > 0);
     for segment in &segments[..count] {
         tracing::info!(segment = %segment.path().display(), "retention deletes segment");
         std::fs::remove_file(segment.path())

@@ -31,6 +31,16 @@ impl ShippedLog for Store {
         Store::truncate_to(self, offset).await.map_err(log_error)
     }
 
+    async fn start_at(&self, offset: u64, epoch: Option<EpochEntry>) -> Result<(), LogError> {
+        let epoch = epoch.map(|e| super::EpochEntry {
+            epoch: e.epoch,
+            start_offset: e.start_offset,
+        });
+        Store::start_at(self, offset, epoch)
+            .await
+            .map_err(log_error)
+    }
+
     async fn begin_epoch(&self, epoch: u64) -> Result<u64, LogError> {
         Store::begin_epoch(self, epoch).await.map_err(log_error)
     }

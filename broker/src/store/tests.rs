@@ -760,3 +760,113 @@ async fn a_range_without_a_hand_off_is_indexed_from_the_log() {
         assert_eq!(message.queue_offset(), queue_offset as u64);
     }
 }
+
+/// An empty store begins at another store's first offset (a slave seeded from a master whose
+/// retention deleted offset 0): the records copied from there read back at the same queue
+/// offsets, with queues beginning above 0 (over several consume-queue files), before and after a
+/// reopen. A store that holds a record refuses, changing nothing.
+#[tokio::test]
+async fn an_empty_store_begins_at_another_stores_first_offset() {
+    let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let master = Store::open(small_config(dirs.0.path())).unwrap();
+    master.begin_epoch(1).await.unwrap();
+    for i in 0..300 {
+        master
+            .append(message("t", i % 2, &format!("m{i}")))
+            .await
+            .unwrap();
+    }
+    master.flush().await.unwrap();
+    settle(&master).await;
+    master.run_retention(now_ms() + 100 * 3_600_000).unwrap();
+    let first = master.min_offset();
+    let end = master.write_offset();
+    assert!(first > 0, "retention deleted the oldest segments");
+
+    let copy = Store::open(small_config(dirs.1.path())).unwrap();
+    let epoch = EpochEntry {
+        epoch: 1,
+        start_offset: 0,
+    };
+    copy.start_at(first, Some(epoch)).await.unwrap();
+    assert_eq!((copy.min_offset(), copy.write_offset()), (first, first));
+    let mut at = first;
+    while at < end {
+        let chunk = master.read_raw(at, 4 << 10).unwrap();
+        at = copy.append_raw(at, chunk).await.unwrap();
+    }
+    let check = |copy: &Store| {
+        assert_eq!(copy.min_offset(), first);
+        assert_eq!(copy.write_offset(), end);
+        assert_eq!(copy.epoch_history(), [epoch]);
+        for queue_id in 0..2 {
+            let (min, max) = copy.queue_offsets("t", queue_id).unwrap();
+            assert_eq!(Some((min, max)), master.queue_offsets("t", queue_id));
+            assert!(
+                min > 16,
+                "the queue begins beyond its first consume-queue file"
+            );
+        }
+    };
+    // The confirm offset follows the flushed one here: flush, so that all of it is readable.
+    copy.flush().await.unwrap();
+    settle(&copy).await;
+    check(&copy);
+    for queue_id in 0..2 {
+        let (copied, held) = (
+            read_all(&copy, "t", queue_id).await,
+            read_all(&master, "t", queue_id).await,
+        );
+        assert_eq!(bodies(&copied), bodies(&held));
+        let offsets = |m: &[StoredMessage]| m.iter().map(|m| m.queue_offset()).collect::<Vec<_>>();
+        assert_eq!(offsets(&copied), offsets(&held));
+    }
+
+    // Holding records now: refused, nothing changes.
+    let refused = copy.start_at(0, None).await.unwrap_err();
+    assert!(
+        matches!(refused, StoreError::OffsetInvalid { .. }),
+        "{refused}"
+    );
+    check(&copy);
+
+    copy.shutdown().unwrap();
+    drop(copy);
+    let copy = Store::open(small_config(dirs.1.path())).unwrap();
+    settle(&copy).await;
+    check(&copy);
+    for queue_id in 0..2 {
+        assert_eq!(
+            bodies(&read_all(&copy, "t", queue_id).await),
+            bodies(&read_all(&master, "t", queue_id).await)
+        );
+    }
+    // Appends go on at the next queue offsets.
+    copy.append(message("t", 0, "next")).await.unwrap();
+    let (_, max) = master.queue_offsets("t", 0).unwrap();
+    assert_eq!(copy.queue_offsets("t", 0).unwrap().1, max + 1);
+}
+
+/// A store stopped right after it began at another offset, before any record came, opens as an
+/// empty log beginning there, with its epoch.
+#[tokio::test]
+async fn a_store_begun_elsewhere_reopens_empty_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(small_config(dir.path())).unwrap();
+    let at = 5 * (8 << 10);
+    let epoch = EpochEntry {
+        epoch: 3,
+        start_offset: at - 100,
+    };
+    store.start_at(at, Some(epoch)).await.unwrap();
+    drop(store);
+    let store = Store::open(small_config(dir.path())).unwrap();
+    assert_eq!((store.min_offset(), store.write_offset()), (at, at));
+    assert_eq!(store.epoch_history(), [epoch]);
+    // It still holds nothing: it may begin elsewhere again.
+    store.start_at(2 * at, None).await.unwrap();
+    assert_eq!((store.min_offset(), store.write_offset()), (2 * at, 2 * at));
+    assert!(store.epoch_history().is_empty());
+    store.append(message("t", 0, "first")).await.unwrap();
+    assert_eq!(bodies(&read_all(&store, "t", 0).await), ["first"]);
+}

@@ -21,6 +21,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use super::config::FlushDiskType;
+use super::epoch::EpochEntry;
 use super::error::{Result, StoreError};
 use super::index_handoff::{IndexRun, RunEntries, WrittenRange};
 use super::record::{self, Prefix, RECORD_PREFIX_BYTES};
@@ -83,6 +84,11 @@ pub(crate) enum WriterCommand {
     BeginEpoch {
         epoch: u64,
         reply: oneshot::Sender<Result<u64>>,
+    },
+    StartAt {
+        commit_log_offset: u64,
+        epoch: Option<EpochEntry>,
+        reply: oneshot::Sender<Result<()>>,
     },
     Shutdown,
 }
@@ -188,6 +194,13 @@ impl Writer {
                         .begin(epoch, self.position)
                         .map(|()| self.position);
                     let _ = reply.send(result);
+                }
+                WriterCommand::StartAt {
+                    commit_log_offset,
+                    epoch,
+                    reply,
+                } => {
+                    let _ = reply.send(self.start_at(commit_log_offset, epoch));
                 }
                 // Stop taking new commands but finish those already queued.
                 WriterCommand::Shutdown => self.rx.close(),
@@ -441,9 +454,16 @@ impl Writer {
                         .rev()
                         .find(|(t, q, _)| t == topic && *q == header.queue_id)
                         .map(|(_, _, next)| *next)
-                        .unwrap_or_else(|| {
-                            peek_queue_offset(&self.queue_offsets, topic, header.queue_id)
-                        });
+                        .or_else(|| peek_queue_offset(&self.queue_offsets, topic, header.queue_id))
+                        .unwrap_or(
+                            // A queue this log never held: in a log that does not begin at 0,
+                            // its earlier messages are in what this log does not hold.
+                            if self.shared.queues.log_begins_late() {
+                                header.queue_offset
+                            } else {
+                                0
+                            },
+                        );
                     if header.queue_offset != expected {
                         return Err(invalid("queue offset is not the next one of its queue"));
                     }
@@ -473,6 +493,108 @@ impl Writer {
         }
         self.publish();
         Ok(self.position)
+    }
+
+    /// Makes a log that holds no record begin at `commit_log_offset`, with `epoch` as its whole
+    /// history (see `Store::start_at`). Crash-safe: the old, empty segments go first, so a crash
+    /// before the new one exists leaves a log with no segment, which opens as a new, empty store;
+    /// a crash after leaves the new segment, which opens as an empty log beginning there. Either
+    /// still holds no record, and the next replication session starts it again.
+    fn start_at(&mut self, commit_log_offset: u64, epoch: Option<EpochEntry>) -> Result<()> {
+        if let Some(err) = self.shared.poisoned() {
+            return Err(err);
+        }
+        if self.position != self.shared.log.min_offset() {
+            return Err(StoreError::OffsetInvalid {
+                commit_log_offset,
+                reason: "the log holds records: only a log that holds none can begin elsewhere",
+            });
+        }
+        if epoch.is_some_and(|e| e.start_offset > commit_log_offset) {
+            return Err(StoreError::OffsetInvalid {
+                commit_log_offset,
+                reason: "the first epoch must begin at or before the log's first offset",
+            });
+        }
+        if commit_log_offset != self.position
+            && self
+                .queue_offsets
+                .values()
+                .flat_map(|q| q.values())
+                .any(|&next| next > 0)
+        {
+            // Only retention deleting every record but an empty tail gets here: the queues
+            // would not match the records of another offset.
+            return Err(StoreError::OffsetInvalid {
+                commit_log_offset,
+                reason: "the log's consume queues hold entries of records it no longer holds; \
+                         empty the store to have it copied anew",
+            });
+        }
+        if commit_log_offset != self.position {
+            // Past this point a failure leaves the log without its segments: poison the store.
+            self.replace_empty_log(commit_log_offset).map_err(|err| {
+                self.shared.poison(err);
+                self.shared.poisoned().expect("just poisoned")
+            })?;
+            // Nothing below the new start exists to be confirmed or not.
+            self.shared.raise_confirm_offset(commit_log_offset);
+            self.shared.on_local_progress();
+            self.shared.preallocate_signal.notify();
+            tracing::warn!(
+                commit_log_offset,
+                "the empty commit log now begins at this offset (its master's log begins there)"
+            );
+        }
+        self.shared
+            .epochs
+            .lock()
+            .expect("epoch lock poisoned")
+            .reset(epoch)
+    }
+
+    /// The part of [`Writer::start_at`] that changes files and offsets.
+    fn replace_empty_log(&mut self, commit_log_offset: u64) -> Result<()> {
+        let log = &self.shared.log;
+        // Readers and the dispatcher find nothing to do in an empty log; hold the dispatcher
+        // still anyway while the segment list changes under it.
+        let mut dispatch = self.shared.dispatch.lock().expect("dispatch lock poisoned");
+        let old = log.segments();
+        log.retain_segments(|_| false);
+        for segment in &old {
+            std::fs::remove_file(segment.path())
+                .map_err(StoreError::io("remove segment", segment.path()))?;
+        }
+        super::meta_file::sync_dir(log.dir())?;
+        let segment = Segment::create(
+            log.dir(),
+            commit_log_offset,
+            self.shared.config.segment_bytes,
+        )?;
+        self.tail = log.push_segment(segment);
+        self.position = commit_log_offset;
+        self.shared.queues.set_log_begins_late(true);
+        log.set_write_offset(commit_log_offset);
+        log.set_flushed_offset(commit_log_offset);
+        dispatch.dispatched_offset = commit_log_offset;
+        self.shared
+            .dispatched_offset
+            .store(commit_log_offset, std::sync::atomic::Ordering::Release);
+        self.shared
+            .page_cache_released_offset
+            .store(commit_log_offset, std::sync::atomic::Ordering::Release);
+        super::checkpoint::Checkpoint {
+            flushed_offset: commit_log_offset,
+            dispatched_offset: commit_log_offset,
+            confirm_offset: commit_log_offset,
+            saved_at_ms: super::now_ms(),
+        }
+        .save(&self.shared.dir)?;
+        drop(dispatch);
+        self.shared
+            .flush_progress
+            .send_modify(|p| p.flushed_offset = commit_log_offset);
+        Ok(())
     }
 
     fn truncate(&mut self, commit_log_offset: u64) -> Result<()> {
@@ -515,12 +637,8 @@ fn next_queue_offset<'a>(
         .or_insert(0)
 }
 
-fn peek_queue_offset(table: &QueueOffsetTable, topic: &str, queue_id: u32) -> u64 {
-    table
-        .get(topic)
-        .and_then(|q| q.get(&queue_id))
-        .copied()
-        .unwrap_or(0)
+fn peek_queue_offset(table: &QueueOffsetTable, topic: &str, queue_id: u32) -> Option<u64> {
+    table.get(topic).and_then(|q| q.get(&queue_id)).copied()
 }
 
 fn clone_poison(err: &StoreError) -> StoreError {

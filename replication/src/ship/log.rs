@@ -43,6 +43,14 @@ pub trait ShippedLog: Send + Sync + 'static {
     ) -> impl Future<Output = Result<u64, LogError>> + Send;
     /// Cuts the log back to `offset`, crash-safely.
     fn truncate_to(&self, offset: u64) -> impl Future<Output = Result<(), LogError>> + Send;
+    /// Makes a log that holds no record begin at `offset` (a record boundary of the master's
+    /// log) with `epoch` as its whole history: a new slave joining a master whose log may no
+    /// longer hold offset 0. Refused for a log that holds a record.
+    fn start_at(
+        &self,
+        offset: u64,
+        epoch: Option<EpochEntry>,
+    ) -> impl Future<Output = Result<(), LogError>> + Send;
     /// Records that `epoch` begins at the write offset; answers that offset.
     fn begin_epoch(&self, epoch: u64) -> impl Future<Output = Result<u64, LogError>> + Send;
     /// The epoch history, oldest first.

@@ -15,7 +15,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::divergence::{last_common_offset, Divergence};
+use super::divergence::{last_common_offset, Divergence, EpochEntry};
 use super::insync::InSync;
 use super::log::{epoch_span, with_implicit_epoch, ShippedLog};
 use super::{from_wire_history, status};
@@ -80,12 +80,23 @@ impl<L: ShippedLog> ShipService<L> {
     }
 }
 
+/// Where a slave's stream begins.
+#[derive(Debug, PartialEq, Eq)]
+struct StreamStart {
+    /// The slave cuts its log to this offset, or begins anew there when `seed`.
+    offset: u64,
+    /// The slave's log holds no record: it begins at `offset` (this master's first offset) with
+    /// `seed_epoch` as its history.
+    seed: bool,
+    seed_epoch: Option<EpochEntry>,
+}
+
 /// Checks the slave's Hello and computes where its log and the master's stop agreeing.
 fn handshake<L: ShippedLog>(
     log: &L,
     config: &ShipConfig,
     hello: &pb::Hello,
-) -> Result<u64, Status> {
+) -> Result<StreamStart, Status> {
     if config.cluster_secret.is_empty() {
         return Err(status(
             ErrorCode::Unauthorized,
@@ -121,6 +132,23 @@ fn handshake<L: ShippedLog>(
             format!("broker id {} is this master's own", hello.broker_id),
         ));
     }
+    if hello.min_offset == hello.max_offset {
+        // The slave holds no record (a new store, a replaced disk): nothing to agree on. It
+        // begins at this master's first offset, which retention may have moved above 0, with
+        // the epoch entry in force there, so that its history and this master's agree from the
+        // first record on (the divergence check compares epochs by their start offsets).
+        let offset = log.min_offset();
+        let seed_epoch = log
+            .epoch_history()
+            .into_iter()
+            .rev()
+            .find(|e| e.start_offset <= offset);
+        return Ok(StreamStart {
+            offset,
+            seed: true,
+            seed_epoch,
+        });
+    }
     let replica = with_implicit_epoch(&from_wire_history(&hello.epochs));
     let master = with_implicit_epoch(&log.epoch_history());
     let master_end = log.write_offset();
@@ -154,11 +182,16 @@ fn handshake<L: ShippedLog>(
             tonic::Code::FailedPrecondition,
             format!(
                 "the replica needs the log from offset {start}, but this master holds it from \
-                 {min_offset} on (retention deleted the rest)"
+                 {min_offset} on (retention deleted the rest); a slave whose log holds no \
+                 record begins at {min_offset}: empty its store to have it copied anew"
             ),
         ));
     }
-    Ok(start)
+    Ok(StreamStart {
+        offset: start,
+        seed: false,
+        seed_epoch: None,
+    })
 }
 
 /// Compares two secrets in time that does not depend on where they differ.
@@ -380,7 +413,11 @@ impl<L: ShippedLog> LogShipping for ShipService<L> {
                 "a replication stream begins with a Hello",
             ));
         };
-        let start = handshake(self.log.as_ref(), &self.config, &hello)?;
+        let StreamStart {
+            offset: start,
+            seed,
+            seed_epoch,
+        } = handshake(self.log.as_ref(), &self.config, &hello)?;
         let master_epoch = in_sync.master_epoch();
         let session = in_sync.connect(hello.broker_id, &hello.addr, start);
         tracing::info!(
@@ -388,6 +425,7 @@ impl<L: ShippedLog> LogShipping for ShipService<L> {
             addr = %hello.addr,
             replica_end = hello.max_offset,
             start,
+            seed,
             master_epoch,
             "replica connected"
         );
@@ -398,6 +436,11 @@ impl<L: ShippedLog> LogShipping for ShipService<L> {
                 master_id: self.config.broker_id,
                 truncate_to: start,
                 master_write_offset: self.log.write_offset(),
+                seed,
+                seed_epoch: seed_epoch.map(|e| pb::EpochEntry {
+                    epoch: e.epoch,
+                    start_offset: e.start_offset,
+                }),
             })),
         };
         tx.send(Ok(welcome))

@@ -193,6 +193,7 @@ async fn session<L: ShippedLog>(
         cluster_secret: config.cluster_secret.clone(),
         epochs: to_wire_history(&log.epoch_history()),
         max_offset: log.write_offset(),
+        min_offset: log.min_offset(),
     };
     tx.send(pb::ReplicaMessage {
         body: Some(pb::replica_message::Body::Hello(hello)),
@@ -223,13 +224,27 @@ async fn session<L: ShippedLog>(
         )));
     }
     let end = log.write_offset();
-    if welcome.truncate_to > end {
+    if welcome.seed {
+        // This log holds no record: it begins where the master's does, with the master's epoch
+        // there. Refused by the log if it holds any record after all (the Hello said otherwise).
+        let seed_epoch = welcome.seed_epoch.map(|e| super::EpochEntry {
+            epoch: e.epoch,
+            start_offset: e.start_offset,
+        });
+        if welcome.truncate_to != end || log.epoch_history().last().copied() != seed_epoch {
+            tracing::info!(
+                from = welcome.truncate_to,
+                epoch = ?seed_epoch,
+                "empty log: beginning at the master's first offset"
+            );
+            log.start_at(welcome.truncate_to, seed_epoch).await?;
+        }
+    } else if welcome.truncate_to > end {
         return Err(SessionEnd::Protocol(format!(
             "the master asked to truncate to {} beyond this log's end {end}",
             welcome.truncate_to
         )));
-    }
-    if welcome.truncate_to < end {
+    } else if welcome.truncate_to < end {
         tracing::warn!(
             from = end,
             to = welcome.truncate_to,
