@@ -4,6 +4,9 @@
 //! Invariants:
 //! - an empty slave catches up the whole log (many segments, far more than the master's
 //!   in-flight bound) and ends byte-identical to the master, then joins the in-sync set;
+//! - a slave with a new store (a replaced disk) joins a master whose retention deleted offset 0:
+//!   it begins at the master's first offset, ends byte-identical to the master from there, joins
+//!   the in-sync set, and after a restart follows the master on;
 //! - a replica acknowledging an offset beyond the master's end is refused with `BAD_REQUEST`,
 //!   and the master's confirm offset never moves past what it wrote.
 
@@ -137,6 +140,104 @@ fn an_empty_slave_catches_up_a_master_holding_one_gib() {
         &dir.path().join("broker-a-1"),
         end,
     );
+    drop(slave);
+    drop(master);
+}
+
+#[test]
+fn a_slave_with_a_new_store_joins_a_master_whose_retention_deleted_offset_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let quorum = cluster_tests::ControllerQuorum::start(dir.path(), 1, &[]);
+    let controllers = quorum.addrs();
+    // 256 KiB segments (messages up to 64 KiB), retention checked every 200 ms; by disk it is
+    // off (see above).
+    let settings = [
+        "--set",
+        "segment_bytes=262144",
+        "--set",
+        "max_message_bytes=65536",
+        "--set",
+        "disk_max_used_ratio=1.0",
+        "--set",
+        "retention_check_interval_ms=200",
+    ];
+    let master = group_member(
+        dir.path(),
+        "broker-a",
+        0,
+        "ASYNC_MASTER",
+        &controllers,
+        &settings,
+    );
+    create_topic(&controllers);
+    let produce = |count: u64| {
+        let (code, out) = cluster_cli(&[
+            "--broker",
+            master.addr(),
+            "--json",
+            "bench",
+            "produce",
+            "--topic",
+            TOPIC,
+            "--count",
+            &count.to_string(),
+            "--size",
+            "1024",
+        ]);
+        assert_eq!(code, 0, "bench produce: {out}");
+    };
+    produce(2_000);
+
+    // Every segment the master is not writing becomes older than any retention: it deletes
+    // them, offset 0 with them.
+    let master_dir = dir.path().join("broker-a-0");
+    let first_segment = master_dir.join("commitlog").join(format!("{:020}", 0));
+    let aged = std::time::SystemTime::now() - Duration::from_secs(100 * 3600);
+    let deleted = wait_until(Duration::from_secs(20), || {
+        for entry in std::fs::read_dir(master_dir.join("commitlog")).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none() {
+                if let Ok(file) = std::fs::File::options().write(true).open(&path) {
+                    let _ = file.set_modified(aged);
+                }
+            }
+        }
+        !first_segment.exists()
+    });
+    assert!(
+        deleted,
+        "retention did not delete the master's first segment"
+    );
+    produce(200);
+    let end = members(&controllers)[0].1;
+
+    // The new slave begins where the master's log now begins.
+    let slave = group_member(dir.path(), "broker-a", 1, "SLAVE", &controllers, &settings);
+    let caught_up = |end: u64| {
+        wait_until(Duration::from_secs(60), || {
+            let members = members(&controllers);
+            members.len() == 2
+                && members[0].1 >= end
+                && members[1].1 == members[0].1
+                && members[1].2
+        })
+    };
+    assert!(caught_up(end), "{:?}", members(&controllers));
+    let end = members(&controllers)[0].1;
+    assert_same_log(&master_dir, &dir.path().join("broker-a-1"), end);
+    let slave_first_segment = dir
+        .path()
+        .join("broker-a-1/commitlog")
+        .join(format!("{:020}", 0));
+    assert!(!slave_first_segment.exists(), "the slave's log begins at 0");
+
+    // Restarted, it opens where it was and follows the master on.
+    drop(slave);
+    let slave = group_member(dir.path(), "broker-a", 1, "SLAVE", &controllers, &settings);
+    produce(200);
+    let end = members(&controllers)[0].1;
+    assert!(caught_up(end), "{:?}", members(&controllers));
+    assert_same_log(&master_dir, &dir.path().join("broker-a-1"), end);
     drop(slave);
     drop(master);
 }
