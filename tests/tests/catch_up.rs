@@ -13,7 +13,8 @@
 use std::time::{Duration, Instant};
 
 use cluster_tests::{
-    assert_same_log, cli_json, cluster_cli, group_member, wait_until, TEST_CLUSTER_SECRET,
+    assert_same_log, cli_json, cluster_cli, group_member, wait_until, BrokerProcess,
+    TEST_CLUSTER_SECRET,
 };
 use proto::replication as pb;
 use proto::replication::log_shipping_client::LogShippingClient;
@@ -52,7 +53,12 @@ fn members(controllers: &str) -> Vec<(u64, u64, bool)> {
         .unwrap_or_default()
 }
 
+/// Creates the topic once the controller has a leader and knows `broker-a` (the tests run in
+/// parallel, and a loaded machine starts both slower than the first command comes).
 fn create_topic(controllers: &str) {
+    cluster_tests::wait_for_controller_leader(controllers);
+    let registered = wait_until(Duration::from_secs(20), || !members(controllers).is_empty());
+    assert!(registered, "broker-a never registered");
     let (code, out) = cluster_cli(&[
         "--controller",
         controllers,
@@ -63,6 +69,32 @@ fn create_topic(controllers: &str) {
         "4",
     ]);
     assert_eq!(code, 0, "topic create: {out}");
+}
+
+/// `bench produce` of `count` messages of `size` bytes to `master`: every one `SEND_OK`.
+fn produce(master: &BrokerProcess, count: u64, size: usize) {
+    let (code, out) = cluster_cli(&[
+        "--broker",
+        master.addr(),
+        "--json",
+        "bench",
+        "produce",
+        "--topic",
+        TOPIC,
+        "--count",
+        &count.to_string(),
+        "--size",
+        &size.to_string(),
+        "--in-flight",
+        "16",
+    ]);
+    assert_eq!(code, 0, "bench produce: {out}");
+    let summary: serde_json::Value = serde_json::from_str(out.trim()).expect("bench summary");
+    assert_eq!(
+        summary["statuses"]["SEND_OK"].as_u64(),
+        Some(count),
+        "{summary}"
+    );
 }
 
 #[test]
@@ -87,29 +119,7 @@ fn an_empty_slave_catches_up_a_master_holding_one_gib() {
         &settings,
     );
     create_topic(&controllers);
-
-    let (code, out) = cluster_cli(&[
-        "--broker",
-        master.addr(),
-        "--json",
-        "bench",
-        "produce",
-        "--topic",
-        TOPIC,
-        "--count",
-        &MESSAGES.to_string(),
-        "--size",
-        &BODY_BYTES.to_string(),
-        "--in-flight",
-        "16",
-    ]);
-    assert_eq!(code, 0, "bench produce: {out}");
-    let summary: serde_json::Value = serde_json::from_str(out.trim()).expect("bench summary");
-    assert_eq!(
-        summary["statuses"]["SEND_OK"].as_u64(),
-        Some(MESSAGES),
-        "{summary}"
-    );
+    produce(&master, MESSAGES, BODY_BYTES);
     let filled = wait_until(Duration::from_secs(20), || {
         members(&controllers)
             .first()
@@ -170,23 +180,7 @@ fn a_slave_with_a_new_store_joins_a_master_whose_retention_deleted_offset_0() {
         &settings,
     );
     create_topic(&controllers);
-    let produce = |count: u64| {
-        let (code, out) = cluster_cli(&[
-            "--broker",
-            master.addr(),
-            "--json",
-            "bench",
-            "produce",
-            "--topic",
-            TOPIC,
-            "--count",
-            &count.to_string(),
-            "--size",
-            "1024",
-        ]);
-        assert_eq!(code, 0, "bench produce: {out}");
-    };
-    produce(2_000);
+    produce(&master, 2_000, 1024);
 
     // Every segment the master is not writing becomes older than any retention: it deletes
     // them, offset 0 with them.
@@ -208,7 +202,7 @@ fn a_slave_with_a_new_store_joins_a_master_whose_retention_deleted_offset_0() {
         deleted,
         "retention did not delete the master's first segment"
     );
-    produce(200);
+    produce(&master, 200, 1024);
     let end = members(&controllers)[0].1;
 
     // The new slave begins where the master's log now begins.
@@ -234,7 +228,7 @@ fn a_slave_with_a_new_store_joins_a_master_whose_retention_deleted_offset_0() {
     // Restarted, it opens where it was and follows the master on.
     drop(slave);
     let slave = group_member(dir.path(), "broker-a", 1, "SLAVE", &controllers, &settings);
-    produce(200);
+    produce(&master, 200, 1024);
     let end = members(&controllers)[0].1;
     assert!(caught_up(end), "{:?}", members(&controllers));
     assert_same_log(&master_dir, &dir.path().join("broker-a-1"), end);
@@ -256,20 +250,7 @@ fn a_replica_claiming_more_than_the_master_wrote_is_refused() {
         &["--set", "min_in_sync_replicas=1"],
     );
     create_topic(&controllers);
-    let (code, out) = cluster_cli(&[
-        "--broker",
-        master.addr(),
-        "--json",
-        "bench",
-        "produce",
-        "--topic",
-        TOPIC,
-        "--count",
-        "100",
-        "--size",
-        "100",
-    ]);
-    assert_eq!(code, 0, "bench produce: {out}");
+    produce(&master, 100, 100);
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
