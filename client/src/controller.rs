@@ -183,8 +183,13 @@ impl ControllerConnection {
             .await
     }
 
-    /// Drains (`true`) or undrains a broker group; whether that changed it.
-    pub async fn set_group_drained(&self, group: &str, drained: bool) -> Result<bool, ClientError> {
+    /// Drains (`true`) or undrains a broker group: whether that changed it, and whether the
+    /// group's master applied it before the answer.
+    pub async fn set_group_drained(
+        &self,
+        group: &str,
+        drained: bool,
+    ) -> Result<wire::SetGroupDrainedResponse, ClientError> {
         let request = wire::SetGroupDrainedRequest {
             group: group.to_owned(),
             drained,
@@ -195,7 +200,7 @@ impl ControllerConnection {
                 async move { c.set_group_drained(request).await }
             })
             .await?;
-        Ok(answer.changed)
+        Ok(answer)
     }
 
     pub async fn cluster_list(&self) -> Result<wire::ClusterListResponse, ClientError> {

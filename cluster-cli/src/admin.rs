@@ -57,8 +57,9 @@ pub async fn broker(
         BrokerCommand::Drain { group } => (group, true),
         BrokerCommand::Undrain { group } => (group, false),
     };
-    let changed = conn.set_group_drained(&group, drained).await?;
-    let text = match (drained, changed) {
+    let answer = conn.set_group_drained(&group, drained).await?;
+    let (changed, informed) = (answer.changed, answer.master_informed);
+    let mut text = match (drained, changed) {
         (true, true) => format!(
             "{group} drained: read-only in every route, its master refuses sends (FORBIDDEN)"
         ),
@@ -66,9 +67,19 @@ pub async fn broker(
         (false, true) => format!("{group} undrained: writable again"),
         (false, false) => format!("{group} was not drained"),
     };
+    if !informed {
+        text.push_str(
+            "; its master has not applied it yet (no live master, or it did not answer in time):              it will at its next heartbeat",
+        );
+    }
     print_done(
         json_out,
-        json!({ "group": group, "drained": drained, "changed": changed }),
+        json!({
+            "group": group,
+            "drained": drained,
+            "changed": changed,
+            "master_informed": informed,
+        }),
         &text,
     );
     Ok(ExitCode::SUCCESS)

@@ -1173,7 +1173,17 @@ impl pb::controller_server::Controller for ControllerService {
         if changed {
             tracing::warn!(group = %req.group, drained = req.drained, "broker group drain changed");
         }
-        Ok(Response::new(pb::SetGroupDrainedResponse { changed }))
+        // The master applies the group view of a heartbeat answer before it reports that
+        // answer's revision as synced (`link`): once it has, it refuses or takes sends as told.
+        let revision = self.state.read(|data| data.state.metadata_revision);
+        let master_informed = self
+            .wait_for_sync(std::slice::from_ref(&req.group), revision)
+            .await
+            .is_empty();
+        Ok(Response::new(pb::SetGroupDrainedResponse {
+            changed,
+            master_informed,
+        }))
     }
 
     async fn get_group_settings(

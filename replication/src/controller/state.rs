@@ -309,7 +309,15 @@ impl ClusterState {
                 self.set_group_settings(group, *settings)
             }
             Command::SetGroupDrained { group, drained } => match self.groups.get_mut(group) {
-                Some(g) => Ok(std::mem::replace(&mut g.drained, *drained) != *drained),
+                Some(g) => {
+                    let changed = std::mem::replace(&mut g.drained, *drained) != *drained;
+                    // Routes change with it; and a broker reports the revision it applied, so
+                    // the command can wait for the group's master to have heard of it.
+                    if changed {
+                        self.metadata_revision += 1;
+                    }
+                    Ok(changed)
+                }
                 None => Err(CommandError::GroupNotFound(group.clone())),
             },
             Command::AlterInSyncSet {
