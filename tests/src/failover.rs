@@ -109,6 +109,41 @@ pub fn wait_for_full_set(controllers: &str, within: Duration) -> GroupState {
     state
 }
 
+/// A planned switchover of `broker-a` (`cluster elect`, to `target` or the controller's choice)
+/// from the master of `from_epoch`. The controller refuses, changing nothing (exit 2), while no
+/// candidate was heard within the lease wait; on a loaded machine a heartbeat can come late, so
+/// a refusal is asked again, for up to 15 s. An attempt whose answer was lost may have switched
+/// over all the same: a later epoch ends the asking. Answers when the attempt that switched
+/// over started. Panics on any other failure.
+pub fn switch_over(controllers: &str, target: Option<u64>, from_epoch: u64) -> Instant {
+    let target = target.map(|id| id.to_string());
+    let mut args = vec!["--controller", controllers, "cluster", "elect", "broker-a"];
+    if let Some(id) = &target {
+        args.extend(["--broker-id", id]);
+    }
+    let mut refusal = String::new();
+    let mut asked_at = Instant::now();
+    let elected = wait_until(Duration::from_secs(15), || {
+        if group_state(controllers).epoch > from_epoch {
+            return true;
+        }
+        asked_at = Instant::now();
+        let output =
+            std::process::Command::new(crate::workspace_binary("cluster-cli", "cluster-cli"))
+                .args(&args)
+                .output()
+                .expect("run cluster-cli");
+        refusal = String::from_utf8_lossy(&output.stderr).into_owned();
+        match output.status.code() {
+            Some(0) => true,
+            Some(2) => false,
+            other => panic!("cluster elect exited {other:?}: {refusal}"),
+        }
+    });
+    assert!(elected, "cluster elect: {refusal}");
+    asked_at
+}
+
 /// Waits (up to 20 s) until another broker than `old` is master at a later epoch than
 /// `old_epoch`; panics otherwise.
 pub fn wait_for_successor(controllers: &str, old: u64, old_epoch: u64) -> GroupState {

@@ -20,10 +20,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use client::{Message, Producer, ProducerConfig, SendStatus};
 use cluster_tests::failover::{
-    broker, check_history, group_state, runtime, start_group, wait_for_full_set,
+    broker, check_history, group_state, runtime, start_group, switch_over, wait_for_full_set,
     wait_for_successor, Sender, BROKERS, TOPIC,
 };
-use cluster_tests::{cluster_cli, log_mentions, wait_until};
+use cluster_tests::{log_mentions, wait_until};
 
 #[test]
 fn killing_the_master_again_and_again_loses_no_acknowledged_message() {
@@ -171,19 +171,9 @@ fn a_planned_switchover_moves_mastership_without_loss() {
             >= 50));
         let master = before.master.expect("a master");
         let target = (master + 1) % BROKERS;
-        let asked_at = Instant::now();
-        let (code, out) = cluster_cli(&[
-            "--controller",
-            &controllers,
-            "cluster",
-            "elect",
-            "broker-a",
-            "--broker-id",
-            &target.to_string(),
-        ]);
-        assert_eq!(code, 0, "cluster elect: {out}");
+        let asked_at = switch_over(&controllers, Some(target), before.epoch);
         let after = group_state(&controllers);
-        assert_eq!(after.master, Some(target), "{out}");
+        assert_eq!(after.master, Some(target), "{after:?}");
         assert!(after.epoch > before.epoch);
         // The longest gap between two SEND_OKs around the switchover, once the new master has
         // acknowledged a few.

@@ -16,10 +16,10 @@ use std::time::Duration;
 
 use client::{Producer, ProducerConfig, PullConsumer};
 use cluster_tests::failover::{
-    broker_with, create_topic, runtime, send_one, wait_for_full_set, wait_for_successor, BROKERS,
-    TOPIC,
+    broker_with, create_topic, runtime, send_one, switch_over, wait_for_full_set,
+    wait_for_successor, BROKERS, TOPIC,
 };
-use cluster_tests::{cluster_cli, wait_until, BrokerProcess, ControllerQuorum};
+use cluster_tests::{wait_until, BrokerProcess, ControllerQuorum};
 use proto::client::consumer_groups_client::ConsumerGroupsClient;
 use proto::client::CommitOffsetRequest;
 
@@ -336,8 +336,7 @@ fn brokers_and_controllers_export_what_the_cluster_did() {
 
     // A planned switchover: counted as one, and the roles swap on the brokers' endpoints; the
     // old master's per-slave series go once no sample sets them (GAUGE_IDLE_TIMEOUT, 5 s).
-    let (code, out) = cluster_cli(&["--controller", &controllers, "cluster", "elect", "broker-a"]);
-    assert_eq!(code, 0, "cluster elect: {out}");
+    switch_over(&controllers, None, state.epoch);
     let after = wait_for_successor(&controllers, master, state.epoch);
     let successor = after.master.expect("a successor");
     assert!(wait_until(Duration::from_secs(15), || elections(
