@@ -13,7 +13,7 @@ use bytes::Bytes;
 use client::{Message, Producer, ProducerConfig, PullConsumer, SendStatus};
 
 use crate::{
-    assert_same_log, cli_json, cluster_cli, group_member, read_queues, wait_until, BrokerProcess,
+    assert_same_log, cli_json, group_member, read_queues, wait_until, BrokerProcess,
     ControllerQuorum,
 };
 
@@ -277,24 +277,9 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// Creates [`TOPIC`] with [`QUEUES`] queues, retrying for up to 20 s: a quorum that has just
-/// elected its first leader may still refuse writes for a moment (creating an existing topic with
-/// the same queues succeeds, so a retry after a lost answer is harmless).
+/// Creates [`TOPIC`] with [`QUEUES`] queues ([`crate::create_topic`]).
 pub fn create_topic(controllers: &str) {
-    let mut last = (0, String::new());
-    let created = wait_until(Duration::from_secs(20), || {
-        last = cluster_cli(&[
-            "--controller",
-            controllers,
-            "topic",
-            "create",
-            TOPIC,
-            "--queues",
-            &QUEUES.to_string(),
-        ]);
-        last.0 == 0
-    });
-    assert!(created, "topic create: exit {}: {}", last.0, last.1);
+    crate::create_topic(controllers, TOPIC, QUEUES);
 }
 
 /// Checks the invariants on the whole history: every SEND_OK consumed from the final master,

@@ -219,6 +219,26 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Creates `topic` with `queues` queues through `cluster-cli`, retrying for up to 20 s: a quorum
+/// that has just elected its first leader may still refuse writes for a moment (creating an
+/// existing topic with the same queues succeeds, so a retry after a lost answer is harmless).
+pub fn create_topic(controllers: &str, topic: &str, queues: u32) {
+    let mut last = (0, String::new());
+    let created = wait_until(std::time::Duration::from_secs(20), || {
+        last = cluster_cli(&[
+            "--controller",
+            controllers,
+            "topic",
+            "create",
+            topic,
+            "--queues",
+            &queues.to_string(),
+        ]);
+        last.0 == 0
+    });
+    assert!(created, "topic create: exit {}: {}", last.0, last.1);
+}
+
 /// Polls `condition` every 20 ms until it holds or `timeout` passes; returns whether it held.
 pub fn wait_until(timeout: std::time::Duration, mut condition: impl FnMut() -> bool) -> bool {
     let deadline = std::time::Instant::now() + timeout;

@@ -59,16 +59,7 @@ fn create_topic(controllers: &str) {
     cluster_tests::wait_for_controller_leader(controllers);
     let registered = wait_until(Duration::from_secs(20), || !members(controllers).is_empty());
     assert!(registered, "broker-a never registered");
-    let (code, out) = cluster_cli(&[
-        "--controller",
-        controllers,
-        "topic",
-        "create",
-        TOPIC,
-        "--queues",
-        "4",
-    ]);
-    assert_eq!(code, 0, "topic create: {out}");
+    cluster_tests::create_topic(controllers, TOPIC, 4);
 }
 
 /// `bench produce` of `count` messages of `size` bytes to `master`: every one `SEND_OK`.

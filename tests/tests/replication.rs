@@ -74,16 +74,7 @@ fn wait_for_set(controllers: &str, want: &[u64], within: Duration) {
 }
 
 fn create_topic(controllers: &str) {
-    let (code, out) = cluster_tests::cluster_cli(&[
-        "--controller",
-        controllers,
-        "topic",
-        "create",
-        TOPIC,
-        "--queues",
-        &QUEUES.to_string(),
-    ]);
-    assert_eq!(code, 0, "topic create: {out}");
+    cluster_tests::create_topic(controllers, TOPIC, QUEUES);
 }
 
 /// The commit log of the store in `store_dir`, bytes `0..end`, read from its segment files.
