@@ -32,10 +32,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Members sign internal calls with the cluster secret; a fresh one per run.
+secret=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
 # A quorum of one never dials its own peer address, so the controller can take any free port
 # and say which on stdout.
 "$BIN_DIR/controller" --id 1 --listen 127.0.0.1:0 --peers "1=127.0.0.1:1" \
-  --data-dir "$BENCH_DIR/controller" >"$BENCH_DIR/controller.out" 2>"$BENCH_DIR/controller.log" &
+  --data-dir "$BENCH_DIR/controller" --set "cluster_secret=\"$secret\"" >"$BENCH_DIR/controller.out" 2>"$BENCH_DIR/controller.log" &
 pids+=($!)
 controller=""
 for _ in $(seq 200); do
@@ -48,7 +50,7 @@ done
 start_broker() { # ID ROLE
   "$BIN_DIR/broker" --listen 127.0.0.1:0 --store-path "$BENCH_DIR/broker-a-$1" --flush-disk-type "$FLUSH" \
     --set 'broker_name="broker-a"' --set "broker_id=$1" --set "broker_role=\"$2\"" \
-    --set "controller_addr=\"$controller\"" --set 'cluster_secret="bench"' \
+    --set "controller_addr=\"$controller\"" --set "cluster_secret=\"$secret\"" \
     --set controller_heartbeat_interval_ms=200 \
     >"$BENCH_DIR/broker-$1.out" 2>"$BENCH_DIR/broker-$1.log" &
   pids+=($!)

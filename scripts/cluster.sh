@@ -274,7 +274,7 @@ cmd_up() {
         controller-*)
           fill "$TOPOLOGIES/controller.toml" "$DIR/$node.toml" "ID=${node#controller-}" \
             "LISTEN=127.0.0.1:$port" "PEERS=$peers" "DATA_DIR=$DIR/$node" \
-            "METRICS_LISTEN=127.0.0.1:$metrics_port" ;;
+            "CLUSTER_SECRET=$secret" "METRICS_LISTEN=127.0.0.1:$metrics_port" ;;
         *)
           fill "$template" "$DIR/$node.toml" "GROUP=${node%-*}" "ID=${node##*-}" \
             "LISTEN=127.0.0.1:$port" "STORE_PATH=$DIR/$node" "CONTROLLER_ADDR=$controller_addr" \

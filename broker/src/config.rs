@@ -73,8 +73,10 @@ pub struct BrokerSettings {
     /// A slave that has not been caught up for this long leaves the in-sync set (RocketMQ's
     /// haMaxTimeSlaveNotCatchup).
     pub in_sync_lag_max_ms: u64,
-    /// The secret a slave presents to its master. Must be the same on every broker of the
-    /// cluster; a master with none accepts no slave.
+    /// The secret every controller and broker of the cluster shares (at least 16 bytes). Members
+    /// sign every internal call with an HMAC made with it (registration, heartbeats, in-sync set
+    /// changes, the log stream) and refuse calls not so signed; it never crosses the wire.
+    /// Required once `controller_addr` is set.
     pub cluster_secret: String,
     /// Bytes a master ships per chunk (a larger record goes alone).
     pub replication_chunk_bytes: u64,
@@ -98,6 +100,15 @@ impl BrokerSettings {
             "" => "CONTROLLED",
             role => role,
         }
+    }
+
+    /// The key this broker signs internal calls with and checks them by; `None` without a
+    /// `cluster_secret` (a broker with no controller), which then serves no internal call.
+    pub fn cluster_key(&self) -> Result<Option<auth::ClusterKey>, auth::KeyError> {
+        if self.cluster_secret.is_empty() {
+            return Ok(None);
+        }
+        auth::ClusterKey::new(&self.cluster_secret).map(Some)
     }
 
     /// A static slave of its group (`broker_role = SLAVE`).
@@ -339,11 +350,17 @@ impl BrokerConfig {
                          master is",
             });
         }
-        if replicates && b.cluster_secret.is_empty() {
+        if !b.controller_addr.is_empty() && b.cluster_secret.is_empty() {
             return Err(ConfigError::Rule {
                 field: "cluster_secret",
-                reason: "must be set for a SLAVE, and for a synchronous master that needs \
-                         slaves: masters accept only slaves that present it",
+                reason: "must be set with controller_addr: controllers and masters serve \
+                         internal calls only to members that sign them with it",
+            });
+        }
+        if !b.cluster_secret.is_empty() && b.cluster_key().is_err() {
+            return Err(ConfigError::Rule {
+                field: "cluster_secret",
+                reason: "must be at least 16 bytes",
             });
         }
         if b.slave_timeout_ms == 0 || b.in_sync_lag_max_ms == 0 || b.replication_keepalive_ms == 0 {

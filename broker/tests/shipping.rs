@@ -25,7 +25,7 @@ use replication::ship::{
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-const SECRET: &str = "test-secret";
+const SECRET: &str = "shipping-test-secret";
 const DEADLINE: Duration = Duration::from_secs(30);
 
 fn config(dir: &Path, flush: FlushDiskType) -> StoreConfig {
@@ -79,7 +79,6 @@ async fn start_master(dir: &Path, sync_master: bool) -> Master {
         ShipConfig {
             group: "broker-a".into(),
             broker_id: 0,
-            cluster_secret: SECRET.into(),
             chunk_bytes: 16 << 10,
             inflight_bytes_max: 64 << 10,
             keepalive: Duration::from_millis(100),
@@ -89,6 +88,7 @@ async fn start_master(dir: &Path, sync_master: bool) -> Master {
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(async move {
         tonic::transport::Server::builder()
+            .layer(auth::MemberGuardLayer::new(Some(key(SECRET))))
             .add_service(LogShippingServer::new(service))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
             .await
@@ -131,7 +131,7 @@ fn start_slave(dir: &Path, master: &Master, broker_id: u64) -> Slave {
             group: "broker-a".into(),
             broker_id,
             addr: format!("127.0.0.1:{}", 20000 + broker_id),
-            cluster_secret: SECRET.into(),
+            cluster_key: Some(key(SECRET)),
             keepalive: Duration::from_millis(100),
             connect_timeout: Duration::from_secs(1),
         },
@@ -389,19 +389,29 @@ async fn a_new_slave_begins_at_the_masters_first_offset_once_retention_deleted_o
     master.server.abort();
 }
 
-async fn raw_client(addr: SocketAddr) -> LogShippingClient<tonic::transport::Channel> {
-    LogShippingClient::connect(format!("http://{addr}"))
+fn key(secret: &str) -> auth::ClusterKey {
+    auth::ClusterKey::new(secret).unwrap()
+}
+
+async fn channel(addr: SocketAddr) -> tonic::transport::Channel {
+    tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
         .await
         .unwrap()
 }
 
-fn hello(secret: &str, max_offset: u64) -> pb::ReplicaMessage {
+/// A client of the master's log stream that signs as a member holding `secret`.
+async fn raw_client(addr: SocketAddr, secret: &str) -> LogShippingClient<auth::SignedChannel> {
+    LogShippingClient::new(auth::SignedChannel::new(channel(addr).await, key(secret)))
+}
+
+fn hello(max_offset: u64) -> pb::ReplicaMessage {
     pb::ReplicaMessage {
         body: Some(pb::replica_message::Body::Hello(pb::Hello {
             group: "broker-a".into(),
             broker_id: 7,
             addr: "127.0.0.1:1".into(),
-            cluster_secret: secret.into(),
             epochs: vec![],
             max_offset,
             min_offset: 0,
@@ -421,24 +431,38 @@ fn code(status: &tonic::Status) -> i32 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wrong_secret_and_an_acknowledgement_beyond_the_end_are_refused() {
+async fn a_non_member_and_an_acknowledgement_beyond_the_end_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let master = start_master(dir.path(), false).await;
     let end = append(&master.store, 10).await;
 
-    let mut client = raw_client(master.addr).await;
-    let refused = client
-        .replicate(tokio_stream::iter(vec![hello("wrong", 0)]))
+    // Attacker: a process that does not hold the cluster secret opens a log stream, unsigned or
+    // signed with another key. Refused before the service, so no replica is ever counted.
+    let mut unsigned = LogShippingClient::new(channel(master.addr).await);
+    let refused = unsigned
+        .replicate(tokio_stream::iter(vec![hello(0)]))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    assert_eq!(
+        code(&refused),
+        proto::common::ErrorCode::Unauthorized as i32
+    );
+    let mut other_cluster = raw_client(master.addr, "another-cluster-secret").await;
+    let refused = other_cluster
+        .replicate(tokio_stream::iter(vec![hello(0)]))
         .await
         .unwrap_err();
     assert_eq!(
         code(&refused),
         proto::common::ErrorCode::Unauthorized as i32
     );
+    assert!(master.in_sync.view().replicas.is_empty());
 
     // A replica that claims to hold more than the master wrote.
+    let mut client = raw_client(master.addr, SECRET).await;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(hello(SECRET, 0)).await.unwrap();
+    tx.send(hello(0)).await.unwrap();
     let mut inbound = client
         .replicate(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use auth::{ClusterKey, SignedChannel};
 use proto::controller as pb;
 use proto::controller::controller_client::ControllerClient;
 use replication::controller::config::ControllerConfig;
@@ -30,6 +31,12 @@ use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
 const GROUP: &str = "broker-a";
+/// The stand-in brokers and the test's own calls sign with it, as members.
+const TEST_SECRET: &str = "failover-test-cluster-secret";
+
+fn key() -> ClusterKey {
+    ClusterKey::new(TEST_SECRET).unwrap()
+}
 /// How often the stand-in brokers heartbeat: well inside the shortest lease used here.
 const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(50);
 /// How often tests look at the controller's state.
@@ -45,6 +52,7 @@ async fn start_controller(dir: &Path, lease_ms: u64, margin_ms: u64) -> Controll
         broker_lease_ms: lease_ms,
         lease_margin_ms: margin_ms,
         broker_heartbeat_timeout_ms: (lease_ms + margin_ms).max(3_000),
+        cluster_secret: TEST_SECRET.to_owned(),
         ..ControllerConfig::default()
     })
     .await
@@ -155,7 +163,7 @@ impl Broker {
             election_priority: 0,
             replication: pb::ReplicationMode::Unspecified,
         };
-        let mut link = ControllerLink::new(controller, identity, state.clone()).unwrap();
+        let mut link = ControllerLink::new(controller, identity, state.clone(), key()).unwrap();
         *state.wake.lock().unwrap() = Some(link.wake_handle());
         link.register(Duration::from_millis(20)).await.unwrap();
         let proposer = link.in_sync_set_proposer();
@@ -186,13 +194,17 @@ impl Drop for Broker {
     }
 }
 
-async fn client(node: &ControllerNode) -> ControllerClient<Channel> {
-    ControllerClient::connect(format!("http://{}", node.local_addr))
-        .await
+/// A client of `node` that signs as a member: the tests send heartbeats of their own.
+async fn client(node: &ControllerNode) -> ControllerClient<SignedChannel> {
+    let channel = Channel::from_shared(format!("http://{}", node.local_addr))
         .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    ControllerClient::new(SignedChannel::new(channel, key()))
 }
 
-async fn group_detail(client: &mut ControllerClient<Channel>) -> Option<pb::GroupDetail> {
+async fn group_detail(client: &mut ControllerClient<SignedChannel>) -> Option<pb::GroupDetail> {
     client
         .cluster_list(pb::ClusterListRequest {})
         .await
@@ -206,7 +218,7 @@ async fn group_detail(client: &mut ControllerClient<Channel>) -> Option<pb::Grou
 /// Polls the group until `done` holds or `timeout` passes; answers the group and when `done`
 /// was first seen to hold.
 async fn wait_for_group(
-    client: &mut ControllerClient<Channel>,
+    client: &mut ControllerClient<SignedChannel>,
     timeout: Duration,
     done: impl Fn(&pb::GroupDetail) -> bool,
 ) -> (pb::GroupDetail, Instant) {
@@ -237,7 +249,7 @@ async fn wait_until(timeout: Duration, what: &str, condition: impl Fn() -> bool)
 
 /// Sets each broker's reported log, then waits until the controller has heard all of them.
 async fn report_and_wait(
-    client: &mut ControllerClient<Channel>,
+    client: &mut ControllerClient<SignedChannel>,
     brokers: &[&Broker],
     log_end: impl Fn(u64) -> u64,
 ) {
@@ -258,7 +270,7 @@ async fn report_and_wait(
 /// id order and the master's id.
 async fn controlled_group_of_three(
     controller: &str,
-    client: &mut ControllerClient<Channel>,
+    client: &mut ControllerClient<SignedChannel>,
 ) -> (Vec<Broker>, u64) {
     let mut brokers = Vec::new();
     for id in 1..=3 {

@@ -360,6 +360,7 @@ impl ControllerQuorum {
         let mut child = Command::new(workspace_binary("replication", "controller"))
             .args(["--id", &id.to_string(), "--listen", &member.addr])
             .args(["--peers", &self.peers])
+            .args(["--set", &format!("cluster_secret={TEST_CLUSTER_SECRET:?}")])
             .arg("--data-dir")
             .arg(self.dir.join(format!("controller-{id}")))
             .args(&self.extra_args)
@@ -445,6 +446,8 @@ fn group_broker_at(
         format!("controller_addr={controllers:?}"),
         "--set".to_owned(),
         "controller_heartbeat_interval_ms=200".to_owned(),
+        "--set".to_owned(),
+        format!("cluster_secret={TEST_CLUSTER_SECRET:?}"),
     ]
     .into();
     args.extend(extra_args.iter().map(|a| a.to_string()));
@@ -452,12 +455,24 @@ fn group_broker_at(
     BrokerProcess::start(store, &args)
 }
 
-/// The cluster secret of every replicating broker the tests start.
+/// A channel to `addr` (connected on first use) whose internal calls are signed with the test
+/// cluster key, for tests that stand in for a broker or a controller.
+pub fn member_channel(addr: &str) -> auth::SignedChannel {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("a host:port address")
+        .connect_timeout(std::time::Duration::from_millis(200))
+        .timeout(std::time::Duration::from_secs(2));
+    let key = auth::ClusterKey::new(TEST_CLUSTER_SECRET).expect("the test secret is long enough");
+    auth::SignedChannel::new(endpoint.connect_lazy(), key)
+}
+
+/// The cluster secret of every controller and of every broker registered with one that the
+/// tests start.
 pub const TEST_CLUSTER_SECRET: &str = "cluster-test-secret";
 
 /// Starts broker `id` of `group` in `role` (`ASYNC_MASTER`, `SYNC_MASTER`, `SLAVE`), registered
 /// with `controllers`, its store under `dir/<group>-<id>`: 16 MiB segments, 200 ms heartbeats and
-/// replication keep-alives, the test cluster secret; `extra_args` go last (`--set KEY=VALUE`).
+/// replication keep-alives; `extra_args` go last (`--set KEY=VALUE`).
 pub fn group_member(
     dir: &Path,
     group: &str,
@@ -469,7 +484,6 @@ pub fn group_member(
     let mut args: Vec<String> = [
         format!("broker_id={id}"),
         format!("broker_role={role:?}"),
-        format!("cluster_secret={TEST_CLUSTER_SECRET:?}"),
         "replication_keepalive_ms=200".to_owned(),
         "segment_bytes=16777216".to_owned(),
     ]

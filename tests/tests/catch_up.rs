@@ -245,16 +245,20 @@ fn a_replica_claiming_more_than_the_master_wrote_is_refused() {
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let mut client = LogShippingClient::connect(format!("http://{}", master.addr()))
+        // The test opens the stream as a member would: signed with the cluster key.
+        let channel = tonic::transport::Channel::from_shared(format!("http://{}", master.addr()))
+            .unwrap()
+            .connect()
             .await
             .unwrap();
+        let key = auth::ClusterKey::new(TEST_CLUSTER_SECRET).unwrap();
+        let mut client = LogShippingClient::new(auth::SignedChannel::new(channel, key));
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tx.send(pb::ReplicaMessage {
             body: Some(pb::replica_message::Body::Hello(pb::Hello {
                 group: "broker-a".into(),
                 broker_id: 7,
                 addr: "127.0.0.1:1".into(),
-                cluster_secret: TEST_CLUSTER_SECRET.into(),
                 epochs: vec![],
                 max_offset: 0,
                 min_offset: 0,

@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cluster_tests::{wait_for_controller_leader, workspace_binary, ControllerQuorum};
+use cluster_tests::{
+    member_channel, wait_for_controller_leader, workspace_binary, ControllerQuorum,
+};
 use proto::controller as pb;
 use proto::controller::controller_client::ControllerClient;
 
@@ -48,9 +50,7 @@ fn args(controller: &str, rest: &[&str]) -> Vec<String> {
 /// its log end, the master epoch it last learnt, and `resigned` once it was asked to resign.
 fn controlled_broker(controller: String, id: u64, max_offset: u64) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut client = ControllerClient::connect(format!("http://{controller}"))
-            .await
-            .unwrap();
+        let mut client = ControllerClient::new(member_channel(&controller));
         let registered = client
             .register_broker(pb::RegisterBrokerRequest {
                 cluster: "DefaultCluster".to_owned(),

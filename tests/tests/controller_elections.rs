@@ -13,10 +13,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cluster_tests::{wait_for_controller_leader, ControllerQuorum};
+use auth::SignedChannel;
+use cluster_tests::{member_channel, wait_for_controller_leader, ControllerQuorum};
 use proto::controller as pb;
 use proto::controller::controller_client::ControllerClient;
-use tonic::transport::{Channel, Endpoint};
 
 const GROUP: &str = "broker-e";
 const BROKERS: [u64; 3] = [1, 2, 3];
@@ -38,12 +38,9 @@ fn record(views: &Views, view: &pb::GroupView) {
     }
 }
 
-fn client(addr: &str) -> ControllerClient<Channel> {
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect_timeout(Duration::from_millis(200))
-        .timeout(Duration::from_secs(2));
-    ControllerClient::new(endpoint.connect_lazy())
+/// A client that signs as a member: the stand-in brokers' heartbeats are internal calls.
+fn client(addr: &str) -> ControllerClient<SignedChannel> {
+    ControllerClient::new(member_channel(addr))
 }
 
 /// A CONTROLLED broker: registers, then heartbeats every 50 ms while `running`, moving to the

@@ -171,12 +171,8 @@ async fn serve(config: BrokerConfig) -> Result<()> {
         flush_disk_type = ?config.store.flush_disk_type,
         "broker serving"
     );
-    if settings.is_controlled() && settings.cluster_secret.is_empty() {
-        tracing::warn!(
-            "cluster_secret is empty: this broker can neither serve slaves as master nor \
-             replicate as slave"
-        );
-    }
+    // Validated with the configuration: only an empty secret gives None.
+    let cluster_key = settings.cluster_key()?;
     if let Some(exporter) = &exporter {
         let addr = exporter.local_addr()?;
         tracing::info!(%addr, "metrics endpoint serving");
@@ -219,7 +215,7 @@ async fn serve(config: BrokerConfig) -> Result<()> {
                 group: settings.broker_name.clone(),
                 broker_id: settings.broker_id,
                 addr: advertised.clone(),
-                cluster_secret: settings.cluster_secret.clone(),
+                cluster_key: cluster_key.clone(),
                 keepalive: Duration::from_millis(settings.replication_keepalive_ms),
                 connect_timeout: REPLICA_CONNECT_TIMEOUT,
             },
@@ -260,7 +256,6 @@ async fn serve(config: BrokerConfig) -> Result<()> {
         ShipConfig {
             group: settings.broker_name.clone(),
             broker_id: settings.broker_id,
-            cluster_secret: settings.cluster_secret.clone(),
             chunk_bytes: settings.replication_chunk_bytes as usize,
             inflight_bytes_max: settings.replication_inflight_bytes_max,
             keepalive: Duration::from_millis(settings.replication_keepalive_ms),
@@ -283,6 +278,8 @@ async fn serve(config: BrokerConfig) -> Result<()> {
     let mut interrupt = signal(SignalKind::interrupt())?;
     let (stopping, mut stop_requested) = watch::channel(false);
     let server = tonic::transport::Server::builder()
+        // The log stream only to members (the auth crate); client calls pass untouched.
+        .layer(auth::MemberGuardLayer::new(cluster_key))
         .add_service(
             BrokerServer::new(service)
                 .max_decoding_message_size(request_bytes_max)
@@ -453,7 +450,10 @@ async fn start_controller_link(
         role: role.clone(),
         views,
     });
-    let mut link = ControllerLink::new(&settings.controller_addr, identity, metadata)?;
+    let key = settings
+        .cluster_key()?
+        .ok_or_else(|| anyhow::anyhow!("cluster_secret is required with controller_addr"))?;
+    let mut link = ControllerLink::new(&settings.controller_addr, identity, metadata, key)?;
     role.start(
         Some(ControllerAuthority {
             group: settings.broker_name.clone(),

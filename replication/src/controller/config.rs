@@ -55,6 +55,11 @@ pub struct ControllerConfig {
     /// would make all but the first fail to start. Port 0 picks a free port, printed as
     /// `metrics listening on ADDR`.
     pub metrics_listen: String,
+    /// The secret every controller and broker of the cluster shares (at least 16 bytes): members
+    /// sign every internal call with an HMAC made with it (Raft, broker registration and
+    /// heartbeats, in-sync set changes, the log stream), and refuse calls not so signed. It
+    /// never crosses the wire. Required.
+    pub cluster_secret: String,
 }
 
 impl Default for ControllerConfig {
@@ -73,6 +78,7 @@ impl Default for ControllerConfig {
             snapshot_logs_since_last: 5_000,
             logs_kept_after_snapshot: 1_000,
             metrics_listen: String::new(),
+            cluster_secret: String::new(),
         }
     }
 }
@@ -164,7 +170,13 @@ impl ControllerConfig {
             anyhow::bail!("snapshot_logs_since_last must be above 0");
         }
         self.metrics_listen()?;
+        self.cluster_key()?;
         Ok(())
+    }
+
+    /// The key members sign internal calls with, from `cluster_secret`.
+    pub fn cluster_key(&self) -> Result<auth::ClusterKey, auth::KeyError> {
+        auth::ClusterKey::new(&self.cluster_secret)
     }
 
     /// The metrics endpoint's address; `None` when `metrics_listen` is empty (off).
@@ -177,17 +189,41 @@ impl ControllerConfig {
 mod tests {
     use super::*;
 
+    /// The defaults with the one required key set.
+    fn valid() -> ControllerConfig {
+        ControllerConfig {
+            cluster_secret: "config-test-secret".into(),
+            ..ControllerConfig::default()
+        }
+    }
+
+    #[test]
+    fn a_cluster_secret_is_required() {
+        let err = ControllerConfig::default()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cluster_secret is empty"), "{err}");
+        let short = ControllerConfig {
+            cluster_secret: "short".into(),
+            ..ControllerConfig::default()
+        };
+        let err = short.validate().unwrap_err().to_string();
+        assert!(err.contains("at least 16"), "{err}");
+        assert!(valid().validate().is_ok());
+    }
+
     #[test]
     fn peers_parse_and_bad_ones_are_refused() {
         let config = ControllerConfig {
             peers: "1=127.0.0.1:1, 2=127.0.0.1:2".into(),
-            ..ControllerConfig::default()
+            ..valid()
         };
         assert_eq!(config.peer_map().unwrap().len(), 2);
         for bad in ["1", "x=a:1", "1=a:1,1=b:2"] {
             let config = ControllerConfig {
                 peers: bad.into(),
-                ..ControllerConfig::default()
+                ..valid()
             };
             assert!(config.validate().is_err(), "{bad}");
         }
@@ -195,12 +231,12 @@ mod tests {
 
     #[test]
     fn lease_settings_are_validated() {
-        assert!(ControllerConfig::default().validate().is_ok());
+        assert!(valid().validate().is_ok());
         let with = |lease, margin, timeout| ControllerConfig {
             broker_lease_ms: lease,
             lease_margin_ms: margin,
             broker_heartbeat_timeout_ms: timeout,
-            ..ControllerConfig::default()
+            ..valid()
         };
         let err = with(99, 200, 3_000).validate().unwrap_err().to_string();
         assert!(

@@ -21,10 +21,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use auth::{ClusterKey, SignedChannel};
 use proto::common::ErrorCode;
 use proto::controller as pb;
 use proto::controller::controller_client::ControllerClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
 /// What a broker reports about replication in each heartbeat, for cluster list.
 #[derive(Clone, Debug, Default)]
@@ -121,7 +122,7 @@ pub enum LinkError {
 pub struct ControllerLink {
     identity: BrokerIdentity,
     addrs: Vec<String>,
-    clients: Vec<ControllerClient<Channel>>,
+    clients: Vec<ControllerClient<SignedChannel>>,
     current: usize,
     metadata: Arc<dyn BrokerMetadata>,
     synced_revision: Option<u64>,
@@ -172,10 +173,13 @@ fn is_unregistered(status: &tonic::Status) -> bool {
 
 impl ControllerLink {
     /// `addrs`: controller addresses, comma-separated.
+    /// `key` signs the broker's internal calls (registration, heartbeats, topics, in-sync set
+    /// changes): controllers refuse them unsigned.
     pub fn new(
         addrs: &str,
         identity: BrokerIdentity,
         metadata: Arc<dyn BrokerMetadata>,
+        key: ClusterKey,
     ) -> Result<ControllerLink, LinkError> {
         let addrs: Vec<String> = addrs
             .split(',')
@@ -193,7 +197,8 @@ impl ControllerLink {
                 .connect_timeout(Duration::from_millis(500))
                 .timeout(CALL_TIMEOUT)
                 .tcp_nodelay(true);
-            clients.push(ControllerClient::new(endpoint.connect_lazy()));
+            let channel = SignedChannel::new(endpoint.connect_lazy(), key.clone());
+            clients.push(ControllerClient::new(channel));
         }
         Ok(ControllerLink {
             identity,
@@ -212,7 +217,7 @@ impl ControllerLink {
         self.wake.clone()
     }
 
-    fn client(&self) -> ControllerClient<Channel> {
+    fn client(&self) -> ControllerClient<SignedChannel> {
         self.clients[self.current].clone()
     }
 
@@ -428,7 +433,7 @@ impl ControllerLink {
 #[derive(Clone)]
 pub struct InSyncSetProposer {
     /// (address, client) per controller.
-    controllers: Arc<[(String, ControllerClient<Channel>)]>,
+    controllers: Arc<[(String, ControllerClient<SignedChannel>)]>,
     /// Index of the controller to try first: the last one that did not fail.
     current: Arc<AtomicUsize>,
 }
@@ -569,10 +574,17 @@ mod tests {
             // A quorum of one never dials its own address, so the port need not be known yet.
             peers: "1=127.0.0.1:1".to_owned(),
             data_dir: dir.to_path_buf(),
+            cluster_secret: TEST_SECRET.to_owned(),
             ..ControllerConfig::default()
         })
         .await
         .unwrap()
+    }
+
+    const TEST_SECRET: &str = "link-test-cluster-secret";
+
+    fn key() -> ClusterKey {
+        ClusterKey::new(TEST_SECRET).unwrap()
     }
 
     fn identity(broker_id: u64, role: pb::BrokerRole) -> BrokerIdentity {
@@ -611,15 +623,24 @@ mod tests {
         let addr = node.local_addr.to_string();
         let master = Arc::new(RecordingBroker::default());
         let slave = Arc::new(RecordingBroker::default());
-        let mut master_link =
-            ControllerLink::new(&addr, identity(0, pb::BrokerRole::Master), master.clone())
-                .unwrap();
+        let mut master_link = ControllerLink::new(
+            &addr,
+            identity(0, pb::BrokerRole::Master),
+            master.clone(),
+            key(),
+        )
+        .unwrap();
         master_link
             .register(Duration::from_millis(50))
             .await
             .unwrap();
-        let mut slave_link =
-            ControllerLink::new(&addr, identity(1, pb::BrokerRole::Slave), slave.clone()).unwrap();
+        let mut slave_link = ControllerLink::new(
+            &addr,
+            identity(1, pb::BrokerRole::Slave),
+            slave.clone(),
+            key(),
+        )
+        .unwrap();
         slave_link
             .register(Duration::from_millis(50))
             .await
@@ -690,15 +711,24 @@ mod tests {
         let addr = node.local_addr.to_string();
         let master = Arc::new(RecordingBroker::default());
         let slave = Arc::new(RecordingBroker::default());
-        let mut master_link =
-            ControllerLink::new(&addr, identity(0, pb::BrokerRole::Master), master.clone())
-                .unwrap();
+        let mut master_link = ControllerLink::new(
+            &addr,
+            identity(0, pb::BrokerRole::Master),
+            master.clone(),
+            key(),
+        )
+        .unwrap();
         master_link
             .register(Duration::from_millis(50))
             .await
             .unwrap();
-        let mut slave_link =
-            ControllerLink::new(&addr, identity(1, pb::BrokerRole::Slave), slave.clone()).unwrap();
+        let mut slave_link = ControllerLink::new(
+            &addr,
+            identity(1, pb::BrokerRole::Slave),
+            slave.clone(),
+            key(),
+        )
+        .unwrap();
         slave_link
             .register(Duration::from_millis(50))
             .await
@@ -765,6 +795,7 @@ mod tests {
             "127.0.0.1:1",
             identity(0, pb::BrokerRole::Master),
             Arc::new(PlainBroker),
+            key(),
         )
         .unwrap();
         let request = pb::AlterInSyncSetRequest {
@@ -795,7 +826,7 @@ mod tests {
         let addr = node.local_addr.to_string();
         let broker = Arc::new(RecordingBroker::default());
         let identity = identity(0, pb::BrokerRole::Master);
-        let mut link = ControllerLink::new(&addr, identity, broker.clone()).unwrap();
+        let mut link = ControllerLink::new(&addr, identity, broker.clone(), key()).unwrap();
         // Retries until the controller has elected itself.
         link.register(Duration::from_millis(50)).await.unwrap();
         assert!(broker.settings.lock().unwrap().is_empty());

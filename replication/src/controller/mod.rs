@@ -7,7 +7,10 @@
 //!   applied deterministically.
 //! - [`store`]: the Raft log, vote and state machine in sled, each durable before openraft is told
 //!   so; snapshots from a consistent copy.
-//! - [`network`]: Raft between controllers over tonic, both sides.
+//! - [`network`]: Raft between controllers over tonic, both sides; every message signed with
+//!   the cluster key (the `auth` crate's guard refuses unsigned ones).
+//! - [`admission`]: which Raft messages may reach openraft (members only, plausible terms), and
+//!   whether this controller's Raft is healthy (core running, vote not poisoned).
 //! - [`liveness`]: which brokers heartbeat lately and what they reported (offsets, log epoch,
 //!   incarnation, replication progress, resignation), kept in the leader's memory only.
 //! - [`lease`]: the leases the leader granted masters and the planned switchovers running, in
@@ -26,6 +29,7 @@
 //! - [`link`]: the broker's side: registration, heartbeats with replication progress, topics
 //!   synced from the controller, group views handed to the broker, in-sync set proposals.
 
+pub mod admission;
 pub mod config;
 pub mod election;
 pub mod lease;

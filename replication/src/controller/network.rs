@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use auth::{ClusterKey, SignedChannel};
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
@@ -26,9 +27,9 @@ use proto::controller::raft_client::RaftClient;
 use proto::controller::RaftPayload;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
-use super::{NodeId, Raft, TypeConfig};
+use super::{admission, NodeId, Raft, TypeConfig};
 
 /// Largest Raft message (a snapshot chunk or a batch of entries), both ways.
 pub const RAFT_MESSAGE_BYTES_MAX: usize = 64 << 20;
@@ -41,12 +42,23 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// heartbeats and leadership checks) share one connection per peer address, so that a lease does
 /// not open a TCP connection to each peer; entries and snapshots go on the network's own, so that
 /// a large transfer never holds up a heartbeat behind it.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct NetworkFactory {
     connections: SharedConnections,
+    /// Every Raft message is signed with it (the `auth` crate): peers refuse unsigned ones.
+    key: ClusterKey,
 }
 
-type SharedConnections = Arc<Mutex<HashMap<String, RaftClient<Channel>>>>;
+impl NetworkFactory {
+    pub fn new(key: ClusterKey) -> NetworkFactory {
+        NetworkFactory {
+            connections: SharedConnections::default(),
+            key,
+        }
+    }
+}
+
+type SharedConnections = Arc<Mutex<HashMap<String, RaftClient<SignedChannel>>>>;
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = Network;
@@ -57,6 +69,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             addr: node.addr.clone(),
             own: None,
             shared: self.connections.clone(),
+            key: self.key.clone(),
         }
     }
 }
@@ -66,26 +79,28 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 pub struct Network {
     target: NodeId,
     addr: String,
-    own: Option<RaftClient<Channel>>,
+    own: Option<RaftClient<SignedChannel>>,
     shared: SharedConnections,
+    key: ClusterKey,
 }
 
 type Rpc<T, E = openraft::error::Infallible> =
     Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
 
 impl Network {
-    fn connect(&self) -> Result<RaftClient<Channel>, Unreachable> {
+    fn connect(&self) -> Result<RaftClient<SignedChannel>, Unreachable> {
         let endpoint = Endpoint::from_shared(format!("http://{}", self.addr))
             .map_err(|err| Unreachable::new(&err))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true);
         // Connects on first use, so that making the client never blocks the Raft core.
-        Ok(RaftClient::new(endpoint.connect_lazy())
+        let channel = SignedChannel::new(endpoint.connect_lazy(), self.key.clone());
+        Ok(RaftClient::new(channel)
             .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX))
     }
 
-    fn client(&mut self, small: bool) -> Result<RaftClient<Channel>, Unreachable> {
+    fn client(&mut self, small: bool) -> Result<RaftClient<SignedChannel>, Unreachable> {
         if !small {
             if let Some(client) = &self.own {
                 return Ok(client.clone());
@@ -200,7 +215,8 @@ impl RaftNetwork<TypeConfig> for Network {
     }
 }
 
-/// The server side: decodes a peer's request, hands it to the local Raft, encodes its answer.
+/// The server side: decodes a peer's request, refuses one that could never be valid
+/// ([`admission`](super::admission)), hands the rest to the local Raft, encodes its answer.
 pub struct RaftService {
     raft: Raft,
 }
@@ -208,6 +224,21 @@ pub struct RaftService {
 impl RaftService {
     pub fn new(raft: Raft) -> Self {
         RaftService { raft }
+    }
+
+    /// Refuses a message that must not reach openraft, with PERMISSION_DENIED and the reason.
+    fn admit<'a>(
+        &self,
+        vote: &openraft::Vote<NodeId>,
+        log_ids: impl IntoIterator<Item = &'a openraft::LogId<NodeId>>,
+    ) -> Result<(), tonic::Status> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        admission::admit(vote, log_ids, &admission::LocalView::of(&metrics)).map_err(|refused| {
+            metrics::counter!("controller_raft_refused_total").increment(1);
+            tracing::warn!(error = %refused, "raft message refused before it reached raft");
+            tonic::Status::permission_denied(format!("raft message refused: {refused}"))
+        })
     }
 }
 
@@ -229,6 +260,7 @@ impl proto::controller::raft_server::Raft for RaftService {
         request: tonic::Request<RaftPayload>,
     ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = decode(request.get_ref())?;
+        self.admit(&rpc.vote, admission::append_log_ids(&rpc))?;
         encode(&self.raft.append_entries(rpc).await)
     }
 
@@ -237,6 +269,7 @@ impl proto::controller::raft_server::Raft for RaftService {
         request: tonic::Request<RaftPayload>,
     ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
         let rpc: VoteRequest<NodeId> = decode(request.get_ref())?;
+        self.admit(&rpc.vote, rpc.last_log_id.iter())?;
         encode(&self.raft.vote(rpc).await)
     }
 
@@ -245,6 +278,7 @@ impl proto::controller::raft_server::Raft for RaftService {
         request: tonic::Request<RaftPayload>,
     ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
         let rpc: InstallSnapshotRequest<TypeConfig> = decode(request.get_ref())?;
+        self.admit(&rpc.vote, rpc.meta.last_log_id.iter())?;
         encode(&self.raft.install_snapshot(rpc).await)
     }
 }

@@ -43,6 +43,7 @@ impl ControllerNode {
     pub async fn start(config: ControllerConfig) -> anyhow::Result<ControllerNode> {
         config.validate()?;
         let peers = config.peer_map()?;
+        let key = config.cluster_key()?;
         let (log_store, state_machine) = store::open(&config.data_dir).with_context(|| {
             format!("open the controller data in {}", config.data_dir.display())
         })?;
@@ -63,7 +64,7 @@ impl ControllerNode {
         let raft = Raft::new(
             config.id,
             Arc::new(raft_config),
-            NetworkFactory::default(),
+            NetworkFactory::new(key.clone()),
             log_store,
             state_machine,
         )
@@ -101,10 +102,13 @@ impl ControllerNode {
             state.clone(),
             liveness.clone(),
             election,
+            key.clone(),
         );
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
         let server = tokio::spawn(
             tonic::transport::Server::builder()
+                // Raft and the brokers' internal calls only from members (the auth crate).
+                .layer(auth::MemberGuardLayer::new(Some(key)))
                 .add_service(
                     RaftServer::new(RaftService::new(raft.clone()))
                         .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)

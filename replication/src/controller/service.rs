@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use auth::{ClusterKey, SignedChannel};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, ServerState};
 use proto::common::ErrorCode;
@@ -21,9 +22,10 @@ use proto::controller as pb;
 use proto::controller::controller_client::ControllerClient;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use tonic::{Request, Response, Status};
 
+use super::admission;
 use super::election::{best_switchover_target, is_candidate_alive, ElectionContext};
 use super::lease::{GrantDecision, SwitchoverEnd, SwitchoverPlan};
 use super::liveness::{Heartbeat, Liveness, Seen};
@@ -90,7 +92,7 @@ fn unavailable(message: impl Into<String>) -> Status {
 /// Where a request is answered.
 enum Target {
     Here,
-    Leader(ControllerClient<Channel>),
+    Leader(ControllerClient<SignedChannel>),
 }
 
 /// The service of one controller.
@@ -100,9 +102,11 @@ pub struct ControllerService {
     state: SharedState,
     liveness: Arc<Liveness>,
     election: ElectionContext,
-    peers: Mutex<HashMap<String, ControllerClient<Channel>>>,
+    peers: Mutex<HashMap<String, ControllerClient<SignedChannel>>>,
     /// Membership changes one at a time (openraft refuses overlapping ones).
     membership_lock: tokio::sync::Mutex<()>,
+    /// Signs what this controller forwards to the leader: brokers' internal calls among them.
+    key: ClusterKey,
 }
 
 impl ControllerService {
@@ -112,6 +116,7 @@ impl ControllerService {
         state: SharedState,
         liveness: Arc<Liveness>,
         election: ElectionContext,
+        key: ClusterKey,
     ) -> Self {
         ControllerService {
             id,
@@ -121,6 +126,7 @@ impl ControllerService {
             election,
             peers: Mutex::new(HashMap::new()),
             membership_lock: tokio::sync::Mutex::new(()),
+            key,
         }
     }
 
@@ -142,7 +148,7 @@ impl ControllerService {
         self.raft.metrics().borrow().state == ServerState::Leader
     }
 
-    fn peer(&self, addr: &str) -> Result<ControllerClient<Channel>, Status> {
+    fn peer(&self, addr: &str) -> Result<ControllerClient<SignedChannel>, Status> {
         let mut peers = self.peers.lock().expect("peer table lock poisoned");
         if let Some(client) = peers.get(addr) {
             return Ok(client.clone());
@@ -152,7 +158,10 @@ impl ControllerService {
             .connect_timeout(Duration::from_millis(500))
             .timeout(FORWARD_TIMEOUT)
             .tcp_nodelay(true);
-        let client = ControllerClient::new(endpoint.connect_lazy());
+        let client = ControllerClient::new(SignedChannel::new(
+            endpoint.connect_lazy(),
+            self.key.clone(),
+        ));
         peers.insert(addr.to_owned(), client.clone());
         Ok(client)
     }
@@ -436,8 +445,11 @@ fn state_name(state: ServerState) -> &'static str {
 impl ControllerService {
     fn node_status(&self) -> pb::NodeStatus {
         let metrics = self.raft.metrics();
+        // The core holds the sending side: a closed channel means it is gone.
+        let core_running = metrics.has_changed().is_ok();
         let metrics = metrics.borrow();
         pb::NodeStatus {
+            problem: admission::health(&metrics, core_running).unwrap_or_default(),
             id: self.id,
             state: state_name(metrics.state).to_owned(),
             term: metrics.current_term,

@@ -2,6 +2,10 @@
 //! ships the commit log's raw bytes from the point the handshake agreed on, never more than
 //! `inflight_bytes_max` beyond what the slave acknowledged, and feeds the slave's
 //! acknowledgements to the [`InSync`] tracker.
+//!
+//! Only members reach it: the broker's server runs `auth::MemberGuard`, which refuses a
+//! `Replicate` stream without a signature made with the cluster key (the secret itself never
+//! travels, unlike the `cluster_secret` Hello carried before).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -32,8 +36,6 @@ pub struct ShipConfig {
     pub group: String,
     /// This broker's id.
     pub broker_id: u64,
-    /// The shared secret every replica must present. Empty: no replica is accepted.
-    pub cluster_secret: String,
     /// Bytes read and sent per chunk (a record larger than this goes alone).
     pub chunk_bytes: usize,
     /// Bytes sent beyond the slave's acknowledged written offset before waiting for it.
@@ -97,24 +99,8 @@ fn handshake<L: ShippedLog>(
     config: &ShipConfig,
     hello: &pb::Hello,
 ) -> Result<StreamStart, Status> {
-    if config.cluster_secret.is_empty() {
-        return Err(status(
-            ErrorCode::Unauthorized,
-            tonic::Code::Unauthenticated,
-            "this master has no cluster_secret set: it accepts no replica",
-        ));
-    }
-    if !constant_time_eq(
-        hello.cluster_secret.as_bytes(),
-        config.cluster_secret.as_bytes(),
-    ) {
-        tracing::warn!(broker_id = hello.broker_id, addr = %hello.addr, "replica refused: wrong cluster secret");
-        return Err(status(
-            ErrorCode::Unauthorized,
-            tonic::Code::Unauthenticated,
-            "wrong cluster secret",
-        ));
-    }
+    // Membership was proven before the stream reached this service: the server's
+    // `auth::MemberGuard` admits `Replicate` only with a member's signature.
     if hello.group != config.group {
         return Err(status(
             ErrorCode::BadRequest,
@@ -192,14 +178,6 @@ fn handshake<L: ShippedLog>(
         seed: false,
         seed_epoch: None,
     })
-}
-
-/// Compares two secrets in time that does not depend on where they differ.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 type Outbound = mpsc::Sender<Result<pb::MasterMessage, Status>>;

@@ -44,7 +44,9 @@ pub struct ReplicaConfig {
     pub broker_id: u64,
     /// Where clients reach this slave (shown in the master's ha status).
     pub addr: String,
-    pub cluster_secret: String,
+    /// Signs the stream's opening, which the master's guard checks; `None` (a broker with no
+    /// `cluster_secret`) cannot replicate.
+    pub cluster_key: Option<auth::ClusterKey>,
     /// Acknowledgements go at least this often; a master silent for three of these is gone.
     pub keepalive: Duration,
     pub connect_timeout: Duration,
@@ -178,10 +180,14 @@ async fn session<L: ShippedLog>(
         })?
         .connect_timeout(config.connect_timeout)
         .tcp_nodelay(true);
+    let key = config.cluster_key.clone().ok_or_else(|| {
+        SessionEnd::Protocol("this broker has no cluster_secret: it cannot replicate".into())
+    })?;
     let channel = endpoint
         .connect()
         .await
         .map_err(|err| SessionEnd::Transport(err.to_string()))?;
+    let channel = auth::SignedChannel::new(channel, key);
     let mut client = LogShippingClient::new(channel)
         .max_decoding_message_size(STREAM_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(STREAM_MESSAGE_BYTES_MAX);
@@ -190,7 +196,6 @@ async fn session<L: ShippedLog>(
         group: config.group.clone(),
         broker_id: config.broker_id,
         addr: config.addr.clone(),
-        cluster_secret: config.cluster_secret.clone(),
         epochs: to_wire_history(&log.epoch_history()),
         max_offset: log.write_offset(),
         min_offset: log.min_offset(),

@@ -1,0 +1,32 @@
+//! Who may call what. Today: cluster members (controllers and brokers) prove to each other that
+//! they hold the cluster secret before any internal RPC is served.
+//!
+//! Map, following one internal call:
+//! - [`key`]: the [`ClusterKey`] made from the configured `cluster_secret` (never logged, never
+//!   sent), and the signature itself: an HMAC-SHA256 over the RPC's path, a timestamp, a nonce
+//!   and (for unary RPCs) the request body, carried in the [`SIGNATURE_METADATA_KEY`] header.
+//! - [`paths`]: which RPCs only members may call ([`member_only`]), and whether the signature
+//!   covers the body (unary) or the call's header only (streams, which cannot be buffered).
+//! - [`client`]: the tower layer a member's channels go through ([`Signed`], [`SignedChannel`]):
+//!   it signs every member-only call and passes every other call untouched.
+//! - [`server`]: the tower layer in front of a member's gRPC server ([`MemberGuard`]): a
+//!   member-only call without a valid, fresh, unreplayed signature is answered UNAUTHENTICATED
+//!   (code 40100, `UNAUTHORIZED`) and never reaches the service, so it changes nothing.
+//! - [`replay`]: the nonces seen within the clock-skew window, so that a captured request cannot
+//!   be sent again.
+//!
+//! Why an HMAC and not the secret itself: the secret never crosses the wire, so someone who
+//! reads the traffic (replication ran in the clear before) learns no key. Without TLS (step 10)
+//! the traffic itself can still be read; the signature makes it impossible to forge or replay an
+//! internal call, which is what kept one unauthenticated Raft packet from poisoning the quorum.
+
+pub mod client;
+pub mod key;
+pub mod paths;
+pub mod replay;
+pub mod server;
+
+pub use client::{SignLayer, Signed, SignedChannel};
+pub use key::{ClusterKey, KeyError, Signature, SIGNATURE_METADATA_KEY};
+pub use paths::{member_only, Coverage};
+pub use server::{MemberGuard, MemberGuardLayer};
