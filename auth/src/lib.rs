@@ -30,3 +30,14 @@ pub use client::{SignLayer, Signed, SignedChannel};
 pub use key::{ClusterKey, KeyError, Signature, SIGNATURE_METADATA_KEY};
 pub use paths::{member_only, Coverage};
 pub use server::{MemberGuard, MemberGuardLayer};
+
+/// Counter by `reason` ([`server::Refusal::label`]): member-only calls refused by this process.
+pub const REFUSALS_METRIC: &str = "member_auth_refusals_total";
+
+/// Gives this crate's metric its help text (once, after the recorder is installed).
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        REFUSALS_METRIC,
+        "Internal calls refused because the caller did not prove cluster membership, by reason."
+    );
+}

@@ -175,7 +175,7 @@ impl Shared {
         path: &str,
         peer: Option<std::net::SocketAddr>,
     ) -> http::Response<Body> {
-        metrics::counter!("member_auth_refusals_total", "reason" => refusal.label()).increment(1);
+        metrics::counter!(crate::REFUSALS_METRIC, "reason" => refusal.label()).increment(1);
         let now = unix_now_ms();
         let last = self.last_warn_ms.load(Ordering::Relaxed);
         if now.saturating_sub(last) >= 1_000

@@ -64,6 +64,7 @@ pub const CONSUMER_LAG_SERIES_MAX: usize = 4096;
 
 /// Gives every metric its help text (once, after the recorder is installed).
 pub fn describe() {
+    auth::describe_metrics();
     describe_counter!(
         SEND_REQUESTS,
         "Send requests answered, by status: SEND_OK, FLUSH_DISK_TIMEOUT, FLUSH_SLAVE_TIMEOUT, \

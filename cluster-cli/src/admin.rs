@@ -141,6 +141,28 @@ pub fn readiness_problems(list: &wire::ClusterListResponse, args: &ReadyArgs) ->
     problems
 }
 
+/// What keeps the quorum from making progress although it may look healthy: a member whose
+/// Raft reports a problem (a stopped core, a poisoned vote), or a leader that is not a member.
+pub fn quorum_problems(status: &wire::ControllerStatusResponse) -> Vec<String> {
+    let mut problems: Vec<String> = status
+        .members
+        .iter()
+        .filter_map(|m| {
+            let problem = &m.status.as_ref()?.problem;
+            (!problem.is_empty()).then(|| format!("controller {}: {problem}", m.id))
+        })
+        .collect();
+    if let Some(leader) = status.leader_id {
+        if !status.members.iter().any(|m| m.id == leader) {
+            problems.push(format!(
+                "the leader, node {leader}, is not a member of the quorum: the vote is poisoned \
+                 (docs/OPERATIONS.md, \"A poisoned controller quorum\")"
+            ));
+        }
+    }
+    problems
+}
+
 async fn cluster_ready(
     conn: &ControllerConnection,
     json_out: bool,
@@ -151,7 +173,12 @@ async fn cluster_ready(
         // While waiting, a quorum still electing its leader is one more thing to wait for.
         match conn.cluster_list().await {
             Ok(list) => {
-                let problems = readiness_problems(&list, args);
+                let mut problems = readiness_problems(&list, args);
+                // A quorum that cannot make progress is not ready, however the list looks.
+                match conn.status().await {
+                    Ok(status) => problems.extend(quorum_problems(&status)),
+                    Err(err) => problems.push(format!("controller status: {err}")),
+                }
                 if problems.is_empty() || Instant::now() >= deadline {
                     break (list, problems);
                 }
@@ -217,6 +244,7 @@ pub async fn controller(
         ControllerCommand::Status => {
             let status = conn.status().await?;
             let all_reachable = status.members.iter().all(|m| m.reachable);
+            let problems = quorum_problems(&status);
             if json_out {
                 let members: Vec<Value> = status
                     .members
@@ -233,6 +261,7 @@ pub async fn controller(
                             "applied_index": m.status.as_ref().and_then(|s| s.applied_index),
                             "snapshot_index": m.status.as_ref().and_then(|s| s.snapshot_index),
                             "matched_index": m.matched_index,
+                            "problem": m.status.as_ref().map(|s| s.problem.clone()).unwrap_or_default(),
                         })
                     })
                     .collect();
@@ -243,6 +272,7 @@ pub async fn controller(
                         "leader_addr": status.leader_addr,
                         "term": status.term,
                         "members": members,
+                        "problems": problems,
                     })
                 );
             } else {
@@ -281,12 +311,17 @@ pub async fn controller(
                         m.matched_index.map(|i| i.to_string()).unwrap_or("-".into()),
                     );
                 }
+                for problem in &problems {
+                    out!("PROBLEM: {problem}");
+                }
             }
-            Ok(if status.leader_id.is_some() && all_reachable {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
+            Ok(
+                if status.leader_id.is_some() && all_reachable && problems.is_empty() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                },
+            )
         }
         ControllerCommand::Add { id, addr } => {
             conn.add_controller(id, &addr).await?;

@@ -10,6 +10,11 @@
 //! controller --id 1 --listen 127.0.0.1:9876 --data-dir ./c1 \
 //!     --peers 1=127.0.0.1:9876,2=127.0.0.1:9877,3=127.0.0.1:9878
 //! ```
+//!
+//! Two commands work on a stopped controller's store instead (docs/OPERATIONS.md, "A poisoned
+//! controller quorum"): `controller vote --data-dir D` prints its vote and last log term as
+//! JSON; `controller repair-vote --data-dir D --id ID --term T --yes` sets its vote to "voted for
+//! itself in term T".
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,8 +28,15 @@ use tokio::signal::unix::{signal, SignalKind};
 
 /// A controller of the cluster. Every configuration key is described in docs/CONFIG.md.
 #[derive(Parser, Debug)]
-#[command(name = "controller", version, about)]
+#[command(
+    name = "controller",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<StoreCommand>,
     /// TOML configuration file (flat keys).
     #[arg(long, short = 'c')]
     config: Option<PathBuf>,
@@ -44,6 +56,60 @@ struct Cli {
     /// Any configuration key, as KEY=VALUE in TOML value syntax; repeatable; applied last.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     overrides: Vec<String>,
+}
+
+/// Commands on a stopped controller's store (the running one holds its lock).
+#[derive(clap::Subcommand, Debug)]
+enum StoreCommand {
+    /// Prints the store's Raft vote, last log term and members as JSON, and whether the vote is
+    /// poisoned.
+    Vote {
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+    /// Sets the store's vote to "voted for itself in term TERM", to recover a poisoned quorum:
+    /// TERM must be one above the highest last log term of every controller (`vote`), and the
+    /// same on all of them.
+    RepairVote {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// This controller's id.
+        #[arg(long)]
+        id: u64,
+        #[arg(long)]
+        term: u64,
+        /// Confirms that every controller is stopped and TERM is above all their last log terms.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+fn store_command(command: StoreCommand) -> Result<()> {
+    use replication::controller::repair;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("start the runtime")?;
+    let report = match command {
+        StoreCommand::Vote { data_dir } => runtime.block_on(repair::inspect(&data_dir))?,
+        StoreCommand::RepairVote {
+            data_dir,
+            id,
+            term,
+            yes,
+        } => {
+            if !yes {
+                anyhow::bail!(
+                    "repair-vote rewrites the Raft vote: stop every controller, run `controller \
+                     vote` on each, pick TERM one above the highest last_log_term, then run this \
+                     on each with --yes (docs/OPERATIONS.md, \"A poisoned controller quorum\")"
+                );
+            }
+            runtime.block_on(repair::repair(&data_dir, id, term))?
+        }
+    };
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
 }
 
 fn load_config(cli: &Cli) -> Result<ControllerConfig> {
@@ -84,7 +150,11 @@ fn main() -> Result<()> {
         // Colours only for a person at a terminal, not in log files.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let config = load_config(&Cli::parse())?;
+    let mut cli = Cli::parse();
+    if let Some(command) = cli.command.take() {
+        return store_command(command);
+    }
+    let config = load_config(&cli)?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -124,7 +124,8 @@ pub fn health(
     poisoned_vote(&metrics.vote, LocalView::of(metrics))
 }
 
-fn poisoned_vote(vote: &Vote<NodeId>, local: LocalView<'_>) -> Option<String> {
+/// Why `vote` is poisoned, if it is (see [`health`]).
+pub fn poisoned_vote(vote: &Vote<NodeId>, local: LocalView<'_>) -> Option<String> {
     if vote.leader_id.term > TERM_SANE_MAX {
         return Some(format!(
             "poisoned vote: term {} is past any real election (docs/OPERATIONS.md, \

@@ -20,6 +20,12 @@ use crate::exporter::Sampler;
 pub const RAFT_TERM: &str = "controller_raft_term";
 /// Gauge: 1 while this controller is the Raft leader, else 0.
 pub const IS_LEADER: &str = "controller_is_leader";
+/// Gauge: 1 while this controller's Raft can make progress, 0 when its core stopped or its vote
+/// is poisoned (`controller status` says which).
+pub const RAFT_HEALTHY: &str = "controller_raft_healthy";
+/// Counter: Raft messages refused before they reached openraft (a sender outside the
+/// membership, an impossible term).
+pub const RAFT_REFUSED: &str = "controller_raft_refused_total";
 /// Counter by `broker_group` and `kind`: masters this controller elected as leader.
 pub const ELECTIONS: &str = "controller_elections_total";
 /// Gauge by `broker_group` (leader only): registered brokers heard within the heartbeat timeout.
@@ -38,6 +44,17 @@ pub fn describe() {
         IS_LEADER,
         "1 while this controller is the Raft leader, else 0."
     );
+    describe_gauge!(
+        RAFT_HEALTHY,
+        "1 while this controller's Raft can make progress; 0 when its core stopped or its vote \
+         is poisoned (controller status names the problem)."
+    );
+    describe_counter!(
+        RAFT_REFUSED,
+        "Raft messages refused before they reached Raft: a sender outside the membership, or a \
+         term no election reaches."
+    );
+    auth::describe_metrics();
     describe_counter!(
         ELECTIONS,
         "Masters elected by this controller while leader, by broker group and kind (first, \
@@ -91,12 +108,18 @@ struct GroupFacts {
 
 impl Sampler for ControllerSampler {
     async fn sample(&self) {
-        let (term, leader) = {
+        let (term, leader, healthy) = {
             let metrics = self.raft.metrics();
+            let core_running = metrics.has_changed().is_ok();
             let metrics = metrics.borrow();
-            (metrics.current_term, metrics.state == ServerState::Leader)
+            (
+                metrics.current_term,
+                metrics.state == ServerState::Leader,
+                super::admission::health(&metrics, core_running).is_none(),
+            )
         };
         gauge!(RAFT_TERM).set(term as f64);
+        gauge!(RAFT_HEALTHY).set(if healthy { 1.0 } else { 0.0 });
         gauge!(IS_LEADER).set(if leader { 1.0 } else { 0.0 });
         if !leader {
             return;

@@ -25,6 +25,8 @@
 //! - [`metrics`]: the controller's metrics: the election counter and, at each scrape of the
 //!   `/metrics` endpoint, the Raft term, leadership and (on the leader) each group's alive
 //!   brokers, in-sync set and master epoch.
+//! - [`repair`]: the way back for a quorum whose votes were poisoned anyway (`controller vote`,
+//!   `controller repair-vote` on stopped controllers), with its safety argument.
 //! - [`config`]: the `controller` binary's settings.
 //! - [`link`]: the broker's side: registration, heartbeats with replication progress, topics
 //!   synced from the controller, group views handed to the broker, in-sync set proposals.
@@ -38,6 +40,7 @@ pub mod liveness;
 pub mod metrics;
 pub mod network;
 pub mod node;
+pub mod repair;
 pub mod service;
 pub mod state;
 pub mod store;

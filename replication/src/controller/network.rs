@@ -235,7 +235,7 @@ impl RaftService {
         let metrics = self.raft.metrics();
         let metrics = metrics.borrow();
         admission::admit(vote, log_ids, &admission::LocalView::of(&metrics)).map_err(|refused| {
-            metrics::counter!("controller_raft_refused_total").increment(1);
+            metrics::counter!(super::metrics::RAFT_REFUSED).increment(1);
             tracing::warn!(error = %refused, "raft message refused before it reached raft");
             tonic::Status::permission_denied(format!("raft message refused: {refused}"))
         })
