@@ -51,6 +51,11 @@ pub struct StoreConfig {
     pub disk_max_used_ratio: f64,
     /// Interval between retention checks.
     pub retention_check_interval_ms: u64,
+    /// The high-water mark: above this used fraction of the disk, or with less than two
+    /// segments' worth of space free, client sends are refused (a clear, retriable status)
+    /// before the file system fails; they are taken again once space returns. Checked every
+    /// second.
+    pub disk_high_water_ratio: f64,
     /// Appends waiting for the writer before senders are made to wait (backpressure).
     pub write_queue_capacity: usize,
     /// Most bytes one group commit gathers into one write.
@@ -75,6 +80,7 @@ impl Default for StoreConfig {
             file_retention_hours: 72,
             disk_max_used_ratio: 0.75,
             retention_check_interval_ms: 10_000,
+            disk_high_water_ratio: 0.90,
             write_queue_capacity: 4_096,
             batch_bytes_max: 8 << 20,
             page_cache_keep_bytes: 1 << 30,
@@ -144,6 +150,9 @@ impl StoreConfig {
         }
         if !(self.disk_max_used_ratio > 0.0 && self.disk_max_used_ratio <= 1.0) {
             return fail("disk_max_used_ratio", "must be in (0, 1]");
+        }
+        if !(self.disk_high_water_ratio > 0.0 && self.disk_high_water_ratio <= 1.0) {
+            return fail("disk_high_water_ratio", "must be in (0, 1]");
         }
         if self.write_queue_capacity == 0 {
             return fail("write_queue_capacity", "must be above 0");

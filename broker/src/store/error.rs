@@ -131,6 +131,21 @@ impl StoreError {
         )
     }
 
+    /// For corruption found in a commit-log segment: the commit-log offset where it was found
+    /// (segment files are named by their base offset, and positions count the file header).
+    pub fn corrupt_commit_log_offset(&self) -> Option<u64> {
+        let StoreError::Corrupt { path, position, .. } = self else {
+            return None;
+        };
+        let name = path.file_name()?.to_str()?;
+        if name.len() != 20 || !name.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let base: u64 = name.parse().ok()?;
+        let within = position.checked_sub(super::segment::SEGMENT_HEADER_BYTES)?;
+        base.checked_add(within)
+    }
+
     /// True when the store can no longer be trusted to write and must be reopened.
     pub fn is_fatal(&self) -> bool {
         matches!(

@@ -38,6 +38,7 @@ pub mod dispatch;
 pub mod epoch;
 pub mod error;
 pub mod flush;
+pub mod health;
 mod index_handoff;
 pub mod message;
 pub mod meta_file;
@@ -75,6 +76,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub use config::{FlushDiskType, StoreConfig};
 pub use epoch::EpochEntry;
 pub use error::{Result, StoreError};
+pub use health::{Corruption, StoreHealth};
 pub use message::{NewMessage, StoredMessage};
 pub use read::{GetRequest, GetResult, GetStatus, TagFilter};
 pub use recovery::RecoveryReport;
@@ -375,6 +377,18 @@ impl Store {
             write_offset,
         )?;
         read::get_messages(&self.shared.log, &self.shared.queues, write_offset, request)
+            .inspect_err(|err| self.note_corruption(err))
+    }
+
+    /// A read that found a corrupt record in the log reports it (see [`health`]): the broker
+    /// leaves the in-sync set and repairs the range, instead of failing every read of it.
+    fn note_corruption(&self, err: &StoreError) {
+        if let (StoreError::Corrupt { reason, .. }, Some(commit_log_offset)) =
+            (err, err.corrupt_commit_log_offset())
+        {
+            self.shared
+                .report_corrupt(commit_log_offset, (*reason).to_owned());
+        }
     }
 
     /// Reads the message whose record starts at `commit_log_offset`, if consumers may see it
@@ -383,11 +397,15 @@ impl Store {
         self.shared
             .log
             .read_message_at(commit_log_offset, self.confirm_offset())
+            .inspect_err(|err| self.note_corruption(err))
     }
 
     /// Reads whole records from `commit_log_offset` as stored (what a master ships to a slave).
     pub fn read_raw(&self, commit_log_offset: u64, max_bytes: usize) -> Result<Bytes> {
-        self.shared.log.read_raw(commit_log_offset, max_bytes)
+        self.shared
+            .log
+            .read_raw(commit_log_offset, max_bytes)
+            .inspect_err(|err| self.note_corruption(err))
     }
 
     /// Appends records copied from a master at exactly `commit_log_offset` (this log's write
@@ -557,6 +575,11 @@ impl Store {
             self.shared.allow_confirm_offset(commit_log_offset);
         }
         self.confirm_offset()
+    }
+
+    /// Watches the store's faults and verification (see [`health`]).
+    pub fn health(&self) -> watch::Receiver<StoreHealth> {
+        self.shared.health.subscribe()
     }
 
     /// Watches the written and flushed offsets (replication ships and acknowledges by them).

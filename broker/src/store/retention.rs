@@ -165,13 +165,21 @@ pub(crate) fn run_once(shared: &Shared, now_ms: u64) -> Result<RetentionReport> 
     })
 }
 
-/// The housekeeping thread: a retention pass every `retention_check_interval_ms`, and a
-/// page-cache release whenever the flusher says one is due (see `page_cache`).
+/// The housekeeping thread: a retention pass every `retention_check_interval_ms`, a look at the
+/// disk's high-water mark every second (`health`), and a page-cache release whenever the flusher
+/// says one is due (see `page_cache`).
 pub(crate) fn run(shared: std::sync::Arc<Shared>) {
     let interval = std::time::Duration::from_millis(shared.config.retention_check_interval_ms);
     let mut next_pass = std::time::Instant::now() + interval;
+    let mut next_disk_check = std::time::Instant::now();
     loop {
-        let wait = next_pass.saturating_duration_since(std::time::Instant::now());
+        if std::time::Instant::now() >= next_disk_check {
+            super::health::check_disk(&shared);
+            next_disk_check = std::time::Instant::now() + super::health::DISK_CHECK_INTERVAL;
+        }
+        let wait = next_pass
+            .min(next_disk_check)
+            .saturating_duration_since(std::time::Instant::now());
         if shared
             .housekeeping_signal
             .wait(Some(wait), || page_cache::release_due(&shared).is_some())

@@ -13,6 +13,7 @@ use super::config::{FlushDiskType, StoreConfig};
 use super::consume_queue::ConsumeQueues;
 use super::epoch::EpochHistory;
 use super::error::StoreError;
+use super::health::{Corruption, StoreHealth};
 use super::index_handoff::IndexHandoff;
 use super::record::RecordLimits;
 use super::signal::Signal;
@@ -89,6 +90,8 @@ pub(crate) struct Shared {
     pub readable_tx: watch::Sender<u64>,
     /// Set once, by the first failed write or fsync; appends are refused from then on.
     poison: OnceLock<Arc<StoreError>>,
+    /// Faults and verification, for the broker's role and the controller (see `health`).
+    pub health: watch::Sender<StoreHealth>,
     /// Appends (not raw appends) written so far; the flusher gathers by it.
     pub appends_written: AtomicU64,
     /// The commit log's page cache below this offset was handed back to the kernel (see
@@ -163,6 +166,7 @@ impl Shared {
             confirm_mode: AtomicU8::new(confirm_mode as u8),
             readable_tx: watch::Sender::new(initial_confirm_offset),
             poison: OnceLock::new(),
+            health: watch::Sender::new(StoreHealth::default()),
             appends_written: AtomicU64::new(0),
             page_cache_released_offset: AtomicU64::new(released_offset),
             flush_requested_offset: AtomicU64::new(0),
@@ -183,8 +187,48 @@ impl Shared {
     /// Records the first fatal failure; later appends get [`StoreError::Poisoned`].
     pub fn poison(&self, error: StoreError) {
         tracing::error!(error = %error, "store stops accepting writes");
-        let _ = self.poison.set(Arc::new(error));
+        let reason = error_chain(&error);
+        if self.poison.set(Arc::new(error)).is_ok() {
+            self.health.send_modify(|h| h.write_failed = Some(reason));
+        }
         self.flush_progress.send_modify(|p| p.failed = true);
+    }
+
+    /// Records a record that failed verification; logged and published when it is the lowest
+    /// known.
+    pub fn report_corrupt(&self, commit_log_offset: u64, reason: String) {
+        let found = Corruption {
+            commit_log_offset,
+            reason,
+        };
+        let mut lowered = false;
+        self.health.send_if_modified(|h| {
+            lowered = h.note_corrupt(found.clone());
+            lowered
+        });
+        if lowered {
+            tracing::error!(
+                commit_log_offset,
+                reason = %found.reason,
+                "corrupt record in the commit log: this replica leaves the in-sync set and \
+                 repairs the range from a healthy one"
+            );
+        }
+    }
+
+    /// After a truncation to `end`: a corrupt record at or past it is gone.
+    pub fn forget_corruption_from(&self, end: u64) {
+        self.health.send_if_modified(|h| match &h.corrupt {
+            Some(c) if c.commit_log_offset >= end => {
+                tracing::info!(
+                    commit_log_offset = c.commit_log_offset,
+                    "the corrupt record was cut from the log"
+                );
+                h.corrupt = None;
+                true
+            }
+            _ => false,
+        });
     }
 
     pub fn poisoned(&self) -> Option<StoreError> {
@@ -289,4 +333,16 @@ impl Shared {
             changed
         });
     }
+}
+
+/// An error and its causes on one line: what the health report and the controller show.
+fn error_chain(error: &StoreError) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }

@@ -612,6 +612,7 @@ impl Writer {
         self.position = commit_log_offset;
         self.queue_offsets = queue_offsets;
         self.truncation_generation += 1;
+        self.shared.forget_corruption_from(commit_log_offset);
         if let Err(err) = self.roll_if_full() {
             self.shared.poison(err);
             return Err(self.shared.poisoned().expect("just poisoned"));

@@ -121,7 +121,9 @@ pub async fn repair(data_dir: &Path, id: NodeId, term: u64) -> Result<VoteReport
             members: report.members,
         });
     }
-    log.save_vote(&Vote::new(term, id)).await.map_err(Box::new)?;
+    log.save_vote(&Vote::new(term, id))
+        .await
+        .map_err(Box::new)?;
     self::report(&mut log, &mut machine).await
 }
 
