@@ -54,6 +54,10 @@ pub enum BrokerError {
     /// handing over. Retriable: the client asks the controller for the master again.
     #[error("this broker cannot acknowledge writes now: {reason}")]
     CannotAcknowledge { reason: String },
+    /// The store's disk is past its high-water mark (`disk_high_water_ratio`): client sends are
+    /// refused before the file system fails. Retriable, on another group.
+    #[error("this broker's disk is above its high-water mark: it takes no client messages until space returns")]
+    DiskFull,
     /// The group is drained for maintenance (`cluster-cli broker drain`).
     #[error("broker group {group} is drained for maintenance and takes no new messages")]
     Drained { group: String },
@@ -78,6 +82,7 @@ impl BrokerError {
             BrokerError::NotReplicated { .. } => ErrorCode::SlavePersistenceTimeout,
             BrokerError::TopicReserved { .. } => ErrorCode::IllegalTopic,
             BrokerError::Drained { .. } => ErrorCode::Forbidden,
+            BrokerError::DiskFull => ErrorCode::TooManyRequests,
             BrokerError::NotMaster { .. } | BrokerError::CannotAcknowledge { .. } => {
                 ErrorCode::NotMaster
             }

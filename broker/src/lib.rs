@@ -20,6 +20,8 @@
 //! - [`store`]: the commit log and everything that makes it durable and readable: segments,
 //!   group commit, flush, consume queues, recovery, truncation, retention, the epoch history.
 //!   Its own `mod.rs` maps its files and follows one append through them.
+//! - [`fault`]: a store that failed to write (a full disk, EIO) makes the broker restart itself
+//!   in place, giving mastership up at once; a restarted broker waits for disk space first.
 //! - [`failpoint`]: pause points a fault test arms (`--failpoint`) to kill a broker at one exact
 //!   step, such as the middle of a truncation.
 //! - `src/bin/broker.rs`: the `broker` process. `src/bin/store-bench/`: the store benchmark
@@ -28,6 +30,7 @@
 pub mod config;
 pub mod error;
 pub mod failpoint;
+pub mod fault;
 pub mod groups;
 pub mod metrics;
 pub mod retry;

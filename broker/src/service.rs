@@ -105,6 +105,9 @@ impl BrokerService {
         }
         let role = self.role.writable()?;
         self.role.check_not_drained()?;
+        if self.store.disk_full() {
+            return Err(BrokerError::DiskFull);
+        }
         self.check_queue(&request.topic, request.queue_id)?;
         let mut message_ids = Vec::with_capacity(request.messages.len());
         let mut messages = Vec::with_capacity(request.messages.len());

@@ -139,6 +139,13 @@ async fn serve(config: BrokerConfig) -> Result<()> {
         None => None,
     };
     let store_path = config.store.store_path.clone();
+    // A broker restarted after its disk filled stays out until space returns (broker::fault).
+    broker::fault::wait_for_disk_space(
+        &store_path,
+        config.store.disk_high_water_ratio,
+        config.store.segment_bytes.saturating_mul(2),
+    )
+    .await;
     let store = tokio::task::spawn_blocking({
         let store_config = config.store.clone();
         // Every replicating broker shows consumers what its in-sync set (or its master) confirmed,
@@ -153,6 +160,8 @@ async fn serve(config: BrokerConfig) -> Result<()> {
     .await
     .context("open the store")??;
     let store = Arc::new(store);
+    // A failed write gives this broker's place up at once: it restarts with its store reopened.
+    let _store_watch = broker::fault::watch_store(store.clone());
     let topics = Arc::new(TopicRegistry::open(&store_path)?);
     let listener = TcpListener::bind(settings.listen)
         .await
@@ -176,9 +185,9 @@ async fn serve(config: BrokerConfig) -> Result<()> {
     if let Some(exporter) = &exporter {
         let addr = exporter.local_addr()?;
         tracing::info!(%addr, "metrics endpoint serving");
-        println!("metrics listening on {addr}");
+        announce(&format!("metrics listening on {addr}"));
     }
-    println!("broker listening on {local}");
+    announce(&format!("broker listening on {local}"));
     let groups = Arc::new(
         ConsumerGroupState::load(
             store.clone(),
@@ -493,4 +502,12 @@ fn new_incarnation() -> u64 {
     hasher.write_u128(now.as_nanos());
     hasher.write_u32(std::process::id());
     hasher.finish().max(1)
+}
+
+/// Prints a ready line on stdout, ignoring a closed pipe: the reader may have stopped at the
+/// line of an earlier start, and a broker that restarted in place (`broker::fault`) prints again.
+fn announce(line: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{line}").and_then(|()| stdout.flush());
 }

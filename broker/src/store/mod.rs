@@ -577,6 +577,11 @@ impl Store {
         self.confirm_offset()
     }
 
+    /// The disk is past the high-water mark: client sends are to be refused (see [`health`]).
+    pub fn disk_full(&self) -> bool {
+        self.shared.health.borrow().disk_full
+    }
+
     /// Watches the store's faults and verification (see [`health`]).
     pub fn health(&self) -> watch::Receiver<StoreHealth> {
         self.shared.health.subscribe()

@@ -188,7 +188,9 @@ impl Shared {
     pub fn poison(&self, error: StoreError) {
         tracing::error!(error = %error, "store stops accepting writes");
         let reason = error_chain(&error);
-        if self.poison.set(Arc::new(error)).is_ok() {
+        // `Stopped` is a halt (a test's simulated crash), not a failure to report.
+        let failed = !matches!(error, StoreError::Stopped);
+        if self.poison.set(Arc::new(error)).is_ok() && failed {
             self.health.send_modify(|h| h.write_failed = Some(reason));
         }
         self.flush_progress.send_modify(|p| p.failed = true);
