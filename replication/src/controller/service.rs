@@ -434,10 +434,10 @@ fn state_name(state: ServerState) -> &'static str {
 }
 
 impl ControllerService {
-    fn node_status(&self) -> pb::NodeStatus {
+    fn node_status(&self) -> pb::ControllerNodeStatus {
         let metrics = self.raft.metrics();
         let metrics = metrics.borrow();
-        pb::NodeStatus {
+        pb::ControllerNodeStatus {
             id: self.id,
             state: state_name(metrics.state).to_owned(),
             term: metrics.current_term,
@@ -1284,7 +1284,7 @@ impl pb::controller_server::Controller for ControllerService {
     async fn node_status(
         &self,
         _request: Request<pb::NodeStatusRequest>,
-    ) -> Result<Response<pb::NodeStatus>, Status> {
+    ) -> Result<Response<pb::ControllerNodeStatus>, Status> {
         Ok(Response::new(self.node_status()))
     }
 
