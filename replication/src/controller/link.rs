@@ -319,8 +319,8 @@ impl ControllerLink {
             metadata.sync_group_settings(&consumer_groups)
         })
         .await
-        .map_err(|err| tonic::Status::internal(err.to_string()))?
-        .map_err(tonic::Status::internal)?;
+        .map_err(|err| tonic::Status::internal(proto::bounded_message(err.to_string())))?
+        .map_err(|err| tonic::Status::internal(proto::bounded_message(err)))?;
         if self.synced_revision != Some(answer.metadata_revision) {
             tracing::info!(
                 revision = answer.metadata_revision,

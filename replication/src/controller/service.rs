@@ -53,7 +53,8 @@ const SYNC_POLL: Duration = Duration::from_millis(10);
 /// not confirm ends in about 1.3 s.
 const SWITCHOVER_WAIT_MAX: Duration = Duration::from_secs(8);
 
-/// A gRPC error with its stable code in the `x-error-code` metadata.
+/// A gRPC error with its stable code in the `x-error-code` metadata (its text bounded,
+/// [`proto::error_status`]).
 pub fn error(code: ErrorCode, message: impl Into<String>) -> Status {
     let grpc = match code {
         ErrorCode::TopicNotFound | ErrorCode::BrokerGroupNotFound | ErrorCode::NotFound => {
@@ -65,12 +66,7 @@ pub fn error(code: ErrorCode, message: impl Into<String>) -> Status {
         ErrorCode::InternalError => tonic::Code::Internal,
         _ => tonic::Code::InvalidArgument,
     };
-    let mut status = Status::new(grpc, message);
-    status.metadata_mut().insert(
-        proto::ERROR_CODE_METADATA_KEY,
-        tonic::metadata::MetadataValue::from(code as i32),
-    );
-    status
+    proto::error_status(grpc, code, message)
 }
 
 fn command_error(err: CommandError) -> Status {
@@ -586,7 +582,7 @@ impl ControllerService {
             let Some(group) = data.state.groups.get(&req.group) else {
                 return Err(error(
                     ErrorCode::BrokerGroupNotFound,
-                    format!("broker group {:?} is not registered", req.group),
+                    format!("broker group {} is not registered", proto::Echo(&req.group)),
                 ));
             };
             if !group.is_controlled() {
@@ -761,8 +757,9 @@ impl pb::controller_server::Controller for ControllerService {
             return Err(error(
                 ErrorCode::NotFound,
                 format!(
-                    "broker {} of group {:?} is not registered; register first",
-                    req.broker_id, req.group
+                    "broker {} of group {} is not registered; register first",
+                    req.broker_id,
+                    proto::Echo(&req.group)
                 ),
             ));
         }
@@ -993,7 +990,7 @@ impl pb::controller_server::Controller for ControllerService {
         if route.groups.is_empty() {
             return Err(error(
                 ErrorCode::TopicNotFound,
-                format!("topic {topic:?} does not exist"),
+                format!("topic {} does not exist", proto::Echo(&topic)),
             ));
         }
         Ok(Response::new(route))
