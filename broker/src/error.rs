@@ -60,6 +60,15 @@ pub enum BrokerError {
     /// handing over. Retriable: the client asks the controller for the master again.
     #[error("this broker cannot acknowledge writes now: {reason}")]
     CannotAcknowledge { reason: String },
+    /// A message's born timestamp outside the sane window (`service::BORN_TIMESTAMP_MIN_MS` to
+    /// `service::BORN_TIMESTAMP_AHEAD_MAX_MS` past the broker's clock).
+    #[error(
+        "born_timestamp_ms {born_timestamp_ms} is outside the accepted window: from {} \
+         (2000-01-01) to {} ms past the broker's clock ({now_ms})",
+        crate::service::BORN_TIMESTAMP_MIN_MS,
+        crate::service::BORN_TIMESTAMP_AHEAD_MAX_MS
+    )]
+    BornTimestampInvalid { born_timestamp_ms: u64, now_ms: u64 },
     /// The group is drained for maintenance (`cluster-cli broker drain`).
     #[error("broker group {group} is drained for maintenance and takes no new messages")]
     Drained { group: String },
@@ -73,7 +82,9 @@ impl BrokerError {
             BrokerError::TopicNotFound { .. } => ErrorCode::TopicNotFound,
             BrokerError::TopicExists { .. } => ErrorCode::BadRequest,
             BrokerError::QueueNotFound { .. } => ErrorCode::BadRequest,
-            BrokerError::BadRequest { .. } => ErrorCode::BadRequest,
+            BrokerError::BadRequest { .. } | BrokerError::BornTimestampInvalid { .. } => {
+                ErrorCode::BadRequest
+            }
             BrokerError::PropertyReserved { .. } => ErrorCode::IllegalMessagePropertyKey,
             BrokerError::TagInvalid { .. } => ErrorCode::IllegalMessageTag,
             BrokerError::KeyInvalid { .. } => ErrorCode::IllegalMessageKey,
