@@ -6,7 +6,8 @@
 //! [`BrokerProcess`] starts the `broker` binary and reads the address it listens on (and its
 //! metrics endpoint's, when `metrics_listen` is set);
 //! [`ControllerQuorum`] runs `controller` processes; [`cluster_cli`] and [`cli_json`] run the
-//! admin tool; [`run_script`] runs `scripts/*.sh` with this build's binaries; [`group_broker`]
+//! admin tool; [`run_script`] (and [`run_script_with_env`]) runs `scripts/*.sh` with this build's
+//! binaries; [`group_broker`]
 //! and [`wait_for_masters`] build a multi-master cluster; [`failover`] holds the failover
 //! scenarios' group, producer and history check.
 
@@ -60,12 +61,22 @@ pub fn bin_dir() -> PathBuf {
 
 /// Runs `scripts/NAME` with `args` and this build's binaries; its exit code, stdout and stderr.
 pub fn run_script(name: &str, args: &[&str]) -> (i32, String, String) {
+    run_script_with_env(name, args, &[])
+}
+
+/// [`run_script`] with `env` added to the script's environment.
+pub fn run_script_with_env(
+    name: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (i32, String, String) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../scripts")
         .join(name);
     let output = Command::new("bash")
         .arg(&script)
         .args(args)
+        .envs(env.iter().copied())
         .env("BIN_DIR", bin_dir())
         .stdin(Stdio::null())
         .output()
