@@ -272,6 +272,8 @@ pub struct ControllerProcess {
     /// `host:port` of its `/metrics` endpoint, when started with `metrics_listen` set.
     pub metrics_addr: Option<String>,
     child: Option<Child>,
+    /// Started with empty `--peers`, to join through `controller add`.
+    joining: bool,
 }
 
 impl ControllerProcess {
@@ -329,6 +331,7 @@ impl ControllerQuorum {
                     addr,
                     metrics_addr: None,
                     child: None,
+                    joining: false,
                 })
                 .collect(),
         };
@@ -338,10 +341,26 @@ impl ControllerQuorum {
         quorum
     }
 
-    /// Every member's address, comma-separated, as `--controller` takes them.
+    /// Starts controller `id` with empty `--peers` on a free port, in no quorum yet, to be
+    /// brought in with `controller add`; answers its address. It is not in [`Self::addrs`].
+    pub fn start_joining(&mut self, id: u64) -> String {
+        let addr = format!("127.0.0.1:{}", free_port());
+        self.members.push(ControllerProcess {
+            id,
+            addr: addr.clone(),
+            metrics_addr: None,
+            child: None,
+            joining: true,
+        });
+        self.restart(id);
+        addr
+    }
+
+    /// Every initial member's address, comma-separated, as `--controller` takes them.
     pub fn addrs(&self) -> String {
         self.members
             .iter()
+            .filter(|m| !m.joining)
             .map(|m| m.addr.clone())
             .collect::<Vec<_>>()
             .join(",")
@@ -368,9 +387,10 @@ impl ControllerQuorum {
             let _ = old.kill();
             let _ = old.wait();
         }
+        let peers = if member.joining { "" } else { &self.peers };
         let mut child = Command::new(workspace_binary("replication", "controller"))
             .args(["--id", &id.to_string(), "--listen", &member.addr])
-            .args(["--peers", &self.peers])
+            .args(["--peers", peers])
             .arg("--data-dir")
             .arg(self.dir.join(format!("controller-{id}")))
             .args(&self.extra_args)
