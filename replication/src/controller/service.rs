@@ -508,6 +508,7 @@ impl ControllerService {
                     replica_connected: lag.connected,
                     log_epoch: seen.as_ref().map(|s| s.log_epoch).unwrap_or(0),
                     election_priority: b.election_priority,
+                    incarnation: b.incarnation,
                 }
             })
             .collect();
@@ -761,6 +762,18 @@ impl pb::controller_server::Controller for ControllerService {
                     proto::Echo(&req.group)
                 ),
             ));
+        }
+        if req.stopping {
+            // Its last word: not alive from now on. No lease, and nothing else it says counts.
+            tracing::info!(group = %req.group, broker_id = req.broker_id, incarnation = req.incarnation, "broker stopping");
+            self.liveness
+                .stopped(&req.group, req.broker_id, req.incarnation);
+            let answer = self.state.read(|data| pb::BrokerHeartbeatResponse {
+                metadata_revision: data.state.metadata_revision,
+                group: group_view(&data.state, &req.group),
+                ..Default::default()
+            });
+            return Ok(Response::new(answer));
         }
         self.liveness.beat(
             &req.group,
