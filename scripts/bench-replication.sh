@@ -11,7 +11,10 @@
 # Environment: BIN_DIR (default ./target/release, built by
 # `cargo build --release -p broker -p replication -p cluster-cli`), BENCH_DIR (default
 # /tmp/bench-replication).
-set -euo pipefail
+set -eEuo pipefail
+shopt -s inherit_errexit
+# No silent exit: a command that fails unexpectedly (set -e stops there) is named with its line.
+trap 'echo "bench-replication: line $LINENO: \"$BASH_COMMAND\" failed with status $?" >&2' ERR
 cd "$(dirname "$0")/.."
 ROLE=${1:?usage: bench-replication.sh ASYNC_MASTER|SYNC_MASTER ASYNC_FLUSH|SYNC_FLUSH [LABEL] [COUNT]}
 FLUSH=${2:?usage: bench-replication.sh ASYNC_MASTER|SYNC_MASTER ASYNC_FLUSH|SYNC_FLUSH [LABEL] [COUNT]}
@@ -70,19 +73,25 @@ cli topic create bench --queues 8 >/dev/null
 # Lag samples while the bench runs: the slave's lag as its master last reported it.
 (
   while true; do
+    # A sample without the slave (or no answer) is an empty line, not the sampler's end.
     cli --json cluster list 2>/dev/null |
-      grep -o '"id":1,[^}]*' | grep -o '"lag_bytes":[0-9]*\|"lag_ms":[0-9]*' | tr '\n' ' '
+      grep -o '"id":1,[^}]*' | grep -o '"lag_bytes":[0-9]*\|"lag_ms":[0-9]*' | tr '\n' ' ' || true
     echo
     sleep 0.1
   done
 ) >"$BENCH_DIR/lag.samples" &
 sampler=$!
 pids+=($sampler)
-summary=$("$BIN_DIR/cluster-cli" --broker "$master" --json bench produce --topic bench \
-  --count "$COUNT" --size 1024 --in-flight 64 2>/dev/null)
+# Its progress lines stay out of the output, but not its error.
+if ! summary=$("$BIN_DIR/cluster-cli" --broker "$master" --json bench produce --topic bench \
+  --count "$COUNT" --size 1024 --in-flight 64 2>"$BENCH_DIR/bench.err"); then
+  echo "bench-replication: bench produce failed:" >&2
+  tail -n 20 "$BENCH_DIR/bench.err" >&2
+  exit 1
+fi
 kill "$sampler" 2>/dev/null || true
-p99() { # FIELD
-  grep -o "\"$1\":[0-9]*" "$BENCH_DIR/lag.samples" | cut -d: -f2 | sort -n |
+p99() { # FIELD (no sample of it: 0)
+  { grep -o "\"$1\":[0-9]*" "$BENCH_DIR/lag.samples" || true; } | cut -d: -f2 | sort -n |
     awk '{ v[NR] = $1 } END { if (NR == 0) { print 0 } else { i = int(NR * 0.99); if (i < 1) i = 1; print v[i] } }'
 }
 echo "$LABEL {\"bench\":$summary,\"lag_bytes_p99\":$(p99 lag_bytes),\"lag_ms_p99\":$(p99 lag_ms),\"lag_samples\":$(wc -l <"$BENCH_DIR/lag.samples")}"

@@ -27,13 +27,25 @@
 # again with its data. `down` stops every node with SIGTERM (SIGKILL after 30 s), brokers first,
 # and keeps DIR unless --wipe.
 #
-# Exit codes: 0 done; 1 the cluster did not become ready, a node did not stop cleanly, or (for
-# status) a node is not running; 2 bad usage.
-set -euo pipefail
+# Exit codes: 0 done; 1 the cluster did not become ready, a node did not stop cleanly, (for
+# status) a node is not running, or a command of this script failed; 2 bad usage. Every non-zero
+# exit says why on stderr: a command that fails unexpectedly is named with its line.
+#
+# Environment: BIN_DIR (above); READY_TIMEOUT_S (above); CLUSTER_TCP_TABLES, the kernel's TCP
+# tables that free ports are chosen against (default "/proc/net/tcp /proc/net/tcp6"; tests point
+# it at copies of their own).
+set -eEuo pipefail
+# Command substitutions stop at their first failure too, as the rest of the script does.
+shopt -s inherit_errexit
+# A failure no line of this script expected (set -e stops there) still says what failed, so that
+# no exit is silent. Not run for commands in a condition (if, while, ||, &&), which are expected
+# to fail at times.
+trap 'echo "cluster.sh: line $LINENO: \"$BASH_COMMAND\" failed with status $?" >&2' ERR
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TOPOLOGIES="$ROOT/scripts/topologies"
 READY_TIMEOUT_S=${READY_TIMEOUT_S:-90}
+TCP_TABLES=${CLUSTER_TCP_TABLES:-/proc/net/tcp /proc/net/tcp6}
 STOP_TIMEOUT_S=30
 
 usage() {
@@ -162,7 +174,8 @@ signal_node() {
 }
 
 load_env() {
-  [[ -f $DIR/cluster.env ]] || die "no cluster in $DIR (run: scripts/cluster.sh up TOPOLOGY --dir $DIR)"
+  [[ -f $DIR/cluster.env && -f $DIR/nodes ]] ||
+    die "no cluster in $DIR (run: scripts/cluster.sh up TOPOLOGY --dir $DIR)"
   local bin_dir=${BIN_DIR:-}
   # shellcheck disable=SC1091
   . "$DIR/cluster.env"
@@ -177,15 +190,21 @@ cli() {
 
 # --- free ports ----------------------------------------------------------------------------------
 
-# Ports something listens on now, from the kernel's tables (no ss or netstat needed).
+# Ports something listens on now, from the kernel's tables (no ss or netstat needed). Always
+# succeeds: a function's status is that of its last command, so a loop that ends on a test must
+# not leave the test's failure as the function's (`[[ ... ]] && echo` on a last line that is not
+# a listener once made `up` exit 1 in silence).
 listening_ports() {
   local file local_addr state
-  for file in /proc/net/tcp /proc/net/tcp6; do
+  for file in $TCP_TABLES; do
     [[ -r $file ]] || continue
     while read -r _ local_addr _ state _; do
-      [[ $state == 0A ]] && echo $((16#${local_addr##*:}))
+      if [[ $state == 0A ]]; then
+        echo $((16#${local_addr##*:}))
+      fi
     done < <(tail -n +2 "$file")
   done
+  return 0
 }
 
 TAKEN=" "
@@ -321,7 +340,10 @@ cmd_down() {
     rm -rf "$DIR"
     echo "cluster.sh: removed $DIR" >&2
   fi
-  return $clean
+  if [[ $clean != 0 ]]; then
+    echo "cluster.sh: not every node stopped cleanly (above)" >&2
+    exit 1
+  fi
 }
 
 cmd_status() {
@@ -337,25 +359,32 @@ cmd_status() {
   done
   echo
   cli cluster list || true
-  return $all
+  if [[ $all != 0 ]]; then
+    echo "cluster.sh: not every node is running" >&2
+    exit 1
+  fi
 }
 
+# Sets NODE to the one node named on the command line (not echoed: a die in a command
+# substitution would stop only the substitution).
 one_node() {
   [[ ${#POSITIONAL[@]} -eq 1 ]] || die "$COMMAND needs one NODE"
   is_node "${POSITIONAL[0]}" || die "no node ${POSITIONAL[0]} in $DIR: $(nodes | tr '\n' ' ')"
-  echo "${POSITIONAL[0]}"
+  NODE=${POSITIONAL[0]}
 }
 
 cmd_kill() {
   local node
-  node=$(one_node)
+  one_node
+  node=$NODE
   signal_node "$node" "$SIGNAL" || exit 1
   echo "cluster.sh: sent SIG$SIGNAL to $node" >&2
 }
 
 cmd_start() {
   local node
-  node=$(one_node)
+  one_node
+  node=$NODE
   load_env
   start_node "$node" || exit 1
   echo "cluster.sh: started $node on $(listen_of "$node")" >&2
@@ -363,7 +392,8 @@ cmd_start() {
 
 cmd_logs() {
   local node
-  node=$(one_node)
+  one_node
+  node=$NODE
   if [[ $FOLLOW == 1 ]]; then
     exec tail -n "$LINES" -f "$DIR/$node.log"
   fi

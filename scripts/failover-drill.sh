@@ -18,7 +18,10 @@
 # message, a message came out of order, or a round did not fail over (2m-2s-async may lose up to
 # the replication lag: the loss is counted and reported, not failed); 2 bad usage or the cluster
 # did not come up. BIN_DIR as for scripts/cluster.sh.
-set -euo pipefail
+set -eEuo pipefail
+shopt -s inherit_errexit
+# No silent exit: a command that fails unexpectedly (set -e stops there) is named with its line.
+trap 'echo "failover-drill.sh: line $LINENO: \"$BASH_COMMAND\" failed with status $?" >&2' ERR
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TOPOLOGY=
@@ -68,14 +71,14 @@ fi
 # shellcheck disable=SC1091
 . "$DIR/cluster.env"
 
-set +e
+# The drill's own exit code is the script's; its JSON line says why it failed.
+status=0
 "$BIN_DIR/cluster-cli" --controller "$CONTROLLER_ADDR" drill --rounds "$ROUNDS" \
   "${allow_loss[@]}" \
   --kill-cmd "'${CLUSTER[0]}' kill {node} --signal KILL --dir '$DIR'" \
-  --start-cmd "'${CLUSTER[0]}' start {node} --dir '$DIR'"
-status=$?
-set -e
+  --start-cmd "'${CLUSTER[0]}' start {node} --dir '$DIR'" || status=$?
 if [[ $status -ne 0 ]]; then
   KEEP=1
+  echo "failover-drill.sh: the drill failed (exit $status; its JSON line says why)" >&2
 fi
 exit $status

@@ -13,11 +13,14 @@ use crate::store::StoreError;
 pub enum BrokerError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("topic {topic:?} does not exist")]
+    #[error("topic {} does not exist", proto::Echo(topic))]
     TopicNotFound { topic: String },
-    #[error("topic {topic:?} exists with {queue_count} queues")]
+    #[error("topic {} exists with {queue_count} queues", proto::Echo(topic))]
     TopicExists { topic: String, queue_count: u32 },
-    #[error("queue {queue_id} does not exist: topic {topic:?} has {queue_count} queues")]
+    #[error(
+        "queue {queue_id} does not exist: topic {} has {queue_count} queues",
+        proto::Echo(topic)
+    )]
     QueueNotFound {
         topic: String,
         queue_id: u32,
@@ -25,15 +28,18 @@ pub enum BrokerError {
     },
     #[error("illegal request: {reason}")]
     BadRequest { reason: &'static str },
-    #[error("property name {name:?} is reserved")]
+    #[error("property name {} is reserved", proto::Echo(name))]
     PropertyReserved { name: String },
-    #[error("illegal tag {tag:?}: {reason}")]
+    #[error("illegal tag {}: {reason}", proto::Echo(tag))]
     TagInvalid { tag: String, reason: &'static str },
-    #[error("illegal key {key:?}: {reason}")]
+    #[error("illegal key {}: {reason}", proto::Echo(key))]
     KeyInvalid { key: String, reason: &'static str },
     #[error("topic registry: {reason}")]
     Registry { reason: String },
-    #[error("illegal consumer group {group:?}: 1 to 120 bytes of A-Z a-z 0-9 _ - |, not starting with %")]
+    #[error(
+        "illegal consumer group {}: 1 to 120 bytes of A-Z a-z 0-9 _ - |, not starting with %",
+        proto::Echo(group)
+    )]
     GroupInvalid { group: String },
     #[error("queue offset {queue_offset} is beyond the queue's end {max_queue_offset}")]
     OffsetBeyondEnd {
@@ -58,6 +64,15 @@ pub enum BrokerError {
     /// refused before the file system fails. Retriable, on another group.
     #[error("this broker's disk is above its high-water mark: it takes no client messages until space returns")]
     DiskFull,
+    /// A message's born timestamp outside the sane window (`service::BORN_TIMESTAMP_MIN_MS` to
+    /// `service::BORN_TIMESTAMP_AHEAD_MAX_MS` past the broker's clock).
+    #[error(
+        "born_timestamp_ms {born_timestamp_ms} is outside the accepted window: from {} \
+         (2000-01-01) to {} ms past the broker's clock ({now_ms})",
+        crate::service::BORN_TIMESTAMP_MIN_MS,
+        crate::service::BORN_TIMESTAMP_AHEAD_MAX_MS
+    )]
+    BornTimestampInvalid { born_timestamp_ms: u64, now_ms: u64 },
     /// The group is drained for maintenance (`cluster-cli broker drain`).
     #[error("broker group {group} is drained for maintenance and takes no new messages")]
     Drained { group: String },
@@ -71,7 +86,9 @@ impl BrokerError {
             BrokerError::TopicNotFound { .. } => ErrorCode::TopicNotFound,
             BrokerError::TopicExists { .. } => ErrorCode::BadRequest,
             BrokerError::QueueNotFound { .. } => ErrorCode::BadRequest,
-            BrokerError::BadRequest { .. } => ErrorCode::BadRequest,
+            BrokerError::BadRequest { .. } | BrokerError::BornTimestampInvalid { .. } => {
+                ErrorCode::BadRequest
+            }
             BrokerError::PropertyReserved { .. } => ErrorCode::IllegalMessagePropertyKey,
             BrokerError::TagInvalid { .. } => ErrorCode::IllegalMessageTag,
             BrokerError::KeyInvalid { .. } => ErrorCode::IllegalMessageKey,
@@ -107,11 +124,7 @@ impl BrokerError {
             _ if (40000..50000).contains(&(code as i32)) => tonic::Code::InvalidArgument,
             _ => tonic::Code::Unavailable,
         };
-        let mut status = tonic::Status::new(grpc, self.to_string());
-        status.metadata_mut().insert(
-            proto::ERROR_CODE_METADATA_KEY,
-            tonic::metadata::MetadataValue::from(code as i32),
-        );
+        let mut status = proto::error_status(grpc, code, self.to_string());
         if let Some(value) = master_addr.and_then(|addr| addr.parse().ok()) {
             status
                 .metadata_mut()

@@ -170,10 +170,7 @@ mod tests {
     fn restarts_back_off_only_when_they_come_quickly() {
         let now = 1_000_000;
         assert_eq!(restart_backoff(None, now).delay, Duration::ZERO);
-        assert_eq!(
-            restart_backoff(Some("garbage"), now).delay,
-            Duration::ZERO
-        );
+        assert_eq!(restart_backoff(Some("garbage"), now).delay, Duration::ZERO);
         let long_ago = format!("{}:5", now - 120_000);
         assert_eq!(restart_backoff(Some(&long_ago), now).delay, Duration::ZERO);
         let recent = format!("{}:0", now - 1_000);

@@ -41,6 +41,13 @@ pub const PULL_BYTES_MAX: u32 = 16 << 20;
 pub const MESSAGE_ID_BYTES_MAX: usize = 128;
 /// Longest tag or key accepted.
 pub const TAG_BYTES_MAX: usize = 255;
+/// Earliest born timestamp accepted: 2000-01-01T00:00:00Z in Unix milliseconds. No producer of
+/// this broker ran before it; an earlier value (0 included: the field left unset) is a broken
+/// clock or a broken client, and consumers, retention by age and delay levels would act on it.
+pub const BORN_TIMESTAMP_MIN_MS: u64 = 946_684_800_000;
+/// How far ahead of the broker's clock a born timestamp may be: one day, far beyond any clock
+/// skew between machines, far short of the overflow that 2^64-1 invites in whoever adds to it.
+pub const BORN_TIMESTAMP_AHEAD_MAX_MS: u64 = 24 * 60 * 60 * 1000;
 
 /// The service state: the store, the topics, and the broker's role.
 pub struct BrokerService {
@@ -102,6 +109,11 @@ impl BrokerService {
             return Err(BrokerError::TopicReserved {
                 topic: request.topic,
             });
+        }
+        // Before anything can change (a topic auto-created by check_queue).
+        let now_ms = crate::store::now_ms();
+        for message in &request.messages {
+            check_born_timestamp(message.born_timestamp_ms, now_ms)?;
         }
         let role = self.role.writable()?;
         self.role.check_not_drained()?;
@@ -336,6 +348,20 @@ fn to_new_message(
     })
 }
 
+/// A producer's born timestamp must lie between [`BORN_TIMESTAMP_MIN_MS`] and
+/// [`BORN_TIMESTAMP_AHEAD_MAX_MS`] past `now_ms`, the broker's clock.
+fn check_born_timestamp(born_timestamp_ms: u64, now_ms: u64) -> Result<(), BrokerError> {
+    let latest_ms = now_ms.saturating_add(BORN_TIMESTAMP_AHEAD_MAX_MS);
+    if (BORN_TIMESTAMP_MIN_MS..=latest_ms).contains(&born_timestamp_ms) {
+        Ok(())
+    } else {
+        Err(BrokerError::BornTimestampInvalid {
+            born_timestamp_ms,
+            now_ms,
+        })
+    }
+}
+
 /// A tag or key: 1 to 255 bytes, no whitespace or control characters; a tag may not contain the
 /// subscription separator `||`.
 fn check_word(word: &str, is_tag: bool) -> Result<(), &'static str> {
@@ -398,5 +424,38 @@ fn to_wire_message(message: &StoredMessage) -> wire::StoredMessage {
         born_timestamp_ms: message.born_timestamp_ms(),
         store_timestamp_ms: message.store_timestamp_ms(),
         retry_count: message.retry_count(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_born_timestamp_outside_the_window_is_refused() {
+        let now_ms = 1_700_000_000_000;
+        for accepted in [
+            BORN_TIMESTAMP_MIN_MS,
+            now_ms,
+            now_ms + BORN_TIMESTAMP_AHEAD_MAX_MS,
+        ] {
+            assert!(check_born_timestamp(accepted, now_ms).is_ok(), "{accepted}");
+        }
+        for refused in [
+            0,
+            1,
+            BORN_TIMESTAMP_MIN_MS - 1,
+            now_ms + BORN_TIMESTAMP_AHEAD_MAX_MS + 1,
+            u64::MAX,
+        ] {
+            let err = check_born_timestamp(refused, now_ms).unwrap_err();
+            assert_eq!(
+                err.code(),
+                proto::common::ErrorCode::BadRequest,
+                "{refused}"
+            );
+        }
+        // A clock at the end of time refuses nothing above the minimum, and does not overflow.
+        assert!(check_born_timestamp(u64::MAX, u64::MAX).is_ok());
     }
 }

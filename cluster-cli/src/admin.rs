@@ -96,14 +96,63 @@ pub struct ReadyArgs {
     /// Ask again until ready or this many seconds have passed (0: ask once).
     #[arg(long, default_value_t = 0)]
     pub wait_s: u64,
+    /// Count a broker only if the controller leader heard it (a heartbeat or its registration)
+    /// within this many milliseconds.
+    #[arg(long, default_value_t = HEARTBEAT_AGE_MAX_MS)]
+    pub heartbeat_age_max_ms: u64,
 }
 
 /// How often `cluster ready --wait-s` asks again.
 const READY_POLL: Duration = Duration::from_millis(200);
 
-/// What keeps the cluster from being ready, one line each; empty when it is.
-pub fn readiness_problems(list: &wire::ClusterListResponse, args: &ReadyArgs) -> Vec<String> {
-    let mut problems = Vec::new();
+/// The default of `cluster ready --heartbeat-age-max-ms`: about two broker heartbeat intervals
+/// (`controller_heartbeat_interval_ms`, 200 ms) and a little room. A broker not heard for longer
+/// may be gone (killed, or restarted and not registered again yet), even though the controller
+/// still shows it alive until its heartbeat timeout (3 s).
+pub const HEARTBEAT_AGE_MAX_MS: u64 = 500;
+
+/// What keeps the controller quorum from answering for the cluster: no leader, a leader that
+/// does not answer as leader, or fewer than a majority of voters reachable from it (a leader
+/// cut off from its quorum may not know it yet). Empty when none.
+pub fn quorum_problems(status: &wire::ControllerStatusResponse) -> Vec<String> {
+    // A member that cannot make progress is a problem whoever leads.
+    let mut problems = raft_problems(status);
+    let Some(leader) = status.leader_id else {
+        problems.push("no controller leader (no quorum, or an election in progress)".to_owned());
+        return problems;
+    };
+    let leading = status.members.iter().any(|m| {
+        m.id == leader && m.reachable && m.status.as_ref().is_some_and(|s| s.state == "LEADER")
+    });
+    if !leading {
+        problems.push(format!(
+            "controller leader {leader} ({}) does not answer as leader",
+            status.leader_addr
+        ));
+        return problems;
+    }
+    let voters = status.members.iter().filter(|m| m.voter).count();
+    let reachable = status
+        .members
+        .iter()
+        .filter(|m| m.voter && m.reachable)
+        .count();
+    if reachable * 2 <= voters {
+        problems.push(format!(
+            "controller leader {leader} reaches {reachable} of {voters} voters: no quorum"
+        ));
+    }
+    problems
+}
+
+/// What keeps the cluster from being ready, one line each; empty when it is. The quorum's
+/// problems first ([`quorum_problems`]): without a leader, the list is a controller's stale copy.
+pub fn readiness_problems(
+    status: &wire::ControllerStatusResponse,
+    list: &wire::ClusterListResponse,
+    args: &ReadyArgs,
+) -> Vec<String> {
+    let mut problems = quorum_problems(status);
     if list.groups.len() < args.groups {
         problems.push(format!(
             "{} broker groups registered, {} expected",
@@ -118,6 +167,10 @@ pub fn readiness_problems(list: &wire::ClusterListResponse, args: &ReadyArgs) ->
             args.brokers
         ));
     }
+    let fresh = |b: &wire::BrokerView| {
+        b.last_heartbeat_ms_ago
+            .is_some_and(|age| age <= args.heartbeat_age_max_ms)
+    };
     for g in &list.groups {
         match g.master_id {
             None => problems.push(format!("{}: no master", g.name)),
@@ -130,6 +183,15 @@ pub fn readiness_problems(list: &wire::ClusterListResponse, args: &ReadyArgs) ->
         for b in &g.brokers {
             if !b.alive {
                 problems.push(format!("{}: broker {} not alive", g.name, b.broker_id));
+            } else if !fresh(b) {
+                let heard = match b.last_heartbeat_ms_ago {
+                    Some(age) => format!("last heard {age} ms ago"),
+                    None => "not heard since the controller leader took over".to_owned(),
+                };
+                problems.push(format!(
+                    "{}: broker {} {heard} (counted within {} ms)",
+                    g.name, b.broker_id, args.heartbeat_age_max_ms
+                ));
             } else if !g.in_sync_set.contains(&b.broker_id) {
                 problems.push(format!(
                     "{}: broker {} not in the in-sync set {:?}",
@@ -143,7 +205,7 @@ pub fn readiness_problems(list: &wire::ClusterListResponse, args: &ReadyArgs) ->
 
 /// What keeps the quorum from making progress although it may look healthy: a member whose
 /// Raft reports a problem (a stopped core, a poisoned vote), or a leader that is not a member.
-pub fn quorum_problems(status: &wire::ControllerStatusResponse) -> Vec<String> {
+pub fn raft_problems(status: &wire::ControllerStatusResponse) -> Vec<String> {
     let mut problems: Vec<String> = status
         .members
         .iter()
@@ -163,6 +225,18 @@ pub fn quorum_problems(status: &wire::ControllerStatusResponse) -> Vec<String> {
     problems
 }
 
+/// Asks the quorum's status and the cluster list once; answers the list and what keeps the
+/// cluster from being ready.
+pub async fn readiness(
+    conn: &ControllerConnection,
+    args: &ReadyArgs,
+) -> Result<(wire::ClusterListResponse, Vec<String>), client::ClientError> {
+    let status = conn.status().await?;
+    let list = conn.cluster_list().await?;
+    let problems = readiness_problems(&status, &list, args);
+    Ok((list, problems))
+}
+
 async fn cluster_ready(
     conn: &ControllerConnection,
     json_out: bool,
@@ -171,14 +245,8 @@ async fn cluster_ready(
     let deadline = Instant::now() + Duration::from_secs(args.wait_s);
     let (list, problems) = loop {
         // While waiting, a quorum still electing its leader is one more thing to wait for.
-        match conn.cluster_list().await {
-            Ok(list) => {
-                let mut problems = readiness_problems(&list, args);
-                // A quorum that cannot make progress is not ready, however the list looks.
-                match conn.status().await {
-                    Ok(status) => problems.extend(quorum_problems(&status)),
-                    Err(err) => problems.push(format!("controller status: {err}")),
-                }
+        match readiness(conn, args).await {
+            Ok((list, problems)) => {
                 if problems.is_empty() || Instant::now() >= deadline {
                     break (list, problems);
                 }
@@ -201,7 +269,8 @@ async fn cluster_ready(
         );
     } else if problems.is_empty() {
         out!(
-            "ready: {} groups, {brokers} brokers, every master alive and every broker in sync",
+            "ready: {} groups, {brokers} brokers, a controller leader with its quorum, every \
+             master alive and every broker heard lately and in sync",
             list.groups.len()
         );
     } else {
@@ -244,7 +313,7 @@ pub async fn controller(
         ControllerCommand::Status => {
             let status = conn.status().await?;
             let all_reachable = status.members.iter().all(|m| m.reachable);
-            let problems = quorum_problems(&status);
+            let problems = raft_problems(&status);
             if json_out {
                 let members: Vec<Value> = status
                     .members
@@ -395,6 +464,7 @@ async fn cluster_list(conn: &ControllerConnection, json_out: bool) -> Result<Exi
                         "replica_connected": b.replica_connected,
                         "log_epoch": b.log_epoch,
                         "election_priority": b.election_priority,
+                        "incarnation": b.incarnation,
                     })).collect::<Vec<_>>(),
                 })
             })
@@ -581,4 +651,112 @@ pub async fn topic_list(conn: &ControllerConnection, json_out: bool) -> Result<E
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(id: u64, voter: bool, state: Option<&str>) -> wire::ControllerMember {
+        wire::ControllerMember {
+            id,
+            addr: format!("127.0.0.1:{id}"),
+            voter,
+            reachable: state.is_some(),
+            status: state.map(|state| wire::ControllerNodeStatus {
+                id,
+                state: state.to_owned(),
+                ..Default::default()
+            }),
+            matched_index: None,
+        }
+    }
+
+    fn status(
+        leader_id: Option<u64>,
+        members: Vec<wire::ControllerMember>,
+    ) -> wire::ControllerStatusResponse {
+        wire::ControllerStatusResponse {
+            leader_id,
+            leader_addr: leader_id
+                .map(|id| format!("127.0.0.1:{id}"))
+                .unwrap_or_default(),
+            term: 3,
+            members,
+        }
+    }
+
+    fn whole() -> wire::ControllerStatusResponse {
+        status(
+            Some(1),
+            vec![
+                member(1, true, Some("LEADER")),
+                member(2, true, Some("FOLLOWER")),
+                member(3, true, None),
+            ],
+        )
+    }
+
+    fn list(last_heartbeat_ms_ago: Option<u64>) -> wire::ClusterListResponse {
+        wire::ClusterListResponse {
+            groups: vec![wire::GroupDetail {
+                name: "broker-a".into(),
+                master_id: Some(0),
+                in_sync_set: vec![0],
+                brokers: vec![wire::BrokerView {
+                    broker_id: 0,
+                    alive: true,
+                    last_heartbeat_ms_ago,
+                    in_sync: true,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    fn args() -> ReadyArgs {
+        ReadyArgs {
+            groups: 1,
+            brokers: 1,
+            wait_s: 0,
+            heartbeat_age_max_ms: HEARTBEAT_AGE_MAX_MS,
+        }
+    }
+
+    #[test]
+    fn ready_needs_a_leader_with_its_quorum() {
+        assert!(quorum_problems(&whole()).is_empty());
+        let cases = [
+            status(None, vec![member(1, true, Some("FOLLOWER"))]),
+            // A leader known to a follower, but gone.
+            status(
+                Some(1),
+                vec![member(1, true, None), member(2, true, Some("FOLLOWER"))],
+            ),
+            // A leader cut off from the other voters.
+            status(
+                Some(1),
+                vec![
+                    member(1, true, Some("LEADER")),
+                    member(2, true, None),
+                    member(3, true, None),
+                ],
+            ),
+        ];
+        for status in cases {
+            assert_eq!(quorum_problems(&status).len(), 1, "{status:?}");
+            assert!(!readiness_problems(&status, &list(Some(100)), &args()).is_empty());
+        }
+    }
+
+    #[test]
+    fn ready_counts_only_brokers_heard_lately() {
+        assert!(readiness_problems(&whole(), &list(Some(100)), &args()).is_empty());
+        for stale in [None, Some(HEARTBEAT_AGE_MAX_MS + 1)] {
+            let problems = readiness_problems(&whole(), &list(stale), &args());
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert!(problems[0].contains("broker 0"), "{problems:?}");
+        }
+    }
 }

@@ -36,7 +36,7 @@ use client::{
 };
 use serde_json::json;
 
-use crate::admin::{readiness_problems, ReadyArgs};
+use crate::admin::{readiness, ReadyArgs, HEARTBEAT_AGE_MAX_MS};
 
 #[derive(clap::Args, Debug)]
 pub struct DrillArgs {
@@ -304,11 +304,11 @@ async fn wait_ready(
         groups: 1,
         brokers: 0,
         wait_s: 0,
+        heartbeat_age_max_ms: HEARTBEAT_AGE_MAX_MS,
     };
     loop {
-        let last = match conn.cluster_list().await {
-            Ok(list) => {
-                let problems = readiness_problems(&list, &ready);
+        let last = match readiness(conn, &ready).await {
+            Ok((list, problems)) => {
                 if problems.is_empty() {
                     return Ok(list);
                 }

@@ -167,7 +167,8 @@ impl Broker {
         *state.wake.lock().unwrap() = Some(link.wake_handle());
         link.register(Duration::from_millis(20)).await.unwrap();
         let proposer = link.in_sync_set_proposer();
-        let heartbeats = tokio::spawn(link.run(HEARTBEAT_INTERVAL));
+        // Stopped by abort only: a crash, as far as the controller can tell.
+        let heartbeats = tokio::spawn(link.run(HEARTBEAT_INTERVAL, std::future::pending()));
         Broker {
             id,
             incarnation,

@@ -6,7 +6,8 @@
 //! [`BrokerProcess`] starts the `broker` binary and reads the address it listens on (and its
 //! metrics endpoint's, when `metrics_listen` is set);
 //! [`ControllerQuorum`] runs `controller` processes; [`cluster_cli`] and [`cli_json`] run the
-//! admin tool; [`run_script`] runs `scripts/*.sh` with this build's binaries; [`group_broker`]
+//! admin tool; [`run_script`] (and [`run_script_with_env`]) runs `scripts/*.sh` with this build's
+//! binaries; [`group_broker`]
 //! and [`wait_for_masters`] build a multi-master cluster; [`failover`] holds the failover
 //! scenarios' group, producer and history check.
 
@@ -60,12 +61,22 @@ pub fn bin_dir() -> PathBuf {
 
 /// Runs `scripts/NAME` with `args` and this build's binaries; its exit code, stdout and stderr.
 pub fn run_script(name: &str, args: &[&str]) -> (i32, String, String) {
+    run_script_with_env(name, args, &[])
+}
+
+/// [`run_script`] with `env` added to the script's environment.
+pub fn run_script_with_env(
+    name: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (i32, String, String) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../scripts")
         .join(name);
     let output = Command::new("bash")
         .arg(&script)
         .args(args)
+        .envs(env.iter().copied())
         .env("BIN_DIR", bin_dir())
         .stdin(Stdio::null())
         .output()
@@ -261,6 +272,8 @@ pub struct ControllerProcess {
     /// `host:port` of its `/metrics` endpoint, when started with `metrics_listen` set.
     pub metrics_addr: Option<String>,
     child: Option<Child>,
+    /// Started with empty `--peers`, to join through `controller add`.
+    joining: bool,
 }
 
 impl ControllerProcess {
@@ -318,6 +331,7 @@ impl ControllerQuorum {
                     addr,
                     metrics_addr: None,
                     child: None,
+                    joining: false,
                 })
                 .collect(),
         };
@@ -327,10 +341,26 @@ impl ControllerQuorum {
         quorum
     }
 
-    /// Every member's address, comma-separated, as `--controller` takes them.
+    /// Starts controller `id` with empty `--peers` on a free port, in no quorum yet, to be
+    /// brought in with `controller add`; answers its address. It is not in [`Self::addrs`].
+    pub fn start_joining(&mut self, id: u64) -> String {
+        let addr = format!("127.0.0.1:{}", free_port());
+        self.members.push(ControllerProcess {
+            id,
+            addr: addr.clone(),
+            metrics_addr: None,
+            child: None,
+            joining: true,
+        });
+        self.restart(id);
+        addr
+    }
+
+    /// Every initial member's address, comma-separated, as `--controller` takes them.
     pub fn addrs(&self) -> String {
         self.members
             .iter()
+            .filter(|m| !m.joining)
             .map(|m| m.addr.clone())
             .collect::<Vec<_>>()
             .join(",")
@@ -357,9 +387,10 @@ impl ControllerQuorum {
             let _ = old.kill();
             let _ = old.wait();
         }
+        let peers = if member.joining { "" } else { &self.peers };
         let mut child = Command::new(workspace_binary("replication", "controller"))
             .args(["--id", &id.to_string(), "--listen", &member.addr])
-            .args(["--peers", &self.peers])
+            .args(["--peers", peers])
             .args(["--set", &format!("cluster_secret={TEST_CLUSTER_SECRET:?}")])
             .arg("--data-dir")
             .arg(self.dir.join(format!("controller-{id}")))

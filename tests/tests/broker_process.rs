@@ -3,7 +3,8 @@
 //!
 //! Invariants: every send answered `SEND_OK` under `SYNC_FLUSH` is read back after a SIGKILL and
 //! restart; bad input gets its documented code and changes nothing; the broker keeps serving after
-//! bad input and garbage bytes; SIGTERM stops it cleanly (no recovery needed at the next start).
+//! bad input and garbage bytes; SIGTERM stops it cleanly (no recovery needed at the next start);
+//! a born timestamp outside the sane window is refused with `BAD_REQUEST` and changes nothing.
 
 use std::io::Write;
 use std::time::Duration;
@@ -22,6 +23,13 @@ async fn connect(broker: &BrokerProcess) -> BrokerClient<Channel> {
         .max_decoding_message_size(32 << 20)
 }
 
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("a clock after 1970")
+        .as_millis() as u64
+}
+
 fn message(id: &str, body: &[u8]) -> wire::Message {
     wire::Message {
         body: Bytes::copy_from_slice(body),
@@ -29,7 +37,7 @@ fn message(id: &str, body: &[u8]) -> wire::Message {
         keys: vec![format!("order-{id}")],
         properties: [("region".to_owned(), "eu".to_owned())].into(),
         message_id: id.into(),
-        born_timestamp_ms: 1,
+        born_timestamp_ms: now_ms(),
     }
 }
 
@@ -282,4 +290,75 @@ async fn broker_serves_sends_and_pulls_and_survives_bad_input_sigterm_and_sigkil
         .collect();
     let expected: Vec<_> = (0..40).map(|i| format!("m{i}")).collect();
     assert_eq!(ids, expected);
+}
+
+/// A born timestamp before 2000-01-01 or more than a day ahead of the broker's clock (2^64-1
+/// among them) is refused with `BAD_REQUEST`, a batch holding one is refused whole, and nothing
+/// changes: no message is written, and no topic is auto-created for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_born_timestamp_outside_the_sane_window_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &["--set", "auto_create_topic_enable=true"]);
+    let mut client = connect(&broker).await;
+    client
+        .create_topic(wire::CreateTopicRequest {
+            topic: "orders".into(),
+            queue_count: 1,
+        })
+        .await
+        .expect("create orders");
+
+    const DAY_MS: u64 = 24 * 60 * 60 * 1000;
+    let at = |born_timestamp_ms: u64| wire::Message {
+        born_timestamp_ms,
+        ..message("m", b"x")
+    };
+    for born in [
+        u64::MAX,
+        now_ms() + 2 * DAY_MS,
+        0,
+        946_684_800_000 - 1, // 1999-12-31T23:59:59.999Z
+    ] {
+        for topic in ["orders", "auto-created"] {
+            let err = send(&mut client, topic, 0, vec![at(born)])
+                .await
+                .unwrap_err();
+            assert_eq!(
+                error_code(&err),
+                ErrorCode::BadRequest as i32,
+                "born {born} to {topic}: {err:?}"
+            );
+        }
+        let err = send(&mut client, "orders", 0, vec![at(now_ms()), at(born)])
+            .await
+            .unwrap_err();
+        assert_eq!(error_code(&err), ErrorCode::BadRequest as i32, "{err:?}");
+    }
+    let topics = client
+        .list_topics(wire::ListTopicsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        topics.topics.iter().all(|t| t.topic != "auto-created"),
+        "a refused send auto-created its topic: {topics:?}"
+    );
+
+    // The window's edges are accepted, and the first stored message takes queue offset 0.
+    let first = send(&mut client, "orders", 0, vec![at(946_684_800_000)])
+        .await
+        .unwrap();
+    assert_eq!(first.queue_offset, 0);
+    let born_soon = now_ms() + DAY_MS - 60_000;
+    send(&mut client, "orders", 0, vec![at(born_soon)])
+        .await
+        .unwrap();
+    // Readable once dispatched: long polls until both are there.
+    let mut born = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while born.len() < 2 && std::time::Instant::now() < deadline {
+        let pulled = pull(&mut client, born.len() as u64, 1_000).await;
+        born.extend(pulled.messages.iter().map(|m| m.born_timestamp_ms));
+    }
+    assert_eq!(born, vec![946_684_800_000, born_soon]);
 }

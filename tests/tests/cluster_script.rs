@@ -3,11 +3,13 @@
 //! shows the topology (groups, brokers, replication mode, one master each), messages sent
 //! through the controller are all consumed, `status` tells a paused node from a running one,
 //! and `down` stops every process with SIGTERM, each store closed cleanly (no abort marker
-//! left). A stopped cluster comes up again with its data; bad usage changes nothing.
+//! left). A stopped cluster comes up again with its data; bad usage changes nothing. `up` does
+//! not depend on what the kernel's TCP tables hold last (a line that is not a listener once made
+//! it exit 1 without a word), and no exit other than 0 is silent.
 
 use std::path::Path;
 
-use cluster_tests::{cluster_cli, cluster_env_controller_addr, run_script};
+use cluster_tests::{cluster_cli, cluster_env_controller_addr, run_script, run_script_with_env};
 use serde_json::Value;
 
 /// What `up` must have built: group names and brokers per group, and the replication mode.
@@ -248,4 +250,50 @@ fn bad_usage_is_refused_and_changes_nothing() {
         assert_eq!(code, 2, "{args:?}: {stderr}");
     }
     down_cleanly(dir.path(), &["broker-a-0".to_owned()]);
+}
+
+/// The free-port scan reads every line of `/proc/net/tcp` and `/proc/net/tcp6`; on a busy machine
+/// the last line is often a connection, not a listener. Copies of both tables with such a line
+/// appended last (what `CLUSTER_TCP_TABLES` is for) must not stop `up`.
+#[test]
+fn up_works_when_the_last_line_of_the_tcp_tables_is_not_a_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let tables = tempfile::tempdir().unwrap();
+    let mut paths = Vec::new();
+    for name in ["tcp", "tcp6"] {
+        let mut table = std::fs::read_to_string(format!("/proc/net/{name}")).unwrap_or_else(|_| {
+            "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+                .to_owned()
+        });
+        // An established connection (state 01) from 127.0.0.1:40000 to 127.0.0.1:9876.
+        table.push_str(
+            "  99: 0100007F:9C40 0100007F:2694 01 00000000:00000000 00:00000000 00000000     0        0 0 1 0000000000000000 20 4 30 10 -1\n",
+        );
+        let path = tables.path().join(name);
+        std::fs::write(&path, table).unwrap();
+        paths.push(path.to_str().expect("a UTF-8 temporary path").to_owned());
+    }
+    let (code, stdout, stderr) = run_script_with_env(
+        "cluster.sh",
+        &[
+            "up",
+            "single-master",
+            "--dir",
+            dir_arg(dir.path()),
+            "--controllers",
+            "1",
+        ],
+        &[("CLUSTER_TCP_TABLES", &paths.join(" "))],
+    );
+    assert_eq!(code, 0, "up: {stdout}\n{stderr}");
+    assert!(stdout.contains("cluster up: "), "up printed: {stdout}");
+    down_cleanly(dir.path(), &["broker-a-0".to_owned()]);
+
+    // A stopped cluster's status exits 1, and says so.
+    let (code, _, stderr) = run_script("cluster.sh", &["status", "--dir", dir_arg(dir.path())]);
+    assert_eq!(code, 1, "status of a stopped cluster: {stderr}");
+    assert!(
+        stderr.contains("cluster.sh: not every node is running"),
+        "{stderr}"
+    );
 }

@@ -244,20 +244,21 @@ async fn serve(config: BrokerConfig) -> Result<()> {
             groups.clone(),
         ))));
     }
+    let mut link = None;
     if settings.controller_addr.is_empty() {
         role.start(None, None).await;
     } else {
-        tasks.extend(
-            start_controller_link(
-                &config,
-                advertised,
-                store.clone(),
-                topics.clone(),
-                retry.clone(),
-                role.clone(),
-            )
-            .await?,
-        );
+        let started = start_controller_link(
+            &config,
+            advertised,
+            store.clone(),
+            topics.clone(),
+            retry.clone(),
+            role.clone(),
+        )
+        .await?;
+        tasks.push(started.views);
+        link = Some(started.link);
     }
     let ship = ShipService::new(
         store.clone(),
@@ -333,6 +334,10 @@ async fn serve(config: BrokerConfig) -> Result<()> {
                 ),
             }
         }
+    }
+    // Every request has ended: the controller may show this broker not alive now.
+    if let Some(link) = link {
+        link.stop().await;
     }
     for task in tasks {
         task.abort();
@@ -416,6 +421,32 @@ impl BrokerMetadata for LinkedBroker {
     }
 }
 
+/// The controller link's tasks: the one applying group views, and the link itself.
+struct StartedLink {
+    views: tokio::task::JoinHandle<()>,
+    link: LinkTask,
+}
+
+/// The task that registers and heartbeats, and how to end it.
+struct LinkTask {
+    task: tokio::task::JoinHandle<()>,
+    stop: watch::Sender<bool>,
+}
+
+impl LinkTask {
+    /// Ends the heartbeats with the stopping notice (`ControllerLink::say_stopping`), waiting at
+    /// most a little longer than the notice may take.
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        let mut task = self.task;
+        let grace =
+            replication::controller::link::STOPPING_NOTICE_TIMEOUT + Duration::from_millis(500);
+        if tokio::time::timeout(grace, &mut task).await.is_err() {
+            task.abort();
+        }
+    }
+}
+
 /// Registers with the controller (waiting for it if it is not up yet), then heartbeats; applies
 /// each group view the controller answers with, in order (the role changes there); a master
 /// proposes its in-sync set changes to the controller. The broker serves meanwhile with the
@@ -428,7 +459,7 @@ async fn start_controller_link(
     topics: Arc<TopicRegistry>,
     retry: Arc<RetryState>,
     role: Arc<RoleCell>,
-) -> Result<Vec<tokio::task::JoinHandle<()>>> {
+) -> Result<StartedLink> {
     let settings = &config.broker;
     let identity = BrokerIdentity {
         cluster: settings.broker_cluster_name.clone(),
@@ -471,24 +502,37 @@ async fn start_controller_link(
         Some(link.wake_handle()),
     )
     .await;
-    let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(async move {
+    let views = tokio::spawn(async move {
         while view_rx.changed().await.is_ok() {
             let view = view_rx.borrow_and_update().clone();
             if let Some(view) = view {
                 role.apply_view(&view).await;
             }
         }
-    }));
-    tasks.push(tokio::spawn(async move {
-        if let Err(err) = link.register(interval).await {
-            tracing::error!(error = %err, "stopping");
-            eprintln!("broker: {err}");
-            std::process::exit(2);
+    });
+    let (stop, mut stop_rx) = watch::channel(false);
+    let task = tokio::spawn(async move {
+        // A broker stopped before it registered has nothing to tell.
+        tokio::select! {
+            registered = link.register(interval) => {
+                if let Err(err) = registered {
+                    tracing::error!(error = %err, "stopping");
+                    eprintln!("broker: {err}");
+                    std::process::exit(2);
+                }
+            }
+            _ = stop_rx.wait_for(|stop| *stop) => return,
         }
-        link.run(interval).await;
-    }));
-    Ok(tasks)
+        link.run(interval, async move {
+            // The sender goes only with the process; either way the link ends.
+            let _ = stop_rx.wait_for(|stop| *stop).await;
+        })
+        .await;
+    });
+    Ok(StartedLink {
+        views,
+        link: LinkTask { task, stop },
+    })
 }
 
 /// A number no earlier run of this broker used (see `RegisterBrokerRequest.incarnation`):

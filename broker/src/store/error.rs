@@ -58,10 +58,10 @@ pub enum StoreError {
         limit_bytes: u32,
     },
     /// A property name or value breaks a rule.
-    #[error("illegal message property {key:?}: {reason}")]
+    #[error("illegal message property {}: {reason}", proto::Echo(key))]
     PropertyInvalid { key: String, reason: &'static str },
     /// A topic name breaks a rule.
-    #[error("illegal topic {topic:?}: {reason}")]
+    #[error("illegal topic {}: {reason}", proto::Echo(topic))]
     TopicInvalid { topic: String, reason: &'static str },
     /// A queue id is out of range.
     #[error("queue id {queue_id} is not below the limit of {limit}")]

@@ -16,6 +16,9 @@
 //! after every answer that carries one, and gives the master an [`InSyncSetProposer`] to ask the
 //! controller to change the in-sync set. The link does not decide anything about replication: the
 //! broker compares the views and makes the proposals.
+//!
+//! A broker that stops cleanly ends the link with a last heartbeat that says so
+//! ([`ControllerLink::say_stopping`]), so that the controller shows it not alive at once.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -26,6 +29,10 @@ use proto::common::ErrorCode;
 use proto::controller as pb;
 use proto::controller::controller_client::ControllerClient;
 use tonic::transport::Endpoint;
+
+/// Longest a stopping broker waits for the controller to take its stopping notice: the process
+/// is on its way out, and the heartbeat timeout tells the controller anyway.
+pub const STOPPING_NOTICE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What a broker reports about replication in each heartbeat, for cluster list.
 #[derive(Clone, Debug, Default)]
@@ -324,8 +331,8 @@ impl ControllerLink {
             metadata.sync_group_settings(&consumer_groups)
         })
         .await
-        .map_err(|err| tonic::Status::internal(err.to_string()))?
-        .map_err(tonic::Status::internal)?;
+        .map_err(|err| tonic::Status::internal(proto::bounded_message(err.to_string())))?
+        .map_err(|err| tonic::Status::internal(proto::bounded_message(err)))?;
         if self.synced_revision != Some(answer.metadata_revision) {
             tracing::info!(
                 revision = answer.metadata_revision,
@@ -352,6 +359,7 @@ impl ControllerLink {
             log_epoch: self.metadata.log_epoch(),
             master_epoch: self.metadata.master_epoch(),
             resigned: self.metadata.resigned(),
+            stopping: false,
         };
         // The lease counts from before the request left: the controller's own count starts
         // when it arrives, which is later.
@@ -396,9 +404,37 @@ impl ControllerLink {
         Ok(())
     }
 
-    /// Heartbeats every `interval` until the task is aborted. Failures are logged, never fatal:
-    /// a broker keeps serving with its last topics and group settings while no controller answers.
-    pub async fn run(mut self, interval: Duration) {
+    /// Tells the controller that this broker process is stopping: its last heartbeat, with
+    /// `stopping` set, so that it is shown not alive at once instead of after the heartbeat
+    /// timeout. Best effort within [`STOPPING_NOTICE_TIMEOUT`]: a controller that does not hear
+    /// it learns the same from the silence.
+    pub async fn say_stopping(&mut self) {
+        let request = pb::BrokerHeartbeatRequest {
+            group: self.identity.group.clone(),
+            broker_id: self.identity.broker_id,
+            incarnation: self.identity.incarnation,
+            stopping: true,
+            ..Default::default()
+        };
+        let mut client = self.client();
+        let told = client.broker_heartbeat(request);
+        match tokio::time::timeout(STOPPING_NOTICE_TIMEOUT, told).await {
+            Ok(Ok(_)) => tracing::info!("told the controller this broker is stopping"),
+            Ok(Err(status)) => {
+                tracing::info!(error = %status.message(), "could not tell the controller this broker is stopping")
+            }
+            Err(_) => tracing::info!(
+                "the controller did not answer the stopping notice in time; it learns it from the silence"
+            ),
+        }
+    }
+
+    /// Heartbeats every `interval` until `stop` completes (or the task is aborted); then tells
+    /// the controller this broker is stopping ([`Self::say_stopping`]), after any heartbeat in
+    /// flight, so that no heartbeat follows the notice. Failures are logged, never fatal: a
+    /// broker keeps serving with its last topics and group settings while no controller answers.
+    pub async fn run(mut self, interval: Duration, stop: impl std::future::Future<Output = ()>) {
+        tokio::pin!(stop);
         let mut ticks = tokio::time::interval(interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut failing_since: Option<tokio::time::Instant> = None;
@@ -407,6 +443,10 @@ impl ControllerLink {
             tokio::select! {
                 _ = ticks.tick() => {}
                 () = wake.notified() => ticks.reset(),
+                () = &mut stop => {
+                    self.say_stopping().await;
+                    return;
+                }
             }
             match self.heartbeat().await {
                 Ok(()) => {

@@ -7,6 +7,11 @@
 //! ends a planned switchover. Registration counts as a heartbeat, so that a broker is a candidate
 //! as soon as it has registered.
 //!
+//! A broker process that stops cleanly says so in its last heartbeat ([`Liveness::stopped`]):
+//! it counts as not alive at once, not after the timeout, until a process of another incarnation
+//! registers. That notice changes nothing else: elections and leases go by the heartbeats before
+//! it.
+//!
 //! A leader that has just taken over has heard nobody yet. For one timeout after it became
 //! leader, a broker it has not heard from counts as alive (it was, as far as anyone knows): a
 //! controller election must not look like every broker dying at once.
@@ -78,6 +83,8 @@ pub struct Liveness {
 
 struct Inner {
     seen: HashMap<(String, u64), Seen>,
+    /// Brokers whose process said it is stopping, with that process's incarnation.
+    stopped: HashMap<(String, u64), u64>,
     /// When this node last became leader; None while it is not leader.
     leader_since: Option<Instant>,
     /// The alive set as last published, to tell when it changed.
@@ -90,6 +97,7 @@ impl Liveness {
             timeout,
             inner: Mutex::new(Inner {
                 seen: HashMap::new(),
+                stopped: HashMap::new(),
                 leader_since: None,
                 published: Vec::new(),
             }),
@@ -105,6 +113,7 @@ impl Liveness {
     pub fn set_leader(&self, leader: bool) {
         let mut inner = self.inner.lock().expect("liveness lock poisoned");
         inner.seen.clear();
+        inner.stopped.clear();
         inner.leader_since = leader.then(Instant::now);
         drop(inner);
         self.changes.send_modify(|v| *v += 1);
@@ -134,6 +143,14 @@ impl Liveness {
         let mut inner = self.inner.lock().expect("liveness lock poisoned");
         let was_alive = Self::alive_in(&inner, self.timeout, group, broker_id, Instant::now());
         let key = (group.to_owned(), broker_id);
+        // A new process of a stopped broker is alive again; the stopped one stays stopped.
+        if inner
+            .stopped
+            .get(&key)
+            .is_some_and(|stopped| *stopped != incarnation)
+        {
+            inner.stopped.remove(&key);
+        }
         // Two heartbeats of one broker handled concurrently: the later receive time stays, so
         // that a broker never looks silent longer than it was.
         if inner.seen.get(&key).is_some_and(|s| s.at > received_at) {
@@ -157,6 +174,18 @@ impl Liveness {
         if !was_alive {
             self.changes.send_modify(|v| *v += 1);
         }
+    }
+
+    /// Broker process `incarnation` of `group` said it is stopping: not alive from now on, until
+    /// a process of another incarnation registers or heartbeats. What was last heard from it is
+    /// kept as it was.
+    pub fn stopped(&self, group: &str, broker_id: u64, incarnation: u64) {
+        let mut inner = self.inner.lock().expect("liveness lock poisoned");
+        inner
+            .stopped
+            .insert((group.to_owned(), broker_id), incarnation);
+        drop(inner);
+        self.changes.send_modify(|v| *v += 1);
     }
 
     /// What was last heard from a broker, since this node became leader.
@@ -183,7 +212,11 @@ impl Liveness {
     }
 
     fn alive_in(inner: &Inner, timeout: Duration, group: &str, id: u64, now: Instant) -> bool {
-        match inner.seen.get(&(group.to_owned(), id)) {
+        let key = (group.to_owned(), id);
+        if inner.stopped.contains_key(&key) {
+            return false;
+        }
+        match inner.seen.get(&key) {
             Some(seen) => now.duration_since(seen.at) < timeout,
             None => inner
                 .leader_since
@@ -294,6 +327,38 @@ mod tests {
         assert_eq!((seen.at, seen.log_epoch, seen.incarnation), (later, 2, 7));
         assert_eq!(liveness.seen_group("a").len(), 1);
         assert!(liveness.seen_group("b").is_empty());
+    }
+
+    #[test]
+    fn a_stopping_broker_is_not_alive_until_a_new_process_is_heard() {
+        let liveness = Liveness::new(Duration::from_secs(60));
+        liveness.set_leader(true);
+        let beat = |incarnation| Heartbeat {
+            incarnation,
+            max_offset: 5,
+            ..Heartbeat::default()
+        };
+        let heard = Instant::now();
+        liveness.beat("a", 0, beat(7), heard);
+        let mut changes = liveness.changes();
+        changes.mark_unchanged();
+        liveness.stopped("a", 0, 7);
+        assert!(!liveness.is_alive("a", 0));
+        assert!(
+            changes.has_changed().unwrap(),
+            "route watches are told at once"
+        );
+        let seen = liveness.seen("a", 0).unwrap();
+        assert_eq!((seen.at, seen.max_offset), (heard, 5), "kept as it was");
+        // A late heartbeat of the stopping process does not bring it back; a new process does.
+        liveness.beat("a", 0, beat(7), Instant::now());
+        assert!(!liveness.is_alive("a", 0));
+        liveness.beat("a", 0, beat(8), Instant::now());
+        assert!(liveness.is_alive("a", 0));
+        // Unheard brokers of a new leader are presumed alive again, a stopped one among them.
+        liveness.stopped("a", 1, 3);
+        liveness.set_leader(true);
+        assert!(liveness.is_alive("a", 1));
     }
 
     #[test]

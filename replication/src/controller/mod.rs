@@ -13,6 +13,8 @@
 //!   whether this controller's Raft is healthy (core running, vote not poisoned).
 //! - [`liveness`]: which brokers heartbeat lately and what they reported (offsets, log epoch,
 //!   incarnation, replication progress, resignation), kept in the leader's memory only.
+//! - [`membership`]: adding and removing controllers: the checks before anything changes, the
+//!   probe of a controller to add, and the bounds on its catch-up.
 //! - [`lease`]: the leases the leader granted masters and the planned switchovers running, in
 //!   the leader's memory only.
 //! - [`election`]: when a controlled group needs a new master and whom to elect (a pure
@@ -37,6 +39,7 @@ pub mod election;
 pub mod lease;
 pub mod link;
 pub mod liveness;
+pub mod membership;
 pub mod metrics;
 pub mod network;
 pub mod node;

@@ -243,13 +243,19 @@ impl RaftService {
 }
 
 fn decode<T: DeserializeOwned>(payload: &RaftPayload) -> Result<T, tonic::Status> {
-    serde_json::from_slice(&payload.json)
-        .map_err(|err| tonic::Status::invalid_argument(format!("undecodable raft payload: {err}")))
+    serde_json::from_slice(&payload.json).map_err(|err| {
+        tonic::Status::invalid_argument(proto::bounded_message(format!(
+            "undecodable raft payload: {err}"
+        )))
+    })
 }
 
 fn encode<T: Serialize>(answer: &T) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
-    let json = serde_json::to_vec(answer)
-        .map_err(|err| tonic::Status::internal(format!("unencodable raft answer: {err}")))?;
+    let json = serde_json::to_vec(answer).map_err(|err| {
+        tonic::Status::internal(proto::bounded_message(format!(
+            "unencodable raft answer: {err}"
+        )))
+    })?;
     Ok(tonic::Response::new(RaftPayload { json: json.into() }))
 }
 

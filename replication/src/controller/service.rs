@@ -29,6 +29,7 @@ use super::admission;
 use super::election::{best_switchover_target, is_candidate_alive, ElectionContext};
 use super::lease::{GrantDecision, SwitchoverEnd, SwitchoverPlan};
 use super::liveness::{Heartbeat, Liveness, Seen};
+use super::membership::{self, Admission, Members, MembershipError};
 use super::state::{
     BrokerGroup, BrokerInfo, ClusterState, Command, CommandError, ConfiguredRole, GroupSettings,
     MessageModel, ReplicationMode, IN_SYNC_SET_MAX, PERM_READ, PERM_WRITE,
@@ -38,8 +39,6 @@ use super::{NodeId, Raft};
 
 /// Metadata key marking a request one controller forwarded to another.
 const FORWARDED_METADATA_KEY: &str = "x-forwarded";
-/// How long a membership change may wait for a new controller to catch up.
-const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long `Status` waits for each member's own answer.
 const NODE_STATUS_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long a forwarded request may wait for the leader.
@@ -55,7 +54,8 @@ const SYNC_POLL: Duration = Duration::from_millis(10);
 /// not confirm ends in about 1.3 s.
 const SWITCHOVER_WAIT_MAX: Duration = Duration::from_secs(8);
 
-/// A gRPC error with its stable code in the `x-error-code` metadata.
+/// A gRPC error with its stable code in the `x-error-code` metadata (its text bounded,
+/// [`proto::error_status`]).
 pub fn error(code: ErrorCode, message: impl Into<String>) -> Status {
     let grpc = match code {
         ErrorCode::TopicNotFound | ErrorCode::BrokerGroupNotFound | ErrorCode::NotFound => {
@@ -67,12 +67,7 @@ pub fn error(code: ErrorCode, message: impl Into<String>) -> Status {
         ErrorCode::InternalError => tonic::Code::Internal,
         _ => tonic::Code::InvalidArgument,
     };
-    let mut status = Status::new(grpc, message);
-    status.metadata_mut().insert(
-        proto::ERROR_CODE_METADATA_KEY,
-        tonic::metadata::MetadataValue::from(code as i32),
-    );
-    status
+    proto::error_status(grpc, code, message)
 }
 
 fn command_error(err: CommandError) -> Status {
@@ -443,12 +438,12 @@ fn state_name(state: ServerState) -> &'static str {
 }
 
 impl ControllerService {
-    fn node_status(&self) -> pb::NodeStatus {
+    fn node_status(&self) -> pb::ControllerNodeStatus {
         let metrics = self.raft.metrics();
         // The core holds the sending side: a closed channel means it is gone.
         let core_running = metrics.has_changed().is_ok();
         let metrics = metrics.borrow();
-        pb::NodeStatus {
+        pb::ControllerNodeStatus {
             problem: admission::health(&metrics, core_running).unwrap_or_default(),
             id: self.id,
             state: state_name(metrics.state).to_owned(),
@@ -525,6 +520,7 @@ impl ControllerService {
                     replica_connected: lag.connected,
                     log_epoch: seen.as_ref().map(|s| s.log_epoch).unwrap_or(0),
                     election_priority: b.election_priority,
+                    incarnation: b.incarnation,
                 }
             })
             .collect();
@@ -598,7 +594,7 @@ impl ControllerService {
             let Some(group) = data.state.groups.get(&req.group) else {
                 return Err(error(
                     ErrorCode::BrokerGroupNotFound,
-                    format!("broker group {:?} is not registered", req.group),
+                    format!("broker group {} is not registered", proto::Echo(&req.group)),
                 ));
             };
             if !group.is_controlled() {
@@ -773,10 +769,23 @@ impl pb::controller_server::Controller for ControllerService {
             return Err(error(
                 ErrorCode::NotFound,
                 format!(
-                    "broker {} of group {:?} is not registered; register first",
-                    req.broker_id, req.group
+                    "broker {} of group {} is not registered; register first",
+                    req.broker_id,
+                    proto::Echo(&req.group)
                 ),
             ));
+        }
+        if req.stopping {
+            // Its last word: not alive from now on. No lease, and nothing else it says counts.
+            tracing::info!(group = %req.group, broker_id = req.broker_id, incarnation = req.incarnation, "broker stopping");
+            self.liveness
+                .stopped(&req.group, req.broker_id, req.incarnation);
+            let answer = self.state.read(|data| pb::BrokerHeartbeatResponse {
+                metadata_revision: data.state.metadata_revision,
+                group: group_view(&data.state, &req.group),
+                ..Default::default()
+            });
+            return Ok(Response::new(answer));
         }
         self.liveness.beat(
             &req.group,
@@ -1005,7 +1014,7 @@ impl pb::controller_server::Controller for ControllerService {
         if route.groups.is_empty() {
             return Err(error(
                 ErrorCode::TopicNotFound,
-                format!("topic {topic:?} does not exist"),
+                format!("topic {} does not exist", proto::Echo(&topic)),
             ));
         }
         Ok(Response::new(route))
@@ -1296,7 +1305,7 @@ impl pb::controller_server::Controller for ControllerService {
     async fn node_status(
         &self,
         _request: Request<pb::NodeStatusRequest>,
-    ) -> Result<Response<pb::NodeStatus>, Status> {
+    ) -> Result<Response<pb::ControllerNodeStatus>, Status> {
         Ok(Response::new(self.node_status()))
     }
 
@@ -1306,67 +1315,50 @@ impl pb::controller_server::Controller for ControllerService {
     ) -> Result<Response<pb::AddControllerResponse>, Status> {
         write_at_leader!(self, request, add_controller);
         let req = request.into_inner();
-        if req.addr.is_empty() {
-            return Err(error(ErrorCode::BadRequest, "addr is required"));
-        }
         let _serial = self.membership_lock.lock().await;
-        let already = {
-            let metrics = self.raft.metrics();
-            let metrics = metrics.borrow();
-            let membership = metrics.membership_config.membership();
-            membership.voter_ids().any(|id| id == req.id)
-        };
-        if already {
+        let admission =
+            membership::admit(&self.members(), req.id, &req.addr).map_err(membership_error)?;
+        if admission == Admission::AlreadyVoter {
             return Ok(Response::new(pb::AddControllerResponse {}));
         }
-        // A learner first: it receives the log (or a snapshot) without counting in the quorum.
-        match tokio::time::timeout(
-            CATCH_UP_TIMEOUT,
-            self.raft
-                .add_learner(req.id, BasicNode::new(req.addr.clone()), false),
-        )
-        .await
-        {
-            Err(_) => return Err(unavailable("adding the learner timed out")),
-            Ok(Err(err)) => return Err(unavailable(format!("adding the learner failed: {err}"))),
-            Ok(Ok(_)) => {}
+        // Before anything changes: a controller that is not running would be a learner the
+        // leader replicates to in vain, and the request would wait out the whole catch-up.
+        membership::probe(req.id, &req.addr)
+            .await
+            .map_err(membership_error)?;
+        if admission == Admission::New {
+            // A learner first: it receives the log (or a snapshot) without counting in the quorum.
+            let added = self
+                .raft
+                .add_learner(req.id, BasicNode::new(req.addr.clone()), false);
+            match tokio::time::timeout(membership::CHANGE_COMMIT_TIMEOUT, added).await {
+                Err(_) => return Err(unavailable("adding the learner timed out")),
+                Ok(Err(err)) => {
+                    return Err(unavailable(format!("adding the learner failed: {err}")))
+                }
+                Ok(Ok(_)) => {}
+            }
         }
         // Promote only once it holds the log up to now: a voter that is far behind would count
         // toward the quorum without being able to serve it.
-        let target = self.raft.metrics().borrow().last_log_index.unwrap_or(0);
-        let deadline = tokio::time::Instant::now() + CATCH_UP_TIMEOUT;
-        let mut metrics = self.raft.metrics();
-        loop {
-            let matched = metrics
-                .borrow_and_update()
-                .replication
-                .as_ref()
-                .and_then(|r| r.get(&req.id).copied().flatten())
-                .map(|id| id.index);
-            if matched.is_some_and(|m| m >= target) {
-                break;
+        if let Err(reason) = self.wait_caught_up(req.id).await {
+            // Nothing changed, as for every other refusal: the learner goes again (also one an
+            // earlier request left), so that the leader stops replicating to it.
+            let removed =
+                self.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([req.id])));
+            if let Err(err) = removed.await {
+                tracing::warn!(id = req.id, addr = %req.addr, error = %err, "could not remove a learner that did not catch up");
             }
-            if tokio::time::timeout_at(deadline, metrics.changed())
-                .await
-                .is_err()
-            {
-                return Err(unavailable(format!(
-                    "controller {} at {} did not catch up within {} s (it stays a learner); is \
-                     it running?",
-                    req.id,
-                    req.addr,
-                    CATCH_UP_TIMEOUT.as_secs()
-                )));
-            }
+            return Err(membership_error(MembershipError::CatchUpFailed {
+                id: req.id,
+                addr: req.addr,
+                reason,
+            }));
         }
-        match self
-            .raft
-            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([req.id])), false)
+        self.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([req.id])))
             .await
-        {
-            Ok(_) => Ok(Response::new(pb::AddControllerResponse {})),
-            Err(err) => Err(unavailable(format!("promoting to voter failed: {err}"))),
-        }
+            .map_err(|err| unavailable(format!("promoting to voter failed: {err}")))?;
+        Ok(Response::new(pb::AddControllerResponse {}))
     }
 
     async fn remove_controller(
@@ -1376,41 +1368,111 @@ impl pb::controller_server::Controller for ControllerService {
         write_at_leader!(self, request, remove_controller);
         let id = request.into_inner().id;
         let _serial = self.membership_lock.lock().await;
-        let (is_member, is_voter, voters) = {
-            let metrics = self.raft.metrics();
-            let metrics = metrics.borrow();
-            let membership = metrics.membership_config.membership();
-            (
-                membership.get_node(&id).is_some(),
-                membership.voter_ids().any(|v| v == id),
-                membership.voter_ids().count(),
-            )
-        };
-        if !is_member {
-            return Err(error(
-                ErrorCode::NotFound,
-                format!("controller {id} is not a member"),
-            ));
-        }
-        if is_voter && voters <= 1 {
-            return Err(error(
-                ErrorCode::Conflict,
-                "cannot remove the last controller",
-            ));
-        }
-        let change = if is_voter {
+        let members = self.members();
+        membership::check_removal(&members, id).map_err(membership_error)?;
+        let change = if members.voters.contains(&id) {
             // retain = false below: the node leaves entirely, it does not stay a learner.
             ChangeMembers::RemoveVoters(BTreeSet::from([id]))
         } else {
             ChangeMembers::RemoveNodes(BTreeSet::from([id]))
         };
-        match self.raft.change_membership(change, false).await {
-            Ok(_) => Ok(Response::new(pb::RemoveControllerResponse {})),
+        match self.change_membership(change).await {
+            Ok(()) => Ok(Response::new(pb::RemoveControllerResponse {})),
             Err(err) => Err(unavailable(format!(
                 "removing controller {id} failed: {err}"
             ))),
         }
     }
+}
+
+impl ControllerService {
+    /// The membership as this controller sees it now.
+    fn members(&self) -> Members {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let membership = metrics.membership_config.membership();
+        Members {
+            nodes: membership
+                .nodes()
+                .map(|(id, node)| (*id, node.addr.clone()))
+                .collect(),
+            voters: membership.voter_ids().collect(),
+        }
+    }
+
+    /// One membership change (never keeping removed voters as learners), committed within
+    /// [`membership::CHANGE_COMMIT_TIMEOUT`].
+    async fn change_membership(
+        &self,
+        change: ChangeMembers<NodeId, BasicNode>,
+    ) -> Result<(), String> {
+        match tokio::time::timeout(
+            membership::CHANGE_COMMIT_TIMEOUT,
+            self.raft.change_membership(change, false),
+        )
+        .await
+        {
+            Err(_) => Err(format!(
+                "not committed within {} ms",
+                membership::CHANGE_COMMIT_TIMEOUT.as_millis()
+            )),
+            Ok(Err(err)) => Err(err.to_string()),
+            Ok(Ok(_)) => Ok(()),
+        }
+    }
+
+    /// Waits until learner `id` holds the log up to the leader's last index now; gives up (with
+    /// the reason) once its replicated index has not moved for
+    /// [`membership::CATCH_UP_STALL_MAX`] or [`membership::CATCH_UP_TIMEOUT`] has passed.
+    async fn wait_caught_up(&self, id: NodeId) -> Result<(), String> {
+        let target = self.raft.metrics().borrow().last_log_index.unwrap_or(0);
+        let started = tokio::time::Instant::now();
+        let deadline = started + membership::CATCH_UP_TIMEOUT;
+        let mut metrics = self.raft.metrics();
+        let mut last_matched = None;
+        let mut moved_at = started;
+        loop {
+            let matched = metrics
+                .borrow_and_update()
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(&id).copied().flatten())
+                .map(|log_id| log_id.index);
+            if matched.is_some_and(|m| m >= target) {
+                return Ok(());
+            }
+            let now = tokio::time::Instant::now();
+            if matched != last_matched {
+                (last_matched, moved_at) = (matched, now);
+            }
+            let stalled_at = moved_at + membership::CATCH_UP_STALL_MAX;
+            if now >= stalled_at {
+                return Err(format!(
+                    "it held index {} of {target}, unchanged for {} ms",
+                    matched.map_or_else(|| "none".to_owned(), |m| m.to_string()),
+                    membership::CATCH_UP_STALL_MAX.as_millis()
+                ));
+            }
+            if now >= deadline {
+                return Err(format!(
+                    "it held index {} of {target} after {} ms",
+                    matched.map_or_else(|| "none".to_owned(), |m| m.to_string()),
+                    membership::CATCH_UP_TIMEOUT.as_millis()
+                ));
+            }
+            // Woken by any change of the metrics (replication progress among them), or at the
+            // next bound.
+            if let Ok(Err(_)) =
+                tokio::time::timeout_at(stalled_at.min(deadline), metrics.changed()).await
+            {
+                return Err("this controller is stopping".to_owned());
+            }
+        }
+    }
+}
+
+fn membership_error(err: MembershipError) -> Status {
+    error(err.code(), err.to_string())
 }
 
 #[cfg(test)]

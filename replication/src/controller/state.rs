@@ -239,9 +239,9 @@ pub enum Command {
 pub enum CommandError {
     #[error("invalid request: {0}")]
     Invalid(String),
-    #[error("broker group {0:?} is not registered")]
+    #[error("broker group {} is not registered", proto::Echo(.0))]
     GroupNotFound(String),
-    #[error("topic {0:?} does not exist")]
+    #[error("topic {} does not exist", proto::Echo(.0))]
     TopicNotFound(String),
     #[error("conflict: {0}")]
     Conflict(String),

@@ -36,18 +36,14 @@ use proto::replication as pb;
 /// record may be as large as the store's largest batch.
 pub const STREAM_MESSAGE_BYTES_MAX: usize = 64 << 20;
 
-/// A gRPC status with its stable error code in the `x-error-code` metadata.
+/// A gRPC status with its stable error code in the `x-error-code` metadata (its text bounded,
+/// [`proto::error_status`]).
 pub(crate) fn status(
     code: ErrorCode,
     grpc: tonic::Code,
     message: impl Into<String>,
 ) -> tonic::Status {
-    let mut status = tonic::Status::new(grpc, message);
-    status.metadata_mut().insert(
-        proto::ERROR_CODE_METADATA_KEY,
-        tonic::metadata::MetadataValue::from(code as i32),
-    );
-    status
+    proto::error_status(grpc, code, message)
 }
 
 pub(crate) fn from_wire_history(entries: &[pb::EpochEntry]) -> Vec<EpochEntry> {
