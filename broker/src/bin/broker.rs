@@ -416,6 +416,17 @@ impl BrokerMetadata for LinkedBroker {
         self.role.resigned()
     }
 
+    fn store_health(&self) -> proto::controller::StoreHealth {
+        let health = self.store.health().borrow().clone();
+        proto::controller::StoreHealth {
+            write_failed: health.write_failed.is_some(),
+            corrupt_offset: health.corrupt.as_ref().map(|c| c.commit_log_offset),
+            disk_full: health.disk_full,
+            verified: health.verified,
+            problem: health.problem(),
+        }
+    }
+
     fn lease_answered(&self, answer: LeaseAnswer) {
         self.role.lease_answered(answer);
     }

@@ -23,7 +23,13 @@
 //!
 //! Candidates are the alive members of the in-sync set (any alive broker of a group that never
 //! had a master), alive meaning heard within `lease_wait` from the registered process. The lost
-//! master is not one, unless it restarted and is alive again. They are ranked by log epoch, then
+//! master is not one, unless it restarted and is alive again. Only the candidates of the soundest
+//! store tier present stay ([`fittest`]): a verified store, then an unverified one, then one past
+//! its disk's high-water mark, then one with a corrupt record; a store that failed to write is
+//! never elected. So a corrupt replica is never elected while a sound in-sync one is alive. A
+//! master whose own store is unfit (failed write, full disk, corrupt record) while a sounder
+//! in-sync broker is alive is moved off by a planned switchover to it, which runs under the
+//! switchover's rules above (its resignation, or its lease running out). They are ranked by log epoch, then
 //! log end (both highest first), then election priority, then broker id (both lowest first). The
 //! new in-sync set is the winner and the other alive members of the old set, never the old master
 //! (it rejoins by catching up, like any slave).
@@ -88,6 +94,9 @@ pub enum Reason {
     /// A planned switchover whose master did not confirm within the lease wait: its last lease
     /// has run out anyway.
     SwitchoverLeaseExpired,
+    /// The master's store has a fault (a failed write, a corrupt record, a full disk) and a
+    /// sounder in-sync broker is alive: mastership moves to it by a planned switchover.
+    MasterStoreFault,
 }
 
 impl Reason {
@@ -99,6 +108,7 @@ impl Reason {
             Reason::MasterRestarted => "master restarted",
             Reason::SwitchoverResigned => "switchover, master resigned",
             Reason::SwitchoverLeaseExpired => "switchover, master lease expired",
+            Reason::MasterStoreFault => "master store fault",
         }
     }
 }
@@ -138,7 +148,9 @@ impl Election {
         match self.reason {
             _ if self.unclean => "unclean",
             Reason::FirstMaster => "first",
-            Reason::SwitchoverResigned | Reason::SwitchoverLeaseExpired => "switchover",
+            Reason::SwitchoverResigned
+            | Reason::SwitchoverLeaseExpired
+            | Reason::MasterStoreFault => "switchover",
             Reason::NoMaster | Reason::MasterLost | Reason::MasterRestarted => "failover",
         }
     }
@@ -161,6 +173,13 @@ pub enum Decision {
     /// The planned switchover cannot happen any more.
     AbandonSwitchover {
         reason: String,
+    },
+    /// The master's store has a fault: start a planned switchover to `target`, a sounder alive
+    /// member of the in-sync set (the switchover's own rules then run it: the master resigns,
+    /// or its lease runs out).
+    StartSwitchover {
+        target: u64,
+        problem: String,
     },
     Elect(Election),
 }
@@ -200,23 +219,64 @@ pub fn rank(group: &BrokerGroup, seen: &BTreeMap<u64, Seen>, ids: &mut [u64]) {
     });
 }
 
+/// The store's fitness to be master of a broker heard from (see [`StoreReport::master_tier`]);
+/// `None` for a store that cannot write or a broker not heard.
+fn tier(seen: &BTreeMap<u64, Seen>, id: u64) -> Option<u8> {
+    seen.get(&id).and_then(|s| s.store.master_tier())
+}
+
+/// Keeps the candidates of the best store tier present: a broker whose store has a fault is a
+/// candidate only while no sounder one is alive (a corrupt replica is never elected over a
+/// healthy one), and one whose store cannot write never is.
+pub fn fittest(seen: &BTreeMap<u64, Seen>, ids: Vec<u64>) -> Vec<u64> {
+    let Some(best) = ids.iter().filter_map(|id| tier(seen, *id)).min() else {
+        return Vec::new();
+    };
+    ids.into_iter()
+        .filter(|id| tier(seen, *id) == Some(best))
+        .collect()
+}
+
 /// The best broker to move mastership to in a planned switchover: an alive member of the in-sync
-/// set other than the master.
+/// set other than the master, of the soundest store.
 pub fn best_switchover_target(
     group: &BrokerGroup,
     seen: &BTreeMap<u64, Seen>,
     now: Instant,
     timing: &Timing,
 ) -> Option<u64> {
-    let mut ids: Vec<u64> = group
+    let ids: Vec<u64> = group
         .in_sync_set
         .iter()
         .copied()
         .filter(|id| Some(*id) != group.master_id)
         .filter(|id| is_candidate_alive(group, seen, *id, now, timing))
         .collect();
+    let mut ids = fittest(seen, ids);
     rank(group, seen, &mut ids);
     ids.first().copied()
+}
+
+/// When the master (as elected) reports a store unfit for mastership and a sounder in-sync broker
+/// is alive: that broker, and the master's problem.
+fn store_fault_handover(facts: &Facts, master: u64, timing: &Timing) -> Option<(u64, String)> {
+    let group = facts.group;
+    let report = facts
+        .seen
+        .get(&master)
+        .filter(|s| s.incarnation == group.master_incarnation)
+        .map(|s| &s.store)?;
+    if !report.unfit_master() {
+        return None;
+    }
+    let master_tier = report.master_tier().unwrap_or(u8::MAX);
+    let target = best_switchover_target(group, facts.seen, facts.now, timing)?;
+    let target_report = &facts.seen.get(&target)?.store;
+    let sounder = target_report
+        .master_tier()
+        .is_some_and(|tier| tier < master_tier)
+        && !target_report.unfit_master();
+    sounder.then(|| (target, report.problem.clone()))
 }
 
 /// Decides what one controlled group needs now.
@@ -253,7 +313,10 @@ fn decide_failover(facts: &Facts, timing: &Timing) -> Decision {
                 .map(|s| s.at.max(facts.leader_since))
                 .unwrap_or(facts.leader_since);
             if facts.now.saturating_duration_since(heard_at) < timing.lease_wait() {
-                return Decision::Keep;
+                return match store_fault_handover(facts, master, timing) {
+                    Some((target, problem)) => Decision::StartSwitchover { target, problem },
+                    None => Decision::Keep,
+                };
             }
             (
                 Reason::MasterLost,
@@ -277,6 +340,7 @@ fn decide_failover(facts: &Facts, timing: &Timing) -> Decision {
         .filter(|id| Some(*id) != group.master_id || reason == Reason::MasterRestarted)
         .filter(|id| is_candidate_alive(group, facts.seen, *id, facts.now, timing))
         .collect();
+    candidates = fittest(facts.seen, candidates);
     rank(group, facts.seen, &mut candidates);
     match candidates.first() {
         Some(winner) => Decision::Elect(election(facts, reason, *winner, false, timing)),
@@ -501,6 +565,27 @@ impl ElectionLoop {
                     leases.end_switchover(name, id, SwitchoverEnd::Abandoned { reason });
                 }
             }
+            Decision::StartSwitchover { target, problem } => {
+                let plan = SwitchoverPlan {
+                    target,
+                    unclean: false,
+                    started: Instant::now(),
+                    master_epoch: group.master_epoch,
+                };
+                // Nobody waits on the outcome: the group's view tells the brokers.
+                if leases.start_switchover(name, plan).is_ok() {
+                    tracing::warn!(
+                        group = %name,
+                        master_id = ?group.master_id,
+                        master_epoch = group.master_epoch,
+                        target,
+                        problem = %problem,
+                        "the master's store has a fault: moving mastership to a sounder in-sync \
+                         broker (planned switchover)"
+                    );
+                    self.context.wake.notify_one();
+                }
+            }
             Decision::Elect(election) => {
                 self.elect(name, group, election, last_lease_granted_at, switchover_id)
                     .await
@@ -638,6 +723,7 @@ impl ElectionLoop {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controller::liveness::StoreReport;
     use crate::controller::state::{BrokerInfo, ConfiguredRole, ReplicationMode};
 
     const TIMING: Timing = Timing {
@@ -688,6 +774,7 @@ mod tests {
                 log_epoch,
                 master_epoch: 3,
                 resigned: false,
+                store: StoreReport::default(),
             },
         )
     }
@@ -740,6 +827,121 @@ mod tests {
         group.brokers.get_mut(&1).unwrap().election_priority = 0;
         rank(&group, &BTreeMap::new(), &mut ids);
         assert_eq!(ids, vec![1, 2]);
+    }
+
+    /// `heard` with a store report.
+    fn heard_with(id: u64, at: Instant, max_offset: u64, store: StoreReport) -> (u64, Seen) {
+        let (id, mut seen) = heard(id, at, 3, max_offset);
+        seen.store = store;
+        (id, seen)
+    }
+
+    fn sound() -> StoreReport {
+        StoreReport {
+            verified: true,
+            ..StoreReport::default()
+        }
+    }
+
+    fn corrupt() -> StoreReport {
+        StoreReport {
+            corrupt_offset: Some(4096),
+            problem: "corrupt record".into(),
+            ..sound()
+        }
+    }
+
+    #[test]
+    fn a_corrupt_replica_is_never_elected_while_a_sound_one_is_alive() {
+        let group = group();
+        let t0 = Instant::now();
+        let later = t0 + WAIT;
+        // The master (0) is lost; 1 holds more but has a corrupt record; 2 is sound.
+        let seen = BTreeMap::from([
+            heard(0, t0, 3, 900),
+            heard_with(1, later, 900, corrupt()),
+            heard_with(2, later, 800, sound()),
+        ]);
+        let election = elected(decide(&facts(&group, &seen, t0, later), &TIMING));
+        assert_eq!(election.master_id, 2, "the sound one, though shorter");
+        // With no sound one alive, the corrupt one is better than none.
+        let seen = BTreeMap::from([heard(0, t0, 3, 900), heard_with(1, later, 900, corrupt())]);
+        let election = elected(decide(&facts(&group, &seen, t0, later), &TIMING));
+        assert_eq!(election.master_id, 1);
+        // A store that failed to write is never elected.
+        let failed = StoreReport {
+            write_failed: true,
+            ..sound()
+        };
+        let seen = BTreeMap::from([heard(0, t0, 3, 900), heard_with(1, later, 900, failed)]);
+        assert_eq!(
+            decide(&facts(&group, &seen, t0, later), &TIMING),
+            Decision::NoCandidate {
+                reason: Reason::MasterLost
+            }
+        );
+        // A verified store ranks above an unverified one of the same health.
+        let seen = BTreeMap::from([
+            heard(0, t0, 3, 900),
+            heard_with(1, later, 900, StoreReport::default()),
+            heard_with(2, later, 800, sound()),
+        ]);
+        let election = elected(decide(&facts(&group, &seen, t0, later), &TIMING));
+        assert_eq!(election.master_id, 2);
+    }
+
+    #[test]
+    fn a_master_with_an_unfit_store_is_moved_to_a_sounder_in_sync_broker() {
+        let group = group();
+        let t0 = Instant::now();
+        let full = StoreReport {
+            disk_full: true,
+            problem: "disk above the high-water mark".into(),
+            ..sound()
+        };
+        let seen = BTreeMap::from([
+            heard_with(0, t0, 900, full.clone()),
+            heard_with(1, t0, 900, sound()),
+            heard_with(2, t0, 800, corrupt()),
+        ]);
+        assert_eq!(
+            decide(&facts(&group, &seen, t0, t0), &TIMING),
+            Decision::StartSwitchover {
+                target: 1,
+                problem: "disk above the high-water mark".into()
+            }
+        );
+        // No sounder broker alive: the master stays (refusing client sends, but serving).
+        let seen = BTreeMap::from([
+            heard_with(0, t0, 900, full),
+            heard_with(2, t0, 800, corrupt()),
+        ]);
+        assert_eq!(
+            decide(&facts(&group, &seen, t0, t0), &TIMING),
+            Decision::Keep
+        );
+        // An unverified master is fit: nobody is moved for a scrubber still running.
+        let seen = BTreeMap::from([
+            heard_with(0, t0, 900, StoreReport::default()),
+            heard_with(1, t0, 900, sound()),
+        ]);
+        assert_eq!(
+            decide(&facts(&group, &seen, t0, t0), &TIMING),
+            Decision::Keep
+        );
+        // A fault reported by an earlier process of the master says nothing of this one.
+        let mut seen = BTreeMap::from([
+            heard_with(0, t0, 900, corrupt()),
+            heard_with(1, t0, 900, sound()),
+        ]);
+        seen.get_mut(&0).unwrap().incarnation = 99;
+        assert_ne!(
+            std::mem::discriminant(&decide(&facts(&group, &seen, t0, t0), &TIMING)),
+            std::mem::discriminant(&Decision::StartSwitchover {
+                target: 1,
+                problem: String::new()
+            })
+        );
     }
 
     #[test]

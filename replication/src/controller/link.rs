@@ -76,6 +76,14 @@ pub trait BrokerMetadata: Send + Sync + 'static {
     fn master_epoch(&self) -> u64 {
         0
     }
+    /// The broker's store, for the controller's elections and cluster list. The default reports
+    /// a sound, verified store, for a broker that does not track one.
+    fn store_health(&self) -> pb::StoreHealth {
+        pb::StoreHealth {
+            verified: true,
+            ..pb::StoreHealth::default()
+        }
+    }
     /// True once a master asked to resign has stopped acknowledging and let its slaves catch up.
     fn resigned(&self) -> bool {
         false
@@ -360,6 +368,7 @@ impl ControllerLink {
             master_epoch: self.metadata.master_epoch(),
             resigned: self.metadata.resigned(),
             stopping: false,
+            store: Some(self.metadata.store_health()),
         };
         // The lease counts from before the request left: the controller's own count starts
         // when it arrives, which is later.

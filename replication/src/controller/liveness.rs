@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use proto::controller as pb;
 use proto::controller::ReplicaProgress;
 use tokio::sync::watch;
 
@@ -46,6 +47,81 @@ pub struct Heartbeat {
     pub master_epoch: u64,
     /// A master asked to resign says it has stopped acknowledging.
     pub resigned: bool,
+    /// Its store's faults and verification.
+    pub store: StoreReport,
+}
+
+/// A broker's store as it reported it (`StoreHealth` on the wire).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoreReport {
+    /// A write or fsync failed: the store takes no writes until the broker restarts it.
+    pub write_failed: bool,
+    /// The lowest commit-log offset known corrupt.
+    pub corrupt_offset: Option<u64>,
+    /// The disk is past the high-water mark: client sends are refused.
+    pub disk_full: bool,
+    /// Every record held at the store's open has been verified since.
+    pub verified: bool,
+    /// The faults in words (bounded), for cluster list.
+    pub problem: String,
+}
+
+/// Longest store problem text kept per broker: it comes from the network.
+const STORE_PROBLEM_BYTES_MAX: usize = 512;
+
+/// `text` cut to at most `bytes_max` bytes at a character boundary.
+fn bounded(text: &str, bytes_max: usize) -> String {
+    let mut cut = text.len().min(bytes_max);
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    text[..cut].to_owned()
+}
+
+impl StoreReport {
+    pub fn from_wire(wire: Option<&pb::StoreHealth>) -> StoreReport {
+        let Some(wire) = wire else {
+            return StoreReport::default();
+        };
+        StoreReport {
+            write_failed: wire.write_failed,
+            corrupt_offset: wire.corrupt_offset,
+            disk_full: wire.disk_full,
+            verified: wire.verified,
+            problem: bounded(&wire.problem, STORE_PROBLEM_BYTES_MAX),
+        }
+    }
+
+    pub fn to_wire(&self) -> pb::StoreHealth {
+        pb::StoreHealth {
+            write_failed: self.write_failed,
+            corrupt_offset: self.corrupt_offset,
+            disk_full: self.disk_full,
+            verified: self.verified,
+            problem: self.problem.clone(),
+        }
+    }
+
+    /// How fit the broker is to be master, best first (elections pick from the best tier that
+    /// has an alive candidate): `None` for a store that cannot write at all.
+    pub fn master_tier(&self) -> Option<u8> {
+        if self.write_failed {
+            None
+        } else if self.corrupt_offset.is_some() {
+            Some(3)
+        } else if self.disk_full {
+            Some(2)
+        } else if !self.verified {
+            Some(1)
+        } else {
+            Some(0)
+        }
+    }
+
+    /// A master with this store should hand mastership to a sounder in-sync broker.
+    pub fn unfit_master(&self) -> bool {
+        self.master_tier().is_none_or(|tier| tier >= 2)
+    }
 }
 
 /// What the leader last heard from one broker.
@@ -64,6 +140,7 @@ pub struct Seen {
     pub log_epoch: u64,
     pub master_epoch: u64,
     pub resigned: bool,
+    pub store: StoreReport,
 }
 
 impl Seen {
@@ -138,6 +215,7 @@ impl Liveness {
             log_epoch,
             master_epoch,
             resigned,
+            store,
         } = heartbeat;
         replicas.truncate(REPLICAS_MAX);
         let mut inner = self.inner.lock().expect("liveness lock poisoned");
@@ -168,6 +246,7 @@ impl Liveness {
                 log_epoch,
                 master_epoch,
                 resigned,
+                store,
             },
         );
         drop(inner);

@@ -28,7 +28,7 @@ use tonic::{Request, Response, Status};
 use super::admission;
 use super::election::{best_switchover_target, is_candidate_alive, ElectionContext};
 use super::lease::{GrantDecision, SwitchoverEnd, SwitchoverPlan};
-use super::liveness::{Heartbeat, Liveness, Seen};
+use super::liveness::{Heartbeat, Liveness, Seen, StoreReport};
 use super::membership::{self, Admission, Members, MembershipError};
 use super::state::{
     BrokerGroup, BrokerInfo, ClusterState, Command, CommandError, ConfiguredRole, GroupSettings,
@@ -521,6 +521,7 @@ impl ControllerService {
                     log_epoch: seen.as_ref().map(|s| s.log_epoch).unwrap_or(0),
                     election_priority: b.election_priority,
                     incarnation: b.incarnation,
+                    store: seen.as_ref().map(|s| s.store.to_wire()),
                 }
             })
             .collect();
@@ -649,6 +650,18 @@ impl ControllerService {
                                 timing.lease_wait().as_millis()
                             ),
                         ));
+                    }
+                    if let Some(store) = seen.get(&id).map(|s| &s.store) {
+                        if store.master_tier().is_none_or(|tier| tier >= 3) {
+                            return Err(error(
+                                ErrorCode::Conflict,
+                                format!(
+                                    "broker {id}'s store has a fault ({}): it cannot be master \
+                                     until it is repaired",
+                                    store.problem
+                                ),
+                            ));
+                        }
                     }
                     if !req.unclean && !in_sync(id) {
                         return Err(error(
@@ -799,6 +812,7 @@ impl pb::controller_server::Controller for ControllerService {
                 log_epoch: req.log_epoch,
                 master_epoch: req.master_epoch,
                 resigned: req.resigned,
+                store: StoreReport::from_wire(req.store.as_ref()),
             },
             received_at,
         );
@@ -1520,6 +1534,7 @@ mod tests {
             log_epoch: 0,
             master_epoch: 0,
             resigned: false,
+            store: StoreReport::default(),
         }
     }
 
