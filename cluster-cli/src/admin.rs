@@ -465,6 +465,13 @@ async fn cluster_list(conn: &ControllerConnection, json_out: bool) -> Result<Exi
                         "log_epoch": b.log_epoch,
                         "election_priority": b.election_priority,
                         "incarnation": b.incarnation,
+                        "store": b.store.as_ref().map(|st| json!({
+                            "write_failed": st.write_failed,
+                            "corrupt_offset": st.corrupt_offset,
+                            "disk_full": st.disk_full,
+                            "verified": st.verified,
+                            "problem": st.problem,
+                        })),
                     })).collect::<Vec<_>>(),
                 })
             })
@@ -519,6 +526,19 @@ async fn cluster_list(conn: &ControllerConnection, json_out: bool) -> Result<Exi
                 g.name,
                 g.name
             );
+        }
+        for g in &list.groups {
+            for b in &g.brokers {
+                let Some(store) = b.store.as_ref().filter(|st| !st.problem.is_empty()) else {
+                    continue;
+                };
+                out!(
+                    "{} broker {}: STORE: {}",
+                    g.name,
+                    b.broker_id,
+                    store.problem
+                );
+            }
         }
     }
     let all_alive = list

@@ -673,3 +673,115 @@ fn read_full(reader: &mut impl std::io::Read, buf: &mut [u8]) -> usize {
     }
     filled
 }
+
+/// A small ext4 file system in an image file, loop-mounted at a directory, for disk-full tests:
+/// a broker's store put there fills it without touching the machine's disk. Unmounted when
+/// dropped. Needs root to mount (CI runs as root); `mkfs.ext4` and `mount` come with the
+/// system's base packages.
+pub struct LoopFs {
+    image: PathBuf,
+    mount_point: PathBuf,
+    filler: PathBuf,
+}
+
+impl LoopFs {
+    /// Makes a file system of `size_bytes` (no blocks reserved for root, so that it fills like
+    /// any disk) in `image_dir` and mounts it at `mount_point`.
+    pub fn mount(image_dir: &Path, mount_point: &Path, size_bytes: u64) -> LoopFs {
+        // SAFETY: geteuid has no arguments and cannot fail.
+        let root = unsafe { libc::geteuid() } == 0;
+        assert!(
+            root,
+            "disk-full tests need root to loop-mount a small file system"
+        );
+        let image = image_dir.join(format!(
+            "{}.ext4",
+            mount_point.file_name().unwrap().to_string_lossy()
+        ));
+        std::fs::File::create(&image)
+            .and_then(|f| f.set_len(size_bytes))
+            .expect("create the image file");
+        run_checked(
+            "mkfs.ext4",
+            &["-q", "-F", "-m", "0", image.to_str().unwrap()],
+        );
+        std::fs::create_dir_all(mount_point).expect("create the mount point");
+        run_checked(
+            "mount",
+            &[
+                "-o",
+                "loop",
+                image.to_str().unwrap(),
+                mount_point.to_str().unwrap(),
+            ],
+        );
+        LoopFs {
+            image,
+            mount_point: mount_point.to_path_buf(),
+            filler: mount_point.join("filler"),
+        }
+    }
+
+    /// Bytes free on the file system now.
+    pub fn available_bytes(&self) -> u64 {
+        let path = std::ffi::CString::new(self.mount_point.to_str().unwrap()).unwrap();
+        // SAFETY: statvfs writes only into the zeroed struct passed; the path is a C string.
+        let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::statvfs(path.as_ptr(), &mut stat) }, 0);
+        stat.f_bavail as u64 * stat.f_frsize as u64
+    }
+
+    /// Takes all but `leave_bytes` of the free space with one file (written, so that the space
+    /// is really used); with 0, writes until the file system refuses (ENOSPC).
+    pub fn fill(&self, leave_bytes: u64) {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.filler)
+            .expect("open the filler");
+        let chunk = vec![0xa5u8; 1 << 20];
+        loop {
+            let available = self.available_bytes();
+            if available <= leave_bytes {
+                break;
+            }
+            let want = ((available - leave_bytes) as usize).min(chunk.len());
+            match file.write_all(&chunk[..want]) {
+                Ok(()) => {}
+                Err(err) if err.raw_os_error() == Some(libc::ENOSPC) => break,
+                Err(err) => panic!("fill the file system: {err}"),
+            }
+        }
+        // A full file system may refuse the flush as well: what was written counts either way.
+        let _ = file.sync_all();
+    }
+
+    /// Gives the filler's space back.
+    pub fn free(&self) {
+        std::fs::remove_file(&self.filler).expect("remove the filler");
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        // Lazily, so that a process still holding a file there does not keep it mounted.
+        let _ = Command::new("umount")
+            .args(["-l", self.mount_point.to_str().unwrap()])
+            .status();
+        let _ = std::fs::remove_file(&self.image);
+    }
+}
+
+/// Runs a system command, panicking with its output if it fails.
+fn run_checked(program: &str, args: &[&str]) {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|err| panic!("run {program}: {err}"));
+    assert!(
+        output.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
