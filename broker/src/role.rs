@@ -26,6 +26,12 @@
 //! **Resigning** (planned switchover): asked by the controller, the master stops acknowledging,
 //! waits (briefly) until its set holds its whole log, then says so in its next heartbeat, sent
 //! at once.
+//!
+//! **Repairing** a corrupt record (found by a read, recovery or the scrubber): the store's
+//! health says so in every heartbeat (the controller moves a master off by a switchover, and
+//! elects no corrupt broker while a sound one is alive) and in every acknowledgement (the master
+//! takes the slave out of the in-sync set); once out of the set, the slave cuts the range and
+//! copies it again from its master ([`RoleCell::apply_view`]).
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -447,8 +453,45 @@ impl RoleCell {
                     );
                 }
             }
-            Role::Slave(slave) => follow(slave, view),
+            Role::Slave(slave) => {
+                follow(slave, view);
+                self.repair_if_corrupt(view).await;
+            }
         }
+    }
+
+    /// A slave whose store holds a corrupt record repairs it once it is out of the in-sync set
+    /// (its acknowledgements asked its master to take it out): it cuts its log back to the
+    /// corrupt record's segment and copies the range again from the master. Never while in the
+    /// set: a member must hold everything the master acknowledged, and the cut range is gone
+    /// until copied again. Never without a master to copy from.
+    async fn repair_if_corrupt(&self, view: &pb::GroupView) {
+        let Some(corruption) = self.ctx.store.health().borrow().corrupt.clone() else {
+            return;
+        };
+        if view.master_id.is_none() || view.in_sync_set.contains(&self.ctx.broker_id) {
+            return;
+        }
+        self.stop_tasks().await;
+        match self
+            .ctx
+            .store
+            .cut_for_repair(corruption.commit_log_offset)
+            .await
+        {
+            Ok(cut_to) => tracing::warn!(
+                corrupt_offset = corruption.commit_log_offset,
+                cut_to,
+                "corrupt range cut: copying it again from the master"
+            ),
+            Err(err) => tracing::error!(
+                corrupt_offset = corruption.commit_log_offset,
+                error = %err,
+                "could not cut the corrupt range; replicating on, out of the in-sync set"
+            ),
+        }
+        let role = self.current();
+        self.start_tasks(&role);
     }
 
     async fn become_master(&self, view: &pb::GroupView) {

@@ -478,6 +478,7 @@ async fn a_non_member_and_an_acknowledgement_beyond_the_end_are_refused() {
             master_epoch: welcome.master_epoch,
             written_offset: end + 1_000_000,
             flushed_offset: 0,
+            store_fault: false,
         })),
     })
     .await

@@ -282,6 +282,7 @@ fn a_replica_claiming_more_than_the_master_wrote_is_refused() {
                 master_epoch: welcome.master_epoch,
                 written_offset: end + (1 << 30),
                 flushed_offset: end + (1 << 30),
+                store_fault: false,
             })),
         })
         .await

@@ -430,15 +430,48 @@ impl Store {
     /// Cuts the log back to `commit_log_offset` (a record boundary), crash-safely; see
     /// [`truncate`]. The confirm offset is lowered first, so consumers stop seeing the tail.
     pub async fn truncate_to(&self, commit_log_offset: u64) -> Result<()> {
+        self.truncate(commit_log_offset, true).await
+    }
+
+    async fn truncate(&self, commit_log_offset: u64, report: bool) -> Result<()> {
         let (reply, done) = oneshot::channel();
         self.writer_tx
             .send(WriterCommand::Truncate {
                 commit_log_offset,
+                report,
                 reply,
             })
             .await
             .map_err(|_| StoreError::Stopped)?;
         done.await.map_err(|_| StoreError::Stopped)?
+    }
+
+    /// How a replica repairs a corrupt record: cuts its log back to the start of the segment
+    /// holding `corrupt_offset` (a segment start is always a record boundary; the corrupt record's
+    /// own start may not be provable), so that replication copies the range again from the
+    /// master. No truncation report: nothing is lost, it is fetched again. Answers the offset cut
+    /// to. A corrupt offset retention already deleted needs no cut: the fault is forgotten.
+    pub async fn cut_for_repair(&self, corrupt_offset: u64) -> Result<u64> {
+        let Some(segment) = self.shared.log.segment_for(corrupt_offset) else {
+            let min = self.min_offset();
+            if corrupt_offset < min {
+                self.shared.forget_corruption_from(0);
+                return Ok(min);
+            }
+            return Err(StoreError::OffsetInvalid {
+                commit_log_offset: corrupt_offset,
+                reason: "no segment holds the corrupt offset",
+            });
+        };
+        let base = segment.base_offset().max(self.min_offset());
+        tracing::warn!(
+            corrupt_offset,
+            cut_to = base,
+            "repairing a corrupt record: cutting the log back to its segment's start to copy the \
+             range again from the master"
+        );
+        self.truncate(base, false).await?;
+        Ok(base)
     }
 
     /// Makes a log that holds no record begin at `commit_log_offset`, with `epoch` as its whole

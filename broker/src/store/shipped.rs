@@ -74,4 +74,8 @@ impl ShippedLog for Store {
     fn allow_confirm_offset(&self, offset: u64) -> u64 {
         self.set_confirm_offset(offset)
     }
+
+    fn has_fault(&self) -> bool {
+        !self.health().borrow().is_sound()
+    }
 }

@@ -175,6 +175,7 @@ pub(crate) fn cut_segments(log: &CommitLog, commit_log_offset: u64) -> Result<()
 pub(crate) fn truncate_running(
     shared: &Shared,
     commit_log_offset: u64,
+    report: bool,
 ) -> Result<(Arc<Segment>, QueueOffsetTable)> {
     tracing::warn!(
         commit_log_offset,
@@ -191,7 +192,9 @@ pub(crate) fn truncate_running(
         shared.poison(err);
         return Err(shared.poisoned().expect("just poisoned"));
     }
-    report_cut(shared, commit_log_offset);
+    if report {
+        report_cut(shared, commit_log_offset);
+    }
     // Consumers stop seeing the tail before it goes (no raise can pass this while we hold
     // flush_lock: the flusher raises under it, and the writer is this thread).
     shared.clamp_confirm_offset(commit_log_offset);

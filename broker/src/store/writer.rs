@@ -79,6 +79,9 @@ pub(crate) enum WriterCommand {
     },
     Truncate {
         commit_log_offset: u64,
+        /// List what is cut in a truncation report: not for a repair, whose range is copied
+        /// again from the master.
+        report: bool,
         reply: oneshot::Sender<Result<()>>,
     },
     BeginEpoch {
@@ -181,9 +184,10 @@ impl Writer {
                 }
                 WriterCommand::Truncate {
                     commit_log_offset,
+                    report,
                     reply,
                 } => {
-                    let _ = reply.send(self.truncate(commit_log_offset));
+                    let _ = reply.send(self.truncate(commit_log_offset, report));
                 }
                 WriterCommand::BeginEpoch { epoch, reply } => {
                     let result = self
@@ -597,7 +601,7 @@ impl Writer {
         Ok(())
     }
 
-    fn truncate(&mut self, commit_log_offset: u64) -> Result<()> {
+    fn truncate(&mut self, commit_log_offset: u64, report: bool) -> Result<()> {
         if let Some(err) = self.shared.poisoned() {
             return Err(err);
         }
@@ -607,7 +611,8 @@ impl Writer {
         }
         // The dispatch state is held by truncate_running from its start; ranges handed off before
         // it are indexed (or dropped) under it, and the rest is emptied there.
-        let (tail, queue_offsets) = truncate::truncate_running(&self.shared, commit_log_offset)?;
+        let (tail, queue_offsets) =
+            truncate::truncate_running(&self.shared, commit_log_offset, report)?;
         self.tail = tail;
         self.position = commit_log_offset;
         self.queue_offsets = queue_offsets;

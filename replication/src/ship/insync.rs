@@ -120,6 +120,8 @@ struct Replica {
     flushed: u64,
     caught_up_at: Instant,
     marks: VecDeque<(Instant, u64)>,
+    /// Its last acknowledgement said its store has a fault: out of the set until it says not.
+    store_fault: bool,
 }
 
 #[derive(Debug)]
@@ -304,6 +306,7 @@ impl<L: ShippedLog> InSync<L> {
             flushed: start_offset,
             caught_up_at: base,
             marks: VecDeque::new(),
+            store_fault: false,
         });
         replica.addr = addr.to_owned();
         replica.session = session;
@@ -361,13 +364,15 @@ impl<L: ShippedLog> InSync<L> {
         }
     }
 
-    /// A slave's acknowledgement.
+    /// A slave's acknowledgement; `store_fault`: its store has a fault (it leaves the set at
+    /// the next review, and joins again only without one).
     pub fn ack(
         &self,
         broker_id: u64,
         session: u64,
         written: u64,
         flushed: u64,
+        store_fault: bool,
     ) -> Result<(), AckError> {
         let write_offset = self.log.write_offset();
         if written > write_offset {
@@ -394,6 +399,19 @@ impl<L: ShippedLog> InSync<L> {
         }
         replica.written = written;
         replica.flushed = replica.flushed.max(flushed);
+        if replica.store_fault != store_fault {
+            tracing::warn!(
+                broker_id,
+                store_fault,
+                "{}",
+                if store_fault {
+                    "the slave reports a store fault: it leaves the in-sync set"
+                } else {
+                    "the slave's store is sound again"
+                }
+            );
+            replica.store_fault = store_fault;
+        }
         let now = Instant::now();
         if written >= write_offset {
             replica.caught_up_at = now;
@@ -491,7 +509,8 @@ impl<L: ShippedLog> InSync<L> {
                 .replicas
                 .get(id)
                 .map_or(state.started_at, |r| r.caught_up_at);
-            if now.duration_since(caught_up_at) > self.config.lag_max {
+            let faulty = state.replicas.get(id).is_some_and(|r| r.store_fault);
+            if faulty || now.duration_since(caught_up_at) > self.config.lag_max {
                 next.remove(id);
             }
         }
@@ -499,6 +518,7 @@ impl<L: ShippedLog> InSync<L> {
             let keeps_up = now.duration_since(replica.caught_up_at) <= self.config.lag_max;
             if !state.set.contains(id)
                 && replica.connected
+                && !replica.store_fault
                 && keeps_up
                 && self.acked(replica) >= confirm
             {

@@ -66,6 +66,11 @@ pub trait ShippedLog: Send + Sync + 'static {
     /// Lets consumers read up to `offset` (never lowering what they may read already; never
     /// past what is locally durable). Answers the confirm offset now in force.
     fn allow_confirm_offset(&self, offset: u64) -> u64;
+    /// The log has a fault (a corrupt record, a failed write): a slave says so in its
+    /// acknowledgements, and its master takes it out of the in-sync set. The default has none.
+    fn has_fault(&self) -> bool {
+        false
+    }
 }
 
 /// The epoch that wrote the record at `offset`, from a history (0 before the first entry: a log

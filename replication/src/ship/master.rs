@@ -218,7 +218,13 @@ impl<L: ShippedLog> Session<L> {
                 }
                 Some(pb::replica_message::Body::Ack(ack)) => self
                     .in_sync
-                    .ack(self.broker_id, self.session, ack.written_offset, ack.flushed_offset)
+                    .ack(
+                        self.broker_id,
+                        self.session,
+                        ack.written_offset,
+                        ack.flushed_offset,
+                        ack.store_fault,
+                    )
                     .err()
                     .map(|err| {
                         tracing::error!(broker_id = self.broker_id, error = %err, "replica acknowledgement refused; closing its stream");

@@ -355,6 +355,7 @@ async fn acknowledge<L: ShippedLog>(
                 master_epoch,
                 written_offset: now.write_offset,
                 flushed_offset: now.flushed_offset.min(now.write_offset),
+                store_fault: log.has_fault(),
             })),
         };
         if tx.send(ack).await.is_err() {
