@@ -78,7 +78,7 @@ impl StoreHealth {
         parts.join("; ")
     }
 
-    /// Keeps the lower of the known corrupt offset and `found`.
+    /// Keeps the lower of the known corrupt offset and `found`; returns whether it lowered it.
     pub(crate) fn note_corrupt(&mut self, found: Corruption) -> bool {
         match &self.corrupt {
             Some(known) if known.commit_log_offset <= found.commit_log_offset => false,

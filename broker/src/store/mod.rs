@@ -55,6 +55,7 @@ mod shipped;
 mod signal;
 pub mod truncate;
 pub mod truncation_report;
+mod verified;
 pub mod writer;
 
 #[cfg(test)]
@@ -195,7 +196,14 @@ impl Store {
             end,
             mode,
             initial_confirm_offset,
+            recovered.verified,
+            report.dispatch_stop_offset,
         ));
+        if let Some(corruption) = recovered.corruption {
+            shared.report_corrupt(corruption.commit_log_offset, corruption.reason);
+        } else if recovered.checked_whole_log {
+            shared.mark_verified();
+        }
         let (writer_tx, writer_rx) = mpsc::channel(shared.config.write_queue_capacity);
         let writer = Writer::new(shared.clone(), writer_rx, queue_offsets)?;
         let threads = Threads {
@@ -303,6 +311,14 @@ impl Store {
             .load(std::sync::atomic::Ordering::Acquire)
         {
             return Err(StoreError::ReplicaOnly);
+        }
+        if let Some(commit_log_offset) = self.shared.dispatch_stop_offset() {
+            // Nothing past a corrupt record is indexed: a message appended now could not be read
+            // until a repair cuts the log there, and the cut would take it too.
+            return Err(self.shared.corrupt_error(
+                commit_log_offset,
+                "a corrupt record stops the consume queues: appends wait for its repair",
+            ));
         }
         let (reply, written) = oneshot::channel();
         self.writer_tx
@@ -580,6 +596,12 @@ impl Store {
     /// Watches the store's faults and verification (see [`health`]).
     pub fn health(&self) -> watch::Receiver<StoreHealth> {
         self.shared.health.subscribe()
+    }
+
+    /// The verified offset the next checkpoint saves: every record below it was CRC-checked,
+    /// and none below it is known corrupt (see [`verified`]).
+    pub fn verified_offset(&self) -> u64 {
+        self.shared.verified_offset()
     }
 
     /// Watches the written and flushed offsets (replication ships and acknowledges by them).

@@ -30,6 +30,7 @@ use super::error::{Result, StoreError};
 use super::flush;
 use super::meta_file;
 use super::record::{self, read_u64, Prefix, RECORD_PREFIX_BYTES};
+use super::scan;
 use super::segment::Segment;
 use super::shared::Shared;
 use super::writer::QueueOffsetTable;
@@ -86,6 +87,31 @@ pub(crate) fn check_boundary(log: &CommitLog, commit_log_offset: u64) -> Result<
     }
 }
 
+/// Checks that the log may be cut at `commit_log_offset`: a record boundary it holds
+/// ([`check_boundary`]), or the known corrupt record, which fails its own check but starts where
+/// the records before it end ([`scan::reaches_by_prefixes`]): the cut a repair makes. A cut
+/// above a corrupt record that stops the dispatcher is refused: the consume queues, from which
+/// the writer's queue offsets are rebuilt after a cut, do not cover the records between.
+pub(crate) fn check_cut(shared: &Shared, commit_log_offset: u64) -> Result<()> {
+    if let Some(stop) = shared.dispatch_stop_offset() {
+        if commit_log_offset > stop {
+            return Err(StoreError::OffsetInvalid {
+                commit_log_offset,
+                reason: "above a corrupt record the consume queues stop at: cut at or below it",
+            });
+        }
+    }
+    match check_boundary(&shared.log, commit_log_offset) {
+        Err(StoreError::OffsetInvalid { .. })
+            if shared.corrupt_offset() == Some(commit_log_offset)
+                && scan::reaches_by_prefixes(&shared.log, commit_log_offset)? =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
+}
+
 /// Reads a pending truncation target left by a crash.
 pub(crate) fn load_intent(dir: &std::path::Path) -> Result<Option<u64>> {
     let Some((_, payload)) = meta_file::load(
@@ -134,12 +160,14 @@ pub(crate) fn apply(
         if checkpoint.flushed_offset > commit_log_offset
             || checkpoint.dispatched_offset > commit_log_offset
             || checkpoint.confirm_offset > commit_log_offset
+            || checkpoint.verified_offset > commit_log_offset
         {
             Checkpoint {
                 flushed_offset: checkpoint.flushed_offset.min(commit_log_offset),
                 dispatched_offset: checkpoint.dispatched_offset.min(commit_log_offset),
                 confirm_offset: checkpoint.confirm_offset.min(commit_log_offset),
                 saved_at_ms: super::now_ms(),
+                verified_offset: checkpoint.verified_offset.min(commit_log_offset),
             }
             .save(dir)?;
         }
@@ -228,6 +256,7 @@ pub(crate) fn truncate_running(
     shared
         .dispatched_offset
         .store(dispatch.dispatched_offset, Ordering::Release);
+    shared.resume_dispatch_from(commit_log_offset);
     // Again, now that the durable offsets are lowered: an external raise computed before them
     // cannot stay above the cut.
     shared.clamp_confirm_offset(commit_log_offset);
