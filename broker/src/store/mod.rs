@@ -49,6 +49,7 @@ pub mod record;
 pub mod recovery;
 pub mod retention;
 pub mod scan;
+pub mod scrub;
 pub mod segment;
 mod shared;
 mod shipped;
@@ -143,6 +144,7 @@ struct Threads {
     dispatcher: Option<JoinHandle<()>>,
     housekeeping: Option<JoinHandle<()>>,
     preallocator: Option<JoinHandle<()>>,
+    scrubber: Option<JoinHandle<()>>,
 }
 
 impl Store {
@@ -224,6 +226,14 @@ impl Store {
                 let shared = shared.clone();
                 move || preallocate::run(shared)
             })?),
+            scrubber: if shared.config.scrub_bytes_per_second > 0 {
+                Some(spawn_background("store-scrubber", {
+                    let shared = shared.clone();
+                    move || scrub::run(shared)
+                })?)
+            } else {
+                None
+            },
         };
         Ok(Store {
             shared,
@@ -640,9 +650,14 @@ impl Store {
         }
         self.shared.housekeeping_signal.stop();
         self.shared.preallocate_signal.stop();
-        for handle in [threads.housekeeping.take(), threads.preallocator.take()]
-            .into_iter()
-            .flatten()
+        self.shared.scrub_signal.stop();
+        for handle in [
+            threads.housekeeping.take(),
+            threads.preallocator.take(),
+            threads.scrubber.take(),
+        ]
+        .into_iter()
+        .flatten()
         {
             let _ = handle.join();
         }
@@ -672,11 +687,13 @@ impl Store {
         self.shared.dispatch_signal.stop();
         self.shared.housekeeping_signal.stop();
         self.shared.preallocate_signal.stop();
+        self.shared.scrub_signal.stop();
         for handle in [
             threads.flusher.take(),
             threads.dispatcher.take(),
             threads.housekeeping.take(),
             threads.preallocator.take(),
+            threads.scrubber.take(),
         ]
         .into_iter()
         .flatten()

@@ -78,6 +78,7 @@ pub(crate) struct Shared {
     pub dispatch_signal: Signal,
     pub housekeeping_signal: Signal,
     pub preallocate_signal: Signal,
+    pub scrub_signal: Signal,
     pub flush_progress: watch::Sender<FlushProgress>,
     /// Highest commit-log offset consumers may read. Changed only under `confirm_lock`, which
     /// also covers the read of the locally durable offset that bounds it, so a raise computed
@@ -168,6 +169,7 @@ impl Shared {
             dispatch_signal: Signal::default(),
             housekeeping_signal: Signal::default(),
             preallocate_signal: Signal::default(),
+            scrub_signal: Signal::default(),
             flush_progress: watch::Sender::new(FlushProgress {
                 flushed_offset: recovered_end,
                 failed: false,
