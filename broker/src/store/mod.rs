@@ -64,6 +64,8 @@ mod model_tests;
 #[cfg(test)]
 mod regression_tests;
 #[cfg(test)]
+mod scrub_tests;
+#[cfg(test)]
 mod tests;
 
 use std::fs::OpenOptions;
