@@ -384,3 +384,30 @@ async fn a_scrub_step_reads_at_most_one_seconds_worth() {
         store.shutdown().unwrap();
     }
 }
+
+/// A master never ships a record that fails its check: a raw read hands over the sound records
+/// before it, and a raw read that starts at it fails and reports it.
+#[tokio::test]
+async fn raw_reads_stop_before_a_corrupt_record_and_report_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let results = cleanly_stopped_store(dir.path(), 20).await;
+    let victim = 7;
+    flip_bytes(dir.path(), results[victim].commit_log_offset + 75, 1);
+    let store = Store::open(no_scrubber(dir.path())).unwrap();
+    assert_eq!(corrupt_offset(&store), None, "below the verified offset");
+    let shipped = store.read_raw(0, 1 << 20).unwrap();
+    assert_eq!(shipped.len() as u64, results[victim].commit_log_offset);
+    let err = store
+        .read_raw(results[victim].commit_log_offset, 1 << 20)
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    assert_eq!(
+        corrupt_offset(&store),
+        Some(results[victim].commit_log_offset)
+    );
+    // Past it, the log still ships.
+    let after = store
+        .read_raw(results[victim + 1].commit_log_offset, 1 << 20)
+        .unwrap();
+    assert!(!after.is_empty());
+}

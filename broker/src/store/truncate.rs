@@ -39,7 +39,9 @@ pub const TRUNCATE_INTENT_FILE_NAME: &str = "truncate.intent";
 const TRUNCATE_MAGIC: u32 = u32::from_le_bytes(*b"RMTI");
 const TRUNCATE_FORMAT_VERSION: u16 = 1;
 
-/// Checks that `commit_log_offset` is a record boundary the log holds.
+/// Checks that `commit_log_offset` is a record boundary the log holds. A record that starts there
+/// (its header names this offset) but fails its check is [`StoreError::Corrupt`], not a caller's
+/// error.
 pub(crate) fn check_boundary(log: &CommitLog, commit_log_offset: u64) -> Result<()> {
     let invalid = |reason| StoreError::OffsetInvalid {
         commit_log_offset,
@@ -80,6 +82,15 @@ pub(crate) fn check_boundary(log: &CommitLog, commit_log_offset: u64) -> Result<
             segment.read_at(commit_log_offset, &mut raw)?;
             match record::check_message(&raw) {
                 Ok(header) if header.commit_log_offset == commit_log_offset => Ok(()),
+                Err(reason)
+                    if record::claimed_commit_log_offset(&raw) == Some(commit_log_offset) =>
+                {
+                    Err(StoreError::Corrupt {
+                        path: segment.path().to_path_buf(),
+                        position: segment.file_position(commit_log_offset),
+                        reason,
+                    })
+                }
                 _ => Err(invalid("not a record boundary")),
             }
         }
@@ -102,7 +113,7 @@ pub(crate) fn check_cut(shared: &Shared, commit_log_offset: u64) -> Result<()> {
         }
     }
     match check_boundary(&shared.log, commit_log_offset) {
-        Err(StoreError::OffsetInvalid { .. })
+        Err(StoreError::OffsetInvalid { .. } | StoreError::Corrupt { .. })
             if shared.corrupt_offset() == Some(commit_log_offset)
                 && scan::reaches_by_prefixes(&shared.log, commit_log_offset)? =>
         {
