@@ -13,19 +13,24 @@
 //!   serves messages from them up to the confirm offset.
 //! - `shipped` implements replication's `ShippedLog` over the store (what a master ships from
 //!   and a slave appends to).
-//! - [`recovery`] rebuilds a consistent state at open; [`truncate`] cuts the log crash-safely,
-//!   after [`truncation_report`] lists what it cuts; [`retention`] deletes old segments;
+//! - [`recovery`] rebuilds a consistent state at open, CRC-checking every record past the
+//!   checkpoint's verified offset (`verified`); [`scrub`] re-reads and checks the whole log in
+//!   the background; both, reads and the dispatcher report a corrupt record to [`health`], which
+//!   the broker acts on; [`truncate`] cuts the log crash-safely (a repair cuts at a corrupt
+//!   record), after [`truncation_report`] lists what it cuts; [`retention`] deletes old segments;
 //!   `page_cache` hands flushed pages far behind the tail back to the kernel; `preallocate` makes
 //!   the next segment ahead of time; [`epoch`] keeps the epoch history; every metadata file
 //!   goes through [`meta_file`]'s crash-safe protocol. [`config`], [`error`], [`signal`] and
 //!   [`shared`] hold the settings, the error type, thread wake-ups and the state threads share.
 //!
-//! Threads: writer, flusher, dispatcher, housekeeping (retention, page-cache release),
-//! preallocator. Callers use async methods; the threads are plain OS threads, because every one
-//! of them spends its time in blocking file-system calls. The last three run at a lower priority
+//! Threads: writer, flusher, dispatcher, housekeeping (retention, page-cache release, the disk's
+//! high-water mark), preallocator, scrubber (not started when `scrub_bytes_per_second` is 0).
+//! Callers use async methods; the threads are plain OS threads, because every one of them spends
+//! its time in blocking file-system calls. The last four run at a lower priority
 //! ([`BACKGROUND_THREAD_NICE`]).
 //!
-//! Directory layout: `lock`, `abort` (present while open), `checkpoint`, `epoch`,
+//! Directory layout: `lock`, `abort` (present while open), `checkpoint` (with the verified
+//! offset), `epoch`,
 //! `truncate.intent` (only during a truncation), `truncated/<from>-<to>.jsonl` (one report per
 //! truncation that cut messages), `commitlog/<20-digit base offset>`,
 //! `consumequeue/<topic>/<queue id>/<20-digit first queue offset>`.
@@ -762,11 +767,11 @@ fn index_entry(message: &NewMessage, size_bytes: usize) -> CqEntry {
     }
 }
 
-/// Nice value of the store's background threads (dispatcher, housekeeping, preallocator): when
-/// the CPUs are all busy, the scheduler gives the append path (appenders, writer, flusher) the
-/// larger share and these threads do their work in fewer, larger rounds (the dispatcher indexes
-/// a few MiB later under saturation, a few milliseconds of appends); on an idle CPU they run at
-/// once, as before. Measured: `store-async-a64` +15-20 % on 2 vCPUs (docs/BENCHMARKS.md).
+/// Nice value of the store's background threads (dispatcher, housekeeping, preallocator,
+/// scrubber): when the CPUs are all busy, the scheduler gives the append path (appenders, writer,
+/// flusher) the larger share and these threads do their work in fewer, larger rounds (the
+/// dispatcher indexes a few MiB later under saturation, a few milliseconds of appends); on an
+/// idle CPU they run at once, as before. Measured: `store-async-a64` +15-20 % on 2 vCPUs (docs/BENCHMARKS.md).
 const BACKGROUND_THREAD_NICE: libc::c_int = 10;
 
 /// Spawns a thread that lowers its own scheduling priority first (see
