@@ -804,6 +804,8 @@ fn log_recovery(report: &RecoveryReport) {
         records_checked = report.records_checked,
         recovered_end_offset = report.recovered_end_offset,
         torn_tail_offset = ?report.torn_tail_offset,
+        corrupt_offset = ?report.corrupt_offset,
+        dispatch_stop_offset = ?report.dispatch_stop_offset,
         finished_truncation_offset = ?report.finished_truncation_offset,
         duration_ms = report.duration.as_millis() as u64,
         "store recovered"

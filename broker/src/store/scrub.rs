@@ -26,10 +26,12 @@
 //!   from there;
 //! - a truncation (a new truncation generation) restarts the pass from the log's start: the
 //!   bytes past the cut are new, and its old record boundaries mean nothing there;
-//! - before reporting, it confirms under the dispatch mutex, which every truncation and retention
-//!   pass holds while it changes the log: the generation is unchanged, the record is still held,
-//!   and re-read alone it still fails. A read that raced a cut, or a bad read that does not
-//!   repeat, is never reported. That mutex is taken only on a finding, never on the clean path.
+//! - before reporting, it re-reads the record alone and confirms that it still fails, that no
+//!   truncation or `start_at` ran during either read (`Shared::log_rewrite_seq`, a sequence
+//!   lock: each bumps it before touching a byte and again when done), that retention did not
+//!   delete it, and that it is below the flushed offset. A read that raced a cut, or a bad read
+//!   that does not repeat, is never reported; and no lock is taken, so nothing the writer needs
+//!   is ever held across the scrubber's I/O.
 //!
 //! Page cache: after each step it hands the pages it read back to the kernel
 //! (`POSIX_FADV_DONTNEED`), except within `page_cache_keep_bytes` of the flushed offset, the part
@@ -151,6 +153,8 @@ impl Scrubber {
     /// Checks the next step of the pass under way, starting a pass if none is.
     pub fn step(&mut self) -> Step {
         let shared = Arc::clone(&self.shared);
+        // Read before any byte of this step: a finding is kept only if no rewrite ran since.
+        let rewrite_seq = shared.log_rewrite_seq();
         let generation = shared.flush_progress.borrow().truncation_generation;
         let min_offset = shared.log.min_offset();
         let pass = match &mut self.pass {
@@ -213,7 +217,7 @@ impl Scrubber {
         let Some(finding) = finding else {
             return Step::Checked { bytes };
         };
-        match self.confirm(checked_end, &finding, generation) {
+        match self.confirm(checked_end, &finding, rewrite_seq) {
             Confirmed::Corrupt => {
                 let reason = match finding {
                     Finding::Record(reason) => reason,
@@ -234,37 +238,41 @@ impl Scrubber {
         }
     }
 
-    /// Re-checks a finding at `commit_log_offset` while the log cannot change (see the module
-    /// header).
-    fn confirm(&self, commit_log_offset: u64, finding: &Finding, generation: u64) -> Confirmed {
+    /// Re-checks a finding at `commit_log_offset`, and keeps it only if the log did not change
+    /// under either read (see the module header).
+    fn confirm(&self, commit_log_offset: u64, finding: &Finding, rewrite_seq: u64) -> Confirmed {
         let shared = &self.shared;
-        let _no_cut = shared.dispatch.lock().expect("dispatch lock poisoned");
-        if shared.flush_progress.borrow().truncation_generation != generation
+        let reread = match finding {
+            Finding::Read(_) => None,
+            Finding::Record(_) => Some(scan::scan(
+                &shared.log,
+                commit_log_offset,
+                commit_log_offset + 1,
+                SCRUB_STEP_BYTES as usize,
+                |_, _| Ok(()),
+            )),
+        };
+        // After both reads: no truncation or start_at ran meanwhile (the sequence is even and
+        // unchanged; each bumps it before touching a byte), retention did not take the record
+        // away, and it is still below the flushed offset.
+        if rewrite_seq % 2 == 1
+            || shared.log_rewrite_seq() != rewrite_seq
             || commit_log_offset < shared.log.min_offset()
             || commit_log_offset >= shared.log.flushed_offset()
         {
             return Confirmed::Changed;
         }
-        if let Finding::Read(_) = finding {
-            return Confirmed::Corrupt;
-        }
-        match scan::scan(
-            &shared.log,
-            commit_log_offset,
-            commit_log_offset + 1,
-            SCRUB_STEP_BYTES as usize,
-            |_, _| Ok(()),
-        ) {
-            Ok(ScanEnd::Limit {
+        match reread {
+            Some(Ok(ScanEnd::Limit {
                 commit_log_offset: end,
-            }) if end > commit_log_offset => {
+            })) if end > commit_log_offset => {
                 tracing::warn!(
                     commit_log_offset,
                     "a record failed its check once and passed on a second read: not reported"
                 );
                 Confirmed::Sound
             }
-            Ok(_) | Err(_) => Confirmed::Corrupt,
+            _ => Confirmed::Corrupt,
         }
     }
 

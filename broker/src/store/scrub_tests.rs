@@ -411,3 +411,24 @@ async fn raw_reads_stop_before_a_corrupt_record_and_report_it() {
         .unwrap();
     assert!(!after.is_empty());
 }
+
+/// A finding read while a truncation rewrites the log (here: the rewrite marker held by hand, as
+/// a cut holds it from its start to its end) is not reported, since the bytes read may be the
+/// cut's; once no rewrite runs, the same record is reported.
+#[tokio::test]
+async fn a_finding_read_during_a_rewrite_of_the_log_is_not_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let results = cleanly_stopped_store(dir.path(), 40).await;
+    flip_bytes(dir.path(), results[5].commit_log_offset + 80, 1);
+    let store = Store::open(no_scrubber(dir.path())).unwrap();
+    let mut scrubber = Scrubber::new(Arc::clone(&store.shared), TEST_RATE);
+    {
+        let _rewrite = store.shared.log_rewrite();
+        for _ in 0..10 {
+            assert!(matches!(scrubber.step(), Step::Checked { .. }));
+        }
+        assert_eq!(corrupt_offset(&store), None);
+    }
+    assert!(!scrub_pass(&mut scrubber).0);
+    assert_eq!(corrupt_offset(&store), Some(results[5].commit_log_offset));
+}

@@ -119,6 +119,10 @@ pub(crate) struct Shared {
     pub writer_stop_requested: std::sync::atomic::AtomicBool,
     /// Held for the store's lifetime: the exclusive lock on the directory.
     pub _lock_file: File,
+    /// Odd while a truncation or `start_at` rewrites the log's bytes or segments, bumped at the
+    /// start and at the end of each (a sequence lock): the scrubber confirms a finding only if it
+    /// read no byte while one ran (see `scrub`), without a lock the writer would wait on.
+    log_rewrite_seq: AtomicU64,
     /// Test-only: rounds of the flusher's loop, to catch busy loops.
     #[cfg(test)]
     pub flusher_rounds: AtomicU64,
@@ -196,6 +200,7 @@ impl Shared {
             replica_only: std::sync::atomic::AtomicBool::new(false),
             writer_stop_requested: std::sync::atomic::AtomicBool::new(false),
             _lock_file: lock_file,
+            log_rewrite_seq: AtomicU64::new(0),
             #[cfg(test)]
             flusher_rounds: AtomicU64::new(0),
             #[cfg(test)]
@@ -285,6 +290,18 @@ impl Shared {
             h.verified |= became;
             became
         })
+    }
+
+    /// Marks a rewrite of the log's bytes (a truncation, `start_at`) under way until the guard
+    /// drops (see `log_rewrite_seq`).
+    pub fn log_rewrite(&self) -> LogRewrite<'_> {
+        self.log_rewrite_seq.fetch_add(1, Ordering::SeqCst);
+        LogRewrite { shared: self }
+    }
+
+    /// The rewrite sequence now: odd while a rewrite runs; a change means one ran.
+    pub fn log_rewrite_seq(&self) -> u64 {
+        self.log_rewrite_seq.load(Ordering::SeqCst)
     }
 
     /// The verified offset the next checkpoint saves (see `verified`).
@@ -443,6 +460,18 @@ impl Shared {
             *current = now;
             changed
         });
+    }
+}
+
+/// A rewrite of the log under way (see [`Shared::log_rewrite`]); ends when dropped, on every
+/// path out of the rewrite.
+pub(crate) struct LogRewrite<'a> {
+    shared: &'a Shared,
+}
+
+impl Drop for LogRewrite<'_> {
+    fn drop(&mut self) {
+        self.shared.log_rewrite_seq.fetch_add(1, Ordering::SeqCst);
     }
 }
 

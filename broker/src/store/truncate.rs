@@ -221,6 +221,9 @@ pub(crate) fn truncate_running(
         "truncating the commit log"
     );
     let mut dispatch = shared.dispatch.lock().expect("dispatch lock poisoned");
+    // Until the end of the cut (the generation bumped): the scrubber reports nothing it read
+    // meanwhile.
+    let _rewrite = shared.log_rewrite();
     dispatch_to(shared, &mut dispatch, commit_log_offset)?;
     // Hand-offs past the cut describe bytes it removes; the writer (this thread) pushes none
     // until the cut is done.

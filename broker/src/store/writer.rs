@@ -559,6 +559,7 @@ impl Writer {
         // Readers and the dispatcher find nothing to do in an empty log; hold the dispatcher
         // still anyway while the segment list changes under it.
         let mut dispatch = self.shared.dispatch.lock().expect("dispatch lock poisoned");
+        let _rewrite = self.shared.log_rewrite();
         let old = log.segments();
         log.retain_segments(|_| false);
         for segment in &old {
