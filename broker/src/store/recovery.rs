@@ -169,24 +169,7 @@ pub(crate) fn recover(dir: &Path, config: &StoreConfig, clean_shutdown: bool) ->
     report.corrupt_offset = checked.corruption.as_ref().map(|c| c.commit_log_offset);
     report.dispatch_stop_offset = checked.dispatch_stop_offset;
 
-    // What recovery read may have come from the page cache alone: make it durable before the
-    // flushed offset claims it.
-    for segment in log.segments() {
-        if segment.end_offset() > check_start && segment.base_offset() < recovered_end {
-            segment
-                .sync_data()
-                .map_err(StoreError::io("fsync commit log", segment.path()))?;
-        }
-    }
-    log.set_write_offset(recovered_end);
-    log.set_flushed_offset(recovered_end);
-    if log.segment_for(recovered_end).is_none() {
-        log.push_segment(Segment::create(
-            log.dir(),
-            recovered_end,
-            config.segment_bytes,
-        )?);
-    }
+    settle_log(&log, config, check_start, recovered_end)?;
     epochs.truncate_from(recovered_end + 1)?;
     for queue in queues.all() {
         queue.sync()?;
@@ -220,6 +203,34 @@ pub(crate) fn recover(dir: &Path, config: &StoreConfig, clean_shutdown: bool) ->
         corruption: checked.corruption,
         checked_whole_log: check_start <= min_offset,
     })
+}
+
+/// Makes the recovered log the running log: fsyncs what recovery read (it may have come from the
+/// page cache alone) before the flushed offset claims it, sets both offsets to the end, and makes
+/// sure a segment holds the end (the next write goes there).
+fn settle_log(
+    log: &CommitLog,
+    config: &StoreConfig,
+    check_start: u64,
+    recovered_end: u64,
+) -> Result<()> {
+    for segment in log.segments() {
+        if segment.end_offset() > check_start && segment.base_offset() < recovered_end {
+            segment
+                .sync_data()
+                .map_err(StoreError::io("fsync commit log", segment.path()))?;
+        }
+    }
+    log.set_write_offset(recovered_end);
+    log.set_flushed_offset(recovered_end);
+    if log.segment_for(recovered_end).is_none() {
+        log.push_segment(Segment::create(
+            log.dir(),
+            recovered_end,
+            config.segment_bytes,
+        )?);
+    }
+    Ok(())
 }
 
 /// Where [`check_log`] works.
