@@ -3,8 +3,8 @@
 //! endpoint (`replication::exporter`, served when `metrics_listen` is set).
 //!
 //! Counters and histograms are recorded where things happen: the `Send` handler
-//! ([`record_send`], [`record_appended`]) and the flusher around its fdatasync
-//! ([`record_flush`]). Everything else is a gauge read at scrape time from where it lives: the
+//! ([`record_send`], [`record_appended`]), the flusher around its fdatasync
+//! ([`record_flush`]) and the store's scrubber ([`record_scrubbed`], [`record_scrub_pass`]). Everything else is a gauge read at scrape time from where it lives: the
 //! store's offsets, the role, the master's in-sync tracker (each slave's lag) and the consumer
 //! groups' committed offsets. Without a recorder installed (metrics off) every call is a no-op.
 //!
@@ -14,7 +14,7 @@
 //! than shown, so a broker with very many queues and groups cannot blow up the scrape.
 //!
 //! PERF: the send path records one counter and one histogram per request (never per message);
-//! the flusher one histogram per fsync.
+//! the flusher one histogram per fsync; the scrubber one counter per step (1 MiB).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,6 +58,18 @@ pub const CONSUMER_LAG_MESSAGES: &str = "broker_consumer_lag_messages";
 /// Gauge (master only): consumer-lag series left out past [`CONSUMER_LAG_SERIES_MAX`].
 pub const CONSUMER_LAG_SERIES_OMITTED: &str = "broker_consumer_lag_series_omitted";
 
+/// Counter: commit-log bytes the scrubber re-read and CRC-checked.
+pub const SCRUB_BYTES: &str = "broker_scrub_bytes_total";
+/// Counter: scrub passes ended (each from the log's start to its flushed offset, or to the first
+/// corrupt record).
+pub const SCRUB_PASSES: &str = "broker_scrub_passes_total";
+/// Gauge: the store's verified offset (every record below it CRC-checked, none known corrupt).
+pub const VERIFIED_OFFSET_BYTES: &str = "broker_verified_offset_bytes";
+/// Gauge: 1 while a corrupt record is known in the commit log, else 0.
+pub const STORE_CORRUPT: &str = "broker_store_corrupt";
+/// Gauge: 1 once every record held at open has been checked since, with none found corrupt.
+pub const STORE_VERIFIED: &str = "broker_store_verified";
+
 /// Most consumer-lag series one broker reports: 8 groups on 64 topics of 8 queues each. Each
 /// series costs the scrape about 150 bytes and Prometheus one time series.
 pub const CONSUMER_LAG_SERIES_MAX: usize = 4096;
@@ -85,6 +97,26 @@ pub fn describe() {
     describe_gauge!(WRITE_OFFSET_BYTES, "The commit log's write_offset.");
     describe_gauge!(FLUSHED_OFFSET_BYTES, "The commit log's flushed_offset.");
     describe_gauge!(CONFIRM_OFFSET_BYTES, "The commit log's confirm_offset.");
+    describe_counter!(
+        SCRUB_BYTES,
+        "Commit-log bytes the scrubber re-read and CRC-checked."
+    );
+    describe_counter!(
+        SCRUB_PASSES,
+        "Scrub passes ended (the whole log, or up to the first corrupt record)."
+    );
+    describe_gauge!(
+        VERIFIED_OFFSET_BYTES,
+        "The store's verified offset: every record below it CRC-checked, none known corrupt."
+    );
+    describe_gauge!(
+        STORE_CORRUPT,
+        "1 while a corrupt record is known in the commit log, else 0."
+    );
+    describe_gauge!(
+        STORE_VERIFIED,
+        "1 once every record held at open has been checked since without finding corruption."
+    );
     describe_gauge!(IS_MASTER, "1 while this broker is master, 0 while slave.");
     describe_gauge!(MASTER_EPOCH, "The master epoch this broker acts in.");
     describe_gauge!(
@@ -136,6 +168,16 @@ pub fn record_flush(latency: Duration) {
     histogram!(FLUSH_LATENCY_SECONDS).record(latency.as_secs_f64());
 }
 
+/// Records commit-log bytes the scrubber checked (one step).
+pub fn record_scrubbed(bytes: u64) {
+    counter!(SCRUB_BYTES).increment(bytes);
+}
+
+/// Records one ended scrub pass.
+pub fn record_scrub_pass() {
+    counter!(SCRUB_PASSES).increment(1);
+}
+
 /// Sets the broker's gauges from the store, the role and the consumer groups.
 pub struct BrokerSampler {
     store: Arc<Store>,
@@ -184,6 +226,10 @@ impl Sampler for BrokerSampler {
         gauge!(WRITE_OFFSET_BYTES).set(self.store.write_offset() as f64);
         gauge!(FLUSHED_OFFSET_BYTES).set(self.store.flushed_offset() as f64);
         gauge!(CONFIRM_OFFSET_BYTES).set(self.store.confirm_offset() as f64);
+        gauge!(VERIFIED_OFFSET_BYTES).set(self.store.verified_offset() as f64);
+        let health = self.store.health().borrow().clone();
+        gauge!(STORE_CORRUPT).set(if health.corrupt.is_some() { 1.0 } else { 0.0 });
+        gauge!(STORE_VERIFIED).set(if health.verified { 1.0 } else { 0.0 });
         gauge!(MASTER_EPOCH).set(self.role.master_epoch() as f64);
         let role = self.role.current();
         let Role::Master(master) = role.as_ref() else {

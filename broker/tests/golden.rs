@@ -1,10 +1,12 @@
 //! Golden files pin the on-disk layouts drawn in docs/FORMATS.md: a message record, a padding
-//! record, a consume-queue entry, a segment header and an epoch file. A change to any layout
+//! record, a consume-queue entry, a segment header, an epoch file and a checkpoint (the current
+//! version, and the older one this build must still read). A change to any layout
 //! fails here until the format version is raised and the files are regenerated on purpose
 //! (`UPDATE_GOLDEN=1 cargo test -p broker --test golden`), together with the docs.
 
 use std::path::PathBuf;
 
+use broker::store::checkpoint::{Checkpoint, CHECKPOINT_FILE_NAME};
 use broker::store::consume_queue::CqEntry;
 use broker::store::epoch::EpochHistory;
 use broker::store::record::{self, RecordLimits};
@@ -103,5 +105,42 @@ fn epoch_file_layout_is_pinned() {
     golden(
         "epoch_v1.bin",
         &std::fs::read(dir.path().join("epoch")).unwrap(),
+    );
+}
+
+#[test]
+fn checkpoint_layout_is_pinned() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = Checkpoint {
+        flushed_offset: 0x4000_0000,
+        dispatched_offset: 0x3FFF_F000,
+        confirm_offset: 0x3FFF_E000,
+        saved_at_ms: 0x0102_0304_0506,
+        verified_offset: 0x2000_0000,
+    };
+    checkpoint.save(dir.path()).unwrap();
+    let bytes = std::fs::read(dir.path().join(CHECKPOINT_FILE_NAME)).unwrap();
+    golden("checkpoint_v2.bin", &bytes);
+    assert_eq!(Checkpoint::load(dir.path()).unwrap(), Some(checkpoint));
+}
+
+/// A checkpoint saved by a build that knew only version 1 (no verified offset) still loads: its
+/// flushed offset stands for the verified offset (see `checkpoint.rs`). The golden file is what
+/// that build wrote; it is never regenerated.
+#[test]
+fn a_version_1_checkpoint_still_loads() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/checkpoint_v1.bin");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(&path, dir.path().join(CHECKPOINT_FILE_NAME))
+        .unwrap_or_else(|err| panic!("{}: {err}", path.display()));
+    assert_eq!(
+        Checkpoint::load(dir.path()).unwrap(),
+        Some(Checkpoint {
+            flushed_offset: 0x4000_0000,
+            dispatched_offset: 0x3FFF_F000,
+            confirm_offset: 0x3FFF_E000,
+            saved_at_ms: 0x0102_0304_0506,
+            verified_offset: 0x4000_0000,
+        })
     );
 }

@@ -242,7 +242,8 @@ impl CommitLog {
     /// segment end or `write_offset`. A padding record comes with the zeros after it, up to the
     /// segment end, so the bytes are a contiguous copy of the log. Empty at the written end. An
     /// offset that is not a record boundary is the caller's error (`OffsetInvalid`), not
-    /// corruption.
+    /// corruption. Every message record is CRC-checked: the read stops before one that fails,
+    /// and fails with [`StoreError::Corrupt`] when it is the first.
     pub fn read_raw(&self, commit_log_offset: u64, max_bytes: usize) -> Result<Bytes> {
         let max_bytes = max_bytes.min(RAW_READ_BYTES_MAX);
         let write_offset = self.write_offset();
@@ -319,6 +320,20 @@ impl CommitLog {
                     let end = pos + total_bytes as usize;
                     if end > buf.len() {
                         return Ok(fit(pos, end, buf.len()));
+                    }
+                    // Never ship a record that fails its check: hand over the sound records
+                    // before it, and fail (reported as corruption) once it comes first.
+                    let checked = match record::check_message(&buf[pos..end]) {
+                        Ok(header) if header.commit_log_offset == at => Ok(()),
+                        Ok(_) => Err("record's own offset does not match its position"),
+                        Err(reason) => Err(reason),
+                    };
+                    if let Err(reason) = checked {
+                        return if pos > 0 {
+                            Ok(WholeRecords::Bytes(pos))
+                        } else {
+                            Err(corrupt(reason))
+                        };
                     }
                     pos = end;
                 }

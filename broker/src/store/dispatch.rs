@@ -14,6 +14,11 @@
 //!
 //! Entries are built for everything written, not only below the confirm offset; reads apply the
 //! confirm offset. That keeps the consume queues a pure function of the log.
+//!
+//! A corrupt record stops it (`Shared::dispatch_stop_offset`): its topic, queue and queue offset
+//! are unreadable, and indexing past it would leave a hole in its queue. The dispatcher reports
+//! it (store health) and indexes nothing past it until a truncation cuts it; recovery may hand
+//! over a store already stopped. The rest of the store goes on: what is indexed stays readable.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -24,7 +29,7 @@ use super::checkpoint::Checkpoint;
 use super::consume_queue::{ConsumeQueue, ConsumeQueues, CqEntry};
 use super::error::{Result, StoreError};
 use super::record::RecordHeader;
-use super::scan;
+use super::scan::{self, ScanEnd, Stop};
 use super::shared::{DispatchState, Shared};
 
 /// Bytes of commit log read per scan chunk.
@@ -135,7 +140,8 @@ fn queues_path(queue: &ConsumeQueue) -> std::path::PathBuf {
     ))
 }
 
-/// Scans `[from, to)` of the log into the consume queues; returns where it stopped (`to`).
+/// Scans `[from, to)` of the log into the consume queues; returns where it stopped: `to`, or the
+/// offset of a corrupt record, which it reports and stops the dispatcher at.
 pub(crate) fn dispatch_range(shared: &Shared, from: u64, to: u64) -> Result<u64> {
     let mut pending = PendingEntries::default();
     let end = scan::scan(&shared.log, from, to, SCAN_CHUNK_BYTES, |header, raw| {
@@ -144,7 +150,28 @@ pub(crate) fn dispatch_range(shared: &Shared, from: u64, to: u64) -> Result<u64>
         pending.add(&shared.queues, header, topic)
     })?;
     pending.write_out()?;
-    scan::stop_to_error(end)
+    match end {
+        ScanEnd::Limit { commit_log_offset } => Ok(commit_log_offset),
+        ScanEnd::Stopped {
+            commit_log_offset,
+            stop,
+            ..
+        } => {
+            let reason = match stop {
+                Stop::Zeros => "zeros below the written end",
+                Stop::Invalid(reason) => reason,
+            };
+            tracing::error!(
+                commit_log_offset,
+                reason,
+                "the dispatcher met a corrupt record: consume queues stop before it until it is \
+                 cut"
+            );
+            shared.report_corrupt(commit_log_offset, reason.to_owned());
+            shared.stop_dispatch_at(commit_log_offset);
+            Ok(commit_log_offset)
+        }
+    }
 }
 
 pub(crate) fn run(shared: Arc<Shared>) {
@@ -153,7 +180,7 @@ pub(crate) fn run(shared: Arc<Shared>) {
         // Reads the atomic mirror, not the mutex: the writer notifies this signal while it may
         // hold the dispatch mutex (truncation), and the two locks must not be taken in both orders.
         let stopping = shared.dispatch_signal.wait(Some(interval), || {
-            shared.log.write_offset() > shared.dispatched_offset.load(Ordering::Acquire)
+            shared.dispatch_limit() > shared.dispatched_offset.load(Ordering::Acquire)
         });
         if shared.poisoned().is_some() {
             // The store failed (or a test simulates a crash): write nothing more.
@@ -176,8 +203,10 @@ pub(crate) fn run(shared: Arc<Shared>) {
 /// dispatch state: the dispatcher's rounds, and whoever needs everything indexed now.
 ///
 /// Takes the writer's handed-over entries where a hand-off starts exactly at the dispatched
-/// offset, and scans the log for every range in between (see the module header).
+/// offset, and scans the log for every range in between (see the module header). Never indexes
+/// past a corrupt record (see the module header): stops there.
 pub(crate) fn dispatch_to(shared: &Shared, state: &mut DispatchState, target: u64) -> Result<()> {
+    let target = target.min(shared.dispatch_stop_offset().unwrap_or(u64::MAX));
     if target <= state.dispatched_offset {
         return Ok(());
     }
@@ -192,6 +221,12 @@ pub(crate) fn dispatch_to(shared: &Shared, state: &mut DispatchState, target: u6
             // after the entries gathered so far (a queue takes its entries in order).
             pending.write_out()?;
             dispatched = dispatch_range(shared, dispatched, range.start)?;
+            if shared
+                .dispatch_stop_offset()
+                .is_some_and(|stop| stop < range.end)
+            {
+                break; // a corrupt record: nothing past it is indexed
+            }
         }
         if range.start != dispatched {
             // Cannot happen (hand-offs and the log are both cut at group boundaries); the log
@@ -213,6 +248,7 @@ pub(crate) fn dispatch_to(shared: &Shared, state: &mut DispatchState, target: u6
         dispatched = range.end;
     }
     pending.write_out()?;
+    let target = target.min(shared.dispatch_stop_offset().unwrap_or(u64::MAX));
     if dispatched < target {
         dispatched = dispatch_range(shared, dispatched, target)?;
     }
@@ -291,6 +327,9 @@ fn round(shared: &Shared, state: &mut DispatchState, force_checkpoint: bool) -> 
 /// runs in between.
 pub(crate) fn save_checkpoint(shared: &Shared, state: &DispatchState) -> Result<()> {
     let flushed_offset = shared.log.flushed_offset();
+    // Read with the flushed offset, before the fsyncs: never past what this checkpoint calls
+    // flushed.
+    let verified_offset = shared.verified_offset().min(flushed_offset);
     for queue in shared.queues.all() {
         queue.sync()?;
     }
@@ -299,6 +338,7 @@ pub(crate) fn save_checkpoint(shared: &Shared, state: &DispatchState) -> Result<
         dispatched_offset: state.dispatched_offset,
         confirm_offset: shared.confirm_offset(),
         saved_at_ms: super::now_ms(),
+        verified_offset,
     }
     .save(&shared.dir)
 }

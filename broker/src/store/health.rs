@@ -6,21 +6,28 @@
 //!   failed fsync the kernel may have dropped dirty pages, and a retry could acknowledge data
 //!   that is not on disk. The broker gives mastership up and reopens the store.
 //! - **corrupt**: a record failed verification (its CRC, its framing) where the log must be
-//!   intact, found by a read, by recovery or by the scrubber. The lowest such commit-log offset
-//!   is kept. The store still takes writes past it; the broker leaves the in-sync set, gives
-//!   mastership up, and repairs the range from a healthy replica. A truncation below the corrupt
-//!   offset removes it, and clears the fault.
+//!   intact, found by a read, a raw read, recovery, the dispatcher or the scrubber. The lowest
+//!   such commit-log offset is kept. The store still takes writes past it, unless the dispatcher
+//!   stopped at it (see `dispatch`); the broker leaves the in-sync set, gives mastership up, and
+//!   repairs the range from a healthy replica: a truncation at or below the corrupt offset
+//!   removes it (`truncate_to` accepts the corrupt record's own offset), and clears the fault, as
+//!   does retention deleting its segment.
 //! - **disk full**: the file system holding the store is used past the high-water mark
 //!   (`disk_high_water_ratio`, or less than two segments free): client sends are refused with
 //!   a clear status before the file system fails, and taken again once space returns. Writes the
 //!   broker makes itself (offset commits, retries) and replication go on, into the headroom.
 //!
 //! `verified` says whether every record the store held when it opened has been checked since
-//! (by recovery or a full scrubber pass): until then a replica is not preferred in elections.
+//! (by recovery or a full scrubber pass) and no corrupt record is known: until then a replica is
+//! not preferred in elections. It is set at open when recovery checked the whole log, else by the
+//! scrubber at the end of a pass that found nothing; any corruption reported clears it, and only
+//! a later clean pass sets it again (after the repair's cut).
 //!
 //! Who moves what: the writer, flusher and truncation set `write_failed` (through
-//! `Shared::poison`); reads, recovery and the scrubber report corruption; the housekeeping thread
-//! measures the disk; the scrubber sets `verified`. Everyone publishes through one watch channel.
+//! `Shared::poison`); reads, recovery, the dispatcher and the scrubber report corruption
+//! (`Shared::report_corrupt`), truncation and retention forget it; the housekeeping thread
+//! measures the disk; recovery and the scrubber set `verified`. Everyone publishes through one
+//! watch channel.
 
 use std::path::Path;
 use std::time::Duration;
@@ -41,7 +48,8 @@ pub struct StoreHealth {
     pub corrupt: Option<Corruption>,
     /// The disk is used past the high-water mark: client sends are refused.
     pub disk_full: bool,
-    /// Every record held at open has been verified since (recovery or a full scrubber pass).
+    /// Every record held at open has been verified since (recovery or a full scrubber pass), and
+    /// no corrupt record is known.
     pub verified: bool,
 }
 
@@ -78,7 +86,7 @@ impl StoreHealth {
         parts.join("; ")
     }
 
-    /// Keeps the lower of the known corrupt offset and `found`.
+    /// Keeps the lower of the known corrupt offset and `found`; returns whether it lowered it.
     pub(crate) fn note_corrupt(&mut self, found: Corruption) -> bool {
         match &self.corrupt {
             Some(known) if known.commit_log_offset <= found.commit_log_offset => false,

@@ -13,19 +13,24 @@
 //!   serves messages from them up to the confirm offset.
 //! - `shipped` implements replication's `ShippedLog` over the store (what a master ships from
 //!   and a slave appends to).
-//! - [`recovery`] rebuilds a consistent state at open; [`truncate`] cuts the log crash-safely,
-//!   after [`truncation_report`] lists what it cuts; [`retention`] deletes old segments;
+//! - [`recovery`] rebuilds a consistent state at open, CRC-checking every record past the
+//!   checkpoint's verified offset (`verified`); [`scrub`] re-reads and checks the whole log in
+//!   the background; both, reads and the dispatcher report a corrupt record to [`health`], which
+//!   the broker acts on; [`truncate`] cuts the log crash-safely (a repair cuts at a corrupt
+//!   record), after [`truncation_report`] lists what it cuts; [`retention`] deletes old segments;
 //!   `page_cache` hands flushed pages far behind the tail back to the kernel; `preallocate` makes
 //!   the next segment ahead of time; [`epoch`] keeps the epoch history; every metadata file
 //!   goes through [`meta_file`]'s crash-safe protocol. [`config`], [`error`], [`signal`] and
 //!   [`shared`] hold the settings, the error type, thread wake-ups and the state threads share.
 //!
-//! Threads: writer, flusher, dispatcher, housekeeping (retention, page-cache release),
-//! preallocator. Callers use async methods; the threads are plain OS threads, because every one
-//! of them spends its time in blocking file-system calls. The last three run at a lower priority
+//! Threads: writer, flusher, dispatcher, housekeeping (retention, page-cache release, the disk's
+//! high-water mark), preallocator, scrubber (not started when `scrub_bytes_per_second` is 0).
+//! Callers use async methods; the threads are plain OS threads, because every one of them spends
+//! its time in blocking file-system calls. The last four run at a lower priority
 //! ([`BACKGROUND_THREAD_NICE`]).
 //!
-//! Directory layout: `lock`, `abort` (present while open), `checkpoint`, `epoch`,
+//! Directory layout: `lock`, `abort` (present while open), `checkpoint` (with the verified
+//! offset), `epoch`,
 //! `truncate.intent` (only during a truncation), `truncated/<from>-<to>.jsonl` (one report per
 //! truncation that cut messages), `commitlog/<20-digit base offset>`,
 //! `consumequeue/<topic>/<queue id>/<20-digit first queue offset>`.
@@ -49,18 +54,22 @@ pub mod record;
 pub mod recovery;
 pub mod retention;
 pub mod scan;
+pub mod scrub;
 pub mod segment;
 mod shared;
 mod shipped;
 mod signal;
 pub mod truncate;
 pub mod truncation_report;
+mod verified;
 pub mod writer;
 
 #[cfg(test)]
 mod model_tests;
 #[cfg(test)]
 mod regression_tests;
+#[cfg(test)]
+mod scrub_tests;
 #[cfg(test)]
 mod tests;
 
@@ -142,6 +151,7 @@ struct Threads {
     dispatcher: Option<JoinHandle<()>>,
     housekeeping: Option<JoinHandle<()>>,
     preallocator: Option<JoinHandle<()>>,
+    scrubber: Option<JoinHandle<()>>,
 }
 
 impl Store {
@@ -195,7 +205,14 @@ impl Store {
             end,
             mode,
             initial_confirm_offset,
+            recovered.verified,
+            report.dispatch_stop_offset,
         ));
+        if let Some(corruption) = recovered.corruption {
+            shared.report_corrupt(corruption.commit_log_offset, corruption.reason);
+        } else if recovered.checked_whole_log {
+            shared.mark_verified();
+        }
         let (writer_tx, writer_rx) = mpsc::channel(shared.config.write_queue_capacity);
         let writer = Writer::new(shared.clone(), writer_rx, queue_offsets)?;
         let threads = Threads {
@@ -216,6 +233,14 @@ impl Store {
                 let shared = shared.clone();
                 move || preallocate::run(shared)
             })?),
+            scrubber: if shared.config.scrub_bytes_per_second > 0 {
+                Some(spawn_background("store-scrubber", {
+                    let shared = shared.clone();
+                    move || scrub::run(shared)
+                })?)
+            } else {
+                None
+            },
         };
         Ok(Store {
             shared,
@@ -303,6 +328,14 @@ impl Store {
             .load(std::sync::atomic::Ordering::Acquire)
         {
             return Err(StoreError::ReplicaOnly);
+        }
+        if let Some(commit_log_offset) = self.shared.dispatch_stop_offset() {
+            // Nothing past a corrupt record is indexed: a message appended now could not be read
+            // until a repair cuts the log there, and the cut would take it too.
+            return Err(self.shared.corrupt_error(
+                commit_log_offset,
+                "a corrupt record stops the consume queues: appends wait for its repair",
+            ));
         }
         let (reply, written) = oneshot::channel();
         self.writer_tx
@@ -620,6 +653,12 @@ impl Store {
         self.shared.health.subscribe()
     }
 
+    /// The verified offset the next checkpoint saves: every record below it was CRC-checked,
+    /// and none below it is known corrupt (see [`verified`]).
+    pub fn verified_offset(&self) -> u64 {
+        self.shared.verified_offset()
+    }
+
     /// Watches the written and flushed offsets (replication ships and acknowledges by them).
     pub fn subscribe_progress(&self) -> watch::Receiver<LogProgress> {
         self.shared.progress_tx.subscribe()
@@ -656,9 +695,14 @@ impl Store {
         }
         self.shared.housekeeping_signal.stop();
         self.shared.preallocate_signal.stop();
-        for handle in [threads.housekeeping.take(), threads.preallocator.take()]
-            .into_iter()
-            .flatten()
+        self.shared.scrub_signal.stop();
+        for handle in [
+            threads.housekeeping.take(),
+            threads.preallocator.take(),
+            threads.scrubber.take(),
+        ]
+        .into_iter()
+        .flatten()
         {
             let _ = handle.join();
         }
@@ -688,11 +732,13 @@ impl Store {
         self.shared.dispatch_signal.stop();
         self.shared.housekeeping_signal.stop();
         self.shared.preallocate_signal.stop();
+        self.shared.scrub_signal.stop();
         for handle in [
             threads.flusher.take(),
             threads.dispatcher.take(),
             threads.housekeeping.take(),
             threads.preallocator.take(),
+            threads.scrubber.take(),
         ]
         .into_iter()
         .flatten()
@@ -759,11 +805,11 @@ fn index_entry(message: &NewMessage, size_bytes: usize) -> CqEntry {
     }
 }
 
-/// Nice value of the store's background threads (dispatcher, housekeeping, preallocator): when
-/// the CPUs are all busy, the scheduler gives the append path (appenders, writer, flusher) the
-/// larger share and these threads do their work in fewer, larger rounds (the dispatcher indexes
-/// a few MiB later under saturation, a few milliseconds of appends); on an idle CPU they run at
-/// once, as before. Measured: `store-async-a64` +15-20 % on 2 vCPUs (docs/BENCHMARKS.md).
+/// Nice value of the store's background threads (dispatcher, housekeeping, preallocator,
+/// scrubber): when the CPUs are all busy, the scheduler gives the append path (appenders, writer,
+/// flusher) the larger share and these threads do their work in fewer, larger rounds (the
+/// dispatcher indexes a few MiB later under saturation, a few milliseconds of appends); on an
+/// idle CPU they run at once, as before. Measured: `store-async-a64` +15-20 % on 2 vCPUs (docs/BENCHMARKS.md).
 const BACKGROUND_THREAD_NICE: libc::c_int = 10;
 
 /// Spawns a thread that lowers its own scheduling priority first (see
@@ -796,6 +842,8 @@ fn log_recovery(report: &RecoveryReport) {
         records_checked = report.records_checked,
         recovered_end_offset = report.recovered_end_offset,
         torn_tail_offset = ?report.torn_tail_offset,
+        corrupt_offset = ?report.corrupt_offset,
+        dispatch_stop_offset = ?report.dispatch_stop_offset,
         finished_truncation_offset = ?report.finished_truncation_offset,
         duration_ms = report.duration.as_millis() as u64,
         "store recovered"

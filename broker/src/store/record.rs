@@ -444,6 +444,13 @@ pub(crate) fn total_bytes_of(prefix: &[u8]) -> u32 {
     read_u32(prefix, OFFSET_TOTAL_BYTES)
 }
 
+/// The commit-log offset a message record's header claims, unchecked: for a record that fails
+/// its check, it tells a record start whose bytes are damaged (the claim matches where it was
+/// read) from bytes that never started a record.
+pub(crate) fn claimed_commit_log_offset(record: &[u8]) -> Option<u64> {
+    (record.len() >= RECORD_HEADER_BYTES).then(|| read_u64(record, OFFSET_COMMIT_LOG_OFFSET))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

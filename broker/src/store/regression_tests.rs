@@ -327,9 +327,11 @@ async fn damaged_consume_queue_entry_is_an_error_not_a_panic() {
 }
 
 /// Damage below the checkpoint's flushed offset is to fsynced data, so it is never cut as a torn
-/// tail, even when it reads as zeros: the store refuses to open.
+/// tail, even when it reads as zeros and nothing valid follows: recovery reports it and opens
+/// with the log ending at the checkpoint's flushed offset, the consume queues stopping before
+/// the damage.
 #[tokio::test]
-async fn damage_below_the_checkpointed_flushed_offset_refuses_to_open() {
+async fn damage_below_the_checkpointed_flushed_offset_is_reported_never_cut() {
     let dir = tempfile::tempdir().unwrap();
     let config = StoreConfig {
         checkpoint_interval_ms: 3_600_000,
@@ -346,6 +348,8 @@ async fn damage_below_the_checkpointed_flushed_offset_refuses_to_open() {
         );
     }
     let end = store.write_offset();
+    // The consume queue holds every entry (the checkpoint below claims only half).
+    settle(&store).await;
     store.halt_for_test();
     drop(store);
     // A checkpoint taken while the dispatcher lagged: everything flushed, half dispatched.
@@ -354,6 +358,7 @@ async fn damage_below_the_checkpointed_flushed_offset_refuses_to_open() {
         dispatched_offset: results[5].commit_log_offset,
         confirm_offset: end,
         saved_at_ms: 0,
+        verified_offset: end,
     }
     .save(dir.path())
     .unwrap();
@@ -368,16 +373,24 @@ async fn damage_below_the_checkpointed_flushed_offset_refuses_to_open() {
     )
     .unwrap();
     drop(f);
-    let reopened = Store::open(config);
-    match reopened {
-        Ok(store) => panic!(
-            "opened with write_offset {} (checkpoint said {} was flushed); report {:?}",
-            store.write_offset(),
-            end,
-            store.recovery_report()
-        ),
-        Err(e) => assert!(matches!(e, StoreError::Corrupt { .. }), "{e}"),
-    }
+    let store = Store::open(config).unwrap();
+    let report = store.recovery_report().clone();
+    assert_eq!(report.torn_tail_offset, None, "fsynced data is never cut");
+    assert_eq!(report.corrupt_offset, Some(last.commit_log_offset));
+    assert_eq!(report.dispatch_stop_offset, Some(last.commit_log_offset));
+    assert_eq!(store.write_offset(), end);
+    assert_eq!(
+        store
+            .health()
+            .borrow()
+            .corrupt
+            .as_ref()
+            .map(|c| c.commit_log_offset),
+        Some(last.commit_log_offset)
+    );
+    settle(&store).await;
+    let read = read_queue(&store, "t", 0, 0).unwrap();
+    assert_eq!(read.messages.len(), 9, "everything before the damage");
 }
 
 /// `read_raw` at an offset that is not a record boundary (a replica's bad request) is the

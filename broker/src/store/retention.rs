@@ -156,6 +156,7 @@ pub(crate) fn run_once(shared: &Shared, now_ms: u64) -> Result<RetentionReport> 
             .map_err(StoreError::io("remove segment", segment.path()))?;
     }
     meta_file::sync_dir(shared.log.dir())?;
+    shared.forget_corruption_before(new_min);
     for queue in shared.queues.all() {
         queue.delete_before(new_min)?;
     }

@@ -216,6 +216,44 @@ fn is_valid_record_at(log: &CommitLog, offset: u64) -> Result<bool> {
     }
 }
 
+/// Whether a record starts at `commit_log_offset` by the record sizes alone: walks the prefixes
+/// of its segment from the segment's first record, without checking CRCs. For a cut at a record
+/// whose own check fails (a repair cutting at a corrupt record): the records before it are
+/// framed soundly up to exactly it. Reads the segment up to it in chunks of
+/// [`BOUNDARY_WALK_CHUNK_BYTES`].
+pub fn reaches_by_prefixes(log: &CommitLog, commit_log_offset: u64) -> Result<bool> {
+    let Some(segment) = log.segment_for(commit_log_offset) else {
+        return Ok(false);
+    };
+    let mut buf = vec![0u8; BOUNDARY_WALK_CHUNK_BYTES];
+    let mut at = segment.base_offset();
+    while at < commit_log_offset {
+        let segment_left = segment.end_offset() - at;
+        if segment_left < RECORD_PREFIX_BYTES as u64 {
+            return Ok(false);
+        }
+        // Refill from `at` whenever the next prefix is not all in the buffer.
+        let len = (segment.end_offset() - at).min(BOUNDARY_WALK_CHUNK_BYTES as u64) as usize;
+        segment.read_at(at, &mut buf[..len])?;
+        let mut within = 0usize;
+        while within + RECORD_PREFIX_BYTES <= len && at + (within as u64) < commit_log_offset {
+            let offset = at + within as u64;
+            match record::classify_prefix(&buf[within..len], segment.end_offset() - offset) {
+                Prefix::Message { total_bytes } => within += total_bytes as usize,
+                Prefix::Padding | Prefix::Zeros | Prefix::Invalid(_) => return Ok(false),
+            }
+        }
+        if within == 0 {
+            return Ok(false);
+        }
+        at += within as u64;
+    }
+    Ok(at == commit_log_offset)
+}
+
+/// Chunk of a walk by record sizes ([`reaches_by_prefixes`]).
+const BOUNDARY_WALK_CHUNK_BYTES: usize = 1 << 20;
+
 /// Turns a stop below a limit that must be intact (the written end) into an error.
 pub fn stop_to_error(end: ScanEnd) -> Result<u64> {
     match end {

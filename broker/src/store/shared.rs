@@ -1,5 +1,5 @@
-//! State shared by the store's threads (writer, flusher, dispatcher, housekeeping) and its
-//! callers. Each field says which thread moves it.
+//! State shared by the store's threads (writer, flusher, dispatcher, housekeeping, scrubber) and
+//! its callers. Each field says which thread moves it.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -17,6 +17,10 @@ use super::health::{Corruption, StoreHealth};
 use super::index_handoff::IndexHandoff;
 use super::record::RecordLimits;
 use super::signal::Signal;
+use super::verified::VerifiedRange;
+
+/// `dispatch_stop_offset` when the dispatcher may go on to the written end.
+const DISPATCH_UNSTOPPED: u64 = u64::MAX;
 
 /// Who sets the confirm offset.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,6 +78,7 @@ pub(crate) struct Shared {
     pub dispatch_signal: Signal,
     pub housekeeping_signal: Signal,
     pub preallocate_signal: Signal,
+    pub scrub_signal: Signal,
     pub flush_progress: watch::Sender<FlushProgress>,
     /// Highest commit-log offset consumers may read. Changed only under `confirm_lock`, which
     /// also covers the read of the locally durable offset that bounds it, so a raise computed
@@ -92,6 +97,15 @@ pub(crate) struct Shared {
     poison: OnceLock<Arc<StoreError>>,
     /// Faults and verification, for the broker's role and the controller (see `health`).
     pub health: watch::Sender<StoreHealth>,
+    /// What of the log is known verified (see `verified`). Set by recovery, raised by the
+    /// scrubber, lowered by truncation; read at each checkpoint.
+    pub verified: Mutex<VerifiedRange>,
+    /// The commit-log offset of a corrupt record the dispatcher cannot index past (its queue and
+    /// queue offset are unreadable, and every later record of its queue would skip one), or
+    /// [`DISPATCH_UNSTOPPED`]. Set by recovery or by the dispatcher when it meets one; cleared by a
+    /// truncation at or below it. While set, consumers see nothing past it and appends are
+    /// refused (see `Store::append`).
+    dispatch_stop_offset: AtomicU64,
     /// Appends (not raw appends) written so far; the flusher gathers by it.
     pub appends_written: AtomicU64,
     /// The commit log's page cache below this offset was handed back to the kernel (see
@@ -105,6 +119,10 @@ pub(crate) struct Shared {
     pub writer_stop_requested: std::sync::atomic::AtomicBool,
     /// Held for the store's lifetime: the exclusive lock on the directory.
     pub _lock_file: File,
+    /// Odd while a truncation or `start_at` rewrites the log's bytes or segments, bumped at the
+    /// start and at the end of each (a sequence lock): the scrubber confirms a finding only if it
+    /// read no byte while one ran (see `scrub`), without a lock the writer would wait on.
+    log_rewrite_seq: AtomicU64,
     /// Test-only: rounds of the flusher's loop, to catch busy loops.
     #[cfg(test)]
     pub flusher_rounds: AtomicU64,
@@ -125,8 +143,12 @@ impl Shared {
         recovered_end: u64,
         confirm_mode: ConfirmMode,
         initial_confirm_offset: u64,
+        verified: VerifiedRange,
+        dispatch_stop_offset: Option<u64>,
     ) -> Shared {
         debug_assert!(initial_confirm_offset <= recovered_end);
+        let dispatched_offset =
+            dispatch_stop_offset.map_or(recovered_end, |stop| stop.min(recovered_end));
         // Recovery read the whole unchecked log through the page cache: all of it is releasable.
         let released_offset = log.min_offset();
         let limits = RecordLimits {
@@ -141,16 +163,17 @@ impl Shared {
             queues,
             epochs: Mutex::new(epochs),
             dispatch: Mutex::new(DispatchState {
-                dispatched_offset: recovered_end,
+                dispatched_offset,
                 last_checkpoint_ms: super::now_ms(),
             }),
             index_handoff: IndexHandoff::default(),
-            dispatched_offset: AtomicU64::new(recovered_end),
+            dispatched_offset: AtomicU64::new(dispatched_offset),
             flush_lock: Mutex::new(()),
             flush_signal: Signal::default(),
             dispatch_signal: Signal::default(),
             housekeeping_signal: Signal::default(),
             preallocate_signal: Signal::default(),
+            scrub_signal: Signal::default(),
             flush_progress: watch::Sender::new(FlushProgress {
                 flushed_offset: recovered_end,
                 failed: false,
@@ -164,15 +187,20 @@ impl Shared {
                 flushed_offset: recovered_end,
             }),
             confirm_mode: AtomicU8::new(confirm_mode as u8),
-            readable_tx: watch::Sender::new(initial_confirm_offset),
+            readable_tx: watch::Sender::new(initial_confirm_offset.min(dispatched_offset)),
             poison: OnceLock::new(),
             health: watch::Sender::new(StoreHealth::default()),
+            verified: Mutex::new(verified),
+            dispatch_stop_offset: AtomicU64::new(
+                dispatch_stop_offset.unwrap_or(DISPATCH_UNSTOPPED),
+            ),
             appends_written: AtomicU64::new(0),
             page_cache_released_offset: AtomicU64::new(released_offset),
             flush_requested_offset: AtomicU64::new(0),
             replica_only: std::sync::atomic::AtomicBool::new(false),
             writer_stop_requested: std::sync::atomic::AtomicBool::new(false),
             _lock_file: lock_file,
+            log_rewrite_seq: AtomicU64::new(0),
             #[cfg(test)]
             flusher_rounds: AtomicU64::new(0),
             #[cfg(test)]
@@ -197,7 +225,7 @@ impl Shared {
     }
 
     /// Records a record that failed verification; logged and published when it is the lowest
-    /// known.
+    /// known. The store is no longer `verified` from then on (see `health`).
     pub fn report_corrupt(&self, commit_log_offset: u64, reason: String) {
         let found = Corruption {
             commit_log_offset,
@@ -205,8 +233,9 @@ impl Shared {
         };
         let mut lowered = false;
         self.health.send_if_modified(|h| {
+            let was_verified = std::mem::replace(&mut h.verified, false);
             lowered = h.note_corrupt(found.clone());
-            lowered
+            lowered || was_verified
         });
         if lowered {
             tracing::error!(
@@ -218,19 +247,118 @@ impl Shared {
         }
     }
 
+    /// The lowest commit-log offset known to hold a corrupt record.
+    pub fn corrupt_offset(&self) -> Option<u64> {
+        self.health
+            .borrow()
+            .corrupt
+            .as_ref()
+            .map(|c| c.commit_log_offset)
+    }
+
     /// After a truncation to `end`: a corrupt record at or past it is gone.
     pub fn forget_corruption_from(&self, end: u64) {
+        self.forget_corruption_if(
+            |offset| offset >= end,
+            "the corrupt record was cut from the log",
+        );
+    }
+
+    /// After retention deleted every segment below `min_offset`: a corrupt record below it is
+    /// gone with its segment.
+    pub fn forget_corruption_before(&self, min_offset: u64) {
+        self.forget_corruption_if(
+            |offset| offset < min_offset,
+            "retention deleted the segment of the corrupt record",
+        );
+    }
+
+    fn forget_corruption_if(&self, gone: impl Fn(u64) -> bool, why: &'static str) {
         self.health.send_if_modified(|h| match &h.corrupt {
-            Some(c) if c.commit_log_offset >= end => {
-                tracing::info!(
-                    commit_log_offset = c.commit_log_offset,
-                    "the corrupt record was cut from the log"
-                );
+            Some(c) if gone(c.commit_log_offset) => {
+                tracing::info!(commit_log_offset = c.commit_log_offset, "{why}");
                 h.corrupt = None;
                 true
             }
             _ => false,
         });
+    }
+
+    /// Marks the store verified (see `health`), unless a corrupt record is known. Returns whether
+    /// it just became verified.
+    pub fn mark_verified(&self) -> bool {
+        self.health.send_if_modified(|h| {
+            let became = h.corrupt.is_none() && !h.verified;
+            h.verified |= became;
+            became
+        })
+    }
+
+    /// Marks a rewrite of the log's bytes (a truncation, `start_at`) under way until the guard
+    /// drops (see `log_rewrite_seq`).
+    pub fn log_rewrite(&self) -> LogRewrite<'_> {
+        self.log_rewrite_seq.fetch_add(1, Ordering::SeqCst);
+        LogRewrite { shared: self }
+    }
+
+    /// The rewrite sequence now: odd while a rewrite runs; a change means one ran.
+    pub fn log_rewrite_seq(&self) -> u64 {
+        self.log_rewrite_seq.load(Ordering::SeqCst)
+    }
+
+    /// The verified offset the next checkpoint saves (see `verified`).
+    pub fn verified_offset(&self) -> u64 {
+        let corrupt_offset = self.corrupt_offset();
+        let flushed_offset = self.log.flushed_offset();
+        self.verified
+            .lock()
+            .expect("verified range lock poisoned")
+            .verified_offset(flushed_offset, corrupt_offset)
+    }
+
+    /// [`StoreError::Corrupt`] for the record at `commit_log_offset`, naming its segment file.
+    pub fn corrupt_error(&self, commit_log_offset: u64, reason: &'static str) -> StoreError {
+        match self.log.segment_for(commit_log_offset) {
+            Some(segment) => StoreError::Corrupt {
+                path: segment.path().to_path_buf(),
+                position: segment.file_position(commit_log_offset),
+                reason,
+            },
+            None => StoreError::Corrupt {
+                path: self.log.dir().to_path_buf(),
+                position: commit_log_offset,
+                reason,
+            },
+        }
+    }
+
+    /// The corrupt record the dispatcher cannot pass, if any (see `dispatch_stop_offset`).
+    pub fn dispatch_stop_offset(&self) -> Option<u64> {
+        let stop = self.dispatch_stop_offset.load(Ordering::Acquire);
+        (stop != DISPATCH_UNSTOPPED).then_some(stop)
+    }
+
+    /// How far the dispatcher may index now: the written end, or the corrupt record it stops at.
+    pub fn dispatch_limit(&self) -> u64 {
+        self.log
+            .write_offset()
+            .min(self.dispatch_stop_offset.load(Ordering::Acquire))
+    }
+
+    /// The dispatcher met a corrupt record at `commit_log_offset`: it indexes nothing past it.
+    /// Called under the dispatch mutex.
+    pub fn stop_dispatch_at(&self, commit_log_offset: u64) {
+        self.dispatch_stop_offset
+            .fetch_min(commit_log_offset, Ordering::AcqRel);
+    }
+
+    /// A truncation cut the log at `commit_log_offset`: a corrupt record at or past it no longer
+    /// stops the dispatcher. Called under the dispatch mutex.
+    pub fn resume_dispatch_from(&self, commit_log_offset: u64) {
+        if self.dispatch_stop_offset.load(Ordering::Acquire) >= commit_log_offset {
+            self.dispatch_stop_offset
+                .store(DISPATCH_UNSTOPPED, Ordering::Release);
+        }
     }
 
     pub fn poisoned(&self) -> Option<StoreError> {
@@ -334,6 +462,18 @@ impl Shared {
             *current = now;
             changed
         });
+    }
+}
+
+/// A rewrite of the log under way (see [`Shared::log_rewrite`]); ends when dropped, on every
+/// path out of the rewrite.
+pub(crate) struct LogRewrite<'a> {
+    shared: &'a Shared,
+}
+
+impl Drop for LogRewrite<'_> {
+    fn drop(&mut self) {
+        self.shared.log_rewrite_seq.fetch_add(1, Ordering::SeqCst);
     }
 }
 

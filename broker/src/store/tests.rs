@@ -27,9 +27,12 @@ fn message(topic: &str, queue_id: u32, body: &str) -> NewMessage {
     NewMessage::new(topic, queue_id, Bytes::copy_from_slice(body.as_bytes()))
 }
 
-/// Waits until everything confirmed is indexed (the dispatcher runs behind the writer).
+/// Waits until everything confirmed is indexed (the dispatcher runs behind the writer), up to a
+/// corrupt record that stops it.
 pub(crate) async fn settle(store: &Store) {
-    let target = store.confirm_offset();
+    let target = store
+        .confirm_offset()
+        .min(store.shared.dispatch_stop_offset().unwrap_or(u64::MAX));
     assert!(
         store.wait_readable(target, Duration::from_secs(10)).await,
         "dispatcher did not catch up"
@@ -377,11 +380,14 @@ async fn recovery_truncates_garbage_tail() {
     assert_eq!(store.write_offset(), end);
 }
 
+/// A corrupt record in the middle of the log, past the checkpoint, is not a torn tail: recovery
+/// reports it and opens anyway, cutting nothing. Consumers see everything before it and nothing
+/// after, appends are refused (its queue offset is unreadable), and the repair, a cut at the
+/// corrupt record, makes the store whole and writable again.
 #[tokio::test]
-async fn recovery_refuses_corruption_in_the_middle_and_changes_nothing() {
+async fn recovery_reports_corruption_in_the_middle_opens_and_a_cut_there_repairs_it() {
     let dir = tempfile::tempdir().unwrap();
     let (end, results) = crashed_store(dir.path(), no_checkpoints(dir.path()), 25).await;
-    let victim = results[3].commit_log_offset;
     // Flip one byte in the body of an early record of the tail segment.
     let segment_base: u64 = tail_segment(dir.path())
         .file_name()
@@ -392,30 +398,63 @@ async fn recovery_refuses_corruption_in_the_middle_and_changes_nothing() {
         .unwrap();
     let victim = results
         .iter()
-        .map(|r| r.commit_log_offset)
-        .find(|&o| o >= segment_base && o + 200 < end)
-        .unwrap_or(victim);
-    write_at_offset(dir.path(), victim + 65, b"X"); // first body byte
+        .position(|r| r.commit_log_offset >= segment_base && r.commit_log_offset + 200 < end)
+        .expect("a record with others after it in the tail segment");
+    let victim_offset = results[victim].commit_log_offset;
+    write_at_offset(dir.path(), victim_offset + 65, b"X"); // first body byte
     let before = std::fs::read(tail_segment(dir.path())).unwrap();
-    let err = Store::open(no_checkpoints(dir.path()))
-        .err()
-        .expect("open must fail");
-    match &err {
-        StoreError::Corrupt { path, position, .. } => {
-            assert_eq!(path, &tail_segment(dir.path()));
-            assert_eq!(
-                *position,
-                segment::SEGMENT_HEADER_BYTES + victim - segment_base
-            );
-        }
-        other => panic!("expected Corrupt, got {other}"),
-    }
-    assert!(err.is_fatal());
+
+    let store = Store::open(no_checkpoints(dir.path())).unwrap();
+    let report = store.recovery_report().clone();
+    assert_eq!(report.corrupt_offset, Some(victim_offset));
+    assert_eq!(report.dispatch_stop_offset, Some(victim_offset));
+    assert_eq!(report.torn_tail_offset, None);
+    assert_eq!(store.write_offset(), end, "the log end stays where it is");
     assert_eq!(
         std::fs::read(tail_segment(dir.path())).unwrap(),
         before,
-        "a refused open changes nothing"
+        "nothing is cut"
     );
+    let health = store.health().borrow().clone();
+    assert_eq!(
+        health.corrupt.map(|c| c.commit_log_offset),
+        Some(victim_offset)
+    );
+    assert!(!health.verified);
+    assert!(store.verified_offset() <= victim_offset);
+    // Consumers see every message before it, and nothing from it on.
+    let seen = read_all(&store, "t", 0).await.len() + read_all(&store, "t", 1).await.len();
+    assert_eq!(seen, victim);
+    assert_eq!(store.readable_offset(), victim_offset);
+    assert!(matches!(
+        store.read_message_at(victim_offset),
+        Err(StoreError::Corrupt { .. })
+    ));
+    let refused = store.append(message("t", 0, "refused")).await.unwrap_err();
+    assert!(matches!(refused, StoreError::Corrupt { .. }), "{refused}");
+    // A cut above the corrupt record cannot rebuild the queue offsets between: refused.
+    assert!(matches!(
+        store
+            .truncate_to(results[victim + 1].commit_log_offset)
+            .await,
+        Err(StoreError::OffsetInvalid { .. })
+    ));
+
+    // The repair: cut at the corrupt record (it fails its own check, but records end there).
+    store.truncate_to(victim_offset).await.unwrap();
+    assert_eq!(store.write_offset(), victim_offset);
+    assert!(store.health().borrow().corrupt.is_none());
+    let next = store
+        .append(message("t", 0, "after the repair"))
+        .await
+        .unwrap();
+    assert_eq!(next.commit_log_offset, victim_offset);
+    assert_eq!(
+        next.queue_offset, results[victim].queue_offset,
+        "the queue goes on where the cut left it"
+    );
+    let seen = read_all(&store, "t", 0).await.len() + read_all(&store, "t", 1).await.len();
+    assert_eq!(seen, victim + 1);
 }
 
 #[tokio::test]
@@ -843,6 +882,7 @@ async fn an_empty_store_begins_at_another_stores_first_offset() {
     }
     // Appends go on at the next queue offsets.
     copy.append(message("t", 0, "next")).await.unwrap();
+    settle(&copy).await;
     let (_, max) = master.queue_offsets("t", 0).unwrap();
     assert_eq!(copy.queue_offsets("t", 0).unwrap().1, max + 1);
 }

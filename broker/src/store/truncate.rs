@@ -30,6 +30,7 @@ use super::error::{Result, StoreError};
 use super::flush;
 use super::meta_file;
 use super::record::{self, read_u64, Prefix, RECORD_PREFIX_BYTES};
+use super::scan;
 use super::segment::Segment;
 use super::shared::Shared;
 use super::writer::QueueOffsetTable;
@@ -38,7 +39,9 @@ pub const TRUNCATE_INTENT_FILE_NAME: &str = "truncate.intent";
 const TRUNCATE_MAGIC: u32 = u32::from_le_bytes(*b"RMTI");
 const TRUNCATE_FORMAT_VERSION: u16 = 1;
 
-/// Checks that `commit_log_offset` is a record boundary the log holds.
+/// Checks that `commit_log_offset` is a record boundary the log holds. A record that starts there
+/// (its header names this offset) but fails its check is [`StoreError::Corrupt`], not a caller's
+/// error.
 pub(crate) fn check_boundary(log: &CommitLog, commit_log_offset: u64) -> Result<()> {
     let invalid = |reason| StoreError::OffsetInvalid {
         commit_log_offset,
@@ -79,10 +82,44 @@ pub(crate) fn check_boundary(log: &CommitLog, commit_log_offset: u64) -> Result<
             segment.read_at(commit_log_offset, &mut raw)?;
             match record::check_message(&raw) {
                 Ok(header) if header.commit_log_offset == commit_log_offset => Ok(()),
+                Err(reason)
+                    if record::claimed_commit_log_offset(&raw) == Some(commit_log_offset) =>
+                {
+                    Err(StoreError::Corrupt {
+                        path: segment.path().to_path_buf(),
+                        position: segment.file_position(commit_log_offset),
+                        reason,
+                    })
+                }
                 _ => Err(invalid("not a record boundary")),
             }
         }
         Prefix::Zeros | Prefix::Invalid(_) => Err(invalid("not a record boundary")),
+    }
+}
+
+/// Checks that the log may be cut at `commit_log_offset`: a record boundary it holds
+/// ([`check_boundary`]), or the known corrupt record, which fails its own check but starts where
+/// the records before it end ([`scan::reaches_by_prefixes`]): the cut a repair makes. A cut
+/// above a corrupt record that stops the dispatcher is refused: the consume queues, from which
+/// the writer's queue offsets are rebuilt after a cut, do not cover the records between.
+pub(crate) fn check_cut(shared: &Shared, commit_log_offset: u64) -> Result<()> {
+    if let Some(stop) = shared.dispatch_stop_offset() {
+        if commit_log_offset > stop {
+            return Err(StoreError::OffsetInvalid {
+                commit_log_offset,
+                reason: "above a corrupt record the consume queues stop at: cut at or below it",
+            });
+        }
+    }
+    match check_boundary(&shared.log, commit_log_offset) {
+        Err(StoreError::OffsetInvalid { .. } | StoreError::Corrupt { .. })
+            if shared.corrupt_offset() == Some(commit_log_offset)
+                && scan::reaches_by_prefixes(&shared.log, commit_log_offset)? =>
+        {
+            Ok(())
+        }
+        other => other,
     }
 }
 
@@ -134,12 +171,14 @@ pub(crate) fn apply(
         if checkpoint.flushed_offset > commit_log_offset
             || checkpoint.dispatched_offset > commit_log_offset
             || checkpoint.confirm_offset > commit_log_offset
+            || checkpoint.verified_offset > commit_log_offset
         {
             Checkpoint {
                 flushed_offset: checkpoint.flushed_offset.min(commit_log_offset),
                 dispatched_offset: checkpoint.dispatched_offset.min(commit_log_offset),
                 confirm_offset: checkpoint.confirm_offset.min(commit_log_offset),
                 saved_at_ms: super::now_ms(),
+                verified_offset: checkpoint.verified_offset.min(commit_log_offset),
             }
             .save(dir)?;
         }
@@ -183,6 +222,9 @@ pub(crate) fn truncate_running(
         "truncating the commit log"
     );
     let mut dispatch = shared.dispatch.lock().expect("dispatch lock poisoned");
+    // Until the end of the cut (the generation bumped): the scrubber reports nothing it read
+    // meanwhile.
+    let _rewrite = shared.log_rewrite();
     dispatch_to(shared, &mut dispatch, commit_log_offset)?;
     // Hand-offs past the cut describe bytes it removes; the writer (this thread) pushes none
     // until the cut is done.
@@ -231,6 +273,7 @@ pub(crate) fn truncate_running(
     shared
         .dispatched_offset
         .store(dispatch.dispatched_offset, Ordering::Release);
+    shared.resume_dispatch_from(commit_log_offset);
     // Again, now that the durable offsets are lowered: an external raise computed before them
     // cannot stay above the cut.
     shared.clamp_confirm_offset(commit_log_offset);

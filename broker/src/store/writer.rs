@@ -563,6 +563,7 @@ impl Writer {
         // Readers and the dispatcher find nothing to do in an empty log; hold the dispatcher
         // still anyway while the segment list changes under it.
         let mut dispatch = self.shared.dispatch.lock().expect("dispatch lock poisoned");
+        let _rewrite = self.shared.log_rewrite();
         let old = log.segments();
         log.retain_segments(|_| false);
         for segment in &old {
@@ -592,8 +593,14 @@ impl Writer {
             dispatched_offset: commit_log_offset,
             confirm_offset: commit_log_offset,
             saved_at_ms: super::now_ms(),
+            verified_offset: commit_log_offset,
         }
         .save(&self.shared.dir)?;
+        self.shared
+            .verified
+            .lock()
+            .expect("verified range lock poisoned")
+            .on_start_at(commit_log_offset);
         drop(dispatch);
         self.shared
             .flush_progress
@@ -605,7 +612,7 @@ impl Writer {
         if let Some(err) = self.shared.poisoned() {
             return Err(err);
         }
-        truncate::check_boundary(&self.shared.log, commit_log_offset)?;
+        truncate::check_cut(&self.shared, commit_log_offset)?;
         if commit_log_offset == self.position {
             return Ok(());
         }
@@ -617,6 +624,11 @@ impl Writer {
         self.position = commit_log_offset;
         self.queue_offsets = queue_offsets;
         self.truncation_generation += 1;
+        self.shared
+            .verified
+            .lock()
+            .expect("verified range lock poisoned")
+            .on_truncate(commit_log_offset);
         self.shared.forget_corruption_from(commit_log_offset);
         if let Err(err) = self.roll_if_full() {
             self.shared.poison(err);
