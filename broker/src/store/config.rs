@@ -66,6 +66,9 @@ pub struct StoreConfig {
     /// Rate at which the scrubber re-reads and CRC-checks the whole log in the background (see
     /// `scrub.rs`); 0 turns it off.
     pub scrub_bytes_per_second: u64,
+    /// Shortest time between the starts of two scrubber passes: a log smaller than this much of
+    /// the rate is re-read once per interval instead of continuously.
+    pub scrub_pass_interval_ms: u64,
 }
 
 impl Default for StoreConfig {
@@ -88,6 +91,7 @@ impl Default for StoreConfig {
             batch_bytes_max: 8 << 20,
             page_cache_keep_bytes: 1 << 30,
             scrub_bytes_per_second: SCRUB_BYTES_PER_SECOND_DEFAULT,
+            scrub_pass_interval_ms: 60_000,
         }
     }
 }
@@ -160,6 +164,9 @@ impl StoreConfig {
         }
         if !(self.disk_max_used_ratio > 0.0 && self.disk_max_used_ratio <= 1.0) {
             return fail("disk_max_used_ratio", "must be in (0, 1]");
+        }
+        if self.scrub_pass_interval_ms == 0 {
+            return fail("scrub_pass_interval_ms", "must be above 0");
         }
         if !(self.disk_high_water_ratio > 0.0 && self.disk_high_water_ratio <= 1.0) {
             return fail("disk_high_water_ratio", "must be in (0, 1]");

@@ -479,11 +479,11 @@ impl Store {
         done.await.map_err(|_| StoreError::Stopped)?
     }
 
-    /// How a replica repairs a corrupt record: cuts its log back to the start of the segment
-    /// holding `corrupt_offset` (a segment start is always a record boundary; the corrupt record's
-    /// own start may not be provable), so that replication copies the range again from the
-    /// master. No truncation report: nothing is lost, it is fetched again. Answers the offset cut
-    /// to. A corrupt offset retention already deleted needs no cut: the fault is forgotten.
+    /// How a replica repairs a corrupt record: cuts its log back to the corrupt record, or, when
+    /// that cannot be proven a record boundary, to the start of its segment (always one), so
+    /// that replication copies the range again from the master. No truncation report: nothing is
+    /// lost, it is fetched again. Answers the offset cut to. A corrupt offset retention already
+    /// deleted needs no cut: the fault is forgotten.
     pub async fn cut_for_repair(&self, corrupt_offset: u64) -> Result<u64> {
         let Some(segment) = self.shared.log.segment_for(corrupt_offset) else {
             let min = self.min_offset();
@@ -496,13 +496,23 @@ impl Store {
                 reason: "no segment holds the corrupt offset",
             });
         };
-        let base = segment.base_offset().max(self.min_offset());
         tracing::warn!(
             corrupt_offset,
-            cut_to = base,
-            "repairing a corrupt record: cutting the log back to its segment's start to copy the \
-             range again from the master"
+            "repairing a corrupt record: cutting the log back to it to copy the range again from \
+             the master"
         );
+        match self.truncate(corrupt_offset, false).await {
+            Ok(()) => return Ok(corrupt_offset),
+            Err(StoreError::OffsetInvalid { reason, .. }) => {
+                tracing::warn!(
+                    corrupt_offset,
+                    reason,
+                    "not a provable record boundary; cutting back to its segment's start"
+                );
+            }
+            Err(err) => return Err(err),
+        }
+        let base = segment.base_offset().max(self.min_offset());
         self.truncate(base, false).await?;
         Ok(base)
     }

@@ -7,8 +7,8 @@
 //! the log's first offset to the flushed offset as of its start (what is written later is checked
 //! by its writer, see `verified`), in steps of at most [`SCRUB_STEP_BYTES`] (less when the rate is
 //! below that per second); after each step it waits until the pass's bytes so far are due at the
-//! configured rate ([`Pacer`]). A pass starts no sooner than [`SCRUB_PASS_INTERVAL_MIN`] after
-//! the previous one started, so that a small log is not re-read in a tight loop. A rate of 0
+//! configured rate ([`Pacer`]). A pass starts no sooner than `scrub_pass_interval_ms` (a minute)
+//! after the previous one started, so that a small log is not re-read in a tight loop. A rate of 0
 //! turns it off (the thread is not started).
 //!
 //! What a pass proves: each clean step raises the verified range (`VerifiedRange::on_checked`),
@@ -52,9 +52,6 @@ pub const SCRUB_STEP_BYTES: u64 = 1 << 20;
 /// Fewest bytes one step reads, whatever the rate (the pacer still keeps the average): smaller
 /// reads would cost a system call per record.
 const SCRUB_STEP_BYTES_MIN: u64 = 4 << 10;
-/// Shortest time between the starts of two passes: a log smaller than a minute's worth of the
-/// rate is checked once a minute rather than continuously.
-pub const SCRUB_PASS_INTERVAL_MIN: Duration = Duration::from_secs(60);
 /// How far behind its schedule the pacer may fall (the thread was descheduled, the disk was
 /// slow) before it counts afresh, instead of catching up in a burst.
 const PACER_SLACK: Duration = Duration::from_secs(1);
@@ -335,6 +332,7 @@ pub(crate) fn run(shared: Arc<Shared>) {
     let bytes_per_second = shared.config.scrub_bytes_per_second;
     let mut scrubber = Scrubber::new(Arc::clone(&shared), bytes_per_second);
     let mut pacer = Pacer::new(bytes_per_second, Instant::now());
+    let pass_interval = Duration::from_millis(shared.config.scrub_pass_interval_ms);
     let mut next_pass_at = Instant::now();
     loop {
         let now = Instant::now();
@@ -347,7 +345,7 @@ pub(crate) fn run(shared: Arc<Shared>) {
             match scrubber.step() {
                 Step::Checked { bytes } => pacer.wait_after(bytes, Instant::now()),
                 Step::PassEnded { started, .. } => {
-                    next_pass_at = started + SCRUB_PASS_INTERVAL_MIN;
+                    next_pass_at = started + pass_interval;
                     next_pass_at.saturating_duration_since(Instant::now())
                 }
             }
