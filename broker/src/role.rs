@@ -435,6 +435,7 @@ impl RoleCell {
                     "deposed: another master was elected; replicating from it"
                 );
                 self.become_slave(view).await;
+                self.repair_if_corrupt(view).await;
             }
             Role::Master(_) => {}
             Role::Slave(_) if named_me && self.ctx.controlled => {

@@ -201,6 +201,12 @@ impl BrokerProcess {
         assert_eq!(rc, 0, "kill failed");
     }
 
+    /// Stops the process with SIGTERM (a clean stop) and reaps it.
+    pub fn stop(&mut self) {
+        self.signal(libc::SIGTERM);
+        let _ = self.child.wait();
+    }
+
     /// Kills the process with SIGKILL and reaps it: once this returns its sockets are closed.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

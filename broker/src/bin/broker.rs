@@ -513,8 +513,15 @@ async fn start_controller_link(
         Some(link.wake_handle()),
     )
     .await;
+    let mut health = store.health();
     let views = tokio::spawn(async move {
-        while view_rx.changed().await.is_ok() {
+        loop {
+            // A change of the store's health is looked at against the current view too: a
+            // corrupt slave repairs itself once the view shows it out of the in-sync set.
+            tokio::select! {
+                changed = view_rx.changed() => if changed.is_err() { break },
+                changed = health.changed() => if changed.is_err() { break },
+            }
             let view = view_rx.borrow_and_update().clone();
             if let Some(view) = view {
                 role.apply_view(&view).await;
