@@ -10,7 +10,8 @@
 #
 # Environment: BIN_DIR (default ./target/release, built by
 # `cargo build --release -p broker -p replication -p cluster-cli`), BENCH_DIR (default
-# /tmp/bench-replication).
+# /tmp/bench-replication), BROKER_SETTINGS (extra KEY=VALUE settings for both brokers, separated
+# by spaces, e.g. "scrub_bytes_per_second=0").
 set -eEuo pipefail
 shopt -s inherit_errexit
 # No silent exit: a command that fails unexpectedly (set -e stops there) is named with its line.
@@ -50,11 +51,13 @@ for _ in $(seq 200); do
 done
 [[ -n "$controller" ]] || { echo "bench-replication: the controller did not start; see $BENCH_DIR/controller.log" >&2; exit 1; }
 
+extra_settings=()
+for setting in ${BROKER_SETTINGS:-}; do extra_settings+=(--set "$setting"); done
 start_broker() { # ID ROLE
   "$BIN_DIR/broker" --listen 127.0.0.1:0 --store-path "$BENCH_DIR/broker-a-$1" --flush-disk-type "$FLUSH" \
     --set 'broker_name="broker-a"' --set "broker_id=$1" --set "broker_role=\"$2\"" \
     --set "controller_addr=\"$controller\"" --set "cluster_secret=\"$secret\"" \
-    --set controller_heartbeat_interval_ms=200 \
+    --set controller_heartbeat_interval_ms=200 "${extra_settings[@]}" \
     >"$BENCH_DIR/broker-$1.out" 2>"$BENCH_DIR/broker-$1.log" &
   pids+=($!)
 }

@@ -198,6 +198,12 @@ pub fn readiness_problems(
                     g.name, b.broker_id, g.in_sync_set
                 ));
             }
+            if let Some(store) = b.store.as_ref().filter(|st| !st.problem.is_empty()) {
+                problems.push(format!(
+                    "{}: broker {} store: {}",
+                    g.name, b.broker_id, store.problem
+                ));
+            }
         }
     }
     problems

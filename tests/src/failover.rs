@@ -90,6 +90,22 @@ pub fn group_state(controllers: &str) -> GroupState {
     }
 }
 
+/// The store of broker `id` of `broker-a` as cluster list shows it: its health
+/// (`write_failed`, `corrupt_offset`, `disk_full`, `verified`, `problem`); `null` before its
+/// first heartbeat.
+pub fn store_of(controllers: &str, id: u64) -> serde_json::Value {
+    let Some(list) = cli_json(&["--controller", controllers, "--json", "cluster", "list"]) else {
+        return serde_json::Value::Null;
+    };
+    list["groups"]
+        .as_array()
+        .and_then(|groups| groups.iter().find(|g| g["name"] == "broker-a"))
+        .and_then(|group| group["brokers"].as_array())
+        .and_then(|brokers| brokers.iter().find(|b| b["id"] == id))
+        .map(|b| b["store"].clone())
+        .unwrap_or(serde_json::Value::Null)
+}
+
 /// Waits until the group has an alive master and all brokers in its in-sync set.
 pub fn wait_for_full_set(controllers: &str, within: Duration) -> GroupState {
     let all: BTreeSet<u64> = (0..BROKERS).collect();

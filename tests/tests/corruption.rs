@@ -1,7 +1,8 @@
 //! Flipped bits in a replica's commit log, as real processes: one controller and broker group
 //! `broker-a` of three `CONTROLLED` brokers (`SYNC_MASTER`, `SYNC_FLUSH`), while a producer
-//! sends. The test flips 64 bytes in the middle of a broker's first segment: a stopped slave's
-//! (at rest), and the running master's.
+//! sends. The test flips 64 bytes at a random place of a broker's first segment (the seed is
+//! printed; `CORRUPTION_SEED` replays it): a stopped slave's (at rest), and the running
+//! master's.
 //!
 //! Invariants, on the whole history of each test:
 //! - a corrupt replica is never elected while a sound in-sync one is alive, and a corrupt master
@@ -15,10 +16,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use cluster_tests::failover::{
-    broker_with, check_history, group_state, runtime, start_group, wait_for_full_set,
+    broker_with, check_history, group_state, runtime, start_group, store_of, wait_for_full_set,
     wait_for_successor, Sender,
 };
-use cluster_tests::{cli_json, wait_until};
+use cluster_tests::wait_until;
 
 /// Small segments and a fast scrubber, so that a pass over the test's log takes milliseconds and
 /// passes start twice a second.
@@ -33,21 +34,25 @@ const ARGS: &[&str] = &[
     "scrub_pass_interval_ms=500",
 ];
 
-/// The store of broker `id` as cluster list shows it (`null` before its first heartbeat).
-fn store_of(controllers: &str, id: u64) -> serde_json::Value {
-    let Some(list) = cli_json(&["--controller", controllers, "--json", "cluster", "list"]) else {
-        return serde_json::Value::Null;
-    };
-    list["groups"][0]["brokers"]
-        .as_array()
-        .and_then(|brokers| brokers.iter().find(|b| b["id"] == id))
-        .map(|b| b["store"].clone())
-        .unwrap_or(serde_json::Value::Null)
+/// A seed from `CORRUPTION_SEED`, else from the clock; printed, so that a failure replays.
+fn seed() -> u64 {
+    let seed = std::env::var("CORRUPTION_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .subsec_nanos() as u64
+                | 1
+        });
+    eprintln!("CORRUPTION_SEED={seed}");
+    seed
 }
 
-/// XORs 64 bytes in the middle of what broker `id` wrote to its first segment (`written`: its
-/// log end), through the file: a running broker's page cache sees it too.
-fn flip_bits(dir: &Path, id: u64, written: u64) {
+/// XORs 64 bytes at a place drawn from `seed` in what broker `id` wrote to its first segment
+/// (`written`: its log end), through the file: a running broker's page cache sees it too.
+fn flip_bits(dir: &Path, id: u64, written: u64, seed: u64) {
     let segment = dir
         .join(format!("broker-a-{id}"))
         .join("commitlog")
@@ -62,7 +67,14 @@ fn flip_bits(dir: &Path, id: u64, written: u64) {
         in_segment > 64 * 1024,
         "too little written to flip bits in the middle"
     );
-    let position = 4096 + in_segment / 2;
+    // xorshift64*: any record of the segment but the first and last 4 KiB (the first holds
+    // the group's first records, the last may still be written).
+    let mut x = seed;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    let draw = x.wrapping_mul(0x2545_f491_4f6c_dd1d);
+    let position = 4096 + 4096 + draw % (in_segment - 2 * 4096 - 64);
     let mut bytes = [0u8; 64];
     file.read_exact_at(&mut bytes, position).unwrap();
     for byte in &mut bytes {
@@ -111,7 +123,7 @@ fn a_slave_corrupt_at_rest_is_never_elected_and_repairs_itself() {
     // only the scrubber can find it).
     let written = group_state(&controllers).brokers[&corrupt].1;
     brokers[corrupt as usize].stop();
-    flip_bits(dir.path(), corrupt, written);
+    flip_bits(dir.path(), corrupt, written, seed());
     // The master cannot take the corrupt slave out of the set while stopped: the election below
     // must exclude it by its store's report alone.
     brokers[master as usize].signal(libc::SIGSTOP);
@@ -151,7 +163,7 @@ fn a_master_corrupt_while_running_hands_over_and_repairs_itself() {
         >= 500));
 
     let written = group_state(&controllers).brokers[&master].1;
-    flip_bits(dir.path(), master, written);
+    flip_bits(dir.path(), master, written, seed());
     let flipped = Instant::now();
     let elected = wait_for_successor(&controllers, master, state.epoch);
     assert_ne!(elected.master, Some(master));

@@ -14,9 +14,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use cluster_tests::failover::{
-    check_history, group_state, runtime, start_group, switch_over, wait_for_full_set, Sender,
+    check_history, group_state, runtime, start_group, store_of, switch_over, wait_for_full_set,
+    Sender,
 };
-use cluster_tests::{cli_json, log_mentions, wait_until, LoopFs};
+use cluster_tests::{log_mentions, wait_until, LoopFs};
 
 /// Small segments, so that the headroom the high-water mark keeps (two segments) and the
 /// preallocated next segment fit a small file system many times over (a segment must hold the
@@ -24,18 +25,6 @@ use cluster_tests::{cli_json, log_mentions, wait_until, LoopFs};
 const SEGMENT_BYTES: &str = "segment_bytes=1048576";
 const MESSAGE_BYTES: &str = "max_message_bytes=262144";
 const FS_BYTES: u64 = 48 << 20;
-
-/// The store of broker `id` as cluster list shows it (`null` before its first heartbeat).
-fn store_of(controllers: &str, id: u64) -> serde_json::Value {
-    let Some(list) = cli_json(&["--controller", controllers, "--json", "cluster", "list"]) else {
-        return serde_json::Value::Null;
-    };
-    list["groups"][0]["brokers"]
-        .as_array()
-        .and_then(|brokers| brokers.iter().find(|b| b["id"] == id))
-        .map(|b| b["store"].clone())
-        .unwrap_or(serde_json::Value::Null)
-}
 
 /// Starts the group with broker 0's store on `fs`'s mount point and makes broker 0 master.
 fn group_with_master_on_small_disk(

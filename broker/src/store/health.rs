@@ -99,7 +99,8 @@ impl StoreHealth {
 }
 
 /// Whether the disk under `dir` is past the high-water mark: used above `high_water_ratio` of
-/// its size, or with less than `headroom_bytes` free (two segments: the next one is made ahead
+/// what a writer can have (used plus available, as `df` counts), or with less than
+/// `headroom_bytes` available (two segments: the next one is made ahead
 /// of time, and the broker's own writes go on past the mark). `None` when it cannot be read.
 pub fn disk_full(dir: &Path, high_water_ratio: f64, headroom_bytes: u64) -> Option<bool> {
     disk_usage(dir).map(|usage| past_high_water(usage, high_water_ratio, headroom_bytes))
@@ -129,11 +130,10 @@ pub(crate) fn check_disk(shared: &Shared) {
 
 /// The rule of [`disk_full`], pure.
 pub fn past_high_water(usage: DiskUsage, high_water_ratio: f64, headroom_bytes: u64) -> bool {
-    if usage.total_bytes == 0 {
+    if usage.usable_bytes() == 0 {
         return false;
     }
-    let used = usage.total_bytes.saturating_sub(usage.available_bytes);
-    used as f64 >= usage.total_bytes as f64 * high_water_ratio
+    usage.used_bytes as f64 >= usage.usable_bytes() as f64 * high_water_ratio
         || usage.available_bytes < headroom_bytes
 }
 
@@ -143,8 +143,8 @@ mod tests {
 
     #[test]
     fn the_high_water_mark_counts_the_ratio_and_the_headroom() {
-        let usage = |total, available| DiskUsage {
-            total_bytes: total,
+        let usage = |total: u64, available: u64| DiskUsage {
+            used_bytes: total - available,
             available_bytes: available,
         };
         assert!(!past_high_water(usage(1000, 500), 0.9, 100));

@@ -34,11 +34,20 @@ pub struct SegmentInfo {
     pub file_bytes: u64,
 }
 
-/// Size and free space of the disk holding the store.
+/// Space used and available on the disk holding the store, as `df` counts them: blocks
+/// reserved for root are neither (a file system with 5 % reserved shows 100 % used when a
+/// non-root writer can write no more), so fractions are of `used + available`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DiskUsage {
-    pub total_bytes: u64,
+    pub used_bytes: u64,
     pub available_bytes: u64,
+}
+
+impl DiskUsage {
+    /// The space a writer can have: used plus available.
+    pub fn usable_bytes(&self) -> u64 {
+        self.used_bytes.saturating_add(self.available_bytes)
+    }
 }
 
 /// The limits from the configuration.
@@ -67,9 +76,9 @@ pub fn plan(
         .take_while(|s| now_ms.saturating_sub(s.modified_ms) >= policy.retention_ms)
         .count();
     let mut by_disk = 0;
-    if let Some(disk) = disk.filter(|d| d.total_bytes > 0) {
-        let limit = (disk.total_bytes as f64 * policy.disk_max_used_ratio) as u64;
-        let mut used = disk.total_bytes.saturating_sub(disk.available_bytes);
+    if let Some(disk) = disk.filter(|d| d.usable_bytes() > 0) {
+        let limit = (disk.usable_bytes() as f64 * policy.disk_max_used_ratio) as u64;
+        let mut used = disk.used_bytes;
         while used > limit && by_disk < candidates {
             used = used.saturating_sub(segments[by_disk].file_bytes);
             by_disk += 1;
@@ -97,7 +106,7 @@ pub fn disk_usage(path: &Path) -> Option<DiskUsage> {
     }
     let fragment = stat.f_frsize as u64;
     Some(DiskUsage {
-        total_bytes: stat.f_blocks as u64 * fragment,
+        used_bytes: (stat.f_blocks as u64).saturating_sub(stat.f_bfree as u64) * fragment,
         available_bytes: stat.f_bavail as u64 * fragment,
     })
 }
@@ -247,13 +256,13 @@ mod tests {
         let now = 1_000 * HOUR_MS;
         let young = segments(&[3, 2, 1, 0], now);
         let disk = DiskUsage {
-            total_bytes: 1000,
+            used_bytes: 950,
             available_bytes: 50,
         };
         // 950 used, limit 750: two segments of 100 bring it down to the limit.
         assert_eq!(plan(&young, u64::MAX, now, POLICY, Some(disk)), 2);
         let roomy = DiskUsage {
-            total_bytes: 1000,
+            used_bytes: 100,
             available_bytes: 900,
         };
         assert_eq!(plan(&young, u64::MAX, now, POLICY, Some(roomy)), 0);
