@@ -463,7 +463,7 @@ impl RoleCell {
 
     /// A slave whose store holds a corrupt record repairs it once it is out of the in-sync set
     /// (its acknowledgements asked its master to take it out): it cuts its log back to the
-    /// corrupt record's segment and copies the range again from the master. Never while in the
+    /// corrupt record (or its segment's start) and copies the range again from the master. Never while in the
     /// set: a member must hold everything the master acknowledged, and the cut range is gone
     /// until copied again. Never without a master to copy from.
     async fn repair_if_corrupt(&self, view: &pb::GroupView) {
