@@ -119,6 +119,7 @@ impl BrokerError {
             | ErrorCode::MessageBodyTooLarge
             | ErrorCode::MessagePropertiesTooLarge => tonic::Code::InvalidArgument,
             ErrorCode::InternalError => tonic::Code::Internal,
+            ErrorCode::MessageCorrupted => tonic::Code::DataLoss,
             ErrorCode::TooManyRequests => tonic::Code::ResourceExhausted,
             ErrorCode::Forbidden => tonic::Code::PermissionDenied,
             _ if (40000..50000).contains(&(code as i32)) => tonic::Code::InvalidArgument,
@@ -146,6 +147,7 @@ fn store_code(err: &StoreError) -> ErrorCode {
         | StoreError::OffsetInvalid { .. }
         | StoreError::RawInvalid { .. } => ErrorCode::BadRequest,
         StoreError::ReplicaOnly => ErrorCode::NotMaster,
+        StoreError::Corrupt { .. } => ErrorCode::MessageCorrupted,
         _ => ErrorCode::InternalError,
     }
 }

@@ -58,6 +58,8 @@ impl ClientError {
                     | ErrorCode::NotMaster
                     // A drained group: another group takes the message.
                     | ErrorCode::Forbidden
+                    // A broker whose store is corrupt: another broker serves.
+                    | ErrorCode::MessageCorrupted
             ),
             ClientError::Invalid { .. } | ClientError::NoRoute { .. } => false,
         }

@@ -688,9 +688,16 @@ impl Serving {
     /// broker of the group the route names (a slave while the master is down). Only with routes
     /// from the controller: a consumer of one broker has nowhere else to go.
     async fn failed(&mut self, shared: &Shared, queue: &AssignedQueue, err: &ClientError) {
+        // A broker that cannot serve the range (unreachable, or its copy is corrupt and under
+        // repair): another broker of the group serves it meanwhile.
         if !matches!(
             err,
-            ClientError::Transport { .. } | ClientError::Timeout { .. }
+            ClientError::Transport { .. }
+                | ClientError::Timeout { .. }
+                | ClientError::Broker {
+                    code: proto::common::ErrorCode::MessageCorrupted,
+                    ..
+                }
         ) {
             return;
         }
