@@ -2,7 +2,7 @@
 //!
 //! Offsets are records of the internal topic [`OFFSET_TOPIC`] in the commit log, one per commit:
 //! they are as durable as messages under the flush policy, survive restarts (the table is rebuilt
-//! by reading the topic at start), and from step 4 replicate and fail over with the log, so a
+//! by reading the topic at start), and replicate and fail over with the log, so a
 //! failover never rewinds a group. Under `SYNC_MASTER` a commit is answered only once the
 //! in-sync set holds its record (like a send), and a slave that becomes master first takes every
 //! offset record its log holds, confirmed or not: a consumer is never rewound past a commit it

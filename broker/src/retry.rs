@@ -19,7 +19,7 @@
 //!
 //! The delay is real and survives restarts: scheduled messages are in the commit log, and each
 //! level's progress is a committed offset (group [`SCHEDULER_GROUP`]) in the commit log too, so
-//! both replicate with it from step 4. Delivery is at least once: a crash between delivering and
+//! both replicate with it. Delivery is at least once: a crash between delivering and
 //! committing the progress delivers that message again.
 
 use std::collections::HashMap;

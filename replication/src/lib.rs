@@ -2,12 +2,13 @@
 //!
 //! Map:
 //! - [`controller`]: the Raft quorum that is the cluster's name server (routes, topics, broker
-//!   groups, consumer-group settings) and, from step 5, its failover authority. The `controller`
-//!   binary (`src/bin/controller.rs`) runs one member.
-//! - [`ship`] (step 4): the bidirectional gRPC log stream from master to slave; knows commit-log
-//!   offsets and epochs, never message types. Built so far: the last common point of two logs
-//!   from their epoch histories (`ship::divergence`).
-//! - `insync` (step 4): tracking each slave's acknowledged offset and the in-sync set.
+//!   groups, consumer-group settings) and its failover authority (elections, leases, fencing);
+//!   also the broker's link to it (`controller::link`). The `controller` binary
+//!   (`src/bin/controller.rs`) runs one member.
+//! - [`ship`]: the bidirectional gRPC log stream from master to slave (`ship::master`,
+//!   `ship::replica`); knows commit-log offsets and epochs, never message types; the last common
+//!   point of two logs from their epoch histories (`ship::divergence`); each slave's acknowledged
+//!   offset and the in-sync set (`ship::insync`).
 //! - [`exporter`]: the Prometheus `/metrics` endpoint both processes serve (`metrics_listen`):
 //!   the process-wide recorder the `metrics` macros record into, rendered at each scrape after
 //!   the process's sampler set its gauges.

@@ -1,7 +1,7 @@
 //! Configuration of the store: flush policy, segment size, limits, retention.
 //!
 //! One struct feeds both the TOML file (`[store]` table, `serde(default)`, unknown keys refused)
-//! and, from step 2 on, the broker's command-line flags. Every key is listed in `docs/CONFIG.md`.
+//! and the broker's command-line flags. Every key is listed in `docs/CONFIG.md`.
 //! [`StoreConfig::validate`] checks the rules that span fields before anything touches disk.
 
 use std::path::PathBuf;

@@ -108,7 +108,8 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// How durable an append is, in RocketMQ's terms (the replication statuses come with step 4).
+/// How durable an append is locally, in RocketMQ's terms (the replication statuses are the
+/// broker's, from its in-sync set).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PutStatus {
     /// Written; and flushed, under `SYNC_FLUSH`.

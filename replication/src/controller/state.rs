@@ -67,7 +67,7 @@ pub struct BrokerInfo {
     pub configured_role: ConfiguredRole,
     /// Chosen at random by the broker process when it starts, and registered: a master whose
     /// registered incarnation is not the one it was elected with is a new process, which holds
-    /// no lease (0 in state written before step 5).
+    /// no lease (0 in state written by versions before leases).
     #[serde(default)]
     pub incarnation: u64,
     /// Among election candidates equal in log epoch and max offset, the lowest wins (RocketMQ's
@@ -428,7 +428,7 @@ impl ClusterState {
             }
             ConfiguredRole::Slave if group.master_id == Some(broker.id) => {
                 // A static master restarted as a slave: the group has no master until one
-                // registers (step 5 elects one instead).
+                // registers (a controlled group elects one instead).
                 group.master_id = None;
                 group.in_sync_set.remove(&broker.id);
                 group.in_sync_set_epoch += 1;

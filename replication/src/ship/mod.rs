@@ -1,4 +1,4 @@
-//! Log shipping from a master to its slaves (step 4): a slave's log must equal its master's,
+//! Log shipping from a master to its slaves: a slave's log must equal its master's,
 //! byte for byte, up to the confirm offset.
 //!
 //! Map:
@@ -6,7 +6,7 @@
 //!   implements it), and epoch helpers.
 //! - [`divergence`]: where a returning replica's log stops agreeing with its master's (the last
 //!   common epoch), from the two epoch histories: the handshake of every log stream, and the
-//!   rejoin of a deposed master (step 5).
+//!   rejoin of a deposed master.
 //! - [`master`]: the `LogShipping` gRPC service: the handshake, then raw chunks to each slave
 //!   under a bound on unacknowledged bytes, and ha status.
 //! - [`replica`]: the slave's side: connect, truncate to the agreed point, append each chunk at
