@@ -52,10 +52,10 @@ pub struct BrokerSettings {
     /// `CONTROLLED` (the controller assigns the role and fails the master over), or a static
     /// role as in RocketMQ 4 (`ASYNC_MASTER`, `SYNC_MASTER`, `SLAVE`: no failover). Empty:
     /// `CONTROLLED` when `controller_addr` is set, `ASYNC_MASTER` otherwise.
-    pub broker_role: String,
+    pub broker_role: BrokerRoleSetting,
     /// `CONTROLLED` brokers: how this broker replicates while it is master, `ASYNC` (as
     /// `ASYNC_MASTER`) or `SYNC` (as `SYNC_MASTER`). Set the same on every broker of a group.
-    pub replication_mode: String,
+    pub replication_mode: ReplicationModeSetting,
     /// `CONTROLLED` brokers: among election candidates equal in log epoch and log end, the
     /// lowest priority wins (then the lowest broker id). RocketMQ's brokerElectionPriority.
     pub election_priority: u32,
@@ -92,13 +92,75 @@ pub struct BrokerSettings {
     pub metrics_listen: String,
 }
 
+/// The `broker_role` key as written. A value outside these is refused when the configuration is
+/// read, naming the allowed ones.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BrokerRoleSetting {
+    /// Empty: `CONTROLLED` with a `controller_addr`, `ASYNC_MASTER` without.
+    #[default]
+    #[serde(rename = "")]
+    Auto,
+    #[serde(rename = "CONTROLLED")]
+    Controlled,
+    #[serde(rename = "ASYNC_MASTER")]
+    AsyncMaster,
+    #[serde(rename = "SYNC_MASTER")]
+    SyncMaster,
+    #[serde(rename = "SLAVE")]
+    Slave,
+}
+
+/// The `replication_mode` key: how a `CONTROLLED` broker replicates while it is master.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReplicationModeSetting {
+    /// As `ASYNC_MASTER`.
+    #[default]
+    #[serde(rename = "ASYNC")]
+    Async,
+    /// As `SYNC_MASTER`.
+    #[serde(rename = "SYNC")]
+    Sync,
+}
+
+/// A broker's role with the empty default resolved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BrokerRoleKind {
+    /// The controller assigns the role and fails the master over.
+    Controlled,
+    /// Static roles, as in RocketMQ 4: no failover.
+    AsyncMaster,
+    SyncMaster,
+    Slave,
+}
+
+impl BrokerRoleKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BrokerRoleKind::Controlled => "CONTROLLED",
+            BrokerRoleKind::AsyncMaster => "ASYNC_MASTER",
+            BrokerRoleKind::SyncMaster => "SYNC_MASTER",
+            BrokerRoleKind::Slave => "SLAVE",
+        }
+    }
+}
+
+impl std::fmt::Display for BrokerRoleKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl BrokerSettings {
     /// `broker_role` with the empty default resolved.
-    pub fn role(&self) -> &str {
-        match self.broker_role.as_str() {
-            "" if self.controller_addr.is_empty() => "ASYNC_MASTER",
-            "" => "CONTROLLED",
-            role => role,
+    pub fn role(&self) -> BrokerRoleKind {
+        match self.broker_role {
+            BrokerRoleSetting::Auto if self.controller_addr.is_empty() => {
+                BrokerRoleKind::AsyncMaster
+            }
+            BrokerRoleSetting::Auto | BrokerRoleSetting::Controlled => BrokerRoleKind::Controlled,
+            BrokerRoleSetting::AsyncMaster => BrokerRoleKind::AsyncMaster,
+            BrokerRoleSetting::SyncMaster => BrokerRoleKind::SyncMaster,
+            BrokerRoleSetting::Slave => BrokerRoleKind::Slave,
         }
     }
 
@@ -113,20 +175,20 @@ impl BrokerSettings {
 
     /// A static slave of its group (`broker_role = SLAVE`).
     pub fn is_slave(&self) -> bool {
-        self.role() == "SLAVE"
+        self.role() == BrokerRoleKind::Slave
     }
 
     /// The controller assigns this broker's role.
     pub fn is_controlled(&self) -> bool {
-        self.role() == "CONTROLLED"
+        self.role() == BrokerRoleKind::Controlled
     }
 
     /// Whether this broker, as master, waits for its in-sync set (`SYNC_MASTER`).
     pub fn sync_master(&self) -> bool {
         match self.role() {
-            "SYNC_MASTER" => true,
-            "CONTROLLED" => self.replication_mode == "SYNC",
-            _ => false,
+            BrokerRoleKind::SyncMaster => true,
+            BrokerRoleKind::Controlled => self.replication_mode == ReplicationModeSetting::Sync,
+            BrokerRoleKind::AsyncMaster | BrokerRoleKind::Slave => false,
         }
     }
 
@@ -161,8 +223,8 @@ impl Default for BrokerSettings {
             max_reconsume_times: 16,
             controller_addr: String::new(),
             advertised_addr: String::new(),
-            broker_role: String::new(),
-            replication_mode: "ASYNC".into(),
+            broker_role: BrokerRoleSetting::Auto,
+            replication_mode: ReplicationModeSetting::Async,
             election_priority: 100,
             controller_heartbeat_interval_ms: 200,
             min_in_sync_replicas: 0,
@@ -281,21 +343,6 @@ impl BrokerConfig {
             return Err(ConfigError::Rule {
                 field: "message_delay_level",
                 reason: "must be 1 to 64 durations such as 1s 5s 10s 2m 1h (units ms s m h d)",
-            });
-        }
-        if !matches!(
-            self.broker.broker_role.as_str(),
-            "" | "CONTROLLED" | "ASYNC_MASTER" | "SYNC_MASTER" | "SLAVE"
-        ) {
-            return Err(ConfigError::Rule {
-                field: "broker_role",
-                reason: "must be CONTROLLED, ASYNC_MASTER, SYNC_MASTER or SLAVE (or empty)",
-            });
-        }
-        if !matches!(self.broker.replication_mode.as_str(), "ASYNC" | "SYNC") {
-            return Err(ConfigError::Rule {
-                field: "replication_mode",
-                reason: "must be ASYNC or SYNC",
             });
         }
         if self.broker.is_controlled() && self.broker.controller_addr.is_empty() {
@@ -418,6 +465,34 @@ mod tests {
             crate::store::FlushDiskType::AsyncFlush
         );
         config.validate().unwrap();
+    }
+
+    #[test]
+    fn roles_and_modes_are_typed_and_a_bad_one_names_the_allowed_ones() {
+        let config =
+            BrokerConfig::from_toml("broker_role = \"SYNC_MASTER\"\nreplication_mode = \"SYNC\"")
+                .unwrap();
+        assert_eq!(config.broker.role(), BrokerRoleKind::SyncMaster);
+        assert!(config.broker.sync_master());
+        let auto = BrokerConfig::from_toml("broker_role = \"\"").unwrap();
+        assert_eq!(auto.broker.role(), BrokerRoleKind::AsyncMaster);
+        let controlled = BrokerConfig::from_toml(
+            "controller_addr = \"127.0.0.1:9876\"\nreplication_mode = \"SYNC\"",
+        )
+        .unwrap();
+        assert_eq!(controlled.broker.role(), BrokerRoleKind::Controlled);
+        assert!(controlled.broker.sync_master());
+        let err = BrokerConfig::from_toml("broker_role = \"MASTER\"")
+            .unwrap_err()
+            .to_string();
+        for allowed in ["CONTROLLED", "ASYNC_MASTER", "SYNC_MASTER", "SLAVE"] {
+            assert!(err.contains(allowed), "{err}");
+        }
+        let err = BrokerConfig::default()
+            .with_overrides(&["replication_mode=\"sync\"".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ASYNC") && err.contains("SYNC"), "{err}");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use std::time::Duration;
 
-use broker::config::BrokerConfig;
+use broker::config::{BrokerConfig, BrokerRoleKind};
 use broker::groups::{ConsumerGroupService, ConsumerGroupState};
 use broker::metrics::BrokerSampler;
 use broker::retry::{parse_delay_levels, RetryState};
@@ -478,9 +478,9 @@ async fn start_controller_link(
         broker_id: settings.broker_id,
         addr: advertised,
         role: match settings.role() {
-            "CONTROLLED" => BrokerRole::Controlled,
-            "SLAVE" => BrokerRole::Slave,
-            _ => BrokerRole::Master,
+            BrokerRoleKind::Controlled => BrokerRole::Controlled,
+            BrokerRoleKind::Slave => BrokerRole::Slave,
+            BrokerRoleKind::AsyncMaster | BrokerRoleKind::SyncMaster => BrokerRole::Master,
         },
         incarnation: new_incarnation(),
         election_priority: settings.election_priority,
