@@ -9,6 +9,8 @@
 //!   log, so they survive restarts and replicate with it) and live members.
 //! - [`role`]: master or slave of its group: the slave's `NOT_MASTER` refusal, the master's
 //!   `SYNC_MASTER` wait, and the controller's group view turned into each role's state.
+//! - [`transition`]: what a group view from the controller means for the broker's role, as a
+//!   pure decision (`decide(view, facts) -> Transition`) that `role` carries out.
 //! - [`retry`]: send-back of failed messages: delay levels through the schedule topic, the
 //!   group's retry topic, and its dead-letter topic after `max_reconsume_times`.
 //! - [`error`]: the broker's error type and the one place errors become gRPC statuses with
@@ -38,3 +40,4 @@ pub mod role;
 pub mod service;
 pub mod store;
 pub mod topics;
+pub mod transition;

@@ -51,6 +51,7 @@ use crate::error::BrokerError;
 use crate::groups::ConsumerGroupState;
 use crate::retry::RetryState;
 use crate::store::Store;
+use crate::transition::{decide, RoleFacts, Transition, ViewFacts};
 
 /// How long a proposal to the controller may keep trying.
 const PROPOSE_PATIENCE: Duration = Duration::from_secs(3);
@@ -410,16 +411,28 @@ impl RoleCell {
     pub async fn apply_view(&self, view: &pb::GroupView) {
         let _transition = self.transition.lock().await;
         let role = self.current();
-        let me = self.ctx.broker_id;
-        let named_me = view.master_id == Some(me);
-        match role.as_ref() {
-            Role::Master(m) if named_me && view.master_epoch == m.epoch => {
-                m.in_sync.apply_view(&accepted(view));
-            }
-            Role::Master(m) if named_me && view.master_epoch > m.epoch => {
+        let facts = RoleFacts {
+            broker_id: self.ctx.broker_id,
+            master_of: match role.as_ref() {
+                Role::Master(m) => Some(m.epoch),
+                Role::Slave(_) => None,
+            },
+            controlled: self.ctx.controlled,
+            log_epoch: newest_epoch(&self.ctx.store),
+            corrupt: self.ctx.store.health().borrow().corrupt.is_some(),
+        };
+        let view_facts = ViewFacts {
+            master_id: view.master_id,
+            master_epoch: view.master_epoch,
+            in_sync_set: &view.in_sync_set,
+        };
+        match (decide(&view_facts, &facts), role.as_ref()) {
+            (Transition::TakeInSyncSet, Role::Master(m)) => m.in_sync.apply_view(&accepted(view)),
+            (Transition::BecomeMaster, _) => {
+                tracing::info!(epoch = view.master_epoch, "elected master");
                 self.become_master(view).await;
             }
-            Role::Master(m) if !named_me && !self.ctx.controlled => {
+            (Transition::KeepStaticMaster, Role::Master(m)) => {
                 tracing::warn!(
                     master_id = ?view.master_id,
                     epoch = m.epoch,
@@ -427,7 +440,7 @@ impl RoleCell {
                      keeps its role (static roles have no failover)"
                 );
             }
-            Role::Master(m) if !named_me && view.master_epoch > m.epoch => {
+            (Transition::Deposed { then_repair }, Role::Master(m)) => {
                 tracing::warn!(
                     epoch = m.epoch,
                     new_epoch = view.master_epoch,
@@ -435,44 +448,42 @@ impl RoleCell {
                     "deposed: another master was elected; replicating from it"
                 );
                 self.become_slave(view).await;
-                self.repair_if_corrupt(view).await;
-            }
-            Role::Master(_) => {}
-            Role::Slave(_) if named_me && self.ctx.controlled => {
-                let newest = newest_epoch(&self.ctx.store);
-                if view.master_epoch > newest {
-                    tracing::info!(epoch = view.master_epoch, "elected master");
-                    self.become_master(view).await;
-                } else {
-                    // Master of this epoch before a restart: the log may lack the unflushed
-                    // tail the slaves hold. The controller elects again (new incarnation).
-                    tracing::info!(
-                        epoch = view.master_epoch,
-                        log_epoch = newest,
-                        "named master of an epoch this log already holds; waiting for a new \
-                         election"
-                    );
+                if then_repair {
+                    self.repair().await;
                 }
             }
-            Role::Slave(slave) => {
-                follow(slave, view);
-                self.repair_if_corrupt(view).await;
+            (Transition::WaitForNewElection, _) => {
+                // Master of this epoch before a restart: the log may lack the unflushed tail
+                // the slaves hold. The controller elects again (new incarnation).
+                tracing::info!(
+                    epoch = view.master_epoch,
+                    log_epoch = facts.log_epoch,
+                    "named master of an epoch this log already holds; waiting for a new \
+                     election"
+                );
             }
+            (Transition::Follow { then_repair }, Role::Slave(slave)) => {
+                follow(slave, view);
+                if then_repair {
+                    self.repair().await;
+                }
+            }
+            // The decision was made from this very role: the pairs left cannot occur.
+            (Transition::Ignore, _)
+            | (Transition::TakeInSyncSet, _)
+            | (Transition::KeepStaticMaster, _)
+            | (Transition::Deposed { .. }, _)
+            | (Transition::Follow { .. }, _) => {}
         }
     }
 
-    /// A slave whose store holds a corrupt record repairs it once it is out of the in-sync set
-    /// (its acknowledgements asked its master to take it out): it cuts its log back to the
-    /// corrupt record (or its segment's start) and copies the range again from the master. Never while in the
-    /// set: a member must hold everything the master acknowledged, and the cut range is gone
-    /// until copied again. Never without a master to copy from.
-    async fn repair_if_corrupt(&self, view: &pb::GroupView) {
+    /// Repairs a corrupt record, once [`decide`] allows it (out of the in-sync set, a master to
+    /// copy from): cuts the log back to the corrupt record (or its segment's start) and copies
+    /// the range again from the master.
+    async fn repair(&self) {
         let Some(corruption) = self.ctx.store.health().borrow().corrupt.clone() else {
             return;
         };
-        if view.master_id.is_none() || view.in_sync_set.contains(&self.ctx.broker_id) {
-            return;
-        }
         self.stop_tasks().await;
         match self
             .ctx
