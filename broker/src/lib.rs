@@ -9,6 +9,8 @@
 //!   log, so they survive restarts and replicate with it) and live members.
 //! - [`role`]: master or slave of its group: the slave's `NOT_MASTER` refusal, the master's
 //!   `SYNC_MASTER` wait, and the controller's group view turned into each role's state.
+//! - [`lease`]: a controlled master's lease and its resignation, from the controller's heartbeat
+//!   answers (the fence `role` checks before and after every acknowledgement).
 //! - [`transition`]: what a group view from the controller means for the broker's role, as a
 //!   pure decision (`decide(view, facts) -> Transition`) that `role` carries out.
 //! - [`retry`]: send-back of failed messages: delay levels through the schedule topic, the
@@ -34,6 +36,7 @@ pub mod error;
 pub mod failpoint;
 pub mod fault;
 pub mod groups;
+pub mod lease;
 pub mod metrics;
 pub mod retry;
 pub mod role;

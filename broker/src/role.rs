@@ -49,6 +49,7 @@ use tokio::task::JoinHandle;
 
 use crate::error::BrokerError;
 use crate::groups::ConsumerGroupState;
+use crate::lease::MasterLease;
 use crate::retry::RetryState;
 use crate::store::Store;
 use crate::transition::{decide, RoleFacts, Transition, ViewFacts};
@@ -130,25 +131,6 @@ pub enum InitialRole {
     Slave,
 }
 
-/// Mastership as the controller's heartbeat answers last described it.
-#[derive(Debug, Default)]
-struct Lease {
-    /// The master epoch the answers were about.
-    epoch: u64,
-    valid_until: Option<Instant>,
-    resign: Resign,
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-enum Resign {
-    #[default]
-    No,
-    /// Asked; acknowledging stopped; waiting for the set to catch up.
-    Resigning,
-    /// Done: the next heartbeat says so.
-    Resigned,
-}
-
 /// The current role, and the one place that changes it.
 pub struct RoleCell {
     ctx: RoleContext,
@@ -159,7 +141,7 @@ pub struct RoleCell {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Serializes role changes.
     transition: tokio::sync::Mutex<()>,
-    lease: Mutex<Lease>,
+    lease: MasterLease,
     authority: OnceLock<ControllerAuthority>,
     /// Makes the controller link heartbeat at once.
     wake: OnceLock<Arc<Notify>>,
@@ -205,7 +187,7 @@ impl RoleCell {
             in_sync: watch::Sender::new(in_sync),
             tasks: Mutex::new(Vec::new()),
             transition: tokio::sync::Mutex::new(()),
-            lease: Mutex::new(Lease::default()),
+            lease: MasterLease::default(),
             authority: OnceLock::new(),
             wake: OnceLock::new(),
             drained: AtomicBool::new(false),
@@ -300,58 +282,22 @@ impl RoleCell {
         if !master.leased {
             return Ok(());
         }
-        let lease = self.lease.lock().expect("lease lock poisoned");
-        if lease.epoch == master.epoch && lease.resign != Resign::No {
-            return Err(BrokerError::CannotAcknowledge {
-                reason: "this master is handing mastership over (planned switchover)".into(),
-            });
-        }
-        match lease.valid_until {
-            Some(until) if lease.epoch == master.epoch && Instant::now() < until => Ok(()),
-            _ => Err(BrokerError::CannotAcknowledge {
-                reason: format!(
-                    "no master lease for epoch {} (the controller has not renewed it)",
-                    master.epoch
-                ),
-            }),
-        }
+        self.lease.check(master.epoch, Instant::now())
     }
 
     /// A heartbeat answer's word on mastership (from the controller link's task).
     pub fn lease_answered(self: &Arc<Self>, answer: LeaseAnswer) {
-        let mut lease = self.lease.lock().expect("lease lock poisoned");
-        if answer.master_epoch < lease.epoch {
-            return;
-        }
-        if answer.master_epoch > lease.epoch {
-            *lease = Lease {
-                epoch: answer.master_epoch,
-                ..Lease::default()
-            };
-        }
-        lease.valid_until = answer.valid_until;
-        if !answer.resign {
-            if answer.valid_until.is_some() && lease.resign != Resign::No {
-                tracing::info!(
-                    epoch = lease.epoch,
-                    "the controller renewed the lease: the switchover was called off"
-                );
-                lease.resign = Resign::No;
-            }
-            return;
-        }
-        if lease.resign != Resign::No {
-            return;
-        }
         let role = self.current();
-        let Role::Master(master) = role.as_ref() else {
+        let master = match role.as_ref() {
+            Role::Master(master) => Some(master),
+            Role::Slave(_) => None,
+        };
+        if !self.lease.answered(answer, master.map(|m| m.epoch)) {
+            return;
+        }
+        let Some(master) = master else {
             return;
         };
-        if master.epoch != answer.master_epoch {
-            return;
-        }
-        lease.resign = Resign::Resigning;
-        drop(lease);
         tracing::info!(
             epoch = answer.master_epoch,
             "asked to resign: acknowledging stopped; letting the in-sync set catch up"
@@ -362,10 +308,7 @@ impl RoleCell {
         tokio::spawn(async move {
             let end = cell.ctx.store.write_offset();
             let held = in_sync.wait_members_hold(end, RESIGN_PATIENCE).await;
-            let mut lease = cell.lease.lock().expect("lease lock poisoned");
-            if lease.epoch == epoch && lease.resign == Resign::Resigning {
-                lease.resign = Resign::Resigned;
-                drop(lease);
+            if cell.lease.finish_resigning(epoch) {
                 tracing::info!(
                     epoch,
                     end,
@@ -379,12 +322,10 @@ impl RoleCell {
 
     /// True once a master asked to resign has done so (for the next heartbeat).
     pub fn resigned(&self) -> bool {
-        let role = self.current();
-        let Role::Master(master) = role.as_ref() else {
-            return false;
-        };
-        let lease = self.lease.lock().expect("lease lock poisoned");
-        lease.epoch == master.epoch && lease.resign == Resign::Resigned
+        match self.current().as_ref() {
+            Role::Master(master) => self.lease.resigned(master.epoch),
+            Role::Slave(_) => false,
+        }
     }
 
     /// The master epoch this broker acts in: the one it is master of, or its master's.
