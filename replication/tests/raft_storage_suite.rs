@@ -40,11 +40,73 @@ fn sled_store_passes_openraft_storage_suite() {
 }
 
 // Beyond the suite: what it does not reach. Its cases each run on one store that is never
-// reopened.
+// reopened, and its snapshot case never races a build against an install.
+
+/// A store opened in a new temporary directory (kept alive by the returned guard).
+fn open_temp() -> (TempDir, LogStore, StateMachine) {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let (log_store, state_machine) = store::open(dir.path()).expect("open the store");
+    (dir, log_store, state_machine)
+}
 
 /// A blank entry at `index` of `term`, written by node 0.
 fn blank(term: u64, index: u64) -> openraft::Entry<TypeConfig> {
     openraft::testing::blank_ent::<TypeConfig>(term, 0, index)
+}
+
+/// openraft builds snapshots in a task of its own while the state machine goes on applying and
+/// installing, and it ignores a built snapshot that is not newer than the one it has
+/// (`update_snapshot`). The store must do the same: a build that started before a newer snapshot
+/// was installed must not replace it as the current snapshot, or the node would serve (to a
+/// follower it brings up to date, and after a restart) a snapshot older than the log it purged.
+#[tokio::test]
+async fn a_snapshot_built_before_a_newer_install_does_not_replace_it() {
+    let (_dir, _log_store, mut follower) = open_temp();
+    follower
+        .apply([blank(1, 1), blank(1, 2)])
+        .await
+        .expect("apply");
+    let mut stale_build = follower.get_snapshot_builder().await;
+
+    let (_leader_dir, _leader_log, mut leader) = open_temp();
+    leader
+        .apply((1..=5).map(|index| blank(1, index)))
+        .await
+        .expect("apply");
+    let newer = leader
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .expect("build the leader's snapshot");
+    let mut receiving = follower
+        .begin_receiving_snapshot()
+        .await
+        .expect("begin receiving");
+    *receiving = *newer.snapshot;
+    follower
+        .install_snapshot(&newer.meta, receiving)
+        .await
+        .expect("install");
+
+    let stale = stale_build
+        .build_snapshot()
+        .await
+        .expect("the stale build still succeeds");
+    assert!(stale.meta.last_log_id < newer.meta.last_log_id);
+    let current = follower
+        .get_current_snapshot()
+        .await
+        .expect("read the current snapshot")
+        .expect("a current snapshot");
+    assert_eq!(
+        current.meta, newer.meta,
+        "the installed snapshot stays current"
+    );
+    assert_eq!(
+        follower.applied_state().await.expect("applied state").0,
+        newer.meta.last_log_id
+    );
 }
 
 /// What openraft relies on across a restart: the vote (a node must never vote twice in a term),
