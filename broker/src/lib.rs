@@ -18,22 +18,23 @@
 //! - [`error`]: the broker's error type and the one place errors become gRPC statuses with
 //!   their stable codes.
 //! - [`config`]: the flat RocketMQ-style configuration (broker keys and store keys).
-//! - [`metrics`]: the broker's metrics: what the send path and the flusher record, and the
-//!   gauges (offsets, role, epoch, each slave's lag, consumer lag) set at each scrape of the
-//!   `/metrics` endpoint (`replication::exporter`).
+//! - [`metrics`]: the broker's metrics: what the send path records, the store's observer (what
+//!   the flusher and the scrubber report), and the gauges (offsets, role, epoch, each slave's
+//!   lag, consumer lag) set at each scrape of the `/metrics` endpoint (`replication::exporter`).
 //! - [`store`]: the commit log and everything that makes it durable and readable: segments,
 //!   group commit, flush, consume queues, recovery, truncation, retention, the epoch history.
-//!   Its own `mod.rs` maps its files and follows one append through them.
+//!   Its own `mod.rs` maps its files and follows one append through them. The store imports
+//!   nothing from the rest of this crate (`tests/store_seam.rs` checks it): it reports flushes and
+//!   scrubbing through its `StoreObserver` trait, which [`metrics`] implements, and owns the pause
+//!   points a fault test arms (`--failpoint`, `store::failpoint`) to kill a broker at one exact
+//!   step, such as the middle of a truncation.
 //! - [`fault`]: a store that failed to write (a full disk, EIO) makes the broker restart itself
 //!   in place, giving mastership up at once; a restarted broker waits for disk space first.
-//! - [`failpoint`]: pause points a fault test arms (`--failpoint`) to kill a broker at one exact
-//!   step, such as the middle of a truncation.
 //! - `src/bin/broker.rs`: the `broker` process. `src/bin/store-bench/`: the store benchmark
 //!   against raw-disk baselines measured in the same run (`docs/BENCHMARKS.md`).
 
 pub mod config;
 pub mod error;
-pub mod failpoint;
 pub mod fault;
 pub mod groups;
 pub mod lease;

@@ -3,10 +3,12 @@
 //! endpoint (`replication::exporter`, served when `metrics_listen` is set).
 //!
 //! Counters and histograms are recorded where things happen: the `Send` handler
-//! ([`record_send`], [`record_appended`]), the flusher around its fdatasync
-//! ([`record_flush`]) and the store's scrubber ([`record_scrubbed`], [`record_scrub_pass`]). Everything else is a gauge read at scrape time from where it lives: the
-//! store's offsets, the role, the master's in-sync tracker (each slave's lag) and the consumer
-//! groups' committed offsets. Without a recorder installed (metrics off) every call is a no-op.
+//! ([`record_send`], [`record_appended`]), and the store's flusher around its fdatasync and its
+//! scrubber, which report to [`StoreMetrics`], the broker's `StoreObserver` (the store imports
+//! nothing from the broker: it is handed this observer when the broker opens it). Everything
+//! else is a gauge read at scrape time from where it lives: the store's offsets, the role, the
+//! master's in-sync tracker (each slave's lag) and the consumer groups' committed offsets.
+//! Without a recorder installed (metrics off) every call is a no-op.
 //!
 //! Consumer lag is reported by the master only (its table is the group's; a slave's follows
 //! it), for at most [`CONSUMER_LAG_SERIES_MAX`] (consumer group, topic, queue) series: past
@@ -27,7 +29,7 @@ use replication::exporter::Sampler;
 use crate::error::BrokerError;
 use crate::groups::ConsumerGroupState;
 use crate::role::{Role, RoleCell};
-use crate::store::Store;
+use crate::store::{Store, StoreObserver};
 
 /// Counter by `status`: `Send` requests answered (a send status, or the error code's name).
 pub const SEND_REQUESTS: &str = "broker_send_requests_total";
@@ -163,19 +165,24 @@ pub fn record_appended(messages: usize) {
     counter!(MESSAGES_APPENDED).increment(messages as u64);
 }
 
-/// Records one flush's fdatasync time (from the flusher).
-pub fn record_flush(latency: Duration) {
-    histogram!(FLUSH_LATENCY_SECONDS).record(latency.as_secs_f64());
-}
+/// The store's observer in the broker: turns what the flusher and the scrubber report into
+/// [`FLUSH_LATENCY_SECONDS`], [`SCRUB_BYTES`] and [`SCRUB_PASSES`]. Handed to
+/// `Store::open_with` by the broker binary.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StoreMetrics;
 
-/// Records commit-log bytes the scrubber checked (one step).
-pub fn record_scrubbed(bytes: u64) {
-    counter!(SCRUB_BYTES).increment(bytes);
-}
+impl StoreObserver for StoreMetrics {
+    fn flushed(&self, fsync_latency: Duration) {
+        histogram!(FLUSH_LATENCY_SECONDS).record(fsync_latency.as_secs_f64());
+    }
 
-/// Records one ended scrub pass.
-pub fn record_scrub_pass() {
-    counter!(SCRUB_PASSES).increment(1);
+    fn scrubbed(&self, bytes: u64) {
+        counter!(SCRUB_BYTES).increment(bytes);
+    }
+
+    fn scrub_pass_ended(&self) {
+        counter!(SCRUB_PASSES).increment(1);
+    }
 }
 
 /// Sets the broker's gauges from the store, the role and the consumer groups.

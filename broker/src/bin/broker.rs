@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use broker::config::{BrokerConfig, BrokerRoleKind};
 use broker::groups::{ConsumerGroupService, ConsumerGroupState};
-use broker::metrics::BrokerSampler;
+use broker::metrics::{BrokerSampler, StoreMetrics};
 use broker::retry::{parse_delay_levels, RetryState};
 use broker::role::{ControllerAuthority, InitialRole, RoleCell, RoleContext};
 use broker::service::BrokerService;
@@ -71,7 +71,7 @@ struct Cli {
     /// Any configuration key, as KEY=VALUE in TOML value syntax; repeatable; applied last.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     overrides: Vec<String>,
-    /// Fault tests only: stop at this pause point (see `broker::failpoint`) until killed.
+    /// Fault tests only: stop at this pause point (see `broker::store::failpoint`) until killed.
     #[arg(long, hide = true)]
     failpoint: Option<String>,
 }
@@ -88,7 +88,7 @@ fn main() -> Result<()> {
         .init();
     let cli = Cli::parse();
     if let Some(point) = &cli.failpoint {
-        broker::failpoint::arm(point).map_err(anyhow::Error::msg)?;
+        broker::store::failpoint::arm(point).map_err(anyhow::Error::msg)?;
     }
     let config = load_config(&cli)?;
     tokio::runtime::Builder::new_multi_thread()
@@ -155,7 +155,7 @@ async fn serve(config: BrokerConfig) -> Result<()> {
         } else {
             ConfirmMode::External
         };
-        move || Store::open_with_confirm_mode(store_config, mode)
+        move || Store::open_with(store_config, mode, Arc::new(StoreMetrics))
     })
     .await
     .context("open the store")??;

@@ -117,7 +117,7 @@ pub(crate) fn flush_locked(shared: &Shared) -> Result<(), StoreError> {
             covered = segment.end_offset();
         }
     }
-    crate::metrics::record_flush(started.elapsed());
+    shared.observer.flushed(started.elapsed());
     if covered < target {
         return Err(StoreError::OffsetInvalid {
             commit_log_offset: covered,

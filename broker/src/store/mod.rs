@@ -22,6 +22,11 @@
 //!   the next segment ahead of time; [`epoch`] keeps the epoch history; every metadata file
 //!   goes through [`meta_file`]'s crash-safe protocol. [`config`], [`error`], [`signal`] and
 //!   [`shared`] hold the settings, the error type, thread wake-ups and the state threads share.
+//! - The seam to the owner: the store imports nothing from the rest of the broker crate (the test
+//!   `broker/tests/store_seam.rs` fails if a file here does). It reports what its owner counts
+//!   (flush latency, scrubbed bytes, scrub passes) to the [`observer::StoreObserver`] given to
+//!   [`Store::open_with`] (the broker's metrics implement it), and owns the [`failpoint`]s that
+//!   fault tests arm to stop a truncation at one exact step.
 //!
 //! Threads: writer, flusher, dispatcher, housekeeping (retention, page-cache release, the disk's
 //! high-water mark), preallocator, scrubber (not started when `scrub_bytes_per_second` is 0).
@@ -42,11 +47,13 @@ pub mod consume_queue;
 pub mod dispatch;
 pub mod epoch;
 pub mod error;
+pub mod failpoint;
 pub mod flush;
 pub mod health;
 mod index_handoff;
 pub mod message;
 pub mod meta_file;
+pub mod observer;
 mod page_cache;
 mod preallocate;
 pub mod read;
@@ -87,6 +94,7 @@ pub use epoch::EpochEntry;
 pub use error::{Result, StoreError};
 pub use health::{Corruption, StoreHealth};
 pub use message::{NewMessage, StoredMessage};
+pub use observer::{NoObserver, StoreObserver};
 pub use read::{GetRequest, GetResult, GetStatus, TagFilter};
 pub use recovery::RecoveryReport;
 pub use retention::RetentionReport;
@@ -167,6 +175,17 @@ impl Store {
     /// before replication says it is safe) consumers start from the confirm offset the last
     /// checkpoint saved, not from the whole recovered log.
     pub fn open_with_confirm_mode(config: StoreConfig, mode: ConfirmMode) -> Result<Store> {
+        Store::open_with(config, mode, Arc::new(NoObserver))
+    }
+
+    /// Opens the store with the confirm offset under `mode` (see
+    /// [`Store::open_with_confirm_mode`]), reporting its events to `observer` (see [`observer`]):
+    /// how the broker counts flushes and scrubbing without the store importing its metrics.
+    pub fn open_with(
+        config: StoreConfig,
+        mode: ConfirmMode,
+        observer: Arc<dyn StoreObserver>,
+    ) -> Result<Store> {
         config.validate()?;
         let dir = config.store_path.clone();
         std::fs::create_dir_all(&dir).map_err(StoreError::io("create store directory", &dir))?;
@@ -208,6 +227,7 @@ impl Store {
             initial_confirm_offset,
             recovered.verified,
             report.dispatch_stop_offset,
+            observer,
         ));
         if let Some(corruption) = recovered.corruption {
             shared.report_corrupt(corruption.commit_log_offset, corruption.reason);

@@ -209,7 +209,7 @@ impl Scrubber {
                 .expect("verified range lock poisoned")
                 .on_checked(from, checked_end, min_offset);
             release_page_cache(&shared, from, checked_end);
-            crate::metrics::record_scrubbed(bytes);
+            shared.observer.scrubbed(bytes);
         }
         let Some(finding) = finding else {
             return Step::Checked { bytes };
@@ -275,7 +275,7 @@ impl Scrubber {
 
     fn end_pass(&mut self) -> Step {
         let pass = self.pass.take().expect("a pass is under way");
-        crate::metrics::record_scrub_pass();
+        self.shared.observer.scrub_pass_ended();
         if pass.clean && self.shared.mark_verified() {
             tracing::info!(
                 end_offset = pass.end_offset,

@@ -432,3 +432,55 @@ async fn a_finding_read_during_a_rewrite_of_the_log_is_not_reported() {
     assert!(!scrub_pass(&mut scrubber).0);
     assert_eq!(corrupt_offset(&store), Some(results[5].commit_log_offset));
 }
+
+/// What the store reports to its observer (the broker turns it into metrics): every flush's
+/// fsync latency, every byte a scrub pass checks, and every pass that ends.
+#[tokio::test]
+async fn the_observer_hears_flushes_scrubbed_bytes_and_ended_passes() {
+    #[derive(Default)]
+    struct Counts {
+        flushes: std::sync::atomic::AtomicU64,
+        scrubbed_bytes: std::sync::atomic::AtomicU64,
+        passes: std::sync::atomic::AtomicU64,
+    }
+    impl StoreObserver for Counts {
+        fn flushed(&self, _fsync_latency: Duration) {
+            self.flushes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        fn scrubbed(&self, bytes: u64) {
+            self.scrubbed_bytes
+                .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+        }
+        fn scrub_pass_ended(&self) {
+            self.passes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    let read =
+        |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
+
+    let dir = tempfile::tempdir().unwrap();
+    let counts = Arc::new(Counts::default());
+    let store =
+        Store::open_with(no_scrubber(dir.path()), ConfirmMode::Local, counts.clone()).unwrap();
+    assert_eq!(store.config().flush_disk_type, FlushDiskType::SyncFlush);
+    for i in 0..40 {
+        store
+            .append(message(0, &format!("{i:0>300}")))
+            .await
+            .unwrap();
+    }
+    // A SYNC_FLUSH append is answered after the fsync covering it, which reported first.
+    assert!(read(&counts.flushes) >= 1);
+    assert_eq!(read(&counts.passes), 0);
+
+    let mut scrubber = Scrubber::new(Arc::clone(&store.shared), TEST_RATE);
+    assert!(scrub_pass(&mut scrubber).0);
+    assert_eq!(read(&counts.passes), 1);
+    assert_eq!(
+        read(&counts.scrubbed_bytes),
+        store.flushed_offset() - store.min_offset(),
+        "a pass checks the whole log, and reports each byte once"
+    );
+}

@@ -15,6 +15,7 @@ use super::epoch::EpochHistory;
 use super::error::StoreError;
 use super::health::{Corruption, StoreHealth};
 use super::index_handoff::IndexHandoff;
+use super::observer::StoreObserver;
 use super::record::RecordLimits;
 use super::signal::Signal;
 use super::verified::VerifiedRange;
@@ -119,6 +120,8 @@ pub(crate) struct Shared {
     pub writer_stop_requested: std::sync::atomic::AtomicBool,
     /// Held for the store's lifetime: the exclusive lock on the directory.
     pub _lock_file: File,
+    /// Where the flusher and the scrubber report what the owner counts (see `observer`).
+    pub observer: Arc<dyn StoreObserver>,
     /// Odd while a truncation or `start_at` rewrites the log's bytes or segments, bumped at the
     /// start and at the end of each (a sequence lock): the scrubber confirms a finding only if it
     /// read no byte while one ran (see `scrub`), without a lock the writer would wait on.
@@ -145,6 +148,7 @@ impl Shared {
         initial_confirm_offset: u64,
         verified: VerifiedRange,
         dispatch_stop_offset: Option<u64>,
+        observer: Arc<dyn StoreObserver>,
     ) -> Shared {
         debug_assert!(initial_confirm_offset <= recovered_end);
         let dispatched_offset =
@@ -200,6 +204,7 @@ impl Shared {
             replica_only: std::sync::atomic::AtomicBool::new(false),
             writer_stop_requested: std::sync::atomic::AtomicBool::new(false),
             _lock_file: lock_file,
+            observer,
             log_rewrite_seq: AtomicU64::new(0),
             #[cfg(test)]
             flusher_rounds: AtomicU64::new(0),

@@ -27,6 +27,7 @@ use super::consume_queue::ConsumeQueues;
 use super::dispatch::dispatch_to;
 use super::epoch::EpochHistory;
 use super::error::{Result, StoreError};
+use super::failpoint;
 use super::flush;
 use super::meta_file;
 use super::record::{self, read_u64, Prefix, RECORD_PREFIX_BYTES};
@@ -162,7 +163,7 @@ pub(crate) fn apply(
     commit_log_offset: u64,
 ) -> Result<()> {
     cut_segments(log, commit_log_offset)?;
-    crate::failpoint::reach(crate::failpoint::TRUNCATE_AFTER_LOG_CUT);
+    failpoint::reach(failpoint::TRUNCATE_AFTER_LOG_CUT);
     for queue in queues.all() {
         queue.cut(commit_log_offset)?;
     }
@@ -242,7 +243,7 @@ pub(crate) fn truncate_running(
     shared.clamp_confirm_offset(commit_log_offset);
     let mut epochs = shared.epochs.lock().expect("epoch lock poisoned");
     save_intent(&shared.dir, commit_log_offset)?;
-    crate::failpoint::reach(crate::failpoint::TRUNCATE_AFTER_INTENT);
+    failpoint::reach(failpoint::TRUNCATE_AFTER_INTENT);
     if let Err(err) = apply(
         &shared.dir,
         &shared.log,

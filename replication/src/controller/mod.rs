@@ -6,7 +6,8 @@
 //!   and their queues per group, consumer-group settings) and the commands that change it,
 //!   applied deterministically.
 //! - [`store`]: the Raft log, vote and state machine in sled, each durable before openraft is told
-//!   so; snapshots from a consistent copy.
+//!   so; snapshots from a consistent copy, the current one never replaced by an older build.
+//!   openraft's own storage suite runs against it (`tests/raft_storage_suite.rs`).
 //! - [`network`]: Raft between controllers over tonic, both sides; every message signed with
 //!   the cluster key (the `auth` crate's guard refuses unsigned ones).
 //! - [`admission`]: which Raft messages may reach openraft (members only, plausible terms), and

@@ -15,6 +15,16 @@
 //! The state machine is written whole after each applied batch. Controller state is small (routes,
 //! topics, groups) and changes rarely, and a whole write is one atomic sled insert; if it ever grows
 //! large, split it into one key per topic and group.
+//!
+//! Snapshots: the current snapshot only ever moves forward. openraft builds one in a task of its
+//! own while the state machine goes on applying and installing, so a build can finish after a
+//! newer snapshot was installed; it is then not saved (see `save_built_snapshot`), as openraft
+//! itself ignores it. An installed snapshot and the state machine it carries are saved in one
+//! atomic sled batch.
+//!
+//! Conformance: `tests/raft_storage_suite.rs` runs openraft's own storage suite
+//! (`openraft::testing::Suite`) against this store, plus what it does not reach (reopening,
+//! a build racing an install).
 
 // openraft's StorageError is large and its signatures return it; boxing it here would only add
 // conversions at every trait method (shared/STACK.md).
@@ -276,6 +286,55 @@ struct StoredSnapshot {
     data: Vec<u8>,
 }
 
+/// The metadata of a [`StoredSnapshot`] alone, read without copying its data out.
+#[derive(Deserialize)]
+struct StoredSnapshotMeta {
+    meta: SnapshotMeta<NodeId, BasicNode>,
+}
+
+fn write_state_machine_err(err: impl std::error::Error + 'static) -> StorageError<NodeId> {
+    StorageIOError::write_state_machine(AnyError::new(&err)).into()
+}
+
+fn write_snapshot_err(
+    meta: &SnapshotMeta<NodeId, BasicNode>,
+    err: impl std::error::Error + 'static,
+) -> StorageError<NodeId> {
+    StorageIOError::write_snapshot(Some(meta.signature()), AnyError::new(&err)).into()
+}
+
+/// Saves a snapshot just built as the current one, unless the current one is as new (its last
+/// log id is the same or later): then returns false and saves nothing. Why: openraft builds in a
+/// task of its own, concurrently with `install_snapshot`, and a build that started before a
+/// newer snapshot was installed would otherwise replace it. The node would then serve that
+/// older snapshot (to a follower it brings up to date, or to itself after a restart) although it
+/// already purged the log between the two, and openraft, which ignores a built snapshot that is
+/// not newer than its own (`update_snapshot`), would hold a different current snapshot than its
+/// storage. The check and the write are one compare-and-swap, so an install between them makes
+/// the swap fail and the check run again.
+fn save_built_snapshot(tree: &sled::Tree, stored: &StoredSnapshot) -> StorageResult<bool> {
+    let bytes = serde_json::to_vec(stored).map_err(|err| write_snapshot_err(&stored.meta, err))?;
+    loop {
+        let current = tree
+            .get(SNAPSHOT_KEY)
+            .map_err(|err| write_snapshot_err(&stored.meta, err))?;
+        if let Some(current) = &current {
+            let current: StoredSnapshotMeta = serde_json::from_slice(current)
+                .map_err(|err| write_snapshot_err(&stored.meta, err))?;
+            if current.meta.last_log_id >= stored.meta.last_log_id {
+                return Ok(false);
+            }
+        }
+        let swapped = tree
+            .compare_and_swap(SNAPSHOT_KEY, current, Some(bytes.as_slice()))
+            .map_err(|err| write_snapshot_err(&stored.meta, err))?;
+        if swapped.is_ok() {
+            return Ok(true);
+        }
+        // The current snapshot changed between the read and the swap: compare again.
+    }
+}
+
 /// The state machine: applies committed commands, builds and installs snapshots. Shares its
 /// data with the controller's services through [`StateMachine::shared`].
 pub struct StateMachine {
@@ -320,17 +379,29 @@ impl StateMachine {
             .clone()
     }
 
-    async fn persist(&self, data: &MachineData) -> StorageResult<()> {
-        let bytes = serde_json::to_vec(data).map_err(|err| {
-            StorageError::from(StorageIOError::write_state_machine(AnyError::new(&err)))
-        })?;
-        self.sm.insert(MACHINE_KEY, bytes).map_err(|err| {
-            StorageError::from(StorageIOError::write_state_machine(AnyError::new(&err)))
-        })?;
-        self.durable
-            .sync()
-            .await
-            .map_err(|err| StorageIOError::write_state_machine(AnyError::new(&err)).into())
+    /// Saves `data` durably, and with it `snapshot` as the current snapshot when there is one (an
+    /// install): both in one atomic sled batch, so that no crash leaves the snapshot of an
+    /// install without the state it carries, or the reverse.
+    async fn persist(
+        &self,
+        data: &MachineData,
+        snapshot: Option<&StoredSnapshot>,
+    ) -> StorageResult<()> {
+        let mut batch = sled::Batch::default();
+        batch.insert(
+            MACHINE_KEY,
+            serde_json::to_vec(data).map_err(write_state_machine_err)?,
+        );
+        if let Some(snapshot) = snapshot {
+            batch.insert(
+                SNAPSHOT_KEY,
+                serde_json::to_vec(snapshot).map_err(write_state_machine_err)?,
+            );
+        }
+        self.sm
+            .apply_batch(batch)
+            .map_err(write_state_machine_err)?;
+        self.durable.sync().await.map_err(write_state_machine_err)
     }
 }
 
@@ -361,13 +432,18 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             meta: meta.clone(),
             data: data.clone(),
         };
-        put_json(&self.sm, SNAPSHOT_KEY, &stored)?;
-        self.durable.sync().await.map_err(|err| {
-            StorageError::from(StorageIOError::write_snapshot(
-                Some(meta.signature()),
-                AnyError::new(&err),
-            ))
-        })?;
+        if save_built_snapshot(&self.sm, &stored)? {
+            self.durable
+                .sync()
+                .await
+                .map_err(|err| write_snapshot_err(&meta, err))?;
+        } else {
+            // Returned all the same: openraft ignores a snapshot not newer than its own.
+            tracing::info!(
+                snapshot = %meta.snapshot_id,
+                "the current snapshot is as new as this build (installed meanwhile): not saved"
+            );
+        }
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
@@ -412,7 +488,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
             }
         }
-        self.persist(&data).await?;
+        self.persist(&data, None).await?;
         let index = data.last_applied.map(|id| id.index).unwrap_or(0);
         *self.shared.write().expect("state machine lock poisoned") = data;
         self.changes.send_replace(index);
@@ -448,15 +524,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             membership: meta.last_membership.clone(),
             state,
         };
-        put_json(
-            &self.sm,
-            SNAPSHOT_KEY,
-            &StoredSnapshot {
-                meta: meta.clone(),
-                data: bytes,
-            },
-        )?;
-        self.persist(&data).await?;
+        // Saved unconditionally: openraft installs only a snapshot past its committed log id,
+        // so it is newer than anything this node built.
+        let snapshot = StoredSnapshot {
+            meta: meta.clone(),
+            data: bytes,
+        };
+        self.persist(&data, Some(&snapshot)).await?;
         let index = data.last_applied.map(|id| id.index).unwrap_or(0);
         *self.shared.write().expect("state machine lock poisoned") = data;
         self.changes.send_replace(index);

@@ -3,6 +3,10 @@
 //! at exactly that step, something a timed kill cannot hit reliably. Unarmed, a point costs one
 //! load of a `OnceLock`.
 //!
+//! The points are the store's, so they live in the store, which imports nothing from the rest of
+//! the broker: the broker binary only arms one ([`arm`]) before it opens the store. Arming is per
+//! process (a `OnceLock`), not per store: a test process that opens several stores arms none.
+//!
 //! The points (each named where it is placed):
 //! - [`TRUNCATE_AFTER_INTENT`]: a running store's truncation has saved its intent and cut nothing;
 //! - [`TRUNCATE_AFTER_LOG_CUT`]: the commit log is cut, the consume queues, epochs and checkpoint
