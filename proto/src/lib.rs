@@ -177,7 +177,7 @@ mod tests {
         assert!(status.message().len() <= STATUS_MESSAGE_BYTES_MAX);
         assert_eq!(
             status.metadata().get(ERROR_CODE_METADATA_KEY).unwrap(),
-            "40001"
+            "40002"
         );
     }
 }
