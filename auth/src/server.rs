@@ -9,10 +9,10 @@
 //!    key;
 //! 4. its nonce was not admitted before (the [`ReplayCache`]).
 //!
-//! Anything else is answered UNAUTHENTICATED with code 40100 (`UNAUTHORIZED`) before the service
-//! sees a byte of it, counted in `member_auth_refusals_total{reason}` and logged (at most once a
-//! second at warn, so a flood cannot fill the disk with logs). A node with no cluster key refuses
-//! every member-only call.
+//! Anything else is answered `UNAUTHORIZED` (40100; gRPC UNAUTHENTICATED, as `proto::status`
+//! maps it) before the service sees a byte of it, counted in `member_auth_refusals_total{reason}`
+//! and logged (at most once a second at warn, so a flood cannot fill the disk with logs). A node
+//! with no cluster key refuses every member-only call.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -188,12 +188,7 @@ impl Shared {
         } else {
             tracing::debug!(path, peer = ?peer, reason = refusal.label(), "internal call refused");
         }
-        let mut status = tonic::Status::unauthenticated(refusal.message());
-        status.metadata_mut().insert(
-            proto::ERROR_CODE_METADATA_KEY,
-            tonic::metadata::MetadataValue::from(proto::common::ErrorCode::Unauthorized as i32),
-        );
-        status.into_http()
+        proto::error_status(proto::common::ErrorCode::Unauthorized, refusal.message()).into_http()
     }
 }
 

@@ -1,8 +1,9 @@
-//! The broker's error type, and the one place where errors become gRPC statuses.
+//! The broker's error type, and the one place where its errors get their stable codes.
 //!
 //! Every error maps to a stable numeric code (`proto::common::ErrorCode`, RocketMQ 5's numbers
-//! where one exists) carried in the status metadata under `x-error-code`, and to the nearest gRPC
-//! status code. Bad input changes nothing; fatal store errors are internal errors.
+//! where one exists); `proto::status` turns it into a gRPC status (the code in `x-error-code`,
+//! the gRPC code its table gives). Bad input changes nothing; fatal store errors are internal
+//! errors.
 
 use proto::common::ErrorCode;
 
@@ -106,32 +107,17 @@ impl BrokerError {
         }
     }
 
-    /// The gRPC status of this error, with its stable code in the metadata.
+    /// The gRPC status of this error, through the status codec (`proto::status`): its stable
+    /// code, and on `NOT_MASTER` the master's address when known.
     pub fn into_status(self) -> tonic::Status {
         let code = self.code();
         let master_addr = match &self {
             BrokerError::NotMaster { master_addr } => master_addr.clone(),
             _ => None,
         };
-        let grpc = match code {
-            ErrorCode::TopicNotFound | ErrorCode::NotFound => tonic::Code::NotFound,
-            ErrorCode::PayloadTooLarge
-            | ErrorCode::MessageBodyTooLarge
-            | ErrorCode::MessagePropertiesTooLarge => tonic::Code::InvalidArgument,
-            ErrorCode::InternalError => tonic::Code::Internal,
-            ErrorCode::MessageCorrupted => tonic::Code::DataLoss,
-            ErrorCode::TooManyRequests => tonic::Code::ResourceExhausted,
-            ErrorCode::Forbidden => tonic::Code::PermissionDenied,
-            _ if (40000..50000).contains(&(code as i32)) => tonic::Code::InvalidArgument,
-            _ => tonic::Code::Unavailable,
-        };
-        let mut status = proto::error_status(grpc, code, self.to_string());
-        if let Some(value) = master_addr.and_then(|addr| addr.parse().ok()) {
-            status
-                .metadata_mut()
-                .insert(proto::MASTER_ADDR_METADATA_KEY, value);
-        }
-        status
+        proto::ErrorStatus::new(code, self.to_string())
+            .with_master_addr(master_addr)
+            .into_status()
     }
 }
 

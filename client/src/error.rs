@@ -1,5 +1,5 @@
-//! The client's error type: a broker's answer turned back into a typed error (by the stable code
-//! in the status metadata), or a transport failure.
+//! The client's error type: a broker's or controller's answer turned back into a typed error (by
+//! the stable code the status codec, `proto::status`, reads from it), or a transport failure.
 
 use std::sync::Arc;
 
@@ -67,17 +67,12 @@ impl ClientError {
 }
 
 impl From<tonic::Status> for ClientError {
+    /// Read through the status codec (`proto::status`), as every caller of the cluster reads.
     fn from(status: tonic::Status) -> Self {
-        let code = status
-            .metadata()
-            .get(proto::ERROR_CODE_METADATA_KEY)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|text| text.parse::<i32>().ok())
-            .and_then(|number| ErrorCode::try_from(number).ok());
-        match code {
-            Some(code) => ClientError::Broker {
-                code,
-                message: status.message().to_owned(),
+        match proto::ErrorStatus::from_status(&status) {
+            Some(refusal) => ClientError::Broker {
+                code: refusal.code,
+                message: refusal.message,
             },
             // No code: the status came from the transport, not from the broker's service.
             None => ClientError::Transport {

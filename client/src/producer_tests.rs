@@ -35,12 +35,7 @@ struct ScriptedBroker {
 }
 
 fn status_with_code(code: ErrorCode, message: &str) -> Status {
-    let mut status = Status::invalid_argument(message);
-    status.metadata_mut().insert(
-        proto::ERROR_CODE_METADATA_KEY,
-        tonic::metadata::MetadataValue::from(code as i32),
-    );
-    status
+    proto::error_status(code, message)
 }
 
 #[tonic::async_trait]

@@ -206,12 +206,10 @@ async fn open_watch(
         {
             Ok(response) => return Some(response.into_inner()),
             Err(status) => {
-                if let Some(leader) = status
-                    .metadata()
-                    .get(proto::CONTROLLER_LEADER_METADATA_KEY)
-                    .and_then(|v| v.to_str().ok())
+                if let Some(leader) =
+                    proto::ErrorStatus::from_status(&status).and_then(|error| error.leader_addr)
                 {
-                    candidates.push(leader.to_owned());
+                    candidates.push(leader);
                 }
             }
         }

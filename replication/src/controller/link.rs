@@ -166,24 +166,14 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 const PROPOSE_RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 fn is_permanent(status: &tonic::Status) -> bool {
-    let code = status
-        .metadata()
-        .get(proto::ERROR_CODE_METADATA_KEY)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<i32>().ok())
-        .and_then(|v| ErrorCode::try_from(v).ok());
     matches!(
-        code,
+        proto::status::error_code(status),
         Some(ErrorCode::Conflict | ErrorCode::BadRequest | ErrorCode::BrokerGroupNotFound)
     )
 }
 
 fn is_unregistered(status: &tonic::Status) -> bool {
-    status
-        .metadata()
-        .get(proto::ERROR_CODE_METADATA_KEY)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v == (ErrorCode::NotFound as i32).to_string())
+    proto::status::error_code(status) == Some(ErrorCode::NotFound)
 }
 
 impl ControllerLink {

@@ -20,6 +20,8 @@ use openraft::{BasicNode, ChangeMembers, ServerState};
 use proto::common::ErrorCode;
 use proto::controller as pb;
 use proto::controller::controller_client::ControllerClient;
+// Every error status of this service comes from the status codec.
+use proto::error_status as error;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
@@ -53,22 +55,6 @@ const SYNC_POLL: Duration = Duration::from_millis(10);
 /// transport timeout. With the default lease (1 s + 0.2 s margin) a switchover whose master does
 /// not confirm ends in about 1.3 s.
 const SWITCHOVER_WAIT_MAX: Duration = Duration::from_secs(8);
-
-/// A gRPC error with its stable code in the `x-error-code` metadata (its text bounded,
-/// [`proto::error_status`]).
-pub fn error(code: ErrorCode, message: impl Into<String>) -> Status {
-    let grpc = match code {
-        ErrorCode::TopicNotFound | ErrorCode::BrokerGroupNotFound | ErrorCode::NotFound => {
-            tonic::Code::NotFound
-        }
-        ErrorCode::Conflict => tonic::Code::AlreadyExists,
-        ErrorCode::ControllerNotAvailable => tonic::Code::Unavailable,
-        ErrorCode::RequestTimeout => tonic::Code::DeadlineExceeded,
-        ErrorCode::InternalError => tonic::Code::Internal,
-        _ => tonic::Code::InvalidArgument,
-    };
-    proto::error_status(grpc, code, message)
-}
 
 fn command_error(err: CommandError) -> Status {
     let code = match &err {
@@ -237,10 +223,7 @@ fn forwarded<T>(message: T) -> Request<T> {
 /// Maps a failure to reach the leader to CONTROLLER_NOT_AVAILABLE; the leader's own errors pass.
 fn from_leader<T>(result: Result<Response<T>, Status>) -> Result<Response<T>, Status> {
     result.map_err(|status| {
-        if status
-            .metadata()
-            .contains_key(proto::ERROR_CODE_METADATA_KEY)
-        {
+        if proto::status::carries_error_code(&status) {
             status
         } else {
             unavailable(format!("leader unreachable: {}", status.message()))
@@ -263,7 +246,7 @@ macro_rules! read_at_leader {
         if let Target::Leader(mut leader) = $self.target_for_read(&$request) {
             match leader.$method(forwarded($request.get_ref().clone())).await {
                 Ok(response) => return Ok(response),
-                Err(status) if status.metadata().contains_key(proto::ERROR_CODE_METADATA_KEY) => {
+                Err(status) if proto::status::carries_error_code(&status) => {
                     return Err(status)
                 }
                 Err(status) => {
@@ -1041,18 +1024,15 @@ impl pb::controller_server::Controller for ControllerService {
         request: Request<pb::WatchRoutesRequest>,
     ) -> Result<Response<Self::WatchRoutesStream>, Status> {
         if !self.is_leader() {
-            let mut status = unavailable(format!(
-                "controller {} is not the leader; watch routes on the leader",
-                self.id
-            ));
-            if let Some((_, addr)) = self.leader() {
-                if let Ok(value) = addr.parse() {
-                    status
-                        .metadata_mut()
-                        .insert(proto::CONTROLLER_LEADER_METADATA_KEY, value);
-                }
-            }
-            return Err(status);
+            return Err(proto::ErrorStatus::new(
+                ErrorCode::ControllerNotAvailable,
+                format!(
+                    "controller {} is not the leader; watch routes on the leader",
+                    self.id
+                ),
+            )
+            .with_leader_addr(self.leader().map(|(_, addr)| addr))
+            .into_status());
         }
         let topics = request.into_inner().topics;
         let (tx, rx) = mpsc::channel(4);

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use proto::common::ErrorCode;
+use proto::error_status;
 use proto::replication as pb;
 use proto::replication::log_shipping_server::LogShipping;
 use tokio::sync::{mpsc, watch};
@@ -20,9 +21,9 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::divergence::{last_common_offset, Divergence, EpochEntry};
+use super::from_wire_history;
 use super::insync::InSync;
 use super::log::{epoch_span, with_implicit_epoch, ShippedLog};
-use super::{from_wire_history, status};
 
 /// How long a slave has to say Hello after opening its stream.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -70,9 +71,8 @@ impl<L: ShippedLog> ShipService<L> {
     fn master(&self) -> Result<Arc<InSync<L>>, Status> {
         let current = self.in_sync.borrow().clone();
         current.filter(|t| !t.is_deposed()).ok_or_else(|| {
-            status(
+            error_status(
                 ErrorCode::NotMaster,
-                tonic::Code::FailedPrecondition,
                 format!(
                     "broker {} of group {} is not its master",
                     self.config.broker_id, self.config.group
@@ -102,9 +102,8 @@ fn handshake<L: ShippedLog>(
     // Membership was proven before the stream reached this service: the server's
     // `auth::MemberGuard` admits `Replicate` only with a member's signature.
     if hello.group != config.group {
-        return Err(status(
+        return Err(error_status(
             ErrorCode::BadRequest,
-            tonic::Code::InvalidArgument,
             format!(
                 "this master serves group {:?}, not {:?}",
                 config.group, hello.group
@@ -112,9 +111,8 @@ fn handshake<L: ShippedLog>(
         ));
     }
     if hello.broker_id == config.broker_id {
-        return Err(status(
+        return Err(error_status(
             ErrorCode::BadRequest,
-            tonic::Code::InvalidArgument,
             format!("broker id {} is this master's own", hello.broker_id),
         ));
     }
@@ -140,9 +138,8 @@ fn handshake<L: ShippedLog>(
     let master_end = log.write_offset();
     let divergence =
         last_common_offset(&master, master_end, &replica, hello.max_offset).map_err(|err| {
-            status(
+            error_status(
                 ErrorCode::BadRequest,
-                tonic::Code::InvalidArgument,
                 format!("replica's epoch history: {err}"),
             )
         })?;
@@ -150,9 +147,8 @@ fn handshake<L: ShippedLog>(
         Divergence::TruncateTo(offset) => offset,
         Divergence::NothingInCommon if hello.max_offset == 0 => 0,
         Divergence::NothingInCommon => {
-            return Err(status(
+            return Err(error_status(
                 ErrorCode::Conflict,
-                tonic::Code::FailedPrecondition,
                 format!(
                     "the replica's log (end {}) shares no epoch with this master's: it was \
                      written for another group or cluster; empty its store before it replicates",
@@ -163,9 +159,8 @@ fn handshake<L: ShippedLog>(
     };
     let min_offset = log.min_offset();
     if start < min_offset {
-        return Err(status(
+        return Err(error_status(
             ErrorCode::Conflict,
-            tonic::Code::FailedPrecondition,
             format!(
                 "the replica needs the log from offset {start}, but this master holds it from \
                  {min_offset} on (retention deleted the rest); a slave whose log holds no \
@@ -207,9 +202,8 @@ impl<L: ShippedLog> Session<L> {
             };
             let refusal = match message.body {
                 Some(pb::replica_message::Body::Ack(ack)) if ack.master_epoch != self.master_epoch => {
-                    Some(status(
+                    Some(error_status(
                         ErrorCode::Conflict,
-                        tonic::Code::FailedPrecondition,
                         format!(
                             "acknowledgement of master epoch {} refused: this stream is epoch {}",
                             ack.master_epoch, self.master_epoch
@@ -228,11 +222,10 @@ impl<L: ShippedLog> Session<L> {
                     .err()
                     .map(|err| {
                         tracing::error!(broker_id = self.broker_id, error = %err, "replica acknowledgement refused; closing its stream");
-                        status(ErrorCode::BadRequest, tonic::Code::InvalidArgument, err.to_string())
+                        error_status(ErrorCode::BadRequest, err.to_string())
                     }),
-                _ => Some(status(
+                _ => Some(error_status(
                     ErrorCode::BadRequest,
-                    tonic::Code::InvalidArgument,
                     "only acknowledgements may follow the Hello",
                 )),
             };
@@ -264,9 +257,8 @@ impl<L: ShippedLog> Session<L> {
             if self.in_sync.is_deposed() {
                 let _ = self
                     .tx
-                    .send(Err(status(
+                    .send(Err(error_status(
                         ErrorCode::NotMaster,
-                        tonic::Code::FailedPrecondition,
                         format!(
                             "broker {} is no longer the master of epoch {}",
                             self.config.broker_id, self.master_epoch
@@ -289,11 +281,7 @@ impl<L: ShippedLog> Session<L> {
                         tracing::error!(offset = next, error = %err, "cannot read the log to ship it");
                         let _ = self
                             .tx
-                            .send(Err(status(
-                                ErrorCode::InternalError,
-                                tonic::Code::Internal,
-                                err.to_string(),
-                            )))
+                            .send(Err(error_status(ErrorCode::InternalError, err.to_string())))
                             .await;
                         return;
                     }
@@ -380,20 +368,13 @@ impl<L: ShippedLog> LogShipping for ShipService<L> {
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
-            .map_err(|_| {
-                status(
-                    ErrorCode::RequestTimeout,
-                    tonic::Code::DeadlineExceeded,
-                    "no Hello within 10 s",
-                )
-            })??;
+            .map_err(|_| error_status(ErrorCode::RequestTimeout, "no Hello within 10 s"))??;
         let Some(pb::ReplicaMessage {
             body: Some(pb::replica_message::Body::Hello(hello)),
         }) = first
         else {
-            return Err(status(
+            return Err(error_status(
                 ErrorCode::BadRequest,
-                tonic::Code::InvalidArgument,
                 "a replication stream begins with a Hello",
             ));
         };

@@ -29,22 +29,11 @@ pub use log::{LogError, LogProgress, ShippedLog};
 pub use master::{ShipConfig, ShipService};
 pub use replica::{MasterLocation, ReplicaConfig, ReplicaStatus};
 
-use proto::common::ErrorCode;
 use proto::replication as pb;
 
 /// Largest message on a replication stream: a chunk holds at least one whole record, and a
 /// record may be as large as the store's largest batch.
 pub const STREAM_MESSAGE_BYTES_MAX: usize = 64 << 20;
-
-/// A gRPC status with its stable error code in the `x-error-code` metadata (its text bounded,
-/// [`proto::error_status`]).
-pub(crate) fn status(
-    code: ErrorCode,
-    grpc: tonic::Code,
-    message: impl Into<String>,
-) -> tonic::Status {
-    proto::error_status(grpc, code, message)
-}
 
 pub(crate) fn from_wire_history(entries: &[pb::EpochEntry]) -> Vec<EpochEntry> {
     entries

@@ -97,12 +97,13 @@ enum SessionEnd {
 }
 
 impl From<tonic::Status> for SessionEnd {
+    /// Read through the status codec: a status with an error code is the master's answer (a
+    /// refusal, even when its gRPC code is UNAVAILABLE, as for NOT_MASTER); one without came from
+    /// the transport.
     fn from(status: tonic::Status) -> Self {
-        match status.code() {
-            tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown => {
-                SessionEnd::Transport(status.message().to_owned())
-            }
-            _ => SessionEnd::Refused(status.message().to_owned()),
+        match proto::ErrorStatus::from_status(&status) {
+            Some(refusal) => SessionEnd::Refused(refusal.message),
+            None => SessionEnd::Transport(status.message().to_owned()),
         }
     }
 }
