@@ -1,0 +1,224 @@
+//! Planned switchovers (`cluster-cli cluster elect`): the request checked against the state and
+//! liveness, the switchover recorded for the election loop, and the wait for its election.
+
+use super::*;
+
+impl ControllerService {
+    /// Checks a planned switchover request against the state and liveness; answers the plan.
+    pub(super) fn switchover_plan(
+        &self,
+        req: &pb::ElectMasterRequest,
+    ) -> Result<SwitchoverPlan, Status> {
+        let now = Instant::now();
+        let timing = self.election.timing;
+        let seen = self.liveness.seen_group(&req.group);
+        self.state.read(|data| {
+            let Some(group) = data.state.groups.get(&req.group) else {
+                return Err(error(
+                    ErrorCode::BrokerGroupNotFound,
+                    format!("broker group {} is not registered", proto::Echo(&req.group)),
+                ));
+            };
+            if !group.is_controlled() {
+                return Err(error(
+                    ErrorCode::Conflict,
+                    format!(
+                        "broker group {:?} has static roles (MASTER or SLAVE): its master is the \
+                         broker configured so; only groups of CONTROLLED brokers have elections",
+                        req.group
+                    ),
+                ));
+            }
+            let in_sync = |id: u64| group.never_had_master() || group.in_sync_set.contains(&id);
+            let target = match req.broker_id {
+                Some(id) => {
+                    if !group.brokers.contains_key(&id) {
+                        return Err(error(
+                            ErrorCode::NotFound,
+                            format!(
+                                "broker {id} is not registered in broker group {:?}",
+                                req.group
+                            ),
+                        ));
+                    }
+                    if group.master_id == Some(id) {
+                        return Err(error(
+                            ErrorCode::Conflict,
+                            format!(
+                                "broker {id} is already the master of broker group {:?} (master \
+                                 epoch {})",
+                                req.group, group.master_epoch
+                            ),
+                        ));
+                    }
+                    if !is_candidate_alive(group, &seen, id, now, &timing) {
+                        let heard = seen
+                            .get(&id)
+                            .map(|s| {
+                                format!(
+                                    "last heard {} ms ago",
+                                    now.duration_since(s.at).as_millis()
+                                )
+                            })
+                            .unwrap_or_else(|| {
+                                "not heard since this controller became leader".to_owned()
+                            });
+                        return Err(error(
+                            ErrorCode::Conflict,
+                            format!(
+                                "broker {id} is not alive ({heard}; a master must have been heard \
+                                 within {} ms)",
+                                timing.lease_wait().as_millis()
+                            ),
+                        ));
+                    }
+                    if let Some(store) = seen.get(&id).map(|s| &s.store) {
+                        if store.master_tier().is_none_or(|tier| tier >= 3) {
+                            return Err(error(
+                                ErrorCode::Conflict,
+                                format!(
+                                    "broker {id}'s store has a fault ({}): it cannot be master \
+                                     until it is repaired",
+                                    store.problem
+                                ),
+                            ));
+                        }
+                    }
+                    if !req.unclean && !in_sync(id) {
+                        return Err(error(
+                            ErrorCode::Conflict,
+                            format!(
+                                "broker {id} is not in the in-sync set {:?} of broker group {:?}: \
+                                 it may lack acknowledged messages; wait until it catches up, or \
+                                 elect it with unclean (which may lose them)",
+                                group.in_sync_set, req.group
+                            ),
+                        ));
+                    }
+                    id
+                }
+                None => best_switchover_target(group, &seen, now, &timing).ok_or_else(|| {
+                    error(
+                        ErrorCode::Conflict,
+                        format!(
+                            "broker group {:?} has no alive member of its in-sync set {:?} other \
+                             than the master {:?} to move mastership to",
+                            req.group, group.in_sync_set, group.master_id
+                        ),
+                    )
+                })?,
+            };
+            Ok(SwitchoverPlan {
+                target,
+                unclean: req.unclean,
+                started: now,
+                master_epoch: group.master_epoch,
+            })
+        })
+    }
+
+    pub(super) async fn elect_master(
+        &self,
+        request: Request<pb::ElectMasterRequest>,
+    ) -> Result<Response<pb::ElectMasterResponse>, Status> {
+        write_at_leader!(self, request, elect_master);
+        let req = request.into_inner();
+        if req.group.is_empty() {
+            return Err(error(ErrorCode::BadRequest, "group is required"));
+        }
+        if req.unclean && req.broker_id.is_none() {
+            return Err(error(
+                ErrorCode::BadRequest,
+                "an unclean election needs broker_id: the controller never picks a broker that \
+                 may lack acknowledged messages by itself",
+            ));
+        }
+        // Judge the request against the latest state, confirmed by a quorum.
+        self.raft
+            .ensure_linearizable()
+            .await
+            .map_err(|err| unavailable(format!("cannot confirm leadership: {err}")))?;
+        let plan = self.switchover_plan(&req)?;
+        let target = plan.target;
+        let from_epoch = plan.master_epoch;
+        let (id, outcome) = self
+            .election
+            .leases
+            .start_switchover(&req.group, plan)
+            .map_err(|running| {
+                error(
+                    ErrorCode::Conflict,
+                    format!(
+                        "a switchover of broker group {:?} to broker {} is already running \
+                         (started {} ms ago); wait for it to end",
+                        req.group,
+                        running.target,
+                        running.started.elapsed().as_millis()
+                    ),
+                )
+            })?;
+        tracing::info!(group = %req.group, target, unclean = req.unclean, master_epoch = from_epoch, "planned switchover started; asking the master to resign");
+        self.election.wake.notify_one();
+        let end = match tokio::time::timeout(SWITCHOVER_WAIT_MAX, outcome).await {
+            Ok(Ok(end)) => end,
+            Ok(Err(_)) => SwitchoverEnd::Abandoned {
+                reason: "the controller stopped leading before the election".to_owned(),
+            },
+            Err(_) => {
+                let reason = format!(
+                    "broker {target} was not elected within {} s",
+                    SWITCHOVER_WAIT_MAX.as_secs()
+                );
+                self.election.leases.end_switchover(
+                    &req.group,
+                    id,
+                    SwitchoverEnd::Abandoned {
+                        reason: reason.clone(),
+                    },
+                );
+                SwitchoverEnd::Abandoned { reason }
+            }
+        };
+        let (view, master_now) = self.state.read(|data| {
+            let group = data.state.groups.get(&req.group);
+            (
+                group_view(&data.state, &req.group),
+                group.map(|g| (g.master_id, g.master_epoch)),
+            )
+        });
+        match end {
+            SwitchoverEnd::Elected {
+                possibly_lost_bytes,
+                ..
+            } => Ok(Response::new(pb::ElectMasterResponse {
+                group: view,
+                possibly_lost_bytes,
+            })),
+            // The loop gave up or we stopped waiting; but the target may have been elected just
+            // then: the state says.
+            SwitchoverEnd::Abandoned { .. }
+                if master_now.is_some_and(|(m, e)| m == Some(target) && e > from_epoch) =>
+            {
+                Ok(Response::new(pb::ElectMasterResponse {
+                    group: view,
+                    possibly_lost_bytes: 0,
+                }))
+            }
+            SwitchoverEnd::Abandoned { reason } => {
+                let (master, epoch) = master_now.unwrap_or((None, 0));
+                let now = match master {
+                    Some(id) => format!("broker {id} is master at master epoch {epoch}"),
+                    None => format!("the group has no master (master epoch {epoch})"),
+                };
+                Err(error(
+                    ErrorCode::RequestTimeout,
+                    format!(
+                        "switchover of broker group {:?} to broker {target} did not happen: \
+                         {reason}; {now}",
+                        req.group
+                    ),
+                ))
+            }
+        }
+    }
+}

@@ -1,0 +1,410 @@
+//! The `Controller` gRPC service: what brokers, clients and cluster-cli call.
+//!
+//! Map, one file per family of RPCs (this file keeps the forwarding to the leader and the
+//! dispatch of each RPC to its family):
+//! - `brokers`: registration, heartbeats and leases, a broker's topics, in-sync set changes;
+//! - `failover`: planned switchovers (`ElectMaster`);
+//! - `routes`: `GetRoute`, `WatchRoutes`;
+//! - `topics`: topics and consumer-group settings, drain;
+//! - `quorum`: cluster list, controller status, membership changes;
+//! - `convert`: wire <-> domain conversions of the answers.
+//!
+//! Any controller answers any request:
+//! - writes (registration, topics, settings, membership) and liveness (heartbeats, cluster list)
+//!   are forwarded to the leader, once: a forwarded request that reaches a non-leader (views
+//!   differ during an election) is answered `CONTROLLER_NOT_AVAILABLE`, never forwarded again;
+//! - reads of metadata (routes, topics) are forwarded too, for the leader's liveness view; when
+//!   no leader is known they are answered from this controller's applied state, with every
+//!   broker presumed alive (nothing better is known), so that routes outlive a lost quorum;
+//! - the route watch stream is served by the leader only; a follower redirects with the leader's
+//!   address in `x-controller-leader`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use auth::{ClusterKey, SignedChannel};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, ChangeMembers, ServerState};
+use proto::common::ErrorCode;
+use proto::controller as pb;
+use proto::controller::controller_client::ControllerClient;
+// Every error status of this service comes from the status codec.
+use proto::error_status as error;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Endpoint;
+use tonic::{Request, Response, Status};
+
+use super::admission;
+use super::election::{best_switchover_target, is_candidate_alive, ElectionContext};
+use super::lease::{GrantDecision, SwitchoverEnd, SwitchoverPlan};
+use super::liveness::{Heartbeat, Liveness, Seen, StoreReport};
+use super::membership::{self, Admission, Members, MembershipError};
+use super::state::{
+    BrokerGroup, BrokerInfo, ClusterState, Command, CommandError, ConfiguredRole, GroupSettings,
+    MessageModel, ReplicationMode, IN_SYNC_SET_MAX, PERM_READ, PERM_WRITE,
+};
+use super::store::SharedState;
+use super::{NodeId, Raft};
+
+/// Metadata key marking a request one controller forwarded to another.
+const FORWARDED_METADATA_KEY: &str = "x-forwarded";
+/// How long `Status` waits for each member's own answer.
+const NODE_STATUS_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a forwarded request may wait for the leader.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a topic creation waits for the groups' masters to apply it (below the client's
+/// per-attempt timeout, 5 s).
+const SYNC_WAIT_MAX: Duration = Duration::from_secs(3);
+/// How often that wait looks again.
+const SYNC_POLL: Duration = Duration::from_millis(10);
+/// Longest a planned switchover (`ElectMaster`) waits for its election before answering: below
+/// the forwarding timeout, so that a call forwarded by a follower gets this answer and not a
+/// transport timeout. With the default lease (1 s + 0.2 s margin) a switchover whose master does
+/// not confirm ends in about 1.3 s.
+const SWITCHOVER_WAIT_MAX: Duration = Duration::from_secs(8);
+
+fn command_error(err: CommandError) -> Status {
+    let code = match &err {
+        CommandError::Invalid(_) => ErrorCode::BadRequest,
+        CommandError::GroupNotFound(_) => ErrorCode::BrokerGroupNotFound,
+        CommandError::TopicNotFound(_) => ErrorCode::TopicNotFound,
+        CommandError::Conflict(_) => ErrorCode::Conflict,
+    };
+    error(code, err.to_string())
+}
+
+fn unavailable(message: impl Into<String>) -> Status {
+    error(ErrorCode::ControllerNotAvailable, message)
+}
+
+/// Where a request is answered.
+enum Target {
+    Here,
+    Leader(ControllerClient<SignedChannel>),
+}
+
+/// The service of one controller.
+pub struct ControllerService {
+    id: NodeId,
+    raft: Raft,
+    state: SharedState,
+    liveness: Arc<Liveness>,
+    election: ElectionContext,
+    peers: Mutex<HashMap<String, ControllerClient<SignedChannel>>>,
+    /// Membership changes one at a time (openraft refuses overlapping ones).
+    membership_lock: tokio::sync::Mutex<()>,
+    /// Signs what this controller forwards to the leader: brokers' internal calls among them.
+    key: ClusterKey,
+}
+
+impl ControllerService {
+    pub fn new(
+        id: NodeId,
+        raft: Raft,
+        state: SharedState,
+        liveness: Arc<Liveness>,
+        election: ElectionContext,
+        key: ClusterKey,
+    ) -> Self {
+        ControllerService {
+            id,
+            raft,
+            state,
+            liveness,
+            election,
+            peers: Mutex::new(HashMap::new()),
+            membership_lock: tokio::sync::Mutex::new(()),
+            key,
+        }
+    }
+
+    /// The leader's id and address, as this node knows them.
+    fn leader(&self) -> Option<(NodeId, String)> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let leader = metrics.current_leader?;
+        let addr = metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|node| node.addr.clone())
+            .unwrap_or_default();
+        Some((leader, addr))
+    }
+
+    fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    fn peer(&self, addr: &str) -> Result<ControllerClient<SignedChannel>, Status> {
+        let mut peers = self.peers.lock().expect("peer table lock poisoned");
+        if let Some(client) = peers.get(addr) {
+            return Ok(client.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|err| unavailable(format!("bad controller address {addr:?}: {err}")))?
+            .connect_timeout(Duration::from_millis(500))
+            .timeout(FORWARD_TIMEOUT)
+            .tcp_nodelay(true);
+        let client = ControllerClient::new(SignedChannel::new(
+            endpoint.connect_lazy(),
+            self.key.clone(),
+        ));
+        peers.insert(addr.to_owned(), client.clone());
+        Ok(client)
+    }
+
+    /// Where a write (or a question only the leader can answer) goes.
+    fn target_for_write<T>(&self, request: &Request<T>) -> Result<Target, Status> {
+        if self.is_leader() {
+            return Ok(Target::Here);
+        }
+        if request.metadata().contains_key(FORWARDED_METADATA_KEY) {
+            return Err(unavailable(format!(
+                "controller {} received a forwarded request but is not the leader (election in \
+                 progress); retry",
+                self.id
+            )));
+        }
+        match self.leader() {
+            Some((leader, addr)) if leader != self.id && !addr.is_empty() => {
+                Ok(Target::Leader(self.peer(&addr)?))
+            }
+            _ => Err(unavailable(format!(
+                "controller {} knows no leader: no quorum, or an election is in progress",
+                self.id
+            ))),
+        }
+    }
+
+    /// Where a read goes: the leader if there is one, else here.
+    fn target_for_read<T>(&self, request: &Request<T>) -> Target {
+        if self.is_leader() || request.metadata().contains_key(FORWARDED_METADATA_KEY) {
+            return Target::Here;
+        }
+        match self.leader() {
+            Some((leader, addr)) if leader != self.id && !addr.is_empty() => {
+                match self.peer(&addr) {
+                    Ok(client) => Target::Leader(client),
+                    Err(_) => Target::Here,
+                }
+            }
+            _ => Target::Here,
+        }
+    }
+
+    /// Appends a command through Raft and waits until it is applied.
+    async fn write(&self, command: Command) -> Result<bool, Status> {
+        match self.raft.client_write(command).await {
+            Ok(response) => response.data.into_result().map_err(command_error),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                Err(unavailable("leadership moved while writing; retry"))
+            }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(err))) => {
+                Err(error(ErrorCode::Conflict, err.to_string()))
+            }
+            Err(RaftError::Fatal(err)) => Err(unavailable(format!("controller stopping: {err}"))),
+        }
+    }
+
+    /// Whether a broker counts as alive in answers given here.
+    fn alive(&self, group: &str, broker_id: u64) -> bool {
+        if self.is_leader() {
+            self.liveness.is_alive(group, broker_id)
+        } else {
+            // Answering without a leader: nothing better is known.
+            true
+        }
+    }
+}
+
+fn forwarded<T>(message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert(
+        FORWARDED_METADATA_KEY,
+        tonic::metadata::MetadataValue::from_static("1"),
+    );
+    request
+}
+
+/// Maps a failure to reach the leader to CONTROLLER_NOT_AVAILABLE; the leader's own errors pass.
+fn from_leader<T>(result: Result<Response<T>, Status>) -> Result<Response<T>, Status> {
+    result.map_err(|status| {
+        if proto::status::carries_error_code(&status) {
+            status
+        } else {
+            unavailable(format!("leader unreachable: {}", status.message()))
+        }
+    })
+}
+
+/// Forwards a write to the leader, or falls through to answer it here.
+macro_rules! write_at_leader {
+    ($self:ident, $request:ident, $method:ident) => {
+        if let Target::Leader(mut leader) = $self.target_for_write(&$request)? {
+            return from_leader(leader.$method(forwarded($request.into_inner())).await);
+        }
+    };
+}
+
+/// Forwards a read to the leader if one is known; answers here otherwise or if it is unreachable.
+macro_rules! read_at_leader {
+    ($self:ident, $request:ident, $method:ident) => {
+        if let Target::Leader(mut leader) = $self.target_for_read(&$request) {
+            match leader.$method(forwarded($request.get_ref().clone())).await {
+                Ok(response) => return Ok(response),
+                Err(status) if proto::status::carries_error_code(&status) => {
+                    return Err(status)
+                }
+                Err(status) => {
+                    tracing::debug!(error = %status, "leader unreachable; answering locally");
+                }
+            }
+        }
+    };
+}
+
+mod brokers;
+mod convert;
+mod failover;
+mod quorum;
+mod routes;
+mod topics;
+
+pub use convert::topic_route;
+use convert::*;
+
+// Each RPC is answered by the inherent method of the same name in its family's file (an
+// inherent method is found before the trait's when called by path).
+#[tonic::async_trait]
+impl pb::controller_server::Controller for ControllerService {
+    type WatchRoutesStream = routes::RouteUpdates;
+
+    async fn register_broker(
+        &self,
+        request: Request<pb::RegisterBrokerRequest>,
+    ) -> Result<Response<pb::RegisterBrokerResponse>, Status> {
+        ControllerService::register_broker(self, request).await
+    }
+
+    async fn broker_heartbeat(
+        &self,
+        request: Request<pb::BrokerHeartbeatRequest>,
+    ) -> Result<Response<pb::BrokerHeartbeatResponse>, Status> {
+        ControllerService::broker_heartbeat(self, request).await
+    }
+
+    async fn elect_master(
+        &self,
+        request: Request<pb::ElectMasterRequest>,
+    ) -> Result<Response<pb::ElectMasterResponse>, Status> {
+        ControllerService::elect_master(self, request).await
+    }
+
+    async fn group_topics(
+        &self,
+        request: Request<pb::GroupTopicsRequest>,
+    ) -> Result<Response<pb::GroupTopicsResponse>, Status> {
+        ControllerService::group_topics(self, request).await
+    }
+
+    async fn alter_in_sync_set(
+        &self,
+        request: Request<pb::AlterInSyncSetRequest>,
+    ) -> Result<Response<pb::AlterInSyncSetResponse>, Status> {
+        ControllerService::alter_in_sync_set(self, request).await
+    }
+
+    async fn get_route(
+        &self,
+        request: Request<pb::GetRouteRequest>,
+    ) -> Result<Response<pb::TopicRoute>, Status> {
+        ControllerService::get_route(self, request).await
+    }
+
+    async fn watch_routes(
+        &self,
+        request: Request<pb::WatchRoutesRequest>,
+    ) -> Result<Response<Self::WatchRoutesStream>, Status> {
+        ControllerService::watch_routes(self, request).await
+    }
+
+    async fn create_topic(
+        &self,
+        request: Request<pb::CreateTopicRequest>,
+    ) -> Result<Response<pb::CreateTopicResponse>, Status> {
+        ControllerService::create_topic(self, request).await
+    }
+
+    async fn delete_topic(
+        &self,
+        request: Request<pb::DeleteTopicRequest>,
+    ) -> Result<Response<pb::DeleteTopicResponse>, Status> {
+        ControllerService::delete_topic(self, request).await
+    }
+
+    async fn list_topics(
+        &self,
+        request: Request<pb::ListTopicsRequest>,
+    ) -> Result<Response<pb::ListTopicsResponse>, Status> {
+        ControllerService::list_topics(self, request).await
+    }
+
+    async fn set_group_settings(
+        &self,
+        request: Request<pb::SetGroupSettingsRequest>,
+    ) -> Result<Response<pb::SetGroupSettingsResponse>, Status> {
+        ControllerService::set_group_settings(self, request).await
+    }
+
+    async fn set_group_drained(
+        &self,
+        request: Request<pb::SetGroupDrainedRequest>,
+    ) -> Result<Response<pb::SetGroupDrainedResponse>, Status> {
+        ControllerService::set_group_drained(self, request).await
+    }
+
+    async fn get_group_settings(
+        &self,
+        request: Request<pb::GetGroupSettingsRequest>,
+    ) -> Result<Response<pb::GroupSettings>, Status> {
+        ControllerService::get_group_settings(self, request).await
+    }
+
+    async fn cluster_list(
+        &self,
+        request: Request<pb::ClusterListRequest>,
+    ) -> Result<Response<pb::ClusterListResponse>, Status> {
+        ControllerService::cluster_list(self, request).await
+    }
+
+    async fn status(
+        &self,
+        request: Request<pb::ControllerStatusRequest>,
+    ) -> Result<Response<pb::ControllerStatusResponse>, Status> {
+        ControllerService::status(self, request).await
+    }
+
+    async fn node_status(
+        &self,
+        _request: Request<pb::NodeStatusRequest>,
+    ) -> Result<Response<pb::ControllerNodeStatus>, Status> {
+        ControllerService::node_status(self, _request).await
+    }
+
+    async fn add_controller(
+        &self,
+        request: Request<pb::AddControllerRequest>,
+    ) -> Result<Response<pb::AddControllerResponse>, Status> {
+        ControllerService::add_controller(self, request).await
+    }
+
+    async fn remove_controller(
+        &self,
+        request: Request<pb::RemoveControllerRequest>,
+    ) -> Result<Response<pb::RemoveControllerResponse>, Status> {
+        ControllerService::remove_controller(self, request).await
+    }
+}
