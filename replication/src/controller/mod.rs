@@ -20,6 +20,8 @@
 //!   the leader's memory only.
 //! - [`election`]: when a controlled group needs a new master and whom to elect (a pure
 //!   decision), and the leader's loop that proposes `ElectMaster` through Raft.
+//! - [`switchover`]: whether a planned switchover may start and to whom (a pure check beside
+//!   `election::decide`).
 //! - [`service`]: the gRPC `Controller` service (registration, heartbeats and the lease they
 //!   grant, in-sync set changes, planned switchovers, routes and the route watch, topics, cluster and quorum status, membership changes); forwards
 //!   to the leader.
@@ -48,6 +50,7 @@ pub mod repair;
 pub mod service;
 pub mod state;
 pub mod store;
+pub mod switchover;
 
 /// Controller ids, as configured (`--id`).
 pub type NodeId = u64;

@@ -2,119 +2,32 @@
 //! liveness, the switchover recorded for the election loop, and the wait for its election.
 
 use super::*;
+use crate::controller::switchover;
 
 impl ControllerService {
-    /// Checks a planned switchover request against the state and liveness; answers the plan.
+    /// Checks a planned switchover request against the state and liveness
+    /// ([`switchover::plan`]); answers the plan.
     pub(super) fn switchover_plan(
         &self,
         req: &pb::ElectMasterRequest,
     ) -> Result<SwitchoverPlan, Status> {
-        let now = Instant::now();
-        let timing = self.election.timing;
         let seen = self.liveness.seen_group(&req.group);
-        self.state.read(|data| {
-            let Some(group) = data.state.groups.get(&req.group) else {
-                return Err(error(
-                    ErrorCode::BrokerGroupNotFound,
-                    format!("broker group {} is not registered", proto::Echo(&req.group)),
-                ));
-            };
-            if !group.is_controlled() {
-                return Err(error(
-                    ErrorCode::Conflict,
-                    format!(
-                        "broker group {:?} has static roles (MASTER or SLAVE): its master is the \
-                         broker configured so; only groups of CONTROLLED brokers have elections",
-                        req.group
-                    ),
-                ));
-            }
-            let in_sync = |id: u64| group.never_had_master() || group.in_sync_set.contains(&id);
-            let target = match req.broker_id {
-                Some(id) => {
-                    if !group.brokers.contains_key(&id) {
-                        return Err(error(
-                            ErrorCode::NotFound,
-                            format!(
-                                "broker {id} is not registered in broker group {:?}",
-                                req.group
-                            ),
-                        ));
-                    }
-                    if group.master_id == Some(id) {
-                        return Err(error(
-                            ErrorCode::Conflict,
-                            format!(
-                                "broker {id} is already the master of broker group {:?} (master \
-                                 epoch {})",
-                                req.group, group.master_epoch
-                            ),
-                        ));
-                    }
-                    if !is_candidate_alive(group, &seen, id, now, &timing) {
-                        let heard = seen
-                            .get(&id)
-                            .map(|s| {
-                                format!(
-                                    "last heard {} ms ago",
-                                    now.duration_since(s.at).as_millis()
-                                )
-                            })
-                            .unwrap_or_else(|| {
-                                "not heard since this controller became leader".to_owned()
-                            });
-                        return Err(error(
-                            ErrorCode::Conflict,
-                            format!(
-                                "broker {id} is not alive ({heard}; a master must have been heard \
-                                 within {} ms)",
-                                timing.lease_wait().as_millis()
-                            ),
-                        ));
-                    }
-                    if let Some(store) = seen.get(&id).map(|s| &s.store) {
-                        if store.master_tier().is_none_or(|tier| tier >= 3) {
-                            return Err(error(
-                                ErrorCode::Conflict,
-                                format!(
-                                    "broker {id}'s store has a fault ({}): it cannot be master \
-                                     until it is repaired",
-                                    store.problem
-                                ),
-                            ));
-                        }
-                    }
-                    if !req.unclean && !in_sync(id) {
-                        return Err(error(
-                            ErrorCode::Conflict,
-                            format!(
-                                "broker {id} is not in the in-sync set {:?} of broker group {:?}: \
-                                 it may lack acknowledged messages; wait until it catches up, or \
-                                 elect it with unclean (which may lose them)",
-                                group.in_sync_set, req.group
-                            ),
-                        ));
-                    }
-                    id
-                }
-                None => best_switchover_target(group, &seen, now, &timing).ok_or_else(|| {
-                    error(
-                        ErrorCode::Conflict,
-                        format!(
-                            "broker group {:?} has no alive member of its in-sync set {:?} other \
-                             than the master {:?} to move mastership to",
-                            req.group, group.in_sync_set, group.master_id
-                        ),
-                    )
-                })?,
-            };
-            Ok(SwitchoverPlan {
-                target,
-                unclean: req.unclean,
-                started: now,
-                master_epoch: group.master_epoch,
+        let request = switchover::SwitchoverRequest {
+            group: &req.group,
+            target: req.broker_id,
+            unclean: req.unclean,
+        };
+        self.state
+            .read(|data| {
+                switchover::plan(
+                    data.state.groups.get(&req.group),
+                    &seen,
+                    request,
+                    Instant::now(),
+                    &self.election.timing,
+                )
             })
-        })
+            .map_err(|refusal| error(refusal.code(), refusal.to_string()))
     }
 
     pub(super) async fn elect_master(

@@ -37,7 +37,7 @@ use tonic::transport::Endpoint;
 use tonic::{Request, Response, Status};
 
 use super::admission;
-use super::election::{best_switchover_target, is_candidate_alive, ElectionContext};
+use super::election::ElectionContext;
 use super::lease::{GrantDecision, SwitchoverEnd, SwitchoverPlan};
 use super::liveness::{Heartbeat, Liveness, Seen, StoreReport};
 use super::membership::{self, Admission, Members, MembershipError};
