@@ -26,6 +26,27 @@ use std::time::Instant;
 
 use tokio::sync::oneshot;
 
+use super::state::ClusterState;
+
+/// The master epoch a heartbeat of broker `broker_id` (process `incarnation`) of `group` may be
+/// granted a lease on: only the master of a controlled group, at the incarnation it was elected
+/// with, which is also its registered one (a restarted master's new process holds no lease: the
+/// controller elects again). `None`: no lease.
+pub fn lease_eligible_epoch(
+    state: &ClusterState,
+    group: &str,
+    broker_id: u64,
+    incarnation: u64,
+) -> Option<u64> {
+    let g = state.groups.get(group)?;
+    let registered = g.brokers.get(&broker_id)?.incarnation;
+    (g.is_controlled()
+        && g.master_id == Some(broker_id)
+        && g.master_incarnation == incarnation
+        && registered == incarnation)
+        .then_some(g.master_epoch)
+}
+
 /// What a heartbeat from a group's current master (at the incarnation it was elected with) gets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GrantDecision {
@@ -207,6 +228,68 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn only_the_elected_process_of_a_controlled_master_is_eligible_for_a_lease() {
+        use crate::controller::state::{BrokerGroup, BrokerInfo, ConfiguredRole, ReplicationMode};
+        let broker = |id: u64, role| BrokerInfo {
+            id,
+            addr: format!("127.0.0.1:{}", 10911 + id),
+            configured_role: role,
+            incarnation: 100 + id,
+            election_priority: 0,
+            replication: ReplicationMode::Sync,
+        };
+        let mut state = ClusterState::default();
+        state.groups.insert(
+            "g".into(),
+            BrokerGroup {
+                cluster: "c".into(),
+                brokers: [0, 1]
+                    .into_iter()
+                    .map(|id| (id, broker(id, ConfiguredRole::Controlled)))
+                    .collect(),
+                master_id: Some(0),
+                master_epoch: 4,
+                in_sync_set: [0, 1].into(),
+                in_sync_set_epoch: 2,
+                master_incarnation: 100,
+                drained: false,
+            },
+        );
+        assert_eq!(lease_eligible_epoch(&state, "g", 0, 100), Some(4));
+        assert_eq!(
+            lease_eligible_epoch(&state, "g", 0, 999),
+            None,
+            "another process"
+        );
+        assert_eq!(
+            lease_eligible_epoch(&state, "g", 1, 101),
+            None,
+            "not the master"
+        );
+        assert_eq!(
+            lease_eligible_epoch(&state, "h", 0, 100),
+            None,
+            "no such group"
+        );
+        // Registered again with a new incarnation: the elected process is gone.
+        state
+            .groups
+            .get_mut("g")
+            .unwrap()
+            .brokers
+            .get_mut(&0)
+            .unwrap()
+            .incarnation = 200;
+        assert_eq!(lease_eligible_epoch(&state, "g", 0, 100), None);
+        assert_eq!(lease_eligible_epoch(&state, "g", 0, 200), None);
+        // A static group (no CONTROLLED broker) has no leases.
+        let group = state.groups.get_mut("g").unwrap();
+        group.brokers.insert(0, broker(0, ConfiguredRole::Master));
+        group.brokers.insert(1, broker(1, ConfiguredRole::Slave));
+        assert_eq!(lease_eligible_epoch(&state, "g", 0, 100), None);
+    }
 
     fn plan(now: Instant) -> SwitchoverPlan {
         SwitchoverPlan {

@@ -3,6 +3,7 @@
 //! (the `auth` guard refuses the rest before they get here).
 
 use super::*;
+use crate::controller::lease::lease_eligible_epoch;
 
 impl ControllerService {
     /// The heartbeat answer: the group view, and the lease that goes with it. A lease is granted
@@ -17,15 +18,8 @@ impl ControllerService {
         incarnation: u64,
         received_at: Instant,
     ) -> pb::BrokerHeartbeatResponse {
-        let leased_epoch = |state: &ClusterState| {
-            let g = state.groups.get(group)?;
-            let registered = g.brokers.get(&broker_id)?.incarnation;
-            (g.is_controlled()
-                && g.master_id == Some(broker_id)
-                && g.master_incarnation == incarnation
-                && registered == incarnation)
-                .then_some(g.master_epoch)
-        };
+        let leased_epoch =
+            |state: &ClusterState| lease_eligible_epoch(state, group, broker_id, incarnation);
         let read = |state: &ClusterState| pb::BrokerHeartbeatResponse {
             metadata_revision: state.metadata_revision,
             group: group_view(state, group),
