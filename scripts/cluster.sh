@@ -45,6 +45,10 @@ trap 'echo "cluster.sh: line $LINENO: \"$BASH_COMMAND\" failed with status $?" >
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TOPOLOGIES="$ROOT/scripts/topologies"
 READY_TIMEOUT_S=${READY_TIMEOUT_S:-90}
+# How long a node may take from its start to its ready line (a broker recovers its store first).
+START_TIMEOUT_S=${START_TIMEOUT_S:-60}
+# Per node, where its stdout stood when it was last started (see start_node).
+declare -A STARTED_AT=()
 TCP_TABLES=${CLUSTER_TCP_TABLES:-/proc/net/tcp /proc/net/tcp6}
 STOP_TIMEOUT_S=30
 
@@ -148,9 +152,33 @@ start_node() {
     echo "cluster.sh: $node is already running" >&2
     return 1
   fi
+  # Where this start's output begins: the ready line counts only if printed by this start.
+  STARTED_AT[$node]=$(stat -c %s "$DIR/$node.out" 2>/dev/null || echo 0)
   # setsid: the node is no part of this shell's session, so a Ctrl-C here never reaches it.
   setsid "$BIN_DIR/$binary" -c "$DIR/$node.toml" </dev/null >>"$DIR/$node.out" 2>>"$DIR/$node.log" &
   echo $! >"$DIR/$node.pid"
+}
+
+# Waits (up to START_TIMEOUT_S) until NODE, just started, prints its ready line ("... listening
+# on ADDR"). Returns 1, saying why with the end of its log, if it exited first or stays silent.
+wait_started() {
+  local node=$1 waited=0 offset=${STARTED_AT[$1]:-0}
+  while :; do
+    if tail -c +"$((offset + 1))" "$DIR/$node.out" 2>/dev/null | grep -q ' listening on '; then
+      return 0
+    fi
+    if ! pid_of "$node" >/dev/null; then
+      echo "cluster.sh: $node exited while starting; the end of $DIR/$node.log:" >&2
+      tail -n 5 "$DIR/$node.log" >&2 || true
+      return 1
+    fi
+    if [[ $waited -ge $((START_TIMEOUT_S * 50)) ]]; then
+      echo "cluster.sh: $node did not say it serves within $START_TIMEOUT_S s; see $DIR/$node.log" >&2
+      return 1
+    fi
+    sleep 0.02
+    waited=$((waited + 1))
+  done
 }
 
 # Sends SIGNAL to NODE; for KILL and TERM, waits until it is gone (SIGKILL after the stop
@@ -247,6 +275,48 @@ build_binaries() {
   done
 }
 
+# Writes a fresh cluster's configuration into DIR: free ports, one secret, the nodes' files.
+configure_fresh() {
+  local topology=$1 template=$2 node
+  local brokers controller_addr="" peers="" secret i
+  CONTROLLERS=${CONTROLLERS:-3}
+  brokers=$(sed -n 's/^# cluster.sh nodes: //p' "$template")
+  [[ -n $brokers ]] || die "$template lists no nodes ('# cluster.sh nodes: ...')"
+  secret=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
+  : >"$DIR/nodes"
+  for ((i = 1; i <= CONTROLLERS; i++)); do
+    free_port
+    peers+="${peers:+,}$i=127.0.0.1:$PORT"
+    controller_addr+="${controller_addr:+,}127.0.0.1:$PORT"
+    echo -n "controller-$i $PORT" >>"$DIR/nodes"
+    free_port
+    echo " $PORT" >>"$DIR/nodes"
+  done
+  for node in $brokers; do
+    free_port
+    echo -n "$node $PORT" >>"$DIR/nodes"
+    free_port
+    echo " $PORT" >>"$DIR/nodes"
+  done
+  local ports; ports=$(cat "$DIR/nodes")
+  cut -d' ' -f1 <<<"$ports" >"$DIR/nodes"
+  while read -r node port metrics_port; do
+    case $node in
+      controller-*)
+        fill "$TOPOLOGIES/controller.toml" "$DIR/$node.toml" "ID=${node#controller-}" \
+          "LISTEN=127.0.0.1:$port" "PEERS=$peers" "DATA_DIR=$DIR/$node" \
+          "CLUSTER_SECRET=$secret" "METRICS_LISTEN=127.0.0.1:$metrics_port" ;;
+      *)
+        fill "$template" "$DIR/$node.toml" "GROUP=${node%-*}" "ID=${node##*-}" \
+          "LISTEN=127.0.0.1:$port" "STORE_PATH=$DIR/$node" "CONTROLLER_ADDR=$controller_addr" \
+          "CLUSTER_SECRET=$secret" "METRICS_LISTEN=127.0.0.1:$metrics_port" ;;
+    esac
+  done <<<"$ports"
+  chmod 600 "$DIR"/*.toml
+  printf 'TOPOLOGY=%s\nCONTROLLERS=%s\nCONTROLLER_ADDR=%s\n' "$topology" "$CONTROLLERS" \
+    "$controller_addr" >"$DIR/cluster.env"
+}
+
 cmd_up() {
   [[ ${#POSITIONAL[@]} -eq 1 ]] || die "up needs one TOPOLOGY: single-master, multi-master, 2m-2s-async, 2m-2s-sync"
   local topology=${POSITIONAL[0]}
@@ -254,7 +324,7 @@ cmd_up() {
   [[ $topology != controller && -f $template ]] ||
     die "unknown topology $topology: single-master, multi-master, 2m-2s-async, 2m-2s-sync"
   build_binaries
-  local node
+  local node fresh=0
   if [[ -f $DIR/cluster.env ]]; then
     local previous
     # shellcheck disable=SC1091
@@ -266,51 +336,43 @@ cmd_up() {
     done
     echo "cluster.sh: starting the $topology cluster in $DIR again, with its data" >&2
   else
-    local brokers controller_addr="" peers="" secret i port
-    CONTROLLERS=${CONTROLLERS:-3}
-    brokers=$(sed -n 's/^# cluster.sh nodes: //p' "$template")
-    [[ -n $brokers ]] || die "$template lists no nodes ('# cluster.sh nodes: ...')"
-    secret=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
-    : >"$DIR/nodes"
-    for ((i = 1; i <= CONTROLLERS; i++)); do
-      free_port
-      peers+="${peers:+,}$i=127.0.0.1:$PORT"
-      controller_addr+="${controller_addr:+,}127.0.0.1:$PORT"
-      echo -n "controller-$i $PORT" >>"$DIR/nodes"
-      free_port
-      echo " $PORT" >>"$DIR/nodes"
-    done
-    for node in $brokers; do
-      free_port
-      echo -n "$node $PORT" >>"$DIR/nodes"
-      free_port
-      echo " $PORT" >>"$DIR/nodes"
-    done
-    local ports; ports=$(cat "$DIR/nodes")
-    cut -d' ' -f1 <<<"$ports" >"$DIR/nodes"
-    while read -r node port metrics_port; do
-      case $node in
-        controller-*)
-          fill "$TOPOLOGIES/controller.toml" "$DIR/$node.toml" "ID=${node#controller-}" \
-            "LISTEN=127.0.0.1:$port" "PEERS=$peers" "DATA_DIR=$DIR/$node" \
-            "CLUSTER_SECRET=$secret" "METRICS_LISTEN=127.0.0.1:$metrics_port" ;;
-        *)
-          fill "$template" "$DIR/$node.toml" "GROUP=${node%-*}" "ID=${node##*-}" \
-            "LISTEN=127.0.0.1:$port" "STORE_PATH=$DIR/$node" "CONTROLLER_ADDR=$controller_addr" \
-            "CLUSTER_SECRET=$secret" "METRICS_LISTEN=127.0.0.1:$metrics_port" ;;
-      esac
-    done <<<"$ports"
-    chmod 600 "$DIR"/*.toml
-    printf 'TOPOLOGY=%s\nCONTROLLERS=%s\nCONTROLLER_ADDR=%s\n' "$topology" "$CONTROLLERS" \
-      "$controller_addr" >"$DIR/cluster.env"
+    fresh=1
+    configure_fresh "$topology" "$template"
   fi
   # The binaries of this start, for status and start later.
   sed -i '/^BIN_DIR=/d' "$DIR/cluster.env"
   printf 'BIN_DIR=%s\n' "$BIN_DIR" >>"$DIR/cluster.env"
   load_env
-  for node in $(nodes); do
-    start_node "$node"
-    echo "cluster.sh: started $node on $(listen_of "$node")" >&2
+  local attempt=1 failed
+  while :; do
+    failed=""
+    for node in $(nodes); do
+      start_node "$node"
+      echo "cluster.sh: started $node on $(listen_of "$node")" >&2
+    done
+    for node in $(nodes); do
+      wait_started "$node" || failed+="$node "
+    done
+    [[ -z $failed ]] && break
+    # Another process may take a port between the scan and the bind (two clusters starting at
+    # once): a fresh cluster picks new ports and starts again, up to three times.
+    if [[ $fresh == 1 && $attempt -lt 3 ]] && grep -qs 'Address already in use' \
+      $(for node in $failed; do echo "$DIR/$node.log"; done); then
+      echo "cluster.sh: a port was taken meanwhile ($failed); starting again on other ports" >&2
+      for node in $(nodes); do
+        [[ $(state_of "$node") == down ]] || signal_node "$node" KILL || true
+        rm -rf "${DIR:?}/$node" "$DIR/$node".{toml,out,log,pid}
+      done
+      rm -f "$DIR/nodes" "$DIR/cluster.env"
+      configure_fresh "$topology" "$template"
+      sed -i '/^BIN_DIR=/d' "$DIR/cluster.env"
+      printf 'BIN_DIR=%s\n' "$BIN_DIR" >>"$DIR/cluster.env"
+      load_env
+      attempt=$((attempt + 1))
+      continue
+    fi
+    echo "cluster.sh: $failed did not start; logs in $DIR/*.log; nodes left running (down to stop)" >&2
+    exit 1
   done
   local groups brokers
   groups=$(nodes | grep -v '^controller-' | sed 's/-[0-9]*$//' | sort -u | wc -l)
@@ -387,6 +449,7 @@ cmd_start() {
   node=$NODE
   load_env
   start_node "$node" || exit 1
+  wait_started "$node" || exit 1
   echo "cluster.sh: started $node on $(listen_of "$node")" >&2
 }
 
