@@ -1,19 +1,24 @@
 //! The store as replication's [`ShippedLog`]: the methods map one to one onto the store's own,
-//! and errors split into refusals (bad input, nothing changed) and failures (the store cannot go
-//! on).
+//! and errors keep their cause and split into refusals (bad input, nothing changed), fatal
+//! failures (a failed write or fsync, corruption: no write until reopened or repaired) and
+//! other failures (the store is stopping).
 
 use bytes::Bytes;
-use replication::ship::{EpochEntry, LogError, LogProgress, ShippedLog};
+use replication::ship::{EpochEntry, LogError, LogErrorKind, LogProgress, ShippedLog};
 use tokio::sync::watch;
 
 use super::{Store, StoreError};
 
+/// The store's error as replication's, kind by kind; the error itself travels as the source.
 fn log_error(err: StoreError) -> LogError {
-    if err.is_bad_input() {
-        LogError::Refused(err.to_string())
+    let kind = if err.is_bad_input() {
+        LogErrorKind::Refused
+    } else if err.is_fatal() {
+        LogErrorKind::Fatal
     } else {
-        LogError::Failed(err.to_string())
-    }
+        LogErrorKind::Failed
+    };
+    LogError::new(kind, err)
 }
 
 impl ShippedLog for Store {

@@ -15,16 +15,44 @@ pub struct LogProgress {
     pub flushed_offset: u64,
 }
 
-/// Why the log refused or failed an operation.
-#[derive(Debug, thiserror::Error)]
-pub enum LogError {
+/// What kind of failure a log reports: what replication does next depends on it alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogErrorKind {
     /// The request does not fit this log (an offset off a record boundary or past the end, a
-    /// record that does not check): nothing changed.
-    #[error("{0}")]
-    Refused(String),
-    /// The log cannot go on (stopped, or an I/O error poisoned it).
-    #[error("{0}")]
-    Failed(String),
+    /// record that does not check): nothing changed; the session ends and starts again.
+    Refused,
+    /// The log cannot go on now (it is stopping): replication stops.
+    Failed,
+    /// The log can take no write until it is reopened or repaired (a failed write or fsync, a
+    /// corrupt record): replication stops; the broker restarts or repairs the store.
+    Fatal,
+}
+
+/// Why the log refused or failed an operation: its kind, and the log's own error as the source
+/// (so a failed fsync crosses the seam as what it is, not as text).
+#[derive(Debug, thiserror::Error)]
+#[error("{source}")]
+pub struct LogError {
+    pub kind: LogErrorKind,
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync + 'static>,
+}
+
+impl LogError {
+    pub fn new(
+        kind: LogErrorKind,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> LogError {
+        LogError {
+            kind,
+            source: source.into(),
+        }
+    }
+
+    /// Replication cannot go on with this log.
+    pub fn stops_replication(&self) -> bool {
+        matches!(self.kind, LogErrorKind::Failed | LogErrorKind::Fatal)
+    }
 }
 
 /// A commit log as replication sees it: raw bytes at offsets, epochs, and three offsets

@@ -129,10 +129,12 @@ pub async fn run<L: ShippedLog>(
         };
         status.update(|s| s.connected = false);
         let Err(end) = outcome else { continue };
-        if let SessionEnd::Log(LogError::Failed(reason)) = &end {
-            tracing::error!(reason = %reason, "the local log failed: replication stops");
-            status.update(|s| s.last_error = Some(reason.clone()));
-            return;
+        if let SessionEnd::Log(err) = &end {
+            if err.stops_replication() {
+                tracing::error!(error = %err, kind = ?err.kind, "the local log failed: replication stops");
+                status.update(|s| s.last_error = Some(err.to_string()));
+                return;
+            }
         }
         // A session that ran a while and then ended starts the backoff afresh.
         if started.elapsed() > RETRY_MAX * 5 {
