@@ -24,6 +24,7 @@ use proto::controller::controller_client::ControllerClient;
 use replication::controller::config::ControllerConfig;
 use replication::controller::link::{
     BrokerIdentity, BrokerMetadata, ControllerLink, InSyncSetProposer, LeaseAnswer,
+    MetadataSyncError,
 };
 use replication::controller::node::ControllerNode;
 use tokio::sync::Notify;
@@ -84,11 +85,14 @@ impl StandIn {
 }
 
 impl BrokerMetadata for StandIn {
-    fn sync_topics(&self, _topics: &[pb::GroupTopic]) -> Result<(), String> {
+    fn sync_topics(&self, _topics: &[pb::GroupTopic]) -> Result<(), MetadataSyncError> {
         Ok(())
     }
 
-    fn sync_group_settings(&self, _settings: &[pb::GroupSettings]) -> Result<(), String> {
+    fn sync_group_settings(
+        &self,
+        _settings: &[pb::GroupSettings],
+    ) -> Result<(), MetadataSyncError> {
         Ok(())
     }
 

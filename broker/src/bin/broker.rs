@@ -28,7 +28,8 @@ use proto::client::consumer_groups_server::ConsumerGroupsServer;
 use proto::controller::{BrokerRole, GroupSettings, GroupTopic, GroupView, ReplicationMode};
 use proto::replication::log_shipping_server::LogShippingServer;
 use replication::controller::link::{
-    BrokerIdentity, BrokerMetadata, ControllerLink, LeaseAnswer, ReplicationReport,
+    BrokerIdentity, BrokerMetadata, ControllerLink, LeaseAnswer, MetadataSyncError,
+    ReplicationReport,
 };
 use replication::exporter::Exporter;
 use replication::ship::{
@@ -362,15 +363,15 @@ struct LinkedBroker {
 }
 
 impl BrokerMetadata for LinkedBroker {
-    fn sync_topics(&self, topics: &[GroupTopic]) -> Result<(), String> {
+    fn sync_topics(&self, topics: &[GroupTopic]) -> Result<(), MetadataSyncError> {
         let wanted: BTreeMap<String, u32> = topics
             .iter()
             .map(|t| (t.topic.clone(), t.queue_count))
             .collect();
-        self.topics.sync(&wanted).map_err(|err| err.to_string())
+        self.topics.sync(&wanted).map_err(MetadataSyncError::new)
     }
 
-    fn sync_group_settings(&self, settings: &[GroupSettings]) -> Result<(), String> {
+    fn sync_group_settings(&self, settings: &[GroupSettings]) -> Result<(), MetadataSyncError> {
         // The message model needs nothing here: a broadcasting group's consumers keep their own
         // offsets and retry in place, never sending back, so only max retries changes what the
         // broker does.

@@ -43,6 +43,23 @@ pub struct ReplicationReport {
     pub replicas: Vec<pb::ReplicaProgress>,
 }
 
+/// Why the broker could not apply the controller's topics or consumer-group settings: the
+/// broker's own error, kept as the source.
+#[derive(Debug, thiserror::Error)]
+#[error("applying the controller's metadata: {source}")]
+pub struct MetadataSyncError {
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync + 'static>,
+}
+
+impl MetadataSyncError {
+    pub fn new(source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>) -> Self {
+        MetadataSyncError {
+            source: source.into(),
+        }
+    }
+}
+
 /// What the broker gives the link: where to put the topics and the consumer-group settings, its
 /// log end and replication progress for cluster list, and where to hear of its group's view. The
 /// sync methods run on a blocking thread and may block; the others run on the link's async task
@@ -50,11 +67,11 @@ pub struct ReplicationReport {
 pub trait BrokerMetadata: Send + Sync + 'static {
     /// Makes the broker's topics exactly `topics` (its own `%` topics aside). Durable before it
     /// returns.
-    fn sync_topics(&self, topics: &[pb::GroupTopic]) -> Result<(), String>;
+    fn sync_topics(&self, topics: &[pb::GroupTopic]) -> Result<(), MetadataSyncError>;
     /// Makes the broker's consumer-group settings exactly `settings`: a group missing from it has
     /// no setting on the controller any more and goes back to the broker's own defaults. Called
     /// after `sync_topics` succeeded, with the settings of the same revision.
-    fn sync_group_settings(&self, settings: &[pb::GroupSettings]) -> Result<(), String>;
+    fn sync_group_settings(&self, settings: &[pb::GroupSettings]) -> Result<(), MetadataSyncError>;
     /// The commit log's end offset.
     fn max_offset(&self) -> u64;
     /// Replication progress, sent in every heartbeat. The default reports nothing, for a broker
@@ -330,7 +347,7 @@ impl ControllerLink {
         })
         .await
         .map_err(|err| tonic::Status::internal(proto::bounded_message(err.to_string())))?
-        .map_err(|err| tonic::Status::internal(proto::bounded_message(err)))?;
+        .map_err(|err| tonic::Status::internal(proto::bounded_message(err.to_string())))?;
         if self.synced_revision != Some(answer.metadata_revision) {
             tracing::info!(
                 revision = answer.metadata_revision,
@@ -565,11 +582,14 @@ mod tests {
     }
 
     impl BrokerMetadata for RecordingBroker {
-        fn sync_topics(&self, _topics: &[pb::GroupTopic]) -> Result<(), String> {
+        fn sync_topics(&self, _topics: &[pb::GroupTopic]) -> Result<(), MetadataSyncError> {
             Ok(())
         }
 
-        fn sync_group_settings(&self, settings: &[pb::GroupSettings]) -> Result<(), String> {
+        fn sync_group_settings(
+            &self,
+            settings: &[pb::GroupSettings],
+        ) -> Result<(), MetadataSyncError> {
             *self.settings.lock().unwrap() = settings.to_vec();
             *self.settings_syncs.lock().unwrap() += 1;
             Ok(())
@@ -593,11 +613,14 @@ mod tests {
     struct PlainBroker;
 
     impl BrokerMetadata for PlainBroker {
-        fn sync_topics(&self, _topics: &[pb::GroupTopic]) -> Result<(), String> {
+        fn sync_topics(&self, _topics: &[pb::GroupTopic]) -> Result<(), MetadataSyncError> {
             Ok(())
         }
 
-        fn sync_group_settings(&self, _settings: &[pb::GroupSettings]) -> Result<(), String> {
+        fn sync_group_settings(
+            &self,
+            _settings: &[pb::GroupSettings],
+        ) -> Result<(), MetadataSyncError> {
             Ok(())
         }
 
