@@ -41,8 +41,8 @@ use std::time::{Duration, Instant};
 use proto::controller as pb;
 use replication::controller::link::{InSyncSetProposer, LeaseAnswer, ProposeError};
 use replication::ship::{
-    replica, AcceptedSet, InSync, InSyncAuthority, InSyncConfig, MasterLocation, ProposedSet,
-    ReplicaConfig, ReplicaStatus, ReplicaWait,
+    replica, AcceptedSet, InSync, InSyncAuthority, InSyncConfig, MasterLocation, ProposalError,
+    ProposedSet, ReplicaConfig, ReplicaStatus, ReplicaWait,
 };
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
@@ -616,7 +616,7 @@ pub struct ControllerAuthority {
 }
 
 impl InSyncAuthority for ControllerAuthority {
-    async fn propose(&self, change: ProposedSet) -> Result<AcceptedSet, String> {
+    async fn propose(&self, change: ProposedSet) -> Result<AcceptedSet, ProposalError> {
         let request = pb::AlterInSyncSetRequest {
             group: self.group.clone(),
             master_id: change.master_id,
@@ -626,10 +626,8 @@ impl InSyncAuthority for ControllerAuthority {
         };
         match self.proposer.propose(request, PROPOSE_PATIENCE).await {
             Ok(view) => Ok(accepted(&view)),
-            Err(ProposeError::Refused(reason)) => Err(format!("refused: {reason}")),
-            Err(ProposeError::Unavailable(reason)) => {
-                Err(format!("no controller answered: {reason}"))
-            }
+            Err(ProposeError::Refused(reason)) => Err(ProposalError::Refused(reason)),
+            Err(ProposeError::Unavailable(reason)) => Err(ProposalError::Unavailable(reason)),
         }
     }
 }

@@ -93,7 +93,19 @@ pub trait InSyncAuthority: Send + Sync + 'static {
     fn propose(
         &self,
         change: ProposedSet,
-    ) -> impl Future<Output = Result<AcceptedSet, String>> + Send;
+    ) -> impl Future<Output = Result<AcceptedSet, ProposalError>> + Send;
+}
+
+/// Why the authority did not accept a change; either way the set stays as it was.
+#[derive(Debug, thiserror::Error)]
+pub enum ProposalError {
+    /// Refused for good: the master epoch or the set moved meanwhile (the next view says what
+    /// holds now).
+    #[error("refused: {0}")]
+    Refused(String),
+    /// Nobody answered within the patience given.
+    #[error("no authority answered: {0}")]
+    Unavailable(String),
 }
 
 /// Why an acknowledgement was refused (the stream carrying it is closed).
@@ -541,11 +553,11 @@ impl<L: ShippedLog> InSync<L> {
     }
 
     /// The controller answered (or not) the change in flight.
-    pub fn finish_change(&self, outcome: Result<AcceptedSet, String>) {
+    pub fn finish_change(&self, outcome: Result<AcceptedSet, ProposalError>) {
         match outcome {
             Ok(accepted) => self.apply_view(&accepted),
-            Err(reason) => {
-                tracing::warn!(reason = %reason, "in-sync set change not accepted; the set stays as it was");
+            Err(err) => {
+                tracing::warn!(error = %err, "in-sync set change not accepted; the set stays as it was");
             }
         }
         // Whatever happened, nothing is in flight any more (a view already applied cleared it).

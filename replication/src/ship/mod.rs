@@ -24,7 +24,9 @@ pub mod master;
 pub mod replica;
 
 pub use divergence::{last_common_offset, Divergence, EpochEntry, HistoryError};
-pub use insync::{AcceptedSet, InSync, InSyncAuthority, InSyncConfig, ProposedSet, ReplicaWait};
+pub use insync::{
+    AcceptedSet, InSync, InSyncAuthority, InSyncConfig, ProposalError, ProposedSet, ReplicaWait,
+};
 pub use log::{LogError, LogErrorKind, LogProgress, ShippedLog};
 pub use master::{ShipConfig, ShipService};
 pub use replica::{MasterLocation, ReplicaConfig, ReplicaStatus};
