@@ -10,6 +10,9 @@
 //! parent kills it once a random number of acknowledgements has arrived. The seed is printed and
 //! can be replayed with `STORE_CRASH_SEED`.
 
+// An integration test: its helpers may unwrap, as tests do (the lint is for production code).
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::HashMap;

@@ -4,6 +4,9 @@
 //! fails here until the format version is raised and the files are regenerated on purpose
 //! (`UPDATE_GOLDEN=1 cargo test -p broker --test golden`), together with the docs.
 
+// An integration test: its helpers may unwrap, as tests do (the lint is for production code).
+#![allow(clippy::unwrap_used)]
+
 use std::path::PathBuf;
 
 use broker::store::checkpoint::{Checkpoint, CHECKPOINT_FILE_NAME};

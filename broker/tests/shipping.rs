@@ -5,6 +5,9 @@
 //! Invariant checked throughout: up to the confirm offset, the slave's log is a byte-identical
 //! prefix of the master's, with the same epoch history.
 
+// An integration test: its helpers may unwrap, as tests do (the lint is for production code).
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::Path;

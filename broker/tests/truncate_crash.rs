@@ -10,6 +10,9 @@
 //! before a cut and `END <offset>` after it returns. The seed is printed and can be replayed with
 //! `STORE_TRUNCATE_CRASH_SEED`.
 
+// An integration test: its helpers may unwrap, as tests do (the lint is for production code).
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::path::Path;

@@ -12,6 +12,9 @@
 //! - a restarted master and a resigned master are replaced at once;
 //! - static groups never get an election.
 
+// An integration test: its helpers may unwrap, as tests do (the lint is for production code).
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
