@@ -1,5 +1,5 @@
 //! A controlled master's lease and its resignation, as the controller's heartbeat answers last
-//! described them (see `role.rs`, "Fencing" and "Resigning").
+//! described them (see `role/mod.rs`, "Fencing" and "Resigning").
 //!
 //! - The lease: a master of epoch E may acknowledge until the instant the last answer about E
 //!   granted (its send time plus `lease_ms`, by this process's monotonic clock). An answer about

@@ -7,6 +7,8 @@
 //! - [`topics`]: the topics and their queue counts, persisted crash-safely.
 //! - [`groups`]: consumer groups: committed offsets (records of an internal topic in the commit
 //!   log, so they survive restarts and replicate with it) and live members.
+//! - [`authority`]: the controller as the authority over a master's in-sync set (proposals
+//!   over the controller link).
 //! - [`role`]: master or slave of its group: the slave's `NOT_MASTER` refusal, the master's
 //!   `SYNC_MASTER` wait, and the controller's group view turned into each role's state.
 //! - [`lease`]: a controlled master's lease and its resignation, from the controller's heartbeat
@@ -33,6 +35,7 @@
 //! - `src/bin/broker.rs`: the `broker` process. `src/bin/store-bench/`: the store benchmark
 //!   against raw-disk baselines measured in the same run (`docs/BENCHMARKS.md`).
 
+pub mod authority;
 pub mod config;
 pub mod error;
 pub mod fault;

@@ -55,6 +55,11 @@
 //! PERF: `send` allocates per message only the message's wire form, its lane entry and its
 //! answer channel; no lock is held across an `.await`; one spawned task per RPC slot, not per
 //! message.
+//!
+//! Why one file of about 850 lines: sending, retrying on another queue, natural batching and the
+//! failover wait share one attempt loop and its bookkeeping (which message went where, with which
+//! id); the batching lanes already live apart (`lane.rs`). A split of the attempt loop is planned
+//! with the controller-client crate (step 8), which takes the route and failover parts.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

@@ -1,6 +1,11 @@
 //! Commands answered by the controller quorum: `controller status|add|remove`, `cluster list`,
 //! `cluster ready`, `cluster elect` (in `elect.rs`), `broker drain|undrain`,
 //! `topic create|route|list` when `--controller` is given.
+//!
+//! Why one file of about 680 lines: one function per administration command (topics, cluster
+//! list and ready, controller status and membership, drain), each mostly its two output forms
+//! (text and JSON); they share the formatting helpers at the end. A split by command family is
+//! planned with the controller-client crate (step 8).
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};

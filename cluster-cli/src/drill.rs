@@ -20,7 +20,7 @@
 //! on machines of your own, anything that kills and starts a broker (ssh, systemctl) will do.
 //! Their output goes to stderr, so that stdout carries only the result.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::os::fd::AsFd;
 use std::process::{ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -104,6 +104,9 @@ struct Round {
     rejoined_ms: Option<u64>,
     error: Option<String>,
 }
+
+mod verdict;
+use verdict::{percentile, Report};
 
 /// How often the drill looks at the cluster and the history.
 const POLL: Duration = Duration::from_millis(20);
@@ -500,83 +503,6 @@ async fn drain(deliveries: &Mutex<Vec<String>>, acked: &HashMap<String, &Sent>, 
         }
         tokio::time::sleep(POLL * 5).await;
     }
-}
-
-/// The drill's verdict on the whole history.
-struct Report {
-    lost: Vec<String>,
-    duplicates: u64,
-    order_violations: u64,
-    /// Sends not answered SEND_OK, by status or error.
-    failures: BTreeMap<String, u64>,
-}
-
-impl Report {
-    fn of(
-        history: &[Sent],
-        acked: &HashMap<String, &Sent>,
-        deliveries: &[String],
-        run_id: &str,
-    ) -> Report {
-        let mut failures = BTreeMap::new();
-        for sent in history {
-            if let Err(why) = &sent.outcome {
-                // Errors carry details (addresses, ids): count them by their first words.
-                let kind: String = why
-                    .split(':')
-                    .next()
-                    .unwrap_or(why)
-                    .chars()
-                    .take(60)
-                    .collect();
-                *failures.entry(kind).or_default() += 1;
-            }
-        }
-        let mut seen = HashSet::new();
-        let mut duplicates = 0;
-        let mut order_violations = 0;
-        // Per producer and queue, the highest sequence consumed so far: a producer sends one
-        // message at a time, so its acknowledged messages of one queue must come in send order.
-        let mut highest: HashMap<(u32, String, u32), u64> = HashMap::new();
-        let prefix = format!("{run_id}-");
-        for key in deliveries.iter().filter(|k| k.starts_with(&prefix)) {
-            if !seen.insert(key.as_str()) {
-                duplicates += 1;
-                continue;
-            }
-            let Some(sent) = acked.get(key) else { continue };
-            let Ok((group, queue)) = &sent.outcome else {
-                continue;
-            };
-            let top = highest
-                .entry((sent.producer, group.clone(), *queue))
-                .or_insert(sent.seq);
-            if sent.seq < *top {
-                order_violations += 1;
-            }
-            *top = (*top).max(sent.seq);
-        }
-        let mut lost: Vec<String> = acked
-            .keys()
-            .filter(|k| !seen.contains(k.as_str()))
-            .cloned()
-            .collect();
-        lost.sort();
-        Report {
-            lost,
-            duplicates,
-            order_violations,
-            failures,
-        }
-    }
-}
-
-/// Nearest-rank percentile.
-fn percentile(values: &[u64], p: usize) -> Option<u64> {
-    let mut sorted = values.to_vec();
-    sorted.sort_unstable();
-    let rank = (p * sorted.len()).div_ceil(100).max(1);
-    sorted.get(rank - 1).copied()
 }
 
 fn describe(round: &Round) -> String {

@@ -14,11 +14,12 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use std::time::Duration;
 
+use broker::authority::ControllerAuthority;
 use broker::config::{BrokerConfig, BrokerRoleKind};
 use broker::groups::{ConsumerGroupService, ConsumerGroupState};
 use broker::metrics::{BrokerSampler, StoreMetrics};
 use broker::retry::{parse_delay_levels, RetryState};
-use broker::role::{ControllerAuthority, InitialRole, RoleCell, RoleContext};
+use broker::role::{InitialRole, RoleCell, RoleContext};
 use broker::service::BrokerService;
 use broker::store::{ConfirmMode, FlushDiskType, Store};
 use broker::topics::TopicRegistry;

@@ -21,6 +21,11 @@
 //! entry. Entries are appended in queue-offset order by one thread (the dispatcher) and published
 //! through `max_queue_offset` (a `Release` store); readers read only below it. Commit-log offsets
 //! increase along a queue, which is what lets [`ConsumeQueue::cut`] and retention binary-search.
+//!
+//! Why one file of about 680 lines: the queue's file format, its writer, its reader and its
+//! repair at recovery share the layout (entry size, file naming, the `BEFORE_LOG` slots) and the
+//! invariants on it; the format is drawn once, above, and each part is checked against it here.
+//! A split by part would spread one format over several files.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};

@@ -13,6 +13,12 @@
 //!
 //! PERF: no allocation per message on this thread (the batch buffer and request vector are
 //! reused), no lock held while writing, no logging per batch above debug.
+//!
+//! Why one file of about 670 lines: this is the one thread that owns the tail, and every
+//! command it runs (group commit, raw appends, epochs, truncation, `start_at`) reads and moves
+//! the same private state (the tail segment, the position, the queue-offset table) without a
+//! lock. Split across files, that state would have to become visible to them all; the parts that
+//! need no such state already live apart (`index_handoff`, `truncate`, `flush`, `segment`).
 
 use std::collections::HashMap;
 use std::sync::Arc;

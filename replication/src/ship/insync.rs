@@ -25,13 +25,13 @@
 //!   one.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use super::authority::{AcceptedSet, InSyncAuthority, ProposalError, ProposedSet};
 use super::log::ShippedLog;
 
 /// Marks kept per slave; beyond this the oldest go (the slave is that far behind anyway).
@@ -67,45 +67,6 @@ pub enum ReplicaWait {
     NotEnoughReplicas,
     /// This broker is no longer the master this tracker served.
     Deposed,
-}
-
-/// A change of the set, as proposed to the controller.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ProposedSet {
-    pub master_id: u64,
-    pub master_epoch: u64,
-    /// The epoch of the set being replaced.
-    pub set_epoch: u64,
-    pub set: BTreeSet<u64>,
-}
-
-/// The set as the controller holds it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AcceptedSet {
-    pub master_epoch: u64,
-    pub set: BTreeSet<u64>,
-    pub set_epoch: u64,
-}
-
-/// Who accepts in-sync set changes: the controller quorum.
-pub trait InSyncAuthority: Send + Sync + 'static {
-    /// Proposes `change`; answers the set now in force, or why not.
-    fn propose(
-        &self,
-        change: ProposedSet,
-    ) -> impl Future<Output = Result<AcceptedSet, ProposalError>> + Send;
-}
-
-/// Why the authority did not accept a change; either way the set stays as it was.
-#[derive(Debug, thiserror::Error)]
-pub enum ProposalError {
-    /// Refused for good: the master epoch or the set moved meanwhile (the next view says what
-    /// holds now).
-    #[error("refused: {0}")]
-    Refused(String),
-    /// Nobody answered within the patience given.
-    #[error("no authority answered: {0}")]
-    Unavailable(String),
 }
 
 /// Why an acknowledgement was refused (the stream carrying it is closed).

@@ -11,22 +11,24 @@
 //!   under a bound on unacknowledged bytes, and ha status.
 //! - [`replica`]: the slave's side: connect, truncate to the agreed point, append each chunk at
 //!   exactly its offset, acknowledge written and flushed offsets, follow the confirm offset.
+//! - [`authority`]: what a master proposes to the controller about its in-sync set, and what it
+//!   is answered (the trait `InSyncAuthority`, which the broker implements over its controller link).
 //! - [`insync`]: the master's tracker of what each slave acknowledged: caught-up times, the
 //!   in-sync set (changed only through the controller), the confirm offset, the `SYNC_MASTER`
 //!   wait.
 //!
 //! This module knows commit-log offsets and epochs, never message types.
 
+pub mod authority;
 pub mod divergence;
 pub mod insync;
 pub mod log;
 pub mod master;
 pub mod replica;
 
+pub use authority::{AcceptedSet, InSyncAuthority, ProposalError, ProposedSet};
 pub use divergence::{last_common_offset, Divergence, EpochEntry, HistoryError};
-pub use insync::{
-    AcceptedSet, InSync, InSyncAuthority, InSyncConfig, ProposalError, ProposedSet, ReplicaWait,
-};
+pub use insync::{InSync, InSyncConfig, ReplicaWait};
 pub use log::{LogError, LogErrorKind, LogProgress, ShippedLog};
 pub use master::{ShipConfig, ShipService};
 pub use replica::{MasterLocation, ReplicaConfig, ReplicaStatus};

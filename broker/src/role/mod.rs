@@ -39,97 +39,24 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use proto::controller as pb;
-use replication::controller::link::{InSyncSetProposer, LeaseAnswer, ProposeError};
-use replication::ship::{
-    replica, AcceptedSet, InSync, InSyncAuthority, InSyncConfig, MasterLocation, ProposalError,
-    ProposedSet, ReplicaConfig, ReplicaStatus, ReplicaWait,
-};
+use replication::controller::link::LeaseAnswer;
+use replication::ship::{replica, AcceptedSet, InSync, MasterLocation, ReplicaStatus};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
+use crate::authority::ControllerAuthority;
 use crate::error::BrokerError;
-use crate::groups::ConsumerGroupState;
 use crate::lease::MasterLease;
-use crate::retry::RetryState;
 use crate::store::Store;
 use crate::transition::{decide, RoleFacts, Transition, ViewFacts};
 
-/// How long a proposal to the controller may keep trying.
-const PROPOSE_PATIENCE: Duration = Duration::from_secs(3);
 /// How long a resigning master waits for its set to hold its whole log before it says it
 /// resigned anyway (what the set lacks was never acknowledged).
 const RESIGN_PATIENCE: Duration = Duration::from_secs(1);
 
-/// What this broker is in its group now.
-pub enum Role {
-    Master(MasterRole),
-    Slave(SlaveRole),
-}
+pub use kinds::{InitialRole, MasterRole, Role, RoleContext, SlaveRole};
 
-pub struct MasterRole {
-    pub in_sync: Arc<InSync<Store>>,
-    /// The master epoch this broker is master of.
-    pub epoch: u64,
-    /// A controlled master acknowledges only under a lease; a static one has none to check.
-    leased: bool,
-}
-
-pub struct SlaveRole {
-    /// Where the master is, as the controller last said (None: no master known).
-    pub master: watch::Sender<Option<MasterLocation>>,
-    pub status: Arc<ReplicaStatus>,
-}
-
-impl Role {
-    /// `ASYNC_MASTER`, `SYNC_MASTER` or `SLAVE`.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Role::Master(m) if m.in_sync.config().sync_master => "SYNC_MASTER",
-            Role::Master(_) => "ASYNC_MASTER",
-            Role::Slave(_) => "SLAVE",
-        }
-    }
-
-    /// Waits until the in-sync set holds everything below `end_offset` (`SYNC_MASTER`).
-    pub async fn wait_replicated(&self, end_offset: u64) -> ReplicaWait {
-        match self {
-            Role::Master(m) => m.in_sync.wait_replicated(end_offset).await,
-            // A slave never appends.
-            Role::Slave(_) => ReplicaWait::Deposed,
-        }
-    }
-
-    fn master_addr(&self) -> Option<String> {
-        match self {
-            Role::Slave(s) => s.master.borrow().as_ref().map(|m| m.addr.clone()),
-            Role::Master(_) => None,
-        }
-    }
-}
-
-/// Everything a role needs to run, whichever it is.
-pub struct RoleContext {
-    pub store: Arc<Store>,
-    pub groups: Arc<ConsumerGroupState>,
-    pub retry: Arc<RetryState>,
-    pub broker_id: u64,
-    /// The controller assigns the role (`broker_role = CONTROLLED`).
-    pub controlled: bool,
-    /// How this broker replicates when master.
-    pub in_sync: InSyncConfig,
-    /// How it replicates when slave.
-    pub replica: ReplicaConfig,
-    /// How often a master writes every committed offset again.
-    pub offset_snapshot_interval: Duration,
-}
-
-/// The role to start with.
-pub enum InitialRole {
-    /// A static master, at the newest epoch of its log until the controller's view says more.
-    StaticMaster,
-    /// A static slave, or a controlled broker waiting for the controller.
-    Slave,
-}
+mod kinds;
 
 /// The current role, and the one place that changes it.
 pub struct RoleCell {
@@ -600,34 +527,11 @@ fn newest_epoch(store: &Store) -> u64 {
     store.epoch_history().last().map_or(0, |e| e.epoch)
 }
 
-fn accepted(view: &pb::GroupView) -> AcceptedSet {
+/// The controller's in-sync set, from a group view.
+pub(crate) fn accepted(view: &pb::GroupView) -> AcceptedSet {
     AcceptedSet {
         master_epoch: view.master_epoch,
         set: view.in_sync_set.iter().copied().collect::<BTreeSet<u64>>(),
         set_epoch: view.in_sync_set_epoch,
-    }
-}
-
-/// The controller as the authority over the in-sync set.
-#[derive(Clone)]
-pub struct ControllerAuthority {
-    pub group: String,
-    pub proposer: InSyncSetProposer,
-}
-
-impl InSyncAuthority for ControllerAuthority {
-    async fn propose(&self, change: ProposedSet) -> Result<AcceptedSet, ProposalError> {
-        let request = pb::AlterInSyncSetRequest {
-            group: self.group.clone(),
-            master_id: change.master_id,
-            master_epoch: change.master_epoch,
-            in_sync_set_epoch: change.set_epoch,
-            in_sync_set: change.set.into_iter().collect(),
-        };
-        match self.proposer.propose(request, PROPOSE_PATIENCE).await {
-            Ok(view) => Ok(accepted(&view)),
-            Err(ProposeError::Refused(reason)) => Err(ProposalError::Refused(reason)),
-            Err(ProposeError::Unavailable(reason)) => Err(ProposalError::Unavailable(reason)),
-        }
     }
 }
