@@ -9,7 +9,7 @@
 #   scripts/bench-replication.sh ASYNC_MASTER|SYNC_MASTER ASYNC_FLUSH|SYNC_FLUSH [LABEL] [COUNT]
 #
 # Environment: BIN_DIR (default ./target/release, built by
-# `cargo build --release -p broker -p replication -p cluster-cli`), BENCH_DIR (default
+# `cargo build --release -p broker -p controller -p cluster-cli`), BENCH_DIR (default
 # /tmp/bench-replication), BROKER_SETTINGS (extra KEY=VALUE settings for both brokers, separated
 # by spaces, e.g. "scrub_bytes_per_second=0").
 set -eEuo pipefail

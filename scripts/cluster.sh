@@ -266,7 +266,7 @@ build_binaries() {
     BIN_DIR=$(cd "$BIN_DIR" && pwd)
   else
     echo "cluster.sh: building the release binaries (cargo build --release)" >&2
-    (cd "$ROOT" && cargo build --release --locked -p replication -p broker -p cluster-cli >&2)
+    (cd "$ROOT" && cargo build --release --locked -p controller -p broker -p cluster-cli >&2)
     BIN_DIR=${CARGO_TARGET_DIR:-$ROOT/target}/release
   fi
   local binary

@@ -42,16 +42,27 @@ impl<S> tower_layer::Layer<S> for SignLayer {
     }
 }
 
-/// A service (usually a channel) that signs member-only calls with the cluster key.
+/// A service (usually a channel) that signs member-only calls with the cluster key, or, made
+/// with [`Signed::unsigned`], passes every call untouched (a client or an operator's tool, which
+/// holds no cluster key): one channel type for both, so that code which dials the controller
+/// quorum is written once.
 #[derive(Clone, Debug)]
 pub struct Signed<S> {
     inner: S,
-    key: ClusterKey,
+    key: Option<ClusterKey>,
 }
 
 impl<S> Signed<S> {
     pub fn new(inner: S, key: ClusterKey) -> Signed<S> {
-        Signed { inner, key }
+        Signed {
+            inner,
+            key: Some(key),
+        }
+    }
+
+    /// Signs nothing: members refuse this channel's member-only calls.
+    pub fn unsigned(inner: S) -> Signed<S> {
+        Signed { inner, key: None }
     }
 }
 
@@ -78,15 +89,15 @@ where
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        let Some(coverage) = member_only(request.uri().path()) else {
+        let (Some(key), Some(coverage)) = (&self.key, member_only(request.uri().path())) else {
             let call = self.inner.call(request);
             return Box::pin(async move { call.await.map_err(Into::into) });
         };
+        let key = key.clone();
         // The service made ready by poll_ready is the one that must take the call: keep it and
         // leave a fresh clone behind (tower's usual pattern for calls that await first).
         let fresh = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, fresh);
-        let key = self.key.clone();
         Box::pin(async move {
             let (mut parts, body) = request.into_parts();
             let path = parts.uri.path().to_owned();

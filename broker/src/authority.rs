@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
+use controller_client::broker_link::{InSyncSetProposer, ProposeError};
 use proto::controller as pb;
-use replication::controller::link::{InSyncSetProposer, ProposeError};
 use replication::ship::{AcceptedSet, InSyncAuthority, ProposalError, ProposedSet};
 
 use crate::role::accepted;
@@ -30,8 +30,12 @@ impl InSyncAuthority for ControllerAuthority {
         };
         match self.proposer.propose(request, PROPOSE_PATIENCE).await {
             Ok(view) => Ok(accepted(&view)),
-            Err(ProposeError::Refused(reason)) => Err(ProposalError::Refused(reason)),
-            Err(ProposeError::Unavailable(reason)) => Err(ProposalError::Unavailable(reason)),
+            Err(refused @ ProposeError::Refused(_)) => {
+                Err(ProposalError::Refused(Box::new(refused)))
+            }
+            Err(unavailable @ ProposeError::Unavailable { .. }) => {
+                Err(ProposalError::Unavailable(Box::new(unavailable)))
+            }
         }
     }
 }

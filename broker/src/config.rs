@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use replication::exporter::ExporterError;
+use exporter::ExporterError;
 
 use crate::store::{StoreConfig, StoreError};
 
@@ -194,7 +194,7 @@ impl BrokerSettings {
 
     /// The metrics endpoint's address; `None` when `metrics_listen` is empty (off).
     pub fn metrics_listen(&self) -> Result<Option<SocketAddr>, ExporterError> {
-        replication::exporter::parse_listen(&self.metrics_listen)
+        exporter::parse_listen(&self.metrics_listen)
     }
 
     /// `min_in_sync_replicas` with 0 resolved by role: 2 for a synchronous master.

@@ -12,7 +12,7 @@
 use std::sync::Mutex;
 use std::time::Instant;
 
-use replication::controller::link::LeaseAnswer;
+use controller_client::broker_link::LeaseAnswer;
 
 use crate::error::BrokerError;
 

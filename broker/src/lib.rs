@@ -22,7 +22,7 @@
 //! - [`config`]: the flat RocketMQ-style configuration (broker keys and store keys).
 //! - [`metrics`]: the broker's metrics: what the send path records, the store's observer (what
 //!   the flusher and the scrubber report), and the gauges (offsets, role, epoch, each slave's
-//!   lag, consumer lag) set at each scrape of the `/metrics` endpoint (`replication::exporter`).
+//!   lag, consumer lag) set at each scrape of the `/metrics` endpoint (`exporter`).
 //! - [`store`]: the commit log and everything that makes it durable and readable: segments,
 //!   group commit, flush, consume queues, recovery, truncation, retention, the epoch history.
 //!   Its own `mod.rs` maps its files and follows one append through them. The store imports

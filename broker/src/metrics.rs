@@ -1,6 +1,6 @@
 //! The broker's metrics (docs/METRICS.md): their names, the recording calls of the send path
 //! and the flusher, and the sampler that sets the gauges at each scrape of the `/metrics`
-//! endpoint (`replication::exporter`, served when `metrics_listen` is set).
+//! endpoint (`exporter`, served when `metrics_listen` is set).
 //!
 //! Counters and histograms are recorded where things happen: the `Send` handler
 //! ([`record_send`], [`record_appended`]), and the store's flusher around its fdatasync and its
@@ -22,9 +22,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ::metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use exporter::Sampler;
 use proto::client as wire;
 use proto::common::SendStatus;
-use replication::exporter::Sampler;
 
 use crate::error::BrokerError;
 use crate::groups::ConsumerGroupState;

@@ -83,6 +83,24 @@ impl From<tonic::Status> for ClientError {
     }
 }
 
+impl From<controller_client::ControllerError> for ClientError {
+    /// The controller's refusals keep their code; every other failure is the transport's.
+    fn from(err: controller_client::ControllerError) -> Self {
+        use controller_client::ControllerError as E;
+        match err {
+            E::Refused { code, message } => ClientError::Broker { code, message },
+            E::Transport { message, source } => ClientError::Transport {
+                message,
+                source: source.map(|status| status as Arc<dyn std::error::Error + Send + Sync>),
+            },
+            E::Timeout { timeout_ms } => ClientError::Timeout { timeout_ms },
+            E::BadAddress(_) => ClientError::Invalid {
+                reason: "controller address is not host:port",
+            },
+        }
+    }
+}
+
 impl From<tonic::transport::Error> for ClientError {
     fn from(err: tonic::transport::Error) -> Self {
         ClientError::Transport {

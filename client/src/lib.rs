@@ -11,8 +11,6 @@
 //! - [`push`]: `PushConsumer`, a consumer-group member in clustering mode: queues dealt out by
 //!   heartbeat, offsets on the broker, a listener whose failures (`ReconsumeLater`, `Err`,
 //!   panic) hand the message back for retry.
-//! - [`controller`]: `ControllerConnection`, the quorum seen as one service (moves to another
-//!   controller when one is down or has no leader), for routes and administration.
 //! - [`routes`]: topic routes from the controller, cached and kept current by the route watch
 //!   stream; the queues a producer may write and a consumer may read.
 //! - [`message`]: `Message` (to send), `ReceivedMessage`, unique message ids.
@@ -21,10 +19,10 @@
 //! - `pool` (private): one channel per broker address, made on first use.
 //!
 //! Producers and push consumers reach either one broker directly or, through the controller's
-//! routes, every broker group's master. `client` depends on `proto` only, never on `broker`.
+//! routes, every broker group's master. `client` depends on `proto` and `controller-client`
+//! (the quorum seen as one service, re-exported as [`controller`]), never on `broker`.
 
 pub mod consumer;
-pub mod controller;
 pub mod error;
 mod lane;
 pub mod message;
@@ -34,6 +32,8 @@ pub mod push;
 pub mod routes;
 
 pub use consumer::{Admin, PullConsumer, PullResult};
+/// The controller quorum seen as one service: routes and administration.
+pub use controller_client as controller;
 pub use error::ClientError;
 pub use message::{Message, ReceivedMessage};
 pub use producer::{

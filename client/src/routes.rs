@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use proto::controller::controller_client::ControllerClient;
 use tokio::sync::Notify;
-use tonic::transport::Endpoint;
 
 use crate::controller::{wire, ControllerConnection};
 use crate::error::ClientError;
@@ -23,6 +22,8 @@ const PERM_WRITE: u32 = 2;
 const PERM_READ: u32 = 4;
 /// Pause before the watch is opened again after it ended.
 const REWATCH_PAUSE: Duration = Duration::from_millis(100);
+/// Longest the TCP connect of the route watch to one controller may take.
+const WATCH_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// How often the watch task checks whether its cache is still used.
 const ORPHAN_CHECK: Duration = Duration::from_secs(1);
 
@@ -187,19 +188,16 @@ async fn open_watch(
     let request = wire::WatchRoutesRequest {
         topics: topics.to_vec(),
     };
-    let mut candidates: Vec<String> = conn.addrs().to_vec();
+    let mut candidates: Vec<String> = conn.addrs().map(str::to_owned).collect();
     let mut tried = BTreeSet::new();
     while let Some(addr) = candidates.pop() {
         if !tried.insert(addr.clone()) {
             continue;
         }
-        let Ok(endpoint) = Endpoint::from_shared(format!("http://{addr}")) else {
+        let Ok(endpoint) = proto::dial::endpoint(&addr, WATCH_CONNECT_TIMEOUT) else {
             continue;
         };
-        let channel = endpoint
-            .connect_timeout(Duration::from_millis(500))
-            .tcp_nodelay(true)
-            .connect_lazy();
+        let channel = endpoint.connect_lazy();
         match ControllerClient::new(channel)
             .watch_routes(request.clone())
             .await

@@ -9,8 +9,9 @@
 //! after.
 //!
 //! The call is made here and not through `ControllerConnection::call`: the controller may take
-//! up to its switchover wait (8 s) to answer, longer than that helper lets one attempt run, and a
-//! second attempt would only meet the switchover the first one started.
+//! up to its switchover wait (8 s) to answer, and an attempt that got no answer in time must not
+//! be repeated (a second attempt would only meet the switchover the first one started), so only
+//! a controller that could not be reached or had no leader is followed by the next.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -20,7 +21,6 @@ use client::controller::{wire, ControllerConnection};
 use client::{ClientError, ErrorCode};
 use proto::controller::controller_client::ControllerClient;
 use serde_json::json;
-use tonic::transport::Endpoint;
 
 /// Longest wait for the controller's answer: its own switchover wait (8 s) plus forwarding and
 /// an election.
@@ -100,7 +100,8 @@ pub async fn run(conn: &ControllerConnection, json_out: bool, args: ElectArgs) -
         broker_id: args.broker_id,
         unclean: args.unclean,
     };
-    let answer = match elect(conn.addrs(), request).await {
+    let addrs: Vec<&str> = conn.addrs().collect();
+    let answer = match elect(&addrs, request).await {
         Ok(answer) => answer,
         Err(ClientError::Broker {
             code: ErrorCode::RequestTimeout,
@@ -152,7 +153,7 @@ pub async fn run(conn: &ControllerConnection, json_out: bool, args: ElectArgs) -
 /// Sends the request to one controller after another until one takes it: the next one is tried
 /// only when a controller cannot be reached or has no leader (nothing was started then).
 async fn elect(
-    addrs: &[String],
+    addrs: &[&str],
     request: wire::ElectMasterRequest,
 ) -> Result<wire::ElectMasterResponse, ClientError> {
     let mut last_error = None;
@@ -161,11 +162,10 @@ async fn elect(
             tokio::time::sleep(ROUND_PAUSE).await;
         }
         for addr in addrs {
-            let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            let endpoint = proto::dial::endpoint(addr, CONNECT_TIMEOUT)
                 .map_err(|_| ClientError::Invalid {
                     reason: "controller address is not host:port",
                 })?
-                .connect_timeout(CONNECT_TIMEOUT)
                 .timeout(ELECT_CALL_TIMEOUT);
             let mut client = match endpoint.connect().await {
                 Ok(channel) => ControllerClient::new(channel),

@@ -9,6 +9,8 @@
 //!   cluster and quorum status), and [`CONTROLLER_LEADER_METADATA_KEY`].
 //! - [`replication`]: the log stream from a group's master to each slave, and ha status; and
 //!   [`MASTER_ADDR_METADATA_KEY`], where a slave's `NOT_MASTER` refusal names its master.
+//! - [`dial`]: reading an address list and building the endpoint every node and client dials
+//!   with ([`dial::endpoint`], [`dial::address_list`]).
 //! - [`status`]: the status codec, how an `ErrorCode` becomes a gRPC status and is read back
 //!   ([`ErrorStatus`], [`error_status`]), every service's and client's one way; its text bounded
 //!   so that it fits gRPC's header limit ([`bounded_message`]), [`Echo`] for names echoed in it.
@@ -57,6 +59,7 @@ pub use generated::broker::controller::v1 as controller;
 /// Log shipping from master to slaves (`broker.replication.v1`).
 pub use generated::broker::replication::v1 as replication;
 
+pub mod dial;
 pub mod status;
 
 pub use status::{

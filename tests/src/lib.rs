@@ -51,7 +51,7 @@ pub fn workspace_binary(package: &str, binary: &str) -> PathBuf {
 /// The directory of this build's `controller`, `broker` and `cluster-cli` (each brought up to
 /// date), for the scripts' `BIN_DIR`.
 pub fn bin_dir() -> PathBuf {
-    workspace_binary("replication", "controller");
+    workspace_binary("controller", "controller");
     workspace_binary("cluster-cli", "cluster-cli");
     workspace_binary("broker", "broker")
         .parent()
@@ -394,7 +394,7 @@ impl ControllerQuorum {
             let _ = old.wait();
         }
         let peers = if member.joining { "" } else { &self.peers };
-        let mut child = Command::new(workspace_binary("replication", "controller"))
+        let mut child = Command::new(workspace_binary("controller", "controller"))
             .args(["--id", &id.to_string(), "--listen", &member.addr])
             .args(["--peers", peers])
             .args(["--set", &format!("cluster_secret={TEST_CLUSTER_SECRET:?}")])

@@ -10,7 +10,8 @@
 use std::time::{Duration, Instant};
 
 use client::controller::ControllerConnection;
-use client::{ClientError, ErrorCode};
+use client::controller::ControllerError;
+use client::ErrorCode;
 use cluster_tests::{
     cluster_cli, controller_status, free_port, wait_for_controller_leader, wait_until,
     ControllerQuorum,
@@ -39,9 +40,9 @@ fn members(controllers: &str) -> Vec<(u64, String, bool)> {
     members
 }
 
-fn code_of(result: Result<(), ClientError>) -> ErrorCode {
+fn code_of(result: Result<(), ControllerError>) -> ErrorCode {
     match result {
-        Err(ClientError::Broker { code, .. }) => code,
+        Err(ControllerError::Refused { code, .. }) => code,
         other => panic!("expected a refusal with a code, got {other:?}"),
     }
 }

@@ -12,7 +12,8 @@
 use std::time::{Duration, Instant};
 
 use client::controller::ControllerConnection;
-use client::{ClientError, ErrorCode};
+use client::controller::ControllerError;
+use client::ErrorCode;
 use cluster_tests::{
     cli_json, cluster_cli, controller_leader as leader, controller_status as status, group_alive,
     group_broker as broker, wait_for_controller_leader, wait_for_masters, wait_until,
@@ -207,7 +208,7 @@ async fn a_controller_that_missed_a_snapshot_catches_up_and_a_lost_majority_refu
         .unwrap()
         .with_patience(Duration::from_secs(2));
     match alone.create_topic("refused", 1, &[]).await {
-        Err(ClientError::Broker {
+        Err(ControllerError::Refused {
             code: ErrorCode::ControllerNotAvailable,
             ..
         }) => {}

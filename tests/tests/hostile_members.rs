@@ -374,7 +374,7 @@ fn a_poisoned_quorum_says_so_and_the_documented_repair_recovers_it() {
     for id in &ids {
         let mut poison = openraft::Vote::new(u64::MAX, 99);
         poison.commit();
-        rt.block_on(replication::controller::repair::write_vote_unchecked(
+        rt.block_on(controller::repair::write_vote_unchecked(
             &store(*id),
             poison,
         ))

@@ -19,11 +19,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use client::controller::ControllerConnection;
+use client::controller::{ControllerConnection, ControllerError};
 use client::routes::Routes;
 use client::{
-    ClientError, ConsumeFrom, ConsumeResult, ErrorCode, Message, Producer, ProducerConfig,
-    PushConsumer, PushConsumerConfig, SendStatus,
+    ConsumeFrom, ConsumeResult, ErrorCode, Message, Producer, ProducerConfig, PushConsumer,
+    PushConsumerConfig, SendStatus,
 };
 use cluster_tests::{
     cluster_cli, controller_leader, controller_status, group_alive, group_broker_with,
@@ -262,7 +262,7 @@ async fn sends_survive_controller_and_master_failures_and_every_ack_is_consumed(
         .unwrap()
         .with_patience(Duration::from_secs(2));
     match alone.create_topic("refused", 1, &[]).await {
-        Err(ClientError::Broker {
+        Err(ControllerError::Refused {
             code: ErrorCode::ControllerNotAvailable,
             ..
         }) => {}

@@ -24,15 +24,15 @@ use broker::service::BrokerService;
 use broker::store::{ConfirmMode, FlushDiskType, Store};
 use broker::topics::TopicRegistry;
 use clap::Parser;
+use controller_client::broker_link::{
+    BrokerIdentity, BrokerMetadata, ControllerLink, LeaseAnswer, MetadataSyncError,
+    ReplicationReport,
+};
+use exporter::Exporter;
 use proto::client::broker_server::BrokerServer;
 use proto::client::consumer_groups_server::ConsumerGroupsServer;
 use proto::controller::{BrokerRole, GroupSettings, GroupTopic, GroupView, ReplicationMode};
 use proto::replication::log_shipping_server::LogShippingServer;
-use replication::controller::link::{
-    BrokerIdentity, BrokerMetadata, ControllerLink, LeaseAnswer, MetadataSyncError,
-    ReplicationReport,
-};
-use replication::exporter::Exporter;
 use replication::ship::{
     InSyncConfig, ReplicaConfig, ShipConfig, ShipService, STREAM_MESSAGE_BYTES_MAX,
 };
@@ -453,7 +453,7 @@ impl LinkTask {
         let _ = self.stop.send(true);
         let mut task = self.task;
         let grace =
-            replication::controller::link::STOPPING_NOTICE_TIMEOUT + Duration::from_millis(500);
+            controller_client::broker_link::STOPPING_NOTICE_TIMEOUT + Duration::from_millis(500);
         if tokio::time::timeout(grace, &mut task).await.is_err() {
             task.abort();
         }

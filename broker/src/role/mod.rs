@@ -38,8 +38,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use controller_client::broker_link::LeaseAnswer;
 use proto::controller as pb;
-use replication::controller::link::LeaseAnswer;
 use replication::ship::{replica, AcceptedSet, InSync, MasterLocation, ReplicaStatus};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;

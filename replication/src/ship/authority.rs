@@ -32,14 +32,18 @@ pub trait InSyncAuthority: Send + Sync + 'static {
     ) -> impl Future<Output = Result<AcceptedSet, ProposalError>> + Send;
 }
 
+/// The authority's own error, kept as the source: this crate does not know how the authority
+/// is reached.
+pub type AuthorityError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Why the authority did not accept a change; either way the set stays as it was.
 #[derive(Debug, thiserror::Error)]
 pub enum ProposalError {
     /// Refused for good: the master epoch or the set moved meanwhile (the next view says what
     /// holds now).
     #[error("refused: {0}")]
-    Refused(String),
+    Refused(#[source] AuthorityError),
     /// Nobody answered within the patience given.
     #[error("no authority answered: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] AuthorityError),
 }

@@ -1,6 +1,6 @@
 //! The controller's metrics (docs/METRICS.md): their names, the election counter the election
 //! loop bumps, and the sampler that sets the gauges at each scrape of the `/metrics` endpoint
-//! ([`crate::exporter`]).
+//! ([`exporter`]).
 //!
 //! Every controller reports its Raft term, whether it leads, and the elections it carried out.
 //! The per-group gauges come from the leader only: liveness lives in the leader's memory, and
@@ -14,7 +14,7 @@ use openraft::ServerState;
 use super::liveness::Liveness;
 use super::store::SharedState;
 use super::Raft;
-use crate::exporter::Sampler;
+use exporter::Sampler;
 
 /// Gauge: the Raft term this controller is in.
 pub const RAFT_TERM: &str = "controller_raft_term";

@@ -231,7 +231,7 @@ mod tests {
 
     #[test]
     fn only_the_elected_process_of_a_controlled_master_is_eligible_for_a_lease() {
-        use crate::controller::state::{BrokerGroup, BrokerInfo, ConfiguredRole, ReplicationMode};
+        use crate::state::{BrokerGroup, BrokerInfo, ConfiguredRole, ReplicationMode};
         let broker = |id: u64, role| BrokerInfo {
             id,
             addr: format!("127.0.0.1:{}", 10911 + id),

@@ -22,14 +22,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use auth::{ClusterKey, SignedChannel};
-use proto::controller as pb;
-use proto::controller::controller_client::ControllerClient;
-use replication::controller::config::ControllerConfig;
-use replication::controller::link::{
+use controller::config::ControllerConfig;
+use controller::node::ControllerNode;
+use controller_client::broker_link::{
     BrokerIdentity, BrokerMetadata, ControllerLink, InSyncSetProposer, LeaseAnswer,
     MetadataSyncError,
 };
-use replication::controller::node::ControllerNode;
+use proto::controller as pb;
+use proto::controller::controller_client::ControllerClient;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;

@@ -728,8 +728,8 @@ impl ElectionLoop {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::liveness::StoreReport;
-    use crate::controller::state::{BrokerInfo, ConfiguredRole, ReplicationMode};
+    use crate::liveness::StoreReport;
+    use crate::state::{BrokerInfo, ConfiguredRole, ReplicationMode};
 
     const TIMING: Timing = Timing {
         broker_lease: Duration::from_millis(1_000),

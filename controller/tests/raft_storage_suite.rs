@@ -13,11 +13,11 @@
 
 use std::collections::BTreeSet;
 
+use controller::store::{self, LogStore, StateMachine};
+use controller::{NodeId, TypeConfig};
 use openraft::storage::{RaftLogStorage, RaftStateMachine};
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::{AnyError, RaftSnapshotBuilder, StorageError, StorageIOError, Vote};
-use replication::controller::store::{self, LogStore, StateMachine};
-use replication::controller::{NodeId, TypeConfig};
 use tempfile::TempDir;
 
 /// Opens a store in a new temporary directory for each case.

@@ -3,7 +3,7 @@
 //! (the `auth` guard refuses the rest before they get here).
 
 use super::*;
-use crate::controller::lease::lease_eligible_epoch;
+use crate::lease::lease_eligible_epoch;
 
 impl ControllerService {
     /// The heartbeat answer: the group view, and the lease that goes with it. A lease is granted

@@ -180,8 +180,8 @@ impl ControllerConfig {
     }
 
     /// The metrics endpoint's address; `None` when `metrics_listen` is empty (off).
-    pub fn metrics_listen(&self) -> Result<Option<SocketAddr>, crate::exporter::ExporterError> {
-        crate::exporter::parse_listen(&self.metrics_listen)
+    pub fn metrics_listen(&self) -> Result<Option<SocketAddr>, exporter::ExporterError> {
+        exporter::parse_listen(&self.metrics_listen)
     }
 }
 

@@ -2,7 +2,7 @@
 //! liveness, the switchover recorded for the election loop, and the wait for its election.
 
 use super::*;
-use crate::controller::switchover;
+use crate::switchover;
 
 impl ControllerService {
     /// Checks a planned switchover request against the state and liveness

@@ -1,5 +1,7 @@
-//! The controller: a Raft quorum (openraft) that is the cluster's name server and its failover
-//! authority for groups of controlled brokers.
+//! The controller: a Raft quorum (openraft over sled) that is the cluster's name server and its
+//! failover authority for groups of controlled brokers. The `controller` binary
+//! (`src/bin/controller.rs`) runs one member; its callers reach it through the
+//! `controller-client` crate.
 //!
 //! Map:
 //! - [`state`]: the replicated state (broker groups and brokers with their in-sync sets, topics
@@ -33,14 +35,11 @@
 //! - [`repair`]: the way back for a quorum whose votes were poisoned anyway (`controller vote`,
 //!   `controller repair-vote` on stopped controllers), with its safety argument.
 //! - [`config`]: the `controller` binary's settings.
-//! - [`link`]: the broker's side: registration, heartbeats with replication progress, topics
-//!   synced from the controller, group views handed to the broker, in-sync set proposals.
 
 pub mod admission;
 pub mod config;
 pub mod election;
 pub mod lease;
-pub mod link;
 pub mod liveness;
 pub mod membership;
 pub mod metrics;

@@ -21,9 +21,9 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use replication::controller::config::ControllerConfig;
-use replication::controller::node::ControllerNode;
-use replication::exporter::Exporter;
+use controller::config::ControllerConfig;
+use controller::node::ControllerNode;
+use exporter::Exporter;
 use tokio::signal::unix::{signal, SignalKind};
 
 /// A controller of the cluster. Every configuration key is described in docs/CONFIG.md.
@@ -85,7 +85,7 @@ enum StoreCommand {
 }
 
 fn store_command(command: StoreCommand) -> Result<()> {
-    use replication::controller::repair;
+    use controller::repair;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -168,7 +168,7 @@ async fn run(config: ControllerConfig) -> Result<()> {
     let exporter = match config.metrics_listen()? {
         Some(addr) => {
             let exporter = Exporter::bind(addr, &[("controller_id", id.to_string())]).await?;
-            replication::controller::metrics::describe();
+            controller::metrics::describe();
             Some(exporter)
         }
         None => None,

@@ -1,0 +1,98 @@
+//! The administration and routing calls every caller makes: typed wrappers around
+//! [`ControllerConnection::call`] (routes, topics, drains, cluster list, quorum status and
+//! membership).
+
+use crate::error::ControllerError;
+use crate::quorum::ControllerConnection;
+use crate::wire;
+
+impl ControllerConnection {
+    /// The route of a topic.
+    pub async fn route(&self, topic: &str) -> Result<wire::TopicRoute, ControllerError> {
+        let request = wire::GetRouteRequest {
+            topic: topic.to_owned(),
+        };
+        self.call(|mut c| {
+            let request = request.clone();
+            async move { c.get_route(request).await }
+        })
+        .await
+    }
+
+    /// Creates a topic with `queues_per_group` queues on each of `groups` (empty: every group).
+    pub async fn create_topic(
+        &self,
+        topic: &str,
+        queues_per_group: u32,
+        groups: &[String],
+    ) -> Result<wire::CreateTopicResponse, ControllerError> {
+        let request = wire::CreateTopicRequest {
+            topic: topic.to_owned(),
+            queues_per_group,
+            groups: groups.to_vec(),
+            perm: 0,
+        };
+        self.call(|mut c| {
+            let request = request.clone();
+            async move { c.create_topic(request).await }
+        })
+        .await
+    }
+
+    pub async fn list_topics(&self) -> Result<wire::ListTopicsResponse, ControllerError> {
+        self.call(|mut c| async move { c.list_topics(wire::ListTopicsRequest {}).await })
+            .await
+    }
+
+    /// Drains (`true`) or undrains a broker group: whether that changed it, and whether the
+    /// group's master applied it before the answer.
+    pub async fn set_group_drained(
+        &self,
+        group: &str,
+        drained: bool,
+    ) -> Result<wire::SetGroupDrainedResponse, ControllerError> {
+        let request = wire::SetGroupDrainedRequest {
+            group: group.to_owned(),
+            drained,
+        };
+        let answer = self
+            .call(|mut c| {
+                let request = request.clone();
+                async move { c.set_group_drained(request).await }
+            })
+            .await?;
+        Ok(answer)
+    }
+
+    pub async fn cluster_list(&self) -> Result<wire::ClusterListResponse, ControllerError> {
+        self.call(|mut c| async move { c.cluster_list(wire::ClusterListRequest {}).await })
+            .await
+    }
+
+    pub async fn status(&self) -> Result<wire::ControllerStatusResponse, ControllerError> {
+        self.call(|mut c| async move { c.status(wire::ControllerStatusRequest {}).await })
+            .await
+    }
+
+    pub async fn add_controller(&self, id: u64, addr: &str) -> Result<(), ControllerError> {
+        let request = wire::AddControllerRequest {
+            id,
+            addr: addr.to_owned(),
+        };
+        self.call(|mut c| {
+            let request = request.clone();
+            async move { c.add_controller(request).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn remove_controller(&self, id: u64) -> Result<(), ControllerError> {
+        self.call(|mut c| async move {
+            c.remove_controller(wire::RemoveControllerRequest { id })
+                .await
+        })
+        .await
+        .map(|_| ())
+    }
+}

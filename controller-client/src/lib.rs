@@ -1,0 +1,29 @@
+//! The one way to talk to the controller quorum, for the broker, the Rust client and cluster-cli
+//! alike.
+//!
+//! Map:
+//! - [`quorum`]: [`ControllerConnection`], the quorum seen as one service: knows every
+//!   controller's address, starts with the one that answered last, moves on when one is down or
+//!   has no leader, backs off with jitter between rounds; signed for members, plain for clients.
+//! - [`admin`]: the typed calls of routing and administration (routes, topics, drains, cluster
+//!   list, quorum status and membership).
+//! - [`broker_link`]: a broker's session with the quorum: registration, heartbeats that carry
+//!   its replication progress and bring back its group's view and lease, topics and
+//!   consumer-group settings synced on every new metadata revision, the stopping notice, and the
+//!   master's in-sync set proposals ([`broker_link::InSyncSetProposer`]).
+//! - [`error`]: [`ControllerError`], a controller's refusal with its stable code, or why no
+//!   controller answered.
+//!
+//! This crate depends on the wire (`proto`) and member signing (`auth`) only: neither openraft
+//! nor sled, which live in the `controller` crate, the server side.
+
+pub mod admin;
+pub mod broker_link;
+pub mod error;
+pub mod quorum;
+
+pub use error::ControllerError;
+pub use quorum::{ControllerConnection, Retry};
+
+/// The wire types of the controller's requests and answers.
+pub use proto::controller as wire;

@@ -1,0 +1,80 @@
+//! How every node and client dials another: one way to read an address list and build a tonic
+//! `Endpoint`, so that a `host:port` is checked the same everywhere and every connection gets
+//! the same TCP settings (no Nagle delay: the cluster's messages are small and latency-bound).
+//!
+//! Each caller still chooses its own timeouts, because they mean different things: a Raft
+//! message, a broker's heartbeat and an operator's election wait for different lengths of time.
+
+use std::time::Duration;
+
+use tonic::transport::Endpoint;
+
+/// An address that cannot be dialled, or an empty address list.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AddressError {
+    #[error("no address given")]
+    Empty,
+    #[error("{addr:?} is not a host:port gRPC can dial")]
+    NotDialable { addr: String },
+}
+
+/// The addresses in a comma-separated list (`host:port,host:port`), blanks ignored, each checked
+/// to be dialable; at least one.
+pub fn address_list(list: &str) -> Result<Vec<String>, AddressError> {
+    let addrs: Vec<String> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|addr| !addr.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if addrs.is_empty() {
+        return Err(AddressError::Empty);
+    }
+    for addr in &addrs {
+        endpoint(addr, Duration::from_secs(1))?;
+    }
+    Ok(addrs)
+}
+
+/// An endpoint for `addr` (`host:port`, plaintext HTTP/2) that gives up connecting after
+/// `connect_timeout`, with TCP_NODELAY. Connecting is left to the caller (`connect_lazy` for a
+/// channel that dials on first use, `connect` to know now).
+pub fn endpoint(addr: &str, connect_timeout: Duration) -> Result<Endpoint, AddressError> {
+    let not_dialable = || AddressError::NotDialable {
+        addr: addr.to_owned(),
+    };
+    // `http://` with an empty host, a path or a query would parse as a URI but not dial.
+    if addr.is_empty() || addr.contains(['/', '?', '#', '@']) {
+        return Err(not_dialable());
+    }
+    Ok(Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|_| not_dialable())?
+        .connect_timeout(connect_timeout)
+        .tcp_nodelay(true))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_are_split_trimmed_and_checked() {
+        assert_eq!(
+            address_list(" 127.0.0.1:1, ,localhost:2 ").unwrap(),
+            vec!["127.0.0.1:1".to_owned(), "localhost:2".to_owned()]
+        );
+        assert_eq!(address_list(" , "), Err(AddressError::Empty));
+        assert!(matches!(
+            address_list("127.0.0.1:1,bad host:2"),
+            Err(AddressError::NotDialable { .. })
+        ));
+    }
+
+    #[test]
+    fn addresses_with_a_path_or_user_are_refused() {
+        for bad in ["", "a:1/x", "user@a:1", "a:1?q", "a:1#f"] {
+            assert!(endpoint(bad, Duration::from_secs(1)).is_err(), "{bad:?}");
+        }
+        assert!(endpoint("[::1]:9876", Duration::from_secs(1)).is_ok());
+    }
+}
