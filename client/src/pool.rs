@@ -62,10 +62,7 @@ impl BrokerChannels {
 }
 
 fn endpoint(addr: &str) -> Result<Endpoint, ClientError> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|_| ClientError::Invalid {
-            reason: "broker address is not host:port",
-        })?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true))
+    proto::dial::endpoint(addr, CONNECT_TIMEOUT).map_err(|_| ClientError::Invalid {
+        reason: "broker address is not host:port",
+    })
 }

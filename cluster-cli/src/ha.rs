@@ -20,7 +20,6 @@ use client::ClientError;
 use proto::replication::log_shipping_client::LogShippingClient;
 use proto::replication::{HaStatusRequest, HaStatusResponse};
 use serde_json::{json, Value};
-use tonic::transport::Endpoint;
 
 /// How long to wait for the master's TCP connection: a master that is down should be reported
 /// in about a second or two, not after the OS's connect timeout.
@@ -111,12 +110,10 @@ pub async fn run(
 /// Asks the broker at `addr` for its HaStatus, within the connect and call timeouts. A broker
 /// that is not its group's master refuses with `NOT_MASTER`.
 async fn ha_status(addr: &str) -> Result<HaStatusResponse, ClientError> {
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|_| ClientError::Invalid {
+    let endpoint =
+        proto::dial::endpoint(addr, MASTER_CONNECT_TIMEOUT).map_err(|_| ClientError::Invalid {
             reason: "the master's address is not host:port",
-        })?
-        .connect_timeout(MASTER_CONNECT_TIMEOUT)
-        .tcp_nodelay(true);
+        })?;
     // Each step under its own deadline: the connect timeout covers only the TCP handshake, and
     // a master stopped with SIGSTOP accepts connections (the kernel does) but never answers.
     let channel = tokio::time::timeout(MASTER_CONNECT_TIMEOUT, endpoint.connect())

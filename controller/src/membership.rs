@@ -16,7 +16,6 @@ use std::time::Duration;
 use proto::common::ErrorCode;
 use proto::controller as pb;
 use proto::controller::controller_client::ControllerClient;
-use tonic::transport::Endpoint;
 
 use super::NodeId;
 
@@ -151,7 +150,7 @@ pub fn check_addr(addr: &str) -> Result<(), MembershipError> {
     {
         return Err(invalid("the host holds characters no host name has"));
     }
-    if Endpoint::from_shared(format!("http://{addr}")).is_err() {
+    if proto::dial::endpoint(addr, PROBE_TIMEOUT).is_err() {
         return Err(invalid("not an address gRPC can dial"));
     }
     Ok(())
@@ -203,9 +202,8 @@ pub async fn probe(id: NodeId, addr: &str) -> Result<(), MembershipError> {
         addr: addr.to_owned(),
         reason,
     };
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+    let endpoint = proto::dial::endpoint(addr, PROBE_TIMEOUT)
         .map_err(|err| unreachable(err.to_string()))?
-        .connect_timeout(PROBE_TIMEOUT)
         .timeout(PROBE_TIMEOUT);
     let asked = async {
         let channel = endpoint.connect().await.map_err(|err| err.to_string())?;

@@ -27,7 +27,6 @@ use proto::controller::raft_client::RaftClient;
 use proto::controller::RaftPayload;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::Endpoint;
 
 use super::{admission, NodeId, Raft, TypeConfig};
 
@@ -89,10 +88,8 @@ type Rpc<T, E = openraft::error::Infallible> =
 
 impl Network {
     fn connect(&self) -> Result<RaftClient<SignedChannel>, Unreachable> {
-        let endpoint = Endpoint::from_shared(format!("http://{}", self.addr))
-            .map_err(|err| Unreachable::new(&err))?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true);
+        let endpoint = proto::dial::endpoint(&self.addr, CONNECT_TIMEOUT)
+            .map_err(|err| Unreachable::new(&err))?;
         // Connects on first use, so that making the client never blocks the Raft core.
         let channel = SignedChannel::new(endpoint.connect_lazy(), self.key.clone());
         Ok(RaftClient::new(channel)

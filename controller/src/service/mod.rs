@@ -33,7 +33,6 @@ use proto::controller::controller_client::ControllerClient;
 use proto::error_status as error;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Endpoint;
 use tonic::{Request, Response, Status};
 
 use super::admission;
@@ -54,6 +53,8 @@ const FORWARDED_METADATA_KEY: &str = "x-forwarded";
 const NODE_STATUS_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long a forwarded request may wait for the leader.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest the TCP connect to the leader may take before a forward counts as failed.
+const FORWARD_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// Longest a topic creation waits for the groups' masters to apply it (below the client's
 /// per-attempt timeout, 5 s).
 const SYNC_WAIT_MAX: Duration = Duration::from_secs(3);
@@ -143,11 +144,9 @@ impl ControllerService {
         if let Some(client) = peers.get(addr) {
             return Ok(client.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|err| unavailable(format!("bad controller address {addr:?}: {err}")))?
-            .connect_timeout(Duration::from_millis(500))
-            .timeout(FORWARD_TIMEOUT)
-            .tcp_nodelay(true);
+        let endpoint = proto::dial::endpoint(addr, FORWARD_CONNECT_TIMEOUT)
+            .map_err(|err| unavailable(format!("bad controller address: {err}")))?
+            .timeout(FORWARD_TIMEOUT);
         let client = ControllerClient::new(SignedChannel::new(
             endpoint.connect_lazy(),
             self.key.clone(),

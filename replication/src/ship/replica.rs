@@ -18,7 +18,6 @@ use proto::replication as pb;
 use proto::replication::log_shipping_client::LogShippingClient;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Endpoint;
 
 use super::log::{LogError, ShippedLog};
 use super::{to_wire_history, STREAM_MESSAGE_BYTES_MAX};
@@ -177,12 +176,8 @@ async fn session<L: ShippedLog>(
     location: &MasterLocation,
     status: &ReplicaStatus,
 ) -> Result<(), SessionEnd> {
-    let endpoint = Endpoint::from_shared(format!("http://{}", location.addr))
-        .map_err(|err| {
-            SessionEnd::Protocol(format!("bad master address {}: {err}", location.addr))
-        })?
-        .connect_timeout(config.connect_timeout)
-        .tcp_nodelay(true);
+    let endpoint = proto::dial::endpoint(&location.addr, config.connect_timeout)
+        .map_err(|err| SessionEnd::Protocol(format!("bad master address: {err}")))?;
     let key = config.cluster_key.clone().ok_or_else(|| {
         SessionEnd::Protocol("this broker has no cluster_secret: it cannot replicate".into())
     })?;
