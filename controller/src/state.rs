@@ -64,6 +64,17 @@ pub enum ReplicationMode {
     Sync,
 }
 
+impl ReplicationMode {
+    /// The name a broker's `replication_mode` setting gives it.
+    pub fn setting_name(self) -> &'static str {
+        match self {
+            ReplicationMode::Unknown => "none (a static slave)",
+            ReplicationMode::Async => "ASYNC_MASTER",
+            ReplicationMode::Sync => "SYNC_MASTER",
+        }
+    }
+}
+
 /// One broker of a group.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BrokerInfo {
@@ -118,6 +129,28 @@ impl BrokerGroup {
     /// candidate, since no in-sync set has been formed yet.
     pub fn never_had_master(&self) -> bool {
         self.master_epoch == 0 || self.in_sync_set.is_empty()
+    }
+
+    /// Another broker of the group that registered a replication mode other than `mode` and
+    /// is alive (as `is_alive` says): the mode is the group's, stated once by every broker, so
+    /// a broker that registers another one is refused while such a broker runs. Brokers no
+    /// longer alive do not count, so that a group's mode changes by stopping all its brokers
+    /// and starting them with the new one. `Unknown` (a static slave) clashes with nothing.
+    pub fn replication_clash(
+        &self,
+        broker_id: u64,
+        mode: ReplicationMode,
+        is_alive: impl Fn(u64) -> bool,
+    ) -> Option<&BrokerInfo> {
+        if mode == ReplicationMode::Unknown {
+            return None;
+        }
+        self.brokers.values().find(|other| {
+            other.id != broker_id
+                && other.replication != ReplicationMode::Unknown
+                && other.replication != mode
+                && is_alive(other.id)
+        })
     }
 
     /// The master restarted: its registered incarnation is not the one it became master with,
@@ -720,6 +753,39 @@ mod tests {
             group: group.into(),
             broker: b,
         })
+    }
+
+    #[test]
+    fn a_group_states_its_replication_mode_once_among_its_alive_brokers() {
+        let mut group = BrokerGroup::default();
+        for (id, mode) in [
+            (0, ReplicationMode::Sync),
+            (1, ReplicationMode::Sync),
+            (2, ReplicationMode::Unknown),
+        ] {
+            let mut b = broker(id, ConfiguredRole::Controlled);
+            b.replication = mode;
+            group.brokers.insert(id, b);
+        }
+        let everyone = |_| true;
+        // The same mode, a static slave's none, and a broker registering again: no clash.
+        assert!(group
+            .replication_clash(3, ReplicationMode::Sync, everyone)
+            .is_none());
+        assert!(group
+            .replication_clash(3, ReplicationMode::Unknown, everyone)
+            .is_none());
+        // Another mode clashes with an alive broker that stated one, never with a static slave.
+        let clash = group.replication_clash(3, ReplicationMode::Async, everyone);
+        assert!(matches!(clash, Some(other) if other.replication == ReplicationMode::Sync));
+        // A broker changing its own mode clashes with the others, not with its old record.
+        assert!(group
+            .replication_clash(0, ReplicationMode::Async, everyone)
+            .is_some_and(|other| other.id == 1));
+        // Once the brokers that stated the old mode are stopped, a new mode may be stated.
+        assert!(group
+            .replication_clash(0, ReplicationMode::Async, |id| id == 2)
+            .is_none());
     }
 
     #[test]

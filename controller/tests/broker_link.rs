@@ -373,3 +373,53 @@ async fn group_settings_set_on_the_controller_reach_the_broker_at_the_next_heart
     assert_eq!(*broker.settings_syncs.lock().unwrap(), 2);
     node.shutdown().await.unwrap();
 }
+
+/// The replication mode is the group's: a broker that registers another mode than an alive
+/// broker of its group is refused for good, with an error naming both; once the brokers that
+/// stated the old mode have stopped, the group may be started again with a new one.
+#[tokio::test]
+async fn brokers_of_one_group_register_one_replication_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_controller(dir.path()).await;
+    let addr = node.local_addr.to_string();
+    let with_mode = |id, mode| BrokerIdentity {
+        replication: mode,
+        ..identity(id, pb::BrokerRole::Controlled)
+    };
+    let link = |id, mode| {
+        ControllerLink::new(
+            &addr,
+            with_mode(id, mode),
+            Arc::new(RecordingBroker::default()),
+            key(),
+        )
+        .unwrap()
+    };
+    let mut first = link(0, pb::ReplicationMode::SyncMaster);
+    first.register(Duration::from_millis(50)).await.unwrap();
+
+    let refused = link(1, pb::ReplicationMode::AsyncMaster)
+        .register(Duration::from_millis(50))
+        .await
+        .unwrap_err();
+    let message = refused.to_string();
+    assert!(
+        matches!(refused, LinkError::Refused(_))
+            && message.contains("replicates as SYNC_MASTER")
+            && message.contains("registers ASYNC_MASTER"),
+        "{message}"
+    );
+
+    let mut second = link(1, pb::ReplicationMode::SyncMaster);
+    second.register(Duration::from_millis(50)).await.unwrap();
+
+    // Both stop (their stopping notices mark them not alive at once): the group starts again
+    // in the other mode.
+    first.say_stopping().await;
+    second.say_stopping().await;
+    link(0, pb::ReplicationMode::AsyncMaster)
+        .register(Duration::from_millis(50))
+        .await
+        .unwrap();
+    node.shutdown().await.unwrap();
+}

@@ -65,6 +65,12 @@ impl ControllerService {
                 ))
             }
         };
+        let replication = match pb::ReplicationMode::try_from(req.replication) {
+            Ok(pb::ReplicationMode::AsyncMaster) => ReplicationMode::Async,
+            Ok(pb::ReplicationMode::SyncMaster) => ReplicationMode::Sync,
+            _ => ReplicationMode::Unknown,
+        };
+        self.refuse_replication_clash(&req.group, req.broker_id, replication)?;
         self.write(Command::RegisterBroker {
             cluster: req.cluster,
             group: req.group.clone(),
@@ -74,11 +80,7 @@ impl ControllerService {
                 configured_role: role,
                 incarnation: req.incarnation,
                 election_priority: req.election_priority,
-                replication: match pb::ReplicationMode::try_from(req.replication) {
-                    Ok(pb::ReplicationMode::AsyncMaster) => ReplicationMode::Async,
-                    Ok(pb::ReplicationMode::SyncMaster) => ReplicationMode::Sync,
-                    _ => ReplicationMode::Unknown,
-                },
+                replication,
             },
         })
         .await?;
@@ -98,6 +100,35 @@ impl ControllerService {
         self.election.wake.notify_one();
         let group = self.state.read(|data| group_view(&data.state, &req.group));
         Ok(Response::new(pb::RegisterBrokerResponse { group }))
+    }
+
+    /// Refuses (CONFLICT, which the broker does not retry) a registration whose replication
+    /// mode differs from an alive broker's of the same group: the mode is the group's
+    /// (`BrokerGroup::replication_clash`).
+    fn refuse_replication_clash(
+        &self,
+        group: &str,
+        broker_id: u64,
+        mode: ReplicationMode,
+    ) -> Result<(), Status> {
+        let clash = self.state.read(|data| {
+            data.state.groups.get(group).and_then(|g| {
+                g.replication_clash(broker_id, mode, |id| self.liveness.is_alive(group, id))
+                    .map(|other| (other.id, other.replication))
+            })
+        });
+        match clash {
+            None => Ok(()),
+            Some((other, theirs)) => Err(error(
+                ErrorCode::Conflict,
+                format!(
+                    "broker group {} replicates as {} (alive broker {other} registered it);                      broker {broker_id} registers {}: give every broker of a group the same                      replication_mode (to change a group's mode, stop all its brokers, then                      start them with the new one)",
+                    proto::Echo(group),
+                    theirs.setting_name(),
+                    mode.setting_name()
+                ),
+            )),
+        }
     }
 
     pub(super) async fn broker_heartbeat(

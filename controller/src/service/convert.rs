@@ -28,8 +28,9 @@ pub(super) fn group_view(state: &ClusterState, name: &str) -> Option<pb::GroupVi
     })
 }
 
-/// The group's replication mode: its master's, else the first any broker registered (the
-/// brokers of a group are configured alike).
+/// The group's replication mode: its master's, else the first any broker registered. Alive
+/// brokers of a group all registered the same one (registration refuses another,
+/// `BrokerGroup::replication_clash`); a different one can only be a stopped broker's.
 pub(super) fn group_replication(group: &BrokerGroup) -> pb::ReplicationMode {
     let master = group.master_id.and_then(|id| group.brokers.get(&id));
     let known = master
