@@ -32,7 +32,12 @@
 //!   step, such as the middle of a truncation.
 //! - [`fault`]: a store that failed to write (a full disk, EIO) makes the broker restart itself
 //!   in place, giving mastership up at once; a restarted broker waits for disk space first.
-//! - `src/bin/broker.rs`: the `broker` process. `src/bin/store-bench/`: the store benchmark
+//! - [`server`]: one broker wired (`Broker::start(config)`, `Broker::run_until(stop)`): the
+//!   store, the role, the controller link, the gRPC services, and the clean stop; the binary and
+//!   the tests share it.
+//! - [`link`]: the broker's side of its controller link (`controller-client`'s `BrokerMetadata`
+//!   over the store, topics, retries and role) and the tasks that run it.
+//! - `src/bin/broker.rs`: the `broker` process (configuration, signals, ready lines). `src/bin/store-bench/`: the store benchmark
 //!   against raw-disk baselines measured in the same run (`docs/BENCHMARKS.md`).
 
 pub mod authority;
@@ -41,9 +46,11 @@ pub mod error;
 pub mod fault;
 pub mod groups;
 pub mod lease;
+pub mod link;
 pub mod metrics;
 pub mod retry;
 pub mod role;
+pub mod server;
 pub mod service;
 pub mod store;
 pub mod topics;
