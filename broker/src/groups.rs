@@ -23,6 +23,9 @@
 //!
 //! Record body (little-endian): version u8 (1), group length u16, group, topic length u16,
 //! topic, queue id u32, queue offset u64.
+//!
+//! Why one file of about 620 lines: 540 of code (the offset table, its records, membership and
+//! the gRPC service over them share one state) and 80 of its unit tests.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};

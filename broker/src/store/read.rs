@@ -6,11 +6,14 @@
 //! comparing the tag itself to rule out hash collisions. Statuses follow RocketMQ's
 //! `GetMessageStatus`.
 
+use bytes::Bytes;
+
 use super::commit_log::CommitLog;
 use super::consume_queue::ConsumeQueues;
 use super::error::{Result, StoreError};
 use super::message::StoredMessage;
 use super::record::tag_hash;
+use super::{dispatch, Store};
 
 /// Most consume-queue entries one read examines, so that a filter matching nothing costs a
 /// bounded amount of work per call (the reply's `next_queue_offset` lets the caller go on).
@@ -179,4 +182,61 @@ pub(crate) fn get_messages(
         GetStatus::NoNewMessage
     };
     Ok(result(status, messages, next))
+}
+
+/// The store's reads: what consumers see, what a new master reads of its own log, and what a
+/// master ships. A read that meets a corrupt record reports it to the store's health.
+impl Store {
+    /// Reads messages of one queue; see the module's doc.
+    pub fn get_messages(&self, request: &GetRequest<'_>) -> Result<GetResult> {
+        get_messages(
+            &self.shared.log,
+            &self.shared.queues,
+            self.confirm_offset(),
+            request,
+        )
+    }
+
+    /// Reads messages of one queue from everything written, past the confirm offset, first
+    /// indexing what the dispatcher has not reached yet. Only for a broker that has just become
+    /// master reading its own log's internal records (every record it holds stays in its
+    /// epoch, confirmed or not yet): consumers read with [`Store::get_messages`].
+    pub fn get_messages_written(&self, request: &GetRequest<'_>) -> Result<GetResult> {
+        let write_offset = self.write_offset();
+        dispatch::dispatch_to(
+            &self.shared,
+            &mut self.shared.dispatch.lock().expect("dispatch lock poisoned"),
+            write_offset,
+        )?;
+        get_messages(&self.shared.log, &self.shared.queues, write_offset, request)
+            .inspect_err(|err| self.note_corruption(err))
+    }
+
+    /// A read that found a corrupt record in the log reports it (see `health`): the broker
+    /// leaves the in-sync set and repairs the range, instead of failing every read of it.
+    fn note_corruption(&self, err: &StoreError) {
+        if let (StoreError::Corrupt { reason, .. }, Some(commit_log_offset)) =
+            (err, err.corrupt_commit_log_offset())
+        {
+            self.shared
+                .report_corrupt(commit_log_offset, (*reason).to_owned());
+        }
+    }
+
+    /// Reads the message whose record starts at `commit_log_offset`, if consumers may see it
+    /// (below the confirm offset). For handing a consumed message back (retry).
+    pub fn read_message_at(&self, commit_log_offset: u64) -> Result<StoredMessage> {
+        self.shared
+            .log
+            .read_message_at(commit_log_offset, self.confirm_offset())
+            .inspect_err(|err| self.note_corruption(err))
+    }
+
+    /// Reads whole records from `commit_log_offset` as stored (what a master ships to a slave).
+    pub fn read_raw(&self, commit_log_offset: u64, max_bytes: usize) -> Result<Bytes> {
+        self.shared
+            .log
+            .read_raw(commit_log_offset, max_bytes)
+            .inspect_err(|err| self.note_corruption(err))
+    }
 }
