@@ -83,30 +83,59 @@ impl Default for ControllerConfig {
     }
 }
 
+/// A configuration that cannot be used: the key or rule it breaks.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration is not valid TOML: {0}")]
+    Syntax(#[from] toml::de::Error),
+    #[error("configuration cannot be written as TOML: {0}")]
+    Serialize(#[from] toml::ser::Error),
+    #[error("override {item:?} is not KEY=VALUE")]
+    OverrideShape { item: String },
+    #[error("override {key}: {source}")]
+    OverrideValue {
+        key: String,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("peers: {0}")]
+    Peers(String),
+    /// A rule between keys, said in full.
+    #[error("{0}")]
+    Rule(String),
+    #[error("metrics_listen: {0}")]
+    Metrics(#[from] exporter::ExporterError),
+    #[error("cluster_secret: {0}")]
+    Key(#[from] auth::KeyError),
+}
+
 impl ControllerConfig {
     /// Parses a TOML file's text; unknown keys are errors.
-    pub fn from_toml(text: &str) -> anyhow::Result<ControllerConfig> {
+    pub fn from_toml(text: &str) -> Result<ControllerConfig, ConfigError> {
         Ok(toml::from_str(text)?)
     }
 
     /// Applies `KEY=VALUE` overrides (TOML value syntax), as the broker's `--set` does.
-    pub fn with_overrides(self, overrides: &[String]) -> anyhow::Result<ControllerConfig> {
+    pub fn with_overrides(self, overrides: &[String]) -> Result<ControllerConfig, ConfigError> {
         let mut table = toml::Table::try_from(&self)?;
         for item in overrides {
             let Some((key, value)) = item.split_once('=') else {
-                anyhow::bail!("override {item:?} is not KEY=VALUE");
+                return Err(ConfigError::OverrideShape { item: item.clone() });
             };
             let key = key.trim();
             let parsed: toml::Table = toml::from_str(&format!("v = {}", value.trim()))
                 .or_else(|_| toml::from_str(&format!("v = {:?}", value.trim())))
-                .map_err(|err| anyhow::anyhow!("override {key}: {err}"))?;
+                .map_err(|source| ConfigError::OverrideValue {
+                    key: key.to_owned(),
+                    source,
+                })?;
             table.insert(key.to_owned(), parsed["v"].clone());
         }
         Ok(toml::Value::Table(table).try_into()?)
     }
 
     /// The initial members from `peers`.
-    pub fn peer_map(&self) -> anyhow::Result<BTreeMap<NodeId, String>> {
+    pub fn peer_map(&self) -> Result<BTreeMap<NodeId, String>, ConfigError> {
         let mut peers = BTreeMap::new();
         for item in self
             .peers
@@ -115,59 +144,67 @@ impl ControllerConfig {
             .filter(|s| !s.is_empty())
         {
             let Some((id, addr)) = item.split_once('=') else {
-                anyhow::bail!("peers: {item:?} is not ID=HOST:PORT");
+                return Err(ConfigError::Peers(format!("{item:?} is not ID=HOST:PORT")));
             };
             let id: NodeId = id
                 .trim()
                 .parse()
-                .map_err(|_| anyhow::anyhow!("peers: {id:?} is not a number"))?;
+                .map_err(|_| ConfigError::Peers(format!("{id:?} is not a number")))?;
             if peers.insert(id, addr.trim().to_owned()).is_some() {
-                anyhow::bail!("peers: id {id} is listed twice");
+                return Err(ConfigError::Peers(format!("id {id} is listed twice")));
             }
         }
         Ok(peers)
     }
 
     /// Checks the rules between keys.
-    pub fn validate(&self) -> anyhow::Result<()> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         self.peer_map()?;
         if self.heartbeat_interval_ms == 0 {
-            anyhow::bail!("heartbeat_interval_ms must be above 0");
+            return Err(ConfigError::Rule(
+                "heartbeat_interval_ms must be above 0".to_owned(),
+            ));
         }
         if self.election_timeout_min_ms <= self.heartbeat_interval_ms * 2 {
-            anyhow::bail!("election_timeout_min_ms must be above twice heartbeat_interval_ms");
+            return Err(ConfigError::Rule(
+                "election_timeout_min_ms must be above twice heartbeat_interval_ms".to_owned(),
+            ));
         }
         if self.election_timeout_max_ms <= self.election_timeout_min_ms {
-            anyhow::bail!("election_timeout_max_ms must be above election_timeout_min_ms");
+            return Err(ConfigError::Rule(
+                "election_timeout_max_ms must be above election_timeout_min_ms".to_owned(),
+            ));
         }
         if self.broker_heartbeat_timeout_ms < 100 {
-            anyhow::bail!("broker_heartbeat_timeout_ms must be at least 100");
+            return Err(ConfigError::Rule(
+                "broker_heartbeat_timeout_ms must be at least 100".to_owned(),
+            ));
         }
         if self.broker_lease_ms < BROKER_LEASE_MS_MIN {
-            anyhow::bail!(
+            return Err(ConfigError::Rule(format!(
                 "broker_lease_ms must be at least {BROKER_LEASE_MS_MIN}: a master renews its \
                  lease by heartbeat, and a shorter one runs out between heartbeats"
-            );
+            )));
         }
         if self.lease_margin_ms < LEASE_MARGIN_MS_MIN {
-            anyhow::bail!(
+            return Err(ConfigError::Rule(format!(
                 "lease_margin_ms must be at least {LEASE_MARGIN_MS_MIN}: it covers clock-rate \
                  drift and a master's scheduling delay before it checks its lease"
-            );
+            )));
         }
         let lease_wait_ms = self.broker_lease_ms.saturating_add(self.lease_margin_ms);
         if self.broker_heartbeat_timeout_ms < lease_wait_ms {
-            anyhow::bail!(
+            return Err(ConfigError::Rule(format!(
                 "broker_heartbeat_timeout_ms ({}) must be at least broker_lease_ms + \
                  lease_margin_ms ({} + {} = {lease_wait_ms}): a master whose lease may still \
                  run must not be shown dead to clients",
-                self.broker_heartbeat_timeout_ms,
-                self.broker_lease_ms,
-                self.lease_margin_ms
-            );
+                self.broker_heartbeat_timeout_ms, self.broker_lease_ms, self.lease_margin_ms
+            )));
         }
         if self.snapshot_logs_since_last == 0 {
-            anyhow::bail!("snapshot_logs_since_last must be above 0");
+            return Err(ConfigError::Rule(
+                "snapshot_logs_since_last must be above 0".to_owned(),
+            ));
         }
         self.metrics_listen()?;
         self.cluster_key()?;

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use openraft::{BasicNode, ServerState, SnapshotPolicy};
 use proto::controller::controller_server::ControllerServer;
 use proto::controller::raft_server::RaftServer;
@@ -13,7 +12,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use super::config::ControllerConfig;
+use super::config::{ConfigError, ControllerConfig};
 use super::election::{ElectionContext, ElectionLoop, Timing};
 use super::lease::Leases;
 use super::liveness::Liveness;
@@ -21,7 +20,7 @@ use super::metrics::ControllerSampler;
 use super::network::{NetworkFactory, RaftService, RAFT_MESSAGE_BYTES_MAX};
 use super::service::ControllerService;
 use super::store::{self, SharedState};
-use super::Raft;
+use super::{NodeId, Raft};
 
 /// How often the leader re-evaluates which brokers are alive.
 const LIVENESS_TICK: Duration = Duration::from_millis(100);
@@ -37,16 +36,37 @@ pub struct ControllerNode {
     tasks: Vec<JoinHandle<()>>,
 }
 
+/// Why a controller could not start, or did not stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("open the controller data: {0}")]
+    Store(#[from] store::OpenError),
+    #[error("raft settings: {0}")]
+    RaftConfig(#[from] openraft::ConfigError),
+    #[error("raft: {0}")]
+    Raft(#[from] openraft::error::Fatal<NodeId>),
+    #[error("listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("serve: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    #[error("the server task failed: {0}")]
+    ServerTask(#[source] tokio::task::JoinError),
+}
+
 impl ControllerNode {
     /// Opens the storage, starts Raft and the servers, and initialises the quorum if this is the
     /// first start of a listed peer.
-    pub async fn start(config: ControllerConfig) -> anyhow::Result<ControllerNode> {
+    pub async fn start(config: ControllerConfig) -> Result<ControllerNode, NodeError> {
         config.validate()?;
         let peers = config.peer_map()?;
-        let key = config.cluster_key()?;
-        let (log_store, state_machine) = store::open(&config.data_dir).with_context(|| {
-            format!("open the controller data in {}", config.data_dir.display())
-        })?;
+        let key = config.cluster_key().map_err(ConfigError::Key)?;
+        let (log_store, state_machine) = store::open(&config.data_dir)?;
         let state = state_machine.shared();
         let raft_config = openraft::Config {
             cluster_name: "controller".into(),
@@ -59,8 +79,7 @@ impl ControllerNode {
             max_in_snapshot_log_to_keep: config.logs_kept_after_snapshot,
             ..Default::default()
         }
-        .validate()
-        .context("raft settings")?;
+        .validate()?;
         let raft = Raft::new(
             config.id,
             Arc::new(raft_config),
@@ -68,13 +87,16 @@ impl ControllerNode {
             log_store,
             state_machine,
         )
-        .await
-        .context("start raft")?;
+        .await?;
 
+        let listen_error = |source| NodeError::Listen {
+            addr: config.listen,
+            source,
+        };
         let listener = TcpListener::bind(config.listen)
             .await
-            .with_context(|| format!("listen on {}", config.listen))?;
-        let local_addr = listener.local_addr()?;
+            .map_err(listen_error)?;
+        let local_addr = listener.local_addr().map_err(listen_error)?;
         let liveness = Arc::new(Liveness::new(Duration::from_millis(
             config.broker_heartbeat_timeout_ms,
         )));
@@ -149,7 +171,7 @@ impl ControllerNode {
 
     /// Stops serving and stops Raft. Both: a stopped server with a running Raft would keep
     /// heartbeating as leader (shared/STACK.md).
-    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+    pub async fn shutdown(mut self) -> Result<(), NodeError> {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -158,7 +180,7 @@ impl ControllerNode {
         }
         let _ = self.raft.shutdown().await;
         match tokio::time::timeout(Duration::from_secs(5), &mut self.server).await {
-            Ok(joined) => joined??,
+            Ok(joined) => joined.map_err(NodeError::ServerTask)??,
             Err(_) => {
                 // Streams (route watches) can hold the server open; they end with the process.
                 self.server.abort();

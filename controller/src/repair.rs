@@ -51,7 +51,7 @@ pub enum RepairError {
     Open {
         dir: String,
         #[source]
-        source: anyhow::Error,
+        source: store::OpenError,
     },
     #[error("read the controller store: {0}")]
     Storage(#[from] Box<openraft::StorageError<NodeId>>),

@@ -70,25 +70,58 @@ impl Durable {
     }
 }
 
+/// Why the controller's store could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        what: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("sled database {}: {source}", path.display())]
+    Sled {
+        path: std::path::PathBuf,
+        #[source]
+        source: sled::Error,
+    },
+    #[error("the stored state machine cannot be read: {0}")]
+    State(#[source] serde_json::Error),
+}
+
 /// Opens (or creates) the controller's sled database under `data_dir` and returns its log store
 /// and state machine.
-pub fn open(data_dir: &Path) -> anyhow::Result<(LogStore, StateMachine)> {
-    std::fs::create_dir_all(data_dir)?;
+pub fn open(data_dir: &Path) -> Result<(LogStore, StateMachine), OpenError> {
+    std::fs::create_dir_all(data_dir).map_err(|source| OpenError::Io {
+        what: "create the data directory",
+        path: data_dir.to_path_buf(),
+        source,
+    })?;
     let path = data_dir.join("raft");
+    let sled_error = |source| OpenError::Sled {
+        path: path.clone(),
+        source,
+    };
     let db = sled::Config::new()
         .path(&path)
         // sled flushes on its own every 500 ms by default; durability here comes from the
         // explicit syncs, so that background flush only adds writes.
         .flush_every_ms(None)
         .open()
-        .map_err(|err| anyhow::anyhow!("opening {}: {err}", path.display()))?;
-    let data_file = Arc::new(File::open(path.join("db"))?);
+        .map_err(sled_error)?;
+    let data_path = path.join("db");
+    let data_file = Arc::new(File::open(&data_path).map_err(|source| OpenError::Io {
+        what: "open sled's data file",
+        path: data_path.clone(),
+        source,
+    })?);
     let durable = Durable { db, data_file };
-    let log = durable.db.open_tree("log")?;
-    let meta = durable.db.open_tree("meta")?;
-    let sm = durable.db.open_tree("sm")?;
-    let machine: MachineData = match sm.get(MACHINE_KEY)? {
-        Some(bytes) => serde_json::from_slice(&bytes)?,
+    let log = durable.db.open_tree("log").map_err(sled_error)?;
+    let meta = durable.db.open_tree("meta").map_err(sled_error)?;
+    let sm = durable.db.open_tree("sm").map_err(sled_error)?;
+    let machine: MachineData = match sm.get(MACHINE_KEY).map_err(sled_error)? {
+        Some(bytes) => serde_json::from_slice(&bytes).map_err(OpenError::State)?,
         None => MachineData::default(),
     };
     let (changes, _) = watch::channel(machine.last_applied.map(|id| id.index).unwrap_or(0));

@@ -52,7 +52,7 @@ fn main() -> Result<()> {
         .init();
     let cli = Cli::parse();
     if let Some(point) = &cli.failpoint {
-        broker::store::failpoint::arm(point).map_err(anyhow::Error::msg)?;
+        broker::store::failpoint::arm(point)?;
     }
     let config = load_config(&cli)?;
     tokio::runtime::Builder::new_multi_thread()

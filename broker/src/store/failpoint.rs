@@ -27,14 +27,23 @@ static ARMED: OnceLock<&'static str> = OnceLock::new();
 
 /// Arms point `name` for this process; once, before the store opens. An unknown name is an
 /// error, so a misspelt test fails at once instead of never reaching its point.
-pub fn arm(name: &str) -> Result<(), String> {
-    let known = ALL
-        .iter()
-        .find(|point| **point == name)
-        .ok_or_else(|| format!("unknown failpoint {name:?}; known: {}", ALL.join(", ")))?;
-    ARMED
-        .set(known)
-        .map_err(|_| "a failpoint is already armed".to_owned())
+pub fn arm(name: &str) -> Result<(), FailpointError> {
+    let known =
+        ALL.iter()
+            .find(|point| **point == name)
+            .ok_or_else(|| FailpointError::Unknown {
+                name: name.to_owned(),
+            })?;
+    ARMED.set(known).map_err(|_| FailpointError::AlreadyArmed)
+}
+
+/// Why a failpoint could not be armed.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FailpointError {
+    #[error("unknown failpoint {name:?}; known: {}", ALL.join(", "))]
+    Unknown { name: String },
+    #[error("a failpoint is already armed")]
+    AlreadyArmed,
 }
 
 /// If point `name` is armed: says so in the log and blocks this thread for good (the test kills
