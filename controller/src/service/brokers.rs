@@ -65,11 +65,7 @@ impl ControllerService {
                 ))
             }
         };
-        let replication = match pb::ReplicationMode::try_from(req.replication) {
-            Ok(pb::ReplicationMode::AsyncMaster) => ReplicationMode::Async,
-            Ok(pb::ReplicationMode::SyncMaster) => ReplicationMode::Sync,
-            _ => ReplicationMode::Unknown,
-        };
+        let replication = replication_from_wire(req.replication);
         self.refuse_replication_clash(&req.group, req.broker_id, replication)?;
         self.write(Command::RegisterBroker {
             cluster: req.cluster,

@@ -43,10 +43,25 @@ pub(super) fn group_replication(group: &BrokerGroup) -> pb::ReplicationMode {
                 .map(|b| b.replication)
                 .find(|mode| *mode != ReplicationMode::Unknown)
         });
-    match known {
-        Some(ReplicationMode::Async) => pb::ReplicationMode::AsyncMaster,
-        Some(ReplicationMode::Sync) => pb::ReplicationMode::SyncMaster,
-        _ => pb::ReplicationMode::Unspecified,
+    replication_to_wire(known.unwrap_or_default())
+}
+
+/// A registered replication mode as the wire says it.
+pub(super) fn replication_to_wire(mode: ReplicationMode) -> pb::ReplicationMode {
+    match mode {
+        ReplicationMode::Async => pb::ReplicationMode::AsyncMaster,
+        ReplicationMode::Sync => pb::ReplicationMode::SyncMaster,
+        ReplicationMode::Unknown => pb::ReplicationMode::Unspecified,
+    }
+}
+
+/// A registration's replication mode (a wire enum number); any number that is not a master's
+/// mode (a static slave sends none) registers as `Unknown`.
+pub(super) fn replication_from_wire(mode: i32) -> ReplicationMode {
+    match pb::ReplicationMode::try_from(mode) {
+        Ok(pb::ReplicationMode::AsyncMaster) => ReplicationMode::Async,
+        Ok(pb::ReplicationMode::SyncMaster) => ReplicationMode::Sync,
+        _ => ReplicationMode::Unknown,
     }
 }
 
