@@ -5,10 +5,8 @@ use std::path::{Path, PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto_dir = Path::new("proto");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(proto_dir)?
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|path| path.extension().is_some_and(|ext| ext == "proto"))
-        .collect();
+    let mut files = Vec::new();
+    collect_protos(proto_dir, &mut files)?;
     // Sorted so that generated code does not depend on directory order.
     files.sort();
     println!("cargo:rerun-if-changed={}", proto_dir.display());
@@ -19,5 +17,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .bytes(".")
         .compile_fds(descriptors)?;
+    Ok(())
+}
+
+/// Every `.proto` under `dir`, at any depth (RocketMQ 5's files sit in `apache/rocketmq/v2/`,
+/// the path their imports name).
+fn collect_protos(dir: &Path, files: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            collect_protos(&path, files)?;
+        } else if path.extension().is_some_and(|ext| ext == "proto") {
+            files.push(path);
+        }
+    }
     Ok(())
 }

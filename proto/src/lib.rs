@@ -7,6 +7,8 @@
 //!   stable code.
 //! - [`controller`]: the controller quorum (Raft between controllers; routes, heartbeats, topics,
 //!   cluster and quorum status), and [`CONTROLLER_LEADER_METADATA_KEY`].
+//! - [`v5`]: RocketMQ 5's gRPC API (`apache.rocketmq.v2`, `MessagingService`), wire-exact with
+//!   upstream's definitions, which the official clients speak.
 //! - [`replication`]: the log stream from a group's master to each slave, and ha status; and
 //!   [`MASTER_ADDR_METADATA_KEY`], where a slave's `NOT_MASTER` refusal names its master.
 //! - [`dial`]: reading an address list and building the endpoint every node and client dials
@@ -22,6 +24,13 @@
 /// shape lints (its service dispatch is one long match).
 #[allow(clippy::too_many_lines)]
 pub mod generated {
+    pub mod apache {
+        pub mod rocketmq {
+            pub mod v2 {
+                tonic::include_proto!("apache.rocketmq.v2");
+            }
+        }
+    }
     pub mod broker {
         pub mod common {
             pub mod v1 {
@@ -55,6 +64,9 @@ pub use generated::broker::client::v1 as client;
 /// The controller quorum's services (`broker.controller.v1`): Raft between controllers, the name
 /// service and administration.
 pub use generated::broker::controller::v1 as controller;
+
+/// RocketMQ 5's gRPC API (`apache.rocketmq.v2`), which the official clients speak.
+pub use generated::apache::rocketmq::v2 as v5;
 
 /// Log shipping from master to slaves (`broker.replication.v1`).
 pub use generated::broker::replication::v1 as replication;

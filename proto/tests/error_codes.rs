@@ -159,3 +159,24 @@ fn every_code_is_pinned_once() {
     }
     assert_eq!(codes.len(), UPSTREAM_SHARED.len() + OURS_ONLY.len());
 }
+
+/// The v5 API's `Code` (compiled from our copy of upstream's `definition.proto`) is upstream's
+/// table exactly: every code of both tables above with its number, and nothing else.
+#[test]
+fn the_v5_wire_code_enum_is_upstreams_table() {
+    use proto::v5::Code;
+    let upstream: Vec<(&str, i32)> = UPSTREAM_SHARED
+        .iter()
+        .chain(UPSTREAM_NOT_OURS)
+        .copied()
+        .collect();
+    for &(name, number) in &upstream {
+        let code = Code::from_str_name(name)
+            .unwrap_or_else(|| panic!("{name} is upstream's, but proto::v5::Code lacks it"));
+        assert_eq!(code as i32, number, "{name}: the v5 wire differs from upstream");
+    }
+    let defined = (0..100_000)
+        .filter(|number| Code::try_from(*number).is_ok())
+        .count();
+    assert_eq!(defined, upstream.len(), "proto::v5::Code has codes upstream has not");
+}

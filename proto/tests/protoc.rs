@@ -8,12 +8,20 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// Every `.proto` under `dir`, at any depth, sorted.
 fn proto_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .expect("read proto/proto")
-        .map(|entry| entry.expect("directory entry").path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "proto"))
-        .collect();
+    let mut files = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read a proto directory") {
+            let path = entry.expect("directory entry").path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|ext| ext == "proto") {
+                files.push(path);
+            }
+        }
+    }
     files.sort();
     files
 }
@@ -24,10 +32,12 @@ fn every_proto_compiles_with_stock_protoc() {
     let proto_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("proto");
     let files = proto_files(&proto_dir);
     assert!(
-        files.len() >= 4,
+        files.len() >= 6,
         "expected the cluster's .proto files in {}: {files:?}",
         proto_dir.display()
     );
+    // Google's well-known types (Duration, Timestamp), which RocketMQ 5's files import.
+    let well_known = protoc_bin_vendored::include_path().expect("protoc's bundled includes");
     let out = output_dir();
     // One file at a time, so that a failure names its file; imports resolve through -I.
     for file in &files {
@@ -35,6 +45,8 @@ fn every_proto_compiles_with_stock_protoc() {
         let output = Command::new(&protoc)
             .arg("-I")
             .arg(&proto_dir)
+            .arg("-I")
+            .arg(&well_known)
             .arg(format!(
                 "--descriptor_set_out={}",
                 out.join(format!("{name}.pb")).display()
