@@ -90,6 +90,15 @@ pub struct BrokerSettings {
     /// port would make all but the first fail to start. Port 0 picks a free port, printed as
     /// `metrics listening on ADDR`.
     pub metrics_listen: String,
+    /// `HOST:PORT` of RocketMQ 5's gRPC API (`apache.rocketmq.v2`, docs/CLIENTS.md), which the
+    /// official clients speak; empty: off. RocketMQ's proxy serves it on 8081; off by default
+    /// for the same reason as `metrics_listen`. Port 0 picks a free port, printed as
+    /// `v5 listening on ADDR`.
+    pub v5_listen: String,
+    /// The address RocketMQ 5 clients reach the v5 API at, registered with the controller and
+    /// given in routes. Empty: the address it listens on (which must then not be 0.0.0.0 when
+    /// `controller_addr` is set).
+    pub v5_advertised_addr: String,
 }
 
 /// The `broker_role` key as written. A value outside these is refused when the configuration is
@@ -192,6 +201,20 @@ impl BrokerSettings {
         }
     }
 
+    /// The v5 API's address; `None` when `v5_listen` is empty (off).
+    pub fn v5_listen(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        if self.v5_listen.is_empty() {
+            return Ok(None);
+        }
+        self.v5_listen
+            .parse()
+            .map(Some)
+            .map_err(|_| ConfigError::Value {
+                key: "v5_listen".to_owned(),
+                reason: format!("{:?} is not HOST:PORT", self.v5_listen),
+            })
+    }
+
     /// The metrics endpoint's address; `None` when `metrics_listen` is empty (off).
     pub fn metrics_listen(&self) -> Result<Option<SocketAddr>, ExporterError> {
         exporter::parse_listen(&self.metrics_listen)
@@ -235,6 +258,8 @@ impl Default for BrokerSettings {
             replication_inflight_bytes_max: 16 << 20,
             replication_keepalive_ms: 500,
             metrics_listen: String::new(),
+            v5_listen: String::new(),
+            v5_advertised_addr: String::new(),
         }
     }
 }
@@ -375,6 +400,16 @@ impl BrokerConfig {
         }
         self.validate_replication()?;
         self.broker.metrics_listen()?;
+        let v5 = self.broker.v5_listen()?;
+        if let Some(v5) = v5.filter(|_| !self.broker.controller_addr.is_empty()) {
+            if self.broker.v5_advertised_addr.is_empty() && v5.ip().is_unspecified() {
+                return Err(ConfigError::Rule {
+                    field: "v5_advertised_addr",
+                    reason: "must be set when v5_listen is 0.0.0.0 and controller_addr is set: \
+                             RocketMQ 5 clients need an address they can reach",
+                });
+            }
+        }
         if self.broker.broker_name.is_empty() {
             return Err(ConfigError::Rule {
                 field: "broker_name",

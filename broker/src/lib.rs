@@ -55,3 +55,4 @@ pub mod service;
 pub mod store;
 pub mod topics;
 pub mod transition;
+pub mod v5;

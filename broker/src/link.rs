@@ -153,6 +153,7 @@ impl LinkTask {
 pub async fn start_controller_link(
     config: &BrokerConfig,
     advertised: String,
+    v5_advertised: String,
     store: Arc<Store>,
     topics: Arc<TopicRegistry>,
     retry: Arc<RetryState>,
@@ -171,6 +172,7 @@ pub async fn start_controller_link(
         },
         incarnation: new_incarnation(),
         election_priority: settings.election_priority,
+        v5_addr: v5_advertised,
         replication: if settings.is_slave() {
             ReplicationMode::Unspecified
         } else if settings.sync_master() {

@@ -34,6 +34,9 @@ use crate::role::{InitialRole, RoleCell, RoleContext};
 use crate::service::BrokerService;
 use crate::store::{ConfirmMode, FlushDiskType, Store, StoreError};
 use crate::topics::TopicRegistry;
+use crate::v5::route::RouteSourceError;
+use crate::v5::V5Service;
+use proto::v5::messaging_service_server::MessagingServiceServer;
 
 /// How long a slave waits for its master's TCP connection.
 const REPLICA_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -71,6 +74,10 @@ pub enum StartError {
     Key(#[from] auth::KeyError),
     #[error("controller link: {0}")]
     Link(#[from] LinkStartError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("v5 API: {0}")]
+    V5(#[from] RouteSourceError),
 }
 
 /// Why a running broker stopped other than when told to.
@@ -95,6 +102,9 @@ pub enum RunError {
 pub struct Broker {
     local_addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
+    v5_addr: Option<SocketAddr>,
+    /// The v5 API's server, on its own port; it stops with the native one.
+    v5_server: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
     store: Arc<Store>,
     role: Arc<RoleCell>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
@@ -171,6 +181,7 @@ impl Broker {
         } else {
             settings.advertised_addr.clone()
         };
+        let (v5_listener, v5_addr, v5_advertised) = bind_v5(settings).await?;
         tracing::info!(
             addr = %local_addr,
             broker_name = %settings.broker_name,
@@ -229,6 +240,7 @@ impl Broker {
             let started = start_controller_link(
                 &config,
                 advertised,
+                v5_advertised.clone(),
                 store.clone(),
                 topics.clone(),
                 retry.clone(),
@@ -249,7 +261,32 @@ impl Broker {
                 keepalive: Duration::from_millis(settings.replication_keepalive_ms),
             },
         );
-        let service = BrokerService::new(store.clone(), topics, settings.clone(), role.clone());
+        let service = Arc::new(BrokerService::new(
+            store.clone(),
+            topics.clone(),
+            settings.clone(),
+            role.clone(),
+        ));
+        let (stopping, stop_requested) = watch::channel(false);
+        let v5_server = match v5_listener {
+            Some(listener) => {
+                let v5 = V5Service::new(
+                    service.clone(),
+                    topics,
+                    settings,
+                    &config.store,
+                    v5_advertised,
+                )?;
+                let request_bytes_max = config.store.batch_bytes_max + REQUEST_OVERHEAD_BYTES;
+                Some(tokio::spawn(serve_v5(
+                    v5,
+                    listener,
+                    request_bytes_max,
+                    stop_requested.clone(),
+                )))
+            }
+            None => None,
+        };
         // Room for the largest batch the store takes, so that an oversized message reaches the
         // service's checks and gets its own error code instead of a transport error.
         let request_bytes_max = config.store.batch_bytes_max + REQUEST_OVERHEAD_BYTES;
@@ -263,12 +300,12 @@ impl Broker {
                 }
             })
         });
-        let (stopping, mut stop_requested) = watch::channel(false);
+        let mut stop_requested = stop_requested;
         let server = tonic::transport::Server::builder()
             // The log stream only to members (the auth crate); client calls pass untouched.
             .layer(auth::MemberGuardLayer::new(cluster_key))
             .add_service(
-                BrokerServer::new(service)
+                BrokerServer::from_arc(service)
                     .max_decoding_message_size(request_bytes_max)
                     .max_encoding_message_size(
                         crate::service::PULL_BYTES_MAX as usize + REQUEST_OVERHEAD_BYTES,
@@ -290,6 +327,8 @@ impl Broker {
         Ok(Broker {
             local_addr,
             metrics_addr,
+            v5_addr,
+            v5_server,
             store,
             role,
             server: tokio::spawn(server),
@@ -303,6 +342,11 @@ impl Broker {
     /// The address it serves on (with `listen` port 0, the port the system chose).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where its RocketMQ 5 API serves, when `v5_listen` is set.
+    pub fn v5_addr(&self) -> Option<SocketAddr> {
+        self.v5_addr
     }
 
     /// Where its `/metrics` endpoint serves, when `metrics_listen` is set.
@@ -348,6 +392,16 @@ impl Broker {
                 }
             }
         }
+        if let Some(v5_server) = self.v5_server.take() {
+            // Its sends went through the native server, which has ended: what is left are
+            // telemetry streams, which a client reopens elsewhere.
+            if tokio::time::timeout(STOP_STREAMS_GRACE, v5_server)
+                .await
+                .is_err()
+            {
+                tracing::info!("v5 connections still open: closing them");
+            }
+        }
         // Every request has ended: the controller may show this broker not alive now.
         if let Some(link) = self.link.take() {
             link.stop().await;
@@ -378,6 +432,47 @@ fn served_error(
         Err(err) => RunError::ServerTask(err),
         Ok(Ok(())) => RunError::ServerEnded,
     }
+}
+
+/// The v5 API's listener when `v5_listen` is set, the address it bound, and the address
+/// clients are given (`v5_advertised_addr`, else the bound one; empty when off).
+async fn bind_v5(
+    settings: &crate::config::BrokerSettings,
+) -> Result<(Option<TcpListener>, Option<SocketAddr>, String), StartError> {
+    let Some(addr) = settings.v5_listen()? else {
+        return Ok((None, None, String::new()));
+    };
+    let listen_error = |source| StartError::Listen { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(listen_error)?;
+    let bound = listener.local_addr().map_err(listen_error)?;
+    let advertised = if settings.v5_advertised_addr.is_empty() {
+        bound.to_string()
+    } else {
+        settings.v5_advertised_addr.clone()
+    };
+    Ok((Some(listener), Some(bound), advertised))
+}
+
+/// Serves the v5 API on `listener` until `stop` says so.
+async fn serve_v5(
+    v5: V5Service,
+    listener: TcpListener,
+    request_bytes_max: usize,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), tonic::transport::Error> {
+    let incoming = TcpListenerStream::new(listener).map(|stream| {
+        stream.inspect(|s| {
+            if let Err(err) = s.set_nodelay(true) {
+                tracing::warn!(error = %err, "could not disable Nagle's algorithm on a connection");
+            }
+        })
+    });
+    tonic::transport::Server::builder()
+        .add_service(MessagingServiceServer::new(v5).max_decoding_message_size(request_bytes_max))
+        .serve_with_incoming_shutdown(incoming, async move {
+            let _ = stop.wait_for(|stop| *stop).await;
+        })
+        .await
 }
 
 /// What the role needs: the store, the consumer groups and retries, and the replication

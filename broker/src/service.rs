@@ -98,7 +98,11 @@ impl BrokerService {
         self.topics.check_queue(topic, queue_id)
     }
 
-    async fn send(&self, request: wire::SendRequest) -> Result<wire::SendResponse, BrokerError> {
+    /// A send, as the `Send` RPC and the v5 API's `SendMessage` make it.
+    pub async fn send(
+        &self,
+        request: wire::SendRequest,
+    ) -> Result<wire::SendResponse, BrokerError> {
         if request.messages.is_empty() || request.messages.len() > SEND_BATCH_MESSAGES_MAX {
             return Err(BrokerError::BadRequest {
                 reason: "a send holds 1 to 1024 messages",

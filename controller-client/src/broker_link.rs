@@ -140,6 +140,8 @@ pub struct BrokerIdentity {
     pub election_priority: u32,
     /// How it replicates as master (unspecified for a static slave).
     pub replication: pb::ReplicationMode,
+    /// Where RocketMQ 5 clients reach it (empty: it does not serve the v5 API).
+    pub v5_addr: String,
 }
 
 /// Why the link gave up.
@@ -296,6 +298,7 @@ impl ControllerLink {
             incarnation: id.incarnation,
             election_priority: id.election_priority,
             replication: id.replication as i32,
+            v5_addr: id.v5_addr.clone(),
             log_epoch: self.metadata.log_epoch(),
             max_offset: self.metadata.max_offset(),
         };

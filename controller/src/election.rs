@@ -751,6 +751,7 @@ mod tests {
                     incarnation: 100 + id,
                     election_priority: 0,
                     replication: ReplicationMode::Unknown,
+                    v5_addr: String::new(),
                 },
             )
         };

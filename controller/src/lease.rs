@@ -239,6 +239,7 @@ mod tests {
             incarnation: 100 + id,
             election_priority: 0,
             replication: ReplicationMode::Sync,
+            v5_addr: String::new(),
         };
         let mut state = ClusterState::default();
         state.groups.insert(

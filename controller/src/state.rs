@@ -92,6 +92,10 @@ pub struct BrokerInfo {
     pub election_priority: u32,
     #[serde(default)]
     pub replication: ReplicationMode,
+    /// Where RocketMQ 5 clients reach its `apache.rocketmq.v2` service; empty when it does not
+    /// serve it (and in state written before it could).
+    #[serde(default)]
+    pub v5_addr: String,
 }
 
 /// A broker group (RocketMQ's brokerName): one master, its slaves, and who is in sync.
@@ -396,6 +400,11 @@ impl ClusterState {
         if broker.addr.is_empty() || broker.addr.len() > ADDR_BYTES_MAX {
             return Err(CommandError::Invalid(format!(
                 "broker address must be 1 to {ADDR_BYTES_MAX} bytes"
+            )));
+        }
+        if broker.v5_addr.len() > ADDR_BYTES_MAX {
+            return Err(CommandError::Invalid(format!(
+                "a broker's v5 address must be at most {ADDR_BYTES_MAX} bytes"
             )));
         }
         if let Some(group) = self.groups.get(group_name) {
@@ -744,6 +753,7 @@ mod tests {
             incarnation: 100 + id,
             election_priority: 0,
             replication: ReplicationMode::Unknown,
+            v5_addr: String::new(),
         }
     }
 

@@ -207,6 +207,7 @@ mod tests {
                     incarnation: 100 + id,
                     election_priority: 0,
                     replication: ReplicationMode::Sync,
+                    v5_addr: String::new(),
                 },
             )
         };

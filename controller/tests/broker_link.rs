@@ -115,6 +115,7 @@ fn identity(broker_id: u64, role: pb::BrokerRole) -> BrokerIdentity {
         incarnation: 1,
         election_priority: 0,
         replication: pb::ReplicationMode::Unspecified,
+        v5_addr: String::new(),
     }
 }
 

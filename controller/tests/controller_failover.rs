@@ -169,6 +169,7 @@ impl Broker {
             incarnation,
             election_priority: 0,
             replication: pb::ReplicationMode::Unspecified,
+            v5_addr: String::new(),
         };
         let mut link = ControllerLink::new(controller, identity, state.clone(), key()).unwrap();
         *state.wake.lock().unwrap() = Some(link.wake_handle());

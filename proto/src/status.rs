@@ -234,6 +234,24 @@ pub fn bounded_message(message: impl Into<String>) -> String {
     message
 }
 
+/// The RocketMQ 5 API's code for an error code: in the v5 API (`crate::v5`) an answer carries
+/// `Status{code, message}` in its body, with upstream's numbers. Every error code upstream also
+/// has is the same number there (`tests/error_codes.rs` pins it); the cluster's own four map to
+/// the upstream code that says the same to an official client.
+pub fn v5_code(code: ErrorCode) -> crate::v5::Code {
+    use crate::v5::Code;
+    match code {
+        // No master in the group now (an election is running): the group's high availability
+        // is what is missing, and the client tries again.
+        ErrorCode::NotMaster => Code::HaNotAvailable,
+        // The controller quorum, this broker's upstream, did not answer in time.
+        ErrorCode::ControllerNotAvailable => Code::ProxyTimeout,
+        ErrorCode::Conflict => Code::PreconditionFailed,
+        ErrorCode::BrokerGroupNotFound => Code::NotFound,
+        shared => Code::try_from(shared as i32).unwrap_or(Code::InternalError),
+    }
+}
+
 /// A name taken from a request, as an error message shows it: quoted as `{:?}` does, and past
 /// [`ECHOED_NAME_CHARS_MAX`] characters cut, with its length in bytes after it.
 pub struct Echo<'a>(pub &'a str);
@@ -393,6 +411,25 @@ mod tests {
                 ),
                 "{code:?}"
             );
+        }
+    }
+
+    #[test]
+    fn every_error_code_has_a_v5_code_with_its_number_where_upstream_has_one() {
+        for number in 0..100_000 {
+            let Ok(code) = ErrorCode::try_from(number) else {
+                continue;
+            };
+            let v5 = v5_code(code);
+            if crate::v5::Code::try_from(number).is_ok() {
+                assert_eq!(v5 as i32, number, "{code:?}");
+            } else {
+                assert_ne!(
+                    v5,
+                    crate::v5::Code::InternalError,
+                    "{code:?} has no mapping"
+                );
+            }
         }
     }
 }

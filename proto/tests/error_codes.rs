@@ -173,10 +173,17 @@ fn the_v5_wire_code_enum_is_upstreams_table() {
     for &(name, number) in &upstream {
         let code = Code::from_str_name(name)
             .unwrap_or_else(|| panic!("{name} is upstream's, but proto::v5::Code lacks it"));
-        assert_eq!(code as i32, number, "{name}: the v5 wire differs from upstream");
+        assert_eq!(
+            code as i32, number,
+            "{name}: the v5 wire differs from upstream"
+        );
     }
     let defined = (0..100_000)
         .filter(|number| Code::try_from(*number).is_ok())
         .count();
-    assert_eq!(defined, upstream.len(), "proto::v5::Code has codes upstream has not");
+    assert_eq!(
+        defined,
+        upstream.len(),
+        "proto::v5::Code has codes upstream has not"
+    );
 }

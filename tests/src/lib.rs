@@ -121,25 +121,37 @@ pub fn log_mentions(path: &Path, needle: &str) -> usize {
 /// Reads a starting process's stdout up to its ready line, `<ready_prefix>ADDR`, and answers
 /// ADDR and, if the process printed `metrics listening on ADDR` before it (`metrics_listen` set),
 /// that address.
-fn read_ready_line(child: &mut Child, ready_prefix: &str) -> (String, Option<String>) {
+fn read_ready_line(child: &mut Child, ready_prefix: &str) -> ReadyLines {
     let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
-    let mut metrics_addr = None;
+    let mut ready = ReadyLines::default();
     loop {
         let mut line = String::new();
         stdout
             .read_line(&mut line)
             .expect("read the process's stdout");
         if let Some(addr) = line.trim().strip_prefix("metrics listening on ") {
-            metrics_addr = Some(addr.to_owned());
+            ready.metrics_addr = Some(addr.to_owned());
             continue;
         }
-        let addr = line
+        if let Some(addr) = line.trim().strip_prefix("v5 listening on ") {
+            ready.v5_addr = Some(addr.to_owned());
+            continue;
+        }
+        ready.addr = line
             .trim()
             .strip_prefix(ready_prefix)
             .unwrap_or_else(|| panic!("unexpected line {line:?} before {ready_prefix:?}"))
             .to_owned();
-        return (addr, metrics_addr);
+        return ready;
     }
+}
+
+/// What a process printed before it served: its address, and its other listeners'.
+#[derive(Default)]
+struct ReadyLines {
+    addr: String,
+    metrics_addr: Option<String>,
+    v5_addr: Option<String>,
 }
 
 /// A `broker` process on 127.0.0.1 with an ephemeral port. Killed when dropped.
@@ -147,6 +159,7 @@ pub struct BrokerProcess {
     child: Child,
     addr: String,
     metrics_addr: Option<String>,
+    v5_addr: Option<String>,
 }
 
 impl BrokerProcess {
@@ -176,11 +189,12 @@ impl BrokerProcess {
             .stderr(log)
             .spawn()
             .expect("start the broker");
-        let (addr, metrics_addr) = read_ready_line(&mut child, "broker listening on ");
+        let ready = read_ready_line(&mut child, "broker listening on ");
         BrokerProcess {
             child,
-            addr,
-            metrics_addr,
+            addr: ready.addr,
+            metrics_addr: ready.metrics_addr,
+            v5_addr: ready.v5_addr,
         }
     }
 
@@ -192,6 +206,11 @@ impl BrokerProcess {
     /// `host:port` of its `/metrics` endpoint, when started with `metrics_listen` set.
     pub fn metrics_addr(&self) -> Option<&str> {
         self.metrics_addr.as_deref()
+    }
+
+    /// `host:port` of its RocketMQ 5 API, when started with `v5_listen` set.
+    pub fn v5_addr(&self) -> Option<&str> {
+        self.v5_addr.as_deref()
     }
 
     /// Sends a signal (SIGTERM, SIGKILL, SIGSTOP, ...).
@@ -405,7 +424,7 @@ impl ControllerQuorum {
             .stderr(log)
             .spawn()
             .expect("start the controller");
-        (_, member.metrics_addr) = read_ready_line(&mut child, "controller listening on ");
+        member.metrics_addr = read_ready_line(&mut child, "controller listening on ").metrics_addr;
         member.child = Some(child);
     }
 

@@ -63,6 +63,7 @@ fn controlled_broker(controller: String, id: u64, max_offset: u64) -> tokio::tas
                 replication: pb::ReplicationMode::SyncMaster as i32,
                 log_epoch: 1,
                 max_offset,
+                ..Default::default()
             })
             .await
             .unwrap()

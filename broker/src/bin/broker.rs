@@ -96,6 +96,9 @@ async fn serve(config: BrokerConfig) -> Result<()> {
     if let Some(addr) = broker.metrics_addr() {
         announce(&format!("metrics listening on {addr}"));
     }
+    if let Some(addr) = broker.v5_addr() {
+        announce(&format!("v5 listening on {addr}"));
+    }
     announce(&format!("broker listening on {}", broker.local_addr()));
     let stop = async {
         tokio::select! {

@@ -77,6 +77,7 @@ impl ControllerService {
                 incarnation: req.incarnation,
                 election_priority: req.election_priority,
                 replication,
+                v5_addr: req.v5_addr,
             },
         })
         .await?;

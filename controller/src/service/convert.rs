@@ -146,6 +146,7 @@ pub fn topic_route(
                                             pb::BrokerRole::Slave as i32
                                         },
                                         alive: alive(group_name, b.id),
+                                        v5_addr: b.v5_addr.clone(),
                                     })
                                     .collect()
                             })
@@ -197,6 +198,7 @@ mod tests {
                     incarnation: 1,
                     election_priority: 0,
                     replication: ReplicationMode::Unknown,
+                    v5_addr: String::new(),
                 },
             )
         };

@@ -1,0 +1,414 @@
+//! `SendMessage`: a RocketMQ 5 producer's messages through the broker's own send path.
+//!
+//! Each message becomes a native send to its queue (`BrokerService::send`), so `OK` keeps
+//! exactly the promise `SEND_OK` keeps: under `SYNC_FLUSH` the record is fsynced, under
+//! `SYNC_MASTER` the in-sync set holds it. The other outcomes map to upstream's codes:
+//! `FLUSH_DISK_TIMEOUT` to MASTER_PERSISTENCE_TIMEOUT, `FLUSH_SLAVE_TIMEOUT` to
+//! SLAVE_PERSISTENCE_TIMEOUT, `SLAVE_NOT_AVAILABLE` to HA_NOT_AVAILABLE; never OK.
+//!
+//! A broker that is not its group's master hands the send to the master it knows, over the
+//! native API; while the group has no master (an election), it waits for one, within
+//! [`MASTER_PATIENCE`]: below the clients' request timeout (3 s), so that a failover costs the
+//! application a pause, not an error.
+//!
+//! Types: NORMAL, and FIFO (its message group is kept in the `__SHARDINGKEY` property, as
+//! RocketMQ keeps it, and handed back on delivery). DELAY, TRANSACTION and the rest are refused
+//! with a clear status, never sent as normal messages.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use proto::client as native;
+use proto::client::broker_client::BrokerClient;
+use proto::common::{ErrorCode, SendStatus};
+use proto::v5;
+use tonic::transport::Channel;
+
+use super::status::{ok, refused, status};
+use crate::error::BrokerError;
+use crate::service::BrokerService;
+
+/// Property that holds a FIFO message's group (RocketMQ's `__SHARDINGKEY`).
+pub const PROPERTY_MESSAGE_GROUP: &str = "__SHARDINGKEY";
+/// Longest a send waits for its group to have a reachable master.
+pub const MASTER_PATIENCE: Duration = Duration::from_millis(2500);
+/// Pause between looks for a master while the group has none.
+const MASTER_POLL: Duration = Duration::from_millis(50);
+/// Longest the TCP connect to the master may take.
+const MASTER_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// Most messages in one v5 send (the native API's batch bound).
+const SEND_MESSAGES_MAX: usize = crate::service::SEND_BATCH_MESSAGES_MAX;
+/// Longest message group accepted.
+const MESSAGE_GROUP_BYTES_MAX: usize = 255;
+
+/// Sends v5 messages through the broker.
+pub struct Sender {
+    native: Arc<BrokerService>,
+    max_body_bytes: u32,
+    /// Native clients of masters this broker handed sends to, by address.
+    masters: Mutex<HashMap<String, BrokerClient<Channel>>>,
+}
+
+impl Sender {
+    pub fn new(native: Arc<BrokerService>, max_body_bytes: u32) -> Sender {
+        Sender {
+            native,
+            max_body_bytes,
+            masters: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The answer to `request`: one entry per message, in order; the top-level status is the
+    /// first failure's, or OK when every message was sent (the official clients read only it).
+    pub async fn send(&self, request: v5::SendMessageRequest) -> v5::SendMessageResponse {
+        if request.messages.is_empty() || request.messages.len() > SEND_MESSAGES_MAX {
+            return v5::SendMessageResponse {
+                status: Some(status(
+                    v5::Code::BadRequest,
+                    format!("a send holds 1 to {SEND_MESSAGES_MAX} messages"),
+                )),
+                entries: Vec::new(),
+            };
+        }
+        let mut entries = Vec::with_capacity(request.messages.len());
+        for message in request.messages {
+            entries.push(self.send_one(message).await);
+        }
+        let status = entries
+            .iter()
+            .filter_map(|entry| entry.status.clone())
+            .find(|status| status.code != v5::Code::Ok as i32)
+            .unwrap_or_else(ok);
+        v5::SendMessageResponse {
+            status: Some(status),
+            entries,
+        }
+    }
+
+    async fn send_one(&self, message: v5::Message) -> v5::SendResultEntry {
+        let message_id = message
+            .system_properties
+            .as_ref()
+            .map(|p| p.message_id.clone())
+            .unwrap_or_default();
+        let entry = |status, offset| v5::SendResultEntry {
+            status: Some(status),
+            message_id: message_id.clone(),
+            transaction_id: String::new(),
+            offset,
+            recall_handle: String::new(),
+        };
+        let request = match to_native(message, self.max_body_bytes) {
+            Ok(request) => request,
+            Err(refusal) => return entry(refusal, 0),
+        };
+        match self.send_through_master(request).await {
+            Ok(answer) => {
+                let status = send_status(answer.status);
+                // Queue offsets fit i64 for 2^63 messages.
+                entry(status, answer.queue_offset as i64)
+            }
+            Err(refusal) => entry(refusal, 0),
+        }
+    }
+
+    /// Sends on this broker if it is the group's master, else on the master it names, waiting
+    /// for one while there is none, within [`MASTER_PATIENCE`].
+    async fn send_through_master(
+        &self,
+        request: native::SendRequest,
+    ) -> Result<native::SendResponse, v5::Status> {
+        let deadline = tokio::time::Instant::now() + MASTER_PATIENCE;
+        loop {
+            let master_addr = match self.native.send(request.clone()).await {
+                Ok(answer) => return Ok(answer),
+                Err(BrokerError::NotMaster { master_addr }) => master_addr,
+                Err(err) => return Err(refused(err.code(), err.to_string())),
+            };
+            if let Some(addr) = master_addr {
+                match self.send_to(&addr, request.clone()).await {
+                    Ok(answer) => return Ok(answer),
+                    // No master there (yet): look again below.
+                    Err(Forward::Retry(reason)) => {
+                        tracing::debug!(master = %addr, %reason, "the master did not take a send; looking again")
+                    }
+                    Err(Forward::Refused(refusal)) => return Err(refusal),
+                }
+            }
+            if tokio::time::Instant::now() + MASTER_POLL >= deadline {
+                return Err(refused(
+                    ErrorCode::NotMaster,
+                    format!(
+                        "broker group has no reachable master within {} ms (an election may be \
+                         running); send again",
+                        MASTER_PATIENCE.as_millis()
+                    ),
+                ));
+            }
+            tokio::time::sleep(MASTER_POLL).await;
+        }
+    }
+
+    /// One send on the master at `addr`, over the native API.
+    async fn send_to(
+        &self,
+        addr: &str,
+        request: native::SendRequest,
+    ) -> Result<native::SendResponse, Forward> {
+        let mut client = self.master(addr)?;
+        match client.send(request).await {
+            Ok(answer) => Ok(answer.into_inner()),
+            Err(status) => match proto::ErrorStatus::from_status(&status) {
+                Some(error) if error.code == ErrorCode::NotMaster => {
+                    Err(Forward::Retry(error.message))
+                }
+                Some(error) => Err(Forward::Refused(refused(error.code, error.message))),
+                // The transport: the master is gone or unreachable.
+                None => {
+                    self.forget(addr);
+                    Err(Forward::Retry(status.message().to_owned()))
+                }
+            },
+        }
+    }
+
+    fn master(&self, addr: &str) -> Result<BrokerClient<Channel>, Forward> {
+        let mut masters = self.masters.lock().expect("master clients lock poisoned");
+        if let Some(client) = masters.get(addr) {
+            return Ok(client.clone());
+        }
+        let endpoint = proto::dial::endpoint(addr, MASTER_CONNECT_TIMEOUT)
+            .map_err(|err| Forward::Retry(err.to_string()))?
+            .timeout(MASTER_PATIENCE);
+        let client = BrokerClient::new(endpoint.connect_lazy());
+        masters.insert(addr.to_owned(), client.clone());
+        Ok(client)
+    }
+
+    fn forget(&self, addr: &str) {
+        self.masters
+            .lock()
+            .expect("master clients lock poisoned")
+            .remove(addr);
+    }
+}
+
+/// Why a send handed to the master did not succeed.
+enum Forward {
+    /// Look for the master again (none there now, or unreachable).
+    Retry(String),
+    /// The master refused the send: the answer.
+    Refused(v5::Status),
+}
+
+/// The v5 status of a native send status.
+fn send_status(native: i32) -> v5::Status {
+    match SendStatus::try_from(native) {
+        Ok(SendStatus::SendOk) => ok(),
+        Ok(SendStatus::FlushDiskTimeout) => status(
+            v5::Code::MasterPersistenceTimeout,
+            "stored, but not flushed to disk in time (FLUSH_DISK_TIMEOUT)",
+        ),
+        Ok(SendStatus::FlushSlaveTimeout) => status(
+            v5::Code::SlavePersistenceTimeout,
+            "stored on the master, but the in-sync set did not confirm it in time \
+             (FLUSH_SLAVE_TIMEOUT)",
+        ),
+        Ok(SendStatus::SlaveNotAvailable) => status(
+            v5::Code::HaNotAvailable,
+            "stored on the master, but too few replicas are in sync (SLAVE_NOT_AVAILABLE)",
+        ),
+        _ => status(
+            v5::Code::InternalError,
+            format!("the broker answered send status {native}"),
+        ),
+    }
+}
+
+/// The native send of one v5 message, or why it is refused (nothing is sent then).
+fn to_native(message: v5::Message, max_body_bytes: u32) -> Result<native::SendRequest, v5::Status> {
+    let topic = message
+        .topic
+        .map(|t| t.name)
+        .filter(|name| !name.is_empty())
+        .ok_or_else(|| status(v5::Code::IllegalTopic, "the message names no topic"))?;
+    let system = message.system_properties.ok_or_else(|| {
+        status(
+            v5::Code::BadRequest,
+            "the message has no system properties (id, type)",
+        )
+    })?;
+    if message.body.is_empty() {
+        return Err(status(
+            v5::Code::MessageBodyEmpty,
+            "the message body is empty",
+        ));
+    }
+    if message.body.len() > max_body_bytes as usize {
+        return Err(status(
+            v5::Code::MessageBodyTooLarge,
+            format!(
+                "the body is {} bytes; at most {max_body_bytes}",
+                message.body.len()
+            ),
+        ));
+    }
+    if system.body_encoding == v5::Encoding::Gzip as i32 {
+        return Err(status(
+            v5::Code::Unsupported,
+            "gzip-encoded bodies are not accepted yet; send the body as it is",
+        ));
+    }
+    let mut properties = message.user_properties;
+    match v5::MessageType::try_from(system.message_type) {
+        Ok(v5::MessageType::Normal) | Ok(v5::MessageType::Unspecified) => {
+            if system.message_group.is_some() {
+                return Err(status(
+                    v5::Code::MessagePropertyConflictWithType,
+                    "a NORMAL message has no message group; send it as FIFO",
+                ));
+            }
+        }
+        Ok(v5::MessageType::Fifo) => {
+            let group = system
+                .message_group
+                .filter(|g| !g.is_empty() && g.len() <= MESSAGE_GROUP_BYTES_MAX)
+                .ok_or_else(|| {
+                    status(
+                        v5::Code::IllegalMessageGroup,
+                        format!("a FIFO message needs a message group of 1 to {MESSAGE_GROUP_BYTES_MAX} bytes"),
+                    )
+                })?;
+            properties.insert(PROPERTY_MESSAGE_GROUP.to_owned(), group);
+        }
+        Ok(other) => {
+            return Err(status(
+                v5::Code::Unsupported,
+                format!(
+                    "{} messages are not accepted yet (NORMAL and FIFO are); nothing was sent",
+                    other.as_str_name()
+                ),
+            ))
+        }
+        Err(_) => {
+            return Err(status(
+                v5::Code::BadRequest,
+                format!("unknown message type {}", system.message_type),
+            ))
+        }
+    }
+    let queue_id = u32::try_from(system.queue_id)
+        .map_err(|_| status(v5::Code::BadRequest, "the queue id is negative"))?;
+    let born_timestamp_ms = system
+        .born_timestamp
+        .map(|t| {
+            let ms = i128::from(t.seconds) * 1000 + i128::from(t.nanos) / 1_000_000;
+            u64::try_from(ms).unwrap_or(0)
+        })
+        .unwrap_or(0);
+    Ok(native::SendRequest {
+        topic,
+        queue_id,
+        messages: vec![native::Message {
+            body: message.body,
+            tag: system.tag.unwrap_or_default(),
+            keys: system.keys,
+            properties,
+            message_id: system.message_id,
+            born_timestamp_ms,
+        }],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(kind: v5::MessageType, group: Option<&str>) -> v5::Message {
+        v5::Message {
+            topic: Some(v5::Resource {
+                resource_namespace: String::new(),
+                name: "orders".into(),
+            }),
+            user_properties: HashMap::from([("k".to_owned(), "v".to_owned())]),
+            system_properties: Some(v5::SystemProperties {
+                tag: Some("paid".into()),
+                keys: vec!["order-1".into()],
+                message_id: "01ABC".into(),
+                message_type: kind as i32,
+                body_encoding: v5::Encoding::Identity as i32,
+                born_timestamp: Some(prost_types::Timestamp {
+                    seconds: 1_700_000_000,
+                    nanos: 5_000_000,
+                }),
+                queue_id: 3,
+                message_group: group.map(str::to_owned),
+                ..Default::default()
+            }),
+            body: bytes::Bytes::from_static(b"body"),
+        }
+    }
+
+    #[test]
+    fn a_fifo_message_keeps_its_group_and_everything_else() {
+        let request = to_native(message(v5::MessageType::Fifo, Some("order-7")), 1024).unwrap();
+        assert_eq!((request.topic.as_str(), request.queue_id), ("orders", 3));
+        let native = &request.messages[0];
+        assert_eq!(native.tag, "paid");
+        assert_eq!(native.keys, vec!["order-1".to_owned()]);
+        assert_eq!(native.message_id, "01ABC");
+        assert_eq!(native.born_timestamp_ms, 1_700_000_000_005);
+        assert_eq!(native.properties[PROPERTY_MESSAGE_GROUP], "order-7");
+        assert_eq!(native.properties["k"], "v");
+    }
+
+    #[test]
+    fn types_not_served_and_bad_bodies_are_refused_with_their_codes() {
+        let code = |m: v5::Message, max| to_native(m, max).unwrap_err().code;
+        assert_eq!(
+            code(message(v5::MessageType::Delay, None), 1024),
+            v5::Code::Unsupported as i32
+        );
+        assert_eq!(
+            code(message(v5::MessageType::Transaction, None), 1024),
+            v5::Code::Unsupported as i32
+        );
+        assert_eq!(
+            code(message(v5::MessageType::Fifo, None), 1024),
+            v5::Code::IllegalMessageGroup as i32
+        );
+        assert_eq!(
+            code(message(v5::MessageType::Normal, Some("g")), 1024),
+            v5::Code::MessagePropertyConflictWithType as i32
+        );
+        assert_eq!(
+            code(message(v5::MessageType::Normal, None), 2),
+            v5::Code::MessageBodyTooLarge as i32
+        );
+        let mut empty = message(v5::MessageType::Normal, None);
+        empty.body = bytes::Bytes::new();
+        assert_eq!(code(empty, 1024), v5::Code::MessageBodyEmpty as i32);
+        let mut unknown = message(v5::MessageType::Normal, None);
+        unknown.system_properties.as_mut().unwrap().message_type = 99;
+        assert_eq!(code(unknown, 1024), v5::Code::BadRequest as i32);
+    }
+
+    #[test]
+    fn only_send_ok_is_ok() {
+        assert_eq!(send_status(SendStatus::SendOk as i32).code, 20000);
+        assert_eq!(
+            send_status(SendStatus::FlushDiskTimeout as i32).code,
+            v5::Code::MasterPersistenceTimeout as i32
+        );
+        assert_eq!(
+            send_status(SendStatus::FlushSlaveTimeout as i32).code,
+            v5::Code::SlavePersistenceTimeout as i32
+        );
+        assert_eq!(
+            send_status(SendStatus::SlaveNotAvailable as i32).code,
+            v5::Code::HaNotAvailable as i32
+        );
+        assert_eq!(send_status(77).code, v5::Code::InternalError as i32);
+    }
+}
