@@ -234,6 +234,7 @@ mod tests {
                         addr: "h:1".into(),
                         role: wire::BrokerRole::Master as i32,
                         alive: true,
+                        ..Default::default()
                     }],
                 },
                 wire::QueueGroupRoute {
