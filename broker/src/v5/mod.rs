@@ -2,17 +2,16 @@
 //! against the official clients (Java, Go, Python, Node, Rust) connect unchanged: they change
 //! their endpoint and nothing else.
 //!
-//! Where it runs, and why: every broker of a group serves it on its own port (`v5_listen`), and
-//! a route lists every member of a group as the endpoints of the group's queues. The official
-//! clients dial those endpoints as one gRPC channel that connects to one reachable address
-//! (gRPC's pick_first) and keep it for as long as it works; they refresh routes only every 30 s.
-//! So the endpoint an application holds must stay valid across a failover: a broker that is not
-//! its group's master hands each call to the master it knows (and, while an election runs, waits
-//! for the new one, within the client's request timeout). A kill -9 of the master breaks the
-//! connections to it; the channel moves to another member at its next call, which serves it
-//! through the group's new master. No separate access tier is needed, and the state a receive
-//! leaves (messages handed out and not yet acknowledged) lives with the master of the queue,
-//! where the committed offset that survives a failover lives too.
+//! Where it runs, and why: every broker of a group serves it on its own port (`v5_listen`). The
+//! official clients keep using the endpoints a route gave them and re-read routes only every
+//! 30 s, so the endpoint an application holds must stay valid across a failover. A route gives
+//! each group's queues one member's address, an alive slave's when the group has one
+//! (`route`), and any member hands calls to its group's current master, waiting out an
+//! election within the clients' request timeout (`send`). A kill -9 of the master then breaks
+//! no client connection at all: the slave it talks to sends through the new master. The state
+//! a receive leaves (messages handed out and not yet acknowledged) will live with the master of
+//! the queue, where the committed offset that survives a failover lives too; no separate
+//! access tier is needed.
 //!
 //! Answers carry `Status{code, message}` in the body with upstream's numbers
 //! (`proto::status::v5_code`); gRPC's own status is OK unless the transport failed. Every call
@@ -20,7 +19,7 @@
 //!
 //! Map:
 //! - [`route`]: `QueryRoute`, the controller's route of a topic (or this broker's topics, for a
-//!   standalone broker) as RocketMQ 5 queues.
+//!   standalone broker) as RocketMQ 5 queues, and which member's address a group is reached at.
 //! - [`send`]: `SendMessage`: NORMAL and FIFO messages through the broker's own send path (same
 //!   statuses, same durability), handed to the group's master from any member.
 //! - [`telemetry`]: the `Telemetry` stream: the server's settings in answer to a client's.

@@ -3,10 +3,19 @@
 //! With a controller, the route is the controller's (`GetRoute`): per broker group, its queue
 //! count and permission, and its members. Each queue is a `MessageQueue` whose broker is named
 //! by the group, with id 0 (the official clients send and receive only through queues of broker
-//! 0, the master by upstream's convention) and whose endpoints are the v5 addresses of every
-//! member of the group: the client's channel reaches whichever member answers, and any member
-//! serves it through the group's current master (see the module above). A standalone broker
-//! answers with its own topics and its own address.
+//! 0, the master by upstream's convention), reached at one member of the group: an alive slave
+//! when the group has one, else the master. Any member serves the group's calls through its
+//! current master (see the module above), so a client that holds a slave's address does not
+//! notice a master's failover at all.
+//!
+//! Why one address and not every member's: the official clients dial the addresses of one
+//! `Endpoints` as one gRPC target (`ipv4:a:p,b:q`), and gRPC then sends that whole list as the
+//! HTTP/2 `:authority`, which is not a valid authority; the HTTP/2 server under tonic refuses
+//! such a request with PROTOCOL_ERROR (measured with the Python client 5.1.2). A host name that
+//! resolves to every member (`DOMAIN_NAME`, one address) would work and is the way to make the
+//! access point itself survive a node's loss (docs/CLIENTS.md).
+//!
+//! A standalone broker answers with its own topics and its own address.
 //!
 //! Every queue accepts NORMAL and FIFO messages: the clients check a message's type against
 //! `accept_message_types` before they send.
@@ -133,21 +142,32 @@ fn controller_refusal(err: &ControllerError) -> v5::Status {
 fn route_queues(topic: &v5::Resource, route: &wire::TopicRoute) -> Vec<v5::MessageQueue> {
     let mut queues = Vec::new();
     for group in &route.groups {
-        let addrs: Vec<&str> = group
-            .brokers
-            .iter()
-            .map(|broker| broker.v5_addr.as_str())
-            .filter(|addr| !addr.is_empty())
-            .collect();
+        let Some(addr) = endpoint_member(group) else {
+            continue;
+        };
         queues.extend(queues_of(
             topic,
             &group.group,
             group.queue_count,
             group.perm,
-            &addrs,
+            &[addr],
         ));
     }
     queues
+}
+
+/// The v5 address a group's queues are reached at: the alive slave with the lowest id, else
+/// the master if alive, else any member serving v5 (the route says who is alive as the
+/// controller sees it; a client re-reads it every 30 s).
+fn endpoint_member(group: &wire::QueueGroupRoute) -> Option<&str> {
+    let serving = || group.brokers.iter().filter(|b| !b.v5_addr.is_empty());
+    let is_master = |b: &wire::BrokerRoute| group.master_id == Some(b.broker_id);
+    serving()
+        .filter(|b| b.alive && !is_master(b))
+        .min_by_key(|b| b.broker_id)
+        .or_else(|| serving().find(|b| b.alive && is_master(b)))
+        .or_else(|| serving().min_by_key(|b| b.broker_id))
+        .map(|b| b.v5_addr.as_str())
 }
 
 /// `queue_count` queues of `group`, reached at `addrs`; none when no address can be given.
@@ -230,7 +250,7 @@ mod tests {
     }
 
     #[test]
-    fn every_member_of_a_group_is_an_endpoint_of_its_queues() {
+    fn a_group_is_reached_at_an_alive_slave_else_its_master() {
         let route = wire::TopicRoute {
             topic: "orders".into(),
             groups: vec![wire::QueueGroupRoute {
@@ -240,19 +260,29 @@ mod tests {
                 master_id: Some(1),
                 master_epoch: 3,
                 brokers: vec![
+                    // Not alive.
                     wire::BrokerRoute {
                         broker_id: 0,
                         v5_addr: "127.0.0.2:8081".into(),
                         ..Default::default()
                     },
+                    // The master.
                     wire::BrokerRoute {
                         broker_id: 1,
                         v5_addr: "127.0.0.1:8081".into(),
+                        alive: true,
                         ..Default::default()
                     },
-                    // Not serving v5: not an endpoint.
+                    // Not serving v5.
                     wire::BrokerRoute {
                         broker_id: 2,
+                        alive: true,
+                        ..Default::default()
+                    },
+                    wire::BrokerRoute {
+                        broker_id: 3,
+                        v5_addr: "127.0.0.3:8081".into(),
+                        alive: true,
                         ..Default::default()
                     },
                 ],
@@ -264,7 +294,21 @@ mod tests {
         assert_eq!((broker.name.as_str(), broker.id), ("broker-a", 0));
         let endpoints = broker.endpoints.as_ref().unwrap();
         assert_eq!(endpoints.scheme, v5::AddressScheme::IPv4 as i32);
-        assert_eq!(endpoints.addresses.len(), 2);
+        assert_eq!(endpoints.addresses.len(), 1);
+        assert_eq!(endpoints.addresses[0].host, "127.0.0.3", "the alive slave");
+        let mut no_slave = route.groups[0].clone();
+        no_slave.brokers.truncate(2);
+        assert_eq!(
+            endpoint_member(&no_slave),
+            Some("127.0.0.1:8081"),
+            "the master"
+        );
+        no_slave.brokers[1].alive = false;
+        assert_eq!(
+            endpoint_member(&no_slave),
+            Some("127.0.0.2:8081"),
+            "anyone serving"
+        );
         assert_eq!(queues[1].id, 1);
         assert_eq!(queues[1].permission, v5::Permission::ReadWrite as i32);
         assert_eq!(

@@ -1,0 +1,180 @@
+//! RocketMQ 5 applications through the v5 API (`apache.rocketmq.v2`), with the official Python
+//! client `rocketmq-python-client` 5.1.2, unchanged (installed by `scripts/v5-python-env.sh`).
+//!
+//! Invariant: every message the client's `send` answered with a receipt is in the group's log,
+//! once, with what the application gave it (body, tag, keys, user properties, and a FIFO
+//! message's group), also when the group's master is killed with SIGKILL while the application
+//! sends: the receipt means what `SEND_OK` means (SYNC_MASTER + SYNC_FLUSH here).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use cluster_tests::failover::{
+    group_state, runtime, start_group, wait_for_full_set, QUEUES, TOPIC,
+};
+use cluster_tests::{read_queues, run_script, wait_until, BrokerProcess};
+
+const V5_LISTEN: [&str; 2] = ["--set", "v5_listen=\"127.0.0.1:0\""];
+
+/// The python of the client's virtual environment, made on first use.
+fn python() -> String {
+    let (code, stdout, stderr) = run_script("v5-python-env.sh", &[]);
+    assert_eq!(code, 0, "v5-python-env.sh failed: {stderr}");
+    stdout.trim().to_owned()
+}
+
+/// The producer script, sending `count` messages to `topic` through `endpoint`.
+fn start_producer(endpoint: &str, count: u32, out: &Path) -> Child {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/v5_produce.py");
+    Command::new(python())
+        .arg(script)
+        .args([endpoint, TOPIC, &count.to_string()])
+        .arg(out)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the python producer")
+}
+
+/// One line of the producer's output: a message it has a receipt for.
+struct Receipt {
+    id: String,
+    seq: u64,
+    group: Option<String>,
+}
+
+fn receipts(out: &Path) -> Vec<Receipt> {
+    std::fs::read_to_string(out)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .map(|line| Receipt {
+            id: line["id"].as_str().expect("an id").to_owned(),
+            seq: line["seq"].as_u64().expect("a seq"),
+            group: line["group"].as_str().map(str::to_owned),
+        })
+        .collect()
+}
+
+/// Waits for the producer and returns its summary line.
+fn finish(producer: Child) -> serde_json::Value {
+    let output = producer.wait_with_output().expect("wait for the producer");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "the producer failed: {}\n{stdout}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary = stdout.lines().last().unwrap_or_default();
+    eprintln!("python producer: {summary}");
+    serde_json::from_str(summary).expect("the producer's summary line")
+}
+
+/// Checks every receipt against the log the group's master serves now.
+fn check_receipts(master_addr: &str, receipts: &[Receipt]) {
+    let rt = runtime();
+    let stored = rt.block_on(async {
+        let consumer = client::PullConsumer::connect(master_addr)
+            .await
+            .expect("connect to the master");
+        read_queues(&consumer, TOPIC, QUEUES).await
+    });
+    let mut by_id: HashMap<&str, Vec<&client::ReceivedMessage>> = HashMap::new();
+    for message in &stored {
+        by_id.entry(&message.message_id).or_default().push(message);
+    }
+    let mut lost = Vec::new();
+    for receipt in receipts {
+        let Some(copies) = by_id.get(receipt.id.as_str()) else {
+            lost.push(receipt.seq);
+            continue;
+        };
+        let message = copies[0];
+        assert_eq!(
+            message.body,
+            format!("message {}", receipt.seq).as_bytes(),
+            "{}",
+            receipt.id
+        );
+        assert_eq!(message.properties["seq"], receipt.seq.to_string());
+        match &receipt.group {
+            Some(group) => assert_eq!(
+                message.properties.get("__SHARDINGKEY"),
+                Some(group),
+                "a FIFO message keeps its group"
+            ),
+            None => {
+                assert_eq!(message.tag.as_deref(), Some("even"));
+                assert_eq!(message.keys, vec![format!("k{}", receipt.seq)]);
+            }
+        }
+    }
+    assert!(
+        lost.is_empty(),
+        "{} of {} messages with a receipt are not in the log: seq {:?}",
+        lost.len(),
+        receipts.len(),
+        &lost[..lost.len().min(20)]
+    );
+}
+
+fn native_addr_of(brokers: &[BrokerProcess], id: u64) -> String {
+    brokers[id as usize].addr().to_owned()
+}
+
+#[test]
+fn the_official_python_client_sends_through_any_member_of_a_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_quorum, controllers, brokers) = start_group(dir.path(), &V5_LISTEN);
+    let state = wait_for_full_set(&controllers, Duration::from_secs(30));
+    let master = state.master.expect("a master");
+    // The access point is a slave: routes, settings and sends all work through it.
+    let slave = (0..brokers.len() as u64)
+        .find(|id| *id != master)
+        .expect("a slave");
+    let endpoint = brokers[slave as usize].v5_addr().expect("v5_listen is set");
+    let out = dir.path().join("receipts.jsonl");
+    let summary = finish(start_producer(endpoint, 200, &out));
+    assert_eq!(summary["ok"], 200, "every send answered: {summary}");
+    let receipts = receipts(&out);
+    assert_eq!(receipts.len(), 200);
+    check_receipts(&native_addr_of(&brokers, master), &receipts);
+}
+
+#[test]
+fn a_python_producer_loses_nothing_when_the_master_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_quorum, controllers, mut brokers) = start_group(dir.path(), &V5_LISTEN);
+    let state = wait_for_full_set(&controllers, Duration::from_secs(30));
+    let master = state.master.expect("a master");
+    // The master itself as the access point: the application holds the address that dies.
+    let endpoint = brokers[master as usize]
+        .v5_addr()
+        .expect("v5_listen is set")
+        .to_owned();
+    let out = dir.path().join("receipts.jsonl");
+    let producer = start_producer(&endpoint, 3000, &out);
+    assert!(
+        wait_until(Duration::from_secs(60), || receipts(&out).len() >= 300),
+        "the producer got no receipts"
+    );
+    brokers[master as usize].kill();
+    let summary = finish(producer);
+    let receipts = receipts(&out);
+    eprintln!(
+        "{} receipts, {} failed sends, longest gap between receipts {} s",
+        receipts.len(),
+        summary["failed"],
+        summary["longest_gap_s"]
+    );
+    assert!(
+        receipts.len() > 300,
+        "no receipt after the master was killed: {summary}"
+    );
+    let after = group_state(&controllers);
+    let successor = after.master.expect("a new master");
+    assert_ne!(successor, master);
+    check_receipts(&native_addr_of(&brokers, successor), &receipts);
+}
