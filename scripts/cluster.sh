@@ -12,12 +12,13 @@
 # TOPOLOGY: single-master, multi-master (2 masters), 2m-2s-async (2 groups, master + slave each,
 # ASYNC_MASTER), 2m-2s-sync (SYNC_MASTER, SYNC_FLUSH on every broker). The broker configuration
 # of each is scripts/topologies/TOPOLOGY.toml, the controllers' scripts/topologies/controller.toml.
-# Every process listens on 127.0.0.1, on free ports chosen at `up` (its service, and its Prometheus
-# metrics endpoint, which `status` prints) and kept for the cluster's
+# Every process listens on 127.0.0.1, on free ports chosen at `up` (its service, a broker's
+# RocketMQ 5 API, and its Prometheus metrics endpoint, which `status` prints) and kept for the cluster's
 # life. Nodes: controller-1..3, and GROUP-ID for brokers (broker-a-0, broker-a-1, broker-b-0,
 # broker-b-1). DIR (default ./.cluster) holds, per node, NODE.toml, its data in NODE/, its log in
 # NODE.log (stdout in NODE.out) and NODE.pid, and cluster.env with CONTROLLER_ADDR=... for
-# cluster-cli (`set -a; . DIR/cluster.env; set +a`).
+# cluster-cli (`set -a; . DIR/cluster.env; set +a`) and ROCKETMQ_ENDPOINT=host:port, the access
+# point to give a RocketMQ 5 application (docs/CLIENTS.md).
 #
 # `up` builds the release binaries (cargo build --release, quick when they are current) unless
 # BIN_DIR names a directory holding `controller`, `broker` and `cluster-cli`; starts every node;
@@ -143,6 +144,10 @@ listen_of() {
 
 metrics_of() {
   sed -n 's/^metrics_listen = "\(.*\)"$/\1/p' "$DIR/$1.toml"
+}
+
+v5_of() {
+  sed -n 's/^v5_listen = "\(.*\)"$/\1/p' "$DIR/$1.toml"
 }
 
 start_node() {
@@ -296,11 +301,16 @@ configure_fresh() {
     free_port
     echo -n "$node $PORT" >>"$DIR/nodes"
     free_port
+    echo -n " $PORT" >>"$DIR/nodes"
+    free_port
     echo " $PORT" >>"$DIR/nodes"
   done
   local ports; ports=$(cat "$DIR/nodes")
   cut -d' ' -f1 <<<"$ports" >"$DIR/nodes"
-  while read -r node port metrics_port; do
+  # Any broker is an access point for RocketMQ 5 clients: the last one listed (a slave in the
+  # topologies that have slaves, so that a master's failover leaves it be).
+  local v5_endpoint=""
+  while read -r node port metrics_port v5_port; do
     case $node in
       controller-*)
         fill "$TOPOLOGIES/controller.toml" "$DIR/$node.toml" "ID=${node#controller-}" \
@@ -309,12 +319,14 @@ configure_fresh() {
       *)
         fill "$template" "$DIR/$node.toml" "GROUP=${node%-*}" "ID=${node##*-}" \
           "LISTEN=127.0.0.1:$port" "STORE_PATH=$DIR/$node" "CONTROLLER_ADDR=$controller_addr" \
-          "CLUSTER_SECRET=$secret" "METRICS_LISTEN=127.0.0.1:$metrics_port" ;;
+          "CLUSTER_SECRET=$secret" "METRICS_LISTEN=127.0.0.1:$metrics_port" \
+          "V5_LISTEN=127.0.0.1:$v5_port"
+        v5_endpoint=127.0.0.1:$v5_port ;;
     esac
   done <<<"$ports"
   chmod 600 "$DIR"/*.toml
-  printf 'TOPOLOGY=%s\nCONTROLLERS=%s\nCONTROLLER_ADDR=%s\n' "$topology" "$CONTROLLERS" \
-    "$controller_addr" >"$DIR/cluster.env"
+  printf 'TOPOLOGY=%s\nCONTROLLERS=%s\nCONTROLLER_ADDR=%s\nROCKETMQ_ENDPOINT=%s\n' "$topology" \
+    "$CONTROLLERS" "$controller_addr" "$v5_endpoint" >"$DIR/cluster.env"
 }
 
 cmd_up() {
@@ -383,7 +395,7 @@ cmd_up() {
     exit 1
   fi
   cli cluster list || true
-  echo "cluster up: $topology in $DIR; CONTROLLER_ADDR=$CONTROLLER_ADDR (also in $DIR/cluster.env)"
+  echo "cluster up: $topology in $DIR; CONTROLLER_ADDR=$CONTROLLER_ADDR ROCKETMQ_ENDPOINT=$ROCKETMQ_ENDPOINT (also in $DIR/cluster.env)"
 }
 
 cmd_down() {
@@ -411,12 +423,12 @@ cmd_down() {
 cmd_status() {
   load_env
   local node all=0 state pid
-  printf '%-14s %-8s %-8s %-22s %s\n' NODE STATE PID ADDR METRICS
+  printf '%-14s %-8s %-8s %-22s %-22s %s\n' NODE STATE PID ADDR V5 METRICS
   for node in $(nodes); do
     state=$(state_of "$node")
     pid=$(pid_of "$node" || echo -)
-    printf '%-14s %-8s %-8s %-22s %s\n' "$node" "$state" "$pid" "$(listen_of "$node")" \
-      "http://$(metrics_of "$node")/metrics"
+    printf '%-14s %-8s %-8s %-22s %-22s %s\n' "$node" "$state" "$pid" "$(listen_of "$node")" \
+      "$(v5_of "$node" | grep . || echo -)" "http://$(metrics_of "$node")/metrics"
     [[ $state == running ]] || all=1
   done
   echo
