@@ -123,6 +123,9 @@ pub struct StartedLink {
     pub link: LinkTask,
     /// Answers once if the controller refused this broker for good; the link has ended then.
     pub refused: oneshot::Receiver<LinkError>,
+    /// The controller's latest view of this broker's group (the v5 API hands calls to the
+    /// master it names).
+    pub group_views: watch::Receiver<Option<GroupView>>,
 }
 
 /// The task that registers and heartbeats, and how to end it.
@@ -203,6 +206,7 @@ pub async fn start_controller_link(
     )
     .await;
     let mut health = store.health();
+    let group_views = view_rx.clone();
     let views = tokio::spawn(async move {
         loop {
             // A change of the store's health is looked at against the current view too: a
@@ -241,6 +245,7 @@ pub async fn start_controller_link(
         views,
         link: LinkTask { task, stop },
         refused,
+        group_views,
     })
 }
 

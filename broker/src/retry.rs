@@ -154,6 +154,34 @@ impl RetryState {
         topic: &str,
         queue_offset: u64,
     ) -> Result<(bool, u32), BrokerError> {
+        self.hand_back(group, commit_log_offset, topic, queue_offset, false)
+            .await
+    }
+
+    /// Moves the message at `commit_log_offset` (of `topic`, at `queue_offset`) to `group`'s
+    /// dead-letter topic at once, whatever its retry count: a RocketMQ 5 consumer gave up on it,
+    /// or its deliveries ran out. Returns the retry count it is stored with.
+    pub async fn dead_letter(
+        &self,
+        group: &str,
+        commit_log_offset: u64,
+        topic: &str,
+        queue_offset: u64,
+    ) -> Result<u32, BrokerError> {
+        let (_, retry_count) = self
+            .hand_back(group, commit_log_offset, topic, queue_offset, true)
+            .await?;
+        Ok(retry_count)
+    }
+
+    async fn hand_back(
+        &self,
+        group: &str,
+        commit_log_offset: u64,
+        topic: &str,
+        queue_offset: u64,
+        dead_now: bool,
+    ) -> Result<(bool, u32), BrokerError> {
         crate::groups::check_group(group)?;
         let original = self.store.read_message_at(commit_log_offset)?;
         if original.topic() != topic || original.queue_offset() != queue_offset {
@@ -162,7 +190,7 @@ impl RetryState {
             });
         }
         let retry_count = original.retry_count() + 1;
-        let dead = original.retry_count() >= self.max_retries(group);
+        let dead = dead_now || original.retry_count() >= self.max_retries(group);
         let mut message = copy_of(&original, topic);
         message.retry_count = retry_count;
         if dead {

@@ -35,7 +35,7 @@ use crate::service::BrokerService;
 use crate::store::{ConfirmMode, FlushDiskType, Store, StoreError};
 use crate::topics::TopicRegistry;
 use crate::v5::route::RouteSourceError;
-use crate::v5::V5Service;
+use crate::v5::{V5Parts, V5Service};
 use proto::v5::messaging_service_server::MessagingServiceServer;
 
 /// How long a slave waits for its master's TCP connection.
@@ -233,9 +233,9 @@ impl Broker {
                 groups.clone(),
             ))));
         }
-        let (link, refused) = if settings.controller_addr.is_empty() {
+        let (link, refused, views) = if settings.controller_addr.is_empty() {
             role.start(None, None).await;
-            (None, None)
+            (None, None, None)
         } else {
             let started = start_controller_link(
                 &config,
@@ -248,7 +248,11 @@ impl Broker {
             )
             .await?;
             tasks.push(started.views);
-            (Some(started.link), Some(started.refused))
+            (
+                Some(started.link),
+                Some(started.refused),
+                Some(started.group_views),
+            )
         };
         let ship = ShipService::new(
             store.clone(),
@@ -271,11 +275,19 @@ impl Broker {
         let v5_server = match v5_listener {
             Some(listener) => {
                 let v5 = V5Service::new(
-                    service.clone(),
-                    topics,
+                    V5Parts {
+                        native: service.clone(),
+                        store: store.clone(),
+                        topics,
+                        groups: groups.clone(),
+                        retry: retry.clone(),
+                        role: role.clone(),
+                        key: receipt_key(cluster_key.clone())?,
+                        views,
+                        v5_addr: v5_advertised,
+                    },
                     settings,
                     &config.store,
-                    v5_advertised,
                 )?;
                 let request_bytes_max = config.store.batch_bytes_max + REQUEST_OVERHEAD_BYTES;
                 Some(tokio::spawn(serve_v5(
@@ -451,6 +463,20 @@ async fn bind_v5(
         settings.v5_advertised_addr.clone()
     };
     Ok((Some(listener), Some(bound), advertised))
+}
+
+/// The key receipt handles are signed with: the cluster key, so that every member reads them;
+/// a standalone broker's own random one.
+fn receipt_key(cluster_key: Option<auth::ClusterKey>) -> Result<auth::ClusterKey, StartError> {
+    match cluster_key {
+        Some(key) => Ok(key),
+        None => {
+            let secret: String = (0..32)
+                .map(|_| format!("{:02x}", rand::random::<u8>()))
+                .collect();
+            Ok(auth::ClusterKey::new(&secret)?)
+        }
+    }
 }
 
 /// Serves the v5 API on `listener` until `stop` says so.

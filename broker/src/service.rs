@@ -174,7 +174,11 @@ impl BrokerService {
         })
     }
 
-    async fn pull(&self, request: wire::PullRequest) -> Result<wire::PullResponse, BrokerError> {
+    /// A pull, as the `Pull` RPC and the v5 API's receives make it.
+    pub async fn pull(
+        &self,
+        request: wire::PullRequest,
+    ) -> Result<wire::PullResponse, BrokerError> {
         if request.topic.starts_with('%')
             && !(request.topic.starts_with("%RETRY%") || request.topic.starts_with("%DLQ%"))
         {
@@ -402,7 +406,8 @@ fn to_pull_response(result: crate::store::GetResult, asked: u64) -> wire::PullRe
     }
 }
 
-fn to_wire_message(message: &StoredMessage) -> wire::StoredMessage {
+/// A stored message as the wire carries it: tag, keys and id out of the properties.
+pub fn to_wire_message(message: &StoredMessage) -> wire::StoredMessage {
     let mut properties = HashMap::new();
     let (mut tag, mut keys, mut message_id) = (String::new(), Vec::new(), String::new());
     for (name, value) in message.properties() {

@@ -68,7 +68,7 @@ fn finish(producer: Child) -> serde_json::Value {
         String::from_utf8_lossy(&output.stderr)
     );
     let summary = stdout.lines().last().unwrap_or_default();
-    eprintln!("python producer: {summary}");
+    eprintln!("python client: {summary}");
     serde_json::from_str(summary).expect("the producer's summary line")
 }
 
@@ -177,4 +177,92 @@ fn a_python_producer_loses_nothing_when_the_master_is_killed() {
     let successor = after.master.expect("a new master");
     assert_ne!(successor, master);
     check_receipts(&native_addr_of(&brokers, successor), &receipts);
+}
+
+/// The consumer script, receiving `expected` messages of `TOPIC` as `group` through
+/// `endpoint`, holding the first `hold` unacknowledged.
+fn consume(
+    endpoint: &str,
+    group: &str,
+    expected: usize,
+    hold: usize,
+    out: &Path,
+) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/v5_consume.py");
+    let consumer = Command::new(python())
+        .arg(script)
+        .args([endpoint, TOPIC, group, &expected.to_string()])
+        .arg(out)
+        .arg(hold.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the python consumer");
+    finish(consumer)
+}
+
+/// Invariant: a SimpleConsumer group receives every message a producer holds a receipt for,
+/// and a message it does not acknowledge comes back after its invisible duration with its
+/// delivery attempt raised; acknowledged ones do not come back.
+#[test]
+fn the_official_python_client_receives_and_acknowledges_every_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_quorum, controllers, brokers) = start_group(dir.path(), &V5_LISTEN);
+    let state = wait_for_full_set(&controllers, Duration::from_secs(30));
+    let master = state.master.expect("a master");
+    let slave = (0..brokers.len() as u64)
+        .find(|id| *id != master)
+        .expect("a slave");
+    let endpoint = brokers[slave as usize].v5_addr().expect("v5_listen is set");
+    let sent = dir.path().join("receipts.jsonl");
+    let summary = finish(start_producer(endpoint, 200, &sent));
+    assert_eq!(summary["ok"], 200, "{summary}");
+    let receipts = receipts(&sent);
+
+    let received_path = dir.path().join("received.jsonl");
+    let summary = consume(endpoint, "v5-simple", receipts.len(), 3, &received_path);
+    let received: Vec<serde_json::Value> = std::fs::read_to_string(&received_path)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let acked: std::collections::HashSet<&str> = received
+        .iter()
+        .filter(|m| m["acked"] == true)
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    let missing: Vec<u64> = receipts
+        .iter()
+        .filter(|r| !acked.contains(r.id.as_str()))
+        .map(|r| r.seq)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "never acknowledged: seq {missing:?}; {summary}"
+    );
+    // The three held back came again, as second deliveries.
+    let held: Vec<&serde_json::Value> = received.iter().filter(|m| m["acked"] == false).collect();
+    assert_eq!(held.len(), 3, "{summary}");
+    for message in held {
+        let again = received
+            .iter()
+            .find(|m| m["id"] == message["id"] && m["acked"] == true)
+            .unwrap_or_else(|| panic!("{} did not come back", message["id"]));
+        assert_eq!(again["attempt"], 2, "{again}");
+    }
+    // FIFO messages keep their group on delivery.
+    assert!(received
+        .iter()
+        .filter(|m| m["seq"].as_u64().unwrap() % 2 == 1)
+        .all(
+            |m| m["group"].as_str() == Some(&format!("order-{}", m["seq"].as_u64().unwrap() % 50))
+        ));
+    eprintln!(
+        "first receipt at {} s, last at {} s",
+        received[0]["t"],
+        received[received.len() - 1]["t"]
+    );
+    // Acknowledged messages are not delivered twice.
+    let deliveries = received.len();
+    assert_eq!(deliveries, receipts.len() + 3, "{summary}");
 }

@@ -38,11 +38,23 @@ use proto::v5::messaging_service_server::MessagingService;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
+use auth::ClusterKey;
+use proto::controller::GroupView;
+use tokio::sync::watch;
+
 use crate::config::BrokerSettings;
+use crate::groups::ConsumerGroupState;
+use crate::retry::RetryState;
+use crate::role::RoleCell;
 use crate::service::BrokerService;
-use crate::store::StoreConfig;
+use crate::store::{Store, StoreConfig};
 use crate::topics::TopicRegistry;
 
+pub mod consume;
+pub mod forward;
+pub mod message;
+pub mod pop;
+pub mod receipt;
 pub mod route;
 pub mod send;
 pub mod status;
@@ -58,27 +70,57 @@ pub struct V5Service {
     send: send::Sender,
     routes: route::Routes,
     settings: telemetry::ServerSettings,
+    consumption: consume::Consumption,
+    to_master: forward::ToMaster,
+}
+
+/// What the v5 API works through: the broker's parts.
+pub struct V5Parts {
+    /// The broker's own service: sends and reads go through it.
+    pub native: Arc<BrokerService>,
+    pub store: Arc<Store>,
+    /// A standalone broker's routes.
+    pub topics: Arc<TopicRegistry>,
+    pub groups: Arc<ConsumerGroupState>,
+    pub retry: Arc<RetryState>,
+    pub role: Arc<RoleCell>,
+    /// Signs receipt handles: the cluster key, or a standalone broker's own random one.
+    pub key: ClusterKey,
+    /// The controller's views of this broker's group; None for a standalone broker.
+    pub views: Option<watch::Receiver<Option<GroupView>>>,
+    /// Where clients reach this broker's v5 API.
+    pub v5_addr: String,
 }
 
 impl V5Service {
-    /// `native`: the broker's own service, which sends go through; `topics`: a standalone
-    /// broker's routes; `v5_addr`: where clients reach this broker's v5 API.
     pub fn new(
-        native: Arc<BrokerService>,
-        topics: Arc<TopicRegistry>,
+        parts: V5Parts,
         settings: &BrokerSettings,
         store: &StoreConfig,
-        v5_addr: String,
     ) -> Result<V5Service, route::RouteSourceError> {
         Ok(V5Service {
-            send: send::Sender::new(native, store.max_message_bytes),
+            send: send::Sender::new(
+                parts.native.clone(),
+                parts.topics.clone(),
+                store.max_message_bytes,
+            ),
             routes: route::Routes::new(
                 &settings.controller_addr,
-                topics,
+                parts.topics,
                 settings.broker_name.clone(),
-                v5_addr,
+                parts.v5_addr.clone(),
             )?,
             settings: telemetry::ServerSettings::new(settings, store),
+            consumption: consume::Consumption::new(
+                parts.native,
+                parts.store,
+                parts.groups,
+                parts.retry,
+                parts.role,
+                parts.key,
+                parts.v5_addr,
+            ),
+            to_master: forward::ToMaster::new(parts.views),
         })
     }
 }
@@ -104,6 +146,132 @@ type ServerStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'st
 /// A server stream of one item.
 fn one<T: Send + 'static>(item: T) -> ServerStream<T> {
     Box::pin(tokio_stream::once(Ok(item)))
+}
+
+/// A receive's answer that is only a status.
+fn receive_status(status: v5::Status) -> v5::ReceiveMessageResponse {
+    v5::ReceiveMessageResponse {
+        content: Some(v5::receive_message_response::Content::Status(status)),
+    }
+}
+
+fn name_of(resource: &Option<v5::Resource>) -> String {
+    resource
+        .as_ref()
+        .map(|r| r.name.clone())
+        .unwrap_or_default()
+}
+
+impl V5Service {
+    /// A receive: served here on the master, else by the master.
+    async fn receive(
+        &self,
+        request: v5::ReceiveMessageRequest,
+        client: &str,
+    ) -> Vec<v5::ReceiveMessageResponse> {
+        let receive = match consume::validate(&request) {
+            Ok(receive) => receive,
+            Err(refused) => return vec![receive_status(refused)],
+        };
+        if !self.consumption.is_master() {
+            // The master's answer within the client's deadline: its long poll and a margin.
+            let timeout = receive.long_polling + std::time::Duration::from_millis(2500);
+            return self.to_master.receive(request, client, timeout).await;
+        }
+        let started = prost_types::Timestamp::from(std::time::SystemTime::now());
+        match self.consumption.receive(&receive).await {
+            Err(refused) => vec![receive_status(refused)],
+            Ok(messages) if messages.is_empty() => vec![receive_status(status(
+                v5::Code::MessageNotFound,
+                "no new message for this group in this queue",
+            ))],
+            Ok(messages) => std::iter::once(receive_status(status::ok()))
+                .chain(std::iter::once(v5::ReceiveMessageResponse {
+                    content: Some(v5::receive_message_response::Content::DeliveryTimestamp(
+                        started,
+                    )),
+                }))
+                .chain(
+                    messages
+                        .into_iter()
+                        .map(|message| v5::ReceiveMessageResponse {
+                            content: Some(v5::receive_message_response::Content::Message(message)),
+                        }),
+                )
+                .collect(),
+        }
+    }
+
+    async fn ack(&self, request: v5::AckMessageRequest) -> v5::AckMessageResponse {
+        if request.entries.is_empty() || request.entries.len() > consume::ACK_ENTRIES_MAX {
+            return v5::AckMessageResponse {
+                status: Some(status(
+                    v5::Code::BadRequest,
+                    format!(
+                        "an acknowledgement holds 1 to {} entries",
+                        consume::ACK_ENTRIES_MAX
+                    ),
+                )),
+                entries: Vec::new(),
+            };
+        }
+        let (group, topic) = (name_of(&request.group), name_of(&request.topic));
+        let mut entries = Vec::with_capacity(request.entries.len());
+        for entry in request.entries {
+            let status = self
+                .consumption
+                .ack(&group, &topic, &entry.receipt_handle)
+                .await;
+            entries.push(v5::AckMessageResultEntry {
+                message_id: entry.message_id,
+                receipt_handle: entry.receipt_handle,
+                status: Some(status),
+            });
+        }
+        let status = entries
+            .iter()
+            .filter_map(|e| e.status.clone())
+            .find(|s| s.code != v5::Code::Ok as i32)
+            .unwrap_or_else(status::ok);
+        v5::AckMessageResponse {
+            status: Some(status),
+            entries,
+        }
+    }
+
+    async fn change_invisible(
+        &self,
+        request: v5::ChangeInvisibleDurationRequest,
+    ) -> v5::ChangeInvisibleDurationResponse {
+        let refusal = |status| v5::ChangeInvisibleDurationResponse {
+            status: Some(status),
+            receipt_handle: String::new(),
+        };
+        let Some(invisible) = request
+            .invisible_duration
+            .as_ref()
+            .and_then(message::millis_of)
+            .map(std::time::Duration::from_millis)
+            .filter(|d| *d <= std::time::Duration::from_secs(12 * 3600))
+        else {
+            return refusal(status(
+                v5::Code::IllegalInvisibleTime,
+                "invisible_duration must be 0 to 12 h",
+            ));
+        };
+        let (group, topic) = (name_of(&request.group), name_of(&request.topic));
+        match self
+            .consumption
+            .change_invisible(&group, &topic, &request.receipt_handle, invisible)
+            .await
+        {
+            Ok(receipt_handle) => v5::ChangeInvisibleDurationResponse {
+                status: Some(status::ok()),
+                receipt_handle,
+            },
+            Err(status) => refusal(status),
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -151,11 +319,38 @@ impl MessagingService for V5Service {
 
     async fn query_assignment(
         &self,
-        _request: Request<v5::QueryAssignmentRequest>,
+        request: Request<v5::QueryAssignmentRequest>,
     ) -> Result<Response<v5::QueryAssignmentResponse>, Status> {
+        if let Err(refused) = client_id(&request) {
+            return Ok(Response::new(v5::QueryAssignmentResponse {
+                status: Some(refused),
+                assignments: Vec::new(),
+            }));
+        }
+        let request = request.into_inner();
+        // Server-side consumption: every consumer of a group receives from every readable queue,
+        // and the queue's master hands each message to one of them.
+        let route = self
+            .routes
+            .query(v5::QueryRouteRequest {
+                topic: request.topic,
+                endpoints: request.endpoints,
+            })
+            .await;
+        let assignments = route
+            .message_queues
+            .into_iter()
+            .filter(|q| {
+                q.permission == v5::Permission::Read as i32
+                    || q.permission == v5::Permission::ReadWrite as i32
+            })
+            .map(|queue| v5::Assignment {
+                message_queue: Some(queue),
+            })
+            .collect();
         Ok(Response::new(v5::QueryAssignmentResponse {
-            status: Some(not_implemented("QueryAssignment")),
-            assignments: Vec::new(),
+            status: route.status,
+            assignments,
         }))
     }
 
@@ -163,32 +358,60 @@ impl MessagingService for V5Service {
 
     async fn receive_message(
         &self,
-        _request: Request<v5::ReceiveMessageRequest>,
+        request: Request<v5::ReceiveMessageRequest>,
     ) -> Result<Response<Self::ReceiveMessageStream>, Status> {
-        Ok(Response::new(one(v5::ReceiveMessageResponse {
-            content: Some(v5::receive_message_response::Content::Status(
-                not_implemented("ReceiveMessage"),
-            )),
-        })))
+        let items = match client_id(&request) {
+            Err(refused) => vec![receive_status(refused)],
+            Ok(client) => self.receive(request.into_inner(), &client).await,
+        };
+        Ok(Response::new(Box::pin(tokio_stream::iter(
+            items.into_iter().map(Ok),
+        ))))
     }
 
     async fn ack_message(
         &self,
-        _request: Request<v5::AckMessageRequest>,
+        request: Request<v5::AckMessageRequest>,
     ) -> Result<Response<v5::AckMessageResponse>, Status> {
-        Ok(Response::new(v5::AckMessageResponse {
-            status: Some(not_implemented("AckMessage")),
-            entries: Vec::new(),
-        }))
+        let answer = match client_id(&request) {
+            Err(refused) => v5::AckMessageResponse {
+                status: Some(refused),
+                entries: Vec::new(),
+            },
+            Ok(client) if !self.consumption.is_master() => {
+                self.to_master.ack(request.into_inner(), &client).await
+            }
+            Ok(_) => self.ack(request.into_inner()).await,
+        };
+        Ok(Response::new(answer))
     }
 
     async fn forward_message_to_dead_letter_queue(
         &self,
-        _request: Request<v5::ForwardMessageToDeadLetterQueueRequest>,
+        request: Request<v5::ForwardMessageToDeadLetterQueueRequest>,
     ) -> Result<Response<v5::ForwardMessageToDeadLetterQueueResponse>, Status> {
-        Ok(Response::new(v5::ForwardMessageToDeadLetterQueueResponse {
-            status: Some(not_implemented("ForwardMessageToDeadLetterQueue")),
-        }))
+        let answer = match client_id(&request) {
+            Err(refused) => v5::ForwardMessageToDeadLetterQueueResponse {
+                status: Some(refused),
+            },
+            Ok(client) if !self.consumption.is_master() => {
+                self.to_master
+                    .dead_letter(request.into_inner(), &client)
+                    .await
+            }
+            Ok(_) => {
+                let request = request.into_inner();
+                let (group, topic) = (name_of(&request.group), name_of(&request.topic));
+                v5::ForwardMessageToDeadLetterQueueResponse {
+                    status: Some(
+                        self.consumption
+                            .dead_letter(&group, &topic, &request.receipt_handle)
+                            .await,
+                    ),
+                }
+            }
+        };
+        Ok(Response::new(answer))
     }
 
     type PullMessageStream = ServerStream<v5::PullMessageResponse>;
@@ -269,12 +492,21 @@ impl MessagingService for V5Service {
 
     async fn change_invisible_duration(
         &self,
-        _request: Request<v5::ChangeInvisibleDurationRequest>,
+        request: Request<v5::ChangeInvisibleDurationRequest>,
     ) -> Result<Response<v5::ChangeInvisibleDurationResponse>, Status> {
-        Ok(Response::new(v5::ChangeInvisibleDurationResponse {
-            status: Some(not_implemented("ChangeInvisibleDuration")),
-            receipt_handle: String::new(),
-        }))
+        let answer = match client_id(&request) {
+            Err(refused) => v5::ChangeInvisibleDurationResponse {
+                status: Some(refused),
+                receipt_handle: String::new(),
+            },
+            Ok(client) if !self.consumption.is_master() => {
+                self.to_master
+                    .change_invisible(request.into_inner(), &client)
+                    .await
+            }
+            Ok(_) => self.change_invisible(request.into_inner()).await,
+        };
+        Ok(Response::new(answer))
     }
 
     async fn recall_message(

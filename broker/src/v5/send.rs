@@ -11,11 +11,17 @@
 //! [`MASTER_PATIENCE`]: below the clients' request timeout (3 s), so that a failover costs the
 //! application a pause, not an error.
 //!
+//! The queue: the clients choose a broker group (the endpoint they send to) but send no queue
+//! id, so the broker chooses, as upstream's proxy does: a FIFO message by its message group
+//! (CRC32 of the group modulo the topic's queue count, the same on every member, so a group's
+//! messages stay in one queue and in order across a failover), a NORMAL one round robin.
+//!
 //! Types: NORMAL, and FIFO (its message group is kept in the `__SHARDINGKEY` property, as
 //! RocketMQ keeps it, and handed back on delivery). DELAY, TRANSACTION and the rest are refused
 //! with a clear status, never sent as normal messages.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,6 +34,7 @@ use tonic::transport::Channel;
 use super::status::{ok, refused, status};
 use crate::error::BrokerError;
 use crate::service::BrokerService;
+use crate::topics::TopicRegistry;
 
 /// Property that holds a FIFO message's group (RocketMQ's `__SHARDINGKEY`).
 pub const PROPERTY_MESSAGE_GROUP: &str = "__SHARDINGKEY";
@@ -45,16 +52,25 @@ const MESSAGE_GROUP_BYTES_MAX: usize = 255;
 /// Sends v5 messages through the broker.
 pub struct Sender {
     native: Arc<BrokerService>,
+    topics: Arc<TopicRegistry>,
     max_body_bytes: u32,
+    /// The round robin of NORMAL messages over a topic's queues.
+    next_queue: AtomicU32,
     /// Native clients of masters this broker handed sends to, by address.
     masters: Mutex<HashMap<String, BrokerClient<Channel>>>,
 }
 
 impl Sender {
-    pub fn new(native: Arc<BrokerService>, max_body_bytes: u32) -> Sender {
+    pub fn new(
+        native: Arc<BrokerService>,
+        topics: Arc<TopicRegistry>,
+        max_body_bytes: u32,
+    ) -> Sender {
         Sender {
             native,
+            topics,
             max_body_bytes,
+            next_queue: AtomicU32::new(0),
             masters: Mutex::new(HashMap::new()),
         }
     }
@@ -99,9 +115,21 @@ impl Sender {
             offset,
             recall_handle: String::new(),
         };
-        let request = match to_native(message, self.max_body_bytes) {
+        let mut request = match to_native(message, self.max_body_bytes) {
             Ok(request) => request,
             Err(refusal) => return entry(refusal, 0),
+        };
+        let Some(topic) = self.topics.get(&request.topic) else {
+            let status = refused(
+                ErrorCode::TopicNotFound,
+                format!("topic {} does not exist", proto::Echo(&request.topic)),
+            );
+            return entry(status, 0);
+        };
+        let group = request.messages[0].properties.get(PROPERTY_MESSAGE_GROUP);
+        request.queue_id = match group {
+            Some(group) => fifo_queue(group, topic.queue_count),
+            None => self.next_queue.fetch_add(1, Ordering::Relaxed) % topic.queue_count.max(1),
         };
         match self.send_through_master(request).await {
             Ok(answer) => {
@@ -202,6 +230,11 @@ enum Forward {
     Refused(v5::Status),
 }
 
+/// The queue of a FIFO message group among `queue_count`: the same on every member.
+fn fifo_queue(group: &str, queue_count: u32) -> u32 {
+    crc32fast::hash(group.as_bytes()) % queue_count.max(1)
+}
+
 /// The v5 status of a native send status.
 fn send_status(native: i32) -> v5::Status {
     match SendStatus::try_from(native) {
@@ -298,8 +331,6 @@ fn to_native(message: v5::Message, max_body_bytes: u32) -> Result<native::SendRe
             ))
         }
     }
-    let queue_id = u32::try_from(system.queue_id)
-        .map_err(|_| status(v5::Code::BadRequest, "the queue id is negative"))?;
     let born_timestamp_ms = system
         .born_timestamp
         .map(|t| {
@@ -309,7 +340,8 @@ fn to_native(message: v5::Message, max_body_bytes: u32) -> Result<native::SendRe
         .unwrap_or(0);
     Ok(native::SendRequest {
         topic,
-        queue_id,
+        // Chosen by the sender (see the module documentation).
+        queue_id: 0,
         messages: vec![native::Message {
             body: message.body,
             tag: system.tag.unwrap_or_default(),
@@ -353,7 +385,7 @@ mod tests {
     #[test]
     fn a_fifo_message_keeps_its_group_and_everything_else() {
         let request = to_native(message(v5::MessageType::Fifo, Some("order-7")), 1024).unwrap();
-        assert_eq!((request.topic.as_str(), request.queue_id), ("orders", 3));
+        assert_eq!(request.topic, "orders");
         let native = &request.messages[0];
         assert_eq!(native.tag, "paid");
         assert_eq!(native.keys, vec!["order-1".to_owned()]);
@@ -392,6 +424,17 @@ mod tests {
         let mut unknown = message(v5::MessageType::Normal, None);
         unknown.system_properties.as_mut().unwrap().message_type = 99;
         assert_eq!(code(unknown, 1024), v5::Code::BadRequest as i32);
+    }
+
+    #[test]
+    fn a_message_group_always_lands_in_the_same_queue() {
+        assert_eq!(fifo_queue("order-7", 8), fifo_queue("order-7", 8));
+        assert!((0..100).all(|i| fifo_queue(&format!("order-{i}"), 8) < 8));
+        assert_eq!(
+            fifo_queue("g", 0),
+            0,
+            "a topic without queues does not divide by zero"
+        );
     }
 
     #[test]

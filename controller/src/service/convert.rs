@@ -13,18 +13,16 @@ pub(super) fn role_to_wire(role: ConfiguredRole) -> pb::BrokerRole {
 
 pub(super) fn group_view(state: &ClusterState, name: &str) -> Option<pb::GroupView> {
     let group = state.groups.get(name)?;
+    let master = group.master_id.and_then(|id| group.brokers.get(&id));
     Some(pb::GroupView {
         name: name.to_owned(),
         master_id: group.master_id,
         master_epoch: group.master_epoch,
         in_sync_set: group.in_sync_set.iter().copied().collect(),
         in_sync_set_epoch: group.in_sync_set_epoch,
-        master_addr: group
-            .master_id
-            .and_then(|id| group.brokers.get(&id))
-            .map(|master| master.addr.clone())
-            .unwrap_or_default(),
+        master_addr: master.map(|m| m.addr.clone()).unwrap_or_default(),
         drained: group.drained,
+        master_v5_addr: master.map(|m| m.v5_addr.clone()).unwrap_or_default(),
     })
 }
 

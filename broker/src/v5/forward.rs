@@ -1,0 +1,191 @@
+//! Calls only a group's master can answer (receives and what follows them), made on another
+//! member: handed to the master's own v5 service, at the address the controller's group view
+//! gives (`GroupView.master_v5_addr`), with the client's id. The member keeps one channel per
+//! master address.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use proto::controller::GroupView;
+use proto::v5;
+use proto::v5::messaging_service_client::MessagingServiceClient;
+use tokio::sync::watch;
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+
+use super::status::status;
+use super::CLIENT_ID_METADATA_KEY;
+
+/// Longest the TCP connect to the master may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// Most items a forwarded receive's stream may bring back (a batch, its status and time).
+const STREAM_ITEMS_MAX: usize = super::consume::RECEIVE_BATCH_MAX as usize + 4;
+
+/// Where the group's master serves v5, and channels to it.
+pub struct ToMaster {
+    views: Option<watch::Receiver<Option<GroupView>>>,
+    clients: Mutex<HashMap<String, MessagingServiceClient<Channel>>>,
+}
+
+impl ToMaster {
+    /// `views`: the controller's views of this broker's group; None for a standalone broker.
+    pub fn new(views: Option<watch::Receiver<Option<GroupView>>>) -> ToMaster {
+        ToMaster {
+            views,
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A client of the master's v5 service, or the status saying there is none to hand to.
+    fn master(&self) -> Result<MessagingServiceClient<Channel>, v5::Status> {
+        let no_master = || {
+            status(
+                v5::Code::HaNotAvailable,
+                "this broker is not its group's master and knows no master serving v5 now (an \
+                 election may be running); try again",
+            )
+        };
+        let addr = self
+            .views
+            .as_ref()
+            .and_then(|views| views.borrow().as_ref().map(|v| v.master_v5_addr.clone()))
+            .filter(|addr| !addr.is_empty())
+            .ok_or_else(no_master)?;
+        let mut clients = self
+            .clients
+            .lock()
+            .expect("v5 master clients lock poisoned");
+        if let Some(client) = clients.get(&addr) {
+            return Ok(client.clone());
+        }
+        let endpoint = proto::dial::endpoint(&addr, CONNECT_TIMEOUT).map_err(|_| no_master())?;
+        let client = MessagingServiceClient::new(endpoint.connect_lazy());
+        clients.insert(addr, client.clone());
+        Ok(client)
+    }
+
+    fn request<T>(message: T, client_id: &str, timeout: Duration) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Ok(value) = client_id.parse() {
+            request.metadata_mut().insert(CLIENT_ID_METADATA_KEY, value);
+        }
+        request.set_timeout(timeout);
+        request
+    }
+
+    /// A receive on the master: its stream's items, collected (at most a batch and its status).
+    pub async fn receive(
+        &self,
+        message: v5::ReceiveMessageRequest,
+        client_id: &str,
+        timeout: Duration,
+    ) -> Vec<v5::ReceiveMessageResponse> {
+        let failed = |status| {
+            vec![v5::ReceiveMessageResponse {
+                content: Some(v5::receive_message_response::Content::Status(status)),
+            }]
+        };
+        let mut client = match self.master() {
+            Ok(client) => client,
+            Err(status) => return failed(status),
+        };
+        let mut stream = match client
+            .receive_message(Self::request(message, client_id, timeout))
+            .await
+        {
+            Ok(stream) => stream.into_inner(),
+            Err(err) => return failed(unreachable(&err)),
+        };
+        let mut items = Vec::new();
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(item) if items.len() < STREAM_ITEMS_MAX => items.push(item),
+                Ok(_) => break,
+                Err(err) => return failed(unreachable(&err)),
+            }
+        }
+        items
+    }
+
+    pub async fn ack(
+        &self,
+        message: v5::AckMessageRequest,
+        client_id: &str,
+    ) -> v5::AckMessageResponse {
+        let answer = match self.master() {
+            Ok(mut client) => client
+                .ack_message(Self::request(message, client_id, UNARY_TIMEOUT))
+                .await
+                .map(tonic::Response::into_inner),
+            Err(status) => {
+                return v5::AckMessageResponse {
+                    status: Some(status),
+                    entries: Vec::new(),
+                }
+            }
+        };
+        answer.unwrap_or_else(|err| v5::AckMessageResponse {
+            status: Some(unreachable(&err)),
+            entries: Vec::new(),
+        })
+    }
+
+    pub async fn change_invisible(
+        &self,
+        message: v5::ChangeInvisibleDurationRequest,
+        client_id: &str,
+    ) -> v5::ChangeInvisibleDurationResponse {
+        let answer = match self.master() {
+            Ok(mut client) => client
+                .change_invisible_duration(Self::request(message, client_id, UNARY_TIMEOUT))
+                .await
+                .map(tonic::Response::into_inner),
+            Err(status) => {
+                return v5::ChangeInvisibleDurationResponse {
+                    status: Some(status),
+                    receipt_handle: String::new(),
+                }
+            }
+        };
+        answer.unwrap_or_else(|err| v5::ChangeInvisibleDurationResponse {
+            status: Some(unreachable(&err)),
+            receipt_handle: String::new(),
+        })
+    }
+
+    pub async fn dead_letter(
+        &self,
+        message: v5::ForwardMessageToDeadLetterQueueRequest,
+        client_id: &str,
+    ) -> v5::ForwardMessageToDeadLetterQueueResponse {
+        let answer = match self.master() {
+            Ok(mut client) => client
+                .forward_message_to_dead_letter_queue(Self::request(
+                    message,
+                    client_id,
+                    UNARY_TIMEOUT,
+                ))
+                .await
+                .map(tonic::Response::into_inner),
+            Err(status) => {
+                return v5::ForwardMessageToDeadLetterQueueResponse {
+                    status: Some(status),
+                }
+            }
+        };
+        answer.unwrap_or_else(|err| v5::ForwardMessageToDeadLetterQueueResponse {
+            status: Some(unreachable(&err)),
+        })
+    }
+}
+
+/// Longest a forwarded acknowledgement or renewal may take: below the clients' 3 s.
+const UNARY_TIMEOUT: Duration = Duration::from_millis(2500);
+
+fn unreachable(err: &tonic::Status) -> v5::Status {
+    status(
+        v5::Code::HaNotAvailable,
+        format!("the group's master did not answer: {}", err.message()),
+    )
+}
