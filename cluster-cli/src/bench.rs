@@ -4,7 +4,9 @@
 //! Compare it with `store-bench` (the store alone) to see what the network layer costs.
 //! The producer batches concurrent sends (`--batch-max-messages 1` turns that off). With
 //! `--sent-at`, every message carries its send time in the property [`SENT_AT_PROPERTY`], from
-//! which `bench consume` ([`crate::bench_consume`]) measures end-to-end latency.
+//! which `bench consume` ([`crate::bench_consume`]) measures end-to-end latency. With
+//! `--api v5` the same workload goes through RocketMQ 5's API at `--endpoint`
+//! ([`crate::bench_v5`]), one message per request as the official clients send them.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -56,6 +58,45 @@ pub struct ProduceArgs {
     /// (about 7 % here), and store-bench's messages carry none.
     #[arg(long)]
     sent_at: bool,
+    /// Which API: the cluster's own (`native`) or RocketMQ 5's (`v5`, at `--endpoint`).
+    #[arg(long, value_enum, default_value_t = Api::Native)]
+    api: Api,
+    /// With `--api v5`: the access point, `host:port` (scripts/cluster.sh writes it to
+    /// cluster.env).
+    #[arg(long, env = "ROCKETMQ_ENDPOINT")]
+    endpoint: Option<String>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Api {
+    Native,
+    V5,
+}
+
+/// What the workers send through.
+enum Target {
+    Native(client::Producer),
+    V5(crate::bench_v5::V5Producer),
+}
+
+impl Target {
+    /// One send of `body`: the outcome's name (SEND_OK, another status, or an error).
+    async fn send(&self, topic: &str, body: Bytes, stamp: bool) -> Result<String, String> {
+        match self {
+            Target::Native(producer) => {
+                let mut message = Message::new(topic.to_owned(), body);
+                if stamp {
+                    message = message.with_property(SENT_AT_PROPERTY, now_us().to_string());
+                }
+                producer
+                    .send(message)
+                    .await
+                    .map(|result| result.status.name().to_owned())
+                    .map_err(|err| format!("error: {err}"))
+            }
+            Target::V5(producer) => producer.send(body).await,
+        }
+    }
 }
 
 pub async fn run(reach: &Reach, json: bool, command: BenchCommand) -> Result<ExitCode> {
@@ -81,7 +122,18 @@ async fn produce(reach: &Reach, json: bool, args: ProduceArgs) -> Result<ExitCod
         batch_max_in_flight: args.batch_max_in_flight,
         ..ProducerConfig::default()
     };
-    let producer = reach.producer(config).await?;
+    let target = Arc::new(match args.api {
+        Api::Native => Target::Native(reach.producer(config).await?),
+        Api::V5 => {
+            if args.sent_at {
+                bail!("--sent-at is for the native API");
+            }
+            let Some(endpoint) = &args.endpoint else {
+                bail!("--api v5 needs --endpoint HOST:PORT (or ROCKETMQ_ENDPOINT)");
+            };
+            Target::V5(crate::bench_v5::V5Producer::connect(endpoint, &args.topic).await?)
+        }
+    });
     let body = Bytes::from(vec![b'b'; args.size]);
     let next = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicU64::new(0));
@@ -92,8 +144,8 @@ async fn produce(reach: &Reach, json: bool, args: ProduceArgs) -> Result<ExitCod
     let started = Instant::now();
     let workers: Vec<_> = (0..args.in_flight)
         .map(|_| {
-            let (producer, body, next, done) =
-                (producer.clone(), body.clone(), next.clone(), done.clone());
+            let (target, body, next, done) =
+                (target.clone(), body.clone(), next.clone(), done.clone());
             let (latencies, statuses, topic, count, stamp) = (
                 latencies.clone(),
                 statuses.clone(),
@@ -107,17 +159,12 @@ async fn produce(reach: &Reach, json: bool, args: ProduceArgs) -> Result<ExitCod
                 let mut local_statuses: BTreeMap<Cow<'static, str>, u64> = BTreeMap::new();
                 while next.fetch_add(1, Ordering::AcqRel) < count {
                     let sent_at = Instant::now();
-                    let mut message = Message::new(topic.clone(), body.clone());
-                    if stamp {
-                        message = message.with_property(SENT_AT_PROPERTY, now_us().to_string());
-                    }
-                    let outcome = producer.send(message).await;
-                    let name = match outcome {
-                        Ok(result) => {
+                    let name = match target.send(&topic, body.clone(), stamp).await {
+                        Ok(status) => {
                             local.saturating_record(sent_at.elapsed().as_micros().max(1) as u64);
-                            Cow::Borrowed(result.status.name())
+                            Cow::Owned(status)
                         }
-                        Err(err) => Cow::Owned(format!("error: {err}")),
+                        Err(err) => Cow::Owned(err),
                     };
                     *local_statuses.entry(name).or_default() += 1;
                     done.fetch_add(1, Ordering::AcqRel);
@@ -154,7 +201,14 @@ async fn produce(reach: &Reach, json: bool, args: ProduceArgs) -> Result<ExitCod
     let latencies = latencies.lock().expect("lock");
     let statuses = statuses.lock().expect("lock").clone();
     let msgs_per_s = args.count as f64 / elapsed;
-    let stats = producer.send_stats();
+    // The v5 API sends one message per request, as the official clients do.
+    let stats = match target.as_ref() {
+        Target::Native(producer) => producer.send_stats(),
+        Target::V5(_) => client::SendStats {
+            rpcs: args.count,
+            messages: args.count,
+        },
+    };
     let messages_per_rpc = stats.messages as f64 / stats.rpcs.max(1) as f64;
     let mb_per_s = msgs_per_s * args.size as f64 / 1_000_000.0;
     let (p50, p99, p999) = (
@@ -170,6 +224,7 @@ async fn produce(reach: &Reach, json: bool, args: ProduceArgs) -> Result<ExitCod
                 "batch_max_messages": args.batch_max_messages,
                 "batch_max_in_flight": args.batch_max_in_flight,
                 "sent_at": args.sent_at,
+                "api": format!("{:?}", args.api).to_lowercase(),
                 "seconds": (elapsed * 100.0).round() / 100.0,
                 "msgs_per_s": msgs_per_s.round(), "mb_per_s": (mb_per_s * 10.0).round() / 10.0,
                 "latency_us": { "p50": p50, "p99": p99, "p999": p999 },

@@ -27,6 +27,7 @@ macro_rules! out {
 mod admin;
 mod bench;
 mod bench_consume;
+mod bench_v5;
 mod consume;
 mod drill;
 mod elect;

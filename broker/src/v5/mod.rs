@@ -21,14 +21,17 @@
 //! - [`route`]: `QueryRoute`, the controller's route of a topic (or this broker's topics, for a
 //!   standalone broker) as RocketMQ 5 queues, and which member's address a group is reached at.
 //! - [`send`]: `SendMessage`: NORMAL and FIFO messages through the broker's own send path (same
-//!   statuses, same durability), handed to the group's master from any member.
+//!   statuses, same durability), handed to the group's master from any member; [`lane`]
+//!   gathers concurrent sends into batches.
+//! - [`consume`]: receives, acknowledgements, invisibility and dead letters on the queue's
+//!   master ([`pop`]: its state per group and queue; [`receipt`]: the signed handles;
+//!   [`message`]: a stored message as clients receive it); [`forward`]: the same calls made on
+//!   another member, handed to the master.
 //! - [`telemetry`]: the `Telemetry` stream: the server's settings in answer to a client's.
 //! - [`status`]: building answers' statuses.
 //!
 //! Not served yet, each answering `NOT_IMPLEMENTED` with where to read more (docs/CLIENTS.md):
-//! the consuming RPCs (`QueryAssignment`, `ReceiveMessage`, `AckMessage`,
-//! `ChangeInvisibleDuration`, `ForwardMessageToDeadLetterQueue`, `PullMessage`, the offsets),
-//! transactions, recall and lite topics.
+//! `PullMessage` and the offsets' RPCs, transactions, recall and lite topics.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -52,6 +55,7 @@ use crate::topics::TopicRegistry;
 
 pub mod consume;
 pub mod forward;
+pub mod lane;
 pub mod message;
 pub mod pop;
 pub mod receipt;

@@ -31,6 +31,7 @@ use proto::common::{ErrorCode, SendStatus};
 use proto::v5;
 use tonic::transport::Channel;
 
+use super::lane::{LaneKey, Lanes};
 use super::status::{ok, refused, status};
 use crate::error::BrokerError;
 use crate::service::BrokerService;
@@ -51,13 +52,19 @@ const MESSAGE_GROUP_BYTES_MAX: usize = 255;
 
 /// Sends v5 messages through the broker.
 pub struct Sender {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     native: Arc<BrokerService>,
     topics: Arc<TopicRegistry>,
     max_body_bytes: u32,
-    /// The round robin of NORMAL messages over a topic's queues.
+    /// The round robin of NORMAL batches over a topic's queues.
     next_queue: AtomicU32,
     /// Native clients of masters this broker handed sends to, by address.
     masters: Mutex<HashMap<String, BrokerClient<Channel>>>,
+    /// Concurrent sends waiting to go in one batch (`lane`).
+    lanes: Lanes,
 }
 
 impl Sender {
@@ -67,11 +74,14 @@ impl Sender {
         max_body_bytes: u32,
     ) -> Sender {
         Sender {
-            native,
-            topics,
-            max_body_bytes,
-            next_queue: AtomicU32::new(0),
-            masters: Mutex::new(HashMap::new()),
+            inner: Arc::new(Inner {
+                native,
+                topics,
+                max_body_bytes,
+                next_queue: AtomicU32::new(0),
+                masters: Mutex::new(HashMap::new()),
+                lanes: Lanes::default(),
+            }),
         }
     }
 
@@ -115,29 +125,72 @@ impl Sender {
             offset,
             recall_handle: String::new(),
         };
-        let mut request = match to_native(message, self.max_body_bytes) {
+        let mut request = match to_native(message, self.inner.max_body_bytes) {
             Ok(request) => request,
             Err(refusal) => return entry(refusal, 0),
         };
-        let Some(topic) = self.topics.get(&request.topic) else {
+        let Some(topic) = self.inner.topics.get(&request.topic) else {
             let status = refused(
                 ErrorCode::TopicNotFound,
                 format!("topic {} does not exist", proto::Echo(&request.topic)),
             );
             return entry(status, 0);
         };
-        let group = request.messages[0].properties.get(PROPERTY_MESSAGE_GROUP);
-        request.queue_id = match group {
-            Some(group) => fifo_queue(group, topic.queue_count),
-            None => self.next_queue.fetch_add(1, Ordering::Relaxed) % topic.queue_count.max(1),
+        let message = request.messages.remove(0);
+        let key = LaneKey {
+            queue: message
+                .properties
+                .get(PROPERTY_MESSAGE_GROUP)
+                .map(|group| fifo_queue(group, topic.queue_count)),
+            topic: request.topic,
         };
-        match self.send_through_master(request).await {
-            Ok(answer) => {
-                let status = send_status(answer.status);
-                // Queue offsets fit i64 for 2^63 messages.
-                entry(status, answer.queue_offset as i64)
+        let (outcome, start) = self.inner.lanes.push(&key, message);
+        if start {
+            let inner = self.inner.clone();
+            tokio::spawn(async move { inner.send_batches(key, topic.queue_count).await });
+        }
+        match outcome.await {
+            // Queue offsets fit i64 for 2^63 messages.
+            Ok(Ok((native_status, offset))) => entry(send_status(native_status), offset as i64),
+            Ok(Err(refusal)) => entry(refusal, 0),
+            Err(_) => entry(
+                status(
+                    v5::Code::InternalError,
+                    "the batch carrying this message ended",
+                ),
+                0,
+            ),
+        }
+    }
+}
+
+impl Inner {
+    /// Sends `key`'s waiting messages, a batch at a time, until none waits.
+    async fn send_batches(&self, key: LaneKey, queue_count: u32) {
+        while let Some(batch) = self.lanes.next_batch(&key) {
+            let queue_id = key.queue.unwrap_or_else(|| {
+                self.next_queue.fetch_add(1, Ordering::Relaxed) % queue_count.max(1)
+            });
+            let request = |messages: Vec<native::Message>| native::SendRequest {
+                topic: key.topic.clone(),
+                queue_id,
+                messages,
+            };
+            match self
+                .send_through_master(request(batch.messages.clone()))
+                .await
+            {
+                Ok(answer) => batch.answer(Ok((answer.status, answer.queue_offset))),
+                Err(refusal) if batch.messages.len() > 1 && about_a_message(&refusal) => {
+                    for part in batch.split() {
+                        let answer = self
+                            .send_through_master(request(part.messages.clone()))
+                            .await;
+                        part.answer(answer.map(|a| (a.status, a.queue_offset)));
+                    }
+                }
+                Err(refusal) => batch.answer(Err(refusal)),
             }
-            Err(refusal) => entry(refusal, 0),
         }
     }
 
@@ -228,6 +281,19 @@ enum Forward {
     Retry(String),
     /// The master refused the send: the answer.
     Refused(v5::Status),
+}
+
+/// Whether a batch's refusal may be one of its messages' doing (bad input: 4xxxx), rather than
+/// the topic's or the broker's (which every message of it would meet alone too).
+fn about_a_message(refusal: &v5::Status) -> bool {
+    let not_about_one = [
+        v5::Code::TopicNotFound,
+        v5::Code::NotFound,
+        v5::Code::Forbidden,
+        v5::Code::TooManyRequests,
+    ];
+    (40000..50000).contains(&refusal.code)
+        && !not_about_one.iter().any(|c| *c as i32 == refusal.code)
 }
 
 /// The queue of a FIFO message group among `queue_count`: the same on every member.

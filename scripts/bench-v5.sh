@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The v5 API against the native API in one run (docs/BENCHMARKS.md, step 9): a 2m-2s-sync
+# cluster (SYNC_MASTER + SYNC_FLUSH on every broker) from scripts/cluster.sh, one topic of 8
+# queues per group; `cluster-cli bench produce` (1 KiB, 64 in flight) through the native API
+# (its producer batches concurrent sends: `native`; one message per request: `native-single`)
+# and through RocketMQ 5's (`--api v5`, at the cluster's ROCKETMQ_ENDPOINT, one message per
+# request as the official clients send), in turn, ROUNDS times each. Prints one JSON line per
+# run and, last, the medians and the ratios v5 / native and v5 / native-single. Stops the
+# cluster and removes its directory on exit.
+#
+#   scripts/bench-v5.sh [COUNT] [ROUNDS]
+#
+# Environment: BIN_DIR (default ./target/release, built by cluster.sh up when missing),
+# BENCH_DIR (default /tmp/bench-v5).
+set -eEuo pipefail
+shopt -s inherit_errexit
+trap 'echo "bench-v5: line $LINENO: \"$BASH_COMMAND\" failed with status $?" >&2' ERR
+cd "$(dirname "$0")/.."
+COUNT=${1:-100000}
+ROUNDS=${2:-3}
+BENCH_DIR=${BENCH_DIR:-/tmp/bench-v5}
+export BIN_DIR=${BIN_DIR:-$PWD/target/release}
+
+cleanup() { bash scripts/cluster.sh down --dir "$BENCH_DIR" >/dev/null 2>&1 || true; rm -rf "$BENCH_DIR"; }
+trap cleanup EXIT
+rm -rf "$BENCH_DIR"
+bash scripts/cluster.sh up 2m-2s-sync --dir "$BENCH_DIR" >&2
+# shellcheck disable=SC1091
+set -a; . "$BENCH_DIR/cluster.env"; set +a
+"$BIN_DIR/cluster-cli" --controller "$CONTROLLER_ADDR" topic create bench --queues 8 >&2
+
+native=() single=() v5=()
+for ((round = 1; round <= ROUNDS; round++)); do
+  for variant in native native-single v5; do
+    case $variant in
+      native) args=(--api native) ;;
+      native-single) args=(--api native --batch-max-messages 1) ;;
+      v5) args=(--api v5) ;;
+    esac
+    line=$("$BIN_DIR/cluster-cli" --controller "$CONTROLLER_ADDR" --json bench produce \
+      --topic bench --count "$COUNT" --size 1024 --in-flight 64 "${args[@]}" 2>/dev/null) || {
+      echo "bench-v5: bench produce ($variant) failed: $line" >&2
+      exit 1
+    }
+    echo "$variant $line"
+    rate=$(sed -n 's/.*"msgs_per_s":\([0-9.]*\).*/\1/p' <<<"$line")
+    case $variant in
+      native) native+=("$rate") ;;
+      native-single) single+=("$rate") ;;
+      v5) v5+=("$rate") ;;
+    esac
+  done
+done
+median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
+n=$(median "${native[@]}")
+s=$(median "${single[@]}")
+v=$(median "${v5[@]}")
+awk -v n="$n" -v s="$s" -v v="$v" 'BEGIN { printf "{\"native_msgs_per_s\":%d,\"native_single_msgs_per_s\":%d,\"v5_msgs_per_s\":%d,\"v5_over_native\":%.2f,\"v5_over_native_single\":%.2f}\n", n, s, v, v / n, v / s }'
