@@ -31,7 +31,7 @@ use tokio::signal::unix::{signal, SignalKind};
 #[command(
     name = "controller",
     version,
-    about,
+    about = "A member of the controller quorum: the cluster's name server and failover authority",
     args_conflicts_with_subcommands = true
 )]
 struct Cli {
