@@ -379,6 +379,20 @@ fn stale_status(stale: Stale) -> v5::Status {
     status(v5::Code::InvalidReceiptHandle, why)
 }
 
+/// `given`, or `default` when absent; None when it is outside `range`.
+fn bounded(
+    given: Option<&prost_types::Duration>,
+    default: Duration,
+    range: std::ops::RangeInclusive<Duration>,
+) -> Option<Duration> {
+    match given {
+        None => Some(default),
+        Some(d) => millis_of(d)
+            .map(Duration::from_millis)
+            .filter(|d| range.contains(d)),
+    }
+}
+
 /// A receive request, checked; or the status that refuses it.
 pub fn validate(request: &v5::ReceiveMessageRequest) -> Result<Receive, v5::Status> {
     let group = request
@@ -410,30 +424,28 @@ pub fn validate(request: &v5::ReceiveMessageRequest) -> Result<Receive, v5::Stat
             ))
         }
     };
-    let invisible = match &request.invisible_duration {
-        None => DEFAULT_INVISIBLE,
-        Some(d) => millis_of(d)
-            .map(Duration::from_millis)
-            .filter(|d| (INVISIBLE_MIN..=INVISIBLE_MAX).contains(d))
-            .ok_or_else(|| {
-                status(
-                    v5::Code::IllegalInvisibleTime,
-                    "invisible_duration must be 1 s to 12 h",
-                )
-            })?,
-    };
-    let long_polling = match &request.long_polling_timeout {
-        None => LONG_POLLING_DEFAULT,
-        Some(d) => millis_of(d)
-            .map(Duration::from_millis)
-            .filter(|d| *d <= LONG_POLLING_MAX)
-            .ok_or_else(|| {
-                status(
-                    v5::Code::IllegalPollingTime,
-                    "long_polling_timeout must be 0 to 30 s",
-                )
-            })?,
-    };
+    let invisible = bounded(
+        request.invisible_duration.as_ref(),
+        DEFAULT_INVISIBLE,
+        INVISIBLE_MIN..=INVISIBLE_MAX,
+    )
+    .ok_or_else(|| {
+        status(
+            v5::Code::IllegalInvisibleTime,
+            "invisible_duration must be 1 s to 12 h",
+        )
+    })?;
+    let long_polling = bounded(
+        request.long_polling_timeout.as_ref(),
+        LONG_POLLING_DEFAULT,
+        Duration::ZERO..=LONG_POLLING_MAX,
+    )
+    .ok_or_else(|| {
+        status(
+            v5::Code::IllegalPollingTime,
+            "long_polling_timeout must be 0 to 30 s",
+        )
+    })?;
     let tag_expression = match &request.filter_expression {
         None => String::new(),
         Some(filter) if filter.r#type == v5::FilterType::Sql as i32 => {

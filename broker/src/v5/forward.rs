@@ -108,27 +108,44 @@ impl ToMaster {
         items
     }
 
+    /// One unary call on the master; `failed` makes the answer from a status when there is
+    /// no master to hand it to or it did not answer.
+    async fn unary<Req, Resp, Call, Answer>(
+        &self,
+        message: Req,
+        client_id: &str,
+        call: Call,
+        failed: impl Fn(v5::Status) -> Resp,
+    ) -> Resp
+    where
+        Call: FnOnce(MessagingServiceClient<Channel>, tonic::Request<Req>) -> Answer,
+        Answer: std::future::Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+    {
+        let client = match self.master() {
+            Ok(client) => client,
+            Err(status) => return failed(status),
+        };
+        match call(client, Self::request(message, client_id, UNARY_TIMEOUT)).await {
+            Ok(answer) => answer.into_inner(),
+            Err(err) => failed(unreachable(&err)),
+        }
+    }
+
     pub async fn ack(
         &self,
         message: v5::AckMessageRequest,
         client_id: &str,
     ) -> v5::AckMessageResponse {
-        let answer = match self.master() {
-            Ok(mut client) => client
-                .ack_message(Self::request(message, client_id, UNARY_TIMEOUT))
-                .await
-                .map(tonic::Response::into_inner),
-            Err(status) => {
-                return v5::AckMessageResponse {
-                    status: Some(status),
-                    entries: Vec::new(),
-                }
-            }
-        };
-        answer.unwrap_or_else(|err| v5::AckMessageResponse {
-            status: Some(unreachable(&err)),
-            entries: Vec::new(),
-        })
+        self.unary(
+            message,
+            client_id,
+            |mut c, r| async move { c.ack_message(r).await },
+            |status| v5::AckMessageResponse {
+                status: Some(status),
+                entries: Vec::new(),
+            },
+        )
+        .await
     }
 
     pub async fn change_invisible(
@@ -136,22 +153,16 @@ impl ToMaster {
         message: v5::ChangeInvisibleDurationRequest,
         client_id: &str,
     ) -> v5::ChangeInvisibleDurationResponse {
-        let answer = match self.master() {
-            Ok(mut client) => client
-                .change_invisible_duration(Self::request(message, client_id, UNARY_TIMEOUT))
-                .await
-                .map(tonic::Response::into_inner),
-            Err(status) => {
-                return v5::ChangeInvisibleDurationResponse {
-                    status: Some(status),
-                    receipt_handle: String::new(),
-                }
-            }
-        };
-        answer.unwrap_or_else(|err| v5::ChangeInvisibleDurationResponse {
-            status: Some(unreachable(&err)),
-            receipt_handle: String::new(),
-        })
+        self.unary(
+            message,
+            client_id,
+            |mut c, r| async move { c.change_invisible_duration(r).await },
+            |status| v5::ChangeInvisibleDurationResponse {
+                status: Some(status),
+                receipt_handle: String::new(),
+            },
+        )
+        .await
     }
 
     pub async fn dead_letter(
@@ -159,24 +170,15 @@ impl ToMaster {
         message: v5::ForwardMessageToDeadLetterQueueRequest,
         client_id: &str,
     ) -> v5::ForwardMessageToDeadLetterQueueResponse {
-        let answer = match self.master() {
-            Ok(mut client) => client
-                .forward_message_to_dead_letter_queue(Self::request(
-                    message,
-                    client_id,
-                    UNARY_TIMEOUT,
-                ))
-                .await
-                .map(tonic::Response::into_inner),
-            Err(status) => {
-                return v5::ForwardMessageToDeadLetterQueueResponse {
-                    status: Some(status),
-                }
-            }
-        };
-        answer.unwrap_or_else(|err| v5::ForwardMessageToDeadLetterQueueResponse {
-            status: Some(unreachable(&err)),
-        })
+        self.unary(
+            message,
+            client_id,
+            |mut c, r| async move { c.forward_message_to_dead_letter_queue(r).await },
+            |status| v5::ForwardMessageToDeadLetterQueueResponse {
+                status: Some(status),
+            },
+        )
+        .await
     }
 }
 
