@@ -57,13 +57,20 @@ impl BrokerMetadata for LinkedBroker {
 
     fn sync_group_settings(&self, settings: &[GroupSettings]) -> Result<(), MetadataSyncError> {
         // The message model needs nothing here: a broadcasting group's consumers keep their own
-        // offsets and retry in place, never sending back, so only max retries changes what the
-        // broker does.
+        // offsets and retry in place, never sending back, so max retries and FIFO consumption
+        // (RocketMQ 5 consumers) are what change what the broker does.
         let table: HashMap<String, u32> = settings
             .iter()
             .map(|s| (s.group.clone(), s.max_retries))
             .collect();
         self.retry.sync_group_max_retries(table);
+        self.retry.sync_fifo_groups(
+            settings
+                .iter()
+                .filter(|s| s.fifo)
+                .map(|s| s.group.clone())
+                .collect(),
+        );
         Ok(())
     }
 

@@ -22,7 +22,7 @@
 //! both replicate with it. Delivery is at least once: a crash between delivering and
 //! committing the progress delivers that message again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -101,6 +101,9 @@ pub struct RetryState {
     /// Max retries per group, as the controller last sent them. A plain lock: it is read once
     /// per send-back and replaced once per metadata change, and never held across an await.
     group_max_retries: RwLock<HashMap<String, u32>>,
+    /// The groups that consume each message group in order, as the controller last sent them
+    /// (RocketMQ 5 consumption holds a message group back while one of it is in flight).
+    fifo_groups: RwLock<HashSet<String>>,
 }
 
 impl RetryState {
@@ -123,6 +126,7 @@ impl RetryState {
             levels,
             max_reconsume_times,
             group_max_retries: RwLock::new(HashMap::new()),
+            fifo_groups: RwLock::new(HashSet::new()),
         }))
     }
 
@@ -133,6 +137,19 @@ impl RetryState {
             .group_max_retries
             .write()
             .expect("group max retries lock poisoned") = table;
+    }
+
+    /// Makes the FIFO groups exactly `groups`.
+    pub fn sync_fifo_groups(&self, groups: HashSet<String>) {
+        *self.fifo_groups.write().expect("fifo groups lock poisoned") = groups;
+    }
+
+    /// Whether `group` consumes each message group in order.
+    pub fn is_fifo(&self, group: &str) -> bool {
+        self.fifo_groups
+            .read()
+            .expect("fifo groups lock poisoned")
+            .contains(group)
     }
 
     /// Send-backs `group` gets before its messages go to its dead-letter topic.

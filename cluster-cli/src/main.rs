@@ -31,6 +31,7 @@ mod bench_v5;
 mod consume;
 mod drill;
 mod elect;
+mod group_settings;
 mod ha;
 mod progress;
 mod send;
@@ -138,6 +139,9 @@ enum GroupCommand {
         #[arg(long)]
         topic: String,
     },
+    /// A consumer group's settings on the controller: shown, or changed (`--max-retries`,
+    /// `--fifo`) and shown.
+    Settings(group_settings::SettingsArgs),
 }
 
 /// The masters a per-queue command asks: the topic's groups' through the controller, else the
@@ -270,6 +274,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let masters = masters(&cli.controller, &cli.broker, &topic).await?;
             progress::group_progress(&masters, cli.json, &group, &topic).await
         }
+        Command::Group {
+            command: GroupCommand::Settings(args),
+        } => group_settings::run(&controller(&cli.controller)?, cli.json, args).await,
         Command::Send(args) => send::run(&reach, cli.json, args).await,
         Command::Consume(args) => consume::run(&reach, cli.json, args).await,
         Command::Bench { command } => bench::run(&reach, cli.json, command).await,

@@ -95,4 +95,36 @@ impl ControllerConnection {
         .await
         .map(|_| ())
     }
+
+    /// A consumer group's settings (the defaults when none were set).
+    pub async fn group_settings(
+        &self,
+        group: &str,
+    ) -> Result<wire::GroupSettings, ControllerError> {
+        let request = wire::GetGroupSettingsRequest {
+            group: group.to_owned(),
+        };
+        self.call(|mut c| {
+            let request = request.clone();
+            async move { c.get_group_settings(request).await }
+        })
+        .await
+    }
+
+    /// Sets a consumer group's settings, replicated by the quorum; every broker applies them at
+    /// its next heartbeat.
+    pub async fn set_group_settings(
+        &self,
+        settings: wire::GroupSettings,
+    ) -> Result<(), ControllerError> {
+        let request = wire::SetGroupSettingsRequest {
+            settings: Some(settings),
+        };
+        self.call(|mut c| {
+            let request = request.clone();
+            async move { c.set_group_settings(request).await }
+        })
+        .await
+        .map(|_| ())
+    }
 }

@@ -190,6 +190,10 @@ pub struct GroupSettings {
     /// Retries before a message goes to the group's dead-letter topic.
     pub max_retries: u32,
     pub message_model: MessageModel,
+    /// Each message group consumed in order (RocketMQ 5 consumers; false in state written
+    /// before it existed).
+    #[serde(default)]
+    pub fifo: bool,
 }
 
 impl Default for GroupSettings {
@@ -197,6 +201,7 @@ impl Default for GroupSettings {
         GroupSettings {
             max_retries: 16,
             message_model: MessageModel::Clustering,
+            fifo: false,
         }
     }
 }

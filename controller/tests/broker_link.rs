@@ -355,6 +355,7 @@ async fn group_settings_set_on_the_controller_reach_the_broker_at_the_next_heart
         group: "orders-consumers".to_owned(),
         max_retries: 2,
         message_model: pb::MessageModel::Clustering as i32,
+        fifo: true,
     };
     let mut admin = ControllerClient::connect(format!("http://{addr}"))
         .await

@@ -11,8 +11,10 @@
 //! acknowledged come again (at least once, counted as duplicates), and none is skipped.
 //!
 //! A message whose deliveries ran out (the group's max retries plus one) goes to the group's
-//! dead-letter topic, as a native consumer's would. FIFO groups are not held back yet: every
-//! message group is handed out as it comes (docs/CLIENTS.md).
+//! dead-letter topic, as a native consumer's would. A FIFO group (its setting on the
+//! controller) gets no message of a message group while an earlier one of it is in flight:
+//! reading a queue stops at such a message until it is free (the queue waits behind the busy
+//! group, so no message is skipped or reordered).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -26,6 +28,7 @@ use tokio::sync::Mutex as AsyncMutex;
 use super::message::{millis_of, to_v5, Delivered};
 use super::pop::{Delivery, PopQueue, Stale};
 use super::receipt::Receipt;
+use super::send::PROPERTY_MESSAGE_GROUP;
 use super::status::{ok, refused, status};
 use crate::error::BrokerError;
 use crate::groups::ConsumerGroupState;
@@ -64,6 +67,8 @@ pub struct Consumption {
     store_host: String,
     /// The master epoch the states were built in, and the states: a new epoch starts afresh.
     queues: Mutex<EpochQueues>,
+    /// Woken by every acknowledgement: a FIFO group's next message may be free now.
+    acked: tokio::sync::Notify,
 }
 
 /// A receive, validated.
@@ -96,6 +101,7 @@ impl Consumption {
             key,
             store_host,
             queues: Mutex::new((0, HashMap::new())),
+            acked: tokio::sync::Notify::new(),
         }
     }
 
@@ -141,7 +147,13 @@ impl Consumption {
                 let wait = Duration::from_millis(at_ms.saturating_sub(now_ms()));
                 until = until.min(tokio::time::Instant::now() + wait);
             }
-            let _ = tokio::time::timeout_at(until, readable.changed()).await;
+            let _ = tokio::time::timeout_at(until, async {
+                tokio::select! {
+                    _ = readable.changed() => {}
+                    () = self.acked.notified() => {}
+                }
+            })
+            .await;
         }
     }
 
@@ -154,6 +166,13 @@ impl Consumption {
         let mut q = queue.lock().await;
         let low_before = q.low();
         let max_attempts = self.retry.max_retries(&receive.group).saturating_add(1);
+        // A FIFO group gets no message of a message group that has one in flight from an
+        // earlier receive; reading stops there, so that none is skipped or reordered.
+        let busy = if self.retry.is_fifo(&receive.group) {
+            Some(q.busy_groups())
+        } else {
+            None
+        };
         let now = now_ms();
         let deadline_ms = now + receive.invisible.as_millis() as u64;
         let mut out = Vec::new();
@@ -201,7 +220,15 @@ impl Consumption {
                 })
                 .await
                 .map_err(|err| refused(err.code(), err.to_string()))?;
+            let mut held_back = false;
             for stored in pulled.messages {
+                let group = stored.properties.get(PROPERTY_MESSAGE_GROUP).cloned();
+                if let (Some(busy), Some(group)) = (&busy, &group) {
+                    if busy.contains(group) {
+                        held_back = true;
+                        break;
+                    }
+                }
                 let offset = stored.queue_offset;
                 let delivery = Delivery {
                     commit_log_offset: stored.commit_log_offset,
@@ -210,10 +237,15 @@ impl Consumption {
                     deadline_ms,
                 };
                 q.hand_out(offset, delivery);
+                if let (Some(_), Some(group)) = (&busy, group) {
+                    q.set_group(offset, group);
+                }
                 out.push(self.deliver(receive, stored, offset, delivery));
             }
-            // Filtered out, or below what retention kept: nothing to hand out there.
-            q.skip_to(pulled.next_queue_offset);
+            if !held_back {
+                // Filtered out, or below what retention kept: nothing to hand out there.
+                q.skip_to(pulled.next_queue_offset);
+            }
         }
         let (low, wake) = (q.low(), q.earliest_deadline());
         tracing::debug!(
@@ -292,6 +324,7 @@ impl Consumption {
             Ok(moved) => {
                 let low = q.low();
                 drop(q);
+                self.acked.notify_waiters();
                 if moved {
                     self.commit(group, topic, receipt.queue_id, low).await;
                 }

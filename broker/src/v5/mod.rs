@@ -114,7 +114,7 @@ impl V5Service {
                 settings.broker_name.clone(),
                 parts.v5_addr.clone(),
             )?,
-            settings: telemetry::ServerSettings::new(settings, store),
+            settings: telemetry::ServerSettings::new(settings, store, Some(parts.retry.clone())),
             consumption: consume::Consumption::new(
                 parts.native,
                 parts.store,

@@ -42,6 +42,8 @@ pub struct PopQueue {
     inflight: BTreeMap<u64, Delivery>,
     /// Acknowledged or filtered out, at or above `low`.
     done: BTreeSet<u64>,
+    /// The message group of each message in flight that has one (FIFO consumer groups).
+    groups: BTreeMap<u64, String>,
 }
 
 impl PopQueue {
@@ -98,6 +100,19 @@ impl PopQueue {
         self.advance();
     }
 
+    /// Records that the message in flight at `offset` belongs to `group`.
+    pub fn set_group(&mut self, offset: u64, group: String) {
+        if self.inflight.contains_key(&offset) {
+            self.groups.insert(offset, group);
+        }
+    }
+
+    /// The message groups with a message in flight: a FIFO consumer group gets no further
+    /// message of them until that one is acknowledged (or dead-lettered).
+    pub fn busy_groups(&self) -> BTreeSet<String> {
+        self.groups.values().cloned().collect()
+    }
+
     /// Everything below `offset` that was never handed out is done (the reader skipped it:
     /// filtered out by tag).
     pub fn skip_to(&mut self, offset: u64) {
@@ -112,6 +127,7 @@ impl PopQueue {
     pub fn ack(&mut self, offset: u64, nonce: u64) -> Result<bool, Stale> {
         self.current(offset, nonce)?;
         self.inflight.remove(&offset);
+        self.groups.remove(&offset);
         self.done.insert(offset);
         let before = self.low;
         self.advance();
@@ -226,6 +242,24 @@ mod tests {
         assert_eq!((renewed.deadline_ms, renewed.attempt), (20_000, 2));
         assert_eq!(q.ack(0, 4), Ok(true));
         q.check();
+    }
+
+    #[test]
+    fn a_message_group_is_busy_while_one_of_it_is_in_flight() {
+        let mut q = PopQueue::starting_at(0);
+        q.hand_out(0, delivery(1, 1_000));
+        q.set_group(0, "order-1".into());
+        q.hand_out(1, delivery(2, 1_000));
+        q.set_group(1, "order-2".into());
+        assert_eq!(q.busy_groups().len(), 2);
+        assert_eq!(q.ack(0, 1), Ok(true));
+        assert_eq!(
+            q.busy_groups().into_iter().collect::<Vec<_>>(),
+            vec!["order-2".to_owned()]
+        );
+        // Not in flight: nothing to record.
+        q.set_group(7, "order-3".into());
+        assert_eq!(q.busy_groups().len(), 1);
     }
 
     #[test]

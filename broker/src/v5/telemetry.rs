@@ -6,9 +6,11 @@
 //! What the server's settings say: the largest body a producer may send, that producers check
 //! a message's type against the queue's, how often a producer tries a send (3 attempts, as the
 //! clients' default), and for consumers the group's redelivery backoff (the broker's delay
-//! levels from the fourth, as today's retries wait), how long a receive polls, and how many
-//! messages one receive brings.
+//! levels from the fourth, as today's retries wait), whether the group consumes in order (its
+//! FIFO setting on the controller), how long a receive polls, and how many messages one
+//! receive brings.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use proto::v5;
@@ -20,6 +22,7 @@ use tonic::{Status, Streaming};
 use super::status::ok;
 use super::ServerStream;
 use crate::config::BrokerSettings;
+use crate::retry::RetryState;
 use crate::store::StoreConfig;
 
 /// Send attempts a producer makes, the first included (the official clients' default).
@@ -37,16 +40,22 @@ const ANSWERS_QUEUED_MAX: usize = 4;
 const FIRST_RETRY_LEVEL: usize = 2;
 
 /// What the server tells clients.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ServerSettings {
     max_body_bytes: i32,
     /// One pause per redelivery attempt.
     retry_delays: Vec<Duration>,
     max_attempts: i32,
+    /// Which groups consume in order (the controller's group settings); None: none does.
+    groups: Option<Arc<RetryState>>,
 }
 
 impl ServerSettings {
-    pub fn new(settings: &BrokerSettings, store: &StoreConfig) -> ServerSettings {
+    pub fn new(
+        settings: &BrokerSettings,
+        store: &StoreConfig,
+        groups: Option<Arc<RetryState>>,
+    ) -> ServerSettings {
         let levels =
             crate::retry::parse_delay_levels(&settings.message_delay_level).unwrap_or_default();
         ServerSettings {
@@ -56,6 +65,7 @@ impl ServerSettings {
             max_attempts: i32::try_from(settings.max_reconsume_times)
                 .unwrap_or(i32::MAX - 1)
                 .saturating_add(1),
+            groups,
         }
     }
 
@@ -63,10 +73,14 @@ impl ServerSettings {
     pub fn answer_to(&self, client: &v5::Settings) -> v5::Settings {
         let pub_sub = match &client.pub_sub {
             Some(v5::settings::PubSub::Subscription(subscription)) => {
+                let fifo = match (&self.groups, &subscription.group) {
+                    (Some(groups), Some(group)) => groups.is_fifo(&group.name),
+                    _ => false,
+                };
                 v5::settings::PubSub::Subscription(v5::Subscription {
                     group: subscription.group.clone(),
                     subscriptions: subscription.subscriptions.clone(),
-                    fifo: Some(false),
+                    fifo: Some(fifo),
                     receive_batch_size: Some(RECEIVE_BATCH),
                     long_polling_timeout: Some(duration(LONG_POLLING)),
                     lite_subscription_quota: None,
@@ -191,7 +205,7 @@ mod tests {
 
     fn server() -> ServerSettings {
         let config = crate::config::BrokerConfig::default();
-        ServerSettings::new(&config.broker, &config.store)
+        ServerSettings::new(&config.broker, &config.store, None)
     }
 
     #[test]

@@ -168,6 +168,7 @@ pub(super) fn settings_to_wire(group: &str, settings: &GroupSettings) -> pb::Gro
             MessageModel::Clustering => pb::MessageModel::Clustering as i32,
             MessageModel::Broadcasting => pb::MessageModel::Broadcasting as i32,
         },
+        fifo: settings.fifo,
     }
 }
 

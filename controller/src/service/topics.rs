@@ -130,6 +130,7 @@ impl ControllerService {
             settings: GroupSettings {
                 max_retries: settings.max_retries,
                 message_model: model,
+                fifo: settings.fifo,
             },
         })
         .await?;
