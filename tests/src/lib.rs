@@ -12,6 +12,7 @@
 //! scenarios' group, producer and history check.
 
 pub mod failover;
+pub mod v5;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};

@@ -7,70 +7,16 @@
 //! sends: the receipt means what `SEND_OK` means (SYNC_MASTER + SYNC_FLUSH here).
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use cluster_tests::failover::{
     group_state, runtime, start_group, wait_for_full_set, QUEUES, TOPIC,
 };
-use cluster_tests::{read_queues, run_script, wait_until, BrokerProcess};
-
-const V5_LISTEN: [&str; 2] = ["--set", "v5_listen=\"127.0.0.1:0\""];
-
-/// The python of the client's virtual environment, made on first use.
-fn python() -> String {
-    let (code, stdout, stderr) = run_script("v5-python-env.sh", &[]);
-    assert_eq!(code, 0, "v5-python-env.sh failed: {stderr}");
-    stdout.trim().to_owned()
-}
-
-/// The producer script, sending `count` messages to `topic` through `endpoint`.
-fn start_producer(endpoint: &str, count: u32, out: &Path) -> Child {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/v5_produce.py");
-    Command::new(python())
-        .arg(script)
-        .args([endpoint, TOPIC, &count.to_string()])
-        .arg(out)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the python producer")
-}
-
-/// One line of the producer's output: a message it has a receipt for.
-struct Receipt {
-    id: String,
-    seq: u64,
-    group: Option<String>,
-}
-
-fn receipts(out: &Path) -> Vec<Receipt> {
-    std::fs::read_to_string(out)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .map(|line| Receipt {
-            id: line["id"].as_str().expect("an id").to_owned(),
-            seq: line["seq"].as_u64().expect("a seq"),
-            group: line["group"].as_str().map(str::to_owned),
-        })
-        .collect()
-}
-
-/// Waits for the producer and returns its summary line.
-fn finish(producer: Child) -> serde_json::Value {
-    let output = producer.wait_with_output().expect("wait for the producer");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "the producer failed: {}\n{stdout}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let summary = stdout.lines().last().unwrap_or_default();
-    eprintln!("python client: {summary}");
-    serde_json::from_str(summary).expect("the producer's summary line")
-}
+use cluster_tests::v5::{
+    finish, lines, receipts, start_producer, start_push_consumer, start_simple_consumer, Receipt,
+    V5_LISTEN,
+};
+use cluster_tests::{read_queues, wait_until, BrokerProcess};
 
 /// Checks every receipt against the log the group's master serves now.
 fn check_receipts(master_addr: &str, receipts: &[Receipt]) {
@@ -136,7 +82,7 @@ fn the_official_python_client_sends_through_any_member_of_a_group() {
         .expect("a slave");
     let endpoint = brokers[slave as usize].v5_addr().expect("v5_listen is set");
     let out = dir.path().join("receipts.jsonl");
-    let summary = finish(start_producer(endpoint, 200, &out));
+    let summary = finish(start_producer(endpoint, TOPIC, 200, &out));
     assert_eq!(summary["ok"], 200, "every send answered: {summary}");
     let receipts = receipts(&out);
     assert_eq!(receipts.len(), 200);
@@ -155,7 +101,7 @@ fn a_python_producer_loses_nothing_when_the_master_is_killed() {
         .expect("v5_listen is set")
         .to_owned();
     let out = dir.path().join("receipts.jsonl");
-    let producer = start_producer(&endpoint, 3000, &out);
+    let producer = start_producer(&endpoint, TOPIC, 3000, &out);
     assert!(
         wait_until(Duration::from_secs(60), || receipts(&out).len() >= 300),
         "the producer got no receipts"
@@ -179,28 +125,6 @@ fn a_python_producer_loses_nothing_when_the_master_is_killed() {
     check_receipts(&native_addr_of(&brokers, successor), &receipts);
 }
 
-/// The consumer script, receiving `expected` messages of `TOPIC` as `group` through
-/// `endpoint`, holding the first `hold` unacknowledged.
-fn consume(
-    endpoint: &str,
-    group: &str,
-    expected: usize,
-    hold: usize,
-    out: &Path,
-) -> serde_json::Value {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/v5_consume.py");
-    let consumer = Command::new(python())
-        .arg(script)
-        .args([endpoint, TOPIC, group, &expected.to_string()])
-        .arg(out)
-        .arg(hold.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the python consumer");
-    finish(consumer)
-}
-
 /// Invariant: a SimpleConsumer group receives every message a producer holds a receipt for,
 /// and a message it does not acknowledge comes back after its invisible duration with its
 /// delivery attempt raised; acknowledged ones do not come back.
@@ -215,12 +139,19 @@ fn the_official_python_client_receives_and_acknowledges_every_message() {
         .expect("a slave");
     let endpoint = brokers[slave as usize].v5_addr().expect("v5_listen is set");
     let sent = dir.path().join("receipts.jsonl");
-    let summary = finish(start_producer(endpoint, 200, &sent));
+    let summary = finish(start_producer(endpoint, TOPIC, 200, &sent));
     assert_eq!(summary["ok"], 200, "{summary}");
     let receipts = receipts(&sent);
 
     let received_path = dir.path().join("received.jsonl");
-    let summary = consume(endpoint, "v5-simple", receipts.len(), 3, &received_path);
+    let summary = finish(start_simple_consumer(
+        endpoint,
+        TOPIC,
+        "v5-simple",
+        receipts.len(),
+        3,
+        &received_path,
+    ));
     let received: Vec<serde_json::Value> = std::fs::read_to_string(&received_path)
         .unwrap()
         .lines()
@@ -267,29 +198,6 @@ fn the_official_python_client_receives_and_acknowledges_every_message() {
     assert_eq!(deliveries, receipts.len() + 3, "{summary}");
 }
 
-/// The push consumer script, consuming `expected` messages as `group`; FAILURE to the first
-/// delivery of the first `fail` messages. Started, not waited for.
-fn start_push(endpoint: &str, group: &str, expected: usize, fail: usize, out: &Path) -> Child {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/v5_push.py");
-    Command::new(python())
-        .arg(script)
-        .args([endpoint, TOPIC, group, &expected.to_string()])
-        .arg(out)
-        .arg(fail.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the python push consumer")
-}
-
-fn lines(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|line| serde_json::from_str(line).ok())
-        .collect()
-}
-
 /// Invariant: a PushConsumer group consumes every message a producer holds a receipt for,
 /// also when the group's master is killed with SIGKILL mid-run (messages handed out and not
 /// acknowledged come again: duplicates, counted, never a loss); a FAILURE comes back.
@@ -307,12 +215,19 @@ fn a_python_push_consumer_gets_every_message_across_a_master_kill() {
         .expect("v5_listen is set")
         .to_owned();
     let sent = dir.path().join("receipts.jsonl");
-    let summary = finish(start_producer(&endpoint, 1000, &sent));
+    let summary = finish(start_producer(&endpoint, TOPIC, 1000, &sent));
     assert_eq!(summary["ok"], 1000, "{summary}");
     let receipts = receipts(&sent);
 
     let consumed_path = dir.path().join("consumed.jsonl");
-    let consumer = start_push(&endpoint, "v5-push", receipts.len(), 3, &consumed_path);
+    let consumer = start_push_consumer(
+        &endpoint,
+        TOPIC,
+        "v5-push",
+        receipts.len(),
+        3,
+        &consumed_path,
+    );
     assert!(
         wait_until(Duration::from_secs(60), || lines(&consumed_path).len()
             >= 200),
@@ -379,15 +294,16 @@ fn a_fifo_group_consumes_each_message_group_in_order() {
     let endpoint = brokers[0].v5_addr().expect("v5_listen is set").to_owned();
     // Sending takes seconds: the brokers apply the setting at their next heartbeat (200 ms).
     let sent = dir.path().join("receipts.jsonl");
-    let summary = finish(start_producer(&endpoint, 500, &sent));
+    let summary = finish(start_producer(&endpoint, TOPIC, 500, &sent));
     assert_eq!(summary["ok"], 500, "{summary}");
     let receipts = receipts(&sent);
 
     let consumed_path = dir.path().join("consumed.jsonl");
     // The first three deliveries fail once: the client retries them itself (after the
     // group's first backoff, 10 s) while the server holds their message groups back.
-    let summary = finish(start_push(
+    let summary = finish(start_push_consumer(
         &endpoint,
+        TOPIC,
         "v5-fifo",
         receipts.len(),
         3,
