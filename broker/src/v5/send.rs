@@ -176,16 +176,16 @@ impl Inner {
                 queue_id,
                 messages,
             };
-            match self
-                .send_through_master(request(batch.messages.clone()))
-                .await
-            {
+            let mut batch = batch;
+            // The messages move into the request and back only if the batch is split.
+            let whole = request(std::mem::take(&mut batch.messages));
+            match self.send_through_master(&whole).await {
                 Ok(answer) => batch.answer(Ok((answer.status, answer.queue_offset))),
-                Err(refusal) if batch.messages.len() > 1 && about_a_message(&refusal) => {
-                    for part in batch.split() {
-                        let answer = self
-                            .send_through_master(request(part.messages.clone()))
-                            .await;
+                Err(refusal) if whole.messages.len() > 1 && about_a_message(&refusal) => {
+                    batch.messages = whole.messages;
+                    for mut part in batch.split() {
+                        let alone = request(std::mem::take(&mut part.messages));
+                        let answer = self.send_through_master(&alone).await;
                         part.answer(answer.map(|a| (a.status, a.queue_offset)));
                     }
                 }
@@ -198,7 +198,7 @@ impl Inner {
     /// for one while there is none, within [`MASTER_PATIENCE`].
     async fn send_through_master(
         &self,
-        request: native::SendRequest,
+        request: &native::SendRequest,
     ) -> Result<native::SendResponse, v5::Status> {
         let deadline = tokio::time::Instant::now() + MASTER_PATIENCE;
         loop {
