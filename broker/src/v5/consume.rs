@@ -17,6 +17,7 @@
 //! group, so no message is skipped or reordered).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,12 +31,14 @@ use super::pop::{Delivery, PopQueue, Stale};
 use super::receipt::Receipt;
 use super::send::PROPERTY_MESSAGE_GROUP;
 use super::status::{ok, refused, status};
+use super::V5Parts;
 use crate::error::BrokerError;
 use crate::groups::ConsumerGroupState;
 use crate::retry::RetryState;
 use crate::role::RoleCell;
 use crate::service::BrokerService;
 use crate::store::{now_ms, Store};
+use crate::topics::TopicRegistry;
 
 /// Invisibility when the client leaves it to the server (a push consumer that asks for
 /// automatic renewal: it acknowledges within this, or the message comes again).
@@ -69,13 +72,16 @@ pub struct Consumption {
     queues: Mutex<EpochQueues>,
     /// Woken by every acknowledgement: a FIFO group's next message may be free now.
     acked: tokio::sync::Notify,
+    /// The topics and their queue counts: a receive reads every queue of its topic.
+    topics: Arc<TopicRegistry>,
+    /// Where the next receive's pass starts (modulo the queue count).
+    next_queue: AtomicU32,
 }
 
-/// A receive, validated.
+/// A receive, validated. It names no queue: every queue of the topic on this broker serves it.
 pub struct Receive {
     pub group: String,
     pub topic: String,
-    pub queue_id: u32,
     pub batch: usize,
     pub invisible: Duration,
     pub long_polling: Duration,
@@ -83,25 +89,20 @@ pub struct Receive {
 }
 
 impl Consumption {
-    pub fn new(
-        native: Arc<BrokerService>,
-        store: Arc<Store>,
-        groups: Arc<ConsumerGroupState>,
-        retry: Arc<RetryState>,
-        role: Arc<RoleCell>,
-        key: ClusterKey,
-        store_host: String,
-    ) -> Consumption {
+    /// Works through the broker's `parts`; receipts name `parts.v5_addr` as the store host.
+    pub fn new(parts: &V5Parts) -> Consumption {
         Consumption {
-            native,
-            store,
-            groups,
-            retry,
-            role,
-            key,
-            store_host,
+            native: parts.native.clone(),
+            store: parts.store.clone(),
+            groups: parts.groups.clone(),
+            retry: parts.retry.clone(),
+            role: parts.role.clone(),
+            key: parts.key.clone(),
+            store_host: parts.v5_addr.clone(),
             queues: Mutex::new((0, HashMap::new())),
             acked: tokio::sync::Notify::new(),
+            topics: parts.topics.clone(),
+            next_queue: AtomicU32::new(0),
         }
     }
 
@@ -157,12 +158,66 @@ impl Consumption {
         }
     }
 
-    /// One pass: due redeliveries first, then new messages. Also answers the earliest deadline
-    /// in flight, to wake up for.
+    /// One pass over every queue of the topic on this broker, as upstream's proxy pops from
+    /// every queue of the broker a receive names: a consumer that picks queues at random (the
+    /// official SimpleConsumer does) finds what is there without waiting out a long poll on each
+    /// empty queue. Each pass starts at the next queue, so that none waits behind the others.
+    /// Also answers the earliest deadline in flight, to wake up for.
     async fn take(&self, receive: &Receive) -> Result<(Vec<v5::Message>, Option<u64>), v5::Status> {
-        let queue = self
-            .queue(&receive.group, &receive.topic, receive.queue_id)
-            .await;
+        let queue_count = self
+            .topics
+            .get(&receive.topic)
+            .map_or(0, |topic| topic.queue_count);
+        if queue_count == 0 {
+            let err = BrokerError::TopicNotFound {
+                topic: receive.topic.clone(),
+            };
+            return Err(refused(err.code(), err.to_string()));
+        }
+        let start = self.next_queue.fetch_add(1, Ordering::Relaxed) % queue_count;
+        let (mut out, mut wake) = (Vec::new(), None::<u64>);
+        for i in 0..queue_count {
+            let want = receive.batch - out.len();
+            if want == 0 {
+                break;
+            }
+            let queue_id = (start + i) % queue_count;
+            match self.take_from(receive, queue_id, want).await {
+                Ok((messages, at)) => {
+                    out.extend(messages);
+                    wake = match (wake, at) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                }
+                Err(refusal) if out.is_empty() => return Err(refusal),
+                // What this pass handed out goes to the client; the queue that failed is
+                // read again at the next receive.
+                Err(refusal) => {
+                    tracing::warn!(
+                        group = %receive.group,
+                        topic = %receive.topic,
+                        queue_id,
+                        code = refusal.code,
+                        message = %refusal.message,
+                        "a v5 receive could not read a queue"
+                    );
+                    break;
+                }
+            }
+        }
+        Ok((out, wake))
+    }
+
+    /// One queue's part of a pass: up to `want` messages, due redeliveries first, then new
+    /// ones. Also answers the queue's earliest deadline in flight.
+    async fn take_from(
+        &self,
+        receive: &Receive,
+        queue_id: u32,
+        want: usize,
+    ) -> Result<(Vec<v5::Message>, Option<u64>), v5::Status> {
+        let queue = self.queue(&receive.group, &receive.topic, queue_id).await;
         let mut q = queue.lock().await;
         let low_before = q.low();
         let max_attempts = self.retry.max_retries(&receive.group).saturating_add(1);
@@ -176,7 +231,7 @@ impl Consumption {
         let now = now_ms();
         let deadline_ms = now + receive.invisible.as_millis() as u64;
         let mut out = Vec::new();
-        for (offset, due) in q.due(now, receive.batch) {
+        for (offset, due) in q.due(now, want) {
             if due.attempt >= max_attempts {
                 self.retry
                     .dead_letter(
@@ -204,16 +259,21 @@ impl Consumption {
                 ..due
             };
             q.hand_out(offset, delivery);
-            out.push(self.deliver(receive, stored, offset, delivery));
+            out.push(self.deliver(receive, queue_id, stored, offset, delivery));
         }
-        if out.len() < receive.batch {
+        // Nothing written past what was handed out: no read needed.
+        let written = self
+            .store
+            .queue_offsets(&receive.topic, queue_id)
+            .map_or(0, |(_, max)| max);
+        if out.len() < want && q.next() < written {
             let pulled = self
                 .native
                 .pull(wire::PullRequest {
                     topic: receive.topic.clone(),
-                    queue_id: receive.queue_id,
+                    queue_id,
                     queue_offset: q.next(),
-                    max_messages: (receive.batch - out.len()) as u32,
+                    max_messages: (want - out.len()) as u32,
                     max_bytes: 0,
                     tag_expression: receive.tag_expression.clone(),
                     poll_timeout_ms: 0,
@@ -240,7 +300,7 @@ impl Consumption {
                 if let (Some(_), Some(group)) = (&busy, group) {
                     q.set_group(offset, group);
                 }
-                out.push(self.deliver(receive, stored, offset, delivery));
+                out.push(self.deliver(receive, queue_id, stored, offset, delivery));
             }
             if !held_back {
                 // Filtered out, or below what retention kept: nothing to hand out there.
@@ -251,7 +311,7 @@ impl Consumption {
         tracing::debug!(
             group = %receive.group,
             topic = %receive.topic,
-            queue_id = receive.queue_id,
+            queue_id,
             handed_out = out.len(),
             next = q.next(),
             low,
@@ -260,7 +320,7 @@ impl Consumption {
         );
         drop(q);
         if low != low_before {
-            self.commit(&receive.group, &receive.topic, receive.queue_id, low)
+            self.commit(&receive.group, &receive.topic, queue_id, low)
                 .await;
         }
         Ok((out, wake))
@@ -269,6 +329,7 @@ impl Consumption {
     fn deliver(
         &self,
         receive: &Receive,
+        queue_id: u32,
         stored: wire::StoredMessage,
         offset: u64,
         delivery: Delivery,
@@ -277,7 +338,7 @@ impl Consumption {
             master_epoch: self.role.master_epoch(),
             group: receive.group.clone(),
             topic: receive.topic.clone(),
-            queue_id: receive.queue_id,
+            queue_id,
             queue_offset: offset,
             commit_log_offset: delivery.commit_log_offset,
             nonce: delivery.nonce,
@@ -445,8 +506,8 @@ pub fn validate(request: &v5::ReceiveMessageRequest) -> Result<Receive, v5::Stat
         .map(|t| t.name.clone())
         .filter(|name| !name.is_empty())
         .ok_or_else(|| status(v5::Code::IllegalTopic, "the queue names no topic"))?;
-    let queue_id = u32::try_from(queue.id)
-        .map_err(|_| status(v5::Code::BadRequest, "the queue id is negative"))?;
+    // The queue's id is not read: a receive is served from every queue of the topic on this
+    // broker (upstream's assignments name queue -1 for that).
     let batch = match request.batch_size {
         0 => RECEIVE_BATCH_MAX,
         n if (1..=RECEIVE_BATCH_MAX).contains(&n) => n,
@@ -492,7 +553,6 @@ pub fn validate(request: &v5::ReceiveMessageRequest) -> Result<Receive, v5::Stat
     Ok(Receive {
         group,
         topic,
-        queue_id,
         // At most 32.
         batch: batch as usize,
         invisible,
@@ -557,7 +617,11 @@ mod tests {
         r.group = None;
         assert_eq!(code(&r), v5::Code::IllegalConsumerGroup as i32);
         let mut r = request();
-        r.message_queue.as_mut().unwrap().id = -1;
+        r.message_queue = None;
         assert_eq!(code(&r), v5::Code::BadRequest as i32);
+        // Queue -1 is how upstream's assignments name "every queue of the broker".
+        let mut r = request();
+        r.message_queue.as_mut().unwrap().id = -1;
+        assert!(validate(&r).is_ok());
     }
 }

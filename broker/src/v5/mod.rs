@@ -102,6 +102,7 @@ impl V5Service {
         settings: &BrokerSettings,
         store: &StoreConfig,
     ) -> Result<V5Service, route::RouteSourceError> {
+        let consumption = consume::Consumption::new(&parts);
         Ok(V5Service {
             send: send::Sender::new(
                 parts.native.clone(),
@@ -115,15 +116,7 @@ impl V5Service {
                 parts.v5_addr.clone(),
             )?,
             settings: telemetry::ServerSettings::new(settings, store, Some(parts.retry.clone())),
-            consumption: consume::Consumption::new(
-                parts.native,
-                parts.store,
-                parts.groups,
-                parts.retry,
-                parts.role,
-                parts.key,
-                parts.v5_addr,
-            ),
+            consumption,
             to_master: forward::ToMaster::new(parts.views),
         })
     }
@@ -332,8 +325,10 @@ impl MessagingService for V5Service {
             }));
         }
         let request = request.into_inner();
-        // Server-side consumption: every consumer of a group receives from every readable queue,
-        // and the queue's master hands each message to one of them.
+        // Server-side consumption: every consumer of a group receives from every broker group
+        // that has readable queues, and that group's master hands each message to one of them.
+        // One assignment per broker group, with queue id -1 as upstream's proxy answers: a
+        // receive is served from every queue of the topic there.
         let route = self
             .routes
             .query(v5::QueryRouteRequest {
@@ -341,17 +336,22 @@ impl MessagingService for V5Service {
                 endpoints: request.endpoints,
             })
             .await;
-        let assignments = route
-            .message_queues
-            .into_iter()
-            .filter(|q| {
-                q.permission == v5::Permission::Read as i32
-                    || q.permission == v5::Permission::ReadWrite as i32
-            })
-            .map(|queue| v5::Assignment {
-                message_queue: Some(queue),
-            })
-            .collect();
+        let mut assignments: Vec<v5::Assignment> = Vec::new();
+        for mut queue in route.message_queues {
+            let readable = queue.permission == v5::Permission::Read as i32
+                || queue.permission == v5::Permission::ReadWrite as i32;
+            let broker = queue.broker.as_ref().map(|b| b.name.clone());
+            let seen = assignments.iter().any(|a| {
+                a.message_queue.as_ref().and_then(|q| q.broker.as_ref()).map(|b| &b.name)
+                    == broker.as_ref()
+            });
+            if readable && !seen {
+                queue.id = -1;
+                assignments.push(v5::Assignment {
+                    message_queue: Some(queue),
+                });
+            }
+        }
         Ok(Response::new(v5::QueryAssignmentResponse {
             status: route.status,
             assignments,
