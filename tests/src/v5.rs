@@ -1,5 +1,7 @@
-//! Driving the official RocketMQ 5 Python client (`tests/python/`, installed by
-//! `scripts/v5-python-env.sh`) from the tests: start its scripts, read what they wrote.
+//! Driving the official RocketMQ 5 clients from the tests: the Python client's scripts
+//! (`tests/python/`, installed by `scripts/v5-python-env.sh`) and the Rust client's program
+//! (`tests/rust-client/`, built by `scripts/v5-rust-client.sh`); start them, read what they
+//! wrote. Both write the same JSON lines and summaries.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -28,6 +30,19 @@ pub fn start_script(script: &str, args: &[&str]) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start a python client script")
+}
+
+/// Starts the official Rust client's program (`tests/rust-client`) with `args`: `produce ...` or
+/// `consume ...` (see its usage).
+pub fn start_rust_client(args: &[&str]) -> Child {
+    let (code, stdout, stderr) = run_script("v5-rust-client.sh", &[]);
+    assert_eq!(code, 0, "v5-rust-client.sh failed: {stderr}");
+    Command::new(stdout.trim())
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the rust client program")
 }
 
 /// The producer, sending `count` messages to `topic` through `endpoint` (`v5_produce.py`).
@@ -88,19 +103,18 @@ fn path(p: &Path) -> &str {
     p.to_str().expect("a UTF-8 temporary path")
 }
 
-/// Waits for a script and returns its summary line (its last line of stdout).
+/// Waits for a client's script or program and returns its summary line (its last line of
+/// stdout).
 pub fn finish(script: Child) -> serde_json::Value {
-    let output = script
-        .wait_with_output()
-        .expect("wait for the python client");
+    let output = script.wait_with_output().expect("wait for the client");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
-        "the python client failed: {}\n{stdout}",
+        "the client failed: {}\n{stdout}",
         String::from_utf8_lossy(&output.stderr)
     );
     let summary = stdout.lines().last().unwrap_or_default();
-    eprintln!("python client: {summary}");
+    eprintln!("client: {summary}");
     serde_json::from_str(summary).expect("the client's summary line")
 }
 

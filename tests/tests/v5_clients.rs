@@ -13,8 +13,8 @@ use cluster_tests::failover::{
     group_state, runtime, start_group, wait_for_full_set, QUEUES, TOPIC,
 };
 use cluster_tests::v5::{
-    finish, lines, receipts, start_producer, start_push_consumer, start_simple_consumer, Receipt,
-    V5_LISTEN,
+    finish, lines, missing, receipts, start_producer, start_push_consumer, start_rust_client,
+    start_simple_consumer, Receipt, V5_LISTEN,
 };
 use cluster_tests::{read_queues, wait_until, BrokerProcess};
 
@@ -123,6 +123,41 @@ fn a_python_producer_loses_nothing_when_the_master_is_killed() {
     let successor = after.master.expect("a new master");
     assert_ne!(successor, master);
     check_receipts(&native_addr_of(&brokers, successor), &receipts);
+}
+
+/// Invariant: what the official Rust client (`rocketmq` 5.0.0, unchanged) sends through one
+/// endpoint is in the log as sent, and its SimpleConsumer, through the same endpoint, receives
+/// and acknowledges every message it holds a receipt for. The endpoint is a slave: both the
+/// sends and the consumption are handed to the master.
+#[test]
+fn the_official_rust_client_sends_and_receives_through_one_endpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_quorum, controllers, brokers) = start_group(dir.path(), &V5_LISTEN);
+    let state = wait_for_full_set(&controllers, Duration::from_secs(30));
+    let master = state.master.expect("a master");
+    let slave = (0..brokers.len() as u64)
+        .find(|id| *id != master)
+        .expect("a slave");
+    let endpoint = brokers[slave as usize].v5_addr().expect("v5_listen is set");
+    let sent = dir.path().join("receipts.jsonl");
+    let out = sent.to_str().unwrap();
+    let summary = finish(start_rust_client(&["produce", endpoint, TOPIC, "300", out]));
+    assert_eq!(summary["ok"], 300, "every send answered: {summary}");
+    let receipts = receipts(&sent);
+    assert_eq!(receipts.len(), 300);
+    check_receipts(&native_addr_of(&brokers, master), &receipts);
+
+    let got = dir.path().join("consumed.jsonl");
+    let summary = finish(start_rust_client(&[
+        "consume",
+        endpoint,
+        TOPIC,
+        "rust-simple",
+        "300",
+        got.to_str().unwrap(),
+    ]));
+    let lost = missing(&receipts, &lines(&got));
+    assert!(lost.is_empty(), "never consumed: seq {lost:?}; {summary}");
 }
 
 /// Invariant: a SimpleConsumer group receives every message a producer holds a receipt for,

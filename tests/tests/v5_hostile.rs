@@ -255,7 +255,7 @@ async fn bad_input_is_refused_with_upstreams_codes_and_changes_nothing() {
     );
     absurd.invisible_duration = None;
     absurd.long_polling_timeout = Some(prost_types::Duration {
-        seconds: 3_600,
+        seconds: -3_600,
         nanos: 0,
     });
     assert_eq!(

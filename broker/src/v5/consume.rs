@@ -46,7 +46,8 @@ const DEFAULT_INVISIBLE: Duration = Duration::from_secs(60);
 /// Shortest and longest invisibility a receive may ask for (upstream's bounds).
 const INVISIBLE_MIN: Duration = Duration::from_secs(1);
 const INVISIBLE_MAX: Duration = Duration::from_secs(12 * 3600);
-/// Longest long poll; the clients' deadline is their request timeout (3 s) beyond it.
+/// Longest long poll (a longer one asked for is cut to it); the clients' deadline is their
+/// request timeout (3 s) beyond it.
 pub const LONG_POLLING_MAX: Duration = Duration::from_secs(30);
 /// Long poll when the client names none.
 const LONG_POLLING_DEFAULT: Duration = Duration::from_secs(20);
@@ -529,17 +530,19 @@ pub fn validate(request: &v5::ReceiveMessageRequest) -> Result<Receive, v5::Stat
             "invisible_duration must be 1 s to 12 h",
         )
     })?;
-    let long_polling = bounded(
-        request.long_polling_timeout.as_ref(),
-        LONG_POLLING_DEFAULT,
-        Duration::ZERO..=LONG_POLLING_MAX,
-    )
-    .ok_or_else(|| {
-        status(
-            v5::Code::IllegalPollingTime,
-            "long_polling_timeout must be 0 to 30 s",
-        )
-    })?;
+    // Longer than the most this broker waits is waited that long, as upstream's proxy clamps
+    // it (the official Rust client asks for 40 s); a negative one is malformed.
+    let long_polling = match request.long_polling_timeout.as_ref() {
+        None => LONG_POLLING_DEFAULT,
+        Some(given) => millis_of(given)
+            .map(|ms| Duration::from_millis(ms).min(LONG_POLLING_MAX))
+            .ok_or_else(|| {
+                status(
+                    v5::Code::IllegalPollingTime,
+                    "long_polling_timeout must be a duration of 0 s or more",
+                )
+            })?,
+    };
     let tag_expression = match &request.filter_expression {
         None => String::new(),
         Some(filter) if filter.r#type == v5::FilterType::Sql as i32 => {
@@ -607,6 +610,12 @@ mod tests {
             nanos: 0,
         });
         assert_eq!(code(&r), v5::Code::IllegalPollingTime as i32);
+        let mut r = request();
+        r.long_polling_timeout = Some(prost_types::Duration {
+            seconds: 40,
+            nanos: 0,
+        });
+        assert_eq!(validate(&r).unwrap().long_polling, LONG_POLLING_MAX);
         let mut r = request();
         r.filter_expression = Some(v5::FilterExpression {
             r#type: v5::FilterType::Sql as i32,

@@ -35,6 +35,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use proto::v5;
 use proto::v5::messaging_service_server::MessagingService;
@@ -122,6 +123,26 @@ impl V5Service {
     }
 }
 
+/// How long before a client's deadline a long poll ends, for the answer to reach it (and a
+/// non-master member's hop to the master).
+const DEADLINE_MARGIN: Duration = Duration::from_millis(1000);
+
+/// The deadline a gRPC client gave its call (its `grpc-timeout` header: digits and a unit).
+fn client_deadline(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount.checked_mul(3600)?),
+        "M" => Duration::from_secs(amount.checked_mul(60)?),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
 /// The client that made `request`, or why the call is refused.
 fn client_id<T>(request: &Request<T>) -> Result<String, v5::Status> {
     match request
@@ -163,15 +184,25 @@ impl V5Service {
     /// A receive: served here on the master, else by the master.
     async fn receive(
         &self,
-        request: v5::ReceiveMessageRequest,
+        mut request: v5::ReceiveMessageRequest,
         client: &str,
+        deadline: Option<Duration>,
     ) -> Vec<v5::ReceiveMessageResponse> {
-        let receive = match consume::validate(&request) {
+        let mut receive = match consume::validate(&request) {
             Ok(receive) => receive,
             Err(refused) => return vec![receive_status(refused)],
         };
+        // The answer must reach the client before its deadline, or what was handed out is lost
+        // to it until its invisibility runs out.
+        if let Some(deadline) = deadline {
+            receive.long_polling = receive
+                .long_polling
+                .min(deadline.saturating_sub(DEADLINE_MARGIN));
+        }
         if !self.consumption.is_master() {
             // The master's answer within the client's deadline: its long poll and a margin.
+            request.long_polling_timeout =
+                prost_types::Duration::try_from(receive.long_polling).ok();
             let timeout = receive.long_polling + std::time::Duration::from_millis(2500);
             return self.to_master.receive(request, client, timeout).await;
         }
@@ -342,7 +373,10 @@ impl MessagingService for V5Service {
                 || queue.permission == v5::Permission::ReadWrite as i32;
             let broker = queue.broker.as_ref().map(|b| b.name.clone());
             let seen = assignments.iter().any(|a| {
-                a.message_queue.as_ref().and_then(|q| q.broker.as_ref()).map(|b| &b.name)
+                a.message_queue
+                    .as_ref()
+                    .and_then(|q| q.broker.as_ref())
+                    .map(|b| &b.name)
                     == broker.as_ref()
             });
             if readable && !seen {
@@ -366,7 +400,10 @@ impl MessagingService for V5Service {
     ) -> Result<Response<Self::ReceiveMessageStream>, Status> {
         let items = match client_id(&request) {
             Err(refused) => vec![receive_status(refused)],
-            Ok(client) => self.receive(request.into_inner(), &client).await,
+            Ok(client) => {
+                let deadline = client_deadline(request.metadata());
+                self.receive(request.into_inner(), &client, deadline).await
+            }
         };
         Ok(Response::new(Box::pin(tokio_stream::iter(
             items.into_iter().map(Ok),
@@ -530,5 +567,27 @@ impl MessagingService for V5Service {
         Ok(Response::new(v5::SyncLiteSubscriptionResponse {
             status: Some(not_implemented("SyncLiteSubscription")),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deadline_of(value: &str) -> Option<Duration> {
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        metadata.insert("grpc-timeout", value.parse().unwrap());
+        client_deadline(&metadata)
+    }
+
+    #[test]
+    fn a_clients_deadline_is_read_from_its_grpc_timeout() {
+        assert_eq!(deadline_of("23S"), Some(Duration::from_secs(23)));
+        assert_eq!(deadline_of("2999m"), Some(Duration::from_millis(2999)));
+        assert_eq!(deadline_of("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(deadline_of("5"), None);
+        assert_eq!(deadline_of("S"), None);
+        assert_eq!(deadline_of("99999999999999999999H"), None);
+        assert_eq!(client_deadline(&tonic::metadata::MetadataMap::new()), None);
     }
 }
