@@ -2,11 +2,13 @@
 # The v5 API against the native API in one run (docs/BENCHMARKS.md, step 9): a 2m-2s-sync
 # cluster (SYNC_MASTER + SYNC_FLUSH on every broker) from scripts/cluster.sh, one topic of 8
 # queues per group; `cluster-cli bench produce` (1 KiB, 64 in flight) through the native API
-# (its producer batches concurrent sends: `native`; one message per request: `native-single`)
-# and through RocketMQ 5's (`--api v5`, at the cluster's ROCKETMQ_ENDPOINT, one message per
-# request as the official clients send), in turn, ROUNDS times each. Prints one JSON line per
-# run and, last, the medians and the ratios v5 / native and v5 / native-single. Stops the
-# cluster and removes its directory on exit.
+# and through RocketMQ 5's (`--api v5`, at the cluster's ROCKETMQ_ENDPOINT), each in two ways:
+# concurrent sends gathered into one request (`native`, `v5`: the same bounds, 64 messages per
+# request, one request with a partial batch in flight; the v5 API carries several messages per
+# SendMessage, as the official Rust client's batch_send sends them), and one message per request
+# (`native-single`, `v5-single`: as the official clients' send). In turn, ROUNDS times each.
+# Prints one JSON line per run and, last, the medians and the ratios v5 / native and
+# v5-single / native-single. Stops the cluster and removes its directory on exit.
 #
 #   scripts/bench-v5.sh [COUNT] [ROUNDS]
 #
@@ -29,13 +31,14 @@ bash scripts/cluster.sh up 2m-2s-sync --dir "$BENCH_DIR" >&2
 set -a; . "$BENCH_DIR/cluster.env"; set +a
 "$BIN_DIR/cluster-cli" --controller "$CONTROLLER_ADDR" topic create bench --queues 8 >&2
 
-native=() single=() v5=()
+native=() single=() v5=() v5single=()
 for ((round = 1; round <= ROUNDS; round++)); do
-  for variant in native native-single v5; do
+  for variant in native native-single v5 v5-single; do
     case $variant in
       native) args=(--api native) ;;
       native-single) args=(--api native --batch-max-messages 1) ;;
       v5) args=(--api v5) ;;
+      v5-single) args=(--api v5 --batch-max-messages 1) ;;
     esac
     line=$("$BIN_DIR/cluster-cli" --controller "$CONTROLLER_ADDR" --json bench produce \
       --topic bench --count "$COUNT" --size 1024 --in-flight 64 "${args[@]}" 2>/dev/null) || {
@@ -48,6 +51,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
       native) native+=("$rate") ;;
       native-single) single+=("$rate") ;;
       v5) v5+=("$rate") ;;
+      v5-single) v5single+=("$rate") ;;
     esac
   done
 done
@@ -55,4 +59,5 @@ median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? 
 n=$(median "${native[@]}")
 s=$(median "${single[@]}")
 v=$(median "${v5[@]}")
-awk -v n="$n" -v s="$s" -v v="$v" 'BEGIN { printf "{\"native_msgs_per_s\":%d,\"native_single_msgs_per_s\":%d,\"v5_msgs_per_s\":%d,\"v5_over_native\":%.2f,\"v5_over_native_single\":%.2f}\n", n, s, v, v / n, v / s }'
+w=$(median "${v5single[@]}")
+awk -v n="$n" -v s="$s" -v v="$v" -v w="$w" 'BEGIN { printf "{\"native_msgs_per_s\":%d,\"v5_msgs_per_s\":%d,\"v5_over_native\":%.2f,\"native_single_msgs_per_s\":%d,\"v5_single_msgs_per_s\":%d,\"v5_single_over_native_single\":%.2f}\n", n, v, v / n, s, w, w / s }'

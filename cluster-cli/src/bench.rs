@@ -6,7 +6,8 @@
 //! `--sent-at`, every message carries its send time in the property [`SENT_AT_PROPERTY`], from
 //! which `bench consume` ([`crate::bench_consume`]) measures end-to-end latency. With
 //! `--api v5` the same workload goes through RocketMQ 5's API at `--endpoint`
-//! ([`crate::bench_v5`]), one message per request as the official clients send them.
+//! ([`crate::bench_v5`]), concurrent sends gathered into one request the same way
+//! (`--batch-max-messages 1`: one message per request, as the official clients' `send`).
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -131,7 +132,11 @@ async fn produce(reach: &Reach, json: bool, args: ProduceArgs) -> Result<ExitCod
             let Some(endpoint) = &args.endpoint else {
                 bail!("--api v5 needs --endpoint HOST:PORT (or ROCKETMQ_ENDPOINT)");
             };
-            Target::V5(crate::bench_v5::V5Producer::connect(endpoint, &args.topic).await?)
+            let batching = crate::bench_v5::Batching {
+                max_messages: args.batch_max_messages,
+                max_in_flight: args.batch_max_in_flight,
+            };
+            Target::V5(crate::bench_v5::V5Producer::connect(endpoint, &args.topic, batching).await?)
         }
     });
     let body = Bytes::from(vec![b'b'; args.size]);
@@ -201,13 +206,9 @@ async fn produce(reach: &Reach, json: bool, args: ProduceArgs) -> Result<ExitCod
     let latencies = latencies.lock().expect("lock");
     let statuses = statuses.lock().expect("lock").clone();
     let msgs_per_s = args.count as f64 / elapsed;
-    // The v5 API sends one message per request, as the official clients do.
     let stats = match target.as_ref() {
         Target::Native(producer) => producer.send_stats(),
-        Target::V5(_) => client::SendStats {
-            rpcs: args.count,
-            messages: args.count,
-        },
+        Target::V5(producer) => producer.send_stats(),
     };
     let messages_per_rpc = stats.messages as f64 / stats.rpcs.max(1) as f64;
     let mb_per_s = msgs_per_s * args.size as f64 / 1_000_000.0;

@@ -1,7 +1,13 @@
 //! `bench produce --api v5`: the same workload as the native path, through RocketMQ 5's API
 //! (`apache.rocketmq.v2.SendMessage`) as the official clients use it: the topic's route from
-//! the access point, one message per request, round robin over the writable queues, each sent
-//! to its queue's endpoints, every call naming its client (`x-mq-client-id`).
+//! the access point, round robin over the writable queues, each send to its queue's endpoints,
+//! every call naming its client (`x-mq-client-id`).
+//!
+//! Like the native producer, it gathers concurrent sends to one endpoint into one request
+//! (`SendMessageRequest.messages`, as the official Rust client's `batch_send` does): at most
+//! `batch_max_messages` per request and `batch_max_in_flight` requests of an endpoint at once,
+//! so sends that arrive while those are out wait and go together. With `batch_max_messages` 1
+//! each send is its own request, as the official clients' `send` makes it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -11,6 +17,7 @@ use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use proto::v5;
 use proto::v5::messaging_service_client::MessagingServiceClient;
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tonic::transport::Channel;
 
 /// How long one send may take, as the official clients' request timeout.
@@ -18,20 +25,48 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 /// Longest the TCP connect to an endpoint may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// A send's outcome: the status's name, or the error.
+type Outcome = Result<String, String>;
+/// A send waiting for its endpoint's next request.
+type Waiting = (v5::Message, oneshot::Sender<Outcome>);
+
+/// How sends are gathered into requests.
+#[derive(Clone, Copy, Debug)]
+pub struct Batching {
+    /// Most messages in one request (1: one request per send).
+    pub max_messages: usize,
+    /// Requests of one endpoint in flight at once while gathering.
+    pub max_in_flight: usize,
+}
+
+/// Where one writable queue's sends go.
+#[derive(Clone)]
+enum Route {
+    /// Straight to the endpoint, one request per send.
+    Direct(MessagingServiceClient<Channel>),
+    /// Through the endpoint's gatherer.
+    Gathered(mpsc::UnboundedSender<Waiting>),
+}
+
 /// A minimal RocketMQ 5 producer over the generated client.
 pub struct V5Producer {
     topic: String,
-    /// The client of each writable queue's endpoints (the broker chooses the queue within
-    /// the group, as for the official clients).
-    queues: Vec<MessagingServiceClient<Channel>>,
+    /// Each writable queue's route to its endpoints (the broker chooses the queue within the
+    /// group, as for the official clients).
+    queues: Vec<Route>,
     next: AtomicUsize,
     client_id: String,
     sequence: AtomicU64,
+    /// Requests sent so far (messages sent: `sequence`).
+    requests: std::sync::Arc<AtomicU64>,
 }
 
 impl V5Producer {
     /// Reads `topic`'s route from the access point `endpoint` (`host:port`).
-    pub async fn connect(endpoint: &str, topic: &str) -> Result<V5Producer> {
+    pub async fn connect(endpoint: &str, topic: &str, batching: Batching) -> Result<V5Producer> {
+        if batching.max_messages == 0 || batching.max_in_flight == 0 {
+            bail!("--batch-max-messages and --batch-max-in-flight must be at least 1");
+        }
         let client_id = format!("cluster-cli-bench@{}", std::process::id());
         let mut access = client_of(endpoint)?;
         let route = access
@@ -53,7 +88,8 @@ impl V5Producer {
                 status.message
             );
         }
-        let mut clients: HashMap<String, MessagingServiceClient<Channel>> = HashMap::new();
+        let mut routes: HashMap<String, Route> = HashMap::new();
+        let requests = std::sync::Arc::new(AtomicU64::new(0));
         let mut queues = Vec::new();
         for queue in route.message_queues {
             let writable = queue.permission == v5::Permission::Write as i32
@@ -66,15 +102,25 @@ impl V5Producer {
             let (true, Some(addr)) = (writable, addr) else {
                 continue;
             };
-            let client = match clients.get(&addr) {
-                Some(client) => client.clone(),
+            let route = match routes.get(&addr) {
+                Some(route) => route.clone(),
                 None => {
                     let client = client_of(&addr)?;
-                    clients.insert(addr, client.clone());
-                    client
+                    let route = if batching.max_messages == 1 {
+                        Route::Direct(client)
+                    } else {
+                        Route::Gathered(gather(
+                            client,
+                            client_id.clone(),
+                            batching,
+                            requests.clone(),
+                        ))
+                    };
+                    routes.insert(addr, route.clone());
+                    route
                 }
             };
-            queues.push(client);
+            queues.push(route);
         }
         if queues.is_empty() {
             bail!("the route of {topic} has no writable queue");
@@ -85,14 +131,14 @@ impl V5Producer {
             next: AtomicUsize::new(0),
             client_id,
             sequence: AtomicU64::new(0),
+            requests,
         })
     }
 
     /// Sends one message; answers the outcome's name ("SEND_OK" for OK, as the native path
     /// names it, else the v5 code's name).
-    pub async fn send(&self, body: Bytes) -> Result<String, String> {
+    pub async fn send(&self, body: Bytes) -> Outcome {
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.queues.len();
-        let client = &self.queues[index];
         let sequence = self.sequence.fetch_add(1, Ordering::Relaxed);
         let message = v5::Message {
             topic: Some(resource(&self.topic)),
@@ -106,25 +152,109 @@ impl V5Producer {
             }),
             body,
         };
-        let mut client = client.clone();
-        let answer = client
-            .send_message(named(
-                v5::SendMessageRequest {
-                    messages: vec![message],
-                },
-                &self.client_id,
-            ))
-            .await
-            .map_err(|status| format!("error: {}", status.message()))?
-            .into_inner();
-        let code = answer.status.map_or(0, |s| s.code);
-        if code == v5::Code::Ok as i32 {
-            return Ok("SEND_OK".to_owned());
+        match &self.queues[index] {
+            Route::Direct(client) => {
+                self.requests.fetch_add(1, Ordering::Relaxed);
+                send_request(client.clone(), &self.client_id, vec![message]).await
+            }
+            .pop()
+            .unwrap_or_else(|| Err("error: no answer".to_owned())),
+            Route::Gathered(gatherer) => {
+                let (reply, answer) = oneshot::channel();
+                gatherer
+                    .send((message, reply))
+                    .map_err(|_| "error: the gatherer stopped".to_owned())?;
+                answer
+                    .await
+                    .unwrap_or_else(|_| Err("error: the gatherer dropped the send".to_owned()))
+            }
         }
-        Ok(v5::Code::try_from(code)
-            .map(|c| c.as_str_name().to_owned())
-            .unwrap_or_else(|_| format!("CODE_{code}")))
     }
+}
+
+impl V5Producer {
+    /// Requests and messages sent so far.
+    pub fn send_stats(&self) -> client::SendStats {
+        client::SendStats {
+            rpcs: self.requests.load(Ordering::Relaxed),
+            messages: self.sequence.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Starts an endpoint's gatherer: it takes the first waiting send, waits for a free request
+/// slot (sends that arrive meanwhile wait behind it), then sends everything waiting, up to
+/// the batch bound, in one request, and answers each send from its entry.
+fn gather(
+    client: MessagingServiceClient<Channel>,
+    client_id: String,
+    batching: Batching,
+    requests: std::sync::Arc<AtomicU64>,
+) -> mpsc::UnboundedSender<Waiting> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Waiting>();
+    let slots = std::sync::Arc::new(Semaphore::new(batching.max_in_flight));
+    tokio::spawn(async move {
+        while let Some(first) = rx.recv().await {
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let mut batch = vec![first];
+            while batch.len() < batching.max_messages {
+                match rx.try_recv() {
+                    Ok(waiting) => batch.push(waiting),
+                    Err(_) => break,
+                }
+            }
+            let (client, client_id) = (client.clone(), client_id.clone());
+            requests.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                let (messages, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+                let outcomes = send_request(client, &client_id, messages).await;
+                for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                    let _ = reply.send(outcome);
+                }
+                drop(slot);
+            });
+        }
+    });
+    tx
+}
+
+/// One `SendMessage` of `messages`: each message's outcome, in order.
+async fn send_request(
+    mut client: MessagingServiceClient<Channel>,
+    client_id: &str,
+    messages: Vec<v5::Message>,
+) -> Vec<Outcome> {
+    let count = messages.len();
+    let answer = match client
+        .send_message(named(v5::SendMessageRequest { messages }, client_id))
+        .await
+    {
+        Ok(answer) => answer.into_inner(),
+        Err(status) => return vec![Err(format!("error: {}", status.message())); count],
+    };
+    let overall = answer.status.map_or(0, |s| s.code);
+    (0..count)
+        .map(|i| {
+            let code = answer
+                .entries
+                .get(i)
+                .and_then(|entry| entry.status.as_ref())
+                .map_or(overall, |s| s.code);
+            Ok(code_name(code))
+        })
+        .collect()
+}
+
+/// "SEND_OK" for OK, as the native path names it, else the v5 code's name.
+fn code_name(code: i32) -> String {
+    if code == v5::Code::Ok as i32 {
+        return "SEND_OK".to_owned();
+    }
+    v5::Code::try_from(code)
+        .map(|c| c.as_str_name().to_owned())
+        .unwrap_or_else(|_| format!("CODE_{code}"))
 }
 
 fn client_of(addr: &str) -> Result<MessagingServiceClient<Channel>> {

@@ -339,3 +339,65 @@ async fn bad_input_is_refused_with_upstreams_codes_and_changes_nothing() {
         v5::Code::InvalidReceiptHandle as i32
     );
 }
+
+/// Invariant: in one request of several messages, a bad one is refused alone with its code
+/// (the request's status is that refusal), and the others are stored, answered OK, at
+/// consecutive offsets in request order, and received in that order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_message_in_a_batch_fails_alone_and_the_rest_keep_their_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(
+        dir.path(),
+        &[
+            "--set",
+            "v5_listen=\"127.0.0.1:0\"",
+            "--set",
+            "max_message_bytes=1024",
+        ],
+    );
+    client::Admin::connect(broker.addr())
+        .await
+        .unwrap()
+        .create_topic(TOPIC, 1)
+        .await
+        .unwrap();
+    let mut client = v5_client(broker.v5_addr().expect("v5 address")).await;
+    let mut messages: Vec<v5::Message> = (0..8)
+        .map(|i| message(v5::MessageType::Normal, Bytes::from(format!("m{i}")), None))
+        .collect();
+    messages[3].body = Bytes::from(vec![b'x'; 4096]);
+    let answer = client
+        .send_message(named(v5::SendMessageRequest { messages }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        answer.status.unwrap().code,
+        v5::Code::MessageBodyTooLarge as i32
+    );
+    let codes: Vec<i32> = answer
+        .entries
+        .iter()
+        .map(|e| e.status.as_ref().unwrap().code)
+        .collect();
+    let ok = v5::Code::Ok as i32;
+    assert_eq!(
+        codes,
+        [ok, ok, ok, v5::Code::MessageBodyTooLarge as i32, ok, ok, ok, ok]
+    );
+    let offsets: Vec<i64> = answer
+        .entries
+        .iter()
+        .filter(|e| e.status.as_ref().unwrap().code == ok)
+        .map(|e| e.offset)
+        .collect();
+    assert_eq!(offsets, (0..7).collect::<Vec<i64>>(), "consecutive, in order");
+    let (code, got) = receive(&mut client, receive_request("g-batch", 32)).await;
+    assert_eq!(code, ok);
+    let bodies: Vec<Bytes> = got.iter().map(|m| m.body.clone()).collect();
+    let sent: Vec<Bytes> = [0, 1, 2, 4, 5, 6, 7]
+        .iter()
+        .map(|i| Bytes::from(format!("m{i}")))
+        .collect();
+    assert_eq!(bodies, sent);
+}

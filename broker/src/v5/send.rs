@@ -29,9 +29,10 @@ use proto::client as native;
 use proto::client::broker_client::BrokerClient;
 use proto::common::{ErrorCode, SendStatus};
 use proto::v5;
+use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
-use super::lane::{LaneKey, Lanes};
+use super::lane::{LaneKey, Lanes, Outcome};
 use super::status::{ok, refused, status};
 use crate::error::BrokerError;
 use crate::service::BrokerService;
@@ -97,9 +98,16 @@ impl Sender {
                 entries: Vec::new(),
             };
         }
-        let mut entries = Vec::with_capacity(request.messages.len());
-        for message in request.messages {
-            entries.push(self.send_one(message).await);
+        // Every message joins its lane before any answer is awaited, so that the messages of
+        // one request travel in the same batches (one append, one replication wait), in order.
+        let pending: Vec<Pending> = request
+            .messages
+            .into_iter()
+            .map(|message| self.enqueue(message))
+            .collect();
+        let mut entries = Vec::with_capacity(pending.len());
+        for pending in pending {
+            entries.push(pending.answer().await);
         }
         let status = entries
             .iter()
@@ -112,29 +120,23 @@ impl Sender {
         }
     }
 
-    async fn send_one(&self, message: v5::Message) -> v5::SendResultEntry {
+    /// Puts one message in its lane (starting the lane's sender when it was idle), or refuses it.
+    fn enqueue(&self, message: v5::Message) -> Pending {
         let message_id = message
             .system_properties
             .as_ref()
             .map(|p| p.message_id.clone())
             .unwrap_or_default();
-        let entry = |status, offset| v5::SendResultEntry {
-            status: Some(status),
-            message_id: message_id.clone(),
-            transaction_id: String::new(),
-            offset,
-            recall_handle: String::new(),
-        };
         let mut request = match to_native(message, self.inner.max_body_bytes) {
             Ok(request) => request,
-            Err(refusal) => return entry(refusal, 0),
+            Err(refusal) => return Pending::Refused(entry(message_id, refusal, 0)),
         };
         let Some(topic) = self.inner.topics.get(&request.topic) else {
             let status = refused(
                 ErrorCode::TopicNotFound,
                 format!("topic {} does not exist", proto::Echo(&request.topic)),
             );
-            return entry(status, 0);
+            return Pending::Refused(entry(message_id, status, 0));
         };
         let message = request.messages.remove(0);
         let key = LaneKey {
@@ -149,11 +151,30 @@ impl Sender {
             let inner = self.inner.clone();
             tokio::spawn(async move { inner.send_batches(key, topic.queue_count).await });
         }
+        Pending::Queued(message_id, outcome)
+    }
+}
+
+/// One message of a request: refused at once, or waiting in its lane for its batch's outcome.
+enum Pending {
+    Refused(v5::SendResultEntry),
+    Queued(String, oneshot::Receiver<Outcome>),
+}
+
+impl Pending {
+    async fn answer(self) -> v5::SendResultEntry {
+        let (message_id, outcome) = match self {
+            Pending::Refused(entry) => return entry,
+            Pending::Queued(message_id, outcome) => (message_id, outcome),
+        };
         match outcome.await {
             // Queue offsets fit i64 for 2^63 messages.
-            Ok(Ok((native_status, offset))) => entry(send_status(native_status), offset as i64),
-            Ok(Err(refusal)) => entry(refusal, 0),
+            Ok(Ok((native_status, offset))) => {
+                entry(message_id, send_status(native_status), offset as i64)
+            }
+            Ok(Err(refusal)) => entry(message_id, refusal, 0),
             Err(_) => entry(
+                message_id,
                 status(
                     v5::Code::InternalError,
                     "the batch carrying this message ended",
@@ -161,6 +182,16 @@ impl Sender {
                 0,
             ),
         }
+    }
+}
+
+fn entry(message_id: String, status: v5::Status, offset: i64) -> v5::SendResultEntry {
+    v5::SendResultEntry {
+        status: Some(status),
+        message_id,
+        transaction_id: String::new(),
+        offset,
+        recall_handle: String::new(),
     }
 }
 
