@@ -161,6 +161,20 @@ pub fn missing(receipts: &[Receipt], consumed: &[serde_json::Value]) -> Vec<u64>
         .collect()
 }
 
+/// The seq numbers of receipts whose message a simple consumer's lines `received` never show:
+/// never handed to the application. A message whose acknowledgement got no answer (its
+/// member was killed meanwhile) counts as received: the application had it, and the server
+/// either applied the acknowledgement or hands the message out again.
+pub fn undelivered(receipts: &[Receipt], received: &[serde_json::Value]) -> Vec<u64> {
+    let seen: std::collections::HashSet<&str> =
+        received.iter().filter_map(|m| m["id"].as_str()).collect();
+    receipts
+        .iter()
+        .filter(|r| !seen.contains(r.id.as_str()))
+        .map(|r| r.seq)
+        .collect()
+}
+
 /// A message group whose messages `consumed` (in the order the consumer wrote them) does not
 /// hold in send order, counting each message's first successful consumption only; None when
 /// every message group is in order.

@@ -383,7 +383,16 @@ async fn a_bad_message_in_a_batch_fails_alone_and_the_rest_keep_their_order() {
     let ok = v5::Code::Ok as i32;
     assert_eq!(
         codes,
-        [ok, ok, ok, v5::Code::MessageBodyTooLarge as i32, ok, ok, ok, ok]
+        [
+            ok,
+            ok,
+            ok,
+            v5::Code::MessageBodyTooLarge as i32,
+            ok,
+            ok,
+            ok,
+            ok
+        ]
     );
     let offsets: Vec<i64> = answer
         .entries
@@ -391,7 +400,11 @@ async fn a_bad_message_in_a_batch_fails_alone_and_the_rest_keep_their_order() {
         .filter(|e| e.status.as_ref().unwrap().code == ok)
         .map(|e| e.offset)
         .collect();
-    assert_eq!(offsets, (0..7).collect::<Vec<i64>>(), "consecutive, in order");
+    assert_eq!(
+        offsets,
+        (0..7).collect::<Vec<i64>>(),
+        "consecutive, in order"
+    );
     let (code, got) = receive(&mut client, receive_request("g-batch", 32)).await;
     assert_eq!(code, ok);
     let bodies: Vec<Bytes> = got.iter().map(|m| m.body.clone()).collect();
