@@ -1,6 +1,6 @@
-//! RocketMQ 5's server-side consumption on the master of a queue: `ReceiveMessage` hands out
-//! messages a group has not had yet (or whose invisibility ran out), `AckMessage` marks them
-//! done in any order, `ChangeInvisibleDuration` renews or hands back, and
+//! RocketMQ 5's server-side consumption on a broker group's master: `ReceiveMessage` hands out,
+//! from any queue of the topic there, messages a group has not had yet (or whose invisibility
+//! ran out), `AckMessage` marks them done in any order, `ChangeInvisibleDuration` renews or hands back, and
 //! `ForwardMessageToDeadLetterQueue` gives up on one.
 //!
 //! State per (group, topic, queue) is a [`PopQueue`] in this master's memory, built from the

@@ -203,7 +203,7 @@ impl V5Service {
             // The master's answer within the client's deadline: its long poll and a margin.
             request.long_polling_timeout =
                 prost_types::Duration::try_from(receive.long_polling).ok();
-            let timeout = receive.long_polling + std::time::Duration::from_millis(2500);
+            let timeout = receive.long_polling + Duration::from_millis(2500);
             return self.to_master.receive(request, client, timeout).await;
         }
         let started = prost_types::Timestamp::from(std::time::SystemTime::now());
