@@ -3,11 +3,13 @@
 //! the access point, round robin over the writable queues, each send to its queue's endpoints,
 //! every call naming its client (`x-mq-client-id`).
 //!
-//! Like the native producer, it gathers concurrent sends to one endpoint into one request
-//! (`SendMessageRequest.messages`, as the official Rust client's `batch_send` does): at most
-//! `batch_max_messages` per request and `batch_max_in_flight` requests of an endpoint at once,
-//! so sends that arrive while those are out wait and go together. With `batch_max_messages` 1
-//! each send is its own request, as the official clients' `send` makes it.
+//! Like the native producer, it gathers concurrent sends into one request
+//! (`SendMessageRequest.messages`, as the official Rust client's `batch_send` does) with the
+//! same rules: at most `batch_max_messages` per request and `batch_max_in_flight` requests with
+//! a partial batch in flight, sends that arrive while those are out wait and go together, to the
+//! next queue's endpoint of the round robin; after an answer it yields while the senders it woke
+//! send again, so that they join the next request. With `batch_max_messages` 1 each send is its
+//! own request, as the official clients' `send` makes it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -39,21 +41,25 @@ pub struct Batching {
     pub max_in_flight: usize,
 }
 
-/// Where one writable queue's sends go.
-#[derive(Clone)]
+/// Most times the gatherer yields after an answer, waiting for the senders it woke (as the
+/// native producer's lane).
+const GATHER_YIELDS_MAX: usize = 8;
+
+/// How sends travel.
 enum Route {
-    /// Straight to the endpoint, one request per send.
-    Direct(MessagingServiceClient<Channel>),
-    /// Through the endpoint's gatherer.
+    /// Straight to the next queue's endpoint, one request per send.
+    Direct,
+    /// Through the gatherer.
     Gathered(mpsc::UnboundedSender<Waiting>),
 }
 
 /// A minimal RocketMQ 5 producer over the generated client.
 pub struct V5Producer {
     topic: String,
-    /// Each writable queue's route to its endpoints (the broker chooses the queue within the
+    /// The client of each writable queue's endpoints (the broker chooses the queue within the
     /// group, as for the official clients).
-    queues: Vec<Route>,
+    queues: Vec<MessagingServiceClient<Channel>>,
+    route: Route,
     next: AtomicUsize,
     client_id: String,
     sequence: AtomicU64,
@@ -88,7 +94,7 @@ impl V5Producer {
                 status.message
             );
         }
-        let mut routes: HashMap<String, Route> = HashMap::new();
+        let mut clients: HashMap<String, MessagingServiceClient<Channel>> = HashMap::new();
         let requests = std::sync::Arc::new(AtomicU64::new(0));
         let mut queues = Vec::new();
         for queue in route.message_queues {
@@ -102,32 +108,33 @@ impl V5Producer {
             let (true, Some(addr)) = (writable, addr) else {
                 continue;
             };
-            let route = match routes.get(&addr) {
-                Some(route) => route.clone(),
+            let client = match clients.get(&addr) {
+                Some(client) => client.clone(),
                 None => {
                     let client = client_of(&addr)?;
-                    let route = if batching.max_messages == 1 {
-                        Route::Direct(client)
-                    } else {
-                        Route::Gathered(gather(
-                            client,
-                            client_id.clone(),
-                            batching,
-                            requests.clone(),
-                        ))
-                    };
-                    routes.insert(addr, route.clone());
-                    route
+                    clients.insert(addr, client.clone());
+                    client
                 }
             };
-            queues.push(route);
+            queues.push(client);
         }
         if queues.is_empty() {
             bail!("the route of {topic} has no writable queue");
         }
+        let route = if batching.max_messages == 1 {
+            Route::Direct
+        } else {
+            Route::Gathered(gather(
+                queues.clone(),
+                client_id.clone(),
+                batching,
+                requests.clone(),
+            ))
+        };
         Ok(V5Producer {
             topic: topic.to_owned(),
             queues,
+            route,
             next: AtomicUsize::new(0),
             client_id,
             sequence: AtomicU64::new(0),
@@ -138,7 +145,6 @@ impl V5Producer {
     /// Sends one message; answers the outcome's name ("SEND_OK" for OK, as the native path
     /// names it, else the v5 code's name).
     pub async fn send(&self, body: Bytes) -> Outcome {
-        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.queues.len();
         let sequence = self.sequence.fetch_add(1, Ordering::Relaxed);
         let message = v5::Message {
             topic: Some(resource(&self.topic)),
@@ -152,10 +158,11 @@ impl V5Producer {
             }),
             body,
         };
-        match &self.queues[index] {
-            Route::Direct(client) => {
+        match &self.route {
+            Route::Direct => {
+                let index = self.next.fetch_add(1, Ordering::Relaxed) % self.queues.len();
                 self.requests.fetch_add(1, Ordering::Relaxed);
-                send_request(client.clone(), &self.client_id, vec![message]).await
+                send_request(self.queues[index].clone(), &self.client_id, vec![message]).await
             }
             .pop()
             .unwrap_or_else(|| Err("error: no answer".to_owned())),
@@ -182,11 +189,12 @@ impl V5Producer {
     }
 }
 
-/// Starts an endpoint's gatherer: it takes the first waiting send, waits for a free request
-/// slot (sends that arrive meanwhile wait behind it), then sends everything waiting, up to
-/// the batch bound, in one request, and answers each send from its entry.
+/// Starts the gatherer: it takes the first waiting send, waits for a free request slot (sends
+/// that arrive meanwhile wait behind it), lets the senders woken by the last answer send again,
+/// then sends everything waiting, up to the batch bound, in one request to the next queue's
+/// endpoint, and answers each send from its entry.
 fn gather(
-    client: MessagingServiceClient<Channel>,
+    queues: Vec<MessagingServiceClient<Channel>>,
     client_id: String,
     batching: Batching,
     requests: std::sync::Arc<AtomicU64>,
@@ -194,10 +202,22 @@ fn gather(
     let (tx, mut rx) = mpsc::unbounded_channel::<Waiting>();
     let slots = std::sync::Arc::new(Semaphore::new(batching.max_in_flight));
     tokio::spawn(async move {
+        let mut next = 0usize;
         while let Some(first) = rx.recv().await {
             let Ok(slot) = slots.clone().acquire_owned().await else {
                 return;
             };
+            let mut waiting = rx.len();
+            for _ in 0..GATHER_YIELDS_MAX {
+                if waiting + 1 >= batching.max_messages {
+                    break;
+                }
+                tokio::task::yield_now().await;
+                if rx.len() == waiting {
+                    break;
+                }
+                waiting = rx.len();
+            }
             let mut batch = vec![first];
             while batch.len() < batching.max_messages {
                 match rx.try_recv() {
@@ -205,15 +225,19 @@ fn gather(
                     Err(_) => break,
                 }
             }
-            let (client, client_id) = (client.clone(), client_id.clone());
+            let client = queues[next % queues.len()].clone();
+            next = next.wrapping_add(1);
+            let client_id = client_id.clone();
             requests.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(async move {
                 let (messages, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
                 let outcomes = send_request(client, &client_id, messages).await;
+                // The slot goes back before the answers: the gatherer, woken, yields while
+                // the senders answered here send again.
+                drop(slot);
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
                     let _ = reply.send(outcome);
                 }
-                drop(slot);
             });
         }
     });

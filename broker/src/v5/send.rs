@@ -98,13 +98,19 @@ impl Sender {
                 entries: Vec::new(),
             };
         }
-        // Every message joins its lane before any answer is awaited, so that the messages of
-        // one request travel in the same batches (one append, one replication wait), in order.
+        // Every message joins its lane before any lane's sender starts, so that the messages
+        // of one request travel in the same batches (one append, one replication wait), in
+        // order, instead of a sender taking the first before the rest are in.
+        let mut starts = Vec::new();
         let pending: Vec<Pending> = request
             .messages
             .into_iter()
-            .map(|message| self.enqueue(message))
+            .map(|message| self.enqueue(message, &mut starts))
             .collect();
+        for (key, queue_count) in starts {
+            let inner = self.inner.clone();
+            tokio::spawn(async move { inner.send_batches(key, queue_count).await });
+        }
         let mut entries = Vec::with_capacity(pending.len());
         for pending in pending {
             entries.push(pending.answer().await);
@@ -120,8 +126,9 @@ impl Sender {
         }
     }
 
-    /// Puts one message in its lane (starting the lane's sender when it was idle), or refuses it.
-    fn enqueue(&self, message: v5::Message) -> Pending {
+    /// Puts one message in its lane, or refuses it; a lane that had room for another batch in
+    /// flight is added to `starts`, for the caller to start its sender.
+    fn enqueue(&self, message: v5::Message, starts: &mut Vec<(LaneKey, u32)>) -> Pending {
         let message_id = message
             .system_properties
             .as_ref()
@@ -148,8 +155,7 @@ impl Sender {
         };
         let (outcome, start) = self.inner.lanes.push(&key, message);
         if start {
-            let inner = self.inner.clone();
-            tokio::spawn(async move { inner.send_batches(key, topic.queue_count).await });
+            starts.push((key, topic.queue_count));
         }
         Pending::Queued(message_id, outcome)
     }
