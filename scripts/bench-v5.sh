@@ -7,8 +7,12 @@
 # request, one request with a partial batch in flight; the v5 API carries several messages per
 # SendMessage, as the official Rust client's batch_send sends them), and one message per request
 # (`native-single`, `v5-single`: as the official clients' send). In turn, ROUNDS times each.
-# Prints one JSON line per run and, last, the medians and the ratios v5 / native and
-# v5-single / native-single. Stops the cluster and removes its directory on exit.
+# Prints one JSON line per run and the medians and the ratios v5 / native and
+# v5-single / native-single. Then consumption: COUNT messages sent once to a topic `drain`, and,
+# ROUNDS times, a new group drains them through each API in turn (`bench consume`: the native
+# push consumer pulling 256 at a time; `--api v5`: receive 32 and acknowledge them in one call,
+# two loops per broker group); a last line gives those medians and their ratio. Stops the
+# cluster and removes its directory on exit.
 #
 #   scripts/bench-v5.sh [COUNT] [ROUNDS]
 #
@@ -61,3 +65,26 @@ s=$(median "${single[@]}")
 v=$(median "${v5[@]}")
 w=$(median "${v5single[@]}")
 awk -v n="$n" -v s="$s" -v v="$v" -v w="$w" 'BEGIN { printf "{\"native_msgs_per_s\":%d,\"v5_msgs_per_s\":%d,\"v5_over_native\":%.2f,\"native_single_msgs_per_s\":%d,\"v5_single_msgs_per_s\":%d,\"v5_single_over_native_single\":%.2f}\n", n, v, v / n, s, w, w / s }'
+
+"$BIN_DIR/cluster-cli" --controller "$CONTROLLER_ADDR" topic create drain --queues 8 >&2
+"$BIN_DIR/cluster-cli" --controller "$CONTROLLER_ADDR" --json bench produce --topic drain \
+  --count "$COUNT" --size 1024 --in-flight 64 >/dev/null 2>&1 || { echo "bench-v5: could not fill topic drain" >&2; exit 1; }
+consume_native=() consume_v5=()
+for ((round = 1; round <= ROUNDS; round++)); do
+  for api in native v5; do
+    line=$("$BIN_DIR/cluster-cli" --controller "$CONTROLLER_ADDR" --json bench consume \
+      --topic drain --group "drain-$api-$round" --count "$COUNT" --api "$api" --idle-exit-ms 5000 2>/dev/null) || {
+      echo "bench-v5: bench consume ($api) failed: $line" >&2
+      exit 1
+    }
+    echo "consume-$api $line"
+    rate=$(sed -n 's/.*"msgs_per_s":\([0-9.]*\).*/\1/p' <<<"$line")
+    case $api in
+      native) consume_native+=("$rate") ;;
+      v5) consume_v5+=("$rate") ;;
+    esac
+  done
+done
+cn=$(median "${consume_native[@]}")
+cv=$(median "${consume_v5[@]}")
+awk -v n="$cn" -v v="$cv" 'BEGIN { printf "{\"consume_native_msgs_per_s\":%d,\"consume_v5_msgs_per_s\":%d,\"consume_v5_over_native\":%.2f}\n", n, v, v / n }'

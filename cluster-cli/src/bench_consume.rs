@@ -7,7 +7,9 @@
 //! time in the property [`SENT_AT_PROPERTY`]), the end-to-end latency from the producer's send
 //! call to the listener, p50/p99/p999 in microseconds. Run it while `bench produce` runs for live
 //! latency; run it afterwards to measure draining a backlog (latencies then include the time the
-//! messages waited).
+//! messages waited). With `--api v5` the same group consumes through RocketMQ 5's API at
+//! `--endpoint` ([`crate::bench_v5_consume`]: receive and acknowledge, `--receivers` loops per
+//! broker group, batches of at most 32); a new v5 group starts at the beginning of each queue.
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,7 +20,7 @@ use anyhow::{bail, Result};
 use client::{ConsumeResult, ReceivedMessage};
 use hdrhistogram::Histogram;
 
-use crate::bench::{now_us, SENT_AT_PROPERTY};
+use crate::bench::{now_us, Api, SENT_AT_PROPERTY};
 use crate::consume::MemberArgs;
 use crate::Reach;
 
@@ -26,9 +28,25 @@ use crate::Reach;
 pub struct ConsumeArgs {
     #[command(flatten)]
     member: MemberArgs,
-    /// Messages per pull (1 to 1024).
+    /// Messages per pull (1 to 1024); with `--api v5`, per receive (at most 32 are asked for).
     #[arg(long, default_value_t = 256)]
     pull_batch: u32,
+    /// Which API: the cluster's own (`native`) or RocketMQ 5's (`v5`, at `--endpoint`).
+    #[arg(long, value_enum, default_value_t = Api::Native)]
+    api: Api,
+    /// With `--api v5`: the access point, `host:port` (scripts/cluster.sh writes it to
+    /// cluster.env).
+    #[arg(long, env = "ROCKETMQ_ENDPOINT")]
+    endpoint: Option<String>,
+    /// With `--api v5`: receive loops per broker group.
+    #[arg(long, default_value_t = 2)]
+    receivers: usize,
+}
+
+/// What consumes: the native push consumer, or the v5 receive loops.
+enum Running {
+    Native(client::PushConsumer),
+    V5(crate::bench_v5_consume::V5Consumers),
 }
 
 /// What the listener has seen; shared with the progress and summary code.
@@ -39,6 +57,23 @@ struct Tally {
     latencies: Mutex<Histogram<u64>>,
     /// When the last message was handled.
     last_message: Mutex<Instant>,
+}
+
+impl Tally {
+    /// One message handled: its body's size, and its send time when it carries one.
+    fn count(&self, body_len: usize, sent_at_us: Option<u64>) {
+        if let Some(sent_at_us) = sent_at_us {
+            let latency_us = now_us().saturating_sub(sent_at_us).max(1);
+            self.latencies
+                .lock()
+                .expect("lock")
+                .saturating_record(latency_us);
+        }
+        self.body_bytes
+            .fetch_add(body_len as u64, Ordering::Relaxed);
+        self.handled.fetch_add(1, Ordering::AcqRel);
+        *self.last_message.lock().expect("lock") = Instant::now();
+    }
 }
 
 pub async fn run(reach: &Reach, json: bool, args: ConsumeArgs) -> Result<ExitCode> {
@@ -53,32 +88,51 @@ pub async fn run(reach: &Reach, json: bool, args: ConsumeArgs) -> Result<ExitCod
         latencies: Mutex::new(Histogram::new_with_bounds(1, 600_000_000, 3)?),
         last_message: Mutex::new(started),
     });
-    let mut config = member.config();
-    config.pull_batch = args.pull_batch;
-    let listener = {
-        let tally = tally.clone();
-        move |message: &ReceivedMessage| -> Result<ConsumeResult, client::ListenerError> {
-            let sent_at_us = message
-                .properties
-                .get(SENT_AT_PROPERTY)
-                .and_then(|v| v.parse::<u64>().ok());
-            if let Some(sent_at_us) = sent_at_us {
-                let latency_us = now_us().saturating_sub(sent_at_us).max(1);
-                tally
-                    .latencies
-                    .lock()
-                    .expect("lock")
-                    .saturating_record(latency_us);
-            }
-            tally
-                .body_bytes
-                .fetch_add(message.body.len() as u64, Ordering::Relaxed);
-            tally.handled.fetch_add(1, Ordering::AcqRel);
-            *tally.last_message.lock().expect("lock") = Instant::now();
-            Ok(ConsumeResult::ConsumeSuccess)
+    let consumer = match args.api {
+        Api::Native => {
+            let mut config = member.config();
+            config.pull_batch = args.pull_batch;
+            let listener = {
+                let tally = tally.clone();
+                move |message: &ReceivedMessage| -> Result<ConsumeResult, client::ListenerError> {
+                    let sent_at_us = message
+                        .properties
+                        .get(SENT_AT_PROPERTY)
+                        .and_then(|v| v.parse::<u64>().ok());
+                    tally.count(message.body.len(), sent_at_us);
+                    Ok(ConsumeResult::ConsumeSuccess)
+                }
+            };
+            Running::Native(reach.push_consumer(config, listener).await?)
+        }
+        Api::V5 => {
+            let Some(endpoint) = &args.endpoint else {
+                bail!("--api v5 needs --endpoint HOST:PORT (or ROCKETMQ_ENDPOINT)");
+            };
+            let handle = {
+                let tally = tally.clone();
+                Arc::new(move |message: &proto::v5::Message| {
+                    let sent_at_us = message
+                        .user_properties
+                        .get(SENT_AT_PROPERTY)
+                        .and_then(|v| v.parse::<u64>().ok());
+                    tally.count(message.body.len(), sent_at_us);
+                })
+            };
+            Running::V5(
+                crate::bench_v5_consume::V5Consumers::start(
+                    endpoint,
+                    &member.topic,
+                    &member.group,
+                    args.pull_batch
+                        .min(crate::bench_v5_consume::RECEIVE_BATCH_MAX),
+                    args.receivers,
+                    handle,
+                )
+                .await?,
+            )
         }
     };
-    let consumer = reach.push_consumer(config, listener).await?;
     let idle = Duration::from_millis(member.idle_exit_ms);
     let mut next_progress = started + Duration::from_secs(1);
     let mut handled_at_last_progress = 0;
@@ -100,7 +154,14 @@ pub async fn run(reach: &Reach, json: bool, args: ConsumeArgs) -> Result<ExitCod
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    consumer.shutdown().await;
+    // Failed receives and acknowledgements (the native consumer retries within its client).
+    let failures = match consumer {
+        Running::Native(consumer) => {
+            consumer.shutdown().await;
+            0
+        }
+        Running::V5(consumers) => consumers.stop().await,
+    };
     let handled = tally.handled.load(Ordering::Acquire);
     let body_bytes = tally.body_bytes.load(Ordering::Acquire);
     // Up to the last message: the idle wait at the end is not consuming.
@@ -127,6 +188,7 @@ pub async fn run(reach: &Reach, json: bool, args: ConsumeArgs) -> Result<ExitCod
             "{}",
             serde_json::json!({
                 "received": handled, "pull_batch": args.pull_batch,
+                "api": format!("{:?}", args.api).to_lowercase(), "failures": failures,
                 "seconds": (elapsed * 100.0).round() / 100.0,
                 "msgs_per_s": msgs_per_s.round(), "mb_per_s": (mb_per_s * 10.0).round() / 10.0,
                 "stamped": stamped,
@@ -134,7 +196,7 @@ pub async fn run(reach: &Reach, json: bool, args: ConsumeArgs) -> Result<ExitCod
             })
         );
     } else {
-        out!("consumed {handled} messages in {elapsed:.2} s (to the last message)");
+        out!("consumed {handled} messages in {elapsed:.2} s (to the last message); {failures} failed calls");
         out!("  {msgs_per_s:.0} msgs/s, {mb_per_s:.1} MB/s");
         if stamped > 0 {
             out!("  end-to-end latency (send call to listener) of {stamped} stamped messages: p50 {p50} us, p99 {p99} us, p999 {p999} us");

@@ -73,38 +73,15 @@ impl V5Producer {
         if batching.max_messages == 0 || batching.max_in_flight == 0 {
             bail!("--batch-max-messages and --batch-max-in-flight must be at least 1");
         }
-        let client_id = format!("cluster-cli-bench@{}", std::process::id());
-        let mut access = client_of(endpoint)?;
-        let route = access
-            .query_route(named(
-                v5::QueryRouteRequest {
-                    topic: Some(resource(topic)),
-                    endpoints: None,
-                },
-                &client_id,
-            ))
-            .await
-            .context("QueryRoute")?
-            .into_inner();
-        let status = route.status.unwrap_or_default();
-        if status.code != v5::Code::Ok as i32 {
-            bail!(
-                "QueryRoute of {topic}: code {}: {}",
-                status.code,
-                status.message
-            );
-        }
+        let client_id = client_id();
+        let route = query_route(endpoint, topic, &client_id).await?;
         let mut clients: HashMap<String, MessagingServiceClient<Channel>> = HashMap::new();
         let requests = std::sync::Arc::new(AtomicU64::new(0));
         let mut queues = Vec::new();
-        for queue in route.message_queues {
+        for queue in route {
             let writable = queue.permission == v5::Permission::Write as i32
                 || queue.permission == v5::Permission::ReadWrite as i32;
-            let addr = queue
-                .broker
-                .and_then(|b| b.endpoints)
-                .and_then(|e| e.addresses.into_iter().next())
-                .map(|a| format!("{}:{}", a.host, a.port));
+            let addr = queue_addr(&queue);
             let (true, Some(addr)) = (writable, addr) else {
                 continue;
             };
@@ -281,19 +258,63 @@ fn code_name(code: i32) -> String {
         .unwrap_or_else(|_| format!("CODE_{code}"))
 }
 
-fn client_of(addr: &str) -> Result<MessagingServiceClient<Channel>> {
+/// The name every call of this bench gives its client (`x-mq-client-id`).
+pub fn client_id() -> String {
+    format!("cluster-cli-bench@{}", std::process::id())
+}
+
+/// `topic`'s queues, from the access point `endpoint` (`host:port`).
+pub async fn query_route(
+    endpoint: &str,
+    topic: &str,
+    client_id: &str,
+) -> Result<Vec<v5::MessageQueue>> {
+    let mut access = client_of(endpoint)?;
+    let route = access
+        .query_route(named(
+            v5::QueryRouteRequest {
+                topic: Some(resource(topic)),
+                endpoints: None,
+            },
+            client_id,
+        ))
+        .await
+        .context("QueryRoute")?
+        .into_inner();
+    let status = route.status.unwrap_or_default();
+    if status.code != v5::Code::Ok as i32 {
+        bail!(
+            "QueryRoute of {topic}: code {}: {}",
+            status.code,
+            status.message
+        );
+    }
+    Ok(route.message_queues)
+}
+
+/// The address of a queue's endpoints (the first: the cluster gives one).
+pub fn queue_addr(queue: &v5::MessageQueue) -> Option<String> {
+    queue
+        .broker
+        .as_ref()
+        .and_then(|b| b.endpoints.as_ref())
+        .and_then(|e| e.addresses.first())
+        .map(|a| format!("{}:{}", a.host, a.port))
+}
+
+pub fn client_of(addr: &str) -> Result<MessagingServiceClient<Channel>> {
     let endpoint = proto::dial::endpoint(addr, CONNECT_TIMEOUT)?.timeout(REQUEST_TIMEOUT);
     Ok(MessagingServiceClient::new(endpoint.connect_lazy()))
 }
 
-fn resource(name: &str) -> v5::Resource {
+pub fn resource(name: &str) -> v5::Resource {
     v5::Resource {
         resource_namespace: String::new(),
         name: name.to_owned(),
     }
 }
 
-fn named<T>(message: T, client_id: &str) -> tonic::Request<T> {
+pub fn named<T>(message: T, client_id: &str) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     if let Ok(value) = client_id.parse() {
         request.metadata_mut().insert("x-mq-client-id", value);

@@ -28,6 +28,7 @@ mod admin;
 mod bench;
 mod bench_consume;
 mod bench_v5;
+mod bench_v5_consume;
 mod consume;
 mod drill;
 mod elect;

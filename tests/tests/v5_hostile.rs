@@ -342,7 +342,8 @@ async fn bad_input_is_refused_with_upstreams_codes_and_changes_nothing() {
 
 /// Invariant: in one request of several messages, a bad one is refused alone with its code
 /// (the request's status is that refusal), and the others are stored, answered OK, at
-/// consecutive offsets in request order, and received in that order.
+/// consecutive offsets in request order, and received in that order. One acknowledgement of
+/// them all answers each OK and moves the group's committed offset past them all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_message_in_a_batch_fails_alone_and_the_rest_keep_their_order() {
     let dir = tempfile::tempdir().unwrap();
@@ -413,4 +414,48 @@ async fn a_bad_message_in_a_batch_fails_alone_and_the_rest_keep_their_order() {
         .map(|i| Bytes::from(format!("m{i}")))
         .collect();
     assert_eq!(bodies, sent);
+
+    let entries = got
+        .iter()
+        .map(|m| {
+            let system = m.system_properties.clone().unwrap();
+            v5::AckMessageEntry {
+                message_id: system.message_id,
+                receipt_handle: system.receipt_handle.unwrap(),
+                lite_topic: None,
+            }
+        })
+        .collect();
+    let acked = client
+        .ack_message(named(v5::AckMessageRequest {
+            group: resource("g-batch"),
+            topic: resource(TOPIC),
+            entries,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(acked.status.unwrap().code, ok);
+    assert!(acked
+        .entries
+        .iter()
+        .all(|e| e.status.as_ref().unwrap().code == ok));
+    let mut groups = proto::client::consumer_groups_client::ConsumerGroupsClient::connect(format!(
+        "http://{}",
+        broker.addr()
+    ))
+    .await
+    .unwrap();
+    let committed = groups
+        .query_offset(proto::client::QueryOffsetRequest {
+            group: "g-batch".into(),
+            topic: TOPIC.into(),
+            queue_id: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((committed.found, committed.queue_offset), (true, 7));
+    let (code, again) = receive(&mut client, receive_request("g-batch", 32)).await;
+    assert_eq!((code, again.len()), (v5::Code::MessageNotFound as i32, 0));
 }

@@ -26,6 +26,7 @@ use proto::client as wire;
 use proto::v5;
 use tokio::sync::Mutex as AsyncMutex;
 
+use super::commit::{Committer, QueueKey};
 use super::message::{millis_of, to_v5, Delivered};
 use super::pop::{Delivery, PopQueue, Stale};
 use super::receipt::Receipt;
@@ -56,7 +57,6 @@ pub const RECEIVE_BATCH_MAX: i32 = 32;
 /// Most entries one acknowledgement carries.
 pub const ACK_ENTRIES_MAX: usize = 1024;
 
-type QueueKey = (String, String, u32);
 /// The states of one master epoch: the epoch, and per queue its state.
 type EpochQueues = (u64, HashMap<QueueKey, Arc<AsyncMutex<PopQueue>>>);
 
@@ -77,6 +77,8 @@ pub struct Consumption {
     topics: Arc<TopicRegistry>,
     /// Where the next receive's pass starts (modulo the queue count).
     next_queue: AtomicU32,
+    /// Writes the committed offsets, a commit per queue at a time.
+    committer: Committer,
 }
 
 /// A receive, validated. It names no queue: every queue of the topic on this broker serves it.
@@ -104,6 +106,7 @@ impl Consumption {
             acked: tokio::sync::Notify::new(),
             topics: parts.topics.clone(),
             next_queue: AtomicU32::new(0),
+            committer: Committer::new(parts.groups.clone()),
         }
     }
 
@@ -375,25 +378,35 @@ impl Consumption {
     }
 
     /// Acknowledges one delivery.
-    pub async fn ack(&self, group: &str, topic: &str, handle: &str) -> v5::Status {
-        let receipt = match self.receipt(handle, group, topic) {
-            Ok(receipt) => receipt,
-            Err(status) => return status,
-        };
-        let queue = self.queue(group, topic, receipt.queue_id).await;
-        let mut q = queue.lock().await;
-        match q.ack(receipt.queue_offset, receipt.nonce) {
-            Ok(moved) => {
-                let low = q.low();
-                drop(q);
-                self.acked.notify_waiters();
-                if moved {
-                    self.commit(group, topic, receipt.queue_id, low).await;
+    pub async fn ack(&self, group: &str, topic: &str, handles: &[&str]) -> Vec<v5::Status> {
+        // Every entry first, then one commit per queue that moved: an acknowledgement of many
+        // messages waits for one offset write, not one each.
+        let mut statuses = Vec::with_capacity(handles.len());
+        let mut moved: HashMap<u32, u64> = HashMap::new();
+        for handle in handles {
+            let receipt = match self.receipt(handle, group, topic) {
+                Ok(receipt) => receipt,
+                Err(status) => {
+                    statuses.push(status);
+                    continue;
                 }
-                ok()
+            };
+            let queue = self.queue(group, topic, receipt.queue_id).await;
+            let mut q = queue.lock().await;
+            match q.ack(receipt.queue_offset, receipt.nonce) {
+                Ok(true) => {
+                    moved.insert(receipt.queue_id, q.low());
+                    statuses.push(ok());
+                }
+                Ok(false) => statuses.push(ok()),
+                Err(stale) => statuses.push(stale_status(stale)),
             }
-            Err(stale) => stale_status(stale),
         }
+        self.acked.notify_waiters();
+        for (queue_id, low) in moved {
+            self.commit(group, topic, queue_id, low).await;
+        }
+        statuses
     }
 
     /// Gives one delivery `invisible` more from now; answers its new handle.
@@ -457,12 +470,13 @@ impl Consumption {
         ok()
     }
 
-    /// Commits the group's offset of one queue. A failure is logged: the offset is written
-    /// again at the next move, and meanwhile a failover redelivers a little more.
+    /// Returns once the group's committed offset of one queue is at least `low` (see
+    /// [`Committer`]).
     async fn commit(&self, group: &str, topic: &str, queue_id: u32, low: u64) {
-        if let Err(err) = self.groups.commit(group, topic, queue_id, low).await {
-            tracing::warn!(group, topic, queue_id, low, error = %err, "could not commit a v5 group's offset");
-        }
+        let epoch = self.role.master_epoch();
+        let pop = self.queue(group, topic, queue_id).await;
+        let key = (group.to_owned(), topic.to_owned(), queue_id);
+        self.committer.commit(epoch, &key, low, &pop).await;
     }
 }
 

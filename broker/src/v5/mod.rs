@@ -23,10 +23,11 @@
 //! - [`send`]: `SendMessage`: NORMAL and FIFO messages through the broker's own send path (same
 //!   statuses, same durability), handed to the group's master from any member; [`lane`]
 //!   gathers concurrent sends into batches.
-//! - [`consume`]: receives, acknowledgements, invisibility and dead letters on the queue's
-//!   master ([`pop`]: its state per group and queue; [`receipt`]: the signed handles;
-//!   [`message`]: a stored message as clients receive it); [`forward`]: the same calls made on
-//!   another member, handed to the master.
+//! - [`consume`]: receives, acknowledgements, invisibility and dead letters on the group's
+//!   master ([`pop`]: its state per group and queue; [`commit`]: the committed offsets written
+//!   a commit per queue at a time; [`receipt`]: the signed handles; [`message`]: a stored
+//!   message as clients receive it); [`forward`]: the same calls made on another member,
+//!   handed to the master.
 //! - [`telemetry`]: the `Telemetry` stream: the server's settings in answer to a client's.
 //! - [`status`]: building answers' statuses.
 //!
@@ -54,6 +55,7 @@ use crate::service::BrokerService;
 use crate::store::{Store, StoreConfig};
 use crate::topics::TopicRegistry;
 
+pub mod commit;
 pub mod consume;
 pub mod forward;
 pub mod lane;
@@ -244,18 +246,22 @@ impl V5Service {
             };
         }
         let (group, topic) = (name_of(&request.group), name_of(&request.topic));
-        let mut entries = Vec::with_capacity(request.entries.len());
-        for entry in request.entries {
-            let status = self
-                .consumption
-                .ack(&group, &topic, &entry.receipt_handle)
-                .await;
-            entries.push(v5::AckMessageResultEntry {
+        let handles: Vec<&str> = request
+            .entries
+            .iter()
+            .map(|e| e.receipt_handle.as_str())
+            .collect();
+        let statuses = self.consumption.ack(&group, &topic, &handles).await;
+        let entries: Vec<v5::AckMessageResultEntry> = request
+            .entries
+            .into_iter()
+            .zip(statuses)
+            .map(|(entry, status)| v5::AckMessageResultEntry {
                 message_id: entry.message_id,
                 receipt_handle: entry.receipt_handle,
                 status: Some(status),
-            });
-        }
+            })
+            .collect();
         let status = entries
             .iter()
             .filter_map(|e| e.status.clone())
