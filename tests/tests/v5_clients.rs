@@ -66,6 +66,18 @@ fn check_receipts(master_addr: &str, receipts: &[Receipt]) {
     );
 }
 
+/// Once the group's in-sync set is full: its master's id, and a slave's v5 address (the access
+/// point the tests give the clients: everything they do is handed to the master).
+fn master_and_slave_endpoint(controllers: &str, brokers: &[BrokerProcess]) -> (u64, String) {
+    let state = wait_for_full_set(controllers, Duration::from_secs(30));
+    let master = state.master.expect("a master");
+    let slave = (0..brokers.len() as u64)
+        .find(|id| *id != master)
+        .expect("a slave");
+    let endpoint = brokers[slave as usize].v5_addr().expect("v5_listen is set");
+    (master, endpoint.to_owned())
+}
+
 fn native_addr_of(brokers: &[BrokerProcess], id: u64) -> String {
     brokers[id as usize].addr().to_owned()
 }
@@ -74,13 +86,9 @@ fn native_addr_of(brokers: &[BrokerProcess], id: u64) -> String {
 fn the_official_python_client_sends_through_any_member_of_a_group() {
     let dir = tempfile::tempdir().unwrap();
     let (_quorum, controllers, brokers) = start_group(dir.path(), &V5_LISTEN);
-    let state = wait_for_full_set(&controllers, Duration::from_secs(30));
-    let master = state.master.expect("a master");
     // The access point is a slave: routes, settings and sends all work through it.
-    let slave = (0..brokers.len() as u64)
-        .find(|id| *id != master)
-        .expect("a slave");
-    let endpoint = brokers[slave as usize].v5_addr().expect("v5_listen is set");
+    let (master, endpoint) = master_and_slave_endpoint(&controllers, &brokers);
+    let endpoint = endpoint.as_str();
     let out = dir.path().join("receipts.jsonl");
     let summary = finish(start_producer(endpoint, TOPIC, 200, &out));
     assert_eq!(summary["ok"], 200, "every send answered: {summary}");
@@ -133,12 +141,8 @@ fn a_python_producer_loses_nothing_when_the_master_is_killed() {
 fn the_official_rust_client_sends_and_receives_through_one_endpoint() {
     let dir = tempfile::tempdir().unwrap();
     let (_quorum, controllers, brokers) = start_group(dir.path(), &V5_LISTEN);
-    let state = wait_for_full_set(&controllers, Duration::from_secs(30));
-    let master = state.master.expect("a master");
-    let slave = (0..brokers.len() as u64)
-        .find(|id| *id != master)
-        .expect("a slave");
-    let endpoint = brokers[slave as usize].v5_addr().expect("v5_listen is set");
+    let (master, endpoint) = master_and_slave_endpoint(&controllers, &brokers);
+    let endpoint = endpoint.as_str();
     let sent = dir.path().join("receipts.jsonl");
     let out = sent.to_str().unwrap();
     let summary = finish(start_rust_client(&["produce", endpoint, TOPIC, "300", out]));
@@ -167,12 +171,8 @@ fn the_official_rust_client_sends_and_receives_through_one_endpoint() {
 fn the_official_python_client_receives_and_acknowledges_every_message() {
     let dir = tempfile::tempdir().unwrap();
     let (_quorum, controllers, brokers) = start_group(dir.path(), &V5_LISTEN);
-    let state = wait_for_full_set(&controllers, Duration::from_secs(30));
-    let master = state.master.expect("a master");
-    let slave = (0..brokers.len() as u64)
-        .find(|id| *id != master)
-        .expect("a slave");
-    let endpoint = brokers[slave as usize].v5_addr().expect("v5_listen is set");
+    let (_, endpoint) = master_and_slave_endpoint(&controllers, &brokers);
+    let endpoint = endpoint.as_str();
     let sent = dir.path().join("receipts.jsonl");
     let summary = finish(start_producer(endpoint, TOPIC, 200, &sent));
     assert_eq!(summary["ok"], 200, "{summary}");
@@ -240,15 +240,7 @@ fn the_official_python_client_receives_and_acknowledges_every_message() {
 fn a_python_push_consumer_gets_every_message_across_a_master_kill() {
     let dir = tempfile::tempdir().unwrap();
     let (_quorum, controllers, mut brokers) = start_group(dir.path(), &V5_LISTEN);
-    let state = wait_for_full_set(&controllers, Duration::from_secs(30));
-    let master = state.master.expect("a master");
-    let slave = (0..brokers.len() as u64)
-        .find(|id| *id != master)
-        .expect("a slave");
-    let endpoint = brokers[slave as usize]
-        .v5_addr()
-        .expect("v5_listen is set")
-        .to_owned();
+    let (master, endpoint) = master_and_slave_endpoint(&controllers, &brokers);
     let sent = dir.path().join("receipts.jsonl");
     let summary = finish(start_producer(&endpoint, TOPIC, 1000, &sent));
     assert_eq!(summary["ok"], 1000, "{summary}");

@@ -15,6 +15,28 @@ use cluster_tests::BrokerProcess;
 
 const TOPIC: &str = "orders";
 
+/// A standalone broker serving the v5 API (bodies up to 1 KiB) with topic [`TOPIC`] of one
+/// queue, and a v5 client of it.
+async fn start_broker(dir: &std::path::Path) -> (BrokerProcess, MessagingServiceClient<Channel>) {
+    let broker = BrokerProcess::start(
+        dir,
+        &[
+            "--set",
+            "v5_listen=\"127.0.0.1:0\"",
+            "--set",
+            "max_message_bytes=1024",
+        ],
+    );
+    client::Admin::connect(broker.addr())
+        .await
+        .unwrap()
+        .create_topic(TOPIC, 1)
+        .await
+        .unwrap();
+    let client = v5_client(broker.v5_addr().expect("v5 address")).await;
+    (broker, client)
+}
+
 async fn v5_client(addr: &str) -> MessagingServiceClient<Channel> {
     MessagingServiceClient::connect(format!("http://{addr}"))
         .await
@@ -135,22 +157,7 @@ async fn ack(client: &mut MessagingServiceClient<Channel>, group: &str, handle: 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_refused_with_upstreams_codes_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = BrokerProcess::start(
-        dir.path(),
-        &[
-            "--set",
-            "v5_listen=\"127.0.0.1:0\"",
-            "--set",
-            "max_message_bytes=1024",
-        ],
-    );
-    client::Admin::connect(broker.addr())
-        .await
-        .unwrap()
-        .create_topic(TOPIC, 1)
-        .await
-        .unwrap();
-    let mut client = v5_client(broker.v5_addr().expect("v5 address")).await;
+    let (_broker, mut client) = start_broker(dir.path()).await;
 
     // No client id: refused, whatever the call.
     let anonymous = client
@@ -347,22 +354,7 @@ async fn bad_input_is_refused_with_upstreams_codes_and_changes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_message_in_a_batch_fails_alone_and_the_rest_keep_their_order() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = BrokerProcess::start(
-        dir.path(),
-        &[
-            "--set",
-            "v5_listen=\"127.0.0.1:0\"",
-            "--set",
-            "max_message_bytes=1024",
-        ],
-    );
-    client::Admin::connect(broker.addr())
-        .await
-        .unwrap()
-        .create_topic(TOPIC, 1)
-        .await
-        .unwrap();
-    let mut client = v5_client(broker.v5_addr().expect("v5 address")).await;
+    let (broker, mut client) = start_broker(dir.path()).await;
     let mut messages: Vec<v5::Message> = (0..8)
         .map(|i| message(v5::MessageType::Normal, Bytes::from(format!("m{i}")), None))
         .collect();
