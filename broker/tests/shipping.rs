@@ -264,6 +264,76 @@ async fn sync_master_waits_for_the_set_and_times_out_without_it() {
     master.server.abort();
 }
 
+/// Invariant: a slave that says it is stopping is out of the master's planned set at once and
+/// stays out while its stream lasts; a slave whose stream is gone is out once it has been gone
+/// for `slave_timeout` (not `lag_max`, 15 s here), so a master waits for neither any longer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaving_slave_and_a_gone_one_are_planned_out_of_the_set() {
+    let dirs = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let master = start_master(dirs.0.path(), true).await;
+    master.in_sync.apply_view(&AcceptedSet {
+        master_epoch: 1,
+        set: BTreeSet::from([0, 1, 2]),
+        set_epoch: 2,
+    });
+    let leaving = start_slave(dirs.1.path(), &master, 1);
+    let gone = start_slave(dirs.2.path(), &master, 2);
+    let end = append(&master.store, 10).await;
+    assert_eq!(
+        master.in_sync.wait_replicated(end).await,
+        ReplicaWait::Replicated
+    );
+    assert_eq!(master.in_sync.plan_change(), None, "both keep up");
+
+    leaving.status.leave();
+    let mut planned = None;
+    wait_until("the leaving slave is planned out", || {
+        planned = master.in_sync.plan_change();
+        planned.is_some()
+    })
+    .await;
+    let planned = planned.unwrap();
+    assert_eq!(planned.set, BTreeSet::from([0, 2]));
+    master.in_sync.apply_view(&AcceptedSet {
+        master_epoch: 1,
+        set: planned.set,
+        set_epoch: 3,
+    });
+    // Still connected, caught up and acknowledging: it does not join again.
+    let end = append(&master.store, 5).await;
+    wait_until("the leaving slave holds the appends", || {
+        leaving.store.write_offset() >= end
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(master.in_sync.plan_change(), None, "it stays out");
+
+    gone.task.abort();
+    let _ = gone.task.await;
+    let dropped_at = Instant::now();
+    let mut planned = None;
+    wait_until("the gone slave is planned out", || {
+        planned = master.in_sync.plan_change();
+        planned.is_some()
+    })
+    .await;
+    assert_eq!(planned.unwrap().set, BTreeSet::from([0]));
+    let after = dropped_at.elapsed();
+    assert!(
+        after >= Duration::from_millis(450),
+        "not before slave_timeout: {after:?}"
+    );
+    assert!(
+        after < Duration::from_secs(7),
+        "bounded by slave_timeout (0.5 s), not lag_max (15 s): {after:?}"
+    );
+    master.server.abort();
+}
+
 /// Every message of queues 0-3 of "orders" a reader can get, from each queue's first offset:
 /// (queue id, queue offset, body).
 fn messages(store: &Store) -> Vec<(u32, u64, Bytes)> {
@@ -482,6 +552,7 @@ async fn a_non_member_and_an_acknowledgement_beyond_the_end_are_refused() {
             written_offset: end + 1_000_000,
             flushed_offset: 0,
             store_fault: false,
+            leaving: false,
         })),
     })
     .await

@@ -283,6 +283,7 @@ fn a_replica_claiming_more_than_the_master_wrote_is_refused() {
                 written_offset: end + (1 << 30),
                 flushed_offset: end + (1 << 30),
                 store_fault: false,
+                leaving: false,
             })),
         })
         .await

@@ -27,6 +27,10 @@
 //! waits (briefly) until its set holds its whole log, then says so in its next heartbeat, sent
 //! at once.
 //!
+//! **Leaving** (a slave's planned stop): its acknowledgements say it is stopping, its master
+//! proposes the set without it, and the broker stops once the controller's view no longer holds
+//! it ([`RoleCell::leave_in_sync_set`]), so the master never waits for a slave that is gone.
+//!
 //! **Repairing** a corrupt record (found by a read, recovery or the scrubber): the store's
 //! health says so in every heartbeat (the controller moves a master off by a switchover, and
 //! elects no corrupt broker while a sound one is alive) and in every acknowledgement (the master
@@ -74,6 +78,19 @@ pub struct RoleCell {
     wake: OnceLock<Arc<Notify>>,
     /// The controller drained the group for maintenance: sends are refused.
     drained: AtomicBool,
+    /// Whether the controller's last group view held this broker in the in-sync set.
+    in_sync_member: watch::Sender<bool>,
+}
+
+/// How a slave's leaving the in-sync set ended ([`RoleCell::leave_in_sync_set`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Leaving {
+    /// Nothing to leave: a master, or a slave out of the set.
+    NotMember,
+    /// The controller's view no longer holds it, after this long.
+    Left(Duration),
+    /// The view still held it when the wait ran out.
+    TimedOut,
 }
 
 impl RoleCell {
@@ -118,7 +135,33 @@ impl RoleCell {
             authority: OnceLock::new(),
             wake: OnceLock::new(),
             drained: AtomicBool::new(false),
+            in_sync_member: watch::Sender::new(false),
         })
+    }
+
+    /// A slave that is stopping leaves the in-sync set first: its acknowledgements say so, its
+    /// master proposes the set without it, and this returns once the controller's view no
+    /// longer holds it, or after `wait` (a master that cannot be reached). A master, or a slave
+    /// out of the set, returns at once.
+    pub async fn leave_in_sync_set(&self, wait: Duration) -> Leaving {
+        let role = self.current();
+        let Role::Slave(slave) = role.as_ref() else {
+            return Leaving::NotMember;
+        };
+        let mut member = self.in_sync_member.subscribe();
+        if !*member.borrow_and_update() {
+            return Leaving::NotMember;
+        }
+        let started = Instant::now();
+        slave.status.leave();
+        let left = tokio::time::timeout(wait, member.wait_for(|held| !*held))
+            .await
+            .is_ok_and(|out| out.is_ok());
+        if left {
+            Leaving::Left(started.elapsed())
+        } else {
+            Leaving::TimedOut
+        }
     }
 
     /// Starts the first role's tasks. `authority`: the controller, for a master's in-sync set
@@ -277,6 +320,8 @@ impl RoleCell {
     /// Takes in the controller's view of the group: follows a new master, or becomes master, or
     /// stops being master (controlled brokers only), or takes a new in-sync set.
     pub async fn apply_view(&self, view: &pb::GroupView) {
+        self.in_sync_member
+            .send_replace(view.in_sync_set.contains(&self.ctx.broker_id));
         let _transition = self.transition.lock().await;
         let role = self.current();
         let facts = RoleFacts {

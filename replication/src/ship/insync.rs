@@ -7,8 +7,10 @@
 //!   time. Under continuous load a slave that keeps up covers marks all the time, though it never
 //!   equals the moving end.
 //! - **The in-sync set** is the controller's (RocketMQ's SyncStateSet). A member that has not
-//!   been caught up for `in_sync_lag_max` leaves it; a connected slave that acknowledged the
-//!   confirm offset joins it. The master only proposes: a change takes effect once the
+//!   been caught up for `in_sync_lag_max` leaves it, and so does one whose stream has been gone
+//!   for `slave_timeout`, one whose store has a fault, and one that says it is stopping (a
+//!   planned stop: it leaves before it goes, so no send waits for it); a connected slave that
+//!   acknowledged the confirm offset joins it. The master only proposes: a change takes effect once the
 //!   controller accepts it, checked against the master epoch and the set's epoch. While one is
 //!   in flight, the master waits for the union of the old and the new set. One change at a time.
 //! - **The confirm offset** is the lowest acknowledged offset over the set (the master's own
@@ -95,6 +97,11 @@ struct Replica {
     marks: VecDeque<(Instant, u64)>,
     /// Its last acknowledgement said its store has a fault: out of the set until it says not.
     store_fault: bool,
+    /// Its last acknowledgement said it is stopping: out of the set, and never back in this
+    /// session.
+    leaving: bool,
+    /// When its stream ended, while it has none: out of the set after `slave_timeout`.
+    gone_since: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -280,10 +287,15 @@ impl<L: ShippedLog> InSync<L> {
             caught_up_at: base,
             marks: VecDeque::new(),
             store_fault: false,
+            leaving: false,
+            gone_since: None,
         });
         replica.addr = addr.to_owned();
         replica.session = session;
         replica.connected = true;
+        // A new stream is a new start: a slave that stopped and came back may join again.
+        replica.leaving = false;
+        replica.gone_since = None;
         replica.written = start_offset;
         // What it flushed before a truncation to `start_offset` is still flushed below it.
         replica.flushed = replica.flushed.min(start_offset);
@@ -300,6 +312,7 @@ impl<L: ShippedLog> InSync<L> {
         if let Some(replica) = state.replicas.get_mut(&broker_id) {
             if replica.session == session {
                 replica.connected = false;
+                replica.gone_since = Some(Instant::now());
                 replica.marks.clear();
             }
         }
@@ -338,7 +351,8 @@ impl<L: ShippedLog> InSync<L> {
     }
 
     /// A slave's acknowledgement; `store_fault`: its store has a fault (it leaves the set at
-    /// the next review, and joins again only without one).
+    /// the next review, and joins again only without one); `leaving`: it is stopping (it leaves
+    /// the set at the next review, and does not join again in this session).
     pub fn ack(
         &self,
         broker_id: u64,
@@ -346,6 +360,7 @@ impl<L: ShippedLog> InSync<L> {
         written: u64,
         flushed: u64,
         store_fault: bool,
+        leaving: bool,
     ) -> Result<(), AckError> {
         let write_offset = self.log.write_offset();
         if written > write_offset {
@@ -384,6 +399,13 @@ impl<L: ShippedLog> InSync<L> {
                 }
             );
             replica.store_fault = store_fault;
+        }
+        if leaving && !replica.leaving {
+            tracing::info!(
+                broker_id,
+                "the slave is stopping: it leaves the in-sync set"
+            );
+            replica.leaving = true;
         }
         let now = Instant::now();
         if written >= write_offset {
@@ -482,8 +504,15 @@ impl<L: ShippedLog> InSync<L> {
                 .replicas
                 .get(id)
                 .map_or(state.started_at, |r| r.caught_up_at);
-            let faulty = state.replicas.get(id).is_some_and(|r| r.store_fault);
-            if faulty || now.duration_since(caught_up_at) > self.config.lag_max {
+            // A slave gone for `slave_timeout` is not waited for any longer: a send would
+            // only time out on it (it joins again once it is back and caught up).
+            let unfit = state.replicas.get(id).is_some_and(|r| {
+                r.store_fault
+                    || r.leaving
+                    || r.gone_since
+                        .is_some_and(|at| now.duration_since(at) > self.config.slave_timeout)
+            });
+            if unfit || now.duration_since(caught_up_at) > self.config.lag_max {
                 next.remove(id);
             }
         }
@@ -492,6 +521,7 @@ impl<L: ShippedLog> InSync<L> {
             if !state.set.contains(id)
                 && replica.connected
                 && !replica.store_fault
+                && !replica.leaving
                 && keeps_up
                 && self.acked(replica) >= confirm
             {

@@ -218,6 +218,7 @@ impl<L: ShippedLog> Session<L> {
                         ack.written_offset,
                         ack.flushed_offset,
                         ack.store_fault,
+                        ack.leaving,
                     )
                     .err()
                     .map(|err| {

@@ -11,12 +11,13 @@
 //! master: it is refused and the session ends. Any failure ends the session; the next one starts
 //! after a pause that grows to [`RETRY_MAX`], from whatever the master location says then.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use proto::replication as pb;
 use proto::replication::log_shipping_client::LogShippingClient;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::log::{LogError, ShippedLog};
@@ -63,13 +64,29 @@ pub struct ReplicaSnapshot {
     pub last_error: Option<String>,
 }
 
-/// Shared with the broker for status and reads.
+/// Shared with the broker for status and reads, and for saying it is stopping.
 #[derive(Debug, Default)]
 pub struct ReplicaStatus {
     inner: Mutex<ReplicaSnapshot>,
+    /// The broker is stopping: acknowledgements say so, and the master takes this slave out of
+    /// the in-sync set.
+    leaving: AtomicBool,
+    /// Sends an acknowledgement at once when the broker starts leaving.
+    leaving_said: Notify,
 }
 
 impl ReplicaStatus {
+    /// The broker is stopping (a planned stop): from now on every acknowledgement says so, the
+    /// first at once, and the master takes this slave out of the in-sync set at its next review.
+    pub fn leave(&self) {
+        self.leaving.store(true, Ordering::Release);
+        self.leaving_said.notify_one();
+    }
+
+    pub fn is_leaving(&self) -> bool {
+        self.leaving.load(Ordering::Acquire)
+    }
+
     pub fn snapshot(&self) -> ReplicaSnapshot {
         self.inner
             .lock()
@@ -270,7 +287,7 @@ async fn session<L: ShippedLog>(
     });
     tokio::select! {
         outcome = apply_chunks(log, config, &welcome, &mut inbound, status) => outcome,
-        () = acknowledge(log.as_ref(), welcome.master_epoch, config.keepalive, tx) => {
+        () = acknowledge(log.as_ref(), welcome.master_epoch, config.keepalive, tx, status) => {
             Err(SessionEnd::Transport("the stream to the master closed".into()))
         }
     }
@@ -337,13 +354,14 @@ async fn apply_chunks<L: ShippedLog>(
     }
 }
 
-/// Sends an acknowledgement each time the written or flushed offset moves, and at least every
-/// `keepalive`; returns when the stream is gone.
+/// Sends an acknowledgement each time the written or flushed offset moves, when the broker
+/// starts leaving, and at least every `keepalive`; returns when the stream is gone.
 async fn acknowledge<L: ShippedLog>(
     log: &L,
     master_epoch: u64,
     keepalive: Duration,
     tx: mpsc::Sender<pb::ReplicaMessage>,
+    status: &ReplicaStatus,
 ) {
     let mut progress = log.progress();
     loop {
@@ -354,6 +372,7 @@ async fn acknowledge<L: ShippedLog>(
                 written_offset: now.write_offset,
                 flushed_offset: now.flushed_offset.min(now.write_offset),
                 store_fault: log.has_fault(),
+                leaving: status.is_leaving(),
             })),
         };
         if tx.send(ack).await.is_err() {
@@ -366,6 +385,7 @@ async fn acknowledge<L: ShippedLog>(
                 }
             }
             () = tokio::time::sleep(keepalive) => {}
+            () = status.leaving_said.notified() => {}
             () = tx.closed() => return,
         }
     }

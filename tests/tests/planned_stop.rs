@@ -1,0 +1,72 @@
+//! Planned stops (SIGTERM) of a group's members while a producer sends one message at a time,
+//! on `broker-a` of three CONTROLLED brokers in SYNC_MASTER + SYNC_FLUSH (`slave_timeout_ms`
+//! 1000, `in_sync_lag_max_ms` 2000).
+//!
+//! Invariant: a slave stopped with SIGTERM leaves the in-sync set before it exits, so its master
+//! never waits for it: every send of the history answers SEND_OK (one that waited for the
+//! stopped slave would answer FLUSH_SLAVE_TIMEOUT after 1 s), the slave's log says it left
+//! before it stopped, and every SEND_OK is consumed afterwards, the slave started again.
+
+use std::time::{Duration, Instant};
+
+use cluster_tests::failover::{
+    broker_with, check_history, group_state, runtime, start_group, wait_for_full_set, Sender,
+    BROKERS,
+};
+use cluster_tests::{log_mentions, wait_until};
+
+#[test]
+fn a_slave_stopped_with_sigterm_leaves_the_in_sync_set_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_quorum, controllers, mut brokers) = start_group(dir.path(), &[]);
+    let state = wait_for_full_set(&controllers, Duration::from_secs(30));
+    let master = state.master.expect("a master");
+    let slave = (0..BROKERS).find(|id| *id != master).expect("a slave");
+
+    let rt = runtime();
+    let sender = Sender::start(&rt, &controllers);
+    let started = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(30), || sender.acked_since(started)
+            >= 50),
+        "no sends before the stop"
+    );
+    let stopped_at = Instant::now();
+    brokers[slave as usize].stop();
+    let took = stopped_at.elapsed();
+    assert!(
+        wait_until(Duration::from_secs(30), || sender.acked_since(stopped_at)
+            >= 100),
+        "sends stopped after the slave's stop"
+    );
+    let history = sender.finish(&rt);
+
+    let failed: Vec<_> = history
+        .iter()
+        .filter_map(|s| s.outcome.as_ref().err())
+        .collect();
+    eprintln!(
+        "{} sends, the slave took {took:?} to stop, longest send {:?}",
+        history.len(),
+        history
+            .iter()
+            .map(|s| s.finished - s.started)
+            .max()
+            .unwrap_or_default()
+    );
+    assert!(
+        failed.is_empty(),
+        "{} sends did not answer SEND_OK: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    let log = dir.path().join(format!("broker-a-{slave}.log"));
+    assert_eq!(log_mentions(&log, "stopping: left the in-sync set"), 1);
+    assert_eq!(log_mentions(&log, "broker stopped cleanly"), 1);
+    assert!(!group_state(&controllers).in_sync.contains(&slave));
+
+    // Started again, it catches up and rejoins; then every SEND_OK is consumed.
+    brokers[slave as usize] = broker_with(dir.path(), slave, &controllers, &[]);
+    wait_for_full_set(&controllers, Duration::from_secs(30));
+    check_history(dir.path(), &controllers, &brokers, &history);
+}
