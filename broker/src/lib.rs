@@ -35,6 +35,8 @@
 //! - [`server`]: one broker wired (`Broker::start(config)`, `Broker::run_until(stop)`): the
 //!   store, the role, the controller link, the gRPC services, and the clean stop; the binary and
 //!   the tests share it.
+//! - [`planned_stop`]: what a controlled broker does on SIGTERM before it stops: a master hands
+//!   mastership to an in-sync slave, a slave of the in-sync set leaves it.
 //! - [`link`]: the broker's side of its controller link (`controller-client`'s `BrokerMetadata`
 //!   over the store, topics, retries and role) and the tasks that run it.
 //! - `src/bin/broker.rs`: the `broker` process (configuration, signals, ready lines). `src/bin/store-bench/`: the store benchmark
@@ -48,6 +50,7 @@ pub mod groups;
 pub mod lease;
 pub mod link;
 pub mod metrics;
+pub mod planned_stop;
 pub mod retry;
 pub mod role;
 pub mod server;

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use controller_client::broker_link::{
-    BrokerIdentity, BrokerMetadata, ControllerLink, LeaseAnswer, LinkError, MetadataSyncError,
-    ReplicationReport,
+    BrokerIdentity, BrokerMetadata, ControllerLink, Handover, LeaseAnswer, LinkError,
+    MetadataSyncError, ReplicationReport,
 };
 use proto::controller::{BrokerRole, GroupSettings, GroupTopic, GroupView, ReplicationMode};
 use tokio::sync::{oneshot, watch};
@@ -139,9 +139,15 @@ pub struct StartedLink {
 pub struct LinkTask {
     task: tokio::task::JoinHandle<()>,
     stop: watch::Sender<bool>,
+    handover: Handover,
 }
 
 impl LinkTask {
+    /// A handle for handing mastership over before this broker stops.
+    pub fn handover(&self) -> Handover {
+        self.handover.clone()
+    }
+
     /// Ends the heartbeats with the stopping notice (`ControllerLink::say_stopping`), waiting at
     /// most a little longer than the notice may take.
     pub async fn stop(self) {
@@ -228,6 +234,7 @@ pub async fn start_controller_link(
             }
         }
     });
+    let handover = link.handover();
     let (stop, mut stop_rx) = watch::channel(false);
     let (refuse, refused) = oneshot::channel();
     let task = tokio::spawn(async move {
@@ -250,7 +257,11 @@ pub async fn start_controller_link(
     });
     Ok(StartedLink {
         views,
-        link: LinkTask { task, stop },
+        link: LinkTask {
+            task,
+            stop,
+            handover,
+        },
         refused,
         group_views,
     })

@@ -29,8 +29,9 @@ use crate::error::BrokerError;
 use crate::groups::{ConsumerGroupService, ConsumerGroupState};
 use crate::link::{start_controller_link, LinkStartError, LinkTask};
 use crate::metrics::{BrokerSampler, StoreMetrics};
+use crate::planned_stop;
 use crate::retry::{parse_delay_levels, RetryState};
-use crate::role::{InitialRole, Leaving, RoleCell, RoleContext};
+use crate::role::{InitialRole, RoleCell, RoleContext};
 use crate::service::BrokerService;
 use crate::store::{ConfirmMode, FlushDiskType, Store, StoreError};
 use crate::topics::TopicRegistry;
@@ -45,9 +46,6 @@ const REQUEST_OVERHEAD_BYTES: usize = 1 << 20;
 /// On stop, how long requests in flight (sends waiting for their fsync and their in-sync set)
 /// may finish before a master ends its slaves' log streams, which never end on their own.
 const STOP_REQUESTS_GRACE: Duration = Duration::from_secs(1);
-/// Longest a stopping slave waits to be out of the in-sync set (its master proposes the set
-/// without it within a review, 100 ms, plus a controller round trip).
-const LEAVE_IN_SYNC_SET_WAIT: Duration = Duration::from_secs(2);
 /// Then how long what is still open (long polls, streams closing) may take before it is cut:
 /// nothing acknowledged depends on it, a cut client retries.
 const STOP_STREAMS_GRACE: Duration = Duration::from_secs(3);
@@ -370,8 +368,8 @@ impl Broker {
     }
 
     /// Serves until `stop` completes (or the controller refuses this broker, or the server
-    /// fails), then stops cleanly: a slave of the in-sync set leaves it first, then no new
-    /// requests, those in flight finished (a master's log
+    /// fails), then stops cleanly: a controlled master hands mastership to an in-sync slave
+    /// first and a slave of the in-sync set leaves it, then no new requests, those in flight finished (a master's log
     /// streams and long polls cut after a grace), the controller told, the store closed.
     pub async fn run_until(mut self, stop: impl Future<Output = ()>) -> Result<(), RunError> {
         let refused = async {
@@ -386,20 +384,12 @@ impl Broker {
             () = stop => {}
             Some(err) = refused => refusal = Some(err),
         }
-        if refusal.is_none() && self.link.is_some() {
-            // A slave of the in-sync set leaves it before it stops, so that its master never
-            // waits for a slave that is gone (it keeps serving meanwhile).
-            match self.role.leave_in_sync_set(LEAVE_IN_SYNC_SET_WAIT).await {
-                Leaving::NotMember => {}
-                Leaving::Left(took) => tracing::info!(
-                    took_ms = took.as_millis() as u64,
-                    "stopping: left the in-sync set; the master no longer waits for this broker"
-                ),
-                Leaving::TimedOut => tracing::warn!(
-                    wait_ms = LEAVE_IN_SYNC_SET_WAIT.as_millis() as u64,
-                    "stopping: still in the in-sync set after the wait (master unreachable?); \
-                     the master waits for this broker until it drops it"
-                ),
+        if refusal.is_none() {
+            if let Some(link) = &self.link {
+                // A planned stop is felt by nobody: a master hands mastership to an in-sync
+                // slave first, and a slave of the in-sync set leaves it (both keep serving
+                // meanwhile).
+                planned_stop::before_stop(&self.role, link.handover()).await;
             }
         }
         tracing::info!("stopping: no new requests; finishing those in flight");

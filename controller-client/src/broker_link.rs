@@ -184,6 +184,9 @@ pub enum ProposeError {
 
 /// Longest wait for one controller's answer.
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest wait for the answer to a handover: the controller's own switchover wait (8 s) plus
+/// forwarding and an election.
+const HANDOVER_CALL_TIMEOUT: Duration = Duration::from_secs(12);
 /// The refusals that end a registration or a proposal: retrying the same request cannot change
 /// them.
 const FINAL_REFUSALS: &[ErrorCode] = &[
@@ -228,6 +231,18 @@ impl ControllerLink {
     /// resigning, a broker whose role changed), instead of at its next tick.
     pub fn wake_handle(&self) -> Arc<tokio::sync::Notify> {
         self.wake.clone()
+    }
+
+    /// A handle for handing mastership over before this broker stops (a planned switchover),
+    /// usable from any task while the link heartbeats.
+    pub fn handover(&self) -> Handover {
+        Handover {
+            conn: self
+                .conn
+                .clone()
+                .with_attempt_timeout(HANDOVER_CALL_TIMEOUT),
+            group: self.identity.group.clone(),
+        }
     }
 
     /// A handle for the master's in-sync set proposals, usable from any task while the link
@@ -530,5 +545,41 @@ impl InSyncSetProposer {
                 last,
             }),
         }
+    }
+}
+
+/// A master's handle for a planned switchover before it stops: the link's connection, shared.
+#[derive(Clone)]
+pub struct Handover {
+    conn: ControllerConnection,
+    group: String,
+}
+
+impl Handover {
+    /// Asks the controller to move mastership of this broker's group to its best alive in-sync
+    /// member (as `cluster elect GROUP` does: the controller asks this master to resign, which
+    /// it confirms in a heartbeat once its set holds its whole log, then elects), and answers
+    /// the group's view once another broker is master. Within `patience`, a controller that
+    /// could not be reached or had no leader is followed by the next; an attempt that got no
+    /// answer in time is not repeated when `patience` is below that attempt's timeout (12 s):
+    /// it would only meet the switchover the first started.
+    /// A group with no other alive in-sync member is refused: the caller stops as master.
+    pub async fn hand_over(&self, patience: Duration) -> Result<pb::GroupView, ControllerError> {
+        let request = pb::ElectMasterRequest {
+            group: self.group.clone(),
+            broker_id: None,
+            unclean: false,
+        };
+        let answer = self
+            .conn
+            .call_with(patience, Retry::WhenUnavailable, |mut client| {
+                let request = request.clone();
+                async move { client.elect_master(request).await }
+            })
+            .await?;
+        answer.group.ok_or_else(|| ControllerError::Transport {
+            message: "the handover was answered without the group's view".to_owned(),
+            source: None,
+        })
     }
 }

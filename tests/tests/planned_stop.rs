@@ -2,10 +2,9 @@
 //! on `broker-a` of three CONTROLLED brokers in SYNC_MASTER + SYNC_FLUSH (`slave_timeout_ms`
 //! 1000, `in_sync_lag_max_ms` 2000).
 //!
-//! Invariant: a slave stopped with SIGTERM leaves the in-sync set before it exits, so its master
-//! never waits for it: every send of the history answers SEND_OK (one that waited for the
-//! stopped slave would answer FLUSH_SLAVE_TIMEOUT after 1 s), the slave's log says it left
-//! before it stopped, and every SEND_OK is consumed afterwards, the slave started again.
+//! Invariants: a slave stopped with SIGTERM leaves the in-sync set before it exits, so its
+//! master never waits for it; a master stopped with SIGTERM hands mastership to an in-sync slave
+//! first. Each test states its own.
 
 use std::time::{Duration, Instant};
 
@@ -15,6 +14,9 @@ use cluster_tests::failover::{
 };
 use cluster_tests::{log_mentions, wait_until};
 
+/// Invariant: every send of the history answers SEND_OK (one that waited for the stopped slave
+/// would answer FLUSH_SLAVE_TIMEOUT after 1 s: without the leave, one did), the slave's log says
+/// it left before it stopped, and every SEND_OK is consumed afterwards, the slave started again.
 #[test]
 fn a_slave_stopped_with_sigterm_leaves_the_in_sync_set_first() {
     let dir = tempfile::tempdir().unwrap();
@@ -67,6 +69,69 @@ fn a_slave_stopped_with_sigterm_leaves_the_in_sync_set_first() {
 
     // Started again, it catches up and rejoins; then every SEND_OK is consumed.
     brokers[slave as usize] = broker_with(dir.path(), slave, &controllers, &[]);
+    wait_for_full_set(&controllers, Duration::from_secs(30));
+    check_history(dir.path(), &controllers, &brokers, &history);
+}
+
+/// Invariant: a master stopped with SIGTERM hands mastership to an in-sync slave before it
+/// exits: its log says it handed over, the new master is one of the slaves at a newer epoch,
+/// every send of the history answers SEND_OK (the producer follows the new master), and every
+/// SEND_OK is consumed afterwards, the old master started again (a slave now). The longest
+/// send is printed: 0.24 s here, against 2.4 s when the master stops without handing over (its
+/// group then waits out its lease and an election); the pause is a benchmark's to measure.
+#[test]
+fn a_master_stopped_with_sigterm_hands_mastership_over_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_quorum, controllers, mut brokers) = start_group(dir.path(), &[]);
+    let state = wait_for_full_set(&controllers, Duration::from_secs(30));
+    let master = state.master.expect("a master");
+
+    let rt = runtime();
+    let sender = Sender::start(&rt, &controllers);
+    let started = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(30), || sender.acked_since(started)
+            >= 50),
+        "no sends before the stop"
+    );
+    let stopped_at = Instant::now();
+    brokers[master as usize].stop();
+    let took = stopped_at.elapsed();
+    assert!(
+        wait_until(Duration::from_secs(30), || sender.acked_since(stopped_at)
+            >= 100),
+        "sends stopped after the master's stop"
+    );
+    let history = sender.finish(&rt);
+
+    let longest = history
+        .iter()
+        .map(|s| s.finished - s.started)
+        .max()
+        .unwrap_or_default();
+    eprintln!(
+        "{} sends, the master took {took:?} to stop, longest send {longest:?}",
+        history.len()
+    );
+    let failed: Vec<_> = history
+        .iter()
+        .filter_map(|s| s.outcome.as_ref().err())
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} sends did not answer SEND_OK: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    let log = dir.path().join(format!("broker-a-{master}.log"));
+    assert_eq!(log_mentions(&log, "stopping: handed mastership over"), 1);
+    let after = group_state(&controllers);
+    assert!(
+        after.master.is_some_and(|m| m != master) && after.epoch > state.epoch,
+        "a slave is master at a newer epoch: {after:?}"
+    );
+
+    brokers[master as usize] = broker_with(dir.path(), master, &controllers, &[]);
     wait_for_full_set(&controllers, Duration::from_secs(30));
     check_history(dir.path(), &controllers, &brokers, &history);
 }

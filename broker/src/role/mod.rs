@@ -139,6 +139,23 @@ impl RoleCell {
         })
     }
 
+    /// Whether this broker is a controlled master now (one the controller may move by a
+    /// switchover).
+    pub fn is_controlled_master(&self) -> bool {
+        self.ctx.controlled && matches!(self.current().as_ref(), Role::Master(_))
+    }
+
+    /// Returns once this broker is no longer master (true), or after `wait` (false).
+    pub async fn wait_until_not_master(&self, wait: Duration) -> bool {
+        let mut current = self.current.subscribe();
+        tokio::time::timeout(
+            wait,
+            current.wait_for(|role| !matches!(role.as_ref(), Role::Master(_))),
+        )
+        .await
+        .is_ok_and(|out| out.is_ok())
+    }
+
     /// A slave that is stopping leaves the in-sync set first: its acknowledgements say so, its
     /// master proposes the set without it, and this returns once the controller's view no
     /// longer holds it, or after `wait` (a master that cannot be reached). A master, or a slave
