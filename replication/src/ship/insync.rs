@@ -10,9 +10,10 @@
 //!   been caught up for `in_sync_lag_max` leaves it, and so does one whose stream has been gone
 //!   for `slave_timeout`, one whose store has a fault, and one that says it is stopping (a
 //!   planned stop: it leaves before it goes, so no send waits for it); a connected slave that
-//!   acknowledged the confirm offset joins it. The master only proposes: a change takes effect once the
-//!   controller accepts it, checked against the master epoch and the set's epoch. While one is
-//!   in flight, the master waits for the union of the old and the new set. One change at a time.
+//!   acknowledged the confirm offset joins it. The master only proposes: a change takes effect
+//!   once the controller accepts it, checked against the master epoch and the set's epoch.
+//!   While one is in flight, the master waits for the union of the old and the new set. One
+//!   change at a time.
 //! - **The confirm offset** is the lowest acknowledged offset over the set (the master's own
 //!   local durability bounds it in the store): consumers never see what a failover to any
 //!   member could take back. Acknowledged means flushed when the group runs `SYNC_FLUSH`,
