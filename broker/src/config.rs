@@ -59,6 +59,11 @@ pub struct BrokerSettings {
     /// `CONTROLLED` brokers: among election candidates equal in log epoch and log end, the
     /// lowest priority wins (then the lowest broker id). RocketMQ's brokerElectionPriority.
     pub election_priority: u32,
+    /// `CONTROLLED` brokers: on SIGTERM, a master hands mastership to an in-sync slave and a
+    /// slave leaves the in-sync set before the broker stops (`crate::planned_stop`), so that
+    /// nobody feels the stop. false: stop at once (a master's group fails over as after a
+    /// crash; its master waits for a stopped slave until `slave_timeout_ms`).
+    pub planned_stop: bool,
     /// How often the broker heartbeats the controller. The controller shows a broker dead
     /// after its `broker_heartbeat_timeout_ms` of silence; a controlled master's lease is renewed
     /// by these heartbeats, so keep this at most a third of the controller's `broker_lease_ms`.
@@ -249,6 +254,7 @@ impl Default for BrokerSettings {
             broker_role: BrokerRoleSetting::Auto,
             replication_mode: ReplicationModeSetting::Async,
             election_priority: 100,
+            planned_stop: true,
             controller_heartbeat_interval_ms: 200,
             min_in_sync_replicas: 0,
             slave_timeout_ms: 3_000,

@@ -112,6 +112,8 @@ pub struct Broker {
     stopping: watch::Sender<bool>,
     link: Option<LinkTask>,
     refused: Option<oneshot::Receiver<LinkError>>,
+    /// `planned_stop`: hand over or leave the in-sync set before stopping.
+    planned_stop: bool,
     /// Tasks that only end when aborted (the metrics endpoint, the group-view applier, the
     /// store's health watch).
     tasks: Vec<JoinHandle<()>>,
@@ -348,6 +350,7 @@ impl Broker {
             stopping,
             link,
             refused,
+            planned_stop: settings.planned_stop,
             tasks,
         })
     }
@@ -384,7 +387,7 @@ impl Broker {
             () = stop => {}
             Some(err) = refused => refusal = Some(err),
         }
-        if refusal.is_none() {
+        if refusal.is_none() && self.planned_stop {
             if let Some(link) = &self.link {
                 // A planned stop is felt by nobody: a master hands mastership to an in-sync
                 // slave first, and a slave of the in-sync set leaves it (both keep serving

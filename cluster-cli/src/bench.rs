@@ -212,10 +212,11 @@ async fn produce(reach: &Reach, json: bool, args: ProduceArgs) -> Result<ExitCod
     };
     let messages_per_rpc = stats.messages as f64 / stats.rpcs.max(1) as f64;
     let mb_per_s = msgs_per_s * args.size as f64 / 1_000_000.0;
-    let (p50, p99, p999) = (
+    let (p50, p99, p999, max) = (
         latencies.value_at_quantile(0.5),
         latencies.value_at_quantile(0.99),
         latencies.value_at_quantile(0.999),
+        latencies.max(),
     );
     if json {
         out!(
@@ -228,7 +229,7 @@ async fn produce(reach: &Reach, json: bool, args: ProduceArgs) -> Result<ExitCod
                 "api": format!("{:?}", args.api).to_lowercase(),
                 "seconds": (elapsed * 100.0).round() / 100.0,
                 "msgs_per_s": msgs_per_s.round(), "mb_per_s": (mb_per_s * 10.0).round() / 10.0,
-                "latency_us": { "p50": p50, "p99": p99, "p999": p999 },
+                "latency_us": { "p50": p50, "p99": p99, "p999": p999, "max": max },
                 "rpcs": stats.rpcs, "messages_per_rpc": (messages_per_rpc * 10.0).round() / 10.0,
                 "statuses": statuses,
             })
@@ -238,7 +239,7 @@ async fn produce(reach: &Reach, json: bool, args: ProduceArgs) -> Result<ExitCod
             "{} messages of {} B, {} in flight, batches of at most {} ({} RPC with a partial batch in flight): {elapsed:.2} s",
             args.count, args.size, args.in_flight, args.batch_max_messages, args.batch_max_in_flight
         );
-        out!("  {msgs_per_s:.0} msgs/s, {mb_per_s:.1} MB/s; latency p50 {p50} us, p99 {p99} us, p999 {p999} us");
+        out!("  {msgs_per_s:.0} msgs/s, {mb_per_s:.1} MB/s; latency p50 {p50} us, p99 {p99} us, p999 {p999} us, max {max} us");
         out!(
             "  {} Send RPCs, {messages_per_rpc:.1} messages per RPC",
             stats.rpcs

@@ -24,6 +24,10 @@ use cluster_tests::wait_until;
 /// Small segments and a fast scrubber, so that a pass over the test's log takes milliseconds and
 /// passes start twice a second.
 const ARGS: &[&str] = &[
+    // A stopped slave stays in the in-sync set (no planned stop): the at-rest test needs a
+    // corrupt member of the set, excluded from the election by its store's report alone.
+    "--set",
+    "planned_stop=false",
     "--set",
     "segment_bytes=4194304",
     "--set",
