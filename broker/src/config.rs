@@ -62,7 +62,7 @@ pub struct BrokerSettings {
     /// `CONTROLLED` brokers: on SIGTERM, a master hands mastership to an in-sync slave and a
     /// slave leaves the in-sync set before the broker stops (`crate::planned_stop`), so that
     /// nobody feels the stop. false: stop at once (a master's group fails over as after a
-    /// crash; its master waits for a stopped slave until `slave_timeout_ms`).
+    /// crash; its master waits for a stopped slave until `in_sync_gone_max_ms`).
     pub planned_stop: bool,
     /// How often the broker heartbeats the controller. The controller shows a broker dead
     /// after its `broker_heartbeat_timeout_ms` of silence; a controlled master's lease is renewed
@@ -78,6 +78,11 @@ pub struct BrokerSettings {
     /// A slave that has not been caught up for this long leaves the in-sync set (RocketMQ's
     /// haMaxTimeSlaveNotCatchup).
     pub in_sync_lag_max_ms: u64,
+    /// A slave whose replication stream has been gone (a crash, a cut link) for this long
+    /// leaves the in-sync set, so that sends stop waiting for it; one stopped with SIGTERM
+    /// leaves at once (`planned_stop`). Longer keeps a dead slave an election candidate longer,
+    /// at the cost of `FLUSH_SLAVE_TIMEOUT`s meanwhile.
+    pub in_sync_gone_max_ms: u64,
     /// The secret every controller and broker of the cluster shares (at least 16 bytes). Members
     /// sign every internal call with an HMAC made with it (registration, heartbeats, in-sync set
     /// changes, the log stream) and refuse calls not so signed; it never crosses the wire.
@@ -259,6 +264,7 @@ impl Default for BrokerSettings {
             min_in_sync_replicas: 0,
             slave_timeout_ms: 3_000,
             in_sync_lag_max_ms: 15_000,
+            in_sync_gone_max_ms: 3_000,
             cluster_secret: String::new(),
             replication_chunk_bytes: 1 << 20,
             replication_inflight_bytes_max: 16 << 20,
@@ -451,11 +457,15 @@ impl BrokerConfig {
                 reason: "must be at least 16 bytes",
             });
         }
-        if b.slave_timeout_ms == 0 || b.in_sync_lag_max_ms == 0 || b.replication_keepalive_ms == 0 {
+        if b.slave_timeout_ms == 0
+            || b.in_sync_lag_max_ms == 0
+            || b.in_sync_gone_max_ms == 0
+            || b.replication_keepalive_ms == 0
+        {
             return Err(ConfigError::Rule {
                 field: "slave_timeout_ms",
-                reason: "slave_timeout_ms, in_sync_lag_max_ms and replication_keepalive_ms \
-                         must be above 0",
+                reason: "slave_timeout_ms, in_sync_lag_max_ms, in_sync_gone_max_ms and \
+                         replication_keepalive_ms must be above 0",
             });
         }
         if !(64 << 10..=16 << 20).contains(&b.replication_chunk_bytes) {

@@ -4,7 +4,7 @@
 //! that its master never waits for a slave that is gone. Both keep serving meanwhile, and both
 //! are bounded: a group with no other in-sync member, or no controller answering, leaves the
 //! master to stop as one (its group fails over as after a crash), and a slave whose master
-//! cannot be reached stops after the wait (its master drops it after `slave_timeout`).
+//! cannot be reached stops after the wait (its master drops it after `in_sync_gone_max_ms`).
 
 use std::time::{Duration, Instant};
 

@@ -538,6 +538,7 @@ fn role_context(
             min_in_sync_replicas: settings.min_in_sync_replicas() as usize,
             slave_timeout: Duration::from_millis(settings.slave_timeout_ms),
             lag_max: Duration::from_millis(settings.in_sync_lag_max_ms),
+            gone_max: Duration::from_millis(settings.in_sync_gone_max_ms),
         },
         replica: ReplicaConfig {
             group: settings.broker_name.clone(),

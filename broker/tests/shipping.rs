@@ -53,6 +53,7 @@ fn in_sync_config(sync_master: bool) -> InSyncConfig {
         min_in_sync_replicas: 2,
         slave_timeout: Duration::from_millis(500),
         lag_max: Duration::from_secs(15),
+        gone_max: Duration::from_millis(500),
     }
 }
 
@@ -266,7 +267,7 @@ async fn sync_master_waits_for_the_set_and_times_out_without_it() {
 
 /// Invariant: a slave that says it is stopping is out of the master's planned set at once and
 /// stays out while its stream lasts; a slave whose stream is gone is out once it has been gone
-/// for `slave_timeout` (not `lag_max`, 15 s here), so a master waits for neither any longer.
+/// for `gone_max` (0.5 s here, not `lag_max`, 15 s), so a master waits for neither any longer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leaving_slave_and_a_gone_one_are_planned_out_of_the_set() {
     let dirs = (
@@ -325,11 +326,11 @@ async fn a_leaving_slave_and_a_gone_one_are_planned_out_of_the_set() {
     let after = dropped_at.elapsed();
     assert!(
         after >= Duration::from_millis(450),
-        "not before slave_timeout: {after:?}"
+        "not before gone_max: {after:?}"
     );
     assert!(
         after < Duration::from_secs(7),
-        "bounded by slave_timeout (0.5 s), not lag_max (15 s): {after:?}"
+        "bounded by gone_max (0.5 s), not lag_max (15 s): {after:?}"
     );
     master.server.abort();
 }

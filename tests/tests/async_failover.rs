@@ -29,6 +29,8 @@ const SETTINGS: &[&str] = &[
     "replication_mode=\"ASYNC\"",
     "--set",
     "in_sync_lag_max_ms=20000",
+    "--set",
+    "in_sync_gone_max_ms=20000",
 ];
 
 #[test]

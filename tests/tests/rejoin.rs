@@ -27,7 +27,12 @@ use cluster_tests::failover::{
 use cluster_tests::{log_mentions, read_queues, wait_until};
 
 /// Slaves down for a few seconds stay in the in-sync set: they must be election candidates.
-const SETTINGS: &[&str] = &["--set", "in_sync_lag_max_ms=20000"];
+const SETTINGS: &[&str] = &[
+    "--set",
+    "in_sync_lag_max_ms=20000",
+    "--set",
+    "in_sync_gone_max_ms=20000",
+];
 /// Divergent messages per round.
 const DIVERGENT: usize = 10;
 

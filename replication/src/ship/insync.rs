@@ -8,7 +8,7 @@
 //!   equals the moving end.
 //! - **The in-sync set** is the controller's (RocketMQ's SyncStateSet). A member that has not
 //!   been caught up for `in_sync_lag_max` leaves it, and so does one whose stream has been gone
-//!   for `slave_timeout`, one whose store has a fault, and one that says it is stopping (a
+//!   for `in_sync_gone_max`, one whose store has a fault, and one that says it is stopping (a
 //!   planned stop: it leaves before it goes, so no send waits for it); a connected slave that
 //!   acknowledged the confirm offset joins it. The master only proposes: a change takes effect
 //!   once the controller accepts it, checked against the master epoch and the set's epoch.
@@ -57,6 +57,8 @@ pub struct InSyncConfig {
     pub slave_timeout: Duration,
     /// How long a member may go without being caught up before it leaves the set.
     pub lag_max: Duration,
+    /// How long a member whose stream is gone stays in the set.
+    pub gone_max: Duration,
 }
 
 /// How a `SYNC_MASTER` wait ended.
@@ -101,7 +103,7 @@ struct Replica {
     /// Its last acknowledgement said it is stopping: out of the set, and never back in this
     /// session.
     leaving: bool,
-    /// When its stream ended, while it has none: out of the set after `slave_timeout`.
+    /// When its stream ended, while it has none: out of the set after `gone_max`.
     gone_since: Option<Instant>,
 }
 
@@ -505,13 +507,13 @@ impl<L: ShippedLog> InSync<L> {
                 .replicas
                 .get(id)
                 .map_or(state.started_at, |r| r.caught_up_at);
-            // A slave gone for `slave_timeout` is not waited for any longer: a send would
-            // only time out on it (it joins again once it is back and caught up).
+            // A slave gone for `gone_max` is not waited for any longer: sends would only time
+            // out on it (it joins again once it is back and caught up).
             let unfit = state.replicas.get(id).is_some_and(|r| {
                 r.store_fault
                     || r.leaving
                     || r.gone_since
-                        .is_some_and(|at| now.duration_since(at) > self.config.slave_timeout)
+                        .is_some_and(|at| now.duration_since(at) > self.config.gone_max)
             });
             if unfit || now.duration_since(caught_up_at) > self.config.lag_max {
                 next.remove(id);
