@@ -15,6 +15,9 @@
 //! controller) gets no message of a message group while an earlier one of it is in flight:
 //! reading a queue stops at such a message until it is free (the queue waits behind the busy
 //! group, so no message is skipped or reordered).
+//!
+//! Why one file of about 650 lines: 580 of code (receive, acknowledge, renew and dead-letter
+//! share one state per queue and its lock) and 70 of the receive validation's unit tests.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
