@@ -25,6 +25,7 @@ const LEAVE_IN_SYNC_SET_WAIT: Duration = Duration::from_secs(2);
 /// A controlled master hands its mastership over, then (a slave now, or still master) a slave
 /// of the in-sync set leaves it.
 pub async fn before_stop(role: &RoleCell, handover: Handover) {
+    role.begin_planned_stop();
     if role.is_controlled_master() {
         hand_over(role, handover).await;
     }

@@ -36,6 +36,10 @@
 //! elects no corrupt broker while a sound one is alive) and in every acknowledgement (the master
 //! takes the slave out of the in-sync set); once out of the set, the slave cuts the range and
 //! copies it again from its master ([`RoleCell::apply_view`]).
+//!
+//! Why one file of about 620 lines: every role change goes through [`RoleCell`] under one
+//! transition lock (becoming master or slave, resigning, repairing, leaving), and its unit
+//! tests live with the pure decision in `crate::transition`.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -80,6 +84,9 @@ pub struct RoleCell {
     drained: AtomicBool,
     /// Whether the controller's last group view held this broker in the in-sync set.
     in_sync_member: watch::Sender<bool>,
+    /// The broker began its planned stop: a slave role it takes from now on says it is leaving
+    /// from its first acknowledgement.
+    stopping: AtomicBool,
 }
 
 /// How a slave's leaving the in-sync set ended ([`RoleCell::leave_in_sync_set`]).
@@ -136,7 +143,15 @@ impl RoleCell {
             wake: OnceLock::new(),
             drained: AtomicBool::new(false),
             in_sync_member: watch::Sender::new(false),
+            stopping: AtomicBool::new(false),
         })
+    }
+
+    /// The broker begins its planned stop: a slave role it takes from now on (a master that
+    /// hands over becomes one) says it is leaving from its first acknowledgement, so that it
+    /// never joins an in-sync set on its way out.
+    pub fn begin_planned_stop(&self) {
+        self.stopping.store(true, Ordering::Release);
     }
 
     /// Whether this broker is a controlled master now (one the controller may move by a
@@ -479,9 +494,15 @@ impl RoleCell {
     }
 
     async fn become_slave(&self, view: &pb::GroupView) {
+        let status = Arc::new(ReplicaStatus::default());
+        if self.stopping.load(Ordering::Acquire) {
+            // A master that handed over on its way out: it must never join its successor's
+            // in-sync set, or the successor would wait for a broker about to be gone.
+            status.leave();
+        }
         let slave = SlaveRole {
             master: watch::Sender::new(None),
-            status: Arc::new(ReplicaStatus::default()),
+            status,
         };
         follow(&slave, view);
         let role = Arc::new(Role::Slave(slave));
