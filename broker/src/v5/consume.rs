@@ -386,6 +386,8 @@ impl Consumption {
         // messages waits for one offset write, not one each.
         let mut statuses = Vec::with_capacity(handles.len());
         let mut moved: HashMap<u32, u64> = HashMap::new();
+        // Each queue's state looked up once per request, not once per entry.
+        let mut queues: HashMap<u32, Arc<AsyncMutex<PopQueue>>> = HashMap::new();
         for handle in handles {
             let receipt = match self.receipt(handle, group, topic) {
                 Ok(receipt) => receipt,
@@ -394,7 +396,14 @@ impl Consumption {
                     continue;
                 }
             };
-            let queue = self.queue(group, topic, receipt.queue_id).await;
+            let queue = match queues.get(&receipt.queue_id) {
+                Some(queue) => queue.clone(),
+                None => {
+                    let queue = self.queue(group, topic, receipt.queue_id).await;
+                    queues.insert(receipt.queue_id, queue.clone());
+                    queue
+                }
+            };
             let mut q = queue.lock().await;
             match q.ack(receipt.queue_offset, receipt.nonce) {
                 Ok(true) => {
