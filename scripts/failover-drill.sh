@@ -8,10 +8,13 @@
 #
 # Progress goes to stderr; the last line of stdout is one JSON object: `passed`, `rounds`,
 # `sent`, `acked` (answered SEND_OK), `send_failures` (by status or error), `lost`
-# (acknowledged, never consumed), `duplicates` (deliveries beyond the first), `order_violations`
-# (a producer's acknowledged messages of one queue consumed out of send order), `failover_ms`
-# {p50, p99, max} (kill to the first SEND_OK the group's new master gave to a send started after
-# the kill), and `round_details`. The cluster is brought down afterwards (and DIR removed unless
+# (acknowledged, never consumed), `duplicates` (deliveries beyond the first), `redeliveries` (of
+# those, the same stored message handed out again) and `redelivered_per_round_max`,
+# `order_violations` (a producer's acknowledged messages of one queue consumed out of send
+# order), and from the kill, each as {p50, p99, max}: `decision_ms` (the controller's route push
+# naming the new master), `serving_ms` (the new master answers as master), `failover_ms` (the
+# first SEND_OK the group's new master gave to a send started after the kill); and
+# `round_details`. The cluster is brought down afterwards (and DIR removed unless
 # --keep); DIR defaults to a fresh temporary directory.
 #
 # Exit codes: 0 the drill passed; 1 it failed: a 2m-2s-sync topology lost an acknowledged
@@ -36,7 +39,7 @@ while [[ $# -gt 0 ]]; do
     --dir) DIR=${2:?--dir needs a directory}; shift 2 ;;
     --controllers) CONTROLLERS=${2:?--controllers needs 1 or 3}; shift 2 ;;
     --keep) KEEP=1; shift ;;
-    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+    -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
     *) echo "failover-drill.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done

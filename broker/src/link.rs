@@ -108,6 +108,10 @@ impl BrokerMetadata for LinkedBroker {
         self.role.resigned()
     }
 
+    fn master_gone(&self) -> Option<proto::controller::MasterGone> {
+        self.role.master_gone()
+    }
+
     fn store_health(&self) -> proto::controller::StoreHealth {
         let health = self.store.health().borrow().clone();
         proto::controller::StoreHealth {

@@ -47,6 +47,17 @@ impl ClientError {
         )
     }
 
+    /// The broker answered that it is not its group's master (yet, or any more).
+    pub fn is_not_master(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Broker {
+                code: ErrorCode::NotMaster,
+                ..
+            }
+        )
+    }
+
     pub fn is_retriable(&self) -> bool {
         match self {
             ClientError::Transport { .. } | ClientError::Timeout { .. } => true,

@@ -136,6 +136,11 @@ pub struct SendResult {
 /// Longest pause between two attempts while a failover moves a group's master: the route watch
 /// usually says sooner.
 const FAILOVER_POLL: Duration = Duration::from_millis(200);
+/// First pause after a broker answered `NOT_MASTER` during a failover, doubling up to
+/// [`FAILOVER_POLL`]: the route may already name it (the controller elected it), and it takes
+/// over at its next heartbeat answer, a few milliseconds later. No route change follows then,
+/// so waiting for one would sit out a whole `FAILOVER_POLL`.
+const TAKEOVER_POLL: Duration = Duration::from_millis(5);
 
 /// Most messages one `Send` RPC may carry (the broker's limit).
 pub const BATCH_MESSAGES_LIMIT: usize = 1024;
@@ -586,6 +591,7 @@ impl Producer {
         };
         let mut destination = first;
         let mut attempt = 0;
+        let mut takeover_pause = TAKEOVER_POLL;
         loop {
             let error = match self
                 .attempt(&route.topic, &destination, messages.to_vec())
@@ -612,7 +618,14 @@ impl Producer {
             );
             if master_gone && !self.master_moved(route, &destination).await {
                 if let Some(updates) = updates.as_mut() {
-                    let until = deadline.min(tokio::time::Instant::now() + FAILOVER_POLL);
+                    let pause = if error.is_not_master() {
+                        let pause = takeover_pause;
+                        takeover_pause = (takeover_pause * 2).min(FAILOVER_POLL);
+                        pause
+                    } else {
+                        FAILOVER_POLL
+                    };
+                    let until = deadline.min(tokio::time::Instant::now() + pause);
                     let _ = tokio::time::timeout_at(until, updates.changed()).await;
                 }
             }

@@ -7,9 +7,13 @@
 //! the group on it, restarts the old master with `--start-cmd`, and waits until every broker is
 //! back in its group's in-sync set. Then the producers stop, the consumer drains, and the drill
 //! counts: `acked` (answered `SEND_OK`), `lost` (acknowledged, never consumed), `duplicates`
-//! (deliveries beyond the first of a message), `order_violations` (a producer's acknowledged
-//! messages of one queue consumed out of send order), and the failover time of each round: from
-//! the kill to the first `SEND_OK` the group's new master gave to a send started after the kill.
+//! (deliveries beyond the first of a message), `redeliveries` (the part of those that handed
+//! the same stored message again, as opposed to a producer's retry stored twice; also per round),
+//! `order_violations` (a producer's acknowledged messages of one queue consumed out of send
+//! order), and the phases of each round's failover, from the start of the kill: the controller's
+//! decision (its route push reaching the drill), the new master serving (it answers `HaStatus`
+//! as master of the new epoch; `drill/phases.rs`), and the first `SEND_OK` the group's new master
+//! gave to a send started after the kill (`failover_ms`).
 //! The kill command must return only once the process is gone (`scripts/cluster.sh kill` does):
 //! sends started before it returns may still reach the old master, so they do not count, and
 //! the time is measured from the command's start.
@@ -89,7 +93,15 @@ struct Sent {
     outcome: std::result::Result<(String, u32), String>,
 }
 
-/// What one round measured.
+/// One message handed to the consumer's listener.
+struct Delivery {
+    key: String,
+    /// Names the stored message: a redelivery repeats it, a producer's retry does not.
+    commit_log_offset: u64,
+    at: Instant,
+}
+
+/// What one round measured. Times count from the start of the kill command.
 #[derive(serde::Serialize)]
 struct Round {
     group: String,
@@ -99,14 +111,29 @@ struct Round {
     new_epoch: Option<u64>,
     /// How long the kill command took (it returns once the process is gone).
     kill_cmd_ms: Option<u64>,
+    /// The controller's decision, as its route push reached the drill (clients learn of a
+    /// failover the same way).
+    decision_ms: Option<u64>,
+    /// The new master answers as master of the new epoch.
+    serving_ms: Option<u64>,
+    /// The drill's poll of the cluster list saw the election (every 20 ms, so later than
+    /// `decision_ms`).
     elected_ms: Option<u64>,
+    /// The first `SEND_OK` the new master gave to a send started after the kill.
     failover_ms: Option<u64>,
     rejoined_ms: Option<u64>,
+    /// Messages handed to the consumer again (the same stored message) from this round's kill
+    /// to the next round's.
+    redelivered: u64,
     error: Option<String>,
+    #[serde(skip)]
+    killed_at: Option<Instant>,
 }
 
+mod phases;
 mod verdict;
-use verdict::{percentile, Report};
+use phases::{RouteLog, ServingProbe};
+use verdict::{count_redeliveries, percentile, Report};
 
 /// How often the drill looks at the cluster and the history.
 const POLL: Duration = Duration::from_millis(20);
@@ -143,14 +170,18 @@ pub async fn run(
         .consumer_group
         .clone()
         .unwrap_or_else(|| format!("drill-{run_id}"));
-    let deliveries: Arc<Mutex<Vec<String>>> = Arc::default();
+    let deliveries: Arc<Mutex<Vec<Delivery>>> = Arc::default();
     let mut config = PushConsumerConfig::new(consumer_group.clone(), args.topic.clone());
     config.consume_from = ConsumeFrom::First;
     let consumer = client::PushConsumer::start_controller(controllers, config, {
         let deliveries = deliveries.clone();
         move |message: &ReceivedMessage| -> std::result::Result<ConsumeResult, client::ListenerError> {
             if let Some(key) = message.keys.first() {
-                deliveries.lock().expect("lock").push(key.clone());
+                deliveries.lock().expect("lock").push(Delivery {
+                    key: key.clone(),
+                    commit_log_offset: message.commit_log_offset,
+                    at: Instant::now(),
+                });
             }
             Ok(ConsumeResult::ConsumeSuccess)
         }
@@ -183,12 +214,13 @@ pub async fn run(
         groups.join(", ")
     );
 
+    let route_log = RouteLog::start(controllers, &args.topic).await?;
     let settle = Duration::from_millis(args.settle_ms);
     tokio::time::sleep(settle).await;
     let mut rounds = Vec::new();
     for r in 0..args.rounds {
         let group = &groups[r as usize % groups.len()];
-        let round = run_round(conn, &args, group, &history, step).await;
+        let round = run_round(conn, &args, group, &history, &route_log, step).await;
         eprintln!(
             "drill: round {}/{}: {}",
             r + 1,
@@ -221,8 +253,18 @@ pub async fn run(
     drain(&deliveries, &acked, step).await;
     consumer.shutdown().await;
     let deliveries = std::mem::take(&mut *deliveries.lock().expect("lock"));
+    count_redeliveries(&mut rounds, &deliveries);
 
     let report = Report::of(&history, &acked, &deliveries, &run_id);
+    let redelivered: Vec<u64> = rounds.iter().map(|r| r.redelivered).collect();
+    let phase = |pick: fn(&Round) -> Option<u64>| {
+        let values: Vec<u64> = rounds.iter().filter_map(pick).collect();
+        json!({
+            "p50": percentile(&values, 50),
+            "p99": percentile(&values, 99),
+            "max": values.iter().max(),
+        })
+    };
     let failover: Vec<u64> = rounds.iter().filter_map(|r| r.failover_ms).collect();
     let all_rounds_done =
         rounds.len() == args.rounds as usize && rounds.iter().all(|r| r.error.is_none());
@@ -233,11 +275,12 @@ pub async fn run(
         eprintln!("drill: lost {key}");
     }
     eprintln!(
-        "drill: {} acked, {} lost, {} duplicates, {} order violations, failover p50 {} ms, \
-         max {} ms: {}",
+        "drill: {} acked, {} lost, {} duplicates ({} redeliveries), {} order violations, \
+         failover p50 {} ms, max {} ms: {}",
         acked.len(),
         report.lost.len(),
         report.duplicates,
+        report.redeliveries,
         report.order_violations,
         percentile(&failover, 50).map_or("-".into(), |v| v.to_string()),
         failover.iter().max().map_or("-".into(), |v| v.to_string()),
@@ -253,7 +296,11 @@ pub async fn run(
             "send_failures": report.failures,
             "lost": report.lost.len(),
             "duplicates": report.duplicates,
+            "redeliveries": report.redeliveries,
+            "redelivered_per_round_max": redelivered.iter().max(),
             "order_violations": report.order_violations,
+            "decision_ms": phase(|r| r.decision_ms),
+            "serving_ms": phase(|r| r.serving_ms),
             "failover_ms": {
                 "p50": percentile(&failover, 50),
                 "p99": percentile(&failover, 99),
@@ -357,6 +404,7 @@ async fn run_round(
     args: &DrillArgs,
     group: &str,
     history: &Mutex<Vec<Sent>>,
+    route_log: &RouteLog,
     step: Duration,
 ) -> Round {
     let mut round = Round {
@@ -366,12 +414,16 @@ async fn run_round(
         elected: None,
         new_epoch: None,
         kill_cmd_ms: None,
+        decision_ms: None,
+        serving_ms: None,
         elected_ms: None,
         failover_ms: None,
         rejoined_ms: None,
+        redelivered: 0,
         error: None,
+        killed_at: None,
     };
-    if let Err(err) = round_steps(conn, args, &mut round, history, step).await {
+    if let Err(err) = round_steps(conn, args, &mut round, history, route_log, step).await {
         round.error = Some(format!("{err:#}"));
     }
     round
@@ -382,6 +434,7 @@ async fn round_steps(
     args: &DrillArgs,
     round: &mut Round,
     history: &Mutex<Vec<Sent>>,
+    route_log: &RouteLog,
     step: Duration,
 ) -> Result<()> {
     let list = wait_ready(conn, step).await?;
@@ -389,15 +442,32 @@ async fn round_steps(
     let master = detail.master_id.context("the group has no master")?;
     round.killed = master;
     round.old_epoch = detail.master_epoch;
+    let old_addr = detail
+        .brokers
+        .iter()
+        .find(|b| b.broker_id == master)
+        .map(|b| b.addr.clone())
+        .context("the master is not among the group's brokers")?;
+    let others: Vec<String> = detail
+        .brokers
+        .iter()
+        .filter(|b| b.broker_id != master)
+        .map(|b| b.addr.clone())
+        .collect();
 
     // The master is alive when the command starts and gone when it returns (a kill command
     // must wait for the process to exit): only sends started after that can be the new
     // master's, and the time is counted from the start, so it is never shorter than the truth.
     let killed_at = Instant::now();
+    round.killed_at = Some(killed_at);
+    // Each other broker of the group is asked from the kill on whether it serves as master of a
+    // newer epoch: the first to answer so is the new master serving.
+    let deadline = Instant::now() + step;
+    let serving = ServingProbe::start(others, round.old_epoch + 1, deadline);
     run_command(&args.kill_cmd, &round.group, master).await?;
     let dead_at = Instant::now();
     round.kill_cmd_ms = Some(dead_at.duration_since(killed_at).as_millis() as u64);
-    let deadline = Instant::now() + step;
+    let since_kill = |at: Instant| Some(at.duration_since(killed_at).as_millis() as u64);
     loop {
         if let Ok(list) = conn.cluster_list().await {
             let detail = group_detail(&list, &round.group)?;
@@ -424,7 +494,7 @@ async fn round_steps(
             .find(|s| matches!(&s.outcome, Ok((g, _)) if *g == round.group))
             .map(|s| s.finished);
         if let Some(at) = first_ok {
-            round.failover_ms = Some(at.duration_since(killed_at).as_millis() as u64);
+            round.failover_ms = since_kill(at);
             break;
         }
         if Instant::now() >= deadline {
@@ -432,6 +502,10 @@ async fn round_steps(
         }
         tokio::time::sleep(POLL).await;
     }
+    round.decision_ms = route_log
+        .moved_at(&round.group, &old_addr, killed_at)
+        .and_then(since_kill);
+    round.serving_ms = serving.first(POLL).await.and_then(since_kill);
     let restarted_at = Instant::now();
     run_command(&args.start_cmd, &round.group, master).await?;
     wait_ready(conn, step)
@@ -476,7 +550,11 @@ async fn run_command(template: &str, group: &str, id: u64) -> Result<()> {
 }
 
 /// Waits until every acknowledged message was delivered, or nothing new came for a while.
-async fn drain(deliveries: &Mutex<Vec<String>>, acked: &HashMap<String, &Sent>, within: Duration) {
+async fn drain(
+    deliveries: &Mutex<Vec<Delivery>>,
+    acked: &HashMap<String, &Sent>,
+    within: Duration,
+) {
     let deadline = Instant::now() + within;
     let quiet = Duration::from_secs(10);
     let mut seen = HashSet::new();
@@ -485,9 +563,9 @@ async fn drain(deliveries: &Mutex<Vec<String>>, acked: &HashMap<String, &Sent>, 
     loop {
         {
             let deliveries = deliveries.lock().expect("lock");
-            for key in &deliveries[read..] {
-                if acked.contains_key(key) {
-                    seen.insert(key.clone());
+            for delivery in &deliveries[read..] {
+                if acked.contains_key(&delivery.key) {
+                    seen.insert(delivery.key.clone());
                 }
             }
             if deliveries.len() > read {
@@ -523,64 +601,4 @@ fn describe(round: &Round) -> String {
         text.push_str(&format!("; FAILED: {err}"));
     }
     text
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn sent(producer: u32, seq: u64, outcome: std::result::Result<(String, u32), String>) -> Sent {
-        let now = Instant::now();
-        Sent {
-            producer,
-            seq,
-            started: now,
-            finished: now,
-            outcome,
-        }
-    }
-
-    #[test]
-    fn the_report_counts_loss_duplicates_and_order_per_producer_and_queue() {
-        let ok = |q: u32| Ok(("broker-a".to_owned(), q));
-        let history = vec![
-            sent(0, 0, ok(0)),
-            sent(0, 1, ok(0)),
-            sent(0, 2, ok(1)),
-            sent(0, 3, Err("FLUSH_SLAVE_TIMEOUT".into())),
-            sent(1, 0, ok(0)),
-            sent(1, 1, ok(0)),
-        ];
-        let acked: HashMap<String, &Sent> = history
-            .iter()
-            .filter(|s| s.outcome.is_ok())
-            .map(|s| (key("r", s.producer, s.seq), s))
-            .collect();
-        // p0-1 before p0-0 in queue 0: one violation. p1-1 before p1-0 in another producer's
-        // order counts for that producer only. p0-2 delivered twice; p1-0 never.
-        let deliveries: Vec<String> = [
-            "r-p0-1",
-            "r-p0-0",
-            "r-p0-2",
-            "r-p0-2",
-            "r-p1-1",
-            "other-p0-0",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let report = Report::of(&history, &acked, &deliveries, "r");
-        assert_eq!(report.lost, vec!["r-p1-0".to_owned()]);
-        assert_eq!(report.duplicates, 1);
-        assert_eq!(report.order_violations, 1);
-        assert_eq!(report.failures.get("FLUSH_SLAVE_TIMEOUT"), Some(&1));
-    }
-
-    #[test]
-    fn percentiles_are_nearest_rank() {
-        assert_eq!(percentile(&[], 50), None);
-        assert_eq!(percentile(&[7], 99), Some(7));
-        assert_eq!(percentile(&[4, 1, 3, 2], 50), Some(2));
-        assert_eq!(percentile(&[4, 1, 3, 2], 99), Some(4));
-    }
 }

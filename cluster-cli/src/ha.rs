@@ -109,7 +109,7 @@ pub async fn run(
 
 /// Asks the broker at `addr` for its HaStatus, within the connect and call timeouts. A broker
 /// that is not its group's master refuses with `NOT_MASTER`.
-async fn ha_status(addr: &str) -> Result<HaStatusResponse, ClientError> {
+pub(crate) async fn ha_status(addr: &str) -> Result<HaStatusResponse, ClientError> {
     let endpoint =
         proto::dial::endpoint(addr, MASTER_CONNECT_TIMEOUT).map_err(|_| ClientError::Invalid {
             reason: "the master's address is not host:port",

@@ -107,6 +107,13 @@ pub trait BrokerMetadata: Send + Sync + 'static {
     fn resigned(&self) -> bool {
         false
     }
+    /// From a slave: the master it found gone (its log stream ended and its host refuses
+    /// connections to it). While this holds, the link heartbeats every
+    /// [`GONE_HEARTBEAT_INTERVAL`], so that the controller hears it at once and this broker
+    /// hears of the election that follows. Must not block.
+    fn master_gone(&self) -> Option<pb::MasterGone> {
+        None
+    }
     /// After every heartbeat answer (after `group_view_changed` with its view): the lease it
     /// granted or withheld, and whether it asks this master to resign. Must not block.
     fn lease_answered(&self, _answer: LeaseAnswer) {}
@@ -182,6 +189,13 @@ pub enum ProposeError {
     },
 }
 
+/// How often a slave that found its master gone heartbeats until the group's view names another
+/// master: the controller may elect as soon as every in-sync slave said so, and the winner
+/// learns it is master from a heartbeat answer.
+pub const GONE_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(20);
+/// How long such a slave heartbeats that often: longer than the lease wait, after which the
+/// controller elects anyway if it can.
+const GONE_FAST_FOR: Duration = Duration::from_secs(3);
 /// Longest wait for one controller's answer.
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 /// Longest wait for the answer to a handover: the controller's own switchover wait (8 s) plus
@@ -375,6 +389,7 @@ impl ControllerLink {
             resigned: self.metadata.resigned(),
             stopping: false,
             store: Some(self.metadata.store_health()),
+            master_gone: self.metadata.master_gone(),
         };
         // The lease counts from before the request left: the controller's own count starts
         // when it arrives, which is later.
@@ -462,10 +477,21 @@ impl ControllerLink {
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut failing_since: Option<tokio::time::Instant> = None;
         let wake = self.wake.clone();
+        // Since when this slave has said its master is gone: it heartbeats fast for a while
+        // only, in case no election follows (a group whose other in-sync members are silent
+        // waits out the lease; one with no candidate waits for an operator).
+        let mut gone_since: Option<tokio::time::Instant> = None;
         loop {
+            gone_since = match (self.metadata.master_gone(), gone_since) {
+                (None, _) => None,
+                (Some(_), None) => Some(tokio::time::Instant::now()),
+                (Some(_), since) => since,
+            };
+            let gone = gone_since.is_some_and(|since| since.elapsed() < GONE_FAST_FOR);
             tokio::select! {
                 _ = ticks.tick() => {}
                 () = wake.notified() => ticks.reset(),
+                () = tokio::time::sleep(GONE_HEARTBEAT_INTERVAL), if gone => ticks.reset(),
                 () = &mut stop => {
                     self.say_stopping().await;
                     return;

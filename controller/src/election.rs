@@ -49,6 +49,7 @@ use openraft::ServerState;
 use tokio::sync::Notify;
 
 use super::config::ControllerConfig;
+use super::gone::gone_master_candidates;
 use super::lease::{Leases, SwitchoverEnd, SwitchoverPlan};
 use super::liveness::{Liveness, Seen};
 use super::state::{BrokerGroup, Command, CommandResult};
@@ -94,6 +95,9 @@ pub enum Reason {
     MasterLost,
     /// The master registered again with a new incarnation: its old process is gone.
     MasterRestarted,
+    /// Every alive in-sync slave found the master's host refusing connections: its process is
+    /// gone (`gone.rs`).
+    MasterGone,
     /// A planned switchover whose master confirmed it resigned.
     SwitchoverResigned,
     /// A planned switchover whose master did not confirm within the lease wait: its last lease
@@ -111,6 +115,7 @@ impl Reason {
             Reason::NoMaster => "no master",
             Reason::MasterLost => "master lost",
             Reason::MasterRestarted => "master restarted",
+            Reason::MasterGone => "master process gone",
             Reason::SwitchoverResigned => "switchover, master resigned",
             Reason::SwitchoverLeaseExpired => "switchover, master lease expired",
             Reason::MasterStoreFault => "master store fault",
@@ -156,7 +161,10 @@ impl Election {
             Reason::SwitchoverResigned
             | Reason::SwitchoverLeaseExpired
             | Reason::MasterStoreFault => "switchover",
-            Reason::NoMaster | Reason::MasterLost | Reason::MasterRestarted => "failover",
+            Reason::NoMaster
+            | Reason::MasterLost
+            | Reason::MasterRestarted
+            | Reason::MasterGone => "failover",
         }
     }
 }
@@ -309,6 +317,9 @@ fn decide_failover(facts: &Facts, timing: &Timing) -> Decision {
         None => (Reason::NoMaster, leases_over_at(facts, timing)),
         Some(_) if group.master_restarted() => (Reason::MasterRestarted, facts.now),
         Some(master) => {
+            if let Some(candidates) = gone_master_candidates(group, facts.seen, facts.now, timing) {
+                return elect_best(facts, Reason::MasterGone, candidates, timing);
+            }
             // Silence counts from the master's last heartbeat as the process it was elected
             // in, or from when this node became leader if it has not heard it since.
             let heard_at = facts
@@ -340,13 +351,18 @@ fn decide_failover(facts: &Facts, timing: &Timing) -> Decision {
     } else {
         group.in_sync_set.iter().copied().collect()
     };
-    let mut candidates: Vec<u64> = pool
+    let candidates: Vec<u64> = pool
         .into_iter()
         .filter(|id| Some(*id) != group.master_id || reason == Reason::MasterRestarted)
         .filter(|id| is_candidate_alive(group, facts.seen, *id, facts.now, timing))
         .collect();
-    candidates = fittest(facts.seen, candidates);
-    rank(group, facts.seen, &mut candidates);
+    elect_best(facts, reason, candidates, timing)
+}
+
+/// Elects the best of `candidates` (alive ones): the soundest store tier, then by rank.
+fn elect_best(facts: &Facts, reason: Reason, candidates: Vec<u64>, timing: &Timing) -> Decision {
+    let mut candidates = fittest(facts.seen, candidates);
+    rank(facts.group, facts.seen, &mut candidates);
     match candidates.first() {
         Some(winner) => Decision::Elect(election(facts, reason, *winner, false, timing)),
         None => Decision::NoCandidate { reason },
@@ -781,6 +797,7 @@ mod tests {
                 master_epoch: 3,
                 resigned: false,
                 store: StoreReport::default(),
+                master_gone: None,
             },
         )
     }

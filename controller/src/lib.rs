@@ -22,6 +22,9 @@
 //!   the leader's memory only.
 //! - [`election`]: when a controlled group needs a new master and whom to elect (a pure
 //!   decision), and the leader's loop that proposes `ElectMaster` through Raft.
+//! - [`gone`]: when a `SYNC` group's master is known gone (every in-sync slave found its host
+//!   refusing connections), so that its successor is elected without waiting out the lease;
+//!   with the safety argument.
 //! - [`switchover`]: whether a planned switchover may start and to whom (a pure check beside
 //!   `election::decide`).
 //! - [`service`]: the gRPC `Controller` service (registration, heartbeats and the lease they
@@ -39,6 +42,7 @@
 pub mod admission;
 pub mod config;
 pub mod election;
+pub mod gone;
 pub mod lease;
 pub mod liveness;
 pub mod membership;

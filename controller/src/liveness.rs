@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 
 use proto::controller as pb;
 use proto::controller::ReplicaProgress;
+
+use super::gone::GoneReport;
 use tokio::sync::watch;
 
 /// Most replica progress entries kept from one heartbeat: a group is a master and a few slaves,
@@ -49,6 +51,8 @@ pub struct Heartbeat {
     pub resigned: bool,
     /// Its store's faults and verification.
     pub store: StoreReport,
+    /// From a slave: the master it found gone (`gone.rs`).
+    pub master_gone: Option<GoneReport>,
 }
 
 /// A broker's store as it reported it (`StoreHealth` on the wire).
@@ -141,6 +145,8 @@ pub struct Seen {
     pub master_epoch: u64,
     pub resigned: bool,
     pub store: StoreReport,
+    /// From a slave: the master it found gone, as its latest heartbeat said.
+    pub master_gone: Option<GoneReport>,
 }
 
 impl Seen {
@@ -216,6 +222,7 @@ impl Liveness {
             master_epoch,
             resigned,
             store,
+            master_gone,
         } = heartbeat;
         replicas.truncate(REPLICAS_MAX);
         let mut inner = self.inner.lock().expect("liveness lock poisoned");
@@ -247,6 +254,7 @@ impl Liveness {
                 master_epoch,
                 resigned,
                 store,
+                master_gone,
             },
         );
         drop(inner);

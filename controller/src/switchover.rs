@@ -237,6 +237,7 @@ mod tests {
                 master_epoch: 3,
                 resigned: false,
                 store,
+                master_gone: None,
             },
         )
     }

@@ -207,7 +207,30 @@ impl RoleCell {
             let _ = self.wake.set(wake);
         }
         let role = self.current();
+        if let Role::Slave(slave) = role.as_ref() {
+            self.tell_link_of_gone_master(&slave.status);
+        }
         self.start_tasks(&role);
+    }
+
+    /// A slave that finds its master gone wakes the link, which tells the controller at once
+    /// (see [`RoleCell::master_gone`]).
+    fn tell_link_of_gone_master(&self, status: &ReplicaStatus) {
+        if let Some(wake) = self.wake.get() {
+            status.notify_on_master_gone(wake.clone());
+        }
+    }
+
+    /// From a slave: the master it found gone (its stream ended and its host refuses
+    /// connections), for the controller, which may then elect without waiting out the lease.
+    pub fn master_gone(&self) -> Option<pb::MasterGone> {
+        match self.current().as_ref() {
+            Role::Slave(slave) => slave.status.master_gone().map(|gone| pb::MasterGone {
+                master_id: gone.master_id,
+                master_epoch: gone.master_epoch,
+            }),
+            Role::Master(_) => None,
+        }
     }
 
     pub fn current(&self) -> Arc<Role> {
@@ -500,6 +523,7 @@ impl RoleCell {
             // in-sync set, or the successor would wait for a broker about to be gone.
             status.leave();
         }
+        self.tell_link_of_gone_master(&status);
         let slave = SlaveRole {
             master: watch::Sender::new(None),
             status,

@@ -3,6 +3,7 @@
 //! (the `auth` guard refuses the rest before they get here).
 
 use super::*;
+use crate::gone::GoneReport;
 use crate::lease::lease_eligible_epoch;
 
 impl ControllerService {
@@ -179,11 +180,13 @@ impl ControllerService {
                 master_epoch: req.master_epoch,
                 resigned: req.resigned,
                 store: StoreReport::from_wire(req.store.as_ref()),
+                master_gone: GoneReport::from_wire(req.master_gone.as_ref()),
             },
             received_at,
         );
-        if req.resigned {
-            // A planned switchover may elect now rather than at the next tick.
+        if req.resigned || req.master_gone.is_some() {
+            // A planned switchover, or a failover of a master known gone, may elect now rather
+            // than at the next tick.
             self.election.wake.notify_one();
         }
         let answer = self

@@ -229,6 +229,7 @@ mod tests {
             master_epoch: 0,
             resigned: false,
             store: StoreReport::default(),
+            master_gone: None,
         }
     }
 

@@ -68,6 +68,10 @@ pub struct ReplicaSnapshot {
 #[derive(Debug, Default)]
 pub struct ReplicaStatus {
     inner: Mutex<ReplicaSnapshot>,
+    /// The master this slave found gone (see [`ReplicaStatus::master_gone`]).
+    gone: Mutex<Option<MasterLocation>>,
+    /// Told when this slave finds its master gone, so that the broker says so at once.
+    on_master_gone: std::sync::OnceLock<Arc<Notify>>,
     /// The broker is stopping: acknowledgements say so, and the master takes this slave out of
     /// the in-sync set.
     leaving: AtomicBool,
@@ -87,6 +91,43 @@ impl ReplicaStatus {
         self.leaving.load(Ordering::Acquire)
     }
 
+    /// The master this slave last found gone: its log stream ended, and its host then refused a
+    /// connection to its address (nothing listens there: the process is gone; a paused master
+    /// still accepts connections, a cut-off one does not answer). Holds until a session with a
+    /// master opens again or the master location changes. The controller elects a successor
+    /// without waiting out the old master's lease once every in-sync slave says this.
+    pub fn master_gone(&self) -> Option<MasterLocation> {
+        self.gone
+            .lock()
+            .expect("replica status lock poisoned")
+            .clone()
+    }
+
+    /// `wake` is notified each time this slave finds its master gone.
+    pub fn notify_on_master_gone(&self, wake: Arc<Notify>) {
+        let _ = self.on_master_gone.set(wake);
+    }
+
+    fn set_master_gone(&self, gone: Option<&MasterLocation>) {
+        let mut current = self.gone.lock().expect("replica status lock poisoned");
+        if current.as_ref() == gone {
+            return;
+        }
+        *current = gone.cloned();
+        drop(current);
+        if let Some(location) = gone {
+            tracing::warn!(
+                master = %location.addr,
+                master_id = location.master_id,
+                master_epoch = location.master_epoch,
+                "the master's host refuses connections: the master process is gone"
+            );
+            if let Some(wake) = self.on_master_gone.get() {
+                wake.notify_one();
+            }
+        }
+    }
+
     pub fn snapshot(&self) -> ReplicaSnapshot {
         self.inner
             .lock()
@@ -98,6 +139,11 @@ impl ReplicaStatus {
         f(&mut self.inner.lock().expect("replica status lock poisoned"));
     }
 }
+
+/// Longest wait for the connection that tells whether a master whose stream ended is gone: a
+/// refusal comes back in one round trip; a master that does not answer within this is not
+/// known gone.
+const GONE_PROBE_TIMEOUT: Duration = Duration::from_millis(300);
 
 /// Why a session ended.
 #[derive(Debug, thiserror::Error)]
@@ -138,6 +184,9 @@ pub async fn run<L: ShippedLog>(
             Ok(location) => location.clone().expect("waited for Some"),
             Err(_) => return,
         };
+        if status.master_gone().is_some_and(|gone| gone != location) {
+            status.set_master_gone(None);
+        }
         let started = Instant::now();
         let outcome = tokio::select! {
             outcome = session(&log, &config, &location, &status) => outcome,
@@ -162,6 +211,10 @@ pub async fn run<L: ShippedLog>(
             tracing::warn!(master = %location.addr, failures, error = %end, "replication session ended; retrying");
         }
         status.update(|s| s.last_error = Some(end.to_string()));
+        if matches!(end, SessionEnd::Transport(_)) && master.borrow().as_ref() == Some(&location) {
+            let gone = host_refuses(&location.addr).await;
+            status.set_master_gone(gone.then_some(&location));
+        }
         // A new master (after a failover) is tried at once: the pause is for retrying the same
         // one.
         tokio::select! {
@@ -171,6 +224,18 @@ pub async fn run<L: ShippedLog>(
                 failures = 0;
             }
         }
+    }
+}
+
+/// Whether the host of `addr` refuses a TCP connection to it now: nothing listens on the port,
+/// so the process that served it is gone (or closed it). A timeout, an unreachable network, or
+/// an accepted connection (closed at once) is not a refusal: a paused process's socket still
+/// accepts, and a cut link does not answer.
+async fn host_refuses(addr: &str) -> bool {
+    let connect = tokio::net::TcpStream::connect(addr);
+    match tokio::time::timeout(GONE_PROBE_TIMEOUT, connect).await {
+        Ok(Err(err)) => err.kind() == std::io::ErrorKind::ConnectionRefused,
+        Ok(Ok(_)) | Err(_) => false,
     }
 }
 
@@ -280,6 +345,7 @@ async fn session<L: ShippedLog>(
         master_write_offset = welcome.master_write_offset,
         "replicating"
     );
+    status.set_master_gone(None);
     status.update(|s| {
         s.connected = true;
         s.master_addr = location.addr.clone();
