@@ -4,8 +4,10 @@
 # master has taken over, then drains and checks the whole history (`cluster-cli drill`).
 #
 #   scripts/failover-drill.sh --topology 2m-2s-sync|2m-2s-async [--rounds N] [--dir DIR]
-#                             [--controllers 1|3] [--keep]
+#                             [--controllers 1|3] [--signal KILL|STOP] [--keep]
 #
+# --signal STOP pauses the master instead of killing it (its process stays, silent: the lease
+# path) and wakes it with SIGCONT once its successor serves; it rejoins as a slave.
 # Progress goes to stderr; the last line of stdout is one JSON object: `passed`, `rounds`,
 # `sent`, `acked` (answered SEND_OK), `send_failures` (by status or error), `lost`
 # (acknowledged, never consumed), `duplicates` (deliveries beyond the first), `redeliveries` (of
@@ -32,14 +34,16 @@ ROUNDS=5
 DIR=
 CONTROLLERS=3
 KEEP=0
+SIGNAL=KILL
 while [[ $# -gt 0 ]]; do
   case $1 in
     --topology) TOPOLOGY=${2:?--topology needs 2m-2s-sync or 2m-2s-async}; shift 2 ;;
     --rounds) ROUNDS=${2:?--rounds needs a number}; shift 2 ;;
     --dir) DIR=${2:?--dir needs a directory}; shift 2 ;;
     --controllers) CONTROLLERS=${2:?--controllers needs 1 or 3}; shift 2 ;;
+    --signal) SIGNAL=${2:?--signal needs KILL or STOP}; shift 2 ;;
     --keep) KEEP=1; shift ;;
-    -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+    -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
     *) echo "failover-drill.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -48,6 +52,7 @@ case $TOPOLOGY in
   2m-2s-async) allow_loss=(--allow-loss) ;;
   *) echo "failover-drill.sh: --topology must be 2m-2s-sync or 2m-2s-async" >&2; exit 2 ;;
 esac
+[[ $SIGNAL =~ ^(KILL|STOP)$ ]] || { echo "failover-drill.sh: --signal must be KILL or STOP" >&2; exit 2; }
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "failover-drill.sh: --rounds must be at least 1" >&2; exit 2; }
 if [[ -z $DIR ]]; then
   DIR=$(mktemp -d "${TMPDIR:-/tmp}/failover-drill.XXXXXX")
@@ -74,12 +79,18 @@ fi
 # shellcheck disable=SC1091
 . "$DIR/cluster.env"
 
+# A killed master is started again; a paused one is woken.
+if [[ $SIGNAL == KILL ]]; then
+  start_cmd="'${CLUSTER[0]}' start {node} --dir '$DIR'"
+else
+  start_cmd="'${CLUSTER[0]}' kill {node} --signal CONT --dir '$DIR'"
+fi
 # The drill's own exit code is the script's; its JSON line says why it failed.
 status=0
 "$BIN_DIR/cluster-cli" --controller "$CONTROLLER_ADDR" drill --rounds "$ROUNDS" \
   "${allow_loss[@]}" \
-  --kill-cmd "'${CLUSTER[0]}' kill {node} --signal KILL --dir '$DIR'" \
-  --start-cmd "'${CLUSTER[0]}' start {node} --dir '$DIR'" || status=$?
+  --kill-cmd "'${CLUSTER[0]}' kill {node} --signal $SIGNAL --dir '$DIR'" \
+  --start-cmd "$start_cmd" || status=$?
 if [[ $status -ne 0 ]]; then
   KEEP=1
   echo "failover-drill.sh: the drill failed (exit $status; its JSON line says why)" >&2

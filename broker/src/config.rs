@@ -260,7 +260,7 @@ impl Default for BrokerSettings {
             replication_mode: ReplicationModeSetting::Async,
             election_priority: 100,
             planned_stop: true,
-            controller_heartbeat_interval_ms: 200,
+            controller_heartbeat_interval_ms: 100,
             min_in_sync_replicas: 0,
             slave_timeout_ms: 3_000,
             in_sync_lag_max_ms: 15_000,

@@ -137,10 +137,12 @@ pub struct SendResult {
 /// usually says sooner.
 const FAILOVER_POLL: Duration = Duration::from_millis(200);
 /// First pause after a broker answered `NOT_MASTER` during a failover, doubling up to
-/// [`FAILOVER_POLL`]: the route may already name it (the controller elected it), and it takes
-/// over at its next heartbeat answer, a few milliseconds later. No route change follows then,
-/// so waiting for one would sit out a whole `FAILOVER_POLL`.
+/// [`TAKEOVER_POLL_MAX`]: the route may already name it (the controller elected it), and it
+/// takes over at its next heartbeat answer, a few milliseconds later. No route change follows
+/// then, so waiting for one would sit out a whole `FAILOVER_POLL`. Each try costs one refused
+/// RPC.
 const TAKEOVER_POLL: Duration = Duration::from_millis(5);
+const TAKEOVER_POLL_MAX: Duration = Duration::from_millis(40);
 
 /// Most messages one `Send` RPC may carry (the broker's limit).
 pub const BATCH_MESSAGES_LIMIT: usize = 1024;
@@ -594,7 +596,7 @@ impl Producer {
         let mut takeover_pause = TAKEOVER_POLL;
         loop {
             let error = match self
-                .attempt(&route.topic, &destination, messages.to_vec())
+                .attempt_unless_moved(route, &destination, messages)
                 .await
             {
                 Ok(response) => return Ok((response, destination)),
@@ -620,7 +622,7 @@ impl Producer {
                 if let Some(updates) = updates.as_mut() {
                     let pause = if error.is_not_master() {
                         let pause = takeover_pause;
-                        takeover_pause = (takeover_pause * 2).min(FAILOVER_POLL);
+                        takeover_pause = (takeover_pause * 2).min(TAKEOVER_POLL_MAX);
                         pause
                     } else {
                         FAILOVER_POLL
@@ -634,6 +636,44 @@ impl Producer {
                 Err(_) if master_gone && tokio::time::Instant::now() < deadline => {}
                 Err(_) => return Err(Failed { error, destination }),
             }
+        }
+    }
+
+    /// One attempt; for a routed producer, given up as soon as the route names another master
+    /// for the destination's group: a paused or cut-off master never answers, and waiting for
+    /// its `send_timeout` would hold the send long after its successor serves. The message may
+    /// have landed on the old master anyway; the retry resends it with the same id, as after
+    /// any lost answer (at least once).
+    async fn attempt_unless_moved(
+        &self,
+        route: &TopicRoute,
+        destination: &Destination,
+        messages: &[proto::client::Message],
+    ) -> Result<proto::client::SendResponse, ClientError> {
+        let attempt = self.attempt(&route.topic, destination, messages.to_vec());
+        let Target::Cluster { routes } = &self.inner.target else {
+            return attempt.await;
+        };
+        let moved = async {
+            let mut updates = routes.updates();
+            loop {
+                if updates.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+                if self.master_moved(route, destination).await {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            answer = attempt => answer,
+            () = moved => Err(ClientError::Transport {
+                message: format!(
+                    "the master of broker group {} moved while the send to {} waited for its answer",
+                    destination.group, destination.addr
+                ),
+                source: None,
+            }),
         }
     }
 

@@ -529,10 +529,20 @@ impl ElectionLoop {
         let mut state_changes = self.state.changes();
         let mut liveness_changes = self.liveness.changes();
         let wake = self.context.wake.clone();
+        // The earliest instant a group waits for (a lease running out): the loop looks again
+        // right then, not up to a tick later.
+        let mut next_wait: Option<Instant> = None;
         loop {
+            let wait_over = async {
+                match next_wait {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = tick.tick() => {}
                 () = wake.notified() => {}
+                () = wait_over => {}
                 changed = state_changes.changed() => if changed.is_err() { return },
                 changed = liveness_changes.changed() => if changed.is_err() { return },
             }
@@ -551,13 +561,22 @@ impl ElectionLoop {
                     .map(|(name, group)| (name.clone(), group.clone()))
                     .collect()
             });
+            next_wait = None;
             for (name, group) in groups {
-                self.review(&name, &group, leader_since).await;
+                if let Some(until) = self.review(&name, &group, leader_since).await {
+                    next_wait = Some(next_wait.map_or(until, |next| next.min(until)));
+                }
             }
         }
     }
 
-    async fn review(&mut self, name: &str, group: &BrokerGroup, leader_since: Instant) {
+    /// Decides for one group and acts; when the decision is to wait, until when.
+    async fn review(
+        &mut self,
+        name: &str,
+        group: &BrokerGroup,
+        leader_since: Instant,
+    ) -> Option<Instant> {
         let leases = &self.context.leases;
         let seen = self.liveness.seen_group(name);
         let last_lease_granted_at = leases.last_granted_at(name);
@@ -578,7 +597,7 @@ impl ElectionLoop {
             Decision::Keep => {
                 self.warned.remove(name);
             }
-            Decision::Wait { .. } => {}
+            Decision::Wait { until, .. } => return Some(until),
             Decision::NoCandidate { reason } => self.warn_no_candidate(name, group, &seen, reason),
             Decision::AbandonSwitchover { reason } => {
                 tracing::warn!(group = %name, reason = %reason, "planned switchover abandoned");
@@ -612,6 +631,7 @@ impl ElectionLoop {
                     .await
             }
         }
+        None
     }
 
     fn warn_no_candidate(

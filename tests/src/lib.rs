@@ -502,7 +502,7 @@ fn group_broker_at(
         "--set".to_owned(),
         format!("controller_addr={controllers:?}"),
         "--set".to_owned(),
-        "controller_heartbeat_interval_ms=200".to_owned(),
+        "controller_heartbeat_interval_ms=100".to_owned(),
         "--set".to_owned(),
         format!("cluster_secret={TEST_CLUSTER_SECRET:?}"),
     ]
