@@ -4,7 +4,7 @@
 //! over or make it lose messages: Raft between controllers (a forged vote poisons the quorum), a
 //! broker's registration, heartbeats and in-sync set changes (a forged heartbeat keeps a dead
 //! master's lease alive, a forged in-sync set lets a master acknowledge alone), the topics a
-//! broker is told to hold, and the log stream (a forged replica acknowledges what it never
+//! broker is told to hold, its group's view (whom it would follow), and the log stream (a forged replica acknowledges what it never
 //! stored). Client-facing RPCs (send, pull, routes, administration) are not here: users'
 //! credentials are step 10's.
 
@@ -41,6 +41,11 @@ const MEMBER_ONLY: &[(&str, Coverage)] = &[
     ),
     (
         "/broker.controller.v1.Controller/AlterInSyncSet",
+        Coverage::Body,
+    ),
+    // The group's view: who is master, and where; one request, then a stream of answers.
+    (
+        "/broker.controller.v1.Controller/WatchGroup",
         Coverage::Body,
     ),
     (

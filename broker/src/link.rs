@@ -86,8 +86,21 @@ impl BrokerMetadata for LinkedBroker {
     }
 
     fn group_view_changed(&self, view: &GroupView) {
+        // Views come from heartbeat answers and from the group watch: a heartbeat answer
+        // written before an election may arrive after the watch pushed the election. Epochs
+        // only rise, so an older view is stale and must not move the role back.
+        let stale = |current: &GroupView| {
+            (view.master_epoch, view.in_sync_set_epoch)
+                < (current.master_epoch, current.in_sync_set_epoch)
+        };
+        if self.views.borrow().as_ref().is_some_and(stale) {
+            return;
+        }
         self.role.set_drained(view.drained);
         self.views.send_if_modified(|current| {
+            if current.as_ref().is_some_and(stale) {
+                return false;
+            }
             let changed = current.as_ref() != Some(view);
             if changed {
                 *current = Some(view.clone());

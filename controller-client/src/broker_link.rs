@@ -196,6 +196,8 @@ pub const GONE_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(20);
 /// How long such a slave heartbeats that often: longer than the lease wait, after which the
 /// controller elects anyway if it can.
 const GONE_FAST_FOR: Duration = Duration::from_secs(3);
+/// Pause before the group watch is opened again.
+const REWATCH_PAUSE: Duration = Duration::from_millis(100);
 /// Longest wait for one controller's answer.
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 /// Longest wait for the answer to a handover: the controller's own switchover wait (8 s) plus
@@ -473,6 +475,13 @@ impl ControllerLink {
     /// broker keeps serving with its last topics and group settings while no controller answers.
     pub async fn run(mut self, interval: Duration, stop: impl std::future::Future<Output = ()>) {
         tokio::pin!(stop);
+        let watch = tokio::spawn(watch_group(
+            self.conn.clone(),
+            self.identity.group.clone(),
+            self.identity.broker_id,
+            self.metadata.clone(),
+        ));
+        let _watch = AbortOnDrop(watch);
         let mut ticks = tokio::time::interval(interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut failing_since: Option<tokio::time::Instant> = None;
@@ -514,6 +523,46 @@ impl ControllerLink {
                 }
             }
         }
+    }
+}
+
+/// Stops a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Keeps a `WatchGroup` stream open on the controller leader and hands every view it pushes to
+/// the broker, as heartbeat answers do: a broker elected master takes over when the election
+/// is written, not at its next heartbeat. Reopened after [`REWATCH_PAUSE`] when it ends (a
+/// leader change, the broker not registered yet).
+async fn watch_group(
+    conn: ControllerConnection,
+    group: String,
+    broker_id: u64,
+    metadata: Arc<dyn BrokerMetadata>,
+) {
+    let request = pb::WatchGroupRequest { group, broker_id };
+    loop {
+        for (addr, mut client) in conn.clients() {
+            let opened = tokio::time::timeout(CALL_TIMEOUT, client.watch_group(request.clone()));
+            let mut stream = match opened.await {
+                Ok(Ok(response)) => response.into_inner(),
+                Ok(Err(status)) => {
+                    tracing::debug!(controller = %addr, error = %status.message(), "group watch refused");
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            while let Ok(Some(view)) = stream.message().await {
+                metadata.group_view_changed(&view);
+            }
+            break;
+        }
+        tokio::time::sleep(REWATCH_PAUSE).await;
     }
 }
 

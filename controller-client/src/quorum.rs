@@ -135,6 +135,16 @@ impl ControllerConnection {
         self.controllers.iter().map(|(addr, _)| addr.as_str())
     }
 
+    /// Every controller's address and client, starting with the one tried first now.
+    pub fn clients(&self) -> impl Iterator<Item = (&str, Client)> {
+        let first = self.current.load(Ordering::Relaxed);
+        let count = self.controllers.len();
+        (0..count).map(move |i| {
+            let (addr, client) = &self.controllers[(first + i) % count];
+            (addr.as_str(), client.clone())
+        })
+    }
+
     /// The controller tried first now: its index, address and client.
     pub fn current(&self) -> (usize, &str, Client) {
         let index = self.current.load(Ordering::Relaxed) % self.controllers.len();

@@ -6,7 +6,75 @@ use super::*;
 use crate::gone::GoneReport;
 use crate::lease::lease_eligible_epoch;
 
+/// What `WatchGroup` streams.
+pub(super) type GroupViews = ReceiverStream<Result<pb::GroupView, Status>>;
+
 impl ControllerService {
+    /// Streams a broker's group view on the leader: now, then at each change, until the broker
+    /// goes away or this node stops leading (the stream then ends with UNAVAILABLE, and the
+    /// broker watches on the new leader).
+    pub(super) async fn watch_group(
+        &self,
+        request: Request<pb::WatchGroupRequest>,
+    ) -> Result<Response<GroupViews>, Status> {
+        if !self.is_leader() {
+            return Err(proto::ErrorStatus::new(
+                ErrorCode::ControllerNotAvailable,
+                format!(
+                    "controller {} is not the leader; watch the group on the leader",
+                    self.id
+                ),
+            )
+            .with_leader_addr(self.leader().map(|(_, addr)| addr))
+            .into_status());
+        }
+        let req = request.into_inner();
+        let known = self.state.read(|data| {
+            data.state
+                .groups
+                .get(&req.group)
+                .is_some_and(|g| g.brokers.contains_key(&req.broker_id))
+        });
+        if !known {
+            return Err(error(
+                ErrorCode::NotFound,
+                format!(
+                    "broker {} of group {} is not registered; register first",
+                    req.broker_id,
+                    proto::Echo(&req.group)
+                ),
+            ));
+        }
+        let (tx, rx) = mpsc::channel(4);
+        let mut state_changes = self.state.changes();
+        let mut metrics = self.raft.metrics();
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            let mut last = None;
+            loop {
+                if metrics.borrow_and_update().state != ServerState::Leader {
+                    let _ = tx
+                        .send(Err(unavailable("this controller is no longer the leader")))
+                        .await;
+                    return;
+                }
+                let view = state.read(|data| group_view(&data.state, &req.group));
+                if let Some(view) = view.filter(|view| last.as_ref() != Some(view)) {
+                    if tx.send(Ok(view.clone())).await.is_err() {
+                        return; // the broker went away
+                    }
+                    last = Some(view);
+                }
+                tokio::select! {
+                    changed = state_changes.changed() => if changed.is_err() { return },
+                    changed = metrics.changed() => if changed.is_err() { return },
+                    () = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
     /// The heartbeat answer: the group view, and the lease that goes with it. A lease is granted
     /// only to the master of a controlled group at the incarnation it was elected with (and which
     /// is its registered one), and only after a quorum confirmed this node still leads and its

@@ -280,6 +280,7 @@ use convert::*;
 #[tonic::async_trait]
 impl pb::controller_server::Controller for ControllerService {
     type WatchRoutesStream = routes::RouteUpdates;
+    type WatchGroupStream = brokers::GroupViews;
 
     async fn register_broker(
         &self,
@@ -307,6 +308,13 @@ impl pb::controller_server::Controller for ControllerService {
         request: Request<pb::GroupTopicsRequest>,
     ) -> Result<Response<pb::GroupTopicsResponse>, Status> {
         ControllerService::group_topics(self, request).await
+    }
+
+    async fn watch_group(
+        &self,
+        request: Request<pb::WatchGroupRequest>,
+    ) -> Result<Response<Self::WatchGroupStream>, Status> {
+        ControllerService::watch_group(self, request).await
     }
 
     async fn alter_in_sync_set(
