@@ -6,14 +6,30 @@
 //! - Where: one broker ([`PushConsumer::start`]), or, routed through the controller
 //!   ([`PushConsumer::start_controller`], [`PushConsumer::start_with_routes`]), every broker
 //!   group that holds a queue of the topic, each read from its group's master. A queue is named
-//!   by its broker group and queue id; a new master (failover) makes it a new assignment, read
-//!   from the new master from the group's committed offset.
+//!   by its broker group and queue id, never by the broker it is read from: a new master
+//!   (failover or switchover) is told to the queue's running worker, which goes on from the
+//!   queue offset it holds in memory. The new master learns that position from the worker's
+//!   first commit there. The group's committed offset on the new master may be older (the
+//!   last commit before the kill had no answer, or went to a slave that was not elected), so
+//!   restarting from it would hand the listener those messages again.
+//! - Resuming on a new master is safe: consumers are shown only what the in-sync set
+//!   confirmed, and only its members can be elected, so the new master holds everything the
+//!   worker handled. The worker still checks, before its first pull there, that the new master
+//!   holds the last message it handled (same message id at the same queue and commit-log
+//!   offsets; `resume.rs`): after an unclean election it does not, and the worker starts from
+//!   that master's committed offset instead, never skipping what the new master wrote in the
+//!   place of messages it lacks.
 //! - Membership: a heartbeat every `heartbeat_interval` to each of those brokers returns the
 //!   sorted list of live members (the union over the brokers that answered); every member deals
 //!   the topic's queues, sorted by (broker group, queue id), the same way (position modulo member
 //!   count), so they agree without a coordinator. A member that stops heartbeating is dropped by
-//!   the brokers and its queues move at the others' next heartbeat. The queues of a group whose
-//!   master cannot be reached stay in the deal (so that nothing else moves).
+//!   the brokers, and its queues move a few heartbeats later (`deal.rs`: a broker that just
+//!   started answering for its group, a new master or a slave standing in, has not heard from
+//!   every member yet, so a member stays in the deal for three heartbeat intervals after the
+//!   last answer that listed it; otherwise each failover would move queues back and forth).
+//!   The queues of a group whose master cannot be reached, or that has no master named yet,
+//!   stay in the deal (so that nothing else moves), and so do retry queues its brokers could
+//!   not list this round; retry queues are read from the group's master too.
 //! - Reads from slaves: when a group's master cannot be reached (a transport failure or a
 //!   timeout; a paused master costs the pull's poll timeout plus 3 s), the heartbeat goes to its
 //!   slaves instead, and each queue's worker reads from the next broker of the group the route
@@ -23,8 +39,9 @@
 //!   master's older value. A slave refuses hand-backs (`NOT_MASTER`): a failed message is then
 //!   retried in place. A slave serves only what its master confirmed.
 //! - Offsets: kept on the queue's broker (committed after each handled batch, and when a queue
-//!   is given up), so a restarted or replacing member resumes where the group left off. At least
-//!   once: a batch handled but not yet committed when a member dies is delivered again.
+//!   is given up, once more if the last commit failed), so a restarted or replacing member
+//!   resumes where the group left off. At least once: a batch handled but not yet committed
+//!   when a member dies is delivered again.
 //! - Failure: `ReconsumeLater`, an `Err`, or a panic in the listener hands the message back to
 //!   the broker (retry topic after a delay level, dead-letter topic after too many tries). The
 //!   offset moves past a message only once it was handled or handed back; if the hand-back
@@ -33,10 +50,13 @@
 //!   in place, and the queue waits for it. Broadcasting mode gives every member every queue,
 //!   keeps offsets in the member, and retries failures in place too (nothing is handed back).
 //!
-//! Why one file of about 870 lines: a queue's pull loop, its offset commits, the send-back of
-//! failed messages and the move to another broker of the group share one per-queue state (the
-//! offset, where it was committed, which broker serves); rebalancing drives those loops. A split
-//! is planned with the controller-client crate (step 8), which takes the route following.
+//! Why one file of about 1,030 lines: a queue's pull loop, its offset commits, the send-back of
+//! failed messages and the move to another broker of the group (a slave, or a new master) share
+//! one per-queue state (the offset, the last message handled, where it was committed, which
+//! broker serves); rebalancing drives those loops. The decisions that need none of it are
+//! apart and unit-tested: `resume.rs` (does a position carry over to a new master) and
+//! `deal.rs` (what the deal keeps between rounds). A split is planned with the
+//! controller-client crate (step 8), which takes the route following.
 
 use std::collections::{BTreeSet, HashMap};
 use std::panic::{catch_unwind, AssertUnwindSafe};
