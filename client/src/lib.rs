@@ -11,6 +11,10 @@
 //! - [`push`]: `PushConsumer`, a consumer-group member in clustering mode: queues dealt out by
 //!   heartbeat, offsets on the broker, a listener whose failures (`ReconsumeLater`, `Err`,
 //!   panic) hand the message back for retry.
+//! - `deal` (private): what a push consumer's deal of queues keeps between heartbeat rounds
+//!   (members a new broker has not heard from yet, retry queues that could not be listed).
+//! - `resume` (private): whether a push consumer's queue position carries over to a new master
+//!   (the new master must hold the last message handled).
 //! - [`routes`]: topic routes from the controller, cached and kept current by the route watch
 //!   stream; the queues a producer may write and a consumer may read.
 //! - [`message`]: `Message` (to send), `ReceivedMessage`, unique message ids.
@@ -23,12 +27,14 @@
 //! (the quorum seen as one service, re-exported as [`controller`]), never on `broker`.
 
 pub mod consumer;
+mod deal;
 pub mod error;
 mod lane;
 pub mod message;
 mod pool;
 pub mod producer;
 pub mod push;
+mod resume;
 pub mod routes;
 
 pub use consumer::{Admin, PullConsumer, PullResult};

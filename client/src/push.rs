@@ -6,14 +6,30 @@
 //! - Where: one broker ([`PushConsumer::start`]), or, routed through the controller
 //!   ([`PushConsumer::start_controller`], [`PushConsumer::start_with_routes`]), every broker
 //!   group that holds a queue of the topic, each read from its group's master. A queue is named
-//!   by its broker group and queue id; a new master (failover) makes it a new assignment, read
-//!   from the new master from the group's committed offset.
+//!   by its broker group and queue id, never by the broker it is read from: a new master
+//!   (failover or switchover) is told to the queue's running worker, which goes on from the
+//!   queue offset it holds in memory. The new master learns that position from the worker's
+//!   first commit there. The group's committed offset on the new master may be older (the
+//!   last commit before the kill had no answer, or went to a slave that was not elected), so
+//!   restarting from it would hand the listener those messages again.
+//! - Resuming on a new master is safe: consumers are shown only what the in-sync set
+//!   confirmed, and only its members can be elected, so the new master holds everything the
+//!   worker handled. The worker still checks, before its first pull there, that the new master
+//!   holds the last message it handled (same message id at the same queue and commit-log
+//!   offsets; `resume.rs`): after an unclean election it does not, and the worker starts from
+//!   that master's committed offset instead, never skipping what the new master wrote in the
+//!   place of messages it lacks.
 //! - Membership: a heartbeat every `heartbeat_interval` to each of those brokers returns the
 //!   sorted list of live members (the union over the brokers that answered); every member deals
 //!   the topic's queues, sorted by (broker group, queue id), the same way (position modulo member
 //!   count), so they agree without a coordinator. A member that stops heartbeating is dropped by
-//!   the brokers and its queues move at the others' next heartbeat. The queues of a group whose
-//!   master cannot be reached stay in the deal (so that nothing else moves).
+//!   the brokers, and its queues move a few heartbeats later (`deal.rs`: a broker that just
+//!   started answering for its group, a new master or a slave standing in, has not heard from
+//!   every member yet, so a member stays in the deal for three heartbeat intervals after the
+//!   last answer that listed it; otherwise each failover would move queues back and forth).
+//!   The queues of a group whose master cannot be reached, or that has no master named yet,
+//!   stay in the deal (so that nothing else moves), and so do retry queues its brokers could
+//!   not list this round; retry queues are read from the group's master too.
 //! - Reads from slaves: when a group's master cannot be reached (a transport failure or a
 //!   timeout; a paused master costs the pull's poll timeout plus 3 s), the heartbeat goes to its
 //!   slaves instead, and each queue's worker reads from the next broker of the group the route
@@ -23,8 +39,9 @@
 //!   master's older value. A slave refuses hand-backs (`NOT_MASTER`): a failed message is then
 //!   retried in place. A slave serves only what its master confirmed.
 //! - Offsets: kept on the queue's broker (committed after each handled batch, and when a queue
-//!   is given up), so a restarted or replacing member resumes where the group left off. At least
-//!   once: a batch handled but not yet committed when a member dies is delivered again.
+//!   is given up, once more if the last commit failed), so a restarted or replacing member
+//!   resumes where the group left off. At least once: a batch handled but not yet committed
+//!   when a member dies is delivered again.
 //! - Failure: `ReconsumeLater`, an `Err`, or a panic in the listener hands the message back to
 //!   the broker (retry topic after a delay level, dead-letter topic after too many tries). The
 //!   offset moves past a message only once it was handled or handed back; if the hand-back
@@ -33,10 +50,13 @@
 //!   in place, and the queue waits for it. Broadcasting mode gives every member every queue,
 //!   keeps offsets in the member, and retries failures in place too (nothing is handed back).
 //!
-//! Why one file of about 870 lines: a queue's pull loop, its offset commits, the send-back of
-//! failed messages and the move to another broker of the group share one per-queue state (the
-//! offset, where it was committed, which broker serves); rebalancing drives those loops. A split
-//! is planned with the controller-client crate (step 8), which takes the route following.
+//! Why one file of about 1,030 lines: a queue's pull loop, its offset commits, the send-back of
+//! failed messages and the move to another broker of the group (a slave, or a new master) share
+//! one per-queue state (the offset, the last message handled, where it was committed, which
+//! broker serves); rebalancing drives those loops. The decisions that need none of it are
+//! apart and unit-tested: `resume.rs` (does a position carry over to a new master) and
+//! `deal.rs` (what the deal keeps between rounds). A split is planned with the
+//! controller-client crate (step 8), which takes the route following.
 
 use std::collections::{BTreeSet, HashMap};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -50,9 +70,11 @@ use tokio::sync::watch;
 
 use crate::consumer::{Admin, PullConsumer};
 use crate::controller::ControllerConnection;
+use crate::deal::DealMemory;
 use crate::error::ClientError;
 use crate::message::{new_message_id, ReceivedMessage};
 use crate::pool::BrokerChannels;
+use crate::resume::{self, Handled, Verdict};
 use crate::routes::{self, Routes};
 
 /// What a listener says of a message.
@@ -278,29 +300,48 @@ async fn run(
     assigned_tx: watch::Sender<Vec<AssignedQueue>>,
 ) {
     let retry_topic = format!("%RETRY%{}", shared.config.group);
-    let mut workers: HashMap<AssignedQueue, (watch::Sender<bool>, tokio::task::JoinHandle<()>)> =
-        HashMap::new();
+    // Keyed by the queue alone, not by the broker it is read from: a new master of its group is
+    // told to the running worker, which keeps its position (module documentation).
+    let mut workers: HashMap<QueueKey, Worker> = HashMap::new();
+    let mut memory = DealMemory::default();
     loop {
-        match assignment(&shared, &retry_topic).await {
+        match assignment(&shared, &retry_topic, &mut memory).await {
             Ok(assigned) => {
+                let keys: BTreeSet<QueueKey> = assigned.iter().map(offset_key).collect();
                 let gone: Vec<_> = workers
                     .keys()
-                    .filter(|q| !assigned.contains(q))
+                    .filter(|key| !keys.contains(*key))
                     .cloned()
                     .collect();
-                for queue in gone {
-                    if let Some((stop, task)) = workers.remove(&queue) {
-                        let _ = stop.send(true);
-                        let _ = task.await;
+                for key in gone {
+                    if let Some(worker) = workers.remove(&key) {
+                        let _ = worker.stop.send(true);
+                        let _ = worker.task.await;
                     }
                 }
                 assigned_tx.send_replace(assigned.clone());
                 for queue in assigned {
-                    workers.entry(queue.clone()).or_insert_with(|| {
-                        let (stop, stopped) = watch::channel(false);
-                        let task = tokio::spawn(consume_queue(shared.clone(), queue, stopped));
-                        (stop, task)
-                    });
+                    match workers.get(&offset_key(&queue)) {
+                        Some(worker) => {
+                            worker.master.send_if_modified(|master| {
+                                let changed = *master != queue.broker_addr;
+                                master.clone_from(&queue.broker_addr);
+                                changed
+                            });
+                        }
+                        None => {
+                            let (stop, stopped) = watch::channel(false);
+                            let (master, master_rx) = watch::channel(queue.broker_addr.clone());
+                            let key = offset_key(&queue);
+                            let task = tokio::spawn(consume_queue(
+                                shared.clone(),
+                                queue,
+                                master_rx,
+                                stopped,
+                            ));
+                            workers.insert(key, Worker { stop, master, task });
+                        }
+                    }
                 }
             }
             Err(err) => {
@@ -314,16 +355,31 @@ async fn run(
             break;
         }
     }
-    for (_, (stop, task)) in workers {
-        let _ = stop.send(true);
-        let _ = task.await;
+    for (_, worker) in workers {
+        let _ = worker.stop.send(true);
+        let _ = worker.task.await;
     }
+}
+
+/// A queue named without the broker it is read from: (broker group, topic, queue id).
+type QueueKey = (String, String, u32);
+
+/// A running queue worker.
+struct Worker {
+    stop: watch::Sender<bool>,
+    /// The address of its group's master, as the latest deal names it.
+    master: watch::Sender<String>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 /// This member's queues: for the topic and for the retry topic separately, the sorted queues
 /// dealt out by position modulo the number of live members. Separately, so that a retry topic
 /// appearing (at the first hand-back) moves none of the topic's queues.
-async fn assignment(shared: &Shared, retry_topic: &str) -> Result<Vec<AssignedQueue>, ClientError> {
+async fn assignment(
+    shared: &Shared,
+    retry_topic: &str,
+    memory: &mut DealMemory,
+) -> Result<Vec<AssignedQueue>, ClientError> {
     let topic = &shared.config.topic;
     // The topic's queues (from the route; on one broker, from its topic list below) and the
     // brokers holding them, by group.
@@ -334,14 +390,24 @@ async fn assignment(shared: &Shared, retry_topic: &str) -> Result<Vec<AssignedQu
             Source::Broker { addr } => (Vec::new(), vec![(String::new(), vec![addr.clone()])]),
             Source::Cluster { routes } => {
                 let route = routes.get(topic).await?;
+                // A group with no master named (between a master's loss and the election) keeps
+                // its queues in the deal, read from its best broker meanwhile.
                 let queues: Vec<AssignedQueue> = routes::readable_queues(&route)
                     .into_iter()
-                    .filter(|q| !q.master_addr.is_empty())
-                    .map(|q| AssignedQueue {
-                        group: q.group,
-                        topic: topic.clone(),
-                        queue_id: q.queue_id,
-                        broker_addr: q.master_addr,
+                    .filter_map(|q| {
+                        let broker_addr = if q.master_addr.is_empty() {
+                            routes::read_candidates(&route, &q.group)
+                                .into_iter()
+                                .next()?
+                        } else {
+                            q.master_addr
+                        };
+                        Some(AssignedQueue {
+                            group: q.group,
+                            topic: topic.clone(),
+                            queue_id: q.queue_id,
+                            broker_addr,
+                        })
                     })
                     .collect();
                 let groups: BTreeSet<String> = queues.iter().map(|q| q.group.clone()).collect();
@@ -413,6 +479,11 @@ async fn assignment(shared: &Shared, retry_topic: &str) -> Result<Vec<AssignedQu
             reason: "no broker group holding the topic has a master",
         }));
     }
+    let mut members = memory.members(
+        members,
+        std::time::Instant::now(),
+        shared.config.heartbeat_interval,
+    );
     members.insert(shared.client_id.clone());
     let (me, count) = match shared.config.message_model {
         MessageModel::Clustering => (
@@ -426,7 +497,9 @@ async fn assignment(shared: &Shared, retry_topic: &str) -> Result<Vec<AssignedQu
         MessageModel::Broadcasting => (0, 1),
     };
 
-    // The retry topic lives on each broker separately (and, on one broker, the topic too).
+    // The retry topic lives on each broker group separately (and, on one broker, the topic
+    // too). Its queues are read from the group's master, like the topic's, whichever broker
+    // listed them; a group whose brokers cannot list them keeps last round's.
     let mut retry_queues = Vec::new();
     answered.sort();
     for (group, addr) in answered {
@@ -437,11 +510,17 @@ async fn assignment(shared: &Shared, retry_topic: &str) -> Result<Vec<AssignedQu
         let topics = match topics {
             Ok(topics) => topics,
             Err(err) => {
-                // Its retry queues wait for the next round; the rest of the deal goes on.
                 tracing::debug!(group, addr, error = %err, "cannot list the broker's topics");
                 continue;
             }
         };
+        let master = brokers
+            .iter()
+            .find(|(g, _)| *g == group)
+            .and_then(|(_, candidates)| candidates.first())
+            .unwrap_or(&addr)
+            .clone();
+        let mut group_retry_queues = Vec::new();
         for listed in topics {
             let into = if listed.topic == shared.config.topic
                 && matches!(shared.source, Source::Broker { .. })
@@ -450,7 +529,7 @@ async fn assignment(shared: &Shared, retry_topic: &str) -> Result<Vec<AssignedQu
             } else if listed.topic == retry_topic
                 && shared.config.message_model == MessageModel::Clustering
             {
-                &mut retry_queues
+                &mut group_retry_queues
             } else {
                 continue;
             };
@@ -458,9 +537,17 @@ async fn assignment(shared: &Shared, retry_topic: &str) -> Result<Vec<AssignedQu
                 group: group.clone(),
                 topic: listed.topic.clone(),
                 queue_id,
-                broker_addr: addr.clone(),
+                broker_addr: master.clone(),
             }));
         }
+        memory.retry_queues.insert(group, group_retry_queues);
+    }
+    for (group, candidates) in &brokers {
+        let remembered = memory.retry_queues.get(group).into_iter().flatten();
+        retry_queues.extend(remembered.map(|queue| AssignedQueue {
+            broker_addr: candidates.first().unwrap_or(&queue.broker_addr).clone(),
+            ..queue.clone()
+        }));
     }
     let mut mine = Vec::new();
     for mut queues in [topic_queues, retry_queues] {
@@ -481,6 +568,7 @@ async fn assignment(shared: &Shared, retry_topic: &str) -> Result<Vec<AssignedQu
 async fn consume_queue(
     shared: Arc<Shared>,
     queue: AssignedQueue,
+    mut master: watch::Receiver<String>,
     mut stopped: watch::Receiver<bool>,
 ) {
     let (topic, queue_id) = (queue.topic.as_str(), queue.queue_id);
@@ -497,9 +585,34 @@ async fn consume_queue(
     let mut serving = Serving::new(queue.broker_addr.clone());
     // Where the last commit of `offset` went.
     let mut committed_at: Option<String> = None;
+    // The last message handled, and whether a new master has yet to show that it holds it
+    // before the position in memory counts there (resume.rs).
+    let mut last: Option<Handled> = None;
+    let mut unverified = false;
     while !*stopped.borrow() {
+        if master.has_changed().unwrap_or(false) {
+            let new_master = master.borrow_and_update().clone();
+            unverified |= serving.follow_master(new_master) && offset.is_some();
+        }
         serving.maybe_return_to_master();
         let addr = serving.addr.clone();
+        if unverified {
+            match carries_over(&shared, &queue, &addr, last.as_ref()).await {
+                Ok(Verdict::Keep) => unverified = false,
+                Ok(Verdict::Drop) => {
+                    tracing::warn!(group = %queue.group, topic, queue_id, addr, "the new master lacks what this queue handled; starting from its committed offset");
+                    (offset, last, unverified) = (None, None, false);
+                }
+                // The probe waited a poll for it: ask again.
+                Ok(Verdict::Undecided) => continue,
+                Err(err) => {
+                    tracing::debug!(topic, queue_id, error = %err, "cannot check the new master; retrying");
+                    serving.failed(&shared, &queue, &err).await;
+                    pause(&mut stopped).await;
+                    continue;
+                }
+            }
+        }
         let current = match offset {
             Some(current) => current,
             None => match start_offset(&shared, &queue, &addr).await {
@@ -579,6 +692,7 @@ async fn consume_queue(
             return;
         }
         offset = Some(result.next_queue_offset);
+        last = result.messages.last().map(Handled::of);
         committed_at = None;
         match commit(&shared, &queue, &addr, result.next_queue_offset).await {
             Ok(()) => committed_at = Some(addr),
@@ -587,6 +701,39 @@ async fn consume_queue(
             }
         }
     }
+    // Given up (the queue moved to another member, or the consumer stops): the next owner
+    // starts from the committed offset, so a commit that failed is made once more. Not to a
+    // new master that has not yet shown it holds the position.
+    if let (Some(current), false) = (offset, unverified) {
+        if committed_at.as_deref() != Some(serving.addr.as_str()) {
+            let _ = commit(&shared, &queue, &serving.addr, current).await;
+        }
+    }
+}
+
+/// After a change of master: whether the worker's position carries over to the broker at
+/// `addr` (resume.rs). With nothing handled yet there is nothing to lose by starting from that
+/// broker's committed offset, so the position is dropped.
+async fn carries_over(
+    shared: &Shared,
+    queue: &AssignedQueue,
+    addr: &str,
+    last: Option<&Handled>,
+) -> Result<Verdict, ClientError> {
+    let Some(last) = last else {
+        return Ok(Verdict::Drop);
+    };
+    let probe = puller(shared, addr)?
+        .pull(
+            &queue.topic,
+            queue.queue_id,
+            last.queue_offset,
+            1,
+            "*",
+            shared.config.poll_timeout,
+        )
+        .await?;
+    Ok(resume::judge(last, &probe))
 }
 
 /// Concurrently: handles the batch; hands back every failed message. Never moves past a message
@@ -678,6 +825,19 @@ impl Serving {
             master,
             since: std::time::Instant::now(),
         }
+    }
+
+    /// The deal names another master for the group (a failover or a switchover): read from it
+    /// from now on. Returns whether it changed.
+    fn follow_master(&mut self, master: String) -> bool {
+        if master == self.master {
+            return false;
+        }
+        tracing::info!(from = %self.master, to = %master, "the group has a new master");
+        self.addr = master.clone();
+        self.master = master;
+        self.since = std::time::Instant::now();
+        true
     }
 
     /// Reading from a slave for a while: try the master again.
@@ -784,7 +944,7 @@ async fn start_offset(
     Ok(start)
 }
 
-fn offset_key(queue: &AssignedQueue) -> (String, String, u32) {
+fn offset_key(queue: &AssignedQueue) -> QueueKey {
     (queue.group.clone(), queue.topic.clone(), queue.queue_id)
 }
 

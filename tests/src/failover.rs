@@ -234,6 +234,18 @@ impl Sender {
         controllers: &str,
         config: ProducerConfig,
     ) -> Sender {
+        Sender::start_keyed(rt, controllers, config, "order-")
+    }
+
+    /// A sender whose keys start with `key_prefix` instead of `order-`: several senders at once
+    /// need keys of their own ([`check_history`] reads only `order-` keys).
+    pub fn start_keyed(
+        rt: &tokio::runtime::Runtime,
+        controllers: &str,
+        config: ProducerConfig,
+        key_prefix: &str,
+    ) -> Sender {
+        let key_prefix = key_prefix.to_owned();
         let producer = rt
             .block_on(Producer::connect_controller(controllers, config))
             .expect("producer");
@@ -244,7 +256,7 @@ impl Sender {
             async move {
                 let mut n = 0u64;
                 while !stop.load(Ordering::Acquire) {
-                    let sent = send_one(&producer, format!("order-{n}")).await;
+                    let sent = send_one(&producer, format!("{key_prefix}{n}")).await;
                     n += 1;
                     log.lock().unwrap().push(sent);
                 }
