@@ -716,7 +716,11 @@ impl ElectionLoop {
                         max_offset = election.max_offset,
                         in_sync_set = ?election.in_sync_set,
                         unclean = election.unclean,
-                        possibly_lost_bytes = election.possibly_lost_bytes,
+                        // Only an unclean election can lose what was acknowledged; for a clean
+                        // one the difference of two reported log ends (one of them maybe stale)
+                        // is what was never acknowledged.
+                        possibly_lost_bytes =
+                            if election.unclean { election.possibly_lost_bytes } else { 0 },
                         "master elected"
                     );
                     super::metrics::count_election(name, election.kind());

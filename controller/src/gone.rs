@@ -13,8 +13,10 @@
 //!
 //! **The rule** ([`gone_master_candidates`]): the controller elects without waiting when
 //! - the group's master registered `replication_mode = SYNC`;
-//! - at least one member of the in-sync set other than the master is alive (heard within the
-//!   lease wait, from its registered process);
+//! - the in-sync set holds at least one member besides the master, and every such member is
+//!   alive (heard within the lease wait, from its registered process): a member not heard from
+//!   may be slow to start or cut off, and electing without it would shrink the set, so the
+//!   lease rules then;
 //! - every such member's latest heartbeat says the master (same id, same master epoch) is gone;
 //! - and each of those heartbeats arrived after the master's own last heartbeat (a master heard
 //!   after the evidence is not gone).
@@ -93,12 +95,12 @@ pub fn gone_master_candidates(
         .iter()
         .copied()
         .filter(|id| *id != master)
-        .filter(|id| is_candidate_alive(group, seen, *id, now, timing))
         .collect();
     let all_say_gone = members.iter().all(|id| {
-        seen.get(id).is_some_and(|s| {
-            s.master_gone == Some(gone) && master_heard_at.is_none_or(|heard| s.at > heard)
-        })
+        is_candidate_alive(group, seen, *id, now, timing)
+            && seen.get(id).is_some_and(|s| {
+                s.master_gone == Some(gone) && master_heard_at.is_none_or(|heard| s.at > heard)
+            })
     });
     (!members.is_empty() && all_say_gone).then_some(members)
 }
@@ -253,19 +255,24 @@ mod tests {
     }
 
     #[test]
-    fn silent_members_do_not_count_and_no_member_is_no_evidence() {
+    fn a_silent_member_or_a_set_of_the_master_alone_is_no_evidence() {
         let t0 = Instant::now();
         let g = group(ReplicationMode::Sync);
-        // Broker 2 was last heard long ago: only broker 1 is a candidate, and it says gone.
+        // Broker 2 was last heard long ago (it may be starting, or cut off): the lease rules,
+        // so that the election does not shrink the set without need.
         let long_ago = t0;
         let now = t0 + Duration::from_secs(5);
         let seen = BTreeMap::from([
             heard(0, now - 10 * MS, None),
             heard(1, now - MS, GONE),
-            heard(2, long_ago, None),
+            heard(2, long_ago, GONE),
         ]);
+        assert_eq!(gone_master_candidates(&g, &seen, now, &timing()), None);
+        // Out of the set, it does not count.
+        let mut without_2 = g.clone();
+        without_2.in_sync_set = BTreeSet::from([0, 1]);
         assert_eq!(
-            gone_master_candidates(&g, &seen, now, &timing()),
+            gone_master_candidates(&without_2, &seen, now, &timing()),
             Some(vec![1])
         );
         // A set of the master alone has nobody to give evidence.

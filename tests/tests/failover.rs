@@ -10,7 +10,9 @@
 //! - up to the confirm offset, every broker's log is byte-identical to the final master's (one
 //!   master per epoch: two masters of one epoch would have written different bytes);
 //! - a master stopped past its lease and then resumed acknowledges nothing: every send that
-//!   reaches it after its successor was elected is answered with an error.
+//!   reaches it after its successor was elected is answered with an error;
+//! - a killed master is replaced on the evidence that its process is gone (its slaves find its
+//!   host refusing connections), a paused one only once its lease has run out.
 //!
 //! Failover time (kill -9 of the master to the first `SEND_OK` of a send started after the kill)
 //! is printed per drill; `FAILOVER_DRILLS` sets how many kill drills run (default 5).
@@ -86,6 +88,16 @@ fn killing_the_master_again_and_again_loses_no_acknowledged_message() {
         times.last()
     );
     check_history(dir.path(), &controllers, &brokers, &history);
+    // A killed master's host refuses connections at once: every failover went by that evidence,
+    // not by the lease (controller/src/gone.rs).
+    let by_evidence = log_mentions(
+        &dir.path().join("controller-1.log"),
+        "reason=\"master process gone\"",
+    );
+    assert_eq!(
+        by_evidence, drills,
+        "{by_evidence} of {drills} failovers elected on the evidence that the master is gone"
+    );
 }
 
 #[test]
@@ -155,6 +167,10 @@ fn a_stopped_master_that_wakes_after_its_successor_acknowledges_nothing() {
     wait_for_full_set(&controllers, Duration::from_secs(30));
     let history = sender.finish(&rt);
     check_history(dir.path(), &controllers, &brokers, &history);
+    // A paused master's host still accepts connections: no evidence, the lease ruled.
+    let controller_log = dir.path().join("controller-1.log");
+    assert_eq!(log_mentions(&controller_log, "master process gone"), 0);
+    assert_eq!(log_mentions(&controller_log, "reason=\"master lost\""), 1);
 }
 
 #[test]
