@@ -398,11 +398,22 @@ cmd_up() {
   echo "cluster up: $topology in $DIR; CONTROLLER_ADDR=$CONTROLLER_ADDR ROCKETMQ_ENDPOINT=$ROCKETMQ_ENDPOINT (also in $DIR/cluster.env)"
 }
 
+# The brokers that are masters now (GROUP-ID, one per line), as the controllers say; nothing when
+# they do not answer.
+masters_now() {
+  cli cluster list 2>/dev/null | awk 'NR > 1 && $6 == "MASTER" { print $2 "-" $4 }' || true
+}
+
 cmd_down() {
   load_env
-  local node clean=0
-  # Brokers first: they stop cleanly while the controllers still answer.
-  for node in $(nodes | grep -v '^controller-') $(nodes | grep '^controller-'); do
+  local node clean=0 masters
+  # Brokers first: they stop cleanly while the controllers still answer. Slaves before masters:
+  # a stopping slave leaves its in-sync set at once, so a master stopped after it has nobody to
+  # hand over to and stops at once, instead of handing mastership to a slave about to stop.
+  masters=$(masters_now)
+  for node in $(nodes | grep -v '^controller-' | grep -vxF -e "$masters" || true) \
+    $(nodes | grep -v '^controller-' | grep -xF -e "$masters" || true) \
+    $(nodes | grep '^controller-'); do
     [[ $(state_of "$node") == down ]] && continue
     if signal_node "$node" TERM; then
       echo "cluster.sh: stopped $node" >&2
