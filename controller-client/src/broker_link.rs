@@ -108,9 +108,8 @@ pub trait BrokerMetadata: Send + Sync + 'static {
         false
     }
     /// From a slave: the master it found gone (its log stream ended and its host refuses
-    /// connections to it). While this holds, the link heartbeats every
-    /// [`GONE_HEARTBEAT_INTERVAL`], so that the controller hears it at once and this broker
-    /// hears of the election that follows. Must not block.
+    /// connections to it). While this holds (for up to 3 s), the link heartbeats every
+    /// [`GONE_HEARTBEAT_INTERVAL`], so that the controller hears it at once. Must not block.
     fn master_gone(&self) -> Option<pb::MasterGone> {
         None
     }
@@ -190,8 +189,7 @@ pub enum ProposeError {
 }
 
 /// How often a slave that found its master gone heartbeats until the group's view names another
-/// master: the controller may elect as soon as every in-sync slave said so, and the winner
-/// learns it is master from a heartbeat answer.
+/// master: the controller may elect as soon as every in-sync slave said so.
 pub const GONE_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(20);
 /// How long such a slave heartbeats that often: longer than the lease wait, after which the
 /// controller elects anyway if it can.
