@@ -49,6 +49,10 @@ pub struct BrokerSettings {
     /// The address clients and slaves reach this broker at, registered with the controller.
     /// Empty: the address it listens on (which must then not be 0.0.0.0).
     pub advertised_addr: String,
+    /// The local IP address this broker's outgoing connections (to the controllers, to its
+    /// master, to another broker for RocketMQ 5 calls) come from. Empty: the operating system
+    /// picks. For hosts with several addresses, where peers and firewalls know the broker by one.
+    pub source_ip: String,
     /// `CONTROLLED` (the controller assigns the role and fails the master over), or a static
     /// role as in RocketMQ 4 (`ASYNC_MASTER`, `SYNC_MASTER`, `SLAVE`: no failover). Empty:
     /// `CONTROLLED` when `controller_addr` is set, `ASYNC_MASTER` otherwise.
@@ -230,6 +234,20 @@ impl BrokerSettings {
         exporter::parse_listen(&self.metrics_listen)
     }
 
+    /// `source_ip`, parsed; `None` when empty (the operating system picks).
+    pub fn source_ip(&self) -> Result<Option<std::net::IpAddr>, ConfigError> {
+        if self.source_ip.is_empty() {
+            return Ok(None);
+        }
+        self.source_ip
+            .parse()
+            .map(Some)
+            .map_err(|_| ConfigError::Rule {
+                field: "source_ip",
+                reason: "must be an IP address (such as 10.0.0.5), or empty",
+            })
+    }
+
     /// `min_in_sync_replicas` with 0 resolved by role: 2 for a synchronous master.
     pub fn min_in_sync_replicas(&self) -> u32 {
         match self.min_in_sync_replicas {
@@ -256,6 +274,7 @@ impl Default for BrokerSettings {
             max_reconsume_times: 16,
             controller_addr: String::new(),
             advertised_addr: String::new(),
+            source_ip: String::new(),
             broker_role: BrokerRoleSetting::Auto,
             replication_mode: ReplicationModeSetting::Async,
             election_priority: 100,
@@ -435,6 +454,7 @@ impl BrokerConfig {
 impl BrokerConfig {
     fn validate_replication(&self) -> Result<(), ConfigError> {
         let b = &self.broker;
+        b.source_ip()?;
         let replicates = b.is_slave() || b.min_in_sync_replicas() > 1;
         if replicates && b.controller_addr.is_empty() {
             return Err(ConfigError::Rule {

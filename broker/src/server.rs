@@ -119,12 +119,23 @@ pub struct Broker {
     tasks: Vec<JoinHandle<()>>,
 }
 
+/// Makes this process's outgoing connections come from `source_ip`, when set. Validated with the
+/// configuration, so a bad address never gets here.
+fn dial_from_source_ip(settings: &crate::config::BrokerSettings) {
+    if let Ok(Some(ip)) = settings.source_ip() {
+        if let Err(set) = proto::dial::set_source_ip(ip) {
+            tracing::warn!(%ip, %set, "outgoing connections already come from another address in this process");
+        }
+    }
+}
+
 impl Broker {
     /// Starts a broker with `config` (validated by the caller: `BrokerConfig::validate`). A
     /// broker restarted after its disk filled waits here until space returns
     /// (`crate::fault`).
     pub async fn start(config: BrokerConfig) -> Result<Broker, StartError> {
         let settings = &config.broker;
+        dial_from_source_ip(settings);
         // The recorder goes in before the store opens, so that the flusher's first fsyncs count.
         let exporter = match settings.metrics_listen()? {
             Some(addr) => {

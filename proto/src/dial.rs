@@ -5,9 +5,40 @@
 //! Each caller still chooses its own timeouts, because they mean different things: a Raft
 //! message, a broker's heartbeat and an operator's election wait for different lengths of time.
 
+use std::net::IpAddr;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use tonic::transport::Endpoint;
+
+/// The local address every outgoing connection of this process comes from, once set (a broker's
+/// `source_ip`): on a host with several addresses, the one its peers and their firewalls know it
+/// by. Unset: the operating system picks one per connection.
+static SOURCE_IP: OnceLock<IpAddr> = OnceLock::new();
+
+/// Makes every later outgoing connection of this process come from `ip`. Once per process:
+/// setting another address afterwards is refused with the one set.
+pub fn set_source_ip(ip: IpAddr) -> Result<(), IpAddr> {
+    let set = *SOURCE_IP.get_or_init(|| ip);
+    if set == ip {
+        Ok(())
+    } else {
+        Err(set)
+    }
+}
+
+/// The address set by [`set_source_ip`], if any: for connections made without [`endpoint`].
+pub fn source_ip() -> Option<IpAddr> {
+    SOURCE_IP.get().copied()
+}
+
+/// How often a connection with requests in flight is pinged (HTTP/2 PING), and how long an
+/// answer may take before the connection counts as dead and the channel dials again. Without
+/// it, a connection whose packets were dropped for a while (a cut link, since healed) stalls
+/// every request on it until TCP's retransmission, whose backoff grows to minutes, gets
+/// through; with it, a new connection is made within a few seconds.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// An address that cannot be dialled, or an empty address list.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -37,7 +68,8 @@ pub fn address_list(list: &str) -> Result<Vec<String>, AddressError> {
 }
 
 /// An endpoint for `addr` (`host:port`, plaintext HTTP/2) that gives up connecting after
-/// `connect_timeout`, with TCP_NODELAY. Connecting is left to the caller (`connect_lazy` for a
+/// `connect_timeout`, with TCP_NODELAY and keep-alive pings, from the process's source address
+/// if one is set. Connecting is left to the caller (`connect_lazy` for a
 /// channel that dials on first use, `connect` to know now).
 pub fn endpoint(addr: &str, connect_timeout: Duration) -> Result<Endpoint, AddressError> {
     let not_dialable = || AddressError::NotDialable {
@@ -50,7 +82,10 @@ pub fn endpoint(addr: &str, connect_timeout: Duration) -> Result<Endpoint, Addre
     Ok(Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|_| not_dialable())?
         .connect_timeout(connect_timeout)
-        .tcp_nodelay(true))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .local_address(source_ip()))
 }
 
 #[cfg(test)]

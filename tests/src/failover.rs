@@ -214,6 +214,38 @@ pub fn start_group(
     (quorum, controllers, brokers)
 }
 
+/// [`start_group`] with the controller listening on `controller_ip` and broker `id` on
+/// [`broker_ip`]`(id)`, each broker also dialling out from its address (`source_ip`): a
+/// firewall can then cut the link between two of them alone.
+pub fn start_group_on(
+    dir: &Path,
+    controller_ip: &str,
+    extra_args: &[&str],
+) -> (ControllerQuorum, String, Vec<BrokerProcess>) {
+    let quorum = ControllerQuorum::start_on(dir, controller_ip, 1, &[]);
+    let controllers = quorum.addrs();
+    let brokers = (0..BROKERS)
+        .map(|id| broker_on(dir, id, &controllers, extra_args))
+        .collect();
+    create_topic(&controllers);
+    (quorum, controllers, brokers)
+}
+
+/// The loopback address broker `id` of [`start_group_on`] has to itself.
+pub fn broker_ip(id: u64) -> String {
+    format!("127.0.0.{}", 10 + id)
+}
+
+/// [`broker_with`] on [`broker_ip`]`(id)`: listening there, and dialling out from there.
+pub fn broker_on(dir: &Path, id: u64, controllers: &str, extra_args: &[&str]) -> BrokerProcess {
+    let ip = broker_ip(id);
+    let listen = format!("{ip}:0");
+    let source = format!("source_ip={ip:?}");
+    let mut args = vec!["--listen", &listen, "--set", &source];
+    args.extend_from_slice(extra_args);
+    broker_with(dir, id, controllers, &args)
+}
+
 /// A routed producer sending one message at a time until stopped, recording every outcome.
 pub struct Sender {
     pub log: Arc<Mutex<Vec<Sent>>>,

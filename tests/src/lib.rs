@@ -164,7 +164,8 @@ pub struct BrokerProcess {
 }
 
 impl BrokerProcess {
-    /// Starts a broker with its store in `store`, plus `extra_args`.
+    /// Starts a broker with its store in `store`, plus `extra_args` (which may name another
+    /// `--listen` than 127.0.0.1 with an ephemeral port).
     pub fn start(store: &Path, extra_args: &[&str]) -> BrokerProcess {
         // The log goes next to the store (`<store>.log`), for reading after a failed test; for
         // a store that is a temporary directory itself, inside it (`broker.log`), so that it
@@ -182,8 +183,14 @@ impl BrokerProcess {
                     .open(&log_path)
             })
             .map_or_else(|_| Stdio::null(), Stdio::from);
+        let listen: &[&str] = if extra_args.contains(&"--listen") {
+            &[]
+        } else {
+            &["--listen", "127.0.0.1:0"]
+        };
         let mut child = Command::new(workspace_binary("broker", "broker"))
-            .args(["--listen", "127.0.0.1:0", "--store-path"])
+            .args(listen)
+            .arg("--store-path")
             .arg(store)
             .args(extra_args)
             .stdout(Stdio::piped())
@@ -250,7 +257,12 @@ impl Drop for BrokerProcess {
 /// they start (controllers list their peers). Another process could take it in between; the
 /// window is a few milliseconds.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
+    free_port_on("127.0.0.1")
+}
+
+/// A free TCP port on `ip`, as [`free_port`].
+pub fn free_port_on(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
         .and_then(|l| l.local_addr())
         .expect("bind an ephemeral port")
         .port()
@@ -338,8 +350,14 @@ impl ControllerQuorum {
     /// Starts `count` controllers (ids 1..=count) that initialise one quorum; `extra_args` go
     /// to each (e.g. `--set snapshot_logs_since_last=50`).
     pub fn start(dir: &Path, count: u64, extra_args: &[&str]) -> ControllerQuorum {
+        Self::start_on(dir, "127.0.0.1", count, extra_args)
+    }
+
+    /// [`Self::start`] with every controller listening on `ip` (a loopback address of its own,
+    /// for a test that cuts links with a firewall).
+    pub fn start_on(dir: &Path, ip: &str, count: u64, extra_args: &[&str]) -> ControllerQuorum {
         let addrs: Vec<(u64, String)> = (1..=count)
-            .map(|id| (id, format!("127.0.0.1:{}", free_port())))
+            .map(|id| (id, format!("{ip}:{}", free_port_on(ip))))
             .collect();
         let peers = addrs
             .iter()

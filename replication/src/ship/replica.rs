@@ -232,7 +232,21 @@ pub async fn run<L: ShippedLog>(
 /// an accepted connection (closed at once) is not a refusal: a paused process's socket still
 /// accepts, and a cut link does not answer.
 async fn host_refuses(addr: &str) -> bool {
-    let connect = tokio::net::TcpStream::connect(addr);
+    // From the broker's source address, as the log stream came, so that both take one path.
+    let connect = async {
+        let target = tokio::net::lookup_host(addr)
+            .await?
+            .next()
+            .ok_or_else(|| std::io::Error::other("the address resolves to nothing"))?;
+        let socket = match target {
+            std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        if let Some(ip) = proto::dial::source_ip() {
+            socket.bind(std::net::SocketAddr::new(ip, 0))?;
+        }
+        socket.connect(target).await
+    };
     match tokio::time::timeout(GONE_PROBE_TIMEOUT, connect).await {
         Ok(Err(err)) => err.kind() == std::io::ErrorKind::ConnectionRefused,
         Ok(Ok(_)) | Err(_) => false,
