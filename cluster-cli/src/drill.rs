@@ -586,14 +586,15 @@ async fn drain(
 fn describe(round: &Round) -> String {
     let ms = |v: Option<u64>| v.map_or("-".into(), |v| format!("{v} ms"));
     let mut text = format!(
-        "{} master {} (epoch {}) killed; elected {} (epoch {}) after {}; first SEND_OK after {}; \
-         rejoined {} after restart",
+        "{} master {} (epoch {}) killed; elected {} (epoch {}): decision after {}, serving after \
+         {}, first SEND_OK after {}; rejoined {} after restart",
         round.group,
         round.killed,
         round.old_epoch,
         round.elected.map_or("-".into(), |v| v.to_string()),
         round.new_epoch.map_or("-".into(), |v| v.to_string()),
-        ms(round.elected_ms),
+        ms(round.decision_ms),
+        ms(round.serving_ms),
         ms(round.failover_ms),
         ms(round.rejoined_ms),
     );
