@@ -9,9 +9,10 @@
 # pwrite and made durable with fdatasync, one at a time, to a preallocated file in BENCH_DIR
 # (the commit log's shape); its p50 and p99. (2) A fresh 2m-2s-sync cluster from
 # scripts/cluster.sh, a topic of 8 queues per group, and `cluster-cli bench produce` (1 KiB
-# bodies) at 1, 8 and 64 messages in flight: p50, p99, msgs/s, and the brokers' CPU per message
+# bodies) at 1, 8 and 64 messages in flight: p50, p99, msgs/s, the brokers' CPU per message
 # (utime + stime of the four broker processes from /proc/PID/stat, before and after the run,
-# over the messages sent). Each in-flight level runs ROUNDS times (default 3), the levels
+# over the messages sent) and their context switches per message (every thread's voluntary and
+# involuntary switches from /proc/PID/task/*/status: the wake-ups). Each in-flight level runs ROUNDS times (default 3), the levels
 # interleaved; one JSON line per run, then a summary per level (the median run by p50) with
 # p50 and p99 as ratios of the raw fdatasync p50 and p99.
 # Stops the cluster and removes BENCH_DIR on exit.
@@ -84,6 +85,17 @@ broker_ticks() {
 }
 TICKS_PER_S=$(getconf CLK_TCK)
 
+# Context switches (voluntary and not) of every thread of every broker: the wake-ups.
+broker_switches() {
+  local total=0 pid count
+  for pidfile in "$BENCH_DIR"/broker-*.pid; do
+    pid=$(cat "$pidfile")
+    count=$(cat /proc/"$pid"/task/*/status 2>/dev/null | awk '/ctxt_switches/ { s += $2 } END { print s + 0 }')
+    total=$((total + count))
+  done
+  echo "$total"
+}
+
 # Warms the connections and the page cache; not counted.
 "$CLI" --controller "$CONTROLLER_ADDR" --json bench produce --topic bench --count 2000 \
   --in-flight 8 --size 1024 >/dev/null 2>&1
@@ -92,18 +104,22 @@ for round in $(seq "$ROUNDS"); do
   for in_flight in 1 8 64; do
     count=${COUNTS[$in_flight]}
     before=$(broker_ticks)
+    switches_before=$(broker_switches)
     "$CLI" --controller "$CONTROLLER_ADDR" --json bench produce --topic bench --count "$count" \
       --in-flight "$in_flight" --size 1024 >"$BENCH_DIR/run.json" 2>/dev/null
     after=$(broker_ticks)
-    python3 - "$BENCH_DIR/run.json" "$round" "$((after - before))" "$TICKS_PER_S" <<'EOF' | tee -a "$RESULTS"
+    switches=$(($(broker_switches) - switches_before))
+    python3 - "$BENCH_DIR/run.json" "$round" "$((after - before))" "$TICKS_PER_S" "$switches" <<'EOF' | tee -a "$RESULTS"
 import json, sys
 run = json.load(open(sys.argv[1]))
 round_, ticks, per_s = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+switches = int(sys.argv[5])
 others = {k: v for k, v in run["statuses"].items() if k != "SEND_OK"}
 print(json.dumps({"round": round_, "in_flight": run["in_flight"], "count": run["count"],
                   "p50_us": run["latency_us"]["p50"], "p99_us": run["latency_us"]["p99"],
                   "msgs_per_s": run["msgs_per_s"],
                   "broker_cpu_us_per_msg": round(ticks * 1e6 / per_s / run["count"], 1),
+                  "broker_switches_per_msg": round(switches / run["count"], 1),
                   "not_send_ok": others}))
 EOF
   done
@@ -123,6 +139,8 @@ for in_flight in (1, 8, 64):
     print(json.dumps({"in_flight": in_flight, "p50_us": median["p50_us"],
                       "p99_us": median["p99_us"], "msgs_per_s": median["msgs_per_s"],
                       "broker_cpu_us_per_msg": median["broker_cpu_us_per_msg"],
+                      "broker_switches_per_msg": median["broker_switches_per_msg"],
+                      "runs_cpu_us_per_msg": [r["broker_cpu_us_per_msg"] for r in level],
                       "p50_over_raw_fsync_p50": round(median["p50_us"] / raw["p50_us"], 2),
                       "p99_over_raw_fsync_p99": round(median["p99_us"] / raw["p99_us"], 2),
                       "runs_p50_us": [r["p50_us"] for r in level],
