@@ -589,6 +589,29 @@ mod tests {
     }
 
     #[test]
+    fn runtime_worker_threads_is_bounded() {
+        let with = |value: usize| {
+            BrokerConfig::default()
+                .with_overrides(&[format!("runtime_worker_threads={value}")])
+                .unwrap()
+                .validate()
+        };
+        with(0).unwrap();
+        with(RUNTIME_WORKER_THREADS_MAX).unwrap();
+        let err = with(RUNTIME_WORKER_THREADS_MAX + 1).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::Rule {
+                    field: "runtime_worker_threads",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn metrics_listen_is_empty_or_an_address() {
         let with = |value: &str| {
             BrokerConfig::default()
