@@ -113,7 +113,16 @@ pub struct BrokerSettings {
     /// given in routes. Empty: the address it listens on (which must then not be 0.0.0.0 when
     /// `controller_addr` is set).
     pub v5_advertised_addr: String,
+    /// Threads of the broker's async runtime (network, replication, RPC handling); 0: one per
+    /// core. The store's disk work runs on its own threads whatever this says. Where several
+    /// brokers and controllers share a machine's cores, fewer workers each avoid the runtime's
+    /// workers waking one another for work one of them could do (docs/BENCHMARKS.md, "Idle
+    /// path").
+    pub runtime_worker_threads: usize,
 }
+
+/// Most runtime worker threads a configuration may ask for.
+pub const RUNTIME_WORKER_THREADS_MAX: usize = 256;
 
 /// The `broker_role` key as written. A value outside these is refused when the configuration is
 /// read, naming the allowed ones.
@@ -291,6 +300,7 @@ impl Default for BrokerSettings {
             metrics_listen: String::new(),
             v5_listen: String::new(),
             v5_advertised_addr: String::new(),
+            runtime_worker_threads: 0,
         }
     }
 }
@@ -428,6 +438,12 @@ impl BrokerConfig {
                     reason: "must be above 0",
                 });
             }
+        }
+        if self.broker.runtime_worker_threads > RUNTIME_WORKER_THREADS_MAX {
+            return Err(ConfigError::Rule {
+                field: "runtime_worker_threads",
+                reason: "at most 256 (0: one per core)",
+            });
         }
         self.validate_replication()?;
         self.broker.metrics_listen()?;
@@ -590,6 +606,29 @@ mod tests {
         assert!(BrokerConfig::default()
             .with_overrides(&["nope=1".into()])
             .is_err());
+    }
+
+    #[test]
+    fn runtime_worker_threads_is_bounded() {
+        let with = |value: usize| {
+            BrokerConfig::default()
+                .with_overrides(&[format!("runtime_worker_threads={value}")])
+                .unwrap()
+                .validate()
+        };
+        with(0).unwrap();
+        with(RUNTIME_WORKER_THREADS_MAX).unwrap();
+        let err = with(RUNTIME_WORKER_THREADS_MAX + 1).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::Rule {
+                    field: "runtime_worker_threads",
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]

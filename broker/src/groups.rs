@@ -134,8 +134,21 @@ impl ConsumerGroupState {
                     tracing::warn!(error = %err, "cannot read replicated consumer offsets");
                 }
             }
-            if readable.changed().await.is_err() {
-                return;
+            // The readable offset moves with every message replicated; offset records are few.
+            // Read only once the offset topic's queue holds a record not read yet (a cheap
+            // in-memory check), or after a truncation.
+            loop {
+                if readable.changed().await.is_err() {
+                    return;
+                }
+                let next = self.next_record.load(std::sync::atomic::Ordering::Acquire);
+                let recorded = self
+                    .store
+                    .queue_offsets(OFFSET_TOPIC, 0)
+                    .is_some_and(|(_, max)| max > next);
+                if recorded || generation != Some(self.store.truncation_generation()) {
+                    break;
+                }
             }
         }
     }

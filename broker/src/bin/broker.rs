@@ -55,7 +55,11 @@ fn main() -> Result<()> {
         broker::store::failpoint::arm(point)?;
     }
     let config = load_config(&cli)?;
-    tokio::runtime::Builder::new_multi_thread()
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if config.broker.runtime_worker_threads > 0 {
+        runtime.worker_threads(config.broker.runtime_worker_threads);
+    }
+    runtime
         .enable_all()
         .build()
         .context("start the runtime")?

@@ -239,4 +239,16 @@ impl Store {
             .read_raw(commit_log_offset, max_bytes)
             .inspect_err(|err| self.note_corruption(err))
     }
+
+    /// Whether the log from `commit_log_offset` on is still in the page cache as far as the
+    /// store knows: at or above where `page_cache` last handed pages back to the kernel. A hint
+    /// for the shipper, which then reads the tail it ships on its own task instead of through
+    /// a blocking thread; the kernel may still have evicted clean pages.
+    pub fn tail_in_memory(&self, commit_log_offset: u64) -> bool {
+        commit_log_offset
+            >= self
+                .shared
+                .page_cache_released_offset
+                .load(std::sync::atomic::Ordering::Acquire)
+    }
 }

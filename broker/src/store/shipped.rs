@@ -80,6 +80,14 @@ impl ShippedLog for Store {
         self.set_confirm_offset(offset)
     }
 
+    fn in_memory(&self, offset: u64) -> bool {
+        self.tail_in_memory(offset)
+    }
+
+    fn flushes_every_write(&self) -> bool {
+        self.shared.flush_disk_type() == super::FlushDiskType::SyncFlush
+    }
+
     fn has_fault(&self) -> bool {
         !self.health().borrow().is_sound()
     }

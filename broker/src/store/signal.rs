@@ -6,7 +6,8 @@
 //! lost.
 //!
 //! PERF: the writer notifies after every group commit. [`Signal::notify`] skips the condition
-//! variable (a futex system call) when no thread is parked on it.
+//! variable (a futex system call) when no thread is parked on it, and notifies after releasing
+//! the mutex, so that the woken thread does not wait for it.
 
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -26,8 +27,13 @@ pub(crate) struct Signal {
 impl Signal {
     /// Wakes every waiter so that it re-checks its condition.
     pub fn notify(&self) {
-        let state = self.state.lock().expect("signal lock poisoned");
-        if state.parked > 0 {
+        // Taking the lock orders this call after any waiter's check of its condition: a waiter
+        // that saw the old atomics is parked (counted, and inside the condition variable) by the
+        // time the lock is free again. The notification goes after the lock is released: a
+        // waiter woken while the notifier still held it would block on the mutex at once and
+        // need a second wake-up (two more system calls and a context switch per group commit).
+        let parked = self.state.lock().expect("signal lock poisoned").parked;
+        if parked > 0 {
             self.condvar.notify_all();
         }
     }

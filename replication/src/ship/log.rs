@@ -94,6 +94,21 @@ pub trait ShippedLog: Send + Sync + 'static {
     /// Lets consumers read up to `offset` (never lowering what they may read already; never
     /// past what is locally durable). Answers the confirm offset now in force.
     fn allow_confirm_offset(&self, offset: u64) -> u64;
+    /// The bytes from `offset` to the write offset are in memory (just written, not yet handed
+    /// back to the kernel): [`ShippedLog::read_raw`] of them copies without waiting on the disk,
+    /// and the shipper may call it on its own task. A hint, not a promise (the kernel may still
+    /// evict clean pages under memory pressure); the default is false (always read in a
+    /// blocking context).
+    fn in_memory(&self, offset: u64) -> bool {
+        let _ = offset;
+        false
+    }
+    /// The log fsyncs every write on its own, promptly (`SYNC_FLUSH`): its flushed offset
+    /// follows its written offset within one fsync. A slave's log that does so acknowledges
+    /// the two together instead of one after the other; the default is false.
+    fn flushes_every_write(&self) -> bool {
+        false
+    }
     /// The log has a fault (a corrupt record, a failed write): a slave says so in its
     /// acknowledgements, and its master takes it out of the in-sync set. The default has none.
     fn has_fault(&self) -> bool {

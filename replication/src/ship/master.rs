@@ -29,6 +29,18 @@ use super::log::{epoch_span, with_implicit_epoch, ShippedLog};
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Messages queued towards one slave: HTTP/2 flow control does the rest.
 const OUTBOUND_QUEUE: usize = 4;
+/// Largest read the shipper makes on its own task when the log holds the bytes in memory
+/// ([`ShippedLog::in_memory`]): a copy of at most this much takes tens of microseconds, less
+/// than the two thread wake-ups a blocking-pool read costs (hand-off and answer). Larger reads,
+/// and reads of what may be on disk only (a slave catching up), go to the blocking pool.
+const INLINE_READ_BYTES_MAX: u64 = 256 << 10;
+/// How long a new confirm offset waits for a chunk to carry it before it goes alone. The
+/// confirm offset moves once per acknowledged append, just after the slave's acknowledgement;
+/// sent at once, it was one more message each way per append at light load (a keep-alive
+/// chunk, the slave's wake-up to read it). Under any steady traffic the next chunk leaves
+/// within this delay and carries it; readers on the slave see a message at most this much
+/// later. It bounds nothing durable: the confirm offset only limits what readers see.
+const CONFIRM_DELAY: Duration = Duration::from_millis(5);
 
 /// Settings of the master's side.
 #[derive(Clone, Debug)]
@@ -249,6 +261,8 @@ impl<L: ShippedLog> Session<L> {
         // heartbeat), and a timer restarted on each of them never fired, so an idle master's
         // slaves heard nothing and dropped their streams as silent.
         let mut last_sent = tokio::time::Instant::now();
+        // Since when a confirm offset newer than the last one sent waits for a chunk.
+        let mut confirm_waits_since: Option<tokio::time::Instant> = None;
         loop {
             progress.borrow_and_update();
             changes.borrow_and_update();
@@ -274,8 +288,14 @@ impl<L: ShippedLog> Session<L> {
                 let history = self.log.epoch_history();
                 let (epoch, epoch_end) = epoch_span(&history, next);
                 let want = (self.config.chunk_bytes as u64).min(epoch_end - next) as usize;
-                let log = self.log.clone();
-                let read = tokio::task::spawn_blocking(move || log.read_raw(next, want)).await;
+                let read = if (write_offset - next).min(want as u64) <= INLINE_READ_BYTES_MAX
+                    && self.log.in_memory(next)
+                {
+                    Ok(self.log.read_raw(next, want))
+                } else {
+                    let log = self.log.clone();
+                    tokio::task::spawn_blocking(move || log.read_raw(next, want)).await
+                };
                 let data = match read {
                     Ok(Ok(data)) => data,
                     Ok(Err(err)) => {
@@ -299,6 +319,7 @@ impl<L: ShippedLog> Session<L> {
                 }
                 let confirm_offset = self.log.confirm_offset();
                 sent_confirm = confirm_offset;
+                confirm_waits_since = None;
                 let chunk = pb::Chunk {
                     offset,
                     epoch,
@@ -313,21 +334,23 @@ impl<L: ShippedLog> Session<L> {
                 continue;
             }
             let confirm_offset = self.log.confirm_offset();
+            let mut due = last_sent + self.config.keepalive;
             if confirm_offset != sent_confirm {
-                sent_confirm = confirm_offset;
-                if !self.send(self.keepalive(next, confirm_offset)).await {
-                    return;
-                }
-                last_sent = tokio::time::Instant::now();
-                continue;
+                let since = *confirm_waits_since.get_or_insert_with(tokio::time::Instant::now);
+                due = due.min(since + CONFIRM_DELAY);
+            } else {
+                confirm_waits_since = None;
             }
             tokio::select! {
                 _ = progress.changed() => {}
                 _ = changes.changed() => {}
-                _ = tokio::time::sleep_until(last_sent + self.config.keepalive) => {
+                _ = tokio::time::sleep_until(due) => {
+                    let confirm_offset = self.log.confirm_offset();
                     if !self.send(self.keepalive(next, confirm_offset)).await {
                         return;
                     }
+                    sent_confirm = confirm_offset;
+                    confirm_waits_since = None;
                     last_sent = tokio::time::Instant::now();
                 }
             }

@@ -444,27 +444,59 @@ async fn acknowledge<L: ShippedLog>(
     status: &ReplicaStatus,
 ) {
     let mut progress = log.progress();
+    // A log that fsyncs every write (SYNC_FLUSH) moves its flushed offset within one fsync of
+    // its written offset: the acknowledgement waits for the flush and says both at once, rather
+    // than a written-only one first (which a SYNC_FLUSH master cannot count, and which cost a
+    // message each way per append at light load). Never longer than a keep-alive: a flush that
+    // hangs still leaves the master hearing of the written offset.
+    let hold_for_flush = log.flushes_every_write();
+    let mut last_sent = tokio::time::Instant::now();
+    let mut first = true;
+    let mut said_leaving = false;
     loop {
         let now = *progress.borrow_and_update();
+        let leaving = status.is_leaving();
+        let hold = hold_for_flush
+            && !first
+            && now.flushed_offset < now.write_offset
+            && leaving == said_leaving
+            && !log.has_fault()
+            && last_sent.elapsed() < keepalive;
+        if hold {
+            tokio::select! {
+                changed = progress.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+                () = tokio::time::sleep_until(last_sent + keepalive) => {}
+                () = status.leaving_said.notified() => {}
+                () = tx.closed() => return,
+            }
+            continue;
+        }
+        first = false;
+        said_leaving = leaving;
         let ack = pb::ReplicaMessage {
             body: Some(pb::replica_message::Body::Ack(pb::Ack {
                 master_epoch,
                 written_offset: now.write_offset,
                 flushed_offset: now.flushed_offset.min(now.write_offset),
                 store_fault: log.has_fault(),
-                leaving: status.is_leaving(),
+                leaving,
             })),
         };
         if tx.send(ack).await.is_err() {
             return;
         }
+        last_sent = tokio::time::Instant::now();
         tokio::select! {
             changed = progress.changed() => {
                 if changed.is_err() {
                     return;
                 }
             }
-            () = tokio::time::sleep(keepalive) => {}
+            () = tokio::time::sleep_until(last_sent + keepalive) => {}
             () = status.leaving_said.notified() => {}
             () = tx.closed() => return,
         }
