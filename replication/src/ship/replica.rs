@@ -144,6 +144,9 @@ impl ReplicaStatus {
 /// refusal comes back in one round trip; a master that does not answer within this is not
 /// known gone.
 const GONE_PROBE_TIMEOUT: Duration = Duration::from_millis(300);
+/// Connections tried before an accepting master counts as alive, and the pause between them.
+const GONE_PROBES: u32 = 20;
+const GONE_PROBE_PAUSE: Duration = Duration::from_millis(10);
 
 /// Why a session ended.
 #[derive(Debug, thiserror::Error)]
@@ -230,27 +233,40 @@ pub async fn run<L: ShippedLog>(
 /// Whether the host of `addr` refuses a TCP connection to it now: nothing listens on the port,
 /// so the process that served it is gone (or closed it). A timeout, an unreachable network, or
 /// an accepted connection (closed at once) is not a refusal: a paused process's socket still
-/// accepts, and a cut link does not answer.
+/// accepts, and a cut link does not answer. An accepted connection is tried again a few times
+/// [`GONE_PROBE_PAUSE`] apart: a killed process's kernel may close the stream before the
+/// listening socket, which then still accepts for a while (seen here: over 40 ms, as the
+/// process's memory is torn down first).
 async fn host_refuses(addr: &str) -> bool {
-    // From the broker's source address, as the log stream came, so that both take one path.
-    let connect = async {
-        let target = tokio::net::lookup_host(addr)
-            .await?
-            .next()
-            .ok_or_else(|| std::io::Error::other("the address resolves to nothing"))?;
-        let socket = match target {
-            std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-            std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-        };
-        if let Some(ip) = proto::dial::source_ip() {
-            socket.bind(std::net::SocketAddr::new(ip, 0))?;
+    for attempt in 0..GONE_PROBES {
+        if attempt > 0 {
+            tokio::time::sleep(GONE_PROBE_PAUSE).await;
         }
-        socket.connect(target).await
-    };
-    match tokio::time::timeout(GONE_PROBE_TIMEOUT, connect).await {
-        Ok(Err(err)) => err.kind() == std::io::ErrorKind::ConnectionRefused,
-        Ok(Ok(_)) | Err(_) => false,
+        match tokio::time::timeout(GONE_PROBE_TIMEOUT, connect_from_source(addr)).await {
+            Ok(Err(err)) => return err.kind() == std::io::ErrorKind::ConnectionRefused,
+            // No answer: cut off or overloaded, not gone.
+            Err(_) => return false,
+            Ok(Ok(_accepted)) => {}
+        }
     }
+    false
+}
+
+/// A TCP connection to `addr` from the broker's source address, as the log stream came, so
+/// that both take one path.
+async fn connect_from_source(addr: &str) -> std::io::Result<tokio::net::TcpStream> {
+    let target = tokio::net::lookup_host(addr)
+        .await?
+        .next()
+        .ok_or_else(|| std::io::Error::other("the address resolves to nothing"))?;
+    let socket = match target {
+        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    if let Some(ip) = proto::dial::source_ip() {
+        socket.bind(std::net::SocketAddr::new(ip, 0))?;
+    }
+    socket.connect(target).await
 }
 
 /// Completes once the master location is no longer `location`.
