@@ -25,22 +25,19 @@
 //! Their output goes to stderr, so that stdout carries only the result.
 
 use std::collections::{HashMap, HashSet};
-use std::os::fd::AsFd;
-use std::process::{ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
-use client::controller::{wire, ControllerConnection};
+use client::controller::ControllerConnection;
 use client::{
     ConsumeFrom, ConsumeResult, Message, Producer, ProducerConfig, PushConsumerConfig,
     ReceivedMessage, SendStatus,
 };
 use serde_json::json;
-
-use crate::admin::{readiness, ReadyArgs, HEARTBEAT_AGE_MAX_MS};
 
 #[derive(clap::Args, Debug)]
 pub struct DrillArgs {
@@ -130,8 +127,32 @@ struct Round {
     killed_at: Option<Instant>,
 }
 
+impl Round {
+    /// A round of `group` before anything happened.
+    fn new(group: &str) -> Round {
+        Round {
+            group: group.to_owned(),
+            killed: 0,
+            old_epoch: 0,
+            elected: None,
+            new_epoch: None,
+            kill_cmd_ms: None,
+            decision_ms: None,
+            serving_ms: None,
+            elected_ms: None,
+            failover_ms: None,
+            rejoined_ms: None,
+            redelivered: 0,
+            error: None,
+            killed_at: None,
+        }
+    }
+}
+
+mod cluster;
 mod phases;
 mod verdict;
+use cluster::{create_topic, group_detail, run_command, wait_ready};
 use phases::{RouteLog, ServingProbe};
 use verdict::{count_redeliveries, percentile, Report};
 
@@ -344,59 +365,6 @@ async fn send_one(
     }
 }
 
-/// Waits until every master is alive and every broker in sync; the list then.
-async fn wait_ready(
-    conn: &ControllerConnection,
-    within: Duration,
-) -> Result<wire::ClusterListResponse> {
-    let deadline = Instant::now() + within;
-    let ready = ReadyArgs {
-        groups: 1,
-        brokers: 0,
-        wait_s: 0,
-        heartbeat_age_max_ms: HEARTBEAT_AGE_MAX_MS,
-    };
-    loop {
-        let last = match readiness(conn, &ready).await {
-            Ok((list, problems)) => {
-                if problems.is_empty() {
-                    return Ok(list);
-                }
-                problems.join("; ")
-            }
-            Err(err) => err.to_string(),
-        };
-        if Instant::now() >= deadline {
-            bail!("{last}");
-        }
-        tokio::time::sleep(POLL * 10).await;
-    }
-}
-
-/// Creates the topic on every group; a quorum that just elected its leader may refuse for a
-/// moment, and creating it again with the same queues is a no-op.
-async fn create_topic(
-    conn: &ControllerConnection,
-    topic: &str,
-    queues: u32,
-    within: Duration,
-) -> Result<()> {
-    let deadline = Instant::now() + within;
-    loop {
-        match conn.create_topic(topic, queues, &[]).await {
-            Ok(answer) if answer.unsynced_groups.is_empty() => return Ok(()),
-            Ok(answer) if Instant::now() >= deadline => {
-                bail!(
-                    "topic {topic} not on the masters of {:?}",
-                    answer.unsynced_groups
-                )
-            }
-            Err(err) if Instant::now() >= deadline => return Err(err.into()),
-            _ => tokio::time::sleep(POLL * 10).await,
-        }
-    }
-}
-
 /// Kills `group`'s master, measures the failover, restarts the old master and waits for it to
 /// rejoin the in-sync set.
 async fn run_round(
@@ -407,22 +375,7 @@ async fn run_round(
     route_log: &RouteLog,
     step: Duration,
 ) -> Round {
-    let mut round = Round {
-        group: group.to_owned(),
-        killed: 0,
-        old_epoch: 0,
-        elected: None,
-        new_epoch: None,
-        kill_cmd_ms: None,
-        decision_ms: None,
-        serving_ms: None,
-        elected_ms: None,
-        failover_ms: None,
-        rejoined_ms: None,
-        redelivered: 0,
-        error: None,
-        killed_at: None,
-    };
+    let mut round = Round::new(group);
     if let Err(err) = round_steps(conn, args, &mut round, history, route_log, step).await {
         round.error = Some(format!("{err:#}"));
     }
@@ -512,40 +465,6 @@ async fn round_steps(
         .await
         .context("the old master did not rejoin")?;
     round.rejoined_ms = Some(restarted_at.elapsed().as_millis() as u64);
-    Ok(())
-}
-
-fn group_detail<'a>(
-    list: &'a wire::ClusterListResponse,
-    group: &str,
-) -> Result<&'a wire::GroupDetail> {
-    list.groups
-        .iter()
-        .find(|g| g.name == group)
-        .with_context(|| format!("broker group {group} is not registered"))
-}
-
-/// Runs a kill or start template for broker `id` of `group`, its output on stderr.
-async fn run_command(template: &str, group: &str, id: u64) -> Result<()> {
-    let command = template
-        .replace("{node}", &format!("{group}-{id}"))
-        .replace("{group}", group)
-        .replace("{id}", &id.to_string());
-    let stdout = std::io::stderr()
-        .as_fd()
-        .try_clone_to_owned()
-        .context("duplicate stderr")?;
-    let status = tokio::process::Command::new("sh")
-        .arg("-c")
-        .arg(&command)
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(stdout))
-        .status()
-        .await
-        .with_context(|| format!("run {command:?}"))?;
-    if !status.success() {
-        bail!("{command:?} failed: {status}");
-    }
     Ok(())
 }
 

@@ -178,20 +178,8 @@ mod tests {
         let t0 = Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
         let round = |killed: u64| Round {
-            group: "broker-a".into(),
-            killed: 0,
-            old_epoch: 1,
-            elected: None,
-            new_epoch: None,
-            kill_cmd_ms: None,
-            decision_ms: None,
-            serving_ms: None,
-            elected_ms: None,
-            failover_ms: None,
-            rejoined_ms: None,
-            redelivered: 0,
-            error: None,
             killed_at: Some(at(killed)),
+            ..Round::new("broker-a")
         };
         let mut rounds = vec![round(100), round(200)];
         let deliveries = vec![

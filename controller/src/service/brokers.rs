@@ -10,6 +10,26 @@ use crate::lease::lease_eligible_epoch;
 pub(super) type GroupViews = ReceiverStream<Result<pb::GroupView, Status>>;
 
 impl ControllerService {
+    /// NOT_FOUND unless broker `broker_id` of `group` is registered: it must register first.
+    fn require_registered(&self, group: &str, broker_id: u64) -> Result<(), Status> {
+        let known = self.state.read(|data| {
+            data.state
+                .groups
+                .get(group)
+                .is_some_and(|g| g.brokers.contains_key(&broker_id))
+        });
+        if known {
+            return Ok(());
+        }
+        Err(error(
+            ErrorCode::NotFound,
+            format!(
+                "broker {broker_id} of group {} is not registered; register first",
+                proto::Echo(group)
+            ),
+        ))
+    }
+
     /// Streams a broker's group view on the leader: now, then at each change, until the broker
     /// goes away or this node stops leading (the stream then ends with UNAVAILABLE, and the
     /// broker watches on the new leader).
@@ -18,33 +38,10 @@ impl ControllerService {
         request: Request<pb::WatchGroupRequest>,
     ) -> Result<Response<GroupViews>, Status> {
         if !self.is_leader() {
-            return Err(proto::ErrorStatus::new(
-                ErrorCode::ControllerNotAvailable,
-                format!(
-                    "controller {} is not the leader; watch the group on the leader",
-                    self.id
-                ),
-            )
-            .with_leader_addr(self.leader().map(|(_, addr)| addr))
-            .into_status());
+            return Err(self.not_leader("watch the group"));
         }
         let req = request.into_inner();
-        let known = self.state.read(|data| {
-            data.state
-                .groups
-                .get(&req.group)
-                .is_some_and(|g| g.brokers.contains_key(&req.broker_id))
-        });
-        if !known {
-            return Err(error(
-                ErrorCode::NotFound,
-                format!(
-                    "broker {} of group {} is not registered; register first",
-                    req.broker_id,
-                    proto::Echo(&req.group)
-                ),
-            ));
-        }
+        self.require_registered(&req.group, req.broker_id)?;
         let (tx, rx) = mpsc::channel(4);
         let mut state_changes = self.state.changes();
         let mut metrics = self.raft.metrics();
@@ -207,22 +204,7 @@ impl ControllerService {
         let received_at = Instant::now();
         write_at_leader!(self, request, broker_heartbeat);
         let req = request.into_inner();
-        let known = self.state.read(|data| {
-            data.state
-                .groups
-                .get(&req.group)
-                .is_some_and(|g| g.brokers.contains_key(&req.broker_id))
-        });
-        if !known {
-            return Err(error(
-                ErrorCode::NotFound,
-                format!(
-                    "broker {} of group {} is not registered; register first",
-                    req.broker_id,
-                    proto::Echo(&req.group)
-                ),
-            ));
-        }
+        self.require_registered(&req.group, req.broker_id)?;
         if req.stopping {
             // Its last word: not alive from now on. No lease, and nothing else it says counts.
             tracing::info!(group = %req.group, broker_id = req.broker_id, incarnation = req.incarnation, "broker stopping");

@@ -139,6 +139,20 @@ impl ControllerService {
         self.raft.metrics().borrow().state == ServerState::Leader
     }
 
+    /// The refusal of a call only the leader serves (the watches): CONTROLLER_NOT_AVAILABLE with
+    /// the leader's address, so that the caller goes there. `what` names the call.
+    fn not_leader(&self, what: &str) -> Status {
+        proto::ErrorStatus::new(
+            ErrorCode::ControllerNotAvailable,
+            format!(
+                "controller {} is not the leader; {what} on the leader",
+                self.id
+            ),
+        )
+        .with_leader_addr(self.leader().map(|(_, addr)| addr))
+        .into_status()
+    }
+
     fn peer(&self, addr: &str) -> Result<ControllerClient<SignedChannel>, Status> {
         let mut peers = self.peers.lock().expect("peer table lock poisoned");
         if let Some(client) = peers.get(addr) {

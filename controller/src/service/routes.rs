@@ -38,15 +38,7 @@ impl ControllerService {
         request: Request<pb::WatchRoutesRequest>,
     ) -> Result<Response<RouteUpdates>, Status> {
         if !self.is_leader() {
-            return Err(proto::ErrorStatus::new(
-                ErrorCode::ControllerNotAvailable,
-                format!(
-                    "controller {} is not the leader; watch routes on the leader",
-                    self.id
-                ),
-            )
-            .with_leader_addr(self.leader().map(|(_, addr)| addr))
-            .into_status());
+            return Err(self.not_leader("watch routes"));
         }
         let topics = request.into_inner().topics;
         let (tx, rx) = mpsc::channel(4);
