@@ -461,20 +461,25 @@ async fn acknowledge<L: ShippedLog>(
 ) {
     let mut progress = log.progress();
     // A log that fsyncs every write (SYNC_FLUSH) moves its flushed offset within one fsync of
-    // its written offset: the acknowledgement waits for the flush and says both at once, rather
-    // than a written-only one first (which a SYNC_FLUSH master cannot count, and which cost a
-    // message each way per append at light load). Never longer than a keep-alive: a flush that
-    // hangs still leaves the master hearing of the written offset.
+    // its written offset: a write alone is not acknowledged, only the flush that follows, which
+    // says both at once (a SYNC_FLUSH master cannot count a written-only acknowledgement, and it
+    // cost a message each way per append at light load). Every flush that moves the flushed
+    // offset is acknowledged at once, even while newer writes wait for the next one: under a
+    // steady stream the written offset is always ahead, and waiting for the two to meet would
+    // hold acknowledgements back until the keep-alive. Never longer than a keep-alive either: a
+    // flush that hangs still leaves the master hearing of the written offset.
     let hold_for_flush = log.flushes_every_write();
     let mut last_sent = tokio::time::Instant::now();
     let mut first = true;
     let mut said_leaving = false;
+    let mut said_flushed = 0;
     loop {
         let now = *progress.borrow_and_update();
         let leaving = status.is_leaving();
         let hold = hold_for_flush
             && !first
             && now.flushed_offset < now.write_offset
+            && now.flushed_offset <= said_flushed
             && leaving == said_leaving
             && !log.has_fault()
             && last_sent.elapsed() < keepalive;
@@ -493,6 +498,7 @@ async fn acknowledge<L: ShippedLog>(
         }
         first = false;
         said_leaving = leaving;
+        said_flushed = now.flushed_offset;
         let ack = pb::ReplicaMessage {
             body: Some(pb::replica_message::Body::Ack(pb::Ack {
                 master_epoch,
