@@ -65,11 +65,15 @@ struct Master {
 }
 
 async fn start_master(dir: &Path, sync_master: bool) -> Master {
+    start_master_with(dir, in_sync_config(sync_master)).await
+}
+
+async fn start_master_with(dir: &Path, in_sync: InSyncConfig) -> Master {
     let store = Arc::new(Store::open(config(dir, FlushDiskType::AsyncFlush)).unwrap());
     store.begin_epoch(1).await.unwrap();
     store.set_confirm_mode(ConfirmMode::External);
     let in_sync = Arc::new(InSync::new(
-        in_sync_config(sync_master),
+        in_sync,
         store.clone(),
         1,
         BTreeSet::from([0]),
@@ -115,13 +119,24 @@ struct Slave {
 }
 
 fn start_slave(dir: &Path, master: &Master, broker_id: u64) -> Slave {
-    let store = Arc::new(
-        Store::open_with_confirm_mode(
-            config(dir, FlushDiskType::AsyncFlush),
-            ConfirmMode::External,
-        )
-        .unwrap(),
-    );
+    start_slave_with(
+        dir,
+        master,
+        broker_id,
+        FlushDiskType::AsyncFlush,
+        Duration::from_millis(100),
+    )
+}
+
+fn start_slave_with(
+    dir: &Path,
+    master: &Master,
+    broker_id: u64,
+    flush: FlushDiskType,
+    keepalive: Duration,
+) -> Slave {
+    let store =
+        Arc::new(Store::open_with_confirm_mode(config(dir, flush), ConfirmMode::External).unwrap());
     store.set_replica_only(true);
     let location = watch::Sender::new(Some(MasterLocation {
         addr: master.addr.to_string(),
@@ -136,7 +151,7 @@ fn start_slave(dir: &Path, master: &Master, broker_id: u64) -> Slave {
             broker_id,
             addr: format!("127.0.0.1:{}", 20000 + broker_id),
             cluster_key: Some(key(SECRET)),
-            keepalive: Duration::from_millis(100),
+            keepalive,
             connect_timeout: Duration::from_secs(1),
         },
         location.subscribe(),
@@ -262,6 +277,62 @@ async fn sync_master_waits_for_the_set_and_times_out_without_it() {
         master.store.confirm_offset() < end,
         "nothing the set lacks is visible"
     );
+    master.server.abort();
+}
+
+/// Invariant: a `SYNC_FLUSH` slave under a steady stream acknowledges each flush as it lands,
+/// although its written offset is always ahead of its flushed one then: a `SYNC_MASTER` +
+/// `SYNC_FLUSH` wait takes about a flush, never the keep-alive (10 s here; `slave_timeout` is
+/// 0.5 s, so a held acknowledgement fails the wait).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_flush_slave_under_a_steady_stream_acknowledges_each_flush() {
+    let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let master = start_master_with(
+        dirs.0.path(),
+        InSyncConfig {
+            require_flushed: true,
+            ..in_sync_config(true)
+        },
+    )
+    .await;
+    master.in_sync.apply_view(&AcceptedSet {
+        master_epoch: 1,
+        set: BTreeSet::from([0, 1]),
+        set_epoch: 2,
+    });
+    let _slave = start_slave_with(
+        dirs.1.path(),
+        &master,
+        1,
+        FlushDiskType::SyncFlush,
+        Duration::from_secs(10),
+    );
+    let end = append(&master.store, 1).await;
+    assert_eq!(
+        master.in_sync.wait_replicated(end).await,
+        ReplicaWait::Replicated
+    );
+    // A steady stream of appends nobody waits for, and a waited one among them now and then.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stream = tokio::spawn({
+        let (store, stop) = (master.store.clone(), stop.clone());
+        async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                append(&store, 8).await;
+            }
+        }
+    });
+    for i in 0..30 {
+        let end = append(&master.store, 1).await;
+        assert_eq!(
+            master.in_sync.wait_replicated(end).await,
+            ReplicaWait::Replicated,
+            "wait {i} under a steady stream"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    stream.await.unwrap();
     master.server.abort();
 }
 
