@@ -65,33 +65,54 @@ pub fn dlq_topic(group: &str) -> String {
 }
 
 /// Parses delay levels such as "1s 5s 10s 2m 1h 250ms".
-pub fn parse_delay_levels(text: &str) -> Result<Vec<Duration>, String> {
-    let levels: Result<Vec<Duration>, String> = text
+pub fn parse_delay_levels(text: &str) -> Result<Vec<Duration>, DelayLevelsError> {
+    let levels = text
         .split_whitespace()
         .map(|word| {
+            let word_owned = || word.to_owned();
             let (number, unit) = word.split_at(
                 word.find(|c: char| !c.is_ascii_digit())
                     .unwrap_or(word.len()),
             );
             let value: u64 = number
                 .parse()
-                .map_err(|_| format!("{word:?} does not start with a number"))?;
-            let millis = match unit {
-                "ms" => value,
-                "s" => value * 1_000,
-                "m" => value * 60_000,
-                "h" => value * 3_600_000,
-                "d" => value * 86_400_000,
-                _ => return Err(format!("{word:?}: the unit must be ms, s, m, h or d")),
+                .map_err(|_| DelayLevelsError::NotANumber { word: word_owned() })?;
+            let unit_millis: u64 = match unit {
+                "ms" => 1,
+                "s" => 1_000,
+                "m" => 60_000,
+                "h" => 3_600_000,
+                "d" => 86_400_000,
+                _ => return Err(DelayLevelsError::BadUnit { word: word_owned() }),
             };
+            let millis = value
+                .checked_mul(unit_millis)
+                .ok_or_else(|| DelayLevelsError::TooLong { word: word_owned() })?;
             Ok(Duration::from_millis(millis))
         })
-        .collect();
-    let levels = levels?;
-    if levels.is_empty() || levels.len() > 64 {
-        return Err("between 1 and 64 levels".into());
+        .collect::<Result<Vec<Duration>, DelayLevelsError>>()?;
+    if levels.is_empty() || levels.len() > DELAY_LEVELS_MAX {
+        return Err(DelayLevelsError::Count {
+            count: levels.len(),
+        });
     }
     Ok(levels)
+}
+
+/// Most delay levels `message_delay_level` may name.
+pub const DELAY_LEVELS_MAX: usize = 64;
+
+/// Why `message_delay_level` could not be read.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DelayLevelsError {
+    #[error("{word:?} does not start with a number")]
+    NotANumber { word: String },
+    #[error("{word:?}: the unit must be ms, s, m, h or d")]
+    BadUnit { word: String },
+    #[error("{word:?} is longer than any delay can be")]
+    TooLong { word: String },
+    #[error("between 1 and {DELAY_LEVELS_MAX} levels, not {count}")]
+    Count { count: usize },
 }
 
 /// Send-back and the schedule.
@@ -525,7 +546,29 @@ mod tests {
             parse_delay_levels("250ms").unwrap(),
             vec![Duration::from_millis(250)]
         );
-        assert!(parse_delay_levels("5x").is_err());
-        assert!(parse_delay_levels("").is_err());
+        assert!(matches!(
+            parse_delay_levels("5x"),
+            Err(DelayLevelsError::BadUnit { .. })
+        ));
+        assert!(matches!(
+            parse_delay_levels("x5s"),
+            Err(DelayLevelsError::NotANumber { .. })
+        ));
+        assert_eq!(
+            parse_delay_levels(""),
+            Err(DelayLevelsError::Count { count: 0 })
+        );
+        assert!(matches!(
+            parse_delay_levels("99999999999999999999d"),
+            Err(DelayLevelsError::NotANumber { .. })
+        ));
+        assert!(matches!(
+            parse_delay_levels("999999999999999d"),
+            Err(DelayLevelsError::TooLong { .. })
+        ));
+        assert_eq!(
+            parse_delay_levels(&"1s ".repeat(65)),
+            Err(DelayLevelsError::Count { count: 65 })
+        );
     }
 }

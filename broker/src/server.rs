@@ -70,7 +70,7 @@ pub enum StartError {
         source: std::io::Error,
     },
     #[error("message_delay_level: {0}")]
-    DelayLevels(String),
+    DelayLevels(#[from] crate::retry::DelayLevelsError),
     #[error("cluster_secret: {0}")]
     Key(#[from] auth::KeyError),
     #[error("controller link: {0}")]
@@ -216,8 +216,7 @@ impl Broker {
             )
             .await?,
         );
-        let levels =
-            parse_delay_levels(&settings.message_delay_level).map_err(StartError::DelayLevels)?;
+        let levels = parse_delay_levels(&settings.message_delay_level)?;
         let retry = RetryState::new(
             store.clone(),
             topics.clone(),
