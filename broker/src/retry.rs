@@ -74,9 +74,14 @@ pub fn parse_delay_levels(text: &str) -> Result<Vec<Duration>, DelayLevelsError>
                 word.find(|c: char| !c.is_ascii_digit())
                     .unwrap_or(word.len()),
             );
-            let value: u64 = number
-                .parse()
-                .map_err(|_| DelayLevelsError::NotANumber { word: word_owned() })?;
+            // Only digits: an unreadable number is empty, or too large for any delay.
+            let value: u64 = number.parse().map_err(|_| {
+                if number.is_empty() {
+                    DelayLevelsError::NotANumber { word: word_owned() }
+                } else {
+                    DelayLevelsError::TooLong { word: word_owned() }
+                }
+            })?;
             let unit_millis: u64 = match unit {
                 "ms" => 1,
                 "s" => 1_000,
@@ -560,7 +565,7 @@ mod tests {
         );
         assert!(matches!(
             parse_delay_levels("99999999999999999999d"),
-            Err(DelayLevelsError::NotANumber { .. })
+            Err(DelayLevelsError::TooLong { .. })
         ));
         assert!(matches!(
             parse_delay_levels("999999999999999d"),
