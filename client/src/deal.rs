@@ -31,6 +31,13 @@ pub(crate) struct DealMemory {
 
 /// Heartbeat intervals a member stays in the deal after the last answer that listed it.
 const MEMBER_GRACE_ROUNDS: u32 = 3;
+/// The least time a member stays in the deal after the last answer that listed it, whatever
+/// the heartbeat interval: a failover now completes within tens of milliseconds, before every
+/// member's heartbeat round has reached the new master, and with a short interval (200 ms in
+/// `tests/tests/push_failover.rs`) three rounds were sometimes not enough for the last member
+/// to reach it (its queues then moved to another member and started again from the committed
+/// offset: 29-44 redeliveries).
+const MEMBER_GRACE_MIN: Duration = Duration::from_secs(3);
 
 impl DealMemory {
     /// This round's members: those listed now, and those listed within the grace.
@@ -43,7 +50,7 @@ impl DealMemory {
         for member in listed {
             self.members.insert(member, now);
         }
-        let grace = heartbeat_interval * MEMBER_GRACE_ROUNDS;
+        let grace = (heartbeat_interval * MEMBER_GRACE_ROUNDS).max(MEMBER_GRACE_MIN);
         self.members
             .retain(|_, seen| now.saturating_duration_since(*seen) <= grace);
         self.members.keys().cloned().collect()
@@ -93,6 +100,19 @@ mod tests {
             assert!(memory.members(names(&["a"]), now, interval).contains("b"));
         }
         now += interval;
+        assert_eq!(memory.members(names(&["a"]), now, interval), names(&["a"]));
+    }
+
+    #[test]
+    fn a_short_heartbeat_interval_keeps_a_member_for_the_least_grace() {
+        let mut memory = DealMemory::default();
+        let interval = Duration::from_millis(200);
+        let start = Instant::now();
+        memory.members(names(&["a", "b"]), start, interval);
+        // Three rounds of 200 ms have passed, the least grace has not.
+        let now = start + MEMBER_GRACE_MIN - interval;
+        assert!(memory.members(names(&["a"]), now, interval).contains("b"));
+        let now = start + MEMBER_GRACE_MIN + interval;
         assert_eq!(memory.members(names(&["a"]), now, interval), names(&["a"]));
     }
 }

@@ -206,6 +206,9 @@ struct Shared {
 /// Longest wait for one broker's heartbeat answer: a broker that does not answer in time is
 /// left out of this round's membership, not waited for.
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pause before a new master that does not hold a queue's last handled message yet is asked
+/// again (it is indexing or confirming its last records).
+const UNDECIDED_PAUSE: Duration = Duration::from_millis(20);
 
 impl PushConsumer {
     /// Joins the group on the broker at `addr` (no controller) and starts consuming.
@@ -603,8 +606,15 @@ async fn consume_queue(
                     tracing::warn!(group = %queue.group, topic, queue_id, addr, "the new master lacks what this queue handled; starting from its committed offset");
                     (offset, last, unverified) = (None, None, false);
                 }
-                // The probe waited a poll for it: ask again.
-                Ok(Verdict::Undecided) => continue,
+                // Not there yet (the probe waited a poll for it, or its queue ends before it):
+                // ask again shortly.
+                Ok(Verdict::Undecided) => {
+                    tokio::select! {
+                        () = tokio::time::sleep(UNDECIDED_PAUSE) => {}
+                        _ = stopped.changed() => {}
+                    }
+                    continue;
+                }
                 Err(err) => {
                     tracing::debug!(topic, queue_id, error = %err, "cannot check the new master; retrying");
                     serving.failed(&shared, &queue, &err).await;
