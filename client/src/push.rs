@@ -25,8 +25,8 @@
 //!   count), so they agree without a coordinator. A member that stops heartbeating is dropped by
 //!   the brokers, and its queues move a few heartbeats later (`deal.rs`: a broker that just
 //!   started answering for its group, a new master or a slave standing in, has not heard from
-//!   every member yet, so a member stays in the deal for three heartbeat intervals after the
-//!   last answer that listed it; otherwise each failover would move queues back and forth).
+//!   every member yet, so a member stays in the deal for three heartbeat intervals, and at least
+//!   3 s, after the last answer that listed it; otherwise each failover would move queues back and forth).
 //!   The queues of a group whose master cannot be reached, or that has no master named yet,
 //!   stay in the deal (so that nothing else moves), and so do retry queues its brokers could
 //!   not list this round; retry queues are read from the group's master too.
