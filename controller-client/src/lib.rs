@@ -10,7 +10,10 @@
 //! - [`broker_link`]: a broker's session with the quorum: registration, heartbeats that carry
 //!   its replication progress and bring back its group's view and lease, topics and
 //!   consumer-group settings synced on every new metadata revision, the stopping notice, and the
-//!   master's in-sync set proposals ([`broker_link::InSyncSetProposer`]).
+//!   group watch that pushes the group's view as it changes.
+//! - [`master_calls`]: a controlled master's own calls beside the link: in-sync set proposals
+//!   ([`master_calls::InSyncSetProposer`]) and the handover before it stops
+//!   ([`master_calls::Handover`]).
 //! - [`error`]: [`ControllerError`], a controller's refusal with its stable code, or why no
 //!   controller answered.
 //!
@@ -20,6 +23,7 @@
 pub mod admin;
 pub mod broker_link;
 pub mod error;
+pub mod master_calls;
 pub mod quorum;
 
 pub use error::ControllerError;

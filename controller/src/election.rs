@@ -34,10 +34,10 @@
 //! new in-sync set is the winner and the other alive members of the old set, never the old master
 //! (it rejoins by catching up, like any slave).
 //!
-//! Why one file of about 720 lines (and its tests): the safety argument above spans the pure
+//! Why one file of about 770 lines (and its tests): the safety argument above spans the pure
 //! decision and the loop that carries it out (the fence between deciding and writing, the
 //! compare-and-set), and reads best beside both. The checks that stand alone already live apart
-//! (`switchover.rs`, `lease.rs`, `admission.rs`).
+//! (`switchover.rs`, `lease.rs`, `admission.rs`, `gone.rs`).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};

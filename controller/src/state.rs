@@ -7,7 +7,7 @@
 //! A command that is refused (bad input, a conflict) changes nothing and answers a
 //! [`CommandError`]; it still takes its place in the log, so that refusing is deterministic too.
 //!
-//! Why one file of about 700 lines (and its tests): the state machine must be read as one
+//! Why one file of about 750 lines (and its tests): the state machine must be read as one
 //! deterministic whole. Every command and its `apply` arm are here, next to the state they
 //! change, so that a reviewer can see that no arm reads a clock, a random number or anything but
 //! the state and the command.

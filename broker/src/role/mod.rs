@@ -37,7 +37,7 @@
 //! takes the slave out of the in-sync set); once out of the set, the slave cuts the range and
 //! copies it again from its master ([`RoleCell::apply_view`]).
 //!
-//! Why one file of about 620 lines: every role change goes through [`RoleCell`] under one
+//! Why one file of about 645 lines: every role change goes through [`RoleCell`] under one
 //! transition lock (becoming master or slave, resigning, repairing, leaving), and its unit
 //! tests live with the pure decision in `crate::transition`.
 

@@ -42,34 +42,11 @@ impl ControllerService {
         }
         let req = request.into_inner();
         self.require_registered(&req.group, req.broker_id)?;
-        let (tx, rx) = mpsc::channel(4);
-        let mut state_changes = self.state.changes();
-        let mut metrics = self.raft.metrics();
         let state = self.state.clone();
-        tokio::spawn(async move {
-            let mut last = None;
-            loop {
-                if metrics.borrow_and_update().state != ServerState::Leader {
-                    let _ = tx
-                        .send(Err(unavailable("this controller is no longer the leader")))
-                        .await;
-                    return;
-                }
-                let view = state.read(|data| group_view(&data.state, &req.group));
-                if let Some(view) = view.filter(|view| last.as_ref() != Some(view)) {
-                    if tx.send(Ok(view.clone())).await.is_err() {
-                        return; // the broker went away
-                    }
-                    last = Some(view);
-                }
-                tokio::select! {
-                    changed = state_changes.changed() => if changed.is_err() { return },
-                    changed = metrics.changed() => if changed.is_err() { return },
-                    () = tx.closed() => return,
-                }
-            }
+        let views = self.watch_while_leader(None, move || {
+            state.read(|data| group_view(&data.state, &req.group))
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(views))
     }
 
     /// The heartbeat answer: the group view, and the lease that goes with it. A lease is granted

@@ -139,6 +139,53 @@ impl ControllerService {
         self.raft.metrics().borrow().state == ServerState::Leader
     }
 
+    /// Streams what `current` reads (nothing for a `None`), now and again whenever it differs
+    /// after a change of the replicated state, or of `also` (liveness, for routes), while this
+    /// node leads. Ends with UNAVAILABLE once it stops leading (the watcher then watches on the
+    /// new leader), or when the watcher goes away.
+    fn watch_while_leader<T>(
+        &self,
+        mut also: Option<tokio::sync::watch::Receiver<u64>>,
+        current: impl Fn() -> Option<T> + Send + 'static,
+    ) -> ReceiverStream<Result<T, Status>>
+    where
+        T: Clone + PartialEq + Send + 'static,
+    {
+        let (tx, rx) = mpsc::channel(4);
+        let mut state_changes = self.state.changes();
+        let mut metrics = self.raft.metrics();
+        tokio::spawn(async move {
+            let mut last: Option<T> = None;
+            loop {
+                if metrics.borrow_and_update().state != ServerState::Leader {
+                    let _ = tx
+                        .send(Err(unavailable("this controller is no longer the leader")))
+                        .await;
+                    return;
+                }
+                if let Some(now) = current().filter(|now| last.as_ref() != Some(now)) {
+                    if tx.send(Ok(now.clone())).await.is_err() {
+                        return; // the watcher went away
+                    }
+                    last = Some(now);
+                }
+                let also_changed = async {
+                    match also.as_mut() {
+                        Some(also) => also.changed().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    changed = state_changes.changed() => if changed.is_err() { return },
+                    changed = also_changed => if changed.is_err() { return },
+                    changed = metrics.changed() => if changed.is_err() { return },
+                    () = tx.closed() => return,
+                }
+            }
+        });
+        ReceiverStream::new(rx)
+    }
+
     /// The refusal of a call only the leader serves (the watches): CONTROLLER_NOT_AVAILABLE with
     /// the leader's address, so that the caller goes there. `what` names the call.
     fn not_leader(&self, what: &str) -> Status {

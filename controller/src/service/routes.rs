@@ -41,45 +41,18 @@ impl ControllerService {
             return Err(self.not_leader("watch routes"));
         }
         let topics = request.into_inner().topics;
-        let (tx, rx) = mpsc::channel(4);
-        let mut state_changes = self.state.changes();
-        let mut liveness_changes = self.liveness.changes();
-        let mut metrics = self.raft.metrics();
         let state = self.state.clone();
         let liveness = self.liveness.clone();
-        tokio::spawn(async move {
-            let mut last = None;
-            loop {
-                if metrics.borrow_and_update().state != ServerState::Leader {
-                    let _ = tx
-                        .send(Err(unavailable("this controller is no longer the leader")))
-                        .await;
-                    return;
-                }
-                let alive = |g: &str, id: u64| liveness.is_alive(g, id);
-                let routes: Vec<_> = state.read(|data| {
-                    topics
-                        .iter()
-                        .map(|t| topic_route(&data.state, t, &alive))
-                        .collect()
-                });
-                if last.as_ref() != Some(&routes) {
-                    let update = pb::RouteUpdate {
-                        routes: routes.clone(),
-                    };
-                    if tx.send(Ok(update)).await.is_err() {
-                        return; // the watcher went away
-                    }
-                    last = Some(routes);
-                }
-                tokio::select! {
-                    changed = state_changes.changed() => if changed.is_err() { return },
-                    changed = liveness_changes.changed() => if changed.is_err() { return },
-                    changed = metrics.changed() => if changed.is_err() { return },
-                    () = tx.closed() => return,
-                }
-            }
+        let updates = self.watch_while_leader(Some(self.liveness.changes()), move || {
+            let alive = |g: &str, id: u64| liveness.is_alive(g, id);
+            let routes = state.read(|data| {
+                topics
+                    .iter()
+                    .map(|t| topic_route(&data.state, t, &alive))
+                    .collect()
+            });
+            Some(pb::RouteUpdate { routes })
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(updates))
     }
 }

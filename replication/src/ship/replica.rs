@@ -483,35 +483,24 @@ async fn acknowledge<L: ShippedLog>(
             && leaving == said_leaving
             && !log.has_fault()
             && last_sent.elapsed() < keepalive;
-        if hold {
-            tokio::select! {
-                changed = progress.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                }
-                () = tokio::time::sleep_until(last_sent + keepalive) => {}
-                () = status.leaving_said.notified() => {}
-                () = tx.closed() => return,
+        if !hold {
+            first = false;
+            said_leaving = leaving;
+            said_flushed = now.flushed_offset;
+            let ack = pb::ReplicaMessage {
+                body: Some(pb::replica_message::Body::Ack(pb::Ack {
+                    master_epoch,
+                    written_offset: now.write_offset,
+                    flushed_offset: now.flushed_offset.min(now.write_offset),
+                    store_fault: log.has_fault(),
+                    leaving,
+                })),
+            };
+            if tx.send(ack).await.is_err() {
+                return;
             }
-            continue;
+            last_sent = tokio::time::Instant::now();
         }
-        first = false;
-        said_leaving = leaving;
-        said_flushed = now.flushed_offset;
-        let ack = pb::ReplicaMessage {
-            body: Some(pb::replica_message::Body::Ack(pb::Ack {
-                master_epoch,
-                written_offset: now.write_offset,
-                flushed_offset: now.flushed_offset.min(now.write_offset),
-                store_fault: log.has_fault(),
-                leaving,
-            })),
-        };
-        if tx.send(ack).await.is_err() {
-            return;
-        }
-        last_sent = tokio::time::Instant::now();
         tokio::select! {
             changed = progress.changed() => {
                 if changed.is_err() {
