@@ -3,7 +3,8 @@
 //! Wrap a channel once (`Signed::new(channel, key)`) and build any generated client on it; calls
 //! to paths [`member_only`] does not list go through untouched, so one channel serves both kinds.
 //! For a `Body` path the request body is read into memory (one unary message), signed, and sent
-//! as read.
+//! as read. With a user's credentials ([`Signed::with_user`]) every other call carries that
+//! user's signature.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -16,6 +17,7 @@ use tower_service::Service;
 
 use crate::key::{ClusterKey, SIGNATURE_METADATA_KEY};
 use crate::paths::{member_only, Coverage};
+use crate::user_sign::Credentials;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -50,6 +52,8 @@ impl<S> tower_layer::Layer<S> for SignLayer {
 pub struct Signed<S> {
     inner: S,
     key: Option<ClusterKey>,
+    /// Signs every call that is not member-only as this user ([`crate::user_sign`]).
+    user: Option<std::sync::Arc<Credentials>>,
 }
 
 impl<S> Signed<S> {
@@ -57,12 +61,23 @@ impl<S> Signed<S> {
         Signed {
             inner,
             key: Some(key),
+            user: None,
         }
     }
 
     /// Signs nothing: members refuse this channel's member-only calls.
     pub fn unsigned(inner: S) -> Signed<S> {
-        Signed { inner, key: None }
+        Signed {
+            inner,
+            key: None,
+            user: None,
+        }
+    }
+
+    /// Also signs every call that is not member-only with `credentials` (none: unchanged).
+    pub fn with_user(mut self, credentials: Option<Credentials>) -> Signed<S> {
+        self.user = credentials.map(std::sync::Arc::new);
+        self
     }
 }
 
@@ -88,8 +103,12 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        let (Some(key), Some(coverage)) = (&self.key, member_only(request.uri().path())) else {
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+        let coverage = member_only(request.uri().path());
+        if let (Some(user), None) = (&self.user, coverage) {
+            user.sign_now().apply(request.headers_mut());
+        }
+        let (Some(key), Some(coverage)) = (&self.key, coverage) else {
             let call = self.inner.call(request);
             return Box::pin(async move { call.await.map_err(Into::into) });
         };

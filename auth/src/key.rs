@@ -24,6 +24,9 @@ pub const SECRET_BYTES_MIN: usize = 16;
 /// format, another protocol) can be taken for a member's signature.
 const DOMAIN: &[u8] = b"broker-member-v1";
 const VERSION: &str = "v1";
+/// What the seal key is derived from (HMAC-SHA256 of the cluster secret over it): no member
+/// signature's input starts with it, so no signature ever equals the seal key.
+const SEAL_KEY_DOMAIN: &[u8] = b"broker-acl-seal-v1";
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -41,6 +44,9 @@ pub enum KeyError {
 pub struct ClusterKey {
     /// The keyed state before any input; each signature starts from a copy.
     mac: std::sync::Arc<HmacSha256>,
+    /// The key users' secrets are sealed with ([`crate::seal`]): derived, so that a sealed
+    /// secret and a member's signature never share a key.
+    seal_key: std::sync::Arc<[u8; 32]>,
 }
 
 impl std::fmt::Debug for ClusterKey {
@@ -57,12 +63,18 @@ impl ClusterKey {
         if secret.len() < SECRET_BYTES_MIN {
             return Err(KeyError::TooShort { len: secret.len() });
         }
+        let mac = HmacSha256::new_from_slice(secret.as_bytes())
+            .expect("HMAC accepts a key of any length");
+        let mut derive = mac.clone();
+        derive.update(SEAL_KEY_DOMAIN);
         Ok(ClusterKey {
-            mac: std::sync::Arc::new(
-                HmacSha256::new_from_slice(secret.as_bytes())
-                    .expect("HMAC accepts a key of any length"),
-            ),
+            mac: std::sync::Arc::new(mac),
+            seal_key: std::sync::Arc::new(derive.finalize().into_bytes().into()),
         })
+    }
+
+    pub(crate) fn seal_key(&self) -> &[u8; 32] {
+        &self.seal_key
     }
 
     /// The MAC state over everything but the body, which the caller feeds when it is covered.

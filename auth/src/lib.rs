@@ -1,5 +1,6 @@
-//! Who may call what. Today: cluster members (controllers and brokers) prove to each other that
-//! they hold the cluster secret before any internal RPC is served.
+//! Who may call what: cluster members (controllers and brokers) prove to each other that they
+//! hold the cluster secret before any internal RPC is served, and users (applications,
+//! operators) sign their requests with an access key whose permissions the ACL gives.
 //!
 //! Map, following one internal call:
 //! - [`key`]: the [`ClusterKey`] made from the configured `cluster_secret` (never logged, never
@@ -15,21 +16,47 @@
 //! - [`replay`]: the nonces seen within the clock-skew window, so that a captured request cannot
 //!   be sent again.
 //!
+//! Following one user's request:
+//! - [`user_sign`]: [`Credentials`] (an access key and its secret key, from a file or the
+//!   environment) and the signature RocketMQ 5's official clients send (`authorization`,
+//!   `x-mq-date-time`), made and checked;
+//! - [`client`] again: [`Signed::with_user`] signs every call a client makes with its
+//!   credentials;
+//! - [`user_guard`]: the tower layer in front of every node's gRPC server that establishes the
+//!   [`Caller`] (anonymous, or the user whose signature verified) and refuses a signature that
+//!   does not verify (40100);
+//! - [`gate`]: the ACL a node holds ([`Directory`]) and the check each service makes before it
+//!   touches a resource ([`Gate::check`]: 40100 for nobody, 40300 for someone without the
+//!   permission);
+//! - [`acl`]: the model: users, policies (actions on resource patterns, allow or deny) and the
+//!   decision; [`seal`]: users' secret keys sealed with a key derived from the cluster secret,
+//!   at rest and on the way to brokers.
+//!
 //! Why an HMAC and not the secret itself: the secret never crosses the wire, so someone who
 //! reads the traffic (replication ran in the clear before) learns no key. Without TLS (step 10)
 //! the traffic itself can still be read; the signature makes it impossible to forge or replay an
 //! internal call, which is what kept one unauthenticated Raft packet from poisoning the quorum.
 
+pub mod acl;
 pub mod client;
+pub mod gate;
 pub mod key;
 pub mod paths;
 pub mod replay;
+pub mod seal;
 pub mod server;
+pub mod user_guard;
+pub mod user_sign;
 
+pub use acl::{AclSnapshot, Action, Resource};
 pub use client::{SignLayer, Signed, SignedChannel};
+pub use gate::{Caller, Directory, Gate, USER_REFUSALS_METRIC};
 pub use key::{ClusterKey, KeyError, Signature, SIGNATURE_METADATA_KEY};
 pub use paths::{member_only, Coverage};
+pub use seal::{SealError, Sealed};
 pub use server::{MemberGuard, MemberGuardLayer};
+pub use user_guard::{UserGuard, UserGuardLayer};
+pub use user_sign::{Credentials, CredentialsError};
 
 /// Counter by `reason` ([`server::Refusal::label`]): member-only calls refused by this process.
 pub const REFUSALS_METRIC: &str = "member_auth_refusals_total";
@@ -39,5 +66,9 @@ pub fn describe_metrics() {
     metrics::describe_counter!(
         REFUSALS_METRIC,
         "Internal calls refused because the caller did not prove cluster membership, by reason."
+    );
+    metrics::describe_counter!(
+        USER_REFUSALS_METRIC,
+        "User requests refused (no credentials, a signature that does not verify, no permission), by reason."
     );
 }
