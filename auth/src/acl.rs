@@ -342,8 +342,9 @@ pub fn check_secret_key(secret: &str) -> Result<(), AclError> {
     Ok(())
 }
 
-/// Bad input to the ACL: a user, a policy or a part of one.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+/// Bad input to the ACL: a user, a policy or a part of one. Serializable, because the
+/// controller's state machine answers it through Raft.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum AclError {
     #[error("{} is not an action: send, consume or admin", proto::Echo(.0))]
     UnknownAction(String),

@@ -48,6 +48,11 @@ const MEMBER_ONLY: &[(&str, Coverage)] = &[
         "/broker.controller.v1.Controller/WatchGroup",
         Coverage::Body,
     ),
+    // The ACL with users' sealed secrets: brokers decide requests with it.
+    (
+        "/broker.controller.v1.Controller/WatchAcl",
+        Coverage::Body,
+    ),
     (
         "/broker.replication.v1.LogShipping/Replicate",
         Coverage::Header,

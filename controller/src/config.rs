@@ -60,6 +60,23 @@ pub struct ControllerConfig {
     /// heartbeats, in-sync set changes, the log stream), and refuse calls not so signed. It
     /// never crosses the wire. Required.
     pub cluster_secret: String,
+    /// Whether users' requests are checked against the ACL (docs/OPERATIONS.md, "Users and
+    /// ACLs"). Off, anyone who reaches a controller may administer the cluster (the controller
+    /// warns at start); on, every request that is not a member's needs a user's signature and
+    /// the permission for what it does.
+    pub acl_enabled: bool,
+    /// The built-in admin's access key: the leader makes sure this user exists, is an admin and
+    /// has `admin_secret_key`. It cannot be deleted or demoted through the API. The same on
+    /// every controller.
+    pub admin_access_key: String,
+    /// The built-in admin's secret key (8 to 256 printable ASCII characters, no spaces).
+    /// Required when `acl_enabled`; the same on every controller. Kept sealed in the replicated
+    /// state; never logged.
+    pub admin_secret_key: String,
+    /// The audit log: one JSON object per line for every administrative action that can lose
+    /// data or change who may do what (unclean elections, topic deletions, user and ACL
+    /// changes), allowed or refused. Empty: `<data_dir>/audit.log`.
+    pub audit_log: String,
 }
 
 impl Default for ControllerConfig {
@@ -79,6 +96,10 @@ impl Default for ControllerConfig {
             logs_kept_after_snapshot: 1_000,
             metrics_listen: String::new(),
             cluster_secret: String::new(),
+            acl_enabled: false,
+            admin_access_key: "admin".to_owned(),
+            admin_secret_key: String::new(),
+            audit_log: String::new(),
         }
     }
 }
@@ -107,6 +128,15 @@ pub enum ConfigError {
     Metrics(#[from] exporter::ExporterError),
     #[error("cluster_secret: {0}")]
     Key(#[from] auth::KeyError),
+    /// The built-in admin's settings: which key, and why.
+    #[error("{key}: {source}")]
+    Admin {
+        key: &'static str,
+        #[source]
+        source: auth::acl::AclError,
+    },
+    #[error("admin_secret_key is required when acl_enabled is true: the built-in admin is the only way in")]
+    AdminSecretMissing,
 }
 
 impl ControllerConfig {
@@ -208,7 +238,42 @@ impl ControllerConfig {
         }
         self.metrics_listen()?;
         self.cluster_key()?;
+        self.built_in_admin()?;
         Ok(())
+    }
+
+    /// The built-in admin's access key and secret key, checked; `None` when no secret key is
+    /// set (allowed only with the ACL off).
+    pub fn built_in_admin(&self) -> Result<Option<(&str, &str)>, ConfigError> {
+        auth::acl::check_user_name(&self.admin_access_key).map_err(|source| {
+            ConfigError::Admin {
+                key: "admin_access_key",
+                source,
+            }
+        })?;
+        if self.admin_secret_key.is_empty() {
+            return if self.acl_enabled {
+                Err(ConfigError::AdminSecretMissing)
+            } else {
+                Ok(None)
+            };
+        }
+        auth::acl::check_secret_key(&self.admin_secret_key).map_err(|source| {
+            ConfigError::Admin {
+                key: "admin_secret_key",
+                source,
+            }
+        })?;
+        Ok(Some((&self.admin_access_key, &self.admin_secret_key)))
+    }
+
+    /// Where the audit log goes: `audit_log`, or `<data_dir>/audit.log`.
+    pub fn audit_log_path(&self) -> PathBuf {
+        if self.audit_log.is_empty() {
+            self.data_dir.join("audit.log")
+        } else {
+            PathBuf::from(&self.audit_log)
+        }
     }
 
     /// The key members sign internal calls with, from `cluster_secret`.
@@ -248,6 +313,50 @@ mod tests {
         let err = short.validate().unwrap_err().to_string();
         assert!(err.contains("at least 16"), "{err}");
         assert!(valid().validate().is_ok());
+    }
+
+    #[test]
+    fn the_built_in_admin_needs_a_good_secret_key_when_the_acl_is_on() {
+        let on = ControllerConfig {
+            acl_enabled: true,
+            ..valid()
+        };
+        assert!(matches!(
+            on.validate(),
+            Err(ConfigError::AdminSecretMissing)
+        ));
+        let short = ControllerConfig {
+            admin_secret_key: "short".into(),
+            ..on.clone()
+        };
+        let err = short.validate().unwrap_err().to_string();
+        assert!(err.starts_with("admin_secret_key: "), "{err}");
+        assert!(!err.contains("short"), "the secret is not echoed: {err}");
+        let bad_name = ControllerConfig {
+            admin_access_key: "a b".into(),
+            admin_secret_key: "admin-secret-1".into(),
+            ..on.clone()
+        };
+        assert!(matches!(
+            bad_name.validate(),
+            Err(ConfigError::Admin {
+                key: "admin_access_key",
+                ..
+            })
+        ));
+        let good = ControllerConfig {
+            admin_secret_key: "admin-secret-1".into(),
+            ..on
+        };
+        assert_eq!(
+            good.built_in_admin().unwrap(),
+            Some(("admin", "admin-secret-1"))
+        );
+        assert_eq!(valid().built_in_admin().unwrap(), None);
+        assert_eq!(
+            valid().audit_log_path(),
+            PathBuf::from("./.controller-data/audit.log")
+        );
     }
 
     #[test]

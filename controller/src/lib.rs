@@ -5,8 +5,13 @@
 //!
 //! Map:
 //! - [`state`]: the replicated state (broker groups and brokers with their in-sync sets, topics
-//!   and their queues per group, consumer-group settings) and the commands that change it,
-//!   applied deterministically.
+//!   and their queues per group, consumer-group settings, the ACL) and the commands that change
+//!   it, applied deterministically.
+//! - [`acl`]: the ACL's part of the state machine: users (secret keys sealed), policies, the
+//!   built-in admin, and the commands that change them, with their limits.
+//! - [`access`]: the controller's own copy of the ACL for its gate, kept at the applied state,
+//!   and the leader's upkeep of the built-in admin (`admin_access_key`).
+//! - [`audit`]: the audit log of actions that can lose data or change who may do what.
 //! - [`store`]: the Raft log, vote and state machine in sled, each durable before openraft is told
 //!   so; snapshots from a consistent copy, the current one never replaced by an older build.
 //!   openraft's own storage suite runs against it (`tests/raft_storage_suite.rs`).
@@ -39,7 +44,10 @@
 //!   `controller repair-vote` on stopped controllers), with its safety argument.
 //! - [`config`]: the `controller` binary's settings.
 
+pub mod access;
+pub mod acl;
 pub mod admission;
+pub mod audit;
 pub mod config;
 pub mod election;
 pub mod gone;

@@ -12,6 +12,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use super::access;
+use super::audit::AuditLog;
 use super::config::{ConfigError, ControllerConfig};
 use super::election::{ElectionContext, ElectionLoop, Timing};
 use super::lease::Leases;
@@ -101,7 +103,16 @@ impl ControllerNode {
             config.broker_heartbeat_timeout_ms,
         )));
         let election = ElectionContext::new(Timing::from_config(&config));
-        let tasks = vec![
+        let directory = auth::Directory::new(Some(key.clone()));
+        let gate = auth::Gate::new(directory.clone(), config.acl_enabled);
+        if !config.acl_enabled {
+            tracing::warn!(
+                "acl_enabled is false: anyone who reaches this controller may administer the cluster"
+            );
+        }
+        let audit = Arc::new(AuditLog::new(config.audit_log_path(), config.id));
+        let mut tasks = vec![
+            tokio::spawn(access::follow_directory(state.clone(), directory)),
             tokio::spawn(follow_leadership(
                 raft.clone(),
                 liveness.clone(),
@@ -118,6 +129,18 @@ impl ControllerNode {
                 .run(),
             ),
         ];
+        if let Some((name, secret_key)) = config.built_in_admin()? {
+            let admin = access::BuiltInAdmin {
+                name: name.to_owned(),
+                secret_key: secret_key.to_owned(),
+            };
+            tasks.push(tokio::spawn(access::keep_built_in_admin(
+                raft.clone(),
+                state.clone(),
+                key.clone(),
+                admin,
+            )));
+        }
         let service = ControllerService::new(
             config.id,
             raft.clone(),
@@ -125,12 +148,17 @@ impl ControllerNode {
             liveness.clone(),
             election,
             key.clone(),
+            gate.clone(),
+            audit,
         );
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
         let server = tokio::spawn(
             tonic::transport::Server::builder()
                 // Raft and the brokers' internal calls only from members (the auth crate).
                 .layer(auth::MemberGuardLayer::new(Some(key)))
+                // Who a user's request comes from, for the services' gate; member-only paths
+                // are left to the layer above.
+                .layer(auth::UserGuardLayer::new(gate))
                 .add_service(
                     RaftServer::new(RaftService::new(raft.clone()))
                         .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)

@@ -16,6 +16,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use crate::acl::{AclCommand, AclCommandError, AclState};
+
 /// Longest topic name, as the broker's store allows.
 pub const TOPIC_BYTES_MAX: usize = 127;
 /// Longest cluster, broker group or consumer group name (fits `%RETRY%<group>` in a topic name).
@@ -215,6 +217,9 @@ pub struct ClusterState {
     /// Raised by every command that changes topics or consumer-group settings: brokers compare it
     /// with what they last synced to learn that they must fetch their topics again.
     pub metadata_revision: u64,
+    /// Users and their permissions (`acl.rs`); empty in state written before there were any.
+    #[serde(default)]
+    pub acl: AclState,
 }
 
 /// A change to the state, as written to the Raft log.
@@ -279,6 +284,8 @@ pub enum Command {
         /// Elect outside the in-sync set: acknowledged messages the new master lacks are lost.
         unclean: bool,
     },
+    /// A change to users or their permissions (`acl.rs`).
+    Acl(AclCommand),
 }
 
 /// Why a command was refused. Refusals change nothing.
@@ -292,6 +299,8 @@ pub enum CommandError {
     TopicNotFound(String),
     #[error("conflict: {0}")]
     Conflict(String),
+    #[error(transparent)]
+    Acl(#[from] AclCommandError),
 }
 
 /// What applying a command answered.
@@ -387,6 +396,7 @@ impl ClusterState {
                 in_sync_set,
                 unclean,
             } => self.elect_master(group, *master_epoch, *master_id, in_sync_set, *unclean),
+            Command::Acl(command) => self.acl.apply(command).map_err(CommandError::from),
         };
         match result {
             Ok(changed) => CommandResult::Done { changed },

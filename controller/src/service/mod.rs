@@ -7,7 +7,18 @@
 //! - `routes`: `GetRoute`, `WatchRoutes`;
 //! - `topics`: topics and consumer-group settings, drain;
 //! - `quorum`: cluster list, controller status, membership changes;
-//! - `convert`: wire <-> domain conversions of the answers.
+//! - `users`: users and their policies (the ACL), and the ACL feed to brokers (`WatchAcl`);
+//! - `convert`: wire <-> domain conversions of the answers;
+//! - `dispatch`: the gRPC trait, where each RPC's permission is checked (the gate) and the
+//!   audited ones are recorded before it reaches its family.
+//!
+//! Who may call what (`dispatch`): member-only RPCs (brokers' registration, heartbeats, topics,
+//! in-sync sets, the group and ACL watches) are the `auth` crate's `MemberGuard`'s and never
+//! reach the gate; every other RPC is checked by the gate first, on whichever controller
+//! receives it, and again on the leader when forwarded (the leader's own ACL is the one that
+//! counts; the follower's check only saves a forward that would be refused). A forwarded
+//! request carries the caller's signature headers (`authorization`, `x-mq-date-time`), so the
+//! leader's `UserGuard` establishes the same caller.
 //!
 //! Any controller answers any request:
 //! - writes (registration, topics, settings, membership) and liveness (heartbeats, cluster list)
@@ -35,7 +46,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use super::acl::AclCommandError;
 use super::admission;
+use super::audit::AuditLog;
 use super::election::ElectionContext;
 use super::lease::{GrantDecision, SwitchoverEnd, SwitchoverPlan};
 use super::liveness::{Heartbeat, Liveness, Seen, StoreReport};
@@ -72,6 +85,17 @@ fn command_error(err: CommandError) -> Status {
         CommandError::GroupNotFound(_) => ErrorCode::BrokerGroupNotFound,
         CommandError::TopicNotFound(_) => ErrorCode::TopicNotFound,
         CommandError::Conflict(_) => ErrorCode::Conflict,
+        CommandError::Acl(acl) => match acl {
+            AclCommandError::Invalid(_)
+            | AclCommandError::TooManyUsers
+            | AclCommandError::TooManyPolicies { .. } => ErrorCode::BadRequest,
+            AclCommandError::UserNotFound(_) | AclCommandError::PolicyNotFound { .. } => {
+                ErrorCode::NotFound
+            }
+            AclCommandError::UserExists(_)
+            | AclCommandError::PolicyExists { .. }
+            | AclCommandError::BuiltInAdmin(_) => ErrorCode::Conflict,
+        },
     };
     error(code, err.to_string())
 }
@@ -97,7 +121,11 @@ pub struct ControllerService {
     /// Membership changes one at a time (openraft refuses overlapping ones).
     membership_lock: tokio::sync::Mutex<()>,
     /// Signs what this controller forwards to the leader: brokers' internal calls among them.
+    /// Also seals users' secret keys before they are proposed.
     key: ClusterKey,
+    /// Decides users' requests against the ACL (`dispatch`).
+    gate: auth::Gate,
+    audit: Arc<AuditLog>,
 }
 
 impl ControllerService {
@@ -108,6 +136,8 @@ impl ControllerService {
         liveness: Arc<Liveness>,
         election: ElectionContext,
         key: ClusterKey,
+        gate: auth::Gate,
+        audit: Arc<AuditLog>,
     ) -> Self {
         ControllerService {
             id,
@@ -118,6 +148,8 @@ impl ControllerService {
             peers: Mutex::new(HashMap::new()),
             membership_lock: tokio::sync::Mutex::new(()),
             key,
+            gate,
+            audit,
         }
     }
 
@@ -280,8 +312,35 @@ impl ControllerService {
     }
 }
 
-fn forwarded<T>(message: T) -> Request<T> {
+/// The caller's signature headers, copied into what this controller sends on its behalf (a
+/// forward to the leader, a status question to a peer), so that the receiver's `UserGuard`
+/// establishes the same caller: the signature covers the date only, so it verifies there too.
+#[derive(Clone, Debug, Default)]
+struct Identity(Vec<(&'static str, tonic::metadata::MetadataValue<tonic::metadata::Ascii>)>);
+
+impl Identity {
+    fn of<T>(request: &Request<T>) -> Identity {
+        let keys = [
+            auth::user_sign::AUTHORIZATION_METADATA_KEY,
+            auth::user_sign::DATE_TIME_METADATA_KEY,
+        ];
+        Identity(
+            keys.into_iter()
+                .filter_map(|key| Some((key, request.metadata().get(key)?.clone())))
+                .collect(),
+        )
+    }
+
+    fn apply<T>(&self, request: &mut Request<T>) {
+        for (key, value) in &self.0 {
+            request.metadata_mut().insert(*key, value.clone());
+        }
+    }
+}
+
+fn forwarded<T>(identity: &Identity, message: T) -> Request<T> {
     let mut request = Request::new(message);
+    identity.apply(&mut request);
     request.metadata_mut().insert(
         FORWARDED_METADATA_KEY,
         tonic::metadata::MetadataValue::from_static("1"),
@@ -304,7 +363,12 @@ fn from_leader<T>(result: Result<Response<T>, Status>) -> Result<Response<T>, St
 macro_rules! write_at_leader {
     ($self:ident, $request:ident, $method:ident) => {
         if let Target::Leader(mut leader) = $self.target_for_write(&$request)? {
-            return from_leader(leader.$method(forwarded($request.into_inner())).await);
+            let identity = Identity::of(&$request);
+            return from_leader(
+                leader
+                    .$method(forwarded(&identity, $request.into_inner()))
+                    .await,
+            );
         }
     };
 }
@@ -313,7 +377,11 @@ macro_rules! write_at_leader {
 macro_rules! read_at_leader {
     ($self:ident, $request:ident, $method:ident) => {
         if let Target::Leader(mut leader) = $self.target_for_read(&$request) {
-            match leader.$method(forwarded($request.get_ref().clone())).await {
+            let identity = Identity::of(&$request);
+            match leader
+                .$method(forwarded(&identity, $request.get_ref().clone()))
+                .await
+            {
                 Ok(response) => return Ok(response),
                 Err(status) if proto::status::carries_error_code(&status) => {
                     return Err(status)
@@ -328,151 +396,13 @@ macro_rules! read_at_leader {
 
 mod brokers;
 mod convert;
+mod dispatch;
 mod failover;
 mod quorum;
 mod routes;
 mod topics;
+mod users;
 
 pub use convert::topic_route;
 use convert::*;
 
-// Each RPC is answered by the inherent method of the same name in its family's file (an
-// inherent method is found before the trait's when called by path).
-#[tonic::async_trait]
-impl pb::controller_server::Controller for ControllerService {
-    type WatchRoutesStream = routes::RouteUpdates;
-    type WatchGroupStream = brokers::GroupViews;
-
-    async fn register_broker(
-        &self,
-        request: Request<pb::RegisterBrokerRequest>,
-    ) -> Result<Response<pb::RegisterBrokerResponse>, Status> {
-        ControllerService::register_broker(self, request).await
-    }
-
-    async fn broker_heartbeat(
-        &self,
-        request: Request<pb::BrokerHeartbeatRequest>,
-    ) -> Result<Response<pb::BrokerHeartbeatResponse>, Status> {
-        ControllerService::broker_heartbeat(self, request).await
-    }
-
-    async fn elect_master(
-        &self,
-        request: Request<pb::ElectMasterRequest>,
-    ) -> Result<Response<pb::ElectMasterResponse>, Status> {
-        ControllerService::elect_master(self, request).await
-    }
-
-    async fn group_topics(
-        &self,
-        request: Request<pb::GroupTopicsRequest>,
-    ) -> Result<Response<pb::GroupTopicsResponse>, Status> {
-        ControllerService::group_topics(self, request).await
-    }
-
-    async fn watch_group(
-        &self,
-        request: Request<pb::WatchGroupRequest>,
-    ) -> Result<Response<Self::WatchGroupStream>, Status> {
-        ControllerService::watch_group(self, request).await
-    }
-
-    async fn alter_in_sync_set(
-        &self,
-        request: Request<pb::AlterInSyncSetRequest>,
-    ) -> Result<Response<pb::AlterInSyncSetResponse>, Status> {
-        ControllerService::alter_in_sync_set(self, request).await
-    }
-
-    async fn get_route(
-        &self,
-        request: Request<pb::GetRouteRequest>,
-    ) -> Result<Response<pb::TopicRoute>, Status> {
-        ControllerService::get_route(self, request).await
-    }
-
-    async fn watch_routes(
-        &self,
-        request: Request<pb::WatchRoutesRequest>,
-    ) -> Result<Response<Self::WatchRoutesStream>, Status> {
-        ControllerService::watch_routes(self, request).await
-    }
-
-    async fn create_topic(
-        &self,
-        request: Request<pb::CreateTopicRequest>,
-    ) -> Result<Response<pb::CreateTopicResponse>, Status> {
-        ControllerService::create_topic(self, request).await
-    }
-
-    async fn delete_topic(
-        &self,
-        request: Request<pb::DeleteTopicRequest>,
-    ) -> Result<Response<pb::DeleteTopicResponse>, Status> {
-        ControllerService::delete_topic(self, request).await
-    }
-
-    async fn list_topics(
-        &self,
-        request: Request<pb::ListTopicsRequest>,
-    ) -> Result<Response<pb::ListTopicsResponse>, Status> {
-        ControllerService::list_topics(self, request).await
-    }
-
-    async fn set_group_settings(
-        &self,
-        request: Request<pb::SetGroupSettingsRequest>,
-    ) -> Result<Response<pb::SetGroupSettingsResponse>, Status> {
-        ControllerService::set_group_settings(self, request).await
-    }
-
-    async fn set_group_drained(
-        &self,
-        request: Request<pb::SetGroupDrainedRequest>,
-    ) -> Result<Response<pb::SetGroupDrainedResponse>, Status> {
-        ControllerService::set_group_drained(self, request).await
-    }
-
-    async fn get_group_settings(
-        &self,
-        request: Request<pb::GetGroupSettingsRequest>,
-    ) -> Result<Response<pb::GroupSettings>, Status> {
-        ControllerService::get_group_settings(self, request).await
-    }
-
-    async fn cluster_list(
-        &self,
-        request: Request<pb::ClusterListRequest>,
-    ) -> Result<Response<pb::ClusterListResponse>, Status> {
-        ControllerService::cluster_list(self, request).await
-    }
-
-    async fn status(
-        &self,
-        request: Request<pb::ControllerStatusRequest>,
-    ) -> Result<Response<pb::ControllerStatusResponse>, Status> {
-        ControllerService::status(self, request).await
-    }
-
-    async fn node_status(
-        &self,
-        _request: Request<pb::NodeStatusRequest>,
-    ) -> Result<Response<pb::ControllerNodeStatus>, Status> {
-        ControllerService::node_status(self, _request).await
-    }
-
-    async fn add_controller(
-        &self,
-        request: Request<pb::AddControllerRequest>,
-    ) -> Result<Response<pb::AddControllerResponse>, Status> {
-        ControllerService::add_controller(self, request).await
-    }
-
-    async fn remove_controller(
-        &self,
-        request: Request<pb::RemoveControllerRequest>,
-    ) -> Result<Response<pb::RemoveControllerResponse>, Status> {
-        ControllerService::remove_controller(self, request).await
-    }
-}

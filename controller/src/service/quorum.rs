@@ -95,6 +95,8 @@ impl ControllerService {
         request: Request<pb::ControllerStatusRequest>,
     ) -> Result<Response<pb::ControllerStatusResponse>, Status> {
         read_at_leader!(self, request, status);
+        // Each peer's NodeStatus is gated like this call: it goes as this caller.
+        let identity = Identity::of(&request);
         let (leader_id, term, nodes, voters, replication) = {
             let metrics = self.raft.metrics();
             let metrics = metrics.borrow();
@@ -124,7 +126,7 @@ impl ControllerService {
                 match self.peer(&addr) {
                     Ok(mut client) => tokio::time::timeout(
                         NODE_STATUS_TIMEOUT,
-                        client.node_status(pb::NodeStatusRequest {}),
+                        client.node_status(forwarded(&identity, pb::NodeStatusRequest {})),
                     )
                     .await
                     .ok()
