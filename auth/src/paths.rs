@@ -49,10 +49,7 @@ const MEMBER_ONLY: &[(&str, Coverage)] = &[
         Coverage::Body,
     ),
     // The ACL with users' sealed secrets: brokers decide requests with it.
-    (
-        "/broker.controller.v1.Controller/WatchAcl",
-        Coverage::Body,
-    ),
+    ("/broker.controller.v1.Controller/WatchAcl", Coverage::Body),
     (
         "/broker.replication.v1.LogShipping/Replicate",
         Coverage::Header,

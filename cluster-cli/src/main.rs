@@ -36,6 +36,7 @@ mod group_settings;
 mod ha;
 mod progress;
 mod send;
+mod users;
 
 use std::process::ExitCode;
 
@@ -107,6 +108,16 @@ enum Command {
     Bench {
         #[command(subcommand)]
         command: bench::BenchCommand,
+    },
+    /// Users (access keys) on the controller quorum.
+    User {
+        #[command(subcommand)]
+        command: users::UserCommand,
+    },
+    /// Users' policies (the ACL) on the controller quorum.
+    Acl {
+        #[command(subcommand)]
+        command: users::AclCommand,
     },
 }
 
@@ -236,7 +247,9 @@ fn controller(cli_controller: &Option<String>) -> Result<client::controller::Con
     let Some(addrs) = cli_controller else {
         anyhow::bail!("this command needs the controller: pass --controller ADDR[,ADDR...] or set CONTROLLER_ADDR");
     };
-    Ok(client::controller::ControllerConnection::new(addrs)?)
+    // Signed as the user of CLUSTER_ACCESS_KEY / CLUSTER_SECRET_KEY when they are set.
+    let credentials = client::controller::Credentials::from_env()?;
+    Ok(client::controller::ControllerConnection::new(addrs)?.with_user(credentials))
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
@@ -281,6 +294,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Send(args) => send::run(&reach, cli.json, args).await,
         Command::Consume(args) => consume::run(&reach, cli.json, args).await,
         Command::Bench { command } => bench::run(&reach, cli.json, command).await,
+        Command::User { command } => {
+            users::user(&controller(&cli.controller)?, cli.json, command).await
+        }
+        Command::Acl { command } => {
+            users::acl(&controller(&cli.controller)?, cli.json, command).await
+        }
         Command::Drill(args) => {
             let conn = controller(&cli.controller)?;
             let addrs = cli.controller.clone().unwrap_or_default();

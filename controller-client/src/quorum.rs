@@ -69,6 +69,8 @@ impl Retry {
 pub struct ControllerConnection {
     /// (address, client) per controller, in the order given.
     controllers: Arc<[(String, Client)]>,
+    /// The channels under `controllers`, same order: [`Self::with_user`] wraps them again.
+    channels: Arc<[SignedChannel]>,
     /// Index of the controller to try first: the last one that answered.
     current: Arc<AtomicUsize>,
     patience: Duration,
@@ -102,20 +104,39 @@ impl ControllerConnection {
         key: Option<ClusterKey>,
     ) -> Result<ControllerConnection, ControllerError> {
         let mut controllers = Vec::new();
+        let mut channels = Vec::new();
         for addr in proto::dial::address_list(addrs)? {
             let channel = proto::dial::endpoint(&addr, CONNECT_TIMEOUT)?.connect_lazy();
             let channel = match &key {
                 Some(key) => SignedChannel::new(channel, key.clone()),
                 None => SignedChannel::unsigned(channel),
             };
-            controllers.push((addr, ControllerClient::new(channel)));
+            controllers.push((addr, ControllerClient::new(channel.clone())));
+            channels.push(channel);
         }
         Ok(ControllerConnection {
             controllers: controllers.into(),
+            channels: channels.into(),
             current: Arc::new(AtomicUsize::new(0)),
             patience: DEFAULT_PATIENCE,
             attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
         })
+    }
+
+    /// Signs every call that is not member-only as the user of `credentials` (none: calls go
+    /// anonymous, as before), for a controller with `acl_enabled`.
+    pub fn with_user(mut self, credentials: Option<auth::Credentials>) -> Self {
+        let controllers: Vec<(String, Client)> = self
+            .controllers
+            .iter()
+            .zip(self.channels.iter())
+            .map(|((addr, _), channel)| {
+                let signed = channel.clone().with_user(credentials.clone());
+                (addr.clone(), ControllerClient::new(signed))
+            })
+            .collect();
+        self.controllers = controllers.into();
+        self
     }
 
     /// How long each call keeps trying (default 10 s).

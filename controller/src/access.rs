@@ -72,7 +72,12 @@ impl BuiltInAdmin {
 
 /// While this controller leads, makes sure the state holds `admin` as configured (see the
 /// module documentation). Looks again at every leadership or state change.
-pub async fn keep_built_in_admin(raft: Raft, state: SharedState, key: ClusterKey, admin: BuiltInAdmin) {
+pub async fn keep_built_in_admin(
+    raft: Raft,
+    state: SharedState,
+    key: ClusterKey,
+    admin: BuiltInAdmin,
+) {
     let mut metrics = raft.metrics();
     let mut changes = state.changes();
     loop {
@@ -85,7 +90,9 @@ pub async fn keep_built_in_admin(raft: Raft, state: SharedState, key: ClusterKey
             });
             match raft.client_write(command).await {
                 Ok(response) => match response.data.into_result() {
-                    Ok(_) => tracing::info!(user = %admin.name, "built-in admin written to the ACL"),
+                    Ok(_) => {
+                        tracing::info!(user = %admin.name, "built-in admin written to the ACL")
+                    }
                     Err(err) => {
                         tracing::error!(user = %admin.name, error = %err, "the built-in admin was refused");
                         tokio::time::sleep(RETRY_PAUSE).await;

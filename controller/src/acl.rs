@@ -360,7 +360,9 @@ mod tests {
             admin: None,
         };
         assert_eq!(apply(&mut acl, update), Ok(true));
-        let opened = key().open("app", &acl.snapshot.users["app"].secret).unwrap();
+        let opened = key()
+            .open("app", &acl.snapshot.users["app"].secret)
+            .unwrap();
         assert_eq!(opened, "secret-key-2");
         let nothing = AclCommand::UpdateUser {
             name: "app".into(),
@@ -488,9 +490,12 @@ mod tests {
         assert_eq!(apply(&mut acl, first), Ok(false), "idempotent");
         assert!(acl.snapshot.users["admin"].admin);
         assert_eq!(
-            apply(&mut acl, AclCommand::DeleteUser {
-                name: "admin".into()
-            }),
+            apply(
+                &mut acl,
+                AclCommand::DeleteUser {
+                    name: "admin".into()
+                }
+            ),
             Err(AclCommandError::BuiltInAdmin("admin".into()))
         );
         let demote = AclCommand::UpdateUser {

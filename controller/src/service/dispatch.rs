@@ -51,7 +51,11 @@ impl ControllerService {
         }
         match request.extensions().get::<Caller>() {
             Some(Caller::User(user)) => {
-                self.gate.directory().current().decide(user, action, resource) == Decision::Allow
+                self.gate
+                    .directory()
+                    .current()
+                    .decide(user, action, resource)
+                    == Decision::Allow
             }
             _ => false,
         }
@@ -61,8 +65,11 @@ impl ControllerService {
     fn topic_user<T>(&self, request: &Request<T>, topics: &[String]) -> Result<(), Status> {
         for topic in topics {
             if !self.quietly_allowed(request, Action::Send, Resource::Topic(topic)) {
-                self.gate
-                    .check(request.extensions(), Action::Consume, Resource::Topic(topic))?;
+                self.gate.check(
+                    request.extensions(),
+                    Action::Consume,
+                    Resource::Topic(topic),
+                )?;
             }
         }
         Ok(())
@@ -73,8 +80,11 @@ impl ControllerService {
         if self.quietly_allowed(request, Action::Admin, Resource::Cluster) {
             return Ok(());
         }
-        self.gate
-            .check(request.extensions(), Action::Consume, Resource::Group(group))
+        self.gate.check(
+            request.extensions(),
+            Action::Consume,
+            Resource::Group(group),
+        )
     }
 
     /// Checks `admin`, runs `call`, and records the attempt in the audit log: a refusal by the

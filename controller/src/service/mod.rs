@@ -316,7 +316,12 @@ impl ControllerService {
 /// forward to the leader, a status question to a peer), so that the receiver's `UserGuard`
 /// establishes the same caller: the signature covers the date only, so it verifies there too.
 #[derive(Clone, Debug, Default)]
-struct Identity(Vec<(&'static str, tonic::metadata::MetadataValue<tonic::metadata::Ascii>)>);
+struct Identity(
+    Vec<(
+        &'static str,
+        tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+    )>,
+);
 
 impl Identity {
     fn of<T>(request: &Request<T>) -> Identity {
@@ -405,4 +410,3 @@ mod users;
 
 pub use convert::topic_route;
 use convert::*;
-

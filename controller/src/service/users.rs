@@ -53,7 +53,10 @@ fn policy_to_wire(user: &str, policy: &Policy) -> pb::AclPolicy {
 
 impl ControllerService {
     /// Proposes an ACL change and answers whether it changed anything, with the revision after.
-    async fn write_acl(&self, command: AclCommand) -> Result<Response<pb::AclChangeResponse>, Status> {
+    async fn write_acl(
+        &self,
+        command: AclCommand,
+    ) -> Result<Response<pb::AclChangeResponse>, Status> {
         let user = command.user().to_owned();
         let changed = self.write(Command::Acl(command)).await?;
         let revision = self.state.read(|data| data.state.acl.snapshot.revision);
@@ -193,7 +196,9 @@ impl ControllerService {
                 .iter()
                 .filter(|(user, _)| only.is_empty() || **user == only)
                 .flat_map(|(user, policies)| {
-                    policies.iter().map(move |policy| policy_to_wire(user, policy))
+                    policies
+                        .iter()
+                        .map(move |policy| policy_to_wire(user, policy))
                 })
                 .collect();
             pb::ListAclsResponse {
