@@ -20,7 +20,7 @@ use super::lease::Leases;
 use super::liveness::Liveness;
 use super::metrics::ControllerSampler;
 use super::network::{NetworkFactory, RaftService, RAFT_MESSAGE_BYTES_MAX};
-use super::service::ControllerService;
+use super::service::{ControllerService, UserAccess};
 use super::store::{self, SharedState};
 use super::{NodeId, Raft};
 
@@ -148,8 +148,10 @@ impl ControllerNode {
             liveness.clone(),
             election,
             key.clone(),
-            gate.clone(),
-            audit,
+            UserAccess {
+                gate: gate.clone(),
+                audit,
+            },
         );
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
         let server = tokio::spawn(

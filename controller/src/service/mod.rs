@@ -110,6 +110,13 @@ enum Target {
     Leader(ControllerClient<SignedChannel>),
 }
 
+/// How the service decides and records users' requests.
+pub struct UserAccess {
+    /// The controller's gate: its `Directory` kept at the applied ACL, enforced or not.
+    pub gate: auth::Gate,
+    pub audit: Arc<AuditLog>,
+}
+
 /// The service of one controller.
 pub struct ControllerService {
     id: NodeId,
@@ -136,8 +143,7 @@ impl ControllerService {
         liveness: Arc<Liveness>,
         election: ElectionContext,
         key: ClusterKey,
-        gate: auth::Gate,
-        audit: Arc<AuditLog>,
+        access: UserAccess,
     ) -> Self {
         ControllerService {
             id,
@@ -148,8 +154,8 @@ impl ControllerService {
             peers: Mutex::new(HashMap::new()),
             membership_lock: tokio::sync::Mutex::new(()),
             key,
-            gate,
-            audit,
+            gate: access.gate,
+            audit: access.audit,
         }
     }
 
