@@ -90,7 +90,11 @@ fn wait_for_admin(quorum: &ControllerQuorum) {
         let ready = wait_until(Duration::from_secs(20), || {
             cli(&member.addr, ADMIN, &["user", "list"]).0 == 0
         });
-        assert!(ready, "the built-in admin never worked on controller {}", member.id);
+        assert!(
+            ready,
+            "the built-in admin never worked on controller {}",
+            member.id
+        );
     }
 }
 
@@ -520,9 +524,9 @@ fn the_acl_survives_a_controller_leader_kill() {
         // Exit 1 while the killed controller is listed unreachable: the JSON is there.
         let (_, stdout, _) = cli(&survivors, ADMIN, &["--json", "controller", "status"]);
         serde_json::from_str::<Value>(stdout.trim())
-                .ok()
-                .and_then(|status| status["leader_id"].as_u64())
-                .is_some_and(|id| id != leader)
+            .ok()
+            .and_then(|status| status["leader_id"].as_u64())
+            .is_some_and(|id| id != leader)
     });
     assert!(new_leader, "no new controller leader");
     assert_eq!(user_names(&survivors), vec!["admin", "app1"]);
