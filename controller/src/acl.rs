@@ -523,6 +523,31 @@ mod tests {
     }
 
     #[test]
+    fn acl_commands_go_through_the_cluster_state_and_the_log_holds_no_secret() {
+        use crate::state::{ClusterState, Command, CommandError, CommandResult};
+        let mut state = ClusterState::default();
+        let command = Command::Acl(create("app", false));
+        let logged = serde_json::to_string(&command).unwrap();
+        assert!(!logged.contains("secret-key-1"), "{logged}");
+        let replayed: Command = serde_json::from_str(&logged).unwrap();
+        assert_eq!(
+            state.apply(&replayed),
+            CommandResult::Done { changed: true }
+        );
+        let before = state.clone();
+        assert_eq!(
+            state.apply(&command),
+            CommandResult::Refused(CommandError::Acl(AclCommandError::UserExists("app".into())))
+        );
+        assert_eq!(state, before);
+        // State written before the ACL existed reads as an empty ACL.
+        let mut old = serde_json::to_value(ClusterState::default()).unwrap();
+        old.as_object_mut().unwrap().remove("acl");
+        let read: ClusterState = serde_json::from_value(old).unwrap();
+        assert_eq!(read.acl, AclState::default());
+    }
+
+    #[test]
     fn the_state_round_trips_through_json_without_a_secret_in_clear() {
         let mut acl = AclState::default();
         apply(&mut acl, create("app", false)).unwrap();
