@@ -543,3 +543,65 @@ fn the_acl_survives_a_controller_leader_kill() {
     refused(&survivors, app1, &["user", "list"], "Forbidden");
     refused(&survivors, As::Nobody, &["user", "list"], "Unauthorized");
 }
+
+/// The feed brokers follow: a member's `follow_acl` holds the ACL at subscribe and after each
+/// change; someone who is not a member gets no ACL (the sealed secrets stay with members).
+#[test]
+fn members_follow_the_acl_and_strangers_cannot_watch_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let quorum = ControllerQuorum::start(dir.path(), 1, ACL_ARGS);
+    let c = quorum.addrs();
+    wait_for_admin(&quorum);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let key = auth::ClusterKey::new(cluster_tests::TEST_CLUSTER_SECRET).unwrap();
+    let directory = auth::Directory::new(Some(key.clone()));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    // Its channels connect lazily, inside the runtime.
+    let _entered = runtime.enter();
+    let connection = controller_client::ControllerConnection::member(&c, key).unwrap();
+    let follower = runtime.spawn(controller_client::acl::follow_acl(
+        connection,
+        directory.clone(),
+        stopped,
+    ));
+    let has = |name: &str| directory.current().user(name).is_some();
+    assert!(wait_until(Duration::from_secs(10), || has("admin")));
+    let revision = directory.current().revision;
+    let secret_file = dir.path().join("app1.secret");
+    std::fs::write(&secret_file, "app1-secret-key").unwrap();
+    json_ok(
+        &c,
+        ADMIN,
+        &[
+            "user",
+            "create",
+            "app1",
+            "--secret-key-file",
+            secret_file.to_str().unwrap(),
+        ],
+    );
+    assert!(wait_until(Duration::from_secs(10), || has("app1")));
+    assert!(directory.current().revision > revision);
+    json_ok(&c, ADMIN, &["user", "delete", "app1"]);
+    assert!(wait_until(Duration::from_secs(10), || !has("app1")));
+    stop.send_replace(true);
+    runtime
+        .block_on(tokio::time::timeout(Duration::from_secs(5), follower))
+        .expect("follow_acl stops when told")
+        .unwrap();
+
+    runtime.block_on(async {
+        let mut stranger = ControllerClient::connect(format!("http://{c}"))
+            .await
+            .unwrap();
+        let refused = stranger
+            .watch_acl(pb::WatchAclRequest {})
+            .await
+            .unwrap_err();
+        assert_eq!(code_of(&refused), Some(ErrorCode::Unauthorized));
+        // Even the admin is not a member.
+        let mut admin = signed_client(&c, "admin", ADMIN_SECRET);
+        let refused = admin.watch_acl(pb::WatchAclRequest {}).await.unwrap_err();
+        assert_eq!(code_of(&refused), Some(ErrorCode::Unauthorized));
+    });
+}
