@@ -50,6 +50,13 @@ const MEMBER_ONLY: &[(&str, Coverage)] = &[
     ),
     // The ACL with users' sealed secrets: brokers decide requests with it.
     ("/broker.controller.v1.Controller/WatchAcl", Coverage::Body),
+    // A master's handover, and routes for a broker's v5 clients: members act for themselves
+    // here, so that they need no user when the ACL is on.
+    ("/broker.controller.v1.Controller/HandOver", Coverage::Body),
+    (
+        "/broker.controller.v1.Controller/RouteForBroker",
+        Coverage::Body,
+    ),
     (
         "/broker.replication.v1.LogShipping/Replicate",
         Coverage::Header,

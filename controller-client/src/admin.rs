@@ -19,6 +19,20 @@ impl ControllerConnection {
         .await
     }
 
+    /// The route of a topic, asked as a member (`RouteForBroker`): for a broker answering its
+    /// clients' route queries, which checks their permission itself. Needs a member's
+    /// connection ([`ControllerConnection::member`]).
+    pub async fn route_for_broker(&self, topic: &str) -> Result<wire::TopicRoute, ControllerError> {
+        let request = wire::GetRouteRequest {
+            topic: topic.to_owned(),
+        };
+        self.call(|mut c| {
+            let request = request.clone();
+            async move { c.route_for_broker(request).await }
+        })
+        .await
+    }
+
     /// Creates a topic with `queues_per_group` queues on each of `groups` (empty: every group).
     pub async fn create_topic(
         &self,

@@ -112,7 +112,8 @@ impl Handover {
             .conn
             .call_with(patience, Retry::WhenUnavailable, |mut client| {
                 let request = request.clone();
-                async move { client.elect_master(request).await }
+                // Members only: a broker needs no user to stop cleanly when the ACL is on.
+                async move { client.hand_over(request).await }
             })
             .await?;
         answer.group.ok_or_else(|| ControllerError::Transport {

@@ -545,7 +545,8 @@ fn the_acl_survives_a_controller_leader_kill() {
 }
 
 /// The feed brokers follow: a member's `follow_acl` holds the ACL at subscribe and after each
-/// change; someone who is not a member gets no ACL (the sealed secrets stay with members).
+/// change; someone who is not a member gets no ACL (the sealed secrets stay with members). A
+/// member's own calls (handover, routes for its clients) need no user.
 #[test]
 fn members_follow_the_acl_and_strangers_cannot_watch_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -603,5 +604,21 @@ fn members_follow_the_acl_and_strangers_cannot_watch_it() {
         let mut admin = signed_client(&c, "admin", ADMIN_SECRET);
         let refused = admin.watch_acl(pb::WatchAclRequest {}).await.unwrap_err();
         assert_eq!(code_of(&refused), Some(ErrorCode::Unauthorized));
+        let route = pb::GetRouteRequest {
+            topic: "nope".into(),
+        };
+        let refused = stranger.route_for_broker(route.clone()).await.unwrap_err();
+        assert_eq!(code_of(&refused), Some(ErrorCode::Unauthorized));
+        // A member acts for itself without a user: its calls reach the service.
+        let mut member = ControllerClient::new(member_channel(&c));
+        let answer = member.route_for_broker(route).await.unwrap_err();
+        assert_eq!(code_of(&answer), Some(ErrorCode::TopicNotFound));
+        let unclean = pb::ElectMasterRequest {
+            group: "g1".into(),
+            broker_id: Some(0),
+            unclean: true,
+        };
+        let answer = member.hand_over(unclean).await.unwrap_err();
+        assert_eq!(code_of(&answer), Some(ErrorCode::BadRequest));
     });
 }

@@ -5,7 +5,8 @@
 //!
 //! What each RPC needs, when the ACL is on (`acl_enabled`):
 //! - member-only RPCs (registration, heartbeats, a group's topics, in-sync set changes, the
-//!   group and ACL watches): nothing here, the `MemberGuard` admitted a member already;
+//!   group and ACL watches, a master's handover, routes for a broker's clients): nothing here,
+//!   the `MemberGuard` admitted a member already;
 //! - routes (`GetRoute`, `WatchRoutes`), which producers and consumers read: `send` or
 //!   `consume` on each topic;
 //! - a consumer group's settings (`GetGroupSettings`): `consume` on the group, or `admin`;
@@ -390,6 +391,20 @@ impl pb::controller_server::Controller for ControllerService {
     ) -> Result<Response<pb::ListAclsResponse>, Status> {
         self.admin(&request)?;
         ControllerService::list_acls(self, request).await
+    }
+
+    async fn hand_over(
+        &self,
+        request: Request<pb::ElectMasterRequest>,
+    ) -> Result<Response<pb::ElectMasterResponse>, Status> {
+        ControllerService::hand_over(self, request).await
+    }
+
+    async fn route_for_broker(
+        &self,
+        request: Request<pb::GetRouteRequest>,
+    ) -> Result<Response<pb::TopicRoute>, Status> {
+        ControllerService::route_for_broker(self, request).await
     }
 
     async fn watch_acl(

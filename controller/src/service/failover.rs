@@ -35,7 +35,30 @@ impl ControllerService {
         request: Request<pb::ElectMasterRequest>,
     ) -> Result<Response<pb::ElectMasterResponse>, Status> {
         write_at_leader!(self, request, elect_master);
+        self.switch_over(request.into_inner()).await
+    }
+
+    /// A master's own handover (members only): a clean switchover of its group.
+    pub(super) async fn hand_over(
+        &self,
+        request: Request<pb::ElectMasterRequest>,
+    ) -> Result<Response<pb::ElectMasterResponse>, Status> {
+        write_at_leader!(self, request, hand_over);
         let req = request.into_inner();
+        if req.unclean {
+            return Err(error(
+                ErrorCode::BadRequest,
+                "a handover is never unclean: an unclean election is an admin's (ElectMaster)",
+            ));
+        }
+        self.switch_over(req).await
+    }
+
+    /// Runs a planned switchover on the leader and waits for its election.
+    async fn switch_over(
+        &self,
+        req: pb::ElectMasterRequest,
+    ) -> Result<Response<pb::ElectMasterResponse>, Status> {
         if req.group.is_empty() {
             return Err(error(ErrorCode::BadRequest, "group is required"));
         }

@@ -22,7 +22,19 @@ impl ControllerService {
         request: Request<pb::GetRouteRequest>,
     ) -> Result<Response<pb::TopicRoute>, Status> {
         read_at_leader!(self, request, get_route);
-        let topic = request.into_inner().topic;
+        self.route_of(request.into_inner().topic)
+    }
+
+    /// `GetRoute` for a broker (members only): the same answer, forwarded as a member's call.
+    pub(super) async fn route_for_broker(
+        &self,
+        request: Request<pb::GetRouteRequest>,
+    ) -> Result<Response<pb::TopicRoute>, Status> {
+        read_at_leader!(self, request, route_for_broker);
+        self.route_of(request.into_inner().topic)
+    }
+
+    fn route_of(&self, topic: String) -> Result<Response<pb::TopicRoute>, Status> {
         let route = self.routes(std::slice::from_ref(&topic)).remove(0);
         if route.groups.is_empty() {
             return Err(error(
