@@ -147,6 +147,53 @@ impl Gate {
         }
     }
 
+    /// Whether [`Gate::check`] would admit the request, without counting or logging a refusal:
+    /// for answers filtered to what the caller may see, and for a request that needs one of
+    /// several permissions (checked loudly for the last).
+    pub fn allows(
+        &self,
+        extensions: &http::Extensions,
+        action: Action,
+        resource: Resource<'_>,
+    ) -> bool {
+        if !self.enforced {
+            return true;
+        }
+        match extensions.get::<Caller>() {
+            Some(Caller::User(user)) => {
+                self.directory.current().decide(user, action, resource) == Decision::Allow
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether the request comes from a user the ACL knows, whatever its permissions: for calls
+    /// that touch no resource of anyone's (a client's settings stream, its goodbye) but must
+    /// still not be open to strangers.
+    pub fn check_user(&self, extensions: &http::Extensions) -> Result<(), tonic::Status> {
+        if !self.enforced {
+            return Ok(());
+        }
+        let caller = extensions.get::<Caller>().unwrap_or(&Caller::Anonymous);
+        let Caller::User(user) = caller else {
+            return Err(self.refuse(
+                caller,
+                Action::Consume,
+                Resource::Cluster,
+                Refused::Unauthenticated,
+            ));
+        };
+        if self.directory.current().user(user).is_none() {
+            return Err(self.refuse(
+                caller,
+                Action::Consume,
+                Resource::Cluster,
+                Refused::UnknownUser,
+            ));
+        }
+        Ok(())
+    }
+
     /// [`Gate::check`] for every resource in turn (a consume needs the topic and the group).
     pub fn check_all(
         &self,
