@@ -211,15 +211,7 @@ impl Broker {
             tracing::info!(%addr, "metrics endpoint serving");
         }
         let cluster_key = settings.cluster_key()?;
-        // Users and their permissions, as the controller's ACL says (`auth::Directory`); every
-        // request is checked against it when `acl_enabled` (`crate::access`).
-        let acl = auth::Directory::new(cluster_key.clone());
-        let gate = auth::Gate::new(acl.clone(), settings.acl_enabled);
-        if !settings.acl_enabled {
-            tracing::warn!(
-                "acl_enabled is false: anyone who reaches this broker may send, consume and administer"
-            );
-        }
+        let (acl, gate) = acl_gate(settings, &cluster_key);
         let groups = Arc::new(
             ConsumerGroupState::load(
                 store.clone(),
@@ -305,30 +297,19 @@ impl Broker {
         let (stopping, stop_requested) = watch::channel(false);
         let v5_server = match v5_listener {
             Some(listener) => {
-                let v5 = V5Service::new(
-                    V5Parts {
-                        native: service.clone(),
-                        store: store.clone(),
-                        topics,
-                        groups: groups.clone(),
-                        retry: retry.clone(),
-                        role: role.clone(),
-                        key: receipt_key(cluster_key.clone())?,
-                        gate: gate.clone(),
-                        views,
-                        v5_addr: v5_advertised,
-                    },
-                    settings,
-                    &config.store,
-                )?;
-                let request_bytes_max = config.store.batch_bytes_max + REQUEST_OVERHEAD_BYTES;
-                Some(tokio::spawn(serve_v5(
-                    v5,
-                    listener,
-                    request_bytes_max,
-                    auth::UserGuardLayer::new(gate.clone()),
-                    stop_requested.clone(),
-                )))
+                let parts = V5Parts {
+                    native: service.clone(),
+                    store: store.clone(),
+                    topics,
+                    groups: groups.clone(),
+                    retry: retry.clone(),
+                    role: role.clone(),
+                    key: receipt_key(cluster_key.clone())?,
+                    gate: gate.clone(),
+                    views,
+                    v5_addr: v5_advertised,
+                };
+                Some(spawn_v5(listener, parts, &config, stop_requested.clone())?)
             }
             None => None,
         };
@@ -498,6 +479,42 @@ fn served_error(
         Err(err) => RunError::ServerTask(err),
         Ok(Ok(())) => RunError::ServerEnded,
     }
+}
+
+/// The ACL this broker checks requests against (`auth::Directory`, users and policies as the
+/// controller's ACL says) and the gate the services ask (`crate::access`), enforced when
+/// `acl_enabled`.
+fn acl_gate(
+    settings: &crate::config::BrokerSettings,
+    cluster_key: &Option<auth::ClusterKey>,
+) -> (auth::Directory, auth::Gate) {
+    let acl = auth::Directory::new(cluster_key.clone());
+    let gate = auth::Gate::new(acl.clone(), settings.acl_enabled);
+    if !settings.acl_enabled {
+        tracing::warn!(
+            "acl_enabled is false: anyone who reaches this broker may send, consume and administer"
+        );
+    }
+    (acl, gate)
+}
+
+/// Serves the v5 API over `parts` on `listener`, in a task, until `stop` says so.
+fn spawn_v5(
+    listener: TcpListener,
+    parts: V5Parts,
+    config: &BrokerConfig,
+    stop: watch::Receiver<bool>,
+) -> Result<JoinHandle<Result<(), tonic::transport::Error>>, StartError> {
+    let users = auth::UserGuardLayer::new(parts.gate.clone());
+    let v5 = V5Service::new(parts, &config.broker, &config.store)?;
+    let request_bytes_max = config.store.batch_bytes_max + REQUEST_OVERHEAD_BYTES;
+    Ok(tokio::spawn(serve_v5(
+        v5,
+        listener,
+        request_bytes_max,
+        users,
+        stop,
+    )))
 }
 
 /// What the role needs: the store, the consumer groups and retries, and the replication
