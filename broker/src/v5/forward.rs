@@ -250,3 +250,32 @@ fn unreachable(err: &tonic::Status) -> v5::Status {
         format!("the group's master did not answer: {}", err.message()),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_verified_callers_signature_is_handed_on() {
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        metadata.insert(
+            AUTHORIZATION_METADATA_KEY,
+            "MQv2-HMAC-SHA1 x".parse().unwrap(),
+        );
+        metadata.insert(DATE_TIME_METADATA_KEY, "20261207T203000Z".parse().unwrap());
+        let mut extensions = tonic::Extensions::new();
+        assert_eq!(UserSignature::of(&metadata, &extensions), None, "anonymous");
+        extensions.insert(auth::Caller::User("app".into()));
+        let signature = UserSignature::of(&metadata, &extensions).unwrap();
+        let mut forwarded = tonic::metadata::MetadataMap::new();
+        signature.apply(&mut forwarded);
+        assert_eq!(
+            forwarded.get(AUTHORIZATION_METADATA_KEY),
+            metadata.get(AUTHORIZATION_METADATA_KEY)
+        );
+        assert_eq!(
+            forwarded.get(DATE_TIME_METADATA_KEY),
+            metadata.get(DATE_TIME_METADATA_KEY)
+        );
+    }
+}
