@@ -136,15 +136,58 @@ impl Gate {
         }
         let caller = extensions.get::<Caller>().unwrap_or(&Caller::Anonymous);
         let Caller::User(user) = caller else {
-            return Err(self.refuse(caller, action, resource, Refused::Unauthenticated));
+            return Err(self.refuse(
+                caller,
+                &Need::To(action, resource),
+                Refused::Unauthenticated,
+            ));
         };
         match self.directory.current().decide(user, action, resource) {
             Decision::Allow => Ok(()),
             Decision::UnknownUser => {
-                Err(self.refuse(caller, action, resource, Refused::UnknownUser))
+                Err(self.refuse(caller, &Need::To(action, resource), Refused::UnknownUser))
             }
-            Decision::Deny => Err(self.refuse(caller, action, resource, Refused::Forbidden)),
+            Decision::Deny => {
+                Err(self.refuse(caller, &Need::To(action, resource), Refused::Forbidden))
+            }
         }
+    }
+
+    /// Whether [`Gate::check`] would admit the request, without counting or logging a refusal:
+    /// for answers filtered to what the caller may see, and for a request that needs one of
+    /// several permissions (checked loudly for the last).
+    pub fn allows(
+        &self,
+        extensions: &http::Extensions,
+        action: Action,
+        resource: Resource<'_>,
+    ) -> bool {
+        if !self.enforced {
+            return true;
+        }
+        match extensions.get::<Caller>() {
+            Some(Caller::User(user)) => {
+                self.directory.current().decide(user, action, resource) == Decision::Allow
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether the request comes from a user the ACL knows, whatever its permissions: for calls
+    /// that touch no resource of anyone's (a client's settings stream, its goodbye) but must
+    /// still not be open to strangers.
+    pub fn check_user(&self, extensions: &http::Extensions) -> Result<(), tonic::Status> {
+        if !self.enforced {
+            return Ok(());
+        }
+        let caller = extensions.get::<Caller>().unwrap_or(&Caller::Anonymous);
+        let Caller::User(user) = caller else {
+            return Err(self.refuse(caller, &Need::Known, Refused::Unauthenticated));
+        };
+        if self.directory.current().user(user).is_none() {
+            return Err(self.refuse(caller, &Need::Known, Refused::UnknownUser));
+        }
+        Ok(())
     }
 
     /// [`Gate::check`] for every resource in turn (a consume needs the topic and the group).
@@ -159,13 +202,7 @@ impl Gate {
             .try_for_each(|resource| self.check(extensions, action, *resource))
     }
 
-    fn refuse(
-        &self,
-        caller: &Caller,
-        action: Action,
-        resource: Resource<'_>,
-        refused: Refused,
-    ) -> tonic::Status {
+    fn refuse(&self, caller: &Caller, need: &Need<'_>, refused: Refused) -> tonic::Status {
         metrics::counter!(USER_REFUSALS_METRIC, "reason" => refused.label()).increment(1);
         let now = unix_now_ms();
         let last = self.last_warn_ms.load(Ordering::Relaxed);
@@ -176,16 +213,14 @@ impl Gate {
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
         {
-            tracing::warn!(user, %action, %resource, reason = refused.label(), "request refused");
+            tracing::warn!(user, %need, reason = refused.label(), "request refused");
         } else {
-            tracing::debug!(user, %action, %resource, reason = refused.label(), "request refused");
+            tracing::debug!(user, %need, reason = refused.label(), "request refused");
         }
         let (code, message) = match refused {
             Refused::Unauthenticated => (
                 ErrorCode::Unauthorized,
-                format!(
-                    "{action} on {resource} needs credentials: sign the request with an access key"
-                ),
+                format!("{need} needs credentials: sign the request with an access key"),
             ),
             Refused::UnknownUser => (
                 ErrorCode::Unauthorized,
@@ -193,10 +228,27 @@ impl Gate {
             ),
             Refused::Forbidden => (
                 ErrorCode::Forbidden,
-                format!("user {user:?} may not {action} on {resource}"),
+                format!("user {user:?} may not {need}"),
             ),
         };
         proto::error_status(code, message)
+    }
+}
+
+/// What a refused request needed, for its message and log line.
+enum Need<'a> {
+    /// An action on a resource ([`Gate::check`]).
+    To(Action, Resource<'a>),
+    /// Only a user the ACL knows ([`Gate::check_user`]).
+    Known,
+}
+
+impl std::fmt::Display for Need<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Need::To(action, resource) => write!(f, "{action} on {resource}"),
+            Need::Known => f.write_str("this call"),
+        }
     }
 }
 
@@ -280,6 +332,29 @@ mod tests {
         assert!(Gate::open()
             .check(&http::Extensions::new(), Action::Admin, Resource::Cluster)
             .is_ok());
+    }
+
+    #[test]
+    fn silent_checks_and_known_user_checks_agree_with_the_acl() {
+        let gate = gate();
+        let mut extensions = http::Extensions::new();
+        assert!(!gate.allows(&extensions, Action::Send, Resource::Topic("orders")));
+        assert_eq!(
+            code(gate.check_user(&extensions)),
+            Some(ErrorCode::Unauthorized)
+        );
+        extensions.insert(Caller::User("ghost".into()));
+        assert_eq!(
+            code(gate.check_user(&extensions)),
+            Some(ErrorCode::Unauthorized)
+        );
+        extensions.insert(Caller::User("app".into()));
+        assert!(gate.check_user(&extensions).is_ok());
+        assert!(gate.allows(&extensions, Action::Send, Resource::Topic("orders")));
+        assert!(!gate.allows(&extensions, Action::Consume, Resource::Topic("orders")));
+        let open = Gate::open();
+        assert!(open.allows(&http::Extensions::new(), Action::Admin, Resource::Cluster));
+        assert!(open.check_user(&http::Extensions::new()).is_ok());
     }
 
     #[test]

@@ -92,6 +92,11 @@ pub struct BrokerSettings {
     /// changes, the log stream) and refuse calls not so signed; it never crosses the wire.
     /// Required once `controller_addr` is set.
     pub cluster_secret: String,
+    /// Every request must come from a user the ACL knows (signed with its access key) and be
+    /// allowed by the user's policies (`auth::Gate`). Needs `cluster_secret`: users' secret keys
+    /// reach brokers sealed with a key derived from it. false: anyone who reaches the broker may
+    /// send, consume and administer (a warning at start says so).
+    pub acl_enabled: bool,
     /// Bytes a master ships per chunk (a larger record goes alone).
     pub replication_chunk_bytes: u64,
     /// Bytes a master sends beyond what a slave acknowledged before it waits.
@@ -294,6 +299,7 @@ impl Default for BrokerSettings {
             in_sync_lag_max_ms: 15_000,
             in_sync_gone_max_ms: 3_000,
             cluster_secret: String::new(),
+            acl_enabled: false,
             replication_chunk_bytes: 1 << 20,
             replication_inflight_bytes_max: 16 << 20,
             replication_keepalive_ms: 500,
@@ -491,6 +497,13 @@ impl BrokerConfig {
             return Err(ConfigError::Rule {
                 field: "cluster_secret",
                 reason: "must be at least 16 bytes",
+            });
+        }
+        if b.acl_enabled && b.cluster_secret.is_empty() {
+            return Err(ConfigError::Rule {
+                field: "acl_enabled",
+                reason: "needs cluster_secret: users' secret keys are sealed with it, so without \
+                         it no signature could verify",
             });
         }
         if b.slave_timeout_ms == 0

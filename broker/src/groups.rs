@@ -24,21 +24,17 @@
 //! Record body (little-endian): version u8 (1), group length u16, group, topic length u16,
 //! topic, queue id u32, queue offset u64.
 //!
-//! Why one file of about 620 lines: 540 of code (the offset table, its records, membership and
-//! the gRPC service over them share one state) and 80 of its unit tests.
+//! The gRPC service over this state, with its permission checks, is `group_service.rs`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use proto::client::{self as wire, consumer_groups_server::ConsumerGroups};
-use tonic::{Request, Response, Status};
 
 use crate::error::BrokerError;
 use crate::store::{GetRequest, NewMessage, PutStatus, Store, TagFilter};
 use crate::topics::TopicRegistry;
-use replication::ship::ReplicaWait;
 
 /// Internal topic of committed offsets (queue 0). Names starting with `%` are the broker's.
 pub const OFFSET_TOPIC: &str = "%OFFSETS%";
@@ -458,101 +454,6 @@ fn take_string(bytes: &[u8]) -> Option<(String, &[u8])> {
     let len = u16::from_le_bytes(bytes.get(..2)?.try_into().ok()?) as usize;
     let text = std::str::from_utf8(bytes.get(2..2 + len)?).ok()?;
     Some((text.to_owned(), &bytes[2 + len..]))
-}
-
-/// The `ConsumerGroups` gRPC service.
-pub struct ConsumerGroupService {
-    state: Arc<ConsumerGroupState>,
-    retry: Arc<crate::retry::RetryState>,
-    role: Arc<crate::role::RoleCell>,
-}
-
-impl ConsumerGroupService {
-    pub fn new(
-        state: Arc<ConsumerGroupState>,
-        retry: Arc<crate::retry::RetryState>,
-        role: Arc<crate::role::RoleCell>,
-    ) -> Self {
-        ConsumerGroupService { state, retry, role }
-    }
-}
-
-#[tonic::async_trait]
-impl ConsumerGroups for ConsumerGroupService {
-    async fn commit_offset(
-        &self,
-        request: Request<wire::CommitOffsetRequest>,
-    ) -> Result<Response<wire::CommitOffsetResponse>, Status> {
-        let r = request.into_inner();
-        let role = self.role.current();
-        let written = self
-            .state
-            .commit(&r.group, &r.topic, r.queue_id, r.queue_offset)
-            .await?;
-        // Under SYNC_MASTER a commit is answered, like a send, once the in-sync set holds it:
-        // a failover then never rewinds a consumer past a commit it was told succeeded.
-        if let Some(end_offset) = written {
-            match role.wait_replicated(end_offset).await {
-                ReplicaWait::Replicated => {}
-                ReplicaWait::Timeout => {
-                    return Err(BrokerError::NotReplicated {
-                        reason: "the in-sync set did not hold it within slave_timeout_ms",
-                    }
-                    .into())
-                }
-                ReplicaWait::NotEnoughReplicas => {
-                    return Err(BrokerError::NotReplicated {
-                        reason: "fewer in-sync replicas than min_in_sync_replicas",
-                    }
-                    .into())
-                }
-                ReplicaWait::Deposed => {
-                    return Err(BrokerError::CannotAcknowledge {
-                        reason: "another master was elected while the commit waited".into(),
-                    }
-                    .into())
-                }
-            }
-        }
-        Ok(Response::new(wire::CommitOffsetResponse {}))
-    }
-
-    async fn query_offset(
-        &self,
-        request: Request<wire::QueryOffsetRequest>,
-    ) -> Result<Response<wire::QueryOffsetResponse>, Status> {
-        let r = request.into_inner();
-        check_group(&r.group)?;
-        let found = self.state.query(&r.group, &r.topic, r.queue_id).await;
-        Ok(Response::new(wire::QueryOffsetResponse {
-            found: found.is_some(),
-            queue_offset: found.unwrap_or(0),
-        }))
-    }
-
-    async fn heartbeat(
-        &self,
-        request: Request<wire::HeartbeatRequest>,
-    ) -> Result<Response<wire::HeartbeatResponse>, Status> {
-        let r = request.into_inner();
-        let members = self.state.heartbeat(&r.group, &r.client_id)?;
-        Ok(Response::new(wire::HeartbeatResponse { members }))
-    }
-
-    async fn send_back(
-        &self,
-        request: Request<wire::SendBackRequest>,
-    ) -> Result<Response<wire::SendBackResponse>, Status> {
-        let r = request.into_inner();
-        let (dead_lettered, retry_count) = self
-            .retry
-            .send_back(&r.group, r.commit_log_offset, &r.topic, r.queue_offset)
-            .await?;
-        Ok(Response::new(wire::SendBackResponse {
-            dead_lettered,
-            retry_count,
-        }))
-    }
 }
 
 #[cfg(test)]

@@ -6,7 +6,11 @@
 //!   with long polling; topic administration.
 //! - [`topics`]: the topics and their queue counts, persisted crash-safely.
 //! - [`groups`]: consumer groups: committed offsets (records of an internal topic in the commit
-//!   log, so they survive restarts and replicate with it) and live members.
+//!   log, so they survive restarts and replicate with it) and live members; [`group_service`]:
+//!   the `ConsumerGroups` gRPC service over them.
+//! - [`access`]: what each RPC of every API needs from the ACL (the table, and the checks the
+//!   services make through `auth::Gate` before they touch anything; users are established by
+//!   `auth::UserGuard` in front of every server).
 //! - [`authority`]: the controller as the authority over a master's in-sync set (proposals
 //!   over the controller link).
 //! - [`role`]: master or slave of its group: the slave's `NOT_MASTER` refusal, the master's
@@ -42,10 +46,12 @@
 //! - `src/bin/broker.rs`: the `broker` process (configuration, signals, ready lines). `src/bin/store-bench/`: the store benchmark
 //!   against raw-disk baselines measured in the same run (`docs/BENCHMARKS.md`).
 
+pub mod access;
 pub mod authority;
 pub mod config;
 pub mod error;
 pub mod fault;
+pub mod group_service;
 pub mod groups;
 pub mod lease;
 pub mod link;

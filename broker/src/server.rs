@@ -26,7 +26,8 @@ use tokio_stream::StreamExt;
 
 use crate::config::BrokerConfig;
 use crate::error::BrokerError;
-use crate::groups::{ConsumerGroupService, ConsumerGroupState};
+use crate::group_service::ConsumerGroupService;
+use crate::groups::ConsumerGroupState;
 use crate::link::{start_controller_link, LinkStartError, LinkTask};
 use crate::metrics::{BrokerSampler, StoreMetrics};
 use crate::planned_stop;
@@ -36,8 +37,8 @@ use crate::service::BrokerService;
 use crate::store::{ConfirmMode, FlushDiskType, Store, StoreError};
 use crate::topics::TopicRegistry;
 use crate::v5::route::RouteSourceError;
+use crate::v5::serve::{bind_v5, receipt_key, serve_v5};
 use crate::v5::{V5Parts, V5Service};
-use proto::v5::messaging_service_server::MessagingServiceServer;
 
 /// How long a slave waits for its master's TCP connection.
 const REPLICA_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -79,6 +80,8 @@ pub enum StartError {
     Config(#[from] crate::config::ConfigError),
     #[error("v5 API: {0}")]
     V5(#[from] RouteSourceError),
+    #[error("the ACL's feed from the controller: {0}")]
+    AclFeed(#[source] controller_client::ControllerError),
 }
 
 /// Why a running broker stopped other than when told to.
@@ -114,6 +117,8 @@ pub struct Broker {
     refused: Option<oneshot::Receiver<LinkError>>,
     /// `planned_stop`: hand over or leave the in-sync set before stopping.
     planned_stop: bool,
+    /// The users and permissions requests are checked against (`acl_directory`).
+    acl: auth::Directory,
     /// Tasks that only end when aborted (the metrics endpoint, the group-view applier, the
     /// store's health watch).
     tasks: Vec<JoinHandle<()>>,
@@ -208,6 +213,7 @@ impl Broker {
             tracing::info!(%addr, "metrics endpoint serving");
         }
         let cluster_key = settings.cluster_key()?;
+        let (acl, gate) = acl_gate(settings, &cluster_key);
         let groups = Arc::new(
             ConsumerGroupState::load(
                 store.clone(),
@@ -261,6 +267,21 @@ impl Broker {
             )
             .await?;
             tasks.push(started.views);
+            // The controller's users and policies reach `acl` over a member's connection of
+            // its own (the watch is member-only); a broker keeps the last ACL it had while the
+            // controller is out of reach. The task is aborted with the others at stop, so its
+            // stop signal never fires: the sender lives in the task only so that it stays open.
+            // (A broker with a controller has a cluster key: the configuration requires it.)
+            if let Some(key) = cluster_key.clone() {
+                let connection =
+                    controller_client::ControllerConnection::member(&settings.controller_addr, key)
+                        .map_err(StartError::AclFeed)?;
+                let followed = acl.clone();
+                tasks.push(tokio::spawn(async move {
+                    let (_open, stop) = watch::channel(false);
+                    controller_client::acl::follow_acl(connection, followed, stop).await;
+                }));
+            }
             (
                 Some(started.link),
                 Some(started.refused),
@@ -277,38 +298,31 @@ impl Broker {
                 inflight_bytes_max: settings.replication_inflight_bytes_max,
                 keepalive: Duration::from_millis(settings.replication_keepalive_ms),
             },
-        );
+        )
+        .with_gate(gate.clone());
         let service = Arc::new(BrokerService::new(
             store.clone(),
             topics.clone(),
             settings.clone(),
             role.clone(),
+            gate.clone(),
         ));
         let (stopping, stop_requested) = watch::channel(false);
         let v5_server = match v5_listener {
             Some(listener) => {
-                let v5 = V5Service::new(
-                    V5Parts {
-                        native: service.clone(),
-                        store: store.clone(),
-                        topics,
-                        groups: groups.clone(),
-                        retry: retry.clone(),
-                        role: role.clone(),
-                        key: receipt_key(cluster_key.clone())?,
-                        views,
-                        v5_addr: v5_advertised,
-                    },
-                    settings,
-                    &config.store,
-                )?;
-                let request_bytes_max = config.store.batch_bytes_max + REQUEST_OVERHEAD_BYTES;
-                Some(tokio::spawn(serve_v5(
-                    v5,
-                    listener,
-                    request_bytes_max,
-                    stop_requested.clone(),
-                )))
+                let parts = V5Parts {
+                    native: service.clone(),
+                    store: store.clone(),
+                    topics,
+                    groups: groups.clone(),
+                    retry: retry.clone(),
+                    role: role.clone(),
+                    key: receipt_key(cluster_key.clone())?,
+                    gate: gate.clone(),
+                    views,
+                    v5_addr: v5_advertised,
+                };
+                Some(spawn_v5(listener, parts, &config, stop_requested.clone())?)
             }
             None => None,
         };
@@ -329,6 +343,9 @@ impl Broker {
         let server = tonic::transport::Server::builder()
             // The log stream only to members (the auth crate); client calls pass untouched.
             .layer(auth::MemberGuardLayer::new(cluster_key))
+            // Who each client call comes from (a bad signature refused here); the services
+            // check what the caller may do.
+            .layer(auth::UserGuardLayer::new(gate.clone()))
             .add_service(
                 BrokerServer::from_arc(service)
                     .max_decoding_message_size(request_bytes_max)
@@ -340,6 +357,7 @@ impl Broker {
                 groups,
                 retry,
                 role.clone(),
+                gate,
             )))
             .add_service(
                 LogShippingServer::new(ship)
@@ -361,6 +379,7 @@ impl Broker {
             link,
             refused,
             planned_stop: settings.planned_stop,
+            acl,
             tasks,
         })
     }
@@ -373,6 +392,12 @@ impl Broker {
     /// Where its RocketMQ 5 API serves, when `v5_listen` is set.
     pub fn v5_addr(&self) -> Option<SocketAddr> {
         self.v5_addr
+    }
+
+    /// The ACL this broker checks requests against: what the controller's feed keeps
+    /// current, and what a test fills by hand (`Directory::replace`).
+    pub fn acl_directory(&self) -> &auth::Directory {
+        &self.acl
     }
 
     /// Where its `/metrics` endpoint serves, when `metrics_listen` is set.
@@ -469,59 +494,40 @@ fn served_error(
     }
 }
 
-/// The v5 API's listener when `v5_listen` is set, the address it bound, and the address
-/// clients are given (`v5_advertised_addr`, else the bound one; empty when off).
-async fn bind_v5(
+/// The ACL this broker checks requests against (`auth::Directory`, users and policies as the
+/// controller's ACL says) and the gate the services ask (`crate::access`), enforced when
+/// `acl_enabled`.
+fn acl_gate(
     settings: &crate::config::BrokerSettings,
-) -> Result<(Option<TcpListener>, Option<SocketAddr>, String), StartError> {
-    let Some(addr) = settings.v5_listen()? else {
-        return Ok((None, None, String::new()));
-    };
-    let listen_error = |source| StartError::Listen { addr, source };
-    let listener = TcpListener::bind(addr).await.map_err(listen_error)?;
-    let bound = listener.local_addr().map_err(listen_error)?;
-    let advertised = if settings.v5_advertised_addr.is_empty() {
-        bound.to_string()
-    } else {
-        settings.v5_advertised_addr.clone()
-    };
-    Ok((Some(listener), Some(bound), advertised))
-}
-
-/// The key receipt handles are signed with: the cluster key, so that every member reads them;
-/// a standalone broker's own random one.
-fn receipt_key(cluster_key: Option<auth::ClusterKey>) -> Result<auth::ClusterKey, StartError> {
-    match cluster_key {
-        Some(key) => Ok(key),
-        None => {
-            let secret: String = (0..32)
-                .map(|_| format!("{:02x}", rand::random::<u8>()))
-                .collect();
-            Ok(auth::ClusterKey::new(&secret)?)
-        }
+    cluster_key: &Option<auth::ClusterKey>,
+) -> (auth::Directory, auth::Gate) {
+    let acl = auth::Directory::new(cluster_key.clone());
+    let gate = auth::Gate::new(acl.clone(), settings.acl_enabled);
+    if !settings.acl_enabled {
+        tracing::warn!(
+            "acl_enabled is false: anyone who reaches this broker may send, consume and administer"
+        );
     }
+    (acl, gate)
 }
 
-/// Serves the v5 API on `listener` until `stop` says so.
-async fn serve_v5(
-    v5: V5Service,
+/// Serves the v5 API over `parts` on `listener`, in a task, until `stop` says so.
+fn spawn_v5(
     listener: TcpListener,
-    request_bytes_max: usize,
-    mut stop: watch::Receiver<bool>,
-) -> Result<(), tonic::transport::Error> {
-    let incoming = TcpListenerStream::new(listener).map(|stream| {
-        stream.inspect(|s| {
-            if let Err(err) = s.set_nodelay(true) {
-                tracing::warn!(error = %err, "could not disable Nagle's algorithm on a connection");
-            }
-        })
-    });
-    tonic::transport::Server::builder()
-        .add_service(MessagingServiceServer::new(v5).max_decoding_message_size(request_bytes_max))
-        .serve_with_incoming_shutdown(incoming, async move {
-            let _ = stop.wait_for(|stop| *stop).await;
-        })
-        .await
+    parts: V5Parts,
+    config: &BrokerConfig,
+    stop: watch::Receiver<bool>,
+) -> Result<JoinHandle<Result<(), tonic::transport::Error>>, StartError> {
+    let users = auth::UserGuardLayer::new(parts.gate.clone());
+    let v5 = V5Service::new(parts, &config.broker, &config.store)?;
+    let request_bytes_max = config.store.batch_bytes_max + REQUEST_OVERHEAD_BYTES;
+    Ok(tokio::spawn(serve_v5(
+        v5,
+        listener,
+        request_bytes_max,
+        users,
+        stop,
+    )))
 }
 
 /// What the role needs: the store, the consumer groups and retries, and the replication

@@ -11,6 +11,8 @@ use proto::client::{self as wire, broker_server::Broker};
 use proto::common::SendStatus;
 use tonic::{Request, Response, Status};
 
+use auth::{Action, Gate, Resource};
+
 use crate::config::BrokerSettings;
 use crate::error::BrokerError;
 use crate::role::RoleCell;
@@ -49,12 +51,15 @@ pub const BORN_TIMESTAMP_MIN_MS: u64 = 946_684_800_000;
 /// skew between machines, far short of the overflow that 2^64-1 invites in whoever adds to it.
 pub const BORN_TIMESTAMP_AHEAD_MAX_MS: u64 = 24 * 60 * 60 * 1000;
 
-/// The service state: the store, the topics, and the broker's role.
+/// The service state: the store, the topics, the broker's role, and the ACL's gate.
 pub struct BrokerService {
     store: Arc<Store>,
     topics: Arc<TopicRegistry>,
     settings: BrokerSettings,
     role: Arc<RoleCell>,
+    /// Every RPC asks it first (`crate::access`); the v5 API, which calls this service's
+    /// `send` and `pull` directly, checks its own requests before.
+    gate: Gate,
 }
 
 impl BrokerService {
@@ -63,13 +68,20 @@ impl BrokerService {
         topics: Arc<TopicRegistry>,
         settings: BrokerSettings,
         role: Arc<RoleCell>,
+        gate: Gate,
     ) -> Self {
         BrokerService {
             store,
             topics,
             settings,
             role,
+            gate,
         }
+    }
+
+    /// The gate this broker's services check requests with.
+    pub fn gate(&self) -> &Gate {
+        &self.gate
     }
 
     /// The queue count of `topic`, creating it if auto-creation is on.
@@ -236,11 +248,13 @@ impl BrokerService {
         }
     }
 
-    fn list_topics(&self) -> wire::ListTopicsResponse {
+    /// The topics `visible` admits, with their queues' offsets.
+    fn list_topics(&self, visible: impl Fn(&str) -> bool) -> wire::ListTopicsResponse {
         let topics = self
             .topics
             .list()
             .into_iter()
+            .filter(|(topic, _)| visible(topic))
             .map(|(topic, config)| wire::TopicStatus {
                 queues: (0..config.queue_count)
                     .map(|queue_id| {
@@ -268,6 +282,9 @@ impl Broker for BrokerService {
         request: Request<wire::SendRequest>,
     ) -> Result<Response<wire::SendResponse>, Status> {
         let started = Instant::now();
+        let topic = &request.get_ref().topic;
+        self.gate
+            .check(request.extensions(), Action::Send, Resource::Topic(topic))?;
         let answer = BrokerService::send(self, request.into_inner()).await;
         crate::metrics::record_send(&answer, started.elapsed());
         Ok(Response::new(answer?))
@@ -277,6 +294,10 @@ impl Broker for BrokerService {
         &self,
         request: Request<wire::PullRequest>,
     ) -> Result<Response<wire::PullResponse>, Status> {
+        // A pull names no group: the topic's consume permission is what it needs.
+        let topic = crate::access::consumed(&request.get_ref().topic);
+        self.gate
+            .check(request.extensions(), Action::Consume, topic)?;
         Ok(Response::new(
             BrokerService::pull(self, request.into_inner()).await?,
         ))
@@ -286,6 +307,8 @@ impl Broker for BrokerService {
         &self,
         request: Request<wire::CreateTopicRequest>,
     ) -> Result<Response<wire::CreateTopicResponse>, Status> {
+        self.gate
+            .check(request.extensions(), Action::Admin, Resource::Cluster)?;
         let request = request.into_inner();
         if request.topic.starts_with('%') {
             return Err(BrokerError::TopicReserved {
@@ -300,9 +323,15 @@ impl Broker for BrokerService {
 
     async fn list_topics(
         &self,
-        _request: Request<wire::ListTopicsRequest>,
+        request: Request<wire::ListTopicsRequest>,
     ) -> Result<Response<wire::ListTopicsResponse>, Status> {
-        Ok(Response::new(self.list_topics()))
+        // Producers and consumers list topics (queue counts, retry queues), so any known user
+        // may; each sees only the topics it may send to or consume, and a stranger nothing.
+        self.gate.check_user(request.extensions())?;
+        let extensions = request.extensions();
+        Ok(Response::new(self.list_topics(|topic| {
+            crate::access::may_see(&self.gate, extensions, topic)
+        })))
     }
 }
 

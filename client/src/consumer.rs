@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
+use auth::{Credentials, SignedChannel};
 use proto::client::broker_client::BrokerClient;
 use proto::client::PullStatus;
-use tonic::transport::Channel;
 
 use crate::error::ClientError;
 use crate::message::ReceivedMessage;
@@ -25,19 +25,28 @@ pub struct PullResult {
 /// A consumer that pulls queues explicitly.
 #[derive(Clone)]
 pub struct PullConsumer {
-    client: BrokerClient<Channel>,
+    client: BrokerClient<SignedChannel>,
 }
 
 impl PullConsumer {
-    /// Connects to the broker at `addr` (`host:port`).
+    /// Connects to the broker at `addr` (`host:port`), anonymously.
     pub async fn connect(addr: &str) -> Result<PullConsumer, ClientError> {
-        let client = BrokerClient::connect(format!("http://{addr}"))
-            .await?
+        PullConsumer::connect_as(addr, None).await
+    }
+
+    /// Connects to the broker at `addr`, signing every call with `credentials` (none:
+    /// anonymous).
+    pub async fn connect_as(
+        addr: &str,
+        credentials: Option<&Credentials>,
+    ) -> Result<PullConsumer, ClientError> {
+        let channel = crate::pool::endpoint(addr)?.connect().await?;
+        let client = BrokerClient::new(crate::pool::signed(channel, credentials))
             .max_decoding_message_size(RESPONSE_BYTES_MAX);
         Ok(PullConsumer { client })
     }
 
-    pub(crate) fn with_client(client: BrokerClient<Channel>) -> PullConsumer {
+    pub(crate) fn with_client(client: BrokerClient<SignedChannel>) -> PullConsumer {
         PullConsumer { client }
     }
 
@@ -91,17 +100,28 @@ pub const PULL_ANSWER_MARGIN: Duration = Duration::from_secs(3);
 /// Topic administration against one broker.
 #[derive(Clone)]
 pub struct Admin {
-    client: BrokerClient<Channel>,
+    client: BrokerClient<SignedChannel>,
 }
 
 impl Admin {
+    /// Connects to the broker at `addr` (`host:port`), anonymously.
     pub async fn connect(addr: &str) -> Result<Admin, ClientError> {
+        Admin::connect_as(addr, None).await
+    }
+
+    /// Connects to the broker at `addr`, signing every call with `credentials` (none:
+    /// anonymous); creating a topic needs admin on the cluster.
+    pub async fn connect_as(
+        addr: &str,
+        credentials: Option<&Credentials>,
+    ) -> Result<Admin, ClientError> {
+        let channel = crate::pool::endpoint(addr)?.connect().await?;
         Ok(Admin {
-            client: BrokerClient::connect(format!("http://{addr}")).await?,
+            client: BrokerClient::new(crate::pool::signed(channel, credentials)),
         })
     }
 
-    pub(crate) fn with_client(client: BrokerClient<Channel>) -> Admin {
+    pub(crate) fn with_client(client: BrokerClient<SignedChannel>) -> Admin {
         Admin { client }
     }
 

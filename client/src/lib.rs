@@ -20,7 +20,10 @@
 //! - [`message`]: `Message` (to send), `ReceivedMessage`, unique message ids.
 //! - [`error`]: `ClientError`, a broker's stable error code turned back into a typed error.
 //!
-//! - `pool` (private): one channel per broker address, made on first use.
+//! - `pool` (private): one channel per broker address, made on first use, every call signed
+//!   with the client's credentials when it has some (`ProducerConfig::credentials`,
+//!   `PushConsumerConfig::credentials`, `PullConsumer::connect_as`, `Admin::connect_as`), as a
+//!   broker with `acl_enabled` requires.
 //!
 //! Producers and push consumers reach either one broker directly or, through the controller's
 //! routes, every broker group's master. `client` depends on `proto` and `controller-client`

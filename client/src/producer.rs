@@ -68,7 +68,6 @@ use std::time::Duration;
 
 use tokio::sync::{oneshot, Notify};
 
-use crate::controller::ControllerConnection;
 use crate::error::ClientError;
 use crate::lane::{self, BatchLimits, Lane, Pending, Reply};
 use crate::message::{new_message_id, Message};
@@ -179,6 +178,10 @@ pub struct ProducerConfig {
     /// measured slower under `SYNC_FLUSH` (two fsyncs for the same messages) and about equal
     /// under `ASYNC_FLUSH`, on a 2-vCPU machine with 64 senders (docs/BENCHMARKS.md).
     pub batch_max_in_flight: usize,
+    /// The user every call to brokers (and the controller) is signed as: its access key and
+    /// secret key (`auth::Credentials::from_env`, `from_file`). None: anonymous, which a broker
+    /// with `acl_enabled` refuses.
+    pub credentials: Option<auth::Credentials>,
 }
 
 impl Default for ProducerConfig {
@@ -189,6 +192,7 @@ impl Default for ProducerConfig {
             batch_max_messages: 64,
             batch_max_bytes: 1 << 20,
             batch_max_in_flight: 1,
+            credentials: None,
         }
     }
 }
@@ -306,7 +310,7 @@ impl Producer {
     /// Connects to the broker at `addr` (`host:port`), with no controller.
     pub async fn connect(addr: &str, config: ProducerConfig) -> Result<Producer, ClientError> {
         config.validate()?;
-        let brokers = BrokerChannels::default();
+        let brokers = BrokerChannels::new(config.credentials.clone());
         brokers.connect(addr).await?;
         Ok(Producer::new(
             Target::Broker {
@@ -324,8 +328,11 @@ impl Producer {
         controllers: &str,
         config: ProducerConfig,
     ) -> Result<Producer, ClientError> {
-        let routes = Routes::start(Arc::new(ControllerConnection::new(controllers)?));
-        Producer::with_routes(routes, config)
+        let connection = crate::routes::controller_connection(controllers, &config.credentials)?;
+        Producer::with_routes(
+            Routes::start_as(Arc::new(connection), config.credentials.clone()),
+            config,
+        )
     }
 
     /// A producer routed by an existing route cache (shared with other producers and consumers
@@ -337,7 +344,7 @@ impl Producer {
         config.validate()?;
         Ok(Producer::new(
             Target::Cluster { routes },
-            BrokerChannels::default(),
+            BrokerChannels::new(config.credentials.clone()),
             config,
         ))
     }

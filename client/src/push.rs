@@ -69,7 +69,6 @@ use proto::client::{
 use tokio::sync::watch;
 
 use crate::consumer::{Admin, PullConsumer};
-use crate::controller::ControllerConnection;
 use crate::deal::DealMemory;
 use crate::error::ClientError;
 use crate::message::{new_message_id, ReceivedMessage};
@@ -148,6 +147,9 @@ pub struct PushConsumerConfig {
     pub pull_batch: u32,
     /// Long-polling wait of each pull.
     pub poll_timeout: Duration,
+    /// The user every call to brokers (and the controller) is signed as; None: anonymous,
+    /// which a broker with `acl_enabled` refuses. It needs consume on the topic and the group.
+    pub credentials: Option<auth::Credentials>,
 }
 
 impl PushConsumerConfig {
@@ -162,6 +164,7 @@ impl PushConsumerConfig {
             heartbeat_interval: Duration::from_secs(1),
             pull_batch: 32,
             poll_timeout: Duration::from_secs(1),
+            credentials: None,
         }
     }
 }
@@ -217,7 +220,7 @@ impl PushConsumer {
         config: PushConsumerConfig,
         listener: impl Listener,
     ) -> Result<PushConsumer, ClientError> {
-        let brokers = BrokerChannels::default();
+        let brokers = BrokerChannels::new(config.credentials.clone());
         brokers.connect(addr).await?;
         let source = Source::Broker {
             addr: addr.to_owned(),
@@ -232,7 +235,8 @@ impl PushConsumer {
         config: PushConsumerConfig,
         listener: impl Listener,
     ) -> Result<PushConsumer, ClientError> {
-        let routes = Routes::start(Arc::new(ControllerConnection::new(controllers)?));
+        let connection = crate::routes::controller_connection(controllers, &config.credentials)?;
+        let routes = Routes::start_as(Arc::new(connection), config.credentials.clone());
         PushConsumer::start_with_routes(routes, config, listener).await
     }
 
@@ -245,12 +249,8 @@ impl PushConsumer {
     ) -> Result<PushConsumer, ClientError> {
         routes.get(&config.topic).await?;
         let source = Source::Cluster { routes };
-        Ok(PushConsumer::begin(
-            source,
-            BrokerChannels::default(),
-            config,
-            listener,
-        ))
+        let brokers = BrokerChannels::new(config.credentials.clone());
+        Ok(PushConsumer::begin(source, brokers, config, listener))
     }
 
     fn begin(

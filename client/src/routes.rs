@@ -10,6 +10,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use auth::Credentials;
 use proto::controller::controller_client::ControllerClient;
 use tokio::sync::Notify;
 
@@ -38,9 +39,20 @@ pub struct QueueRef {
     pub master_alive: bool,
 }
 
+/// The one place this crate builds its connection to the controller quorum, for the producer
+/// and the push consumer.
+pub(crate) fn controller_connection(
+    controllers: &str,
+    credentials: &Option<Credentials>,
+) -> Result<ControllerConnection, ClientError> {
+    Ok(ControllerConnection::new(controllers)?.with_user(credentials.clone()))
+}
+
 /// The cache, shared by a client's producers and consumers.
 pub struct Routes {
     conn: Arc<ControllerConnection>,
+    /// What the route watch's own channels are signed with.
+    credentials: Option<Credentials>,
     cache: Mutex<HashMap<String, Arc<wire::TopicRoute>>>,
     /// Topics the watch should cover; the watch reopens when this grows.
     watched: Mutex<BTreeSet<String>>,
@@ -50,10 +62,20 @@ pub struct Routes {
 }
 
 impl Routes {
-    /// Starts the cache and its watch task on the current tokio runtime.
+    /// Starts the cache and its watch task on the current tokio runtime; the watch is
+    /// anonymous.
     pub fn start(conn: Arc<ControllerConnection>) -> Arc<Routes> {
+        Routes::start_as(conn, None)
+    }
+
+    /// [`Routes::start`], the route watch signed with `credentials`.
+    pub fn start_as(
+        conn: Arc<ControllerConnection>,
+        credentials: Option<Credentials>,
+    ) -> Arc<Routes> {
         let routes = Arc::new(Routes {
             conn,
+            credentials,
             cache: Mutex::new(HashMap::new()),
             watched: Mutex::new(BTreeSet::new()),
             watched_changed: Notify::new(),
@@ -156,7 +178,7 @@ async fn watch_loop(routes: std::sync::Weak<Routes>) {
             let _ = tokio::time::timeout(ORPHAN_CHECK, this.watched_changed.notified()).await;
             continue;
         }
-        if let Some(mut stream) = open_watch(&this.conn, &topics).await {
+        if let Some(mut stream) = open_watch(&this.conn, this.credentials.as_ref(), &topics).await {
             let mut orphan_check = tokio::time::interval(ORPHAN_CHECK);
             loop {
                 tokio::select! {
@@ -183,6 +205,7 @@ async fn watch_loop(routes: std::sync::Weak<Routes>) {
 /// follower's redirect to the leader.
 async fn open_watch(
     conn: &ControllerConnection,
+    credentials: Option<&Credentials>,
     topics: &[String],
 ) -> Option<tonic::Streaming<wire::RouteUpdate>> {
     let request = wire::WatchRoutesRequest {
@@ -197,7 +220,7 @@ async fn open_watch(
         let Ok(endpoint) = proto::dial::endpoint(&addr, WATCH_CONNECT_TIMEOUT) else {
             continue;
         };
-        let channel = endpoint.connect_lazy();
+        let channel = crate::pool::signed(endpoint.connect_lazy(), credentials);
         match ControllerClient::new(channel)
             .watch_routes(request.clone())
             .await

@@ -20,7 +20,6 @@ use bytes::Bytes;
 use proto::v5;
 use proto::v5::messaging_service_client::MessagingServiceClient;
 use tokio::sync::{mpsc, oneshot, Semaphore};
-use tonic::transport::Channel;
 
 /// How long one send may take, as the official clients' request timeout.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
@@ -58,7 +57,7 @@ pub struct V5Producer {
     topic: String,
     /// The client of each writable queue's endpoints (the broker chooses the queue within the
     /// group, as for the official clients).
-    queues: Vec<MessagingServiceClient<Channel>>,
+    queues: Vec<MessagingServiceClient<auth::SignedChannel>>,
     route: Route,
     next: AtomicUsize,
     client_id: String,
@@ -75,7 +74,8 @@ impl V5Producer {
         }
         let client_id = client_id();
         let route = query_route(endpoint, topic, &client_id).await?;
-        let mut clients: HashMap<String, MessagingServiceClient<Channel>> = HashMap::new();
+        let mut clients: HashMap<String, MessagingServiceClient<auth::SignedChannel>> =
+            HashMap::new();
         let requests = std::sync::Arc::new(AtomicU64::new(0));
         let mut queues = Vec::new();
         for queue in route {
@@ -171,7 +171,7 @@ impl V5Producer {
 /// then sends everything waiting, up to the batch bound, in one request to the next queue's
 /// endpoint, and answers each send from its entry.
 fn gather(
-    queues: Vec<MessagingServiceClient<Channel>>,
+    queues: Vec<MessagingServiceClient<auth::SignedChannel>>,
     client_id: String,
     batching: Batching,
     requests: std::sync::Arc<AtomicU64>,
@@ -223,7 +223,7 @@ fn gather(
 
 /// One `SendMessage` of `messages`: each message's outcome, in order.
 async fn send_request(
-    mut client: MessagingServiceClient<Channel>,
+    mut client: MessagingServiceClient<auth::SignedChannel>,
     client_id: &str,
     messages: Vec<v5::Message>,
 ) -> Vec<Outcome> {
@@ -302,9 +302,11 @@ pub fn queue_addr(queue: &v5::MessageQueue) -> Option<String> {
         .map(|a| format!("{}:{}", a.host, a.port))
 }
 
-pub fn client_of(addr: &str) -> Result<MessagingServiceClient<Channel>> {
+pub fn client_of(addr: &str) -> Result<MessagingServiceClient<auth::SignedChannel>> {
     let endpoint = proto::dial::endpoint(addr, CONNECT_TIMEOUT)?.timeout(REQUEST_TIMEOUT);
-    Ok(MessagingServiceClient::new(endpoint.connect_lazy()))
+    Ok(MessagingServiceClient::new(crate::identity::signed(
+        endpoint.connect_lazy(),
+    )))
 }
 
 pub fn resource(name: &str) -> v5::Resource {

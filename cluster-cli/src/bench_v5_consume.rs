@@ -13,7 +13,6 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use proto::v5;
 use proto::v5::messaging_service_client::MessagingServiceClient;
-use tonic::transport::Channel;
 
 use crate::bench_v5::{client_id, client_of, named, query_route, queue_addr, resource};
 
@@ -104,7 +103,7 @@ impl V5Consumers {
 
 /// One receive loop.
 struct Receiver {
-    client: MessagingServiceClient<Channel>,
+    client: MessagingServiceClient<auth::SignedChannel>,
     queue: v5::MessageQueue,
     group: String,
     topic: String,

@@ -194,6 +194,7 @@ pub async fn run(
     let deliveries: Arc<Mutex<Vec<Delivery>>> = Arc::default();
     let mut config = PushConsumerConfig::new(consumer_group.clone(), args.topic.clone());
     config.consume_from = ConsumeFrom::First;
+    config.credentials = crate::identity::credentials();
     let consumer = client::PushConsumer::start_controller(controllers, config, {
         let deliveries = deliveries.clone();
         move |message: &ReceivedMessage| -> std::result::Result<ConsumeResult, client::ListenerError> {
@@ -214,7 +215,11 @@ pub async fn run(
     let body = Bytes::from(vec![b'd'; args.size]);
     let mut producers = Vec::new();
     for p in 0..args.producers {
-        let producer = Producer::connect_controller(controllers, ProducerConfig::default()).await?;
+        let config = ProducerConfig {
+            credentials: crate::identity::credentials(),
+            ..ProducerConfig::default()
+        };
+        let producer = Producer::connect_controller(controllers, config).await?;
         let (history, stop, body) = (history.clone(), stop.clone(), body.clone());
         let (topic, run_id) = (args.topic.clone(), run_id.clone());
         producers.push(tokio::spawn(async move {

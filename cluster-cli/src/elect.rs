@@ -168,7 +168,7 @@ async fn elect(
                 })?
                 .timeout(ELECT_CALL_TIMEOUT);
             let mut client = match endpoint.connect().await {
-                Ok(channel) => ControllerClient::new(channel),
+                Ok(channel) => ControllerClient::new(crate::identity::signed(channel)),
                 Err(err) => {
                     last_error = Some(ClientError::Transport {
                         message: format!("cannot reach controller {addr}"),

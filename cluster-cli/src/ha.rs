@@ -123,7 +123,7 @@ pub(crate) async fn ha_status(addr: &str) -> Result<HaStatusResponse, ClientErro
         })??;
     let response = tokio::time::timeout(
         MASTER_CALL_TIMEOUT,
-        LogShippingClient::new(channel).ha_status(HaStatusRequest {}),
+        LogShippingClient::new(crate::identity::signed(channel)).ha_status(HaStatusRequest {}),
     )
     .await
     .map_err(|_| ClientError::Timeout {

@@ -10,6 +10,10 @@
 //! something failed (a send not `SEND_OK`, fewer messages consumed than asked, a broker or
 //! controller not alive, a broker group unknown or its master not answering), 2 on bad usage or
 //! when nothing could be reached.
+//!
+//! Every call to a broker is signed as the user of `--credentials FILE` (`CLUSTER_CREDENTIALS`)
+//! or `CLUSTER_ACCESS_KEY` / `CLUSTER_SECRET_KEY` (`identity`), as brokers with `acl_enabled`
+//! require.
 
 /// `println!` for the command's output: when stdout is a closed pipe (`cluster-cli cluster list
 /// | head`) the process ends quietly with 0, as other command-line tools do, instead of
@@ -34,6 +38,7 @@ mod drill;
 mod elect;
 mod group_settings;
 mod ha;
+mod identity;
 mod progress;
 mod send;
 mod users;
@@ -61,6 +66,10 @@ struct Cli {
     /// One JSON object on stdout instead of text.
     #[arg(long, global = true)]
     json: bool,
+    /// A credentials file (`access_key=...` and `secret_key=...` lines) whose user signs every
+    /// call; without it, CLUSTER_ACCESS_KEY and CLUSTER_SECRET_KEY, else anonymous.
+    #[arg(long, env = "CLUSTER_CREDENTIALS", global = true)]
+    credentials: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -222,6 +231,10 @@ impl Reach {
     }
 
     pub async fn producer(&self, config: client::ProducerConfig) -> Result<client::Producer> {
+        let config = client::ProducerConfig {
+            credentials: identity::credentials(),
+            ..config
+        };
         Ok(match self {
             Reach::Broker(addr) => client::Producer::connect(addr, config).await?,
             Reach::Controller(addrs) => client::Producer::connect_controller(addrs, config).await?,
@@ -233,6 +246,10 @@ impl Reach {
         config: client::PushConsumerConfig,
         listener: impl client::Listener,
     ) -> Result<client::PushConsumer> {
+        let config = client::PushConsumerConfig {
+            credentials: identity::credentials(),
+            ..config
+        };
         Ok(match self {
             Reach::Broker(addr) => client::PushConsumer::start(addr, config, listener).await?,
             Reach::Controller(addrs) => {
@@ -247,12 +264,12 @@ fn controller(cli_controller: &Option<String>) -> Result<client::controller::Con
     let Some(addrs) = cli_controller else {
         anyhow::bail!("this command needs the controller: pass --controller ADDR[,ADDR...] or set CONTROLLER_ADDR");
     };
-    // Signed as the user of CLUSTER_ACCESS_KEY / CLUSTER_SECRET_KEY when they are set.
-    let credentials = client::controller::Credentials::from_env()?;
-    Ok(client::controller::ControllerConnection::new(addrs)?.with_user(credentials))
+    // Signed as this run's user (`--credentials`, else CLUSTER_ACCESS_KEY / CLUSTER_SECRET_KEY).
+    Ok(client::controller::ControllerConnection::new(addrs)?.with_user(identity::credentials()))
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
+    identity::init(cli.credentials.as_deref())?;
     let reach = Reach::of(&cli);
     match cli.command {
         Command::Controller { command } => {
@@ -309,7 +326,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 async fn topic(broker: &str, json: bool, command: TopicCommand) -> Result<ExitCode> {
-    let admin = client::Admin::connect(broker).await?;
+    let admin = client::Admin::connect_as(broker, identity::credentials().as_ref()).await?;
     match command {
         TopicCommand::Status { topic } => {
             let masters = masters(&None, broker, &topic).await?;

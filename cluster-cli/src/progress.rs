@@ -11,7 +11,6 @@ use client::{Admin, ClientError};
 use proto::client::consumer_groups_client::ConsumerGroupsClient;
 use proto::client::{QueryOffsetRequest, TopicStatus};
 use serde_json::{json, Value};
-use tonic::transport::Channel;
 
 /// Where a topic's queues are read: a broker group and its master's address (None when the
 /// group has no live master).
@@ -43,7 +42,9 @@ pub async fn masters_of(conn: &ControllerConnection, topic: &str) -> Result<Vec<
 /// Every topic a group's master holds, with its queues, or why they could not be read.
 async fn master_topics(master: &Master) -> Result<Vec<TopicStatus>, String> {
     let addr = master.addr.as_deref().ok_or("no live master")?;
-    let admin = Admin::connect(addr).await.map_err(|e| e.to_string())?;
+    let admin = Admin::connect_as(addr, crate::identity::credentials().as_ref())
+        .await
+        .map_err(|e| e.to_string())?;
     admin.list_topics().await.map_err(|e| e.to_string())
 }
 
@@ -144,9 +145,20 @@ fn number(value: &Value) -> String {
     value.as_u64().map_or("-".into(), |n| n.to_string())
 }
 
+/// A client of the consumer groups of the broker at `addr`, signed as this run's user.
+async fn groups_client(addr: &str) -> Result<ConsumerGroupsClient<auth::SignedChannel>, String> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| ClientError::from(e).to_string())?;
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| ClientError::from(e).to_string())?;
+    Ok(ConsumerGroupsClient::new(crate::identity::signed(channel)))
+}
+
 /// The group's committed offset on a queue (None: it has committed none there).
 async fn committed(
-    client: &mut ConsumerGroupsClient<Channel>,
+    client: &mut ConsumerGroupsClient<auth::SignedChannel>,
     group: &str,
     topic: &str,
     queue_id: u32,
@@ -178,10 +190,7 @@ pub async fn group_progress(
         let connected = match master_topics(master).await {
             Ok(topics) => {
                 let addr = master.addr.as_deref().unwrap_or_default();
-                ConsumerGroupsClient::connect(format!("http://{addr}"))
-                    .await
-                    .map(|client| (topics, client))
-                    .map_err(|e| ClientError::from(e).to_string())
+                groups_client(addr).await.map(|client| (topics, client))
             }
             Err(why) => Err(why),
         };

@@ -9,6 +9,9 @@ Usage: python v5_consume.py ENDPOINT TOPIC GROUP EXPECTED OUT [HOLD]
   HOLD      acknowledge none of the first HOLD messages received (default 0): they must come
             back after their invisible duration (5 s), with delivery_attempt 2
 
+Signs with V5_ACCESS_KEY / V5_SECRET_KEY when set (v5_auth.py); stops at once when the broker
+refuses the credentials or the permission (no retry can help).
+
 Prints a summary as its last line of stdout: {"received", "acked_ids", "redelivered",
 "errors"}.
 """
@@ -17,7 +20,9 @@ import json
 import sys
 import time
 
-from rocketmq import ClientConfiguration, Credentials, FilterExpression, SimpleConsumer
+from rocketmq import ClientConfiguration, FilterExpression, SimpleConsumer
+
+from v5_auth import credentials, refused
 
 INVISIBLE_S = 5
 
@@ -27,7 +32,7 @@ def main():
     expected, out_path = int(sys.argv[4]), sys.argv[5]
     hold = int(sys.argv[6]) if len(sys.argv) > 6 else 0
     consumer = SimpleConsumer(
-        ClientConfiguration(endpoint, Credentials()),
+        ClientConfiguration(endpoint, credentials()),
         group,
         {topic: FilterExpression()},
         await_duration=2,
@@ -43,6 +48,8 @@ def main():
             except Exception as err:
                 if len(errors) < 5:
                     errors.append(str(err)[:300])
+                if refused(err):
+                    break
                 time.sleep(0.2)
                 continue
             for message in messages:

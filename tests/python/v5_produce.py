@@ -8,6 +8,9 @@ Usage: python v5_produce.py ENDPOINT TOPIC COUNT OUT
   OUT       a file written with one JSON line per message the client answered with a receipt:
             {"seq", "id", "kind", "group", "t"}
 
+Signs with V5_ACCESS_KEY / V5_SECRET_KEY when set (v5_auth.py); a refusal of the credentials or
+the permission is counted as a failed send like any other.
+
 Failed sends (after the client's own retries) are counted and the script goes on with the next
 message, as an application would. It prints a summary as its last line of stdout:
 {"sent", "ok", "failed", "longest_gap_s", "errors": [first few error texts]}.
@@ -17,12 +20,14 @@ import json
 import sys
 import time
 
-from rocketmq import ClientConfiguration, Credentials, Message, Producer
+from rocketmq import ClientConfiguration, Message, Producer
+
+from v5_auth import credentials
 
 
 def main():
     endpoint, topic, count, out_path = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-    producer = Producer(ClientConfiguration(endpoint, Credentials()), (topic,))
+    producer = Producer(ClientConfiguration(endpoint, credentials()), (topic,))
     producer.startup()
     ok, failed, errors = 0, 0, []
     last_ok = time.monotonic()

@@ -15,8 +15,10 @@ import sys
 import threading
 import time
 
-from rocketmq import (ClientConfiguration, ConsumeResult, Credentials, FilterExpression,
+from rocketmq import (ClientConfiguration, ConsumeResult, FilterExpression,
                       MessageListener, PushConsumer)
+
+from v5_auth import credentials
 
 
 class Recorder(MessageListener):
@@ -58,7 +60,7 @@ def main():
     with open(out_path, "w") as out:
         recorder = Recorder(out, fail)
         consumer = PushConsumer(
-            ClientConfiguration(endpoint, Credentials()),
+            ClientConfiguration(endpoint, credentials()),
             group,
             recorder,
             {topic: FilterExpression()},

@@ -20,10 +20,25 @@ pub fn python() -> String {
 
 /// Starts `tests/python/SCRIPT` with `args`.
 pub fn start_script(script: &str, args: &[&str]) -> Child {
+    start_script_as(script, args, None)
+}
+
+/// Starts `tests/python/SCRIPT` with `args`, its client signing as `credentials` (access key,
+/// secret key: `V5_ACCESS_KEY`, `V5_SECRET_KEY`, read by `v5_auth.py`), or with none.
+pub fn start_script_as(script: &str, args: &[&str], credentials: Option<(&str, &str)>) -> Child {
     let script = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("python")
         .join(script);
-    Command::new(python())
+    let mut command = Command::new(python());
+    command
+        .env_remove("V5_ACCESS_KEY")
+        .env_remove("V5_SECRET_KEY");
+    if let Some((access_key, secret_key)) = credentials {
+        command
+            .env("V5_ACCESS_KEY", access_key)
+            .env("V5_SECRET_KEY", secret_key);
+    }
+    command
         .arg(script)
         .args(args)
         .stdout(Stdio::piped())

@@ -1,7 +1,9 @@
 //! Calls only a group's master can answer (receives and what follows them), made on another
 //! member: handed to the master's own v5 service, at the address the controller's group view
-//! gives (`GroupView.master_v5_addr`), with the client's id. The member keeps one channel per
-//! master address.
+//! gives (`GroupView.master_v5_addr`), with the client's id and its user's signature as they
+//! came ([`Origin`]), so that the master authenticates and checks the same user (the signature
+//! covers its date only, so it verifies there too). The member keeps one channel per master
+//! address.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -14,6 +16,8 @@ use tokio::sync::watch;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
+use auth::user_sign::{AUTHORIZATION_METADATA_KEY, DATE_TIME_METADATA_KEY};
+
 use super::status::status;
 use super::CLIENT_ID_METADATA_KEY;
 
@@ -21,6 +25,58 @@ use super::CLIENT_ID_METADATA_KEY;
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// Most items a forwarded receive's stream may bring back (a batch, its status and time).
 const STREAM_ITEMS_MAX: usize = super::consume::RECEIVE_BATCH_MAX as usize + 4;
+
+/// A user's signature headers as a call brought them (`authorization`, `x-mq-date-time`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct UserSignature {
+    authorization: String,
+    date_time: String,
+}
+
+impl UserSignature {
+    /// The signature of a request whose caller it proved (`auth::Caller::User`); None for an
+    /// anonymous one, whose headers prove nothing and are not passed on.
+    pub fn of(
+        metadata: &tonic::metadata::MetadataMap,
+        extensions: &tonic::Extensions,
+    ) -> Option<Self> {
+        if !matches!(
+            extensions.get::<auth::Caller>(),
+            Some(auth::Caller::User(_))
+        ) {
+            return None;
+        }
+        let get = |key| {
+            metadata
+                .get(key)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        Some(UserSignature {
+            authorization: get(AUTHORIZATION_METADATA_KEY)?,
+            date_time: get(DATE_TIME_METADATA_KEY)?,
+        })
+    }
+
+    /// Puts the headers on a call handed on.
+    pub fn apply(&self, metadata: &mut tonic::metadata::MetadataMap) {
+        for (key, value) in [
+            (AUTHORIZATION_METADATA_KEY, &self.authorization),
+            (DATE_TIME_METADATA_KEY, &self.date_time),
+        ] {
+            if let Ok(value) = value.parse() {
+                metadata.insert(key, value);
+            }
+        }
+    }
+}
+
+/// Who made a call: its client, and its user's signature when it had one.
+#[derive(Clone, Debug)]
+pub struct Origin {
+    pub client_id: String,
+    pub signature: Option<UserSignature>,
+}
 
 /// Where the group's master serves v5, and channels to it.
 pub struct ToMaster {
@@ -65,10 +121,13 @@ impl ToMaster {
         Ok(client)
     }
 
-    fn request<T>(message: T, client_id: &str, timeout: Duration) -> tonic::Request<T> {
+    fn request<T>(message: T, origin: &Origin, timeout: Duration) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
-        if let Ok(value) = client_id.parse() {
+        if let Ok(value) = origin.client_id.parse() {
             request.metadata_mut().insert(CLIENT_ID_METADATA_KEY, value);
+        }
+        if let Some(signature) = &origin.signature {
+            signature.apply(request.metadata_mut());
         }
         request.set_timeout(timeout);
         request
@@ -78,7 +137,7 @@ impl ToMaster {
     pub async fn receive(
         &self,
         message: v5::ReceiveMessageRequest,
-        client_id: &str,
+        origin: &Origin,
         timeout: Duration,
     ) -> Vec<v5::ReceiveMessageResponse> {
         let failed = |status| {
@@ -91,7 +150,7 @@ impl ToMaster {
             Err(status) => return failed(status),
         };
         let mut stream = match client
-            .receive_message(Self::request(message, client_id, timeout))
+            .receive_message(Self::request(message, origin, timeout))
             .await
         {
             Ok(stream) => stream.into_inner(),
@@ -113,7 +172,7 @@ impl ToMaster {
     async fn unary<Req, Resp, Call, Answer>(
         &self,
         message: Req,
-        client_id: &str,
+        origin: &Origin,
         call: Call,
         failed: impl Fn(v5::Status) -> Resp,
     ) -> Resp
@@ -125,7 +184,7 @@ impl ToMaster {
             Ok(client) => client,
             Err(status) => return failed(status),
         };
-        match call(client, Self::request(message, client_id, UNARY_TIMEOUT)).await {
+        match call(client, Self::request(message, origin, UNARY_TIMEOUT)).await {
             Ok(answer) => answer.into_inner(),
             Err(err) => failed(unreachable(&err)),
         }
@@ -134,11 +193,11 @@ impl ToMaster {
     pub async fn ack(
         &self,
         message: v5::AckMessageRequest,
-        client_id: &str,
+        origin: &Origin,
     ) -> v5::AckMessageResponse {
         self.unary(
             message,
-            client_id,
+            origin,
             |mut c, r| async move { c.ack_message(r).await },
             |status| v5::AckMessageResponse {
                 status: Some(status),
@@ -151,11 +210,11 @@ impl ToMaster {
     pub async fn change_invisible(
         &self,
         message: v5::ChangeInvisibleDurationRequest,
-        client_id: &str,
+        origin: &Origin,
     ) -> v5::ChangeInvisibleDurationResponse {
         self.unary(
             message,
-            client_id,
+            origin,
             |mut c, r| async move { c.change_invisible_duration(r).await },
             |status| v5::ChangeInvisibleDurationResponse {
                 status: Some(status),
@@ -168,11 +227,11 @@ impl ToMaster {
     pub async fn dead_letter(
         &self,
         message: v5::ForwardMessageToDeadLetterQueueRequest,
-        client_id: &str,
+        origin: &Origin,
     ) -> v5::ForwardMessageToDeadLetterQueueResponse {
         self.unary(
             message,
-            client_id,
+            origin,
             |mut c, r| async move { c.forward_message_to_dead_letter_queue(r).await },
             |status| v5::ForwardMessageToDeadLetterQueueResponse {
                 status: Some(status),
@@ -190,4 +249,33 @@ fn unreachable(err: &tonic::Status) -> v5::Status {
         v5::Code::HaNotAvailable,
         format!("the group's master did not answer: {}", err.message()),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_verified_callers_signature_is_handed_on() {
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        metadata.insert(
+            AUTHORIZATION_METADATA_KEY,
+            "MQv2-HMAC-SHA1 x".parse().unwrap(),
+        );
+        metadata.insert(DATE_TIME_METADATA_KEY, "20261207T203000Z".parse().unwrap());
+        let mut extensions = tonic::Extensions::new();
+        assert_eq!(UserSignature::of(&metadata, &extensions), None, "anonymous");
+        extensions.insert(auth::Caller::User("app".into()));
+        let signature = UserSignature::of(&metadata, &extensions).unwrap();
+        let mut forwarded = tonic::metadata::MetadataMap::new();
+        signature.apply(&mut forwarded);
+        assert_eq!(
+            forwarded.get(AUTHORIZATION_METADATA_KEY),
+            metadata.get(AUTHORIZATION_METADATA_KEY)
+        );
+        assert_eq!(
+            forwarded.get(DATE_TIME_METADATA_KEY),
+            metadata.get(DATE_TIME_METADATA_KEY)
+        );
+    }
 }

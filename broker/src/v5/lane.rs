@@ -24,12 +24,15 @@ pub const BATCH_MAX: usize = 64;
 /// Batches of one lane in flight at once.
 pub const IN_FLIGHT_MAX: usize = 4;
 
-/// A lane: a topic's NORMAL messages, or one FIFO queue of it.
+/// A lane: a topic's NORMAL messages, or one FIFO queue of it, sent as one user.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct LaneKey {
     pub topic: String,
     /// The FIFO queue, or None for NORMAL messages.
     pub queue: Option<u32>,
+    /// The senders' signature, which a batch handed to the master carries: only requests
+    /// signed alike share a batch, so that no message travels under another user's name.
+    pub signature: Option<super::forward::UserSignature>,
 }
 
 /// One message's outcome: the native send status and its queue offset, or the refusal.
@@ -133,6 +136,7 @@ mod tests {
         LaneKey {
             topic: "orders".into(),
             queue: None,
+            signature: None,
         }
     }
 

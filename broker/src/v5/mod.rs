@@ -30,6 +30,11 @@
 //!   handed to the master.
 //! - [`telemetry`]: the `Telemetry` stream: the server's settings in answer to a client's.
 //! - [`status`]: building answers' statuses.
+//! - [`access`]: each RPC's permission check (`crate::access` has the table), made before the
+//!   call touches anything; a refusal is the body status 40100 / 40300. A call handed to the
+//!   master carries the caller's signature ([`forward::Origin`]), so the master checks the same
+//!   user. `calls` (private): the consumption calls the master serves itself.
+//! - [`serve`]: the v5 listener and server, with `auth::UserGuardLayer` in front.
 //!
 //! Not served yet, each answering `NOT_IMPLEMENTED` with where to read more (docs/CLIENTS.md):
 //! `PullMessage` and the offsets' RPCs, transactions, recall and lite topics.
@@ -43,9 +48,11 @@ use proto::v5::messaging_service_server::MessagingService;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
-use auth::ClusterKey;
+use auth::{ClusterKey, Gate};
+use forward::{Origin, UserSignature};
 use proto::controller::GroupView;
 use tokio::sync::watch;
+use tonic::Extensions;
 
 use crate::config::BrokerSettings;
 use crate::groups::ConsumerGroupState;
@@ -55,6 +62,8 @@ use crate::service::BrokerService;
 use crate::store::{Store, StoreConfig};
 use crate::topics::TopicRegistry;
 
+pub mod access;
+mod calls;
 pub mod commit;
 pub mod consume;
 pub mod forward;
@@ -64,6 +73,7 @@ pub mod pop;
 pub mod receipt;
 pub mod route;
 pub mod send;
+pub mod serve;
 pub mod status;
 pub mod telemetry;
 
@@ -79,6 +89,8 @@ pub struct V5Service {
     settings: telemetry::ServerSettings,
     consumption: consume::Consumption,
     to_master: forward::ToMaster,
+    /// Every RPC asks it first (`access`).
+    gate: Gate,
 }
 
 /// What the v5 API works through: the broker's parts.
@@ -97,6 +109,8 @@ pub struct V5Parts {
     pub views: Option<watch::Receiver<Option<GroupView>>>,
     /// Where clients reach this broker's v5 API.
     pub v5_addr: String,
+    /// Users' permissions, checked by every RPC.
+    pub gate: Gate,
 }
 
 impl V5Service {
@@ -114,6 +128,7 @@ impl V5Service {
             ),
             routes: route::Routes::new(
                 &settings.controller_addr,
+                &parts.key,
                 parts.topics,
                 settings.broker_name.clone(),
                 parts.v5_addr.clone(),
@@ -121,6 +136,7 @@ impl V5Service {
             settings: telemetry::ServerSettings::new(settings, store, Some(parts.retry.clone())),
             consumption,
             to_master: forward::ToMaster::new(parts.views),
+            gate: parts.gate,
         })
     }
 }
@@ -161,6 +177,22 @@ fn client_id<T>(request: &Request<T>) -> Result<String, v5::Status> {
     }
 }
 
+impl V5Service {
+    /// The call's origin once the caller is admitted by `need` and the call names its client;
+    /// else the refusal, for the answer's body.
+    fn admit<T>(
+        &self,
+        request: &Request<T>,
+        need: impl FnOnce(&Gate, &Extensions) -> Result<(), Status>,
+    ) -> Result<Origin, v5::Status> {
+        need(&self.gate, request.extensions()).map_err(access::refusal)?;
+        Ok(Origin {
+            client_id: client_id(request)?,
+            signature: UserSignature::of(request.metadata(), request.extensions()),
+        })
+    }
+}
+
 type ServerStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 /// A server stream of one item.
@@ -182,139 +214,14 @@ fn name_of(resource: &Option<v5::Resource>) -> String {
         .unwrap_or_default()
 }
 
-impl V5Service {
-    /// A receive: served here on the master, else by the master.
-    async fn receive(
-        &self,
-        mut request: v5::ReceiveMessageRequest,
-        client: &str,
-        deadline: Option<Duration>,
-    ) -> Vec<v5::ReceiveMessageResponse> {
-        let mut receive = match consume::validate(&request) {
-            Ok(receive) => receive,
-            Err(refused) => return vec![receive_status(refused)],
-        };
-        // The answer must reach the client before its deadline, or what was handed out is lost
-        // to it until its invisibility runs out.
-        if let Some(deadline) = deadline {
-            receive.long_polling = receive
-                .long_polling
-                .min(deadline.saturating_sub(DEADLINE_MARGIN));
-        }
-        if !self.consumption.is_master() {
-            // The master's answer within the client's deadline: its long poll and a margin.
-            request.long_polling_timeout =
-                prost_types::Duration::try_from(receive.long_polling).ok();
-            let timeout = receive.long_polling + Duration::from_millis(2500);
-            return self.to_master.receive(request, client, timeout).await;
-        }
-        let started = prost_types::Timestamp::from(std::time::SystemTime::now());
-        match self.consumption.receive(&receive).await {
-            Err(refused) => vec![receive_status(refused)],
-            Ok(messages) if messages.is_empty() => vec![receive_status(status(
-                v5::Code::MessageNotFound,
-                "no new message for this group in this queue",
-            ))],
-            Ok(messages) => std::iter::once(receive_status(status::ok()))
-                .chain(std::iter::once(v5::ReceiveMessageResponse {
-                    content: Some(v5::receive_message_response::Content::DeliveryTimestamp(
-                        started,
-                    )),
-                }))
-                .chain(
-                    messages
-                        .into_iter()
-                        .map(|message| v5::ReceiveMessageResponse {
-                            content: Some(v5::receive_message_response::Content::Message(message)),
-                        }),
-                )
-                .collect(),
-        }
-    }
-
-    async fn ack(&self, request: v5::AckMessageRequest) -> v5::AckMessageResponse {
-        if request.entries.is_empty() || request.entries.len() > consume::ACK_ENTRIES_MAX {
-            return v5::AckMessageResponse {
-                status: Some(status(
-                    v5::Code::BadRequest,
-                    format!(
-                        "an acknowledgement holds 1 to {} entries",
-                        consume::ACK_ENTRIES_MAX
-                    ),
-                )),
-                entries: Vec::new(),
-            };
-        }
-        let (group, topic) = (name_of(&request.group), name_of(&request.topic));
-        let handles: Vec<&str> = request
-            .entries
-            .iter()
-            .map(|e| e.receipt_handle.as_str())
-            .collect();
-        let statuses = self.consumption.ack(&group, &topic, &handles).await;
-        let entries: Vec<v5::AckMessageResultEntry> = request
-            .entries
-            .into_iter()
-            .zip(statuses)
-            .map(|(entry, status)| v5::AckMessageResultEntry {
-                message_id: entry.message_id,
-                receipt_handle: entry.receipt_handle,
-                status: Some(status),
-            })
-            .collect();
-        let status = entries
-            .iter()
-            .filter_map(|e| e.status.clone())
-            .find(|s| s.code != v5::Code::Ok as i32)
-            .unwrap_or_else(status::ok);
-        v5::AckMessageResponse {
-            status: Some(status),
-            entries,
-        }
-    }
-
-    async fn change_invisible(
-        &self,
-        request: v5::ChangeInvisibleDurationRequest,
-    ) -> v5::ChangeInvisibleDurationResponse {
-        let refusal = |status| v5::ChangeInvisibleDurationResponse {
-            status: Some(status),
-            receipt_handle: String::new(),
-        };
-        let Some(invisible) = request
-            .invisible_duration
-            .as_ref()
-            .and_then(message::millis_of)
-            .map(std::time::Duration::from_millis)
-            .filter(|d| *d <= std::time::Duration::from_secs(12 * 3600))
-        else {
-            return refusal(status(
-                v5::Code::IllegalInvisibleTime,
-                "invisible_duration must be 0 to 12 h",
-            ));
-        };
-        let (group, topic) = (name_of(&request.group), name_of(&request.topic));
-        match self
-            .consumption
-            .change_invisible(&group, &topic, &request.receipt_handle, invisible)
-            .await
-        {
-            Ok(receipt_handle) => v5::ChangeInvisibleDurationResponse {
-                status: Some(status::ok()),
-                receipt_handle,
-            },
-            Err(status) => refusal(status),
-        }
-    }
-}
-
 #[tonic::async_trait]
 impl MessagingService for V5Service {
     async fn query_route(
         &self,
         request: Request<v5::QueryRouteRequest>,
     ) -> Result<Response<v5::QueryRouteResponse>, Status> {
-        let answer = match client_id(&request) {
+        let topic = &request.get_ref().topic;
+        let answer = match self.admit(&request, |g, e| access::route(g, e, topic)) {
             Err(refused) => v5::QueryRouteResponse {
                 status: Some(refused),
                 message_queues: Vec::new(),
@@ -328,7 +235,8 @@ impl MessagingService for V5Service {
         &self,
         request: Request<v5::HeartbeatRequest>,
     ) -> Result<Response<v5::HeartbeatResponse>, Status> {
-        let status = match client_id(&request) {
+        let group = &request.get_ref().group;
+        let status = match self.admit(&request, |g, e| access::heartbeat(g, e, group)) {
             Err(refused) => refused,
             Ok(_) => status::ok(),
         };
@@ -341,12 +249,13 @@ impl MessagingService for V5Service {
         &self,
         request: Request<v5::SendMessageRequest>,
     ) -> Result<Response<v5::SendMessageResponse>, Status> {
-        let answer = match client_id(&request) {
+        let messages = &request.get_ref().messages;
+        let answer = match self.admit(&request, |g, e| access::send(g, e, messages)) {
             Err(refused) => v5::SendMessageResponse {
                 status: Some(refused),
                 entries: Vec::new(),
             },
-            Ok(_) => self.send.send(request.into_inner()).await,
+            Ok(origin) => self.send.send(request.into_inner(), origin.signature).await,
         };
         Ok(Response::new(answer))
     }
@@ -355,7 +264,9 @@ impl MessagingService for V5Service {
         &self,
         request: Request<v5::QueryAssignmentRequest>,
     ) -> Result<Response<v5::QueryAssignmentResponse>, Status> {
-        if let Err(refused) = client_id(&request) {
+        let r = request.get_ref();
+        if let Err(refused) = self.admit(&request, |g, e| access::consume(g, e, &r.topic, &r.group))
+        {
             return Ok(Response::new(v5::QueryAssignmentResponse {
                 status: Some(refused),
                 assignments: Vec::new(),
@@ -404,11 +315,15 @@ impl MessagingService for V5Service {
         &self,
         request: Request<v5::ReceiveMessageRequest>,
     ) -> Result<Response<Self::ReceiveMessageStream>, Status> {
-        let items = match client_id(&request) {
+        let r = request.get_ref();
+        let admitted = self.admit(&request, |g, e| {
+            access::consume_queue(g, e, &r.message_queue, &r.group)
+        });
+        let items = match admitted {
             Err(refused) => vec![receive_status(refused)],
-            Ok(client) => {
+            Ok(origin) => {
                 let deadline = client_deadline(request.metadata());
-                self.receive(request.into_inner(), &client, deadline).await
+                self.receive(request.into_inner(), &origin, deadline).await
             }
         };
         Ok(Response::new(Box::pin(tokio_stream::iter(
@@ -420,13 +335,14 @@ impl MessagingService for V5Service {
         &self,
         request: Request<v5::AckMessageRequest>,
     ) -> Result<Response<v5::AckMessageResponse>, Status> {
-        let answer = match client_id(&request) {
+        let r = request.get_ref();
+        let answer = match self.admit(&request, |g, e| access::consume(g, e, &r.topic, &r.group)) {
             Err(refused) => v5::AckMessageResponse {
                 status: Some(refused),
                 entries: Vec::new(),
             },
-            Ok(client) if !self.consumption.is_master() => {
-                self.to_master.ack(request.into_inner(), &client).await
+            Ok(origin) if !self.consumption.is_master() => {
+                self.to_master.ack(request.into_inner(), &origin).await
             }
             Ok(_) => self.ack(request.into_inner()).await,
         };
@@ -437,13 +353,14 @@ impl MessagingService for V5Service {
         &self,
         request: Request<v5::ForwardMessageToDeadLetterQueueRequest>,
     ) -> Result<Response<v5::ForwardMessageToDeadLetterQueueResponse>, Status> {
-        let answer = match client_id(&request) {
+        let r = request.get_ref();
+        let answer = match self.admit(&request, |g, e| access::consume(g, e, &r.topic, &r.group)) {
             Err(refused) => v5::ForwardMessageToDeadLetterQueueResponse {
                 status: Some(refused),
             },
-            Ok(client) if !self.consumption.is_master() => {
+            Ok(origin) if !self.consumption.is_master() => {
                 self.to_master
-                    .dead_letter(request.into_inner(), &client)
+                    .dead_letter(request.into_inner(), &origin)
                     .await
             }
             Ok(_) => {
@@ -465,50 +382,79 @@ impl MessagingService for V5Service {
 
     async fn pull_message(
         &self,
-        _request: Request<v5::PullMessageRequest>,
+        request: Request<v5::PullMessageRequest>,
     ) -> Result<Response<Self::PullMessageStream>, Status> {
+        let r = request.get_ref();
+        let answer = self
+            .admit(&request, |g, e| {
+                access::consume_queue(g, e, &r.message_queue, &r.group)
+            })
+            .err()
+            .unwrap_or_else(|| not_implemented("PullMessage"));
         Ok(Response::new(one(v5::PullMessageResponse {
-            content: Some(v5::pull_message_response::Content::Status(not_implemented(
-                "PullMessage",
-            ))),
+            content: Some(v5::pull_message_response::Content::Status(answer)),
         })))
     }
 
     async fn update_offset(
         &self,
-        _request: Request<v5::UpdateOffsetRequest>,
+        request: Request<v5::UpdateOffsetRequest>,
     ) -> Result<Response<v5::UpdateOffsetResponse>, Status> {
+        let r = request.get_ref();
+        let answer = self
+            .admit(&request, |g, e| {
+                access::consume_queue(g, e, &r.message_queue, &r.group)
+            })
+            .err()
+            .unwrap_or_else(|| not_implemented("UpdateOffset"));
         Ok(Response::new(v5::UpdateOffsetResponse {
-            status: Some(not_implemented("UpdateOffset")),
+            status: Some(answer),
         }))
     }
 
     async fn get_offset(
         &self,
-        _request: Request<v5::GetOffsetRequest>,
+        request: Request<v5::GetOffsetRequest>,
     ) -> Result<Response<v5::GetOffsetResponse>, Status> {
+        let r = request.get_ref();
+        let answer = self
+            .admit(&request, |g, e| {
+                access::consume_queue(g, e, &r.message_queue, &r.group)
+            })
+            .err()
+            .unwrap_or_else(|| not_implemented("GetOffset"));
         Ok(Response::new(v5::GetOffsetResponse {
-            status: Some(not_implemented("GetOffset")),
+            status: Some(answer),
             offset: 0,
         }))
     }
 
     async fn query_offset(
         &self,
-        _request: Request<v5::QueryOffsetRequest>,
+        request: Request<v5::QueryOffsetRequest>,
     ) -> Result<Response<v5::QueryOffsetResponse>, Status> {
+        let queue = &request.get_ref().message_queue;
+        let answer = self
+            .admit(&request, |g, e| access::consume_topic_of(g, e, queue))
+            .err()
+            .unwrap_or_else(|| not_implemented("QueryOffset"));
         Ok(Response::new(v5::QueryOffsetResponse {
-            status: Some(not_implemented("QueryOffset")),
+            status: Some(answer),
             offset: 0,
         }))
     }
 
     async fn end_transaction(
         &self,
-        _request: Request<v5::EndTransactionRequest>,
+        request: Request<v5::EndTransactionRequest>,
     ) -> Result<Response<v5::EndTransactionResponse>, Status> {
+        let topic = &request.get_ref().topic;
+        let answer = self
+            .admit(&request, |g, e| access::send_to(g, e, topic))
+            .err()
+            .unwrap_or_else(|| not_implemented("EndTransaction"));
         Ok(Response::new(v5::EndTransactionResponse {
-            status: Some(not_implemented("EndTransaction")),
+            status: Some(answer),
         }))
     }
 
@@ -518,7 +464,7 @@ impl MessagingService for V5Service {
         &self,
         request: Request<Streaming<v5::TelemetryCommand>>,
     ) -> Result<Response<Self::TelemetryStream>, Status> {
-        let refused = client_id(&request).err();
+        let refused = self.admit(&request, |g, e| g.check_user(e)).err();
         Ok(Response::new(
             self.settings.answer(request.into_inner(), refused),
         ))
@@ -528,7 +474,7 @@ impl MessagingService for V5Service {
         &self,
         request: Request<v5::NotifyClientTerminationRequest>,
     ) -> Result<Response<v5::NotifyClientTerminationResponse>, Status> {
-        let status = match client_id(&request) {
+        let status = match self.admit(&request, |g, e| g.check_user(e)) {
             Err(refused) => refused,
             Ok(_) => status::ok(),
         };
@@ -541,14 +487,15 @@ impl MessagingService for V5Service {
         &self,
         request: Request<v5::ChangeInvisibleDurationRequest>,
     ) -> Result<Response<v5::ChangeInvisibleDurationResponse>, Status> {
-        let answer = match client_id(&request) {
+        let r = request.get_ref();
+        let answer = match self.admit(&request, |g, e| access::consume(g, e, &r.topic, &r.group)) {
             Err(refused) => v5::ChangeInvisibleDurationResponse {
                 status: Some(refused),
                 receipt_handle: String::new(),
             },
-            Ok(client) if !self.consumption.is_master() => {
+            Ok(origin) if !self.consumption.is_master() => {
                 self.to_master
-                    .change_invisible(request.into_inner(), &client)
+                    .change_invisible(request.into_inner(), &origin)
                     .await
             }
             Ok(_) => self.change_invisible(request.into_inner()).await,
@@ -558,20 +505,30 @@ impl MessagingService for V5Service {
 
     async fn recall_message(
         &self,
-        _request: Request<v5::RecallMessageRequest>,
+        request: Request<v5::RecallMessageRequest>,
     ) -> Result<Response<v5::RecallMessageResponse>, Status> {
+        let topic = &request.get_ref().topic;
+        let answer = self
+            .admit(&request, |g, e| access::send_to(g, e, topic))
+            .err()
+            .unwrap_or_else(|| not_implemented("RecallMessage"));
         Ok(Response::new(v5::RecallMessageResponse {
-            status: Some(not_implemented("RecallMessage")),
+            status: Some(answer),
             message_id: String::new(),
         }))
     }
 
     async fn sync_lite_subscription(
         &self,
-        _request: Request<v5::SyncLiteSubscriptionRequest>,
+        request: Request<v5::SyncLiteSubscriptionRequest>,
     ) -> Result<Response<v5::SyncLiteSubscriptionResponse>, Status> {
+        let r = request.get_ref();
+        let answer = self
+            .admit(&request, |g, e| access::consume(g, e, &r.topic, &r.group))
+            .err()
+            .unwrap_or_else(|| not_implemented("SyncLiteSubscription"));
         Ok(Response::new(v5::SyncLiteSubscriptionResponse {
-            status: Some(not_implemented("SyncLiteSubscription")),
+            status: Some(answer),
         }))
     }
 }

@@ -23,6 +23,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use auth::ClusterKey;
 use controller_client::{ControllerConnection, ControllerError};
 use proto::common::ErrorCode;
 use proto::controller as wire;
@@ -63,6 +64,7 @@ impl Routes {
     /// Routes from the controllers at `controller_addr`, or, when it is empty, this broker's own.
     pub fn new(
         controller_addr: &str,
+        cluster_key: &ClusterKey,
         topics: Arc<TopicRegistry>,
         group: String,
         v5_addr: String,
@@ -74,8 +76,12 @@ impl Routes {
                 v5_addr,
             });
         }
-        Ok(Routes::Controller(ControllerConnection::new(
+        // As a member (`RouteForBroker`): the client's own permission on the topic was checked
+        // here already, and the controller, which enforces its ACL on `GetRoute`, would refuse
+        // a broker that asked without a user.
+        Ok(Routes::Controller(ControllerConnection::member(
             controller_addr,
+            cluster_key.clone(),
         )?))
     }
 
@@ -109,7 +115,7 @@ impl Routes {
                 ),
                 None => Vec::new(),
             },
-            Routes::Controller(conn) => match conn.route(&topic.name).await {
+            Routes::Controller(conn) => match conn.route_for_broker(&topic.name).await {
                 Ok(route) => route_queues(&topic, &route),
                 Err(err) => return refusal(controller_refusal(&err)),
             },

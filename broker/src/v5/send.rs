@@ -7,7 +7,7 @@
 //! SLAVE_PERSISTENCE_TIMEOUT, `SLAVE_NOT_AVAILABLE` to HA_NOT_AVAILABLE; never OK.
 //!
 //! A broker that is not its group's master hands the send to the master it knows, over the
-//! native API; while the group has no master (an election), it waits for one, within
+//! native API, with the sender's signature (the master checks the user again); while the group has no master (an election), it waits for one, within
 //! [`MASTER_PATIENCE`]: below the clients' request timeout (3 s), so that a failover costs the
 //! application a pause, not an error.
 //!
@@ -32,6 +32,7 @@ use proto::v5;
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
+use super::forward::UserSignature;
 use super::lane::{LaneKey, Lanes, Outcome};
 use super::status::{ok, refused, status};
 use crate::error::BrokerError;
@@ -88,7 +89,13 @@ impl Sender {
 
     /// The answer to `request`: one entry per message, in order; the top-level status is the
     /// first failure's, or OK when every message was sent (the official clients read only it).
-    pub async fn send(&self, request: v5::SendMessageRequest) -> v5::SendMessageResponse {
+    /// `signature`: the sender's, for the hand-off to the master (its permission to send to
+    /// every topic of the request was checked already).
+    pub async fn send(
+        &self,
+        request: v5::SendMessageRequest,
+        signature: Option<UserSignature>,
+    ) -> v5::SendMessageResponse {
         if request.messages.is_empty() || request.messages.len() > SEND_MESSAGES_MAX {
             return v5::SendMessageResponse {
                 status: Some(status(
@@ -105,7 +112,7 @@ impl Sender {
         let pending: Vec<Pending> = request
             .messages
             .into_iter()
-            .map(|message| self.enqueue(message, &mut starts))
+            .map(|message| self.enqueue(message, &signature, &mut starts))
             .collect();
         for (key, queue_count) in starts {
             let inner = self.inner.clone();
@@ -128,7 +135,12 @@ impl Sender {
 
     /// Puts one message in its lane, or refuses it; a lane that had room for another batch in
     /// flight is added to `starts`, for the caller to start its sender.
-    fn enqueue(&self, message: v5::Message, starts: &mut Vec<(LaneKey, u32)>) -> Pending {
+    fn enqueue(
+        &self,
+        message: v5::Message,
+        signature: &Option<UserSignature>,
+        starts: &mut Vec<(LaneKey, u32)>,
+    ) -> Pending {
         let message_id = message
             .system_properties
             .as_ref()
@@ -152,6 +164,7 @@ impl Sender {
                 .get(PROPERTY_MESSAGE_GROUP)
                 .map(|group| fifo_queue(group, topic.queue_count)),
             topic: request.topic,
+            signature: signature.clone(),
         };
         let (outcome, start) = self.inner.lanes.push(&key, message);
         if start {
@@ -216,13 +229,13 @@ impl Inner {
             let mut batch = batch;
             // The messages move into the request and back only if the batch is split.
             let whole = request(std::mem::take(&mut batch.messages));
-            match self.send_through_master(&whole).await {
+            match self.send_through_master(&whole, &key.signature).await {
                 Ok(answer) => batch.answer(Ok((answer.status, answer.queue_offset))),
                 Err(refusal) if whole.messages.len() > 1 && about_a_message(&refusal) => {
                     batch.messages = whole.messages;
                     for mut part in batch.split() {
                         let alone = request(std::mem::take(&mut part.messages));
-                        let answer = self.send_through_master(&alone).await;
+                        let answer = self.send_through_master(&alone, &key.signature).await;
                         part.answer(answer.map(|a| (a.status, a.queue_offset)));
                     }
                 }
@@ -236,6 +249,7 @@ impl Inner {
     async fn send_through_master(
         &self,
         request: &native::SendRequest,
+        signature: &Option<UserSignature>,
     ) -> Result<native::SendResponse, v5::Status> {
         let deadline = tokio::time::Instant::now() + MASTER_PATIENCE;
         loop {
@@ -245,7 +259,7 @@ impl Inner {
                 Err(err) => return Err(refused(err.code(), err.to_string())),
             };
             if let Some(addr) = master_addr {
-                match self.send_to(&addr, request.clone()).await {
+                match self.send_to(&addr, request.clone(), signature).await {
                     Ok(answer) => return Ok(answer),
                     // No master there (yet): look again below.
                     Err(Forward::Retry(reason)) => {
@@ -273,8 +287,14 @@ impl Inner {
         &self,
         addr: &str,
         request: native::SendRequest,
+        signature: &Option<UserSignature>,
     ) -> Result<native::SendResponse, Forward> {
         let mut client = self.master(addr)?;
+        // The master authenticates and checks the sender itself: it gets its signature.
+        let mut request = tonic::Request::new(request);
+        if let Some(signature) = signature {
+            signature.apply(request.metadata_mut());
+        }
         match client.send(request).await {
             Ok(answer) => Ok(answer.into_inner()),
             Err(status) => match proto::ErrorStatus::from_status(&status) {

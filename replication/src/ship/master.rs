@@ -63,6 +63,9 @@ pub struct ShipService<L> {
     log: Arc<L>,
     in_sync: watch::Receiver<Option<Arc<InSync<L>>>>,
     config: Arc<ShipConfig>,
+    /// Users' permissions: `HaStatus` (operators' view of the group) needs admin on the
+    /// cluster. The log stream itself is members' only, guarded by the cluster secret.
+    gate: auth::Gate,
 }
 
 impl<L: ShippedLog> ShipService<L> {
@@ -77,7 +80,14 @@ impl<L: ShippedLog> ShipService<L> {
             log,
             in_sync,
             config: Arc::new(config),
+            gate: auth::Gate::open(),
         }
+    }
+
+    /// Checks `HaStatus` callers with `gate` (open by default: every caller may).
+    pub fn with_gate(mut self, gate: auth::Gate) -> Self {
+        self.gate = gate;
+        self
     }
 
     fn master(&self) -> Result<Arc<InSync<L>>, Status> {
@@ -462,8 +472,13 @@ impl<L: ShippedLog> LogShipping for ShipService<L> {
 
     async fn ha_status(
         &self,
-        _request: Request<pb::HaStatusRequest>,
+        request: Request<pb::HaStatusRequest>,
     ) -> Result<Response<pb::HaStatusResponse>, Status> {
+        self.gate.check(
+            request.extensions(),
+            auth::Action::Admin,
+            auth::Resource::Cluster,
+        )?;
         let in_sync = self.master()?;
         let view = in_sync.view();
         let progress = *self.log.progress().borrow();
