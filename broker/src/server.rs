@@ -267,20 +267,8 @@ impl Broker {
             )
             .await?;
             tasks.push(started.views);
-            // The controller's users and policies reach `acl` over a member's connection of
-            // its own (the watch is member-only); a broker keeps the last ACL it had while the
-            // controller is out of reach. The task is aborted with the others at stop, so its
-            // stop signal never fires: the sender lives in the task only so that it stays open.
-            // (A broker with a controller has a cluster key: the configuration requires it.)
             if let Some(key) = cluster_key.clone() {
-                let connection =
-                    controller_client::ControllerConnection::member(&settings.controller_addr, key)
-                        .map_err(StartError::AclFeed)?;
-                let followed = acl.clone();
-                tasks.push(tokio::spawn(async move {
-                    let (_open, stop) = watch::channel(false);
-                    controller_client::acl::follow_acl(connection, followed, stop).await;
-                }));
+                tasks.push(follow_acl(&settings.controller_addr, key, &acl)?);
             }
             (
                 Some(started.link),
@@ -394,7 +382,26 @@ impl Broker {
         self.v5_addr
     }
 
-    /// The ACL this broker checks requests against: what the controller's feed keeps
+    /// Keeps `acl` at the controller's users and policies, over a member's connection of its own
+/// (the watch is member-only); a broker keeps the last ACL it had while the controller is out
+/// of reach. The task is aborted with the broker's others at stop, so its stop signal never
+/// fires: the sender lives in the task only so that the channel stays open. (A broker with a
+/// controller has a cluster key: the configuration requires it.)
+fn follow_acl(
+    controller_addr: &str,
+    key: auth::ClusterKey,
+    acl: &auth::Directory,
+) -> Result<JoinHandle<()>, StartError> {
+    let connection = controller_client::ControllerConnection::member(controller_addr, key)
+        .map_err(StartError::AclFeed)?;
+    let followed = acl.clone();
+    Ok(tokio::spawn(async move {
+        let (_open, stop) = watch::channel(false);
+        controller_client::acl::follow_acl(connection, followed, stop).await;
+    }))
+}
+
+/// The ACL this broker checks requests against: what the controller's feed keeps
     /// current, and what a test fills by hand (`Directory::replace`).
     pub fn acl_directory(&self) -> &auth::Directory {
         &self.acl
