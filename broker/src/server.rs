@@ -382,26 +382,7 @@ impl Broker {
         self.v5_addr
     }
 
-    /// Keeps `acl` at the controller's users and policies, over a member's connection of its own
-/// (the watch is member-only); a broker keeps the last ACL it had while the controller is out
-/// of reach. The task is aborted with the broker's others at stop, so its stop signal never
-/// fires: the sender lives in the task only so that the channel stays open. (A broker with a
-/// controller has a cluster key: the configuration requires it.)
-fn follow_acl(
-    controller_addr: &str,
-    key: auth::ClusterKey,
-    acl: &auth::Directory,
-) -> Result<JoinHandle<()>, StartError> {
-    let connection = controller_client::ControllerConnection::member(controller_addr, key)
-        .map_err(StartError::AclFeed)?;
-    let followed = acl.clone();
-    Ok(tokio::spawn(async move {
-        let (_open, stop) = watch::channel(false);
-        controller_client::acl::follow_acl(connection, followed, stop).await;
-    }))
-}
-
-/// The ACL this broker checks requests against: what the controller's feed keeps
+    /// The ACL this broker checks requests against: what the controller's feed keeps
     /// current, and what a test fills by hand (`Directory::replace`).
     pub fn acl_directory(&self) -> &auth::Directory {
         &self.acl
@@ -499,6 +480,25 @@ fn served_error(
         Err(err) => RunError::ServerTask(err),
         Ok(Ok(())) => RunError::ServerEnded,
     }
+}
+
+/// Keeps `acl` at the controller's users and policies, over a member's connection of its own
+/// (the watch is member-only); a broker keeps the last ACL it had while the controller is out
+/// of reach. The task is aborted with the broker's others at stop, so its stop signal never
+/// fires: the sender lives in the task only so that the channel stays open. (A broker with a
+/// controller has a cluster key: the configuration requires it.)
+fn follow_acl(
+    controller_addr: &str,
+    key: auth::ClusterKey,
+    acl: &auth::Directory,
+) -> Result<JoinHandle<()>, StartError> {
+    let connection = controller_client::ControllerConnection::member(controller_addr, key)
+        .map_err(StartError::AclFeed)?;
+    let followed = acl.clone();
+    Ok(tokio::spawn(async move {
+        let (_open, stop) = watch::channel(false);
+        controller_client::acl::follow_acl(connection, followed, stop).await;
+    }))
 }
 
 /// The ACL this broker checks requests against (`auth::Directory`, users and policies as the
