@@ -4,6 +4,12 @@
 //! [`Broker::run_until`] serves until told to stop, then stops accepting, finishes the requests
 //! in flight, flushes, and closes the store cleanly (the abort marker goes, so the next start
 //! needs no recovery). The `broker` binary and the tests share this wiring.
+//!
+//! TLS: with `tls_cert`, `tls_key` and `tls_ca` set, every listener (client API with the log
+//! stream, v5 API, metrics) is TLS, and the log stream and the controller's internal calls need a
+//! client certificate from the cluster CA besides the member signature; every connection the
+//! broker dials presents its certificate. Without them it warns once that its ports are
+//! plaintext.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -79,6 +85,8 @@ pub enum StartError {
     Config(#[from] crate::config::ConfigError),
     #[error("v5 API: {0}")]
     V5(#[from] RouteSourceError),
+    #[error("TLS: {0}")]
+    Tls(#[from] proto::tls::TlsError),
 }
 
 /// Why a running broker stopped other than when told to.
@@ -136,6 +144,7 @@ impl Broker {
     pub async fn start(config: BrokerConfig) -> Result<Broker, StartError> {
         let settings = &config.broker;
         dial_from_source_ip(settings);
+        let tls = start_tls(settings)?;
         // The recorder goes in before the store opens, so that the flusher's first fsyncs count.
         let exporter = match settings.metrics_listen()? {
             Some(addr) => {
@@ -143,7 +152,10 @@ impl Broker {
                     ("broker_group", settings.broker_name.clone()),
                     ("broker_id", settings.broker_id.to_string()),
                 ];
-                let exporter = Exporter::bind(addr, &labels).await?;
+                let mut exporter = Exporter::bind(addr, &labels).await?;
+                if let Some(tls) = &tls {
+                    exporter = exporter.with_tls(tls.rustls_server_config()?);
+                }
                 crate::metrics::describe();
                 Some(exporter)
             }
@@ -303,7 +315,9 @@ impl Broker {
                     &config.store,
                 )?;
                 let request_bytes_max = config.store.batch_bytes_max + REQUEST_OVERHEAD_BYTES;
+                let builder = proto::tls::server_builder(tls.as_ref())?;
                 Some(tokio::spawn(serve_v5(
+                    builder,
                     v5,
                     listener,
                     request_bytes_max,
@@ -326,9 +340,14 @@ impl Broker {
             })
         });
         let mut stop_requested = stop_requested;
-        let server = tonic::transport::Server::builder()
+        let guard = if tls.is_some() {
+            auth::MemberGuardLayer::requiring_client_certificate(cluster_key)
+        } else {
+            auth::MemberGuardLayer::new(cluster_key)
+        };
+        let server = proto::tls::server_builder(tls.as_ref())?
             // The log stream only to members (the auth crate); client calls pass untouched.
-            .layer(auth::MemberGuardLayer::new(cluster_key))
+            .layer(guard)
             .add_service(
                 BrokerServer::from_arc(service)
                     .max_decoding_message_size(request_bytes_max)
@@ -502,8 +521,23 @@ fn receipt_key(cluster_key: Option<auth::ClusterKey>) -> Result<auth::ClusterKey
     }
 }
 
-/// Serves the v5 API on `listener` until `stop` says so.
+/// Reads the TLS files when set and makes this process dial with them; warns when there are
+/// none, since every port is then plaintext.
+fn start_tls(
+    settings: &crate::config::BrokerSettings,
+) -> Result<Option<proto::tls::NodeTls>, StartError> {
+    let tls = proto::tls::start_node(settings.tls_paths()?.as_ref())?;
+    if tls.is_none() {
+        tracing::warn!(
+            "no tls_cert, tls_key, tls_ca: every port of this broker is plaintext (development only)"
+        );
+    }
+    Ok(tls)
+}
+
+/// Serves the v5 API on `listener` with `builder` (TLS or not) until `stop` says so.
 async fn serve_v5(
+    builder: tonic::transport::Server,
     v5: V5Service,
     listener: TcpListener,
     request_bytes_max: usize,
@@ -516,7 +550,8 @@ async fn serve_v5(
             }
         })
     });
-    tonic::transport::Server::builder()
+    let mut builder = builder;
+    builder
         .add_service(MessagingServiceServer::new(v5).max_decoding_message_size(request_bytes_max))
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = stop.wait_for(|stop| *stop).await;

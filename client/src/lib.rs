@@ -21,6 +21,7 @@
 //! - [`error`]: `ClientError`, a broker's stable error code turned back into a typed error.
 //!
 //! - `pool` (private): one channel per broker address, made on first use.
+//! - [`tls`]: TLS for every connection of the process ([`tls::trust_ca`]: the cluster CA).
 //!
 //! Producers and push consumers reach either one broker directly or, through the controller's
 //! routes, every broker group's master. `client` depends on `proto` and `controller-client`
@@ -36,6 +37,7 @@ pub mod producer;
 pub mod push;
 mod resume;
 pub mod routes;
+pub mod tls;
 
 pub use consumer::{Admin, PullConsumer, PullResult};
 /// The controller quorum seen as one service: routes and administration.

@@ -10,6 +10,9 @@
 //! something failed (a send not `SEND_OK`, fewer messages consumed than asked, a broker or
 //! controller not alive, a broker group unknown or its master not answering), 2 on bad usage or
 //! when nothing could be reached.
+//!
+//! TLS: `--tls-ca FILE` (or `CLUSTER_TLS_CA`) dials every node over TLS, trusting that CA;
+//! `tls generate` writes a development CA and node certificates.
 
 /// `println!` for the command's output: when stdout is a closed pipe (`cluster-cli cluster list
 /// | head`) the process ends quietly with 0, as other command-line tools do, instead of
@@ -36,10 +39,11 @@ mod group_settings;
 mod ha;
 mod progress;
 mod send;
+mod tls;
 
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 /// Administration and drills for the broker cluster.
@@ -60,6 +64,10 @@ struct Cli {
     /// One JSON object on stdout instead of text.
     #[arg(long, global = true)]
     json: bool,
+    /// PEM file of the cluster CA: dial every node over TLS and trust it (the nodes'
+    /// `tls_ca`). Unset: plaintext.
+    #[arg(long, env = "CLUSTER_TLS_CA", global = true)]
+    tls_ca: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -107,6 +115,11 @@ enum Command {
     Bench {
         #[command(subcommand)]
         command: bench::BenchCommand,
+    },
+    /// TLS material: `tls generate` writes a development CA and node certificates.
+    Tls {
+        #[command(subcommand)]
+        command: tls::TlsCommand,
     },
 }
 
@@ -240,8 +253,17 @@ fn controller(cli_controller: &Option<String>) -> Result<client::controller::Con
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
+    // Before --tls-ca is read: generating the CA must work while CLUSTER_TLS_CA names a file
+    // that does not exist yet.
+    if let Command::Tls { command } = cli.command {
+        return tls::run(command, cli.json);
+    }
+    if let Some(ca) = &cli.tls_ca {
+        client::tls::trust_ca(ca).context("--tls-ca")?;
+    }
     let reach = Reach::of(&cli);
     match cli.command {
+        Command::Tls { .. } => unreachable!("handled above"),
         Command::Controller { command } => {
             admin::controller(&controller(&cli.controller)?, cli.json, command).await
         }

@@ -60,6 +60,15 @@ pub struct ControllerConfig {
     /// heartbeats, in-sync set changes, the log stream), and refuse calls not so signed. It
     /// never crosses the wire. Required.
     pub cluster_secret: String,
+    /// PEM file of this controller's certificate (chain): its port is TLS, and it is the client
+    /// certificate it presents to other controllers. `tls_cert`, `tls_key` and `tls_ca` are set
+    /// together or not at all; none: plaintext.
+    pub tls_cert: String,
+    /// PEM file of the private key of `tls_cert`.
+    pub tls_key: String,
+    /// PEM file of the cluster CA (one or more certificates): the roots the controller verifies
+    /// the nodes it dials against, and the client certificates members present.
+    pub tls_ca: String,
 }
 
 impl Default for ControllerConfig {
@@ -79,6 +88,9 @@ impl Default for ControllerConfig {
             logs_kept_after_snapshot: 1_000,
             metrics_listen: String::new(),
             cluster_secret: String::new(),
+            tls_cert: String::new(),
+            tls_key: String::new(),
+            tls_ca: String::new(),
         }
     }
 }
@@ -107,6 +119,8 @@ pub enum ConfigError {
     Metrics(#[from] exporter::ExporterError),
     #[error("cluster_secret: {0}")]
     Key(#[from] auth::KeyError),
+    #[error(transparent)]
+    Tls(#[from] proto::tls::TlsError),
 }
 
 impl ControllerConfig {
@@ -208,7 +222,13 @@ impl ControllerConfig {
         }
         self.metrics_listen()?;
         self.cluster_key()?;
+        self.tls_paths()?;
         Ok(())
+    }
+
+    /// The TLS files, all three or none (`None`: plaintext). Reads nothing.
+    pub fn tls_paths(&self) -> Result<Option<proto::tls::TlsPaths>, proto::tls::TlsError> {
+        proto::tls::TlsPaths::from_settings(&self.tls_cert, &self.tls_key, &self.tls_ca)
     }
 
     /// The key members sign internal calls with, from `cluster_secret`.

@@ -66,6 +66,33 @@ pub enum TlsError {
     Config(#[source] rustls::Error),
     #[error("the CA in tls_ca cannot verify client certificates")]
     Verifier(#[source] rustls::server::VerifierBuilderError),
+    #[error("the gRPC server refused the TLS configuration")]
+    Server(#[source] tonic::transport::Error),
+    #[error(transparent)]
+    AlreadySet(#[from] crate::dial::TlsAlreadySet),
+}
+
+/// A node's start: reads its TLS files when `paths` is set and makes every connection it dials
+/// from now on mutual TLS with its certificate. `None`: the node is plaintext (its caller warns).
+pub fn start_node(paths: Option<&TlsPaths>) -> Result<Option<NodeTls>, TlsError> {
+    let Some(paths) = paths else {
+        return Ok(None);
+    };
+    let tls = paths.load()?;
+    crate::dial::set_tls(tls.dial())?;
+    Ok(Some(tls))
+}
+
+/// A gRPC server builder, with `tls` when given. The one way the broker's and the controller's
+/// servers start, so that none of their listeners is forgotten.
+pub fn server_builder(tls: Option<&NodeTls>) -> Result<tonic::transport::Server, TlsError> {
+    let builder = tonic::transport::Server::builder();
+    match tls {
+        Some(tls) => builder
+            .tls_config(tls.server_config())
+            .map_err(TlsError::Server),
+        None => Ok(builder),
+    }
 }
 
 /// Installs ring as this process's rustls crypto provider, unless one is installed already.
