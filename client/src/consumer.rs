@@ -31,8 +31,8 @@ pub struct PullConsumer {
 impl PullConsumer {
     /// Connects to the broker at `addr` (`host:port`).
     pub async fn connect(addr: &str) -> Result<PullConsumer, ClientError> {
-        let client = BrokerClient::connect(format!("http://{addr}"))
-            .await?
+        // Through `proto::dial` like every connection, so that the process's TLS applies.
+        let client = BrokerClient::new(crate::pool::endpoint(addr)?.connect().await?)
             .max_decoding_message_size(RESPONSE_BYTES_MAX);
         Ok(PullConsumer { client })
     }
@@ -97,7 +97,7 @@ pub struct Admin {
 impl Admin {
     pub async fn connect(addr: &str) -> Result<Admin, ClientError> {
         Ok(Admin {
-            client: BrokerClient::connect(format!("http://{addr}")).await?,
+            client: BrokerClient::new(crate::pool::endpoint(addr)?.connect().await?),
         })
     }
 

@@ -178,10 +178,11 @@ pub async fn group_progress(
         let connected = match master_topics(master).await {
             Ok(topics) => {
                 let addr = master.addr.as_deref().unwrap_or_default();
-                ConsumerGroupsClient::connect(format!("http://{addr}"))
+                // Through `proto::dial`, so that `--tls-ca` applies.
+                connect_groups(addr)
                     .await
                     .map(|client| (topics, client))
-                    .map_err(|e| ClientError::from(e).to_string())
+                    .map_err(|e| e.to_string())
             }
             Err(why) => Err(why),
         };
@@ -274,4 +275,17 @@ pub async fn group_progress(
     } else {
         ExitCode::from(1)
     })
+}
+
+/// A consumer-groups client of the broker at `addr`, dialled as every connection is.
+async fn connect_groups(
+    addr: &str,
+) -> Result<ConsumerGroupsClient<tonic::transport::Channel>, ClientError> {
+    let endpoint =
+        proto::dial::endpoint(addr, std::time::Duration::from_secs(2)).map_err(|_| {
+            ClientError::Invalid {
+                reason: "broker address is not host:port",
+            }
+        })?;
+    Ok(ConsumerGroupsClient::new(endpoint.connect().await?))
 }

@@ -102,8 +102,7 @@ fn generate(args: &GenerateArgs, json: bool) -> Result<ExitCode> {
             );
         }
     }
-    std::fs::create_dir_all(&args.dir)
-        .with_context(|| format!("create {}", args.dir.display()))?;
+    std::fs::create_dir_all(&args.dir).with_context(|| format!("create {}", args.dir.display()))?;
     let year = current_year();
     let (ca_key, ca_params) = if args.keep_ca {
         let path = args.dir.join("ca-key.pem");
@@ -199,16 +198,24 @@ fn node_params(name: &str, sans: &[SanType], year: i32) -> CertificateParams {
 fn parse_hosts(hosts: &str) -> Result<Vec<SanType>> {
     let mut sans = Vec::new();
     for item in hosts.split(',').map(str::trim).filter(|h| !h.is_empty()) {
-        if let Some((from, to)) = item.split_once('-').filter(|(from, _)| from.parse::<IpAddr>().is_ok()) {
+        if let Some((from, to)) = item
+            .split_once('-')
+            .filter(|(from, _)| from.parse::<IpAddr>().is_ok())
+        {
             let (from, to): (std::net::Ipv4Addr, std::net::Ipv4Addr) = (
-                from.parse().with_context(|| format!("{item:?}: not an IPv4 range"))?,
-                to.parse().with_context(|| format!("{item:?}: not an IPv4 range"))?,
+                from.parse()
+                    .with_context(|| format!("{item:?}: not an IPv4 range"))?,
+                to.parse()
+                    .with_context(|| format!("{item:?}: not an IPv4 range"))?,
             );
             let (from, to) = (u32::from(from), u32::from(to));
             if to < from || (to - from) as usize >= SANS_MAX {
                 bail!("{item:?}: a range goes up, over at most {SANS_MAX} addresses");
             }
-            sans.extend((from..=to).map(|ip| SanType::IpAddress(IpAddr::from(std::net::Ipv4Addr::from(ip)))));
+            sans.extend(
+                (from..=to)
+                    .map(|ip| SanType::IpAddress(IpAddr::from(std::net::Ipv4Addr::from(ip)))),
+            );
         } else if let Ok(ip) = item.parse::<IpAddr>() {
             sans.push(SanType::IpAddress(ip));
         } else {
@@ -265,10 +272,7 @@ mod tests {
         let sans = parse_hosts("localhost, 127.0.0.1,127.0.0.10-127.0.0.12,::1").unwrap();
         assert_eq!(sans.len(), 6);
         assert!(matches!(&sans[0], SanType::DnsName(_)));
-        assert_eq!(
-            sans[3],
-            SanType::IpAddress("127.0.0.11".parse().unwrap())
-        );
+        assert_eq!(sans[3], SanType::IpAddress("127.0.0.11".parse().unwrap()));
         assert!(parse_hosts("127.0.0.5-127.0.0.1").is_err());
         assert!(parse_hosts(" , ").is_err());
         assert!(parse_hosts(DEFAULT_HOSTS).unwrap().len() > 20);

@@ -38,9 +38,7 @@ pub const PEM_FILE_BYTES_MAX: u64 = 1 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// Some of `tls_cert`, `tls_key`, `tls_ca` are set and others are not.
-    #[error(
-        "tls_cert, tls_key and tls_ca are set together or not at all: {missing} is missing"
-    )]
+    #[error("tls_cert, tls_key and tls_ca are set together or not at all: {missing} is missing")]
     Incomplete { missing: &'static str },
     #[error("cannot read {what} file {path}")]
     Read {

@@ -169,8 +169,7 @@ async fn run(config: ControllerConfig) -> Result<()> {
     // The recorder goes in before the node starts, so that no election goes uncounted.
     let exporter = match config.metrics_listen()? {
         Some(addr) => {
-            let mut exporter =
-                Exporter::bind(addr, &[("controller_id", id.to_string())]).await?;
+            let mut exporter = Exporter::bind(addr, &[("controller_id", id.to_string())]).await?;
             if let Some(tls) = &tls {
                 exporter = exporter.with_tls(tls.rustls_server_config()?);
             }
