@@ -293,3 +293,65 @@ where
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Answers every call it is given with 200 and an empty body.
+    #[derive(Clone)]
+    struct Served;
+
+    impl Service<http::Request<Body>> for Served {
+        type Response = http::Response<Body>;
+        type Error = std::convert::Infallible;
+        type Future = std::future::Ready<Result<http::Response<Body>, Self::Error>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: http::Request<Body>) -> Self::Future {
+            std::future::ready(Ok(http::Response::new(Body::empty())))
+        }
+    }
+
+    /// A member-only stream opening (its signature covers the header only), well signed.
+    fn signed_stream(key: &ClusterKey) -> http::Request<Body> {
+        let path = "/broker.replication.v1.LogShipping/Replicate";
+        let signature = key.sign(path, unix_now_ms(), rand::random(), &[]);
+        http::Request::builder()
+            .uri(path)
+            .header(SIGNATURE_METADATA_KEY, signature.to_header())
+            .body(Body::empty())
+            .expect("a valid request")
+    }
+
+    fn refusal_label(response: &http::Response<Body>) -> Option<&str> {
+        response
+            .headers()
+            .get("grpc-message")
+            .and_then(|value| value.to_str().ok())
+    }
+
+    #[tokio::test]
+    async fn a_signed_call_without_a_client_certificate_is_refused_only_when_required() {
+        use tower_layer::Layer;
+        let key = ClusterKey::new("a-test-secret-of-16-bytes").expect("long enough");
+
+        let mut plain = MemberGuardLayer::new(Some(key.clone())).layer(Served);
+        let answer = plain.call(signed_stream(&key)).await.expect("infallible");
+        assert_eq!(
+            refusal_label(&answer),
+            None,
+            "no TLS: the signature suffices"
+        );
+
+        let mut tls =
+            MemberGuardLayer::requiring_client_certificate(Some(key.clone())).layer(Served);
+        let answer = tls.call(signed_stream(&key)).await.expect("infallible");
+        let message = refusal_label(&answer).expect("refused");
+        // grpc-message is percent-encoded.
+        assert!(message.contains("client%20certificate"), "{message}");
+    }
+}

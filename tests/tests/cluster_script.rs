@@ -353,7 +353,13 @@ fn up_with_tls_serves_only_over_tls() {
     down_cleanly(plain.path(), &["broker-a-0".to_owned()]);
     let (code, _, stderr) = run_script(
         "cluster.sh",
-        &["up", "single-master", "--dir", dir_arg(plain.path()), "--tls"],
+        &[
+            "up",
+            "single-master",
+            "--dir",
+            dir_arg(plain.path()),
+            "--tls",
+        ],
     );
     assert_eq!(code, 2, "--tls on a plaintext cluster: {stderr}");
     assert!(stderr.contains("plaintext cluster"), "{stderr}");
