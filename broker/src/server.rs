@@ -27,13 +27,14 @@ use replication::ship::{
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
-use tokio_stream::StreamExt;
 
 use crate::config::BrokerConfig;
 use crate::error::BrokerError;
 use crate::groups::{ConsumerGroupService, ConsumerGroupState};
 use crate::link::{start_controller_link, LinkStartError, LinkTask};
+use crate::listen::{
+    bind_v5, dial_from_source_ip, nodelay_incoming, receipt_key, serve_v5, start_tls,
+};
 use crate::metrics::{BrokerSampler, StoreMetrics};
 use crate::planned_stop;
 use crate::retry::{parse_delay_levels, RetryState};
@@ -43,7 +44,6 @@ use crate::store::{ConfirmMode, FlushDiskType, Store, StoreError};
 use crate::topics::TopicRegistry;
 use crate::v5::route::RouteSourceError;
 use crate::v5::{V5Parts, V5Service};
-use proto::v5::messaging_service_server::MessagingServiceServer;
 
 /// How long a slave waits for its master's TCP connection.
 const REPLICA_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -125,16 +125,6 @@ pub struct Broker {
     /// Tasks that only end when aborted (the metrics endpoint, the group-view applier, the
     /// store's health watch).
     tasks: Vec<JoinHandle<()>>,
-}
-
-/// Makes this process's outgoing connections come from `source_ip`, when set. Validated with the
-/// configuration, so a bad address never gets here.
-fn dial_from_source_ip(settings: &crate::config::BrokerSettings) {
-    if let Ok(Some(ip)) = settings.source_ip() {
-        if let Err(set) = proto::dial::set_source_ip(ip) {
-            tracing::warn!(%ip, %set, "outgoing connections already come from another address in this process");
-        }
-    }
 }
 
 impl Broker {
@@ -329,16 +319,7 @@ impl Broker {
         // Room for the largest batch the store takes, so that an oversized message reaches the
         // service's checks and gets its own error code instead of a transport error.
         let request_bytes_max = config.store.batch_bytes_max + REQUEST_OVERHEAD_BYTES;
-        // Small answers must leave at once: with Nagle's algorithm on, an answer waits for the
-        // client's delayed ACK (40 ms here), which capped a connection at a few hundred sends a
-        // second.
-        let incoming = TcpListenerStream::new(listener).map(|stream| {
-            stream.inspect(|s| {
-                if let Err(err) = s.set_nodelay(true) {
-                    tracing::warn!(error = %err, "could not disable Nagle's algorithm on a connection");
-                }
-            })
-        });
+        let incoming = nodelay_incoming(listener);
         let mut stop_requested = stop_requested;
         let guard = if tls.is_some() {
             auth::MemberGuardLayer::requiring_client_certificate(cluster_key)
@@ -486,77 +467,6 @@ fn served_error(
         Err(err) => RunError::ServerTask(err),
         Ok(Ok(())) => RunError::ServerEnded,
     }
-}
-
-/// The v5 API's listener when `v5_listen` is set, the address it bound, and the address
-/// clients are given (`v5_advertised_addr`, else the bound one; empty when off).
-async fn bind_v5(
-    settings: &crate::config::BrokerSettings,
-) -> Result<(Option<TcpListener>, Option<SocketAddr>, String), StartError> {
-    let Some(addr) = settings.v5_listen()? else {
-        return Ok((None, None, String::new()));
-    };
-    let listen_error = |source| StartError::Listen { addr, source };
-    let listener = TcpListener::bind(addr).await.map_err(listen_error)?;
-    let bound = listener.local_addr().map_err(listen_error)?;
-    let advertised = if settings.v5_advertised_addr.is_empty() {
-        bound.to_string()
-    } else {
-        settings.v5_advertised_addr.clone()
-    };
-    Ok((Some(listener), Some(bound), advertised))
-}
-
-/// The key receipt handles are signed with: the cluster key, so that every member reads them;
-/// a standalone broker's own random one.
-fn receipt_key(cluster_key: Option<auth::ClusterKey>) -> Result<auth::ClusterKey, StartError> {
-    match cluster_key {
-        Some(key) => Ok(key),
-        None => {
-            let secret: String = (0..32)
-                .map(|_| format!("{:02x}", rand::random::<u8>()))
-                .collect();
-            Ok(auth::ClusterKey::new(&secret)?)
-        }
-    }
-}
-
-/// Reads the TLS files when set and makes this process dial with them; warns when there are
-/// none, since every port is then plaintext.
-fn start_tls(
-    settings: &crate::config::BrokerSettings,
-) -> Result<Option<proto::tls::NodeTls>, StartError> {
-    let tls = proto::tls::start_node(settings.tls_paths()?.as_ref())?;
-    if tls.is_none() {
-        tracing::warn!(
-            "no tls_cert, tls_key, tls_ca: every port of this broker is plaintext (development only)"
-        );
-    }
-    Ok(tls)
-}
-
-/// Serves the v5 API on `listener` with `builder` (TLS or not) until `stop` says so.
-async fn serve_v5(
-    builder: tonic::transport::Server,
-    v5: V5Service,
-    listener: TcpListener,
-    request_bytes_max: usize,
-    mut stop: watch::Receiver<bool>,
-) -> Result<(), tonic::transport::Error> {
-    let incoming = TcpListenerStream::new(listener).map(|stream| {
-        stream.inspect(|s| {
-            if let Err(err) = s.set_nodelay(true) {
-                tracing::warn!(error = %err, "could not disable Nagle's algorithm on a connection");
-            }
-        })
-    });
-    let mut builder = builder;
-    builder
-        .add_service(MessagingServiceServer::new(v5).max_decoding_message_size(request_bytes_max))
-        .serve_with_incoming_shutdown(incoming, async move {
-            let _ = stop.wait_for(|stop| *stop).await;
-        })
-        .await
 }
 
 /// What the role needs: the store, the consumer groups and retries, and the replication

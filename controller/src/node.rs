@@ -69,7 +69,9 @@ pub enum NodeError {
 
 /// Reads the TLS files of `config` when set and makes this process dial with them; warns when
 /// there are none, since the controller's ports are then plaintext.
-pub fn start_tls(config: &ControllerConfig) -> Result<Option<proto::tls::NodeTls>, NodeError> {
+pub fn start_tls(
+    config: &ControllerConfig,
+) -> Result<Option<proto::tls::NodeTls>, proto::tls::TlsError> {
     let tls = proto::tls::start_node(config.tls_paths()?.as_ref())?;
     if tls.is_none() {
         tracing::warn!(
