@@ -105,3 +105,37 @@ pub(crate) async fn serve_v5(
         })
         .await
 }
+
+/// The metrics endpoint when `metrics_listen` is set (HTTPS with `tls`), its recorder installed
+/// and the broker's metrics described.
+pub(crate) async fn bind_exporter(
+    settings: &crate::config::BrokerSettings,
+    tls: Option<&proto::tls::NodeTls>,
+) -> Result<Option<exporter::Exporter>, StartError> {
+    let Some(addr) = settings.metrics_listen()? else {
+        return Ok(None);
+    };
+    let labels = [
+        ("broker_group", settings.broker_name.clone()),
+        ("broker_id", settings.broker_id.to_string()),
+    ];
+    let mut exporter = exporter::Exporter::bind(addr, &labels).await?;
+    if let Some(tls) = tls {
+        exporter = exporter.with_tls(tls.rustls_server_config()?);
+    }
+    crate::metrics::describe();
+    Ok(Some(exporter))
+}
+
+/// The guard of the client port: with TLS, a member-only call (the log stream) needs a client
+/// certificate from the cluster CA besides the member signature.
+pub(crate) fn member_guard(
+    tls: Option<&proto::tls::NodeTls>,
+    cluster_key: Option<auth::ClusterKey>,
+) -> auth::MemberGuardLayer {
+    if tls.is_some() {
+        auth::MemberGuardLayer::requiring_client_certificate(cluster_key)
+    } else {
+        auth::MemberGuardLayer::new(cluster_key)
+    }
+}

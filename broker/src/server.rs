@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use controller_client::broker_link::LinkError;
-use exporter::{Exporter, ExporterError};
+use exporter::ExporterError;
 use proto::client::broker_server::BrokerServer;
 use proto::client::consumer_groups_server::ConsumerGroupsServer;
 use proto::replication::log_shipping_server::LogShippingServer;
@@ -33,7 +33,8 @@ use crate::error::BrokerError;
 use crate::groups::{ConsumerGroupService, ConsumerGroupState};
 use crate::link::{start_controller_link, LinkStartError, LinkTask};
 use crate::listen::{
-    bind_v5, dial_from_source_ip, nodelay_incoming, receipt_key, serve_v5, start_tls,
+    bind_exporter, bind_v5, dial_from_source_ip, member_guard, nodelay_incoming, receipt_key,
+    serve_v5, start_tls,
 };
 use crate::metrics::{BrokerSampler, StoreMetrics};
 use crate::planned_stop;
@@ -136,21 +137,7 @@ impl Broker {
         dial_from_source_ip(settings);
         let tls = start_tls(settings)?;
         // The recorder goes in before the store opens, so that the flusher's first fsyncs count.
-        let exporter = match settings.metrics_listen()? {
-            Some(addr) => {
-                let labels = [
-                    ("broker_group", settings.broker_name.clone()),
-                    ("broker_id", settings.broker_id.to_string()),
-                ];
-                let mut exporter = Exporter::bind(addr, &labels).await?;
-                if let Some(tls) = &tls {
-                    exporter = exporter.with_tls(tls.rustls_server_config()?);
-                }
-                crate::metrics::describe();
-                Some(exporter)
-            }
-            None => None,
-        };
+        let exporter = bind_exporter(settings, tls.as_ref()).await?;
         let metrics_addr = match &exporter {
             Some(exporter) => Some(exporter.local_addr().map_err(StartError::MetricsAddr)?),
             None => None,
@@ -321,14 +308,9 @@ impl Broker {
         let request_bytes_max = config.store.batch_bytes_max + REQUEST_OVERHEAD_BYTES;
         let incoming = nodelay_incoming(listener);
         let mut stop_requested = stop_requested;
-        let guard = if tls.is_some() {
-            auth::MemberGuardLayer::requiring_client_certificate(cluster_key)
-        } else {
-            auth::MemberGuardLayer::new(cluster_key)
-        };
         let server = proto::tls::server_builder(tls.as_ref())?
             // The log stream only to members (the auth crate); client calls pass untouched.
-            .layer(guard)
+            .layer(member_guard(tls.as_ref(), cluster_key))
             .add_service(
                 BrokerServer::from_arc(service)
                     .max_decoding_message_size(request_bytes_max)
