@@ -2,9 +2,9 @@
 //! controller, and a `SYNC_MASTER` group (master and slave) with the v5 API and metrics on.
 //!
 //! Invariants:
-//! - with `tls_cert`, `tls_key`, `tls_ca` set, everything works over TLS: the slave replicates
-//!   (mutual TLS between nodes), a `SYNC_MASTER` send is `SEND_OK` and is read back, `cluster-cli`
-//!   with `--tls-ca` administers;
+//! - with `tls_cert`, `tls_key`, `tls_ca` set, everything works over TLS: three controllers
+//!   elect a leader (Raft over mutual TLS), the slave replicates (mutual TLS between nodes), a
+//!   `SYNC_MASTER` send is `SEND_OK` and is read back, `cluster-cli` with `--tls-ca` administers;
 //! - no port answers plaintext: a plaintext gRPC call to the controller, broker and v5 ports
 //!   fails, and a plaintext `GET /metrics` gets no HTTP answer, while the same over TLS works;
 //! - a member-only call needs a client certificate from the cluster CA besides the member
@@ -346,8 +346,24 @@ async fn check_every_port(
 #[test]
 fn member_only_calls_need_a_certificate_from_the_cluster_ca() {
     let dir = tempfile::tempdir().unwrap();
-    let quorum = ControllerQuorum::start(dir.path(), 1, &as_strs(&tls_args()));
-    let controller = quorum.addrs();
+    // Three controllers: Raft between them is member-only, so a leader with every member
+    // healthy shows that nodes present their certificates to each other.
+    let quorum = ControllerQuorum::start(dir.path(), 3, &as_strs(&tls_args()));
+    let ca = ca();
+    let mut status = (0, String::new());
+    let healthy = wait_until(Duration::from_secs(20), || {
+        status = cluster_cli(&[
+            "--tls-ca",
+            &ca,
+            "--controller",
+            &quorum.addrs(),
+            "controller",
+            "status",
+        ]);
+        status.0 == 0
+    });
+    assert!(healthy, "the quorum over TLS: {status:?}");
+    let controller = quorum.member(1).addr.clone();
     // A standalone broker with the cluster secret: its log stream is member-only.
     let secret = format!("cluster_secret={TEST_CLUSTER_SECRET:?}");
     let broker = BrokerProcess::start(
