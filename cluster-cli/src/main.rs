@@ -65,8 +65,8 @@ struct Cli {
     #[arg(long, global = true)]
     json: bool,
     /// PEM file of the cluster CA: dial every node over TLS and trust it (the nodes'
-    /// `tls_ca`). Unset: plaintext.
-    #[arg(long, env = "CLUSTER_TLS_CA", global = true)]
+    /// `tls_ca`). Default: the environment's CLUSTER_TLS_CA; unset or empty: plaintext.
+    #[arg(long, global = true)]
     tls_ca: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
@@ -202,6 +202,12 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             eprintln!("cluster-cli: {err:#}");
+            if !proto::dial::tls_enabled() && format!("{err:#}").contains("transport error") {
+                // What a plaintext client sees from a TLS node: the connection closes at once.
+                eprintln!(
+                    "cluster-cli: if the cluster runs TLS, pass its CA: --tls-ca FILE or CLUSTER_TLS_CA"
+                );
+            }
             ExitCode::from(2)
         }
     }
@@ -258,8 +264,15 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     if let Command::Tls { command } = cli.command {
         return tls::run(command, cli.json);
     }
-    if let Some(ca) = &cli.tls_ca {
-        client::tls::trust_ca(ca).context("--tls-ca")?;
+    // Read here rather than by clap's `env`, which refuses an empty value: an empty
+    // CLUSTER_TLS_CA means plaintext, as unset does.
+    let tls_ca = cli.tls_ca.clone().or_else(|| {
+        std::env::var_os("CLUSTER_TLS_CA")
+            .filter(|value| !value.is_empty())
+            .map(std::path::PathBuf::from)
+    });
+    if let Some(ca) = &tls_ca {
+        client::tls::trust_ca(ca).context("--tls-ca (or CLUSTER_TLS_CA)")?;
     }
     let reach = Reach::of(&cli);
     match cli.command {
