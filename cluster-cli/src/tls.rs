@@ -277,4 +277,58 @@ mod tests {
         assert!(parse_hosts(" , ").is_err());
         assert!(parse_hosts(DEFAULT_HOSTS).unwrap().len() > 20);
     }
+
+    fn args(dir: &Path, nodes: u32, keep_ca: bool, force: bool) -> GenerateArgs {
+        GenerateArgs {
+            dir: dir.to_owned(),
+            hosts: "localhost,127.0.0.1".to_owned(),
+            nodes,
+            force,
+            keep_ca,
+        }
+    }
+
+    /// Whether `cert` (PEM file) chains to the CA in `ca` (PEM file) as a server at 127.0.0.1.
+    fn verifies(ca: &Path, cert: &Path) -> bool {
+        use rustls::client::danger::ServerCertVerifier;
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_file(ca).unwrap())
+            .unwrap();
+        #[allow(deprecated)]
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .unwrap();
+        let end_entity = CertificateDer::from_pem_file(cert).unwrap();
+        let name = ServerName::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]).into());
+        verifier
+            .verify_server_cert(&end_entity, &[], &name, &[], UnixTime::now())
+            .is_ok()
+    }
+
+    use std::sync::Arc;
+
+    #[test]
+    fn node_certificates_chain_to_their_ca_and_a_kept_ca_issues_more() {
+        let dir = tempfile::tempdir().unwrap();
+        let (first, other) = (dir.path().join("first"), dir.path().join("other"));
+        generate(&args(&first, 0, false, false), true).unwrap();
+        generate(&args(&other, 0, false, false), true).unwrap();
+        assert!(verifies(&first.join("ca.pem"), &first.join("node.pem")));
+        assert!(!verifies(&other.join("ca.pem"), &first.join("node.pem")));
+
+        // Existing files are kept without --force.
+        assert!(generate(&args(&first, 0, false, false), true).is_err());
+        let ca_before = std::fs::read(first.join("ca.pem")).unwrap();
+        // Renewal: new node certificates from the CA already there, which stays as it was.
+        generate(&args(&first, 2, true, false), true).unwrap();
+        assert_eq!(std::fs::read(first.join("ca.pem")).unwrap(), ca_before);
+        for name in ["node-1.pem", "node-2.pem"] {
+            assert!(verifies(&first.join("ca.pem"), &first.join(name)), "{name}");
+        }
+    }
 }
