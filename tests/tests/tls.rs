@@ -9,7 +9,11 @@
 //!   fails, and a plaintext `GET /metrics` gets no HTTP answer, while the same over TLS works;
 //! - a member-only call needs a client certificate from the cluster CA besides the member
 //!   signature: signed but without a certificate it is refused (`no_client_certificate`), with
-//!   a certificate from another CA the handshake fails; with the cluster's it is admitted.
+//!   a certificate from another CA the handshake fails; with the cluster's it is admitted;
+//! - nodes trusting a bundle of two CAs (a CA rotation's middle step) work together whichever of
+//!   the two signed their certificates;
+//! - a node with some of its TLS settings, or a key file that is not PEM, does not start, and
+//!   says which.
 //!
 //! Every test of this file shares one set of certificates, because the test process dials with
 //! one TLS configuration (`client::tls::trust_ca` is process-wide, as it is for applications).
@@ -465,4 +469,58 @@ fn a_node_with_half_its_tls_settings_does_not_start() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("garbage.pem"), "{stderr}");
+}
+
+/// A CA rotation's middle step (docs/OPERATIONS.md, "TLS"): every node trusts a bundle of the old
+/// and the new CA, one node already has a certificate of the new one. They still work together:
+/// the broker (new CA) registers and heartbeats with the controller (old CA), and a client that
+/// trusts the bundle creates a topic and sends.
+#[test]
+fn nodes_trusting_both_cas_work_together_during_a_ca_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = (certs().join("cluster"), certs().join("other"));
+    let bundle = dir.path().join("ca-bundle.pem");
+    let mut pem = std::fs::read(old.join("ca.pem")).unwrap();
+    pem.extend(std::fs::read(new.join("ca.pem")).unwrap());
+    std::fs::write(&bundle, pem).unwrap();
+    let node = |certs: &Path| -> Vec<String> {
+        [
+            ("tls_cert", certs.join("node.pem")),
+            ("tls_key", certs.join("node-key.pem")),
+            ("tls_ca", bundle.clone()),
+        ]
+        .into_iter()
+        .flat_map(|(key, path)| {
+            [
+                "--set".to_owned(),
+                format!("{key}={:?}", path.display().to_string()),
+            ]
+        })
+        .collect()
+    };
+    let quorum = ControllerQuorum::start(dir.path(), 1, &as_strs(&node(&old)));
+    let controllers = quorum.addrs();
+    let _master = group_member(
+        dir.path(),
+        "broker-a",
+        0,
+        "ASYNC_MASTER",
+        &controllers,
+        &as_strs(&node(&new)),
+    );
+    let bundle = bundle.display().to_string();
+    let with_bundle = |args: &[&str]| {
+        let mut all = vec!["--tls-ca", bundle.as_str(), "--controller", &controllers];
+        all.extend_from_slice(args);
+        cluster_cli(&all)
+    };
+    let mut last = (0, String::new());
+    let created = wait_until(Duration::from_secs(20), || {
+        last = with_bundle(&["topic", "create", TOPIC, "--queues", "2"]);
+        last.0 == 0
+    });
+    assert!(created, "topic create: {last:?}");
+    let (code, out) = with_bundle(&["send", "--topic", TOPIC, "--count", "3"]);
+    assert_eq!(code, 0, "send: {out}");
+    assert!(out.contains("SEND_OK"), "{out}");
 }
