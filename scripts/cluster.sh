@@ -2,7 +2,7 @@
 # A cluster on this machine in one command, in one of the seed's four topologies, and the
 # commands to operate it: start, stop, pause and kill its nodes, read their logs.
 #
-#   scripts/cluster.sh up TOPOLOGY [--dir DIR] [--controllers 1|3]
+#   scripts/cluster.sh up TOPOLOGY [--dir DIR] [--controllers 1|3] [--tls]
 #   scripts/cluster.sh down [--dir DIR] [--wipe]
 #   scripts/cluster.sh status [--dir DIR]
 #   scripts/cluster.sh kill NODE [--signal KILL|STOP|CONT|TERM] [--dir DIR]
@@ -19,6 +19,13 @@
 # NODE.log (stdout in NODE.out) and NODE.pid, and cluster.env with CONTROLLER_ADDR=... for
 # cluster-cli (`set -a; . DIR/cluster.env; set +a`) and ROCKETMQ_ENDPOINT=host:port, the access
 # point to give a RocketMQ 5 application (docs/CLIENTS.md).
+#
+# --tls (at a cluster's first `up`): every port is TLS and nodes authenticate each other with
+# certificates. `up` writes a development CA and one node certificate into DIR/tls with
+# `cluster-cli tls generate` (names localhost and the 127.0.0.x addresses), gives every node
+# tls_cert, tls_key and tls_ca, and adds CLUSTER_TLS_CA=DIR/tls/ca.pem to cluster.env, which
+# cluster-cli reads (so `set -a; . DIR/cluster.env; set +a` is all a shell needs). A cluster
+# keeps what its first `up` chose.
 #
 # `up` builds the release binaries (cargo build --release, quick when they are current) unless
 # BIN_DIR names a directory holding `controller`, `broker` and `cluster-cli`; starts every node;
@@ -74,6 +81,7 @@ SIGNAL=KILL
 LINES=100
 FOLLOW=0
 WIPE=0
+TLS=0
 POSITIONAL=()
 while [[ $# -gt 0 ]]; do
   case $1 in
@@ -83,6 +91,7 @@ while [[ $# -gt 0 ]]; do
     --lines) LINES=${2:?--lines needs a number}; shift 2 ;;
     --follow|-f) FOLLOW=1; shift ;;
     --wipe) WIPE=1; shift ;;
+    --tls) TLS=1; shift ;;
     -h|--help) usage ;;
     -*) die "unknown option $1" ;;
     *) POSITIONAL+=("$1"); shift ;;
@@ -210,11 +219,17 @@ load_env() {
   [[ -f $DIR/cluster.env && -f $DIR/nodes ]] ||
     die "no cluster in $DIR (run: scripts/cluster.sh up TOPOLOGY --dir $DIR)"
   local bin_dir=${BIN_DIR:-}
+  # A CA of another cluster in the caller's environment must not apply to a plaintext one.
+  unset CLUSTER_TLS_CA
   # shellcheck disable=SC1091
   . "$DIR/cluster.env"
   # The binaries `up` used, unless the caller names others.
   BIN_DIR=${bin_dir:-$BIN_DIR}
   export CONTROLLER_ADDR
+  # cluster-cli dials over TLS, trusting the cluster's CA, when the cluster has one.
+  if [[ -n ${CLUSTER_TLS_CA:-} ]]; then
+    export CLUSTER_TLS_CA
+  fi
 }
 
 cli() {
@@ -327,6 +342,23 @@ configure_fresh() {
   chmod 600 "$DIR"/*.toml
   printf 'TOPOLOGY=%s\nCONTROLLERS=%s\nCONTROLLER_ADDR=%s\nROCKETMQ_ENDPOINT=%s\n' "$topology" \
     "$CONTROLLERS" "$controller_addr" "$v5_endpoint" >"$DIR/cluster.env"
+  if [[ $TLS == 1 ]]; then
+    configure_tls
+  fi
+}
+
+# --tls: a development CA and node certificate in DIR/tls, the three settings on every node
+# (appended: every key of the flat tables may come last), and the CA for cluster-cli.
+configure_tls() {
+  local node
+  # --force: a fresh configuration (a retry on other ports) replaces what an earlier try wrote.
+  "$BIN_DIR/cluster-cli" tls generate --dir "$DIR/tls" --force >/dev/null
+  for node in $(nodes); do
+    printf '# TLS on every port (cluster.sh up --tls; docs/OPERATIONS.md, "TLS").\n' >>"$DIR/$node.toml"
+    printf 'tls_cert = "%s"\ntls_key = "%s"\ntls_ca = "%s"\n' "$DIR/tls/node.pem" \
+      "$DIR/tls/node-key.pem" "$DIR/tls/ca.pem" >>"$DIR/$node.toml"
+  done
+  printf 'CLUSTER_TLS_CA=%s\n' "$DIR/tls/ca.pem" >>"$DIR/cluster.env"
 }
 
 cmd_up() {
@@ -346,6 +378,9 @@ cmd_up() {
     for node in $(nodes); do
       [[ $(state_of "$node") == down ]] || die "$node is already running: the cluster is up (status, or down first)"
     done
+    if [[ $TLS == 1 ]] && ! grep -q '^CLUSTER_TLS_CA=' "$DIR/cluster.env"; then
+      die "$DIR holds a plaintext cluster: --tls applies to a new one (another --dir, or 'down --wipe' it first)"
+    fi
     echo "cluster.sh: starting the $topology cluster in $DIR again, with its data" >&2
   else
     fresh=1
@@ -376,6 +411,7 @@ cmd_up() {
         rm -rf "${DIR:?}/$node" "$DIR/$node".{toml,out,log,pid}
       done
       rm -f "$DIR/nodes" "$DIR/cluster.env"
+      rm -rf "$DIR/tls"
       configure_fresh "$topology" "$template"
       sed -i '/^BIN_DIR=/d' "$DIR/cluster.env"
       printf 'BIN_DIR=%s\n' "$BIN_DIR" >>"$DIR/cluster.env"
@@ -433,13 +469,14 @@ cmd_down() {
 
 cmd_status() {
   load_env
-  local node all=0 state pid
+  local node all=0 state pid scheme=http
+  [[ -n ${CLUSTER_TLS_CA:-} ]] && scheme=https
   printf '%-14s %-8s %-8s %-22s %-22s %s\n' NODE STATE PID ADDR V5 METRICS
   for node in $(nodes); do
     state=$(state_of "$node")
     pid=$(pid_of "$node" || echo -)
     printf '%-14s %-8s %-8s %-22s %-22s %s\n' "$node" "$state" "$pid" "$(listen_of "$node")" \
-      "$(v5_of "$node" | grep . || echo -)" "http://$(metrics_of "$node")/metrics"
+      "$(v5_of "$node" | grep . || echo -)" "$scheme://$(metrics_of "$node")/metrics"
     [[ $state == running ]] || all=1
   done
   echo

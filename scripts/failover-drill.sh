@@ -78,6 +78,10 @@ if ! "${CLUSTER[@]}" up "$TOPOLOGY" --dir "$DIR" --controllers "$CONTROLLERS" >&
 fi
 # shellcheck disable=SC1091
 . "$DIR/cluster.env"
+# A cluster started with --tls: cluster-cli dials it over TLS with its CA.
+if [[ -n ${CLUSTER_TLS_CA:-} ]]; then
+  export CLUSTER_TLS_CA
+fi
 
 # A killed master is started again; a paused one is woken.
 if [[ $SIGNAL == KILL ]]; then

@@ -12,7 +12,9 @@
 //!   it signs every member-only call and passes every other call untouched.
 //! - [`server`]: the tower layer in front of a member's gRPC server ([`MemberGuard`]): a
 //!   member-only call without a valid, fresh, unreplayed signature is answered UNAUTHENTICATED
-//!   (code 40100, `UNAUTHORIZED`) and never reaches the service, so it changes nothing.
+//!   (code 40100, `UNAUTHORIZED`) and never reaches the service, so it changes nothing. With TLS
+//!   on, it also needs the connection to have presented a client certificate the cluster CA
+//!   signed (`MemberGuardLayer::requiring_client_certificate`).
 //! - [`replay`]: the nonces seen within the clock-skew window, so that a captured request cannot
 //!   be sent again.
 //!
@@ -33,9 +35,11 @@
 //!   at rest and on the way to brokers.
 //!
 //! Why an HMAC and not the secret itself: the secret never crosses the wire, so someone who
-//! reads the traffic (replication ran in the clear before) learns no key. Without TLS (step 10)
-//! the traffic itself can still be read; the signature makes it impossible to forge or replay an
-//! internal call, which is what kept one unauthenticated Raft packet from poisoning the quorum.
+//! reads the traffic (replication ran in the clear before) learns no key. Without TLS
+//! (`tls_cert`, `tls_key`, `tls_ca`) the traffic itself can still be read; the signature makes it
+//! impossible to forge or replay an internal call, which is what kept one unauthenticated Raft
+//! packet from poisoning the quorum. With TLS, members also prove themselves by their client
+//! certificate.
 
 pub mod acl;
 pub mod client;

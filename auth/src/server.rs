@@ -2,6 +2,9 @@
 //! member-only call only with a valid signature, and passes every other call untouched.
 //!
 //! A call is admitted when, in this order (cheapest first, so that garbage costs little):
+//! 0. with TLS on ([`MemberGuardLayer::requiring_client_certificate`]), its connection presented
+//!    a client certificate, which the TLS handshake already verified against the cluster CA
+//!    (a certificate the CA did not sign never gets this far: the handshake fails);
 //! 1. it carries exactly one well-formed signature header;
 //! 2. its timestamp is within [`CLOCK_SKEW_MS_MAX`] of this machine's clock;
 //! 3. the MAC over path, timestamp, nonce (and the body, read up to
@@ -45,6 +48,8 @@ pub enum Refusal {
     BadSignature,
     Replayed,
     ReplayCacheFull,
+    /// TLS is on and the connection presented no client certificate signed by the cluster CA.
+    NoClientCertificate,
 }
 
 impl Refusal {
@@ -58,6 +63,7 @@ impl Refusal {
             Refusal::BadSignature => "bad_signature",
             Refusal::Replayed => "replayed",
             Refusal::ReplayCacheFull => "replay_cache_full",
+            Refusal::NoClientCertificate => "no_client_certificate",
         }
     }
 
@@ -73,6 +79,9 @@ impl Refusal {
             Refusal::BadSignature => "member signature does not verify: not this cluster's key",
             Refusal::Replayed => "member signature already used",
             Refusal::ReplayCacheFull => "too many signed calls within the skew window; retry",
+            Refusal::NoClientCertificate => {
+                "internal call without a client certificate signed by the cluster CA"
+            }
         }
     }
 }
@@ -85,22 +94,43 @@ pub struct MemberGuardLayer {
 
 struct Shared {
     key: Option<ClusterKey>,
+    /// TLS is on: member-only calls need a verified client certificate too.
+    require_client_certificate: bool,
     replay: ReplayCache,
     last_warn_ms: AtomicU64,
 }
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared").field("key", &self.key).finish()
+        f.debug_struct("Shared")
+            .field("key", &self.key)
+            .field(
+                "require_client_certificate",
+                &self.require_client_certificate,
+            )
+            .finish()
     }
 }
 
 impl MemberGuardLayer {
     /// `None`: this node has no cluster key and refuses every member-only call.
     pub fn new(key: Option<ClusterKey>) -> MemberGuardLayer {
+        Self::build(key, false)
+    }
+
+    /// As [`MemberGuardLayer::new`], for a server behind TLS with client certificates verified
+    /// against the cluster CA: a member-only call must also come over a connection that
+    /// presented such a certificate (`NoClientCertificate` otherwise). Two proofs, so that
+    /// neither a leaked secret alone nor a stolen certificate alone makes a member.
+    pub fn requiring_client_certificate(key: Option<ClusterKey>) -> MemberGuardLayer {
+        Self::build(key, true)
+    }
+
+    fn build(key: Option<ClusterKey>, require_client_certificate: bool) -> MemberGuardLayer {
         MemberGuardLayer {
             shared: Arc::new(Shared {
                 key,
+                require_client_certificate,
                 replay: ReplayCache::default(),
                 last_warn_ms: AtomicU64::new(0),
             }),
@@ -127,12 +157,15 @@ pub struct MemberGuard<S> {
 }
 
 impl Shared {
-    /// Steps 1 and 2: the header alone.
+    /// Steps 0, 1 and 2: the connection and the header alone.
     fn signature(
         &self,
         request: &http::Request<Body>,
     ) -> Result<(&ClusterKey, Signature), Refusal> {
         let key = self.key.as_ref().ok_or(Refusal::NoKey)?;
+        if self.require_client_certificate && !has_client_certificate(request) {
+            return Err(Refusal::NoClientCertificate);
+        }
         let mut values = request.headers().get_all(SIGNATURE_METADATA_KEY).iter();
         let value = values.next().ok_or(Refusal::Missing)?;
         if values.next().is_some() {
@@ -192,6 +225,17 @@ impl Shared {
     }
 }
 
+/// Whether the request's connection presented a client certificate. tonic records the peer's
+/// certificates only after rustls verified them against the server's client CA, so presence
+/// means verified.
+fn has_client_certificate(request: &http::Request<Body>) -> bool {
+    request
+        .extensions()
+        .get::<tonic::transport::server::TlsConnectInfo<tonic::transport::server::TcpConnectInfo>>()
+        .and_then(|info| info.peer_certs())
+        .is_some_and(|certs| !certs.is_empty())
+}
+
 impl<S> Service<http::Request<Body>> for MemberGuard<S>
 where
     S: Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + 'static,
@@ -247,5 +291,67 @@ where
             let body = Body::new(http_body_util::Full::new(bytes));
             inner.call(http::Request::from_parts(parts, body)).await
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Answers every call it is given with 200 and an empty body.
+    #[derive(Clone)]
+    struct Served;
+
+    impl Service<http::Request<Body>> for Served {
+        type Response = http::Response<Body>;
+        type Error = std::convert::Infallible;
+        type Future = std::future::Ready<Result<http::Response<Body>, Self::Error>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: http::Request<Body>) -> Self::Future {
+            std::future::ready(Ok(http::Response::new(Body::empty())))
+        }
+    }
+
+    /// A member-only stream opening (its signature covers the header only), well signed.
+    fn signed_stream(key: &ClusterKey) -> http::Request<Body> {
+        let path = "/broker.replication.v1.LogShipping/Replicate";
+        let signature = key.sign(path, unix_now_ms(), rand::random(), &[]);
+        http::Request::builder()
+            .uri(path)
+            .header(SIGNATURE_METADATA_KEY, signature.to_header())
+            .body(Body::empty())
+            .expect("a valid request")
+    }
+
+    fn refusal_label(response: &http::Response<Body>) -> Option<&str> {
+        response
+            .headers()
+            .get("grpc-message")
+            .and_then(|value| value.to_str().ok())
+    }
+
+    #[tokio::test]
+    async fn a_signed_call_without_a_client_certificate_is_refused_only_when_required() {
+        use tower_layer::Layer;
+        let key = ClusterKey::new("a-test-secret-of-16-bytes").expect("long enough");
+
+        let mut plain = MemberGuardLayer::new(Some(key.clone())).layer(Served);
+        let answer = plain.call(signed_stream(&key)).await.expect("infallible");
+        assert_eq!(
+            refusal_label(&answer),
+            None,
+            "no TLS: the signature suffices"
+        );
+
+        let mut tls =
+            MemberGuardLayer::requiring_client_certificate(Some(key.clone())).layer(Served);
+        let answer = tls.call(signed_stream(&key)).await.expect("infallible");
+        let message = refusal_label(&answer).expect("refused");
+        // grpc-message is percent-encoded.
+        assert!(message.contains("client%20certificate"), "{message}");
     }
 }

@@ -124,6 +124,15 @@ pub struct BrokerSettings {
     /// workers waking one another for work one of them could do (docs/BENCHMARKS.md, "Idle
     /// path").
     pub runtime_worker_threads: usize,
+    /// PEM file of this broker's certificate (chain), for every listener (client API with
+    /// replication, v5 API, metrics) and as its client certificate when it dials other nodes.
+    /// `tls_cert`, `tls_key` and `tls_ca` are set together or not at all; none: plaintext.
+    pub tls_cert: String,
+    /// PEM file of the private key of `tls_cert`.
+    pub tls_key: String,
+    /// PEM file of the cluster CA (one or more certificates): the roots this broker verifies the
+    /// nodes it dials against, and the client certificates members present.
+    pub tls_ca: String,
 }
 
 /// Most runtime worker threads a configuration may ask for.
@@ -243,6 +252,11 @@ impl BrokerSettings {
             })
     }
 
+    /// The TLS files, all three or none (`None`: plaintext). Reads nothing.
+    pub fn tls_paths(&self) -> Result<Option<proto::tls::TlsPaths>, proto::tls::TlsError> {
+        proto::tls::TlsPaths::from_settings(&self.tls_cert, &self.tls_key, &self.tls_ca)
+    }
+
     /// The metrics endpoint's address; `None` when `metrics_listen` is empty (off).
     pub fn metrics_listen(&self) -> Result<Option<SocketAddr>, ExporterError> {
         exporter::parse_listen(&self.metrics_listen)
@@ -307,6 +321,9 @@ impl Default for BrokerSettings {
             v5_listen: String::new(),
             v5_advertised_addr: String::new(),
             runtime_worker_threads: 0,
+            tls_cert: String::new(),
+            tls_key: String::new(),
+            tls_ca: String::new(),
         }
     }
 }
@@ -324,6 +341,8 @@ pub enum ConfigError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Metrics(#[from] ExporterError),
+    #[error("invalid configuration: {0}")]
+    Tls(#[from] proto::tls::TlsError),
     #[error("invalid configuration: {field}: {reason}")]
     Rule {
         field: &'static str,
@@ -452,6 +471,7 @@ impl BrokerConfig {
             });
         }
         self.validate_replication()?;
+        self.broker.tls_paths()?;
         self.broker.metrics_listen()?;
         let v5 = self.broker.v5_listen()?;
         if let Some(v5) = v5.filter(|_| !self.broker.controller_addr.is_empty()) {

@@ -37,8 +37,11 @@
 //! - [`fault`]: a store that failed to write (a full disk, EIO) makes the broker restart itself
 //!   in place, giving mastership up at once; a restarted broker waits for disk space first.
 //! - [`server`]: one broker wired (`Broker::start(config)`, `Broker::run_until(stop)`): the
-//!   store, the role, the controller link, the gRPC services, and the clean stop; the binary and
-//!   the tests share it.
+//!   store, the role, the controller link, the gRPC services (TLS on every listener when
+//!   `tls_cert`/`tls_key`/`tls_ca` are set), and the clean stop; the binary and the tests share
+//!   it.
+//! - `listen` (private): the listeners' TCP settings and TLS (or the plaintext warning), the v5
+//!   port, the source address of outgoing connections.
 //! - [`planned_stop`]: what a controlled broker does on SIGTERM before it stops: a master hands
 //!   mastership to an in-sync slave, a slave of the in-sync set leaves it.
 //! - [`link`]: the broker's side of its controller link (`controller-client`'s `BrokerMetadata`
@@ -55,6 +58,7 @@ pub mod group_service;
 pub mod groups;
 pub mod lease;
 pub mod link;
+mod listen;
 pub mod metrics;
 pub mod planned_stop;
 pub mod retry;

@@ -4,6 +4,12 @@
 //! [`Broker::run_until`] serves until told to stop, then stops accepting, finishes the requests
 //! in flight, flushes, and closes the store cleanly (the abort marker goes, so the next start
 //! needs no recovery). The `broker` binary and the tests share this wiring.
+//!
+//! TLS: with `tls_cert`, `tls_key` and `tls_ca` set, every listener (client API with the log
+//! stream, v5 API, metrics) is TLS, and the log stream and the controller's internal calls need a
+//! client certificate from the cluster CA besides the member signature; every connection the
+//! broker dials presents its certificate. Without them it warns once that its ports are
+//! plaintext.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -11,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use controller_client::broker_link::LinkError;
-use exporter::{Exporter, ExporterError};
+use exporter::ExporterError;
 use proto::client::broker_server::BrokerServer;
 use proto::client::consumer_groups_server::ConsumerGroupsServer;
 use proto::replication::log_shipping_server::LogShippingServer;
@@ -21,14 +27,16 @@ use replication::ship::{
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
-use tokio_stream::StreamExt;
 
 use crate::config::BrokerConfig;
 use crate::error::BrokerError;
 use crate::group_service::ConsumerGroupService;
 use crate::groups::ConsumerGroupState;
 use crate::link::{start_controller_link, LinkStartError, LinkTask};
+use crate::listen::{
+    bind_exporter, bind_v5, dial_from_source_ip, member_guard, nodelay_incoming, receipt_key,
+    serve_v5, start_tls,
+};
 use crate::metrics::{BrokerSampler, StoreMetrics};
 use crate::planned_stop;
 use crate::retry::{parse_delay_levels, RetryState};
@@ -37,7 +45,6 @@ use crate::service::BrokerService;
 use crate::store::{ConfirmMode, FlushDiskType, Store, StoreError};
 use crate::topics::TopicRegistry;
 use crate::v5::route::RouteSourceError;
-use crate::v5::serve::{bind_v5, receipt_key, serve_v5};
 use crate::v5::{V5Parts, V5Service};
 
 /// How long a slave waits for its master's TCP connection.
@@ -82,6 +89,8 @@ pub enum StartError {
     V5(#[from] RouteSourceError),
     #[error("the ACL's feed from the controller: {0}")]
     AclFeed(#[source] controller_client::ControllerError),
+    #[error("TLS: {0}")]
+    Tls(#[from] proto::tls::TlsError),
 }
 
 /// Why a running broker stopped other than when told to.
@@ -124,16 +133,6 @@ pub struct Broker {
     tasks: Vec<JoinHandle<()>>,
 }
 
-/// Makes this process's outgoing connections come from `source_ip`, when set. Validated with the
-/// configuration, so a bad address never gets here.
-fn dial_from_source_ip(settings: &crate::config::BrokerSettings) {
-    if let Ok(Some(ip)) = settings.source_ip() {
-        if let Err(set) = proto::dial::set_source_ip(ip) {
-            tracing::warn!(%ip, %set, "outgoing connections already come from another address in this process");
-        }
-    }
-}
-
 impl Broker {
     /// Starts a broker with `config` (validated by the caller: `BrokerConfig::validate`). A
     /// broker restarted after its disk filled waits here until space returns
@@ -141,19 +140,9 @@ impl Broker {
     pub async fn start(config: BrokerConfig) -> Result<Broker, StartError> {
         let settings = &config.broker;
         dial_from_source_ip(settings);
+        let tls = start_tls(settings)?;
         // The recorder goes in before the store opens, so that the flusher's first fsyncs count.
-        let exporter = match settings.metrics_listen()? {
-            Some(addr) => {
-                let labels = [
-                    ("broker_group", settings.broker_name.clone()),
-                    ("broker_id", settings.broker_id.to_string()),
-                ];
-                let exporter = Exporter::bind(addr, &labels).await?;
-                crate::metrics::describe();
-                Some(exporter)
-            }
-            None => None,
-        };
+        let exporter = bind_exporter(settings, tls.as_ref()).await?;
         let metrics_addr = match &exporter {
             Some(exporter) => Some(exporter.local_addr().map_err(StartError::MetricsAddr)?),
             None => None,
@@ -310,27 +299,24 @@ impl Broker {
                     views,
                     v5_addr: v5_advertised,
                 };
-                Some(spawn_v5(listener, parts, &config, stop_requested.clone())?)
+                Some(spawn_v5(
+                    listener,
+                    parts,
+                    &config,
+                    tls.as_ref(),
+                    stop_requested.clone(),
+                )?)
             }
             None => None,
         };
         // Room for the largest batch the store takes, so that an oversized message reaches the
         // service's checks and gets its own error code instead of a transport error.
         let request_bytes_max = config.store.batch_bytes_max + REQUEST_OVERHEAD_BYTES;
-        // Small answers must leave at once: with Nagle's algorithm on, an answer waits for the
-        // client's delayed ACK (40 ms here), which capped a connection at a few hundred sends a
-        // second.
-        let incoming = TcpListenerStream::new(listener).map(|stream| {
-            stream.inspect(|s| {
-                if let Err(err) = s.set_nodelay(true) {
-                    tracing::warn!(error = %err, "could not disable Nagle's algorithm on a connection");
-                }
-            })
-        });
+        let incoming = nodelay_incoming(listener);
         let mut stop_requested = stop_requested;
-        let server = tonic::transport::Server::builder()
+        let server = proto::tls::server_builder(tls.as_ref())?
             // The log stream only to members (the auth crate); client calls pass untouched.
-            .layer(auth::MemberGuardLayer::new(cluster_key))
+            .layer(member_guard(tls.as_ref(), cluster_key))
             // Who each client call comes from (a bad signature refused here); the services
             // check what the caller may do.
             .layer(auth::UserGuardLayer::new(gate.clone()))
@@ -523,12 +509,15 @@ fn spawn_v5(
     listener: TcpListener,
     parts: V5Parts,
     config: &BrokerConfig,
+    tls: Option<&proto::tls::NodeTls>,
     stop: watch::Receiver<bool>,
 ) -> Result<JoinHandle<Result<(), tonic::transport::Error>>, StartError> {
     let users = auth::UserGuardLayer::new(parts.gate.clone());
     let v5 = V5Service::new(parts, &config.broker, &config.store)?;
     let request_bytes_max = config.store.batch_bytes_max + REQUEST_OVERHEAD_BYTES;
+    let builder = proto::tls::server_builder(tls)?;
     Ok(tokio::spawn(serve_v5(
+        builder,
         v5,
         listener,
         request_bytes_max,

@@ -40,6 +40,7 @@ impl PullConsumer {
         addr: &str,
         credentials: Option<&Credentials>,
     ) -> Result<PullConsumer, ClientError> {
+        // Through `proto::dial` like every connection, so that the process's TLS applies.
         let channel = crate::pool::endpoint(addr)?.connect().await?;
         let client = BrokerClient::new(crate::pool::signed(channel, credentials))
             .max_decoding_message_size(RESPONSE_BYTES_MAX);

@@ -24,6 +24,7 @@
 //!   with the client's credentials when it has some (`ProducerConfig::credentials`,
 //!   `PushConsumerConfig::credentials`, `PullConsumer::connect_as`, `Admin::connect_as`), as a
 //!   broker with `acl_enabled` requires.
+//! - [`tls`]: TLS for every connection of the process ([`tls::trust_ca`]: the cluster CA).
 //!
 //! Producers and push consumers reach either one broker directly or, through the controller's
 //! routes, every broker group's master. `client` depends on `proto` and `controller-client`
@@ -39,6 +40,7 @@ pub mod producer;
 pub mod push;
 mod resume;
 pub mod routes;
+pub mod tls;
 
 pub use consumer::{Admin, PullConsumer, PullResult};
 /// The controller quorum seen as one service: routes and administration.

@@ -79,6 +79,7 @@ impl BrokerChannels {
     }
 }
 
+/// The endpoint of a broker at `addr`, through `proto::dial` (TCP settings, the process's TLS).
 pub(crate) fn endpoint(addr: &str) -> Result<Endpoint, ClientError> {
     proto::dial::endpoint(addr, CONNECT_TIMEOUT).map_err(|_| ClientError::Invalid {
         reason: "broker address is not host:port",

@@ -14,6 +14,8 @@
 //! Every call to a broker is signed as the user of `--credentials FILE` (`CLUSTER_CREDENTIALS`)
 //! or `CLUSTER_ACCESS_KEY` / `CLUSTER_SECRET_KEY` (`identity`), as brokers with `acl_enabled`
 //! require.
+//! TLS: `--tls-ca FILE` (or `CLUSTER_TLS_CA`) dials every node over TLS, trusting that CA;
+//! `tls generate` writes a development CA and node certificates.
 
 /// `println!` for the command's output: when stdout is a closed pipe (`cluster-cli cluster list
 /// | head`) the process ends quietly with 0, as other command-line tools do, instead of
@@ -41,11 +43,12 @@ mod ha;
 mod identity;
 mod progress;
 mod send;
+mod tls;
 mod users;
 
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 /// Administration and drills for the broker cluster.
@@ -70,6 +73,10 @@ struct Cli {
     /// call; without it, CLUSTER_ACCESS_KEY and CLUSTER_SECRET_KEY, else anonymous.
     #[arg(long, env = "CLUSTER_CREDENTIALS", global = true)]
     credentials: Option<std::path::PathBuf>,
+    /// PEM file of the cluster CA: dial every node over TLS and trust it (the nodes'
+    /// `tls_ca`). Default: the environment's CLUSTER_TLS_CA; unset or empty: plaintext.
+    #[arg(long, global = true)]
+    tls_ca: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -127,6 +134,11 @@ enum Command {
     Acl {
         #[command(subcommand)]
         command: users::AclCommand,
+    },
+    /// TLS material: `tls generate` writes a development CA and node certificates.
+    Tls {
+        #[command(subcommand)]
+        command: tls::TlsCommand,
     },
 }
 
@@ -209,6 +221,12 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             eprintln!("cluster-cli: {err:#}");
+            if !proto::dial::tls_enabled() && format!("{err:#}").contains("transport error") {
+                // What a plaintext client sees from a TLS node: the connection closes at once.
+                eprintln!(
+                    "cluster-cli: if the cluster runs TLS, pass its CA: --tls-ca FILE or CLUSTER_TLS_CA"
+                );
+            }
             ExitCode::from(2)
         }
     }
@@ -269,9 +287,25 @@ fn controller(cli_controller: &Option<String>) -> Result<client::controller::Con
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
+    // Before --tls-ca is read: generating the CA must work while CLUSTER_TLS_CA names a file
+    // that does not exist yet.
+    if let Command::Tls { command } = cli.command {
+        return tls::run(command, cli.json);
+    }
+    // Read here rather than by clap's `env`, which refuses an empty value: an empty
+    // CLUSTER_TLS_CA means plaintext, as unset does.
+    let tls_ca = cli.tls_ca.clone().or_else(|| {
+        std::env::var_os("CLUSTER_TLS_CA")
+            .filter(|value| !value.is_empty())
+            .map(std::path::PathBuf::from)
+    });
+    if let Some(ca) = &tls_ca {
+        client::tls::trust_ca(ca).context("--tls-ca (or CLUSTER_TLS_CA)")?;
+    }
     identity::init(cli.credentials.as_deref())?;
     let reach = Reach::of(&cli);
     match cli.command {
+        Command::Tls { .. } => unreachable!("handled above"),
         Command::Controller { command } => {
             admin::controller(&controller(&cli.controller)?, cli.json, command).await
         }

@@ -147,8 +147,9 @@ fn number(value: &Value) -> String {
 
 /// A client of the consumer groups of the broker at `addr`, signed as this run's user.
 async fn groups_client(addr: &str) -> Result<ConsumerGroupsClient<auth::SignedChannel>, String> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| ClientError::from(e).to_string())?;
+    // Through `proto::dial`, so that `--tls-ca` applies.
+    let endpoint = proto::dial::endpoint(addr, std::time::Duration::from_secs(2))
+        .map_err(|_| "broker address is not host:port".to_owned())?;
     let channel = endpoint
         .connect()
         .await

@@ -77,6 +77,15 @@ pub struct ControllerConfig {
     /// data or change who may do what (unclean elections, topic deletions, user and ACL
     /// changes), allowed or refused. Empty: `<data_dir>/audit.log`.
     pub audit_log: String,
+    /// PEM file of this controller's certificate (chain): its port is TLS, and it is the client
+    /// certificate it presents to other controllers. `tls_cert`, `tls_key` and `tls_ca` are set
+    /// together or not at all; none: plaintext.
+    pub tls_cert: String,
+    /// PEM file of the private key of `tls_cert`.
+    pub tls_key: String,
+    /// PEM file of the cluster CA (one or more certificates): the roots the controller verifies
+    /// the nodes it dials against, and the client certificates members present.
+    pub tls_ca: String,
 }
 
 impl Default for ControllerConfig {
@@ -100,6 +109,9 @@ impl Default for ControllerConfig {
             admin_access_key: "admin".to_owned(),
             admin_secret_key: String::new(),
             audit_log: String::new(),
+            tls_cert: String::new(),
+            tls_key: String::new(),
+            tls_ca: String::new(),
         }
     }
 }
@@ -137,6 +149,8 @@ pub enum ConfigError {
     },
     #[error("admin_secret_key is required when acl_enabled is true: the built-in admin is the only way in")]
     AdminSecretMissing,
+    #[error(transparent)]
+    Tls(#[from] proto::tls::TlsError),
 }
 
 impl ControllerConfig {
@@ -239,7 +253,13 @@ impl ControllerConfig {
         self.metrics_listen()?;
         self.cluster_key()?;
         self.built_in_admin()?;
+        self.tls_paths()?;
         Ok(())
+    }
+
+    /// The TLS files, all three or none (`None`: plaintext). Reads nothing.
+    pub fn tls_paths(&self) -> Result<Option<proto::tls::TlsPaths>, proto::tls::TlsError> {
+        proto::tls::TlsPaths::from_settings(&self.tls_cert, &self.tls_key, &self.tls_ca)
     }
 
     /// The built-in admin's access key and secret key, checked; `None` when no secret key is

@@ -35,8 +35,8 @@
 //! - [`service`]: the gRPC `Controller` service (registration, heartbeats and the lease they
 //!   grant, in-sync set changes, planned switchovers, routes and the route watch, topics, cluster and quorum status, membership changes); forwards
 //!   to the leader.
-//! - [`node`]: starting and stopping one controller: storage, Raft, servers, first
-//!   initialisation.
+//! - [`node`]: starting and stopping one controller: storage, Raft, servers (TLS when
+//!   `tls_cert`/`tls_key`/`tls_ca` are set, [`node::start_tls`]), first initialisation.
 //! - [`metrics`]: the controller's metrics: the election counter and, at each scrape of the
 //!   `/metrics` endpoint, the Raft term, leadership and (on the leader) each group's alive
 //!   brokers, in-sync set and master epoch.

@@ -1,5 +1,11 @@
 //! One running controller: storage, Raft, the gRPC servers, first initialisation, and the
 //! background tasks that keep the leader's liveness view current and elect masters.
+//!
+//! TLS: with `tls_cert`, `tls_key` and `tls_ca` set, the one port (Raft and the Controller
+//! service) is TLS, Raft and the brokers' internal calls need a client certificate from the
+//! cluster CA besides the member signature, and every connection the controller dials (Raft to
+//! its peers, forwarding to the leader, membership probes) presents its certificate. Without
+//! them it warns once that its port is plaintext.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,12 +65,38 @@ pub enum NodeError {
     Serve(#[from] tonic::transport::Error),
     #[error("the server task failed: {0}")]
     ServerTask(#[source] tokio::task::JoinError),
+    #[error("TLS: {0}")]
+    Tls(#[from] proto::tls::TlsError),
+}
+
+/// Reads the TLS files of `config` when set and makes this process dial with them; warns when
+/// there are none, since the controller's ports are then plaintext.
+pub fn start_tls(
+    config: &ControllerConfig,
+) -> Result<Option<proto::tls::NodeTls>, proto::tls::TlsError> {
+    let tls = proto::tls::start_node(config.tls_paths()?.as_ref())?;
+    if tls.is_none() {
+        tracing::warn!(
+            "no tls_cert, tls_key, tls_ca: every port of this controller is plaintext (development only)"
+        );
+    }
+    Ok(tls)
 }
 
 impl ControllerNode {
     /// Opens the storage, starts Raft and the servers, and initialises the quorum if this is the
     /// first start of a listed peer.
     pub async fn start(config: ControllerConfig) -> Result<ControllerNode, NodeError> {
+        let tls = start_tls(&config)?;
+        Self::start_with_tls(config, tls).await
+    }
+
+    /// As [`ControllerNode::start`], with the TLS [`start_tls`] read already (the binary reads
+    /// it once for the node and its metrics endpoint).
+    pub async fn start_with_tls(
+        config: ControllerConfig,
+        tls: Option<proto::tls::NodeTls>,
+    ) -> Result<ControllerNode, NodeError> {
         config.validate()?;
         let peers = config.peer_map()?;
         let key = config.cluster_key().map_err(ConfigError::Key)?;
@@ -154,10 +186,15 @@ impl ControllerNode {
             },
         );
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+        let guard = if tls.is_some() {
+            auth::MemberGuardLayer::requiring_client_certificate(Some(key))
+        } else {
+            auth::MemberGuardLayer::new(Some(key))
+        };
         let server = tokio::spawn(
-            tonic::transport::Server::builder()
+            proto::tls::server_builder(tls.as_ref())?
                 // Raft and the brokers' internal calls only from members (the auth crate).
-                .layer(auth::MemberGuardLayer::new(Some(key)))
+                .layer(guard)
                 // Who a user's request comes from, for the services' gate; member-only paths
                 // are left to the layer above.
                 .layer(auth::UserGuardLayer::new(gate))

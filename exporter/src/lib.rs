@@ -15,6 +15,10 @@
 //! role given up disappear from the output instead of showing their last value forever. Counters
 //! and histograms are never dropped.
 //!
+//! TLS: with [`Exporter::with_tls`] (a node with `tls_cert`, `tls_key`, `tls_ca`), every
+//! connection is a TLS handshake first (tokio-rustls, HTTP/1.1 inside), bounded by the same
+//! connection time; a plaintext request gets no answer. Scrapers present no certificate.
+//!
 //! Limits: at most [`SCRAPE_CONNECTIONS_MAX`] connections at once (more are closed at once), one
 //! request per connection, each connection closed after [`SCRAPE_CONNECTION_TIME_MAX`].
 
@@ -35,6 +39,8 @@ use metrics_util::MetricKindMask;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
+use tokio_rustls::rustls::ServerConfig;
+use tokio_rustls::TlsAcceptor;
 
 /// Scrape connections served at once: Prometheus opens one per scrape; a few more leave room
 /// for a person with curl, and the cap keeps a flood of connections from costing more.
@@ -103,6 +109,7 @@ pub fn parse_listen(value: &str) -> Result<Option<SocketAddr>, ExporterError> {
 pub struct Exporter {
     handle: PrometheusHandle,
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
 }
 
 impl Exporter {
@@ -127,7 +134,19 @@ impl Exporter {
             builder = builder.add_global_label(*key, value.clone());
         }
         let handle = builder.install_recorder().map_err(ExporterError::Install)?;
-        Ok(Exporter { handle, listener })
+        Ok(Exporter {
+            handle,
+            listener,
+            tls: None,
+        })
+    }
+
+    /// Serves HTTPS with `config` instead of plain HTTP.
+    pub fn with_tls(self, config: Arc<ServerConfig>) -> Exporter {
+        Exporter {
+            tls: Some(TlsAcceptor::from(config)),
+            ..self
+        }
     }
 
     /// The address it listens on (with port 0, the port the system chose).
@@ -138,11 +157,16 @@ impl Exporter {
     /// Serves `GET /metrics` (anything else: 404 or 405) until the task is aborted, sampling
     /// with `sampler` before each rendering.
     pub fn serve(self, sampler: Arc<impl Sampler>) -> JoinHandle<()> {
-        tokio::spawn(serve(self.listener, self.handle, sampler))
+        tokio::spawn(serve(self.listener, self.handle, self.tls, sampler))
     }
 }
 
-async fn serve(listener: TcpListener, handle: PrometheusHandle, sampler: Arc<impl Sampler>) {
+async fn serve(
+    listener: TcpListener,
+    handle: PrometheusHandle,
+    tls: Option<TlsAcceptor>,
+    sampler: Arc<impl Sampler>,
+) {
     let connections = Arc::new(Semaphore::new(SCRAPE_CONNECTIONS_MAX));
     let mut upkeep = tokio::time::interval(UPKEEP_INTERVAL);
     upkeep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -165,14 +189,28 @@ async fn serve(listener: TcpListener, handle: PrometheusHandle, sampler: Arc<imp
             // Over the cap: closing at once costs less than queueing.
             continue;
         };
-        let (handle, sampler) = (handle.clone(), sampler.clone());
+        let (handle, sampler, tls) = (handle.clone(), sampler.clone(), tls.clone());
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request| {
                 respond(request, handle.clone(), sampler.clone())
             });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .keep_alive(false)
-                .serve_connection(TokioIo::new(stream), service);
+            let connection = async move {
+                let mut builder = hyper::server::conn::http1::Builder::new();
+                builder.keep_alive(false);
+                match tls {
+                    Some(tls) => {
+                        let stream = tls.accept(stream).await.map_err(ConnectionError::Tls)?;
+                        builder
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await
+                            .map_err(ConnectionError::Http)
+                    }
+                    None => builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await
+                        .map_err(ConnectionError::Http),
+                }
+            };
             match tokio::time::timeout(SCRAPE_CONNECTION_TIME_MAX, connection).await {
                 Ok(Ok(())) => {}
                 Ok(Err(err)) => tracing::debug!(error = %err, "metrics endpoint: connection"),
@@ -181,6 +219,15 @@ async fn serve(listener: TcpListener, handle: PrometheusHandle, sampler: Arc<imp
             drop(permit);
         });
     }
+}
+
+/// Why one scrape connection ended badly (logged at debug: a scraper's problem, not ours).
+#[derive(Debug, thiserror::Error)]
+enum ConnectionError {
+    #[error("TLS handshake")]
+    Tls(#[source] std::io::Error),
+    #[error("HTTP")]
+    Http(#[source] hyper::Error),
 }
 
 async fn respond(

@@ -4,12 +4,20 @@
 //!
 //! Each caller still chooses its own timeouts, because they mean different things: a Raft
 //! message, a broker's heartbeat and an operator's election wait for different lengths of time.
+//!
+//! TLS is a property of the process, not of each call site: once [`set_tls`] installed a
+//! [`DialTls`] (a node at start, with its certificate as client identity; an application or
+//! `cluster-cli` with the CA alone), every endpoint is `https://` and verifies its peer against
+//! that CA. A process talks to one cluster, which is either encrypted or not, so one setting
+//! serves every connection it makes, and no caller can forget it.
 
 use std::net::IpAddr;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tonic::transport::Endpoint;
+
+use crate::tls::DialTls;
 
 /// The local address every outgoing connection of this process comes from, once set (a broker's
 /// `source_ip`): on a host with several addresses, the one its peers and their firewalls know it
@@ -32,6 +40,29 @@ pub fn source_ip() -> Option<IpAddr> {
     SOURCE_IP.get().copied()
 }
 
+/// The TLS every later outgoing connection of this process uses, once set.
+static TLS: OnceLock<DialTls> = OnceLock::new();
+
+/// Makes every later endpoint of this process `https://` with `tls`. Once per process: another
+/// configuration afterwards is refused (the one set stays); the same one again is accepted.
+pub fn set_tls(tls: DialTls) -> Result<(), TlsAlreadySet> {
+    if *TLS.get_or_init(|| tls.clone()) == tls {
+        Ok(())
+    } else {
+        Err(TlsAlreadySet)
+    }
+}
+
+/// Whether this process dials with TLS.
+pub fn tls_enabled() -> bool {
+    TLS.get().is_some()
+}
+
+/// [`set_tls`] was called before with another configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("this process already dials with another TLS configuration")]
+pub struct TlsAlreadySet;
+
 /// How often a connection with requests in flight is pinged (HTTP/2 PING), and how long an
 /// answer may take before the connection counts as dead and the channel dials again. Without
 /// it, a connection whose packets were dropped for a while (a cut link, since healed) stalls
@@ -41,12 +72,19 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// An address that cannot be dialled, or an empty address list.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum AddressError {
     #[error("no address given")]
     Empty,
     #[error("{addr:?} is not a host:port gRPC can dial")]
     NotDialable { addr: String },
+    /// TLS cannot be set up for this address (a host that is not a valid server name).
+    #[error("{addr:?}: cannot dial it with TLS")]
+    Tls {
+        addr: String,
+        #[source]
+        source: Arc<tonic::transport::Error>,
+    },
 }
 
 /// The addresses in a comma-separated list (`host:port,host:port`), blanks ignored, each checked
@@ -67,9 +105,9 @@ pub fn address_list(list: &str) -> Result<Vec<String>, AddressError> {
     Ok(addrs)
 }
 
-/// An endpoint for `addr` (`host:port`, plaintext HTTP/2) that gives up connecting after
-/// `connect_timeout`, with TCP_NODELAY and keep-alive pings, from the process's source address
-/// if one is set. Connecting is left to the caller (`connect_lazy` for a
+/// An endpoint for `addr` (`host:port`; HTTP/2, over TLS once [`set_tls`] was called) that
+/// gives up connecting after `connect_timeout`, with TCP_NODELAY and keep-alive pings, from the
+/// process's source address if one is set. Connecting is left to the caller (`connect_lazy` for a
 /// channel that dials on first use, `connect` to know now).
 pub fn endpoint(addr: &str, connect_timeout: Duration) -> Result<Endpoint, AddressError> {
     let not_dialable = || AddressError::NotDialable {
@@ -79,13 +117,24 @@ pub fn endpoint(addr: &str, connect_timeout: Duration) -> Result<Endpoint, Addre
     if addr.is_empty() || addr.contains(['/', '?', '#', '@']) {
         return Err(not_dialable());
     }
-    Ok(Endpoint::from_shared(format!("http://{addr}"))
+    let tls = TLS.get();
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
         .map_err(|_| not_dialable())?
         .connect_timeout(connect_timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-        .local_address(source_ip()))
+        .local_address(source_ip());
+    match tls {
+        Some(tls) => endpoint
+            .tls_config(tls.client_config())
+            .map_err(|source| AddressError::Tls {
+                addr: addr.to_owned(),
+                source: Arc::new(source),
+            }),
+        None => Ok(endpoint),
+    }
 }
 
 #[cfg(test)]
@@ -98,7 +147,7 @@ mod tests {
             address_list(" 127.0.0.1:1, ,localhost:2 ").unwrap(),
             vec!["127.0.0.1:1".to_owned(), "localhost:2".to_owned()]
         );
-        assert_eq!(address_list(" , "), Err(AddressError::Empty));
+        assert!(matches!(address_list(" , "), Err(AddressError::Empty)));
         assert!(matches!(
             address_list("127.0.0.1:1,bad host:2"),
             Err(AddressError::NotDialable { .. })

@@ -12,7 +12,11 @@
 //! - [`replication`]: the log stream from a group's master to each slave, and ha status; and
 //!   [`MASTER_ADDR_METADATA_KEY`], where a slave's `NOT_MASTER` refusal names its master.
 //! - [`dial`]: reading an address list and building the endpoint every node and client dials
-//!   with ([`dial::endpoint`], [`dial::address_list`]).
+//!   with ([`dial::endpoint`], [`dial::address_list`]); `https://` once the process installed its
+//!   TLS ([`dial::set_tls`]).
+//! - [`tls`]: the TLS files of a node (`tls_cert`, `tls_key`, `tls_ca`) or a client (a CA),
+//!   read and checked once, and the server, dialer and `/metrics` configurations made of them;
+//!   the process's rustls crypto provider.
 //! - [`status`]: the status codec, how an `ErrorCode` becomes a gRPC status and is read back
 //!   ([`ErrorStatus`], [`error_status`]), every service's and client's one way; its text bounded
 //!   so that it fits gRPC's header limit ([`bounded_message`]), [`Echo`] for names echoed in it.
@@ -74,6 +78,7 @@ pub use generated::broker::replication::v1 as replication;
 
 pub mod dial;
 pub mod status;
+pub mod tls;
 
 pub use status::{
     bounded_message, error_status, Echo, ErrorStatus, CONTROLLER_LEADER_METADATA_KEY,

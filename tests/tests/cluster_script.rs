@@ -297,3 +297,70 @@ fn up_works_when_the_last_line_of_the_tcp_tables_is_not_a_listener() {
         "{stderr}"
     );
 }
+
+/// `up --tls` runs a topology encrypted: `up` itself gets ready over TLS, `cluster.env` names the
+/// CA for cluster-cli, which then works, while cluster-cli without it cannot reach the cluster;
+/// the cluster comes up again with TLS after `down`, and `--tls` on a plaintext cluster's
+/// directory is refused.
+#[test]
+fn up_with_tls_serves_only_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "up",
+        "single-master",
+        "--dir",
+        dir_arg(dir.path()),
+        "--controllers",
+        "1",
+        "--tls",
+    ];
+    let (code, stdout, stderr) = run_script("cluster.sh", &args);
+    assert_eq!(code, 0, "up --tls: {stdout}\n{stderr}");
+    let env = std::fs::read_to_string(dir.path().join("cluster.env")).unwrap();
+    let ca = env
+        .lines()
+        .find_map(|line| line.strip_prefix("CLUSTER_TLS_CA="))
+        .expect("CLUSTER_TLS_CA in cluster.env")
+        .to_owned();
+    assert!(Path::new(&ca).exists(), "{ca}");
+    let controllers = cluster_env_controller_addr(dir.path());
+    let (code, _) = cluster_cli(&["--controller", &controllers, "cluster", "list"]);
+    assert_eq!(code, 2, "a plaintext cluster-cli reached a TLS cluster");
+    let (code, out) = cluster_cli(&[
+        "--tls-ca",
+        &ca,
+        "--controller",
+        &controllers,
+        "--json",
+        "cluster",
+        "list",
+    ]);
+    assert_eq!(code, 0, "cluster list over TLS: {out}");
+    let (code, status, _) = run_script("cluster.sh", &["status", "--dir", dir_arg(dir.path())]);
+    assert_eq!(code, 0, "{status}");
+    assert!(status.contains("https://"), "{status}");
+    down_cleanly(dir.path(), &["broker-a-0".to_owned()]);
+    // Again, with its data and its certificates (no --tls needed).
+    let (code, stdout, stderr) = run_script(
+        "cluster.sh",
+        &["up", "single-master", "--dir", dir_arg(dir.path())],
+    );
+    assert_eq!(code, 0, "up again: {stdout}\n{stderr}");
+    down_cleanly(dir.path(), &["broker-a-0".to_owned()]);
+
+    let plain = tempfile::tempdir().unwrap();
+    up("single-master", plain.path(), "1");
+    down_cleanly(plain.path(), &["broker-a-0".to_owned()]);
+    let (code, _, stderr) = run_script(
+        "cluster.sh",
+        &[
+            "up",
+            "single-master",
+            "--dir",
+            dir_arg(plain.path()),
+            "--tls",
+        ],
+    );
+    assert_eq!(code, 2, "--tls on a plaintext cluster: {stderr}");
+    assert!(stderr.contains("plaintext cluster"), "{stderr}");
+}

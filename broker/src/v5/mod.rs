@@ -34,7 +34,6 @@
 //!   call touches anything; a refusal is the body status 40100 / 40300. A call handed to the
 //!   master carries the caller's signature ([`forward::Origin`]), so the master checks the same
 //!   user. `calls` (private): the consumption calls the master serves itself.
-//! - [`serve`]: the v5 listener and server, with `auth::UserGuardLayer` in front.
 //!
 //! Not served yet, each answering `NOT_IMPLEMENTED` with where to read more (docs/CLIENTS.md):
 //! `PullMessage` and the offsets' RPCs, transactions, recall and lite topics.
@@ -73,7 +72,7 @@ pub mod pop;
 pub mod receipt;
 pub mod route;
 pub mod send;
-pub mod serve;
+
 pub mod status;
 pub mod telemetry;
 

@@ -164,16 +164,21 @@ fn main() -> Result<()> {
 
 async fn run(config: ControllerConfig) -> Result<()> {
     let id = config.id;
+    // Read once, before anything listens: the metrics endpoint and the node share it.
+    let tls = controller::node::start_tls(&config)?;
     // The recorder goes in before the node starts, so that no election goes uncounted.
     let exporter = match config.metrics_listen()? {
         Some(addr) => {
-            let exporter = Exporter::bind(addr, &[("controller_id", id.to_string())]).await?;
+            let mut exporter = Exporter::bind(addr, &[("controller_id", id.to_string())]).await?;
+            if let Some(tls) = &tls {
+                exporter = exporter.with_tls(tls.rustls_server_config()?);
+            }
             controller::metrics::describe();
             Some(exporter)
         }
         None => None,
     };
-    let node = ControllerNode::start(config).await?;
+    let node = ControllerNode::start_with_tls(config, tls).await?;
     tracing::info!(id, addr = %node.local_addr, "controller serving");
     let mut metrics_server = None;
     if let Some(exporter) = exporter {
