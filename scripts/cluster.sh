@@ -2,7 +2,7 @@
 # A cluster on this machine in one command, in one of the seed's four topologies, and the
 # commands to operate it: start, stop, pause and kill its nodes, read their logs.
 #
-#   scripts/cluster.sh up TOPOLOGY [--dir DIR] [--controllers 1|3] [--tls]
+#   scripts/cluster.sh up TOPOLOGY [--dir DIR] [--controllers 1|3] [--tls] [--acl]
 #   scripts/cluster.sh down [--dir DIR] [--wipe]
 #   scripts/cluster.sh status [--dir DIR]
 #   scripts/cluster.sh kill NODE [--signal KILL|STOP|CONT|TERM] [--dir DIR]
@@ -24,8 +24,14 @@
 # certificates. `up` writes a development CA and one node certificate into DIR/tls with
 # `cluster-cli tls generate` (names localhost and the 127.0.0.x addresses), gives every node
 # tls_cert, tls_key and tls_ca, and adds CLUSTER_TLS_CA=DIR/tls/ca.pem to cluster.env, which
-# cluster-cli reads (so `set -a; . DIR/cluster.env; set +a` is all a shell needs). A cluster
-# keeps what its first `up` chose.
+# cluster-cli reads (so `set -a; . DIR/cluster.env; set +a` is all a shell needs).
+#
+# --acl (at a cluster's first `up`): every controller and broker checks users' requests against
+# the ACL (`acl_enabled`). `up` makes a random secret key for the built-in admin (`admin`),
+# writes it to DIR/admin.credentials (mode 0600) and adds CLUSTER_CREDENTIALS=that file to
+# cluster.env, so cluster-cli signs as the admin; make users for applications with
+# `cluster-cli user create` and `cluster-cli acl create` (docs/SECURITY.md). A cluster keeps what
+# its first `up` chose.
 #
 # `up` builds the release binaries (cargo build --release, quick when they are current) unless
 # BIN_DIR names a directory holding `controller`, `broker` and `cluster-cli`; starts every node;
@@ -82,6 +88,7 @@ LINES=100
 FOLLOW=0
 WIPE=0
 TLS=0
+ACL=0
 POSITIONAL=()
 while [[ $# -gt 0 ]]; do
   case $1 in
@@ -92,6 +99,7 @@ while [[ $# -gt 0 ]]; do
     --follow|-f) FOLLOW=1; shift ;;
     --wipe) WIPE=1; shift ;;
     --tls) TLS=1; shift ;;
+    --acl) ACL=1; shift ;;
     -h|--help) usage ;;
     -*) die "unknown option $1" ;;
     *) POSITIONAL+=("$1"); shift ;;
@@ -219,8 +227,8 @@ load_env() {
   [[ -f $DIR/cluster.env && -f $DIR/nodes ]] ||
     die "no cluster in $DIR (run: scripts/cluster.sh up TOPOLOGY --dir $DIR)"
   local bin_dir=${BIN_DIR:-}
-  # A CA of another cluster in the caller's environment must not apply to a plaintext one.
-  unset CLUSTER_TLS_CA
+  # A CA or credentials of another cluster in the caller's environment must not apply here.
+  unset CLUSTER_TLS_CA CLUSTER_CREDENTIALS
   # shellcheck disable=SC1091
   . "$DIR/cluster.env"
   # The binaries `up` used, unless the caller names others.
@@ -229,6 +237,10 @@ load_env() {
   # cluster-cli dials over TLS, trusting the cluster's CA, when the cluster has one.
   if [[ -n ${CLUSTER_TLS_CA:-} ]]; then
     export CLUSTER_TLS_CA
+  fi
+  # ... and signs as the built-in admin when the cluster checks users (--acl).
+  if [[ -n ${CLUSTER_CREDENTIALS:-} ]]; then
+    export CLUSTER_CREDENTIALS
   fi
 }
 
@@ -345,6 +357,25 @@ configure_fresh() {
   if [[ $TLS == 1 ]]; then
     configure_tls
   fi
+  if [[ $ACL == 1 ]]; then
+    configure_acl
+  fi
+}
+
+# --acl: acl_enabled on every node, the built-in admin's secret key on the controllers, and the
+# admin's credentials file for cluster-cli.
+configure_acl() {
+  local node secret
+  secret=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
+  (umask 077 && printf 'access_key=admin\nsecret_key=%s\n' "$secret" >"$DIR/admin.credentials")
+  for node in $(nodes); do
+    printf '# Users checked against the ACL (cluster.sh up --acl; docs/SECURITY.md).\n' >>"$DIR/$node.toml"
+    printf 'acl_enabled = true\n' >>"$DIR/$node.toml"
+    case $node in
+      controller-*) printf 'admin_secret_key = "%s"\n' "$secret" >>"$DIR/$node.toml" ;;
+    esac
+  done
+  printf 'CLUSTER_CREDENTIALS=%s\n' "$DIR/admin.credentials" >>"$DIR/cluster.env"
 }
 
 # --tls: a development CA and node certificate in DIR/tls, the three settings on every node
@@ -381,6 +412,9 @@ cmd_up() {
     if [[ $TLS == 1 ]] && ! grep -q '^CLUSTER_TLS_CA=' "$DIR/cluster.env"; then
       die "$DIR holds a plaintext cluster: --tls applies to a new one (another --dir, or 'down --wipe' it first)"
     fi
+    if [[ $ACL == 1 ]] && ! grep -q '^CLUSTER_CREDENTIALS=' "$DIR/cluster.env"; then
+      die "$DIR holds a cluster without the ACL: --acl applies to a new one (another --dir, or 'down --wipe' it first)"
+    fi
     echo "cluster.sh: starting the $topology cluster in $DIR again, with its data" >&2
   else
     fresh=1
@@ -411,7 +445,7 @@ cmd_up() {
         rm -rf "${DIR:?}/$node" "$DIR/$node".{toml,out,log,pid}
       done
       rm -f "$DIR/nodes" "$DIR/cluster.env"
-      rm -rf "$DIR/tls"
+      rm -rf "$DIR/tls" "$DIR/admin.credentials"
       configure_fresh "$topology" "$template"
       sed -i '/^BIN_DIR=/d' "$DIR/cluster.env"
       printf 'BIN_DIR=%s\n' "$BIN_DIR" >>"$DIR/cluster.env"

@@ -4,8 +4,10 @@
 # master has taken over, then drains and checks the whole history (`cluster-cli drill`).
 #
 #   scripts/failover-drill.sh --topology 2m-2s-sync|2m-2s-async [--rounds N] [--dir DIR]
-#                             [--controllers 1|3] [--signal KILL|STOP] [--keep]
+#                             [--controllers 1|3] [--signal KILL|STOP] [--tls] [--acl] [--keep]
 #
+# --tls and --acl start the cluster with every port encrypted and users checked against the ACL
+# (scripts/cluster.sh); the drill then runs as the built-in admin, over TLS.
 # --signal STOP pauses the master instead of killing it (its process stays, silent: the lease
 # path) and wakes it with SIGCONT once its successor serves; it rejoins as a slave.
 # Progress goes to stderr; the last line of stdout is one JSON object: `passed`, `rounds`,
@@ -35,6 +37,7 @@ DIR=
 CONTROLLERS=3
 KEEP=0
 SIGNAL=KILL
+SECURE=()
 while [[ $# -gt 0 ]]; do
   case $1 in
     --topology) TOPOLOGY=${2:?--topology needs 2m-2s-sync or 2m-2s-async}; shift 2 ;;
@@ -43,6 +46,7 @@ while [[ $# -gt 0 ]]; do
     --controllers) CONTROLLERS=${2:?--controllers needs 1 or 3}; shift 2 ;;
     --signal) SIGNAL=${2:?--signal needs KILL or STOP}; shift 2 ;;
     --keep) KEEP=1; shift ;;
+    --tls|--acl) SECURE+=("$1"); shift ;;
     -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
     *) echo "failover-drill.sh: unknown argument $1" >&2; exit 2 ;;
   esac
@@ -71,7 +75,7 @@ finish() {
 }
 trap finish EXIT
 
-if ! "${CLUSTER[@]}" up "$TOPOLOGY" --dir "$DIR" --controllers "$CONTROLLERS" >&2; then
+if ! "${CLUSTER[@]}" up "$TOPOLOGY" --dir "$DIR" --controllers "$CONTROLLERS" "${SECURE[@]}" >&2; then
   echo "failover-drill.sh: the $TOPOLOGY cluster did not come up (logs in $DIR)" >&2
   KEEP=1
   exit 2
@@ -81,6 +85,10 @@ fi
 # A cluster started with --tls: cluster-cli dials it over TLS with its CA.
 if [[ -n ${CLUSTER_TLS_CA:-} ]]; then
   export CLUSTER_TLS_CA
+fi
+# A cluster started with --acl: cluster-cli signs as its built-in admin.
+if [[ -n ${CLUSTER_CREDENTIALS:-} ]]; then
+  export CLUSTER_CREDENTIALS
 fi
 
 # A killed master is started again; a paused one is woken.

@@ -298,12 +298,13 @@ fn up_works_when_the_last_line_of_the_tcp_tables_is_not_a_listener() {
     );
 }
 
-/// `up --tls` runs a topology encrypted: `up` itself gets ready over TLS, `cluster.env` names the
-/// CA for cluster-cli, which then works, while cluster-cli without it cannot reach the cluster;
-/// the cluster comes up again with TLS after `down`, and `--tls` on a plaintext cluster's
-/// directory is refused.
+/// `up --tls --acl` runs a topology encrypted and checked: `up` itself gets ready over TLS as the
+/// built-in admin, `cluster.env` names the CA and the admin's credentials for cluster-cli, which
+/// then works, while cluster-cli without the CA cannot reach the cluster and without the
+/// credentials is refused; the cluster comes up again with TLS and the ACL after `down`, and
+/// `--tls` or `--acl` on a plaintext cluster's directory is refused.
 #[test]
-fn up_with_tls_serves_only_over_tls() {
+fn up_with_tls_and_acl_serves_only_over_tls_to_users() {
     let dir = tempfile::tempdir().unwrap();
     let args = [
         "up",
@@ -313,6 +314,7 @@ fn up_with_tls_serves_only_over_tls() {
         "--controllers",
         "1",
         "--tls",
+        "--acl",
     ];
     let (code, stdout, stderr) = run_script("cluster.sh", &args);
     assert_eq!(code, 0, "up --tls: {stdout}\n{stderr}");
@@ -323,8 +325,20 @@ fn up_with_tls_serves_only_over_tls() {
         .expect("CLUSTER_TLS_CA in cluster.env")
         .to_owned();
     assert!(Path::new(&ca).exists(), "{ca}");
+    let credentials = env
+        .lines()
+        .find_map(|line| line.strip_prefix("CLUSTER_CREDENTIALS="))
+        .expect("CLUSTER_CREDENTIALS in cluster.env")
+        .to_owned();
     let controllers = cluster_env_controller_addr(dir.path());
-    let (code, _) = cluster_cli(&["--controller", &controllers, "cluster", "list"]);
+    let (code, _) = cluster_cli(&[
+        "--credentials",
+        &credentials,
+        "--controller",
+        &controllers,
+        "cluster",
+        "list",
+    ]);
     assert_eq!(code, 2, "a plaintext cluster-cli reached a TLS cluster");
     let (code, out) = cluster_cli(&[
         "--tls-ca",
@@ -335,7 +349,19 @@ fn up_with_tls_serves_only_over_tls() {
         "cluster",
         "list",
     ]);
-    assert_eq!(code, 0, "cluster list over TLS: {out}");
+    assert_eq!(code, 2, "cluster list without credentials was answered: {out}");
+    let (code, out) = cluster_cli(&[
+        "--tls-ca",
+        &ca,
+        "--credentials",
+        &credentials,
+        "--controller",
+        &controllers,
+        "--json",
+        "cluster",
+        "list",
+    ]);
+    assert_eq!(code, 0, "cluster list over TLS as the admin: {out}");
     let (code, status, _) = run_script("cluster.sh", &["status", "--dir", dir_arg(dir.path())]);
     assert_eq!(code, 0, "{status}");
     assert!(status.contains("https://"), "{status}");
@@ -363,4 +389,10 @@ fn up_with_tls_serves_only_over_tls() {
     );
     assert_eq!(code, 2, "--tls on a plaintext cluster: {stderr}");
     assert!(stderr.contains("plaintext cluster"), "{stderr}");
+    let (code, _, stderr) = run_script(
+        "cluster.sh",
+        &["up", "single-master", "--dir", dir_arg(plain.path()), "--acl"],
+    );
+    assert_eq!(code, 2, "--acl on a cluster without the ACL: {stderr}");
+    assert!(stderr.contains("without the ACL"), "{stderr}");
 }
