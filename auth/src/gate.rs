@@ -8,13 +8,12 @@
 //! identity, the action and the resource (at most once a second at warn, so that a flood cannot
 //! fill the disk) and counted in `auth_refusals_total{reason}`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use crate::warn_limit::WarnLimit;
 use std::sync::{Arc, RwLock};
 
 use proto::common::ErrorCode;
 
 use crate::acl::{AclSnapshot, Action, Decision, Resource};
-use crate::client::unix_now_ms;
 use crate::key::ClusterKey;
 
 /// Counter by `reason`: user requests refused (`unauthenticated`, `forbidden`, and the ways a
@@ -98,7 +97,7 @@ impl Directory {
 pub struct Gate {
     directory: Directory,
     enforced: bool,
-    last_warn_ms: Arc<AtomicU64>,
+    warn_limit: WarnLimit,
 }
 
 impl Gate {
@@ -107,7 +106,7 @@ impl Gate {
         Gate {
             directory,
             enforced,
-            last_warn_ms: Arc::default(),
+            warn_limit: WarnLimit::default(),
         }
     }
 
@@ -204,15 +203,8 @@ impl Gate {
 
     fn refuse(&self, caller: &Caller, need: &Need<'_>, refused: Refused) -> tonic::Status {
         metrics::counter!(USER_REFUSALS_METRIC, "reason" => refused.label()).increment(1);
-        let now = unix_now_ms();
-        let last = self.last_warn_ms.load(Ordering::Relaxed);
         let user = caller.name();
-        if now.saturating_sub(last) >= 1_000
-            && self
-                .last_warn_ms
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
+        if self.warn_limit.allows() {
             tracing::warn!(user, %need, reason = refused.label(), "request refused");
         } else {
             tracing::debug!(user, %need, reason = refused.label(), "request refused");

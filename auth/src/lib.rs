@@ -51,6 +51,7 @@ pub mod seal;
 pub mod server;
 pub mod user_guard;
 pub mod user_sign;
+mod warn_limit;
 
 pub use acl::{AclSnapshot, Action, Resource};
 pub use client::{SignLayer, Signed, SignedChannel};

@@ -17,9 +17,9 @@
 //! and logged (at most once a second at warn, so a flood cannot fill the disk with logs). A node
 //! with no cluster key refuses every member-only call.
 
+use crate::warn_limit::WarnLimit;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -97,7 +97,7 @@ struct Shared {
     /// TLS is on: member-only calls need a verified client certificate too.
     require_client_certificate: bool,
     replay: ReplayCache,
-    last_warn_ms: AtomicU64,
+    warn_limit: WarnLimit,
 }
 
 impl std::fmt::Debug for Shared {
@@ -132,7 +132,7 @@ impl MemberGuardLayer {
                 key,
                 require_client_certificate,
                 replay: ReplayCache::default(),
-                last_warn_ms: AtomicU64::new(0),
+                warn_limit: WarnLimit::default(),
             }),
         }
     }
@@ -209,14 +209,7 @@ impl Shared {
         peer: Option<std::net::SocketAddr>,
     ) -> http::Response<Body> {
         metrics::counter!(crate::REFUSALS_METRIC, "reason" => refusal.label()).increment(1);
-        let now = unix_now_ms();
-        let last = self.last_warn_ms.load(Ordering::Relaxed);
-        if now.saturating_sub(last) >= 1_000
-            && self
-                .last_warn_ms
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
+        if self.warn_limit.allows() {
             tracing::warn!(path, peer = ?peer, reason = refusal.label(), "internal call refused: caller did not prove cluster membership");
         } else {
             tracing::debug!(path, peer = ?peer, reason = refusal.label(), "internal call refused");

@@ -11,10 +11,9 @@
 //! With the gate not enforced (development), nothing is refused here: a request that does not
 //! verify is anonymous, which the open gate allows anyway.
 
+use crate::warn_limit::WarnLimit;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use proto::common::ErrorCode;
@@ -32,14 +31,14 @@ use crate::user_sign::{
 #[derive(Clone, Debug)]
 pub struct UserGuardLayer {
     gate: Gate,
-    last_warn_ms: Arc<AtomicU64>,
+    warn_limit: WarnLimit,
 }
 
 impl UserGuardLayer {
     pub fn new(gate: Gate) -> UserGuardLayer {
         UserGuardLayer {
             gate,
-            last_warn_ms: Arc::default(),
+            warn_limit: WarnLimit::default(),
         }
     }
 }
@@ -130,14 +129,7 @@ impl UserGuardLayer {
 
     fn refuse(&self, refusal: Refusal, path: &str, user: Option<&str>) -> http::Response<Body> {
         metrics::counter!(USER_REFUSALS_METRIC, "reason" => refusal.label()).increment(1);
-        let now = unix_now_ms();
-        let last = self.last_warn_ms.load(Ordering::Relaxed);
-        if now.saturating_sub(last) >= 1_000
-            && self
-                .last_warn_ms
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
+        if self.warn_limit.allows() {
             tracing::warn!(
                 path,
                 user,

@@ -349,7 +349,10 @@ fn up_with_tls_and_acl_serves_only_over_tls_to_users() {
         "cluster",
         "list",
     ]);
-    assert_eq!(code, 2, "cluster list without credentials was answered: {out}");
+    assert_eq!(
+        code, 2,
+        "cluster list without credentials was answered: {out}"
+    );
     let (code, out) = cluster_cli(&[
         "--tls-ca",
         &ca,
@@ -391,7 +394,13 @@ fn up_with_tls_and_acl_serves_only_over_tls_to_users() {
     assert!(stderr.contains("plaintext cluster"), "{stderr}");
     let (code, _, stderr) = run_script(
         "cluster.sh",
-        &["up", "single-master", "--dir", dir_arg(plain.path()), "--acl"],
+        &[
+            "up",
+            "single-master",
+            "--dir",
+            dir_arg(plain.path()),
+            "--acl",
+        ],
     );
     assert_eq!(code, 2, "--acl on a cluster without the ACL: {stderr}");
     assert!(stderr.contains("without the ACL"), "{stderr}");
