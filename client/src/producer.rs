@@ -56,7 +56,7 @@
 //! answer channel; no lock is held across an `.await`; one spawned task per RPC slot, not per
 //! message.
 //!
-//! Why one file of about 910 lines: sending, retrying on another queue, natural batching and the
+//! Why one file of about 920 lines: sending, retrying on another queue, natural batching and the
 //! failover wait share one attempt loop and its bookkeeping (which message went where, with which
 //! id); the batching lanes already live apart (`lane.rs`). A split of the attempt loop is planned
 //! with the controller-client crate (step 8), which takes the route and failover parts.
