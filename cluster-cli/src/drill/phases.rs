@@ -24,7 +24,11 @@ impl RouteLog {
     /// Watches `topic`'s route from the controllers at `controllers` (comma-separated), the way a
     /// producer does, until the process ends.
     pub(super) async fn start(controllers: &str, topic: &str) -> anyhow::Result<RouteLog> {
-        let routes = Routes::start(Arc::new(ControllerConnection::new(controllers)?));
+        // Signed as the drill's user, as producers' route watches are: with the ACL on, routes
+        // are read by users who may send to or consume the topic.
+        let credentials = crate::identity::credentials();
+        let connection = ControllerConnection::new(controllers)?.with_user(credentials.clone());
+        let routes = Routes::start_as(Arc::new(connection), credentials);
         // The first read makes the cache watch the topic.
         routes.get(topic).await?;
         let log = RouteLog {
