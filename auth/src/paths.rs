@@ -27,6 +27,7 @@ const MEMBER_ONLY: &[(&str, Coverage)] = &[
     ("/broker.controller.v1.Raft/AppendEntries", Coverage::Body),
     ("/broker.controller.v1.Raft/Vote", Coverage::Body),
     ("/broker.controller.v1.Raft/InstallSnapshot", Coverage::Body),
+    ("/broker.controller.v1.Raft/Campaign", Coverage::Body),
     (
         "/broker.controller.v1.Controller/RegisterBroker",
         Coverage::Body,

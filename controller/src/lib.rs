@@ -30,6 +30,8 @@
 //! - [`gone`]: when a `SYNC` group's master is known gone (every in-sync slave found its host
 //!   refusing connections), so that its successor is elected without waiting out the lease;
 //!   with the safety argument.
+//! - [`handover`]: a stopping controller leader names its successor, which campaigns as soon
+//!   as openraft's vote lease lets it (0.9 has no leadership transfer).
 //! - [`switchover`]: whether a planned switchover may start and to whom (a pure check beside
 //!   `election::decide`).
 //! - [`service`]: the gRPC `Controller` service (registration, heartbeats and the lease they
@@ -51,6 +53,7 @@ pub mod audit;
 pub mod config;
 pub mod election;
 pub mod gone;
+pub mod handover;
 pub mod lease;
 pub mod liveness;
 pub mod membership;

@@ -284,4 +284,14 @@ impl proto::controller::raft_server::Raft for RaftService {
         self.admit(&rpc.vote, rpc.meta.last_log_id.iter())?;
         encode(&self.raft.install_snapshot(rpc).await)
     }
+
+    async fn campaign(
+        &self,
+        request: tonic::Request<proto::controller::CampaignRequest>,
+    ) -> Result<tonic::Response<proto::controller::CampaignResponse>, tonic::Status> {
+        Ok(tonic::Response::new(super::handover::campaign_later(
+            &self.raft,
+            request.get_ref(),
+        )))
+    }
 }

@@ -42,6 +42,10 @@ pub struct ControllerNode {
     shutdown: Option<oneshot::Sender<()>>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     tasks: Vec<JoinHandle<()>>,
+    /// For the hand-over at a planned stop ([`crate::handover`]).
+    id: NodeId,
+    key: auth::ClusterKey,
+    vote_lease: Duration,
 }
 
 /// Why a controller could not start, or did not stop cleanly.
@@ -187,9 +191,9 @@ impl ControllerNode {
         );
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
         let guard = if tls.is_some() {
-            auth::MemberGuardLayer::requiring_client_certificate(Some(key))
+            auth::MemberGuardLayer::requiring_client_certificate(Some(key.clone()))
         } else {
-            auth::MemberGuardLayer::new(Some(key))
+            auth::MemberGuardLayer::new(Some(key.clone()))
         };
         let server = tokio::spawn(
             proto::tls::server_builder(tls.as_ref())?
@@ -228,6 +232,9 @@ impl ControllerNode {
             shutdown: Some(shutdown_tx),
             server,
             tasks,
+            id: config.id,
+            key,
+            vote_lease: Duration::from_millis(config.election_timeout_max_ms),
         })
     }
 
@@ -237,8 +244,11 @@ impl ControllerNode {
     }
 
     /// Stops serving and stops Raft. Both: a stopped server with a running Raft would keep
-    /// heartbeating as leader (shared/STACK.md).
+    /// heartbeating as leader (shared/STACK.md). A leader then asks its successor to campaign
+    /// as soon as the vote lease allows ([`crate::handover`]), after its Raft stopped, so that
+    /// no heartbeat of its own follows the request.
     pub async fn shutdown(mut self) -> Result<(), NodeError> {
+        let successor = crate::handover::successor(&self.raft, self.id);
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -246,6 +256,9 @@ impl ControllerNode {
             task.abort();
         }
         let _ = self.raft.shutdown().await;
+        if let Some(successor) = successor {
+            crate::handover::hand_over(successor, self.id, self.key.clone(), self.vote_lease).await;
+        }
         match tokio::time::timeout(Duration::from_secs(5), &mut self.server).await {
             Ok(joined) => joined.map_err(NodeError::ServerTask)??,
             Err(_) => {
