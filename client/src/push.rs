@@ -50,7 +50,7 @@
 //!   in place, and the queue waits for it. Broadcasting mode gives every member every queue,
 //!   keeps offsets in the member, and retries failures in place too (nothing is handed back).
 //!
-//! Why one file of about 1,030 lines: a queue's pull loop, its offset commits, the send-back of
+//! Why one file of about 1,040 lines: a queue's pull loop, its offset commits, the send-back of
 //! failed messages and the move to another broker of the group (a slave, or a new master) share
 //! one per-queue state (the offset, the last message handled, where it was committed, which
 //! broker serves); rebalancing drives those loops. The decisions that need none of it are

@@ -769,7 +769,7 @@ impl ElectionLoop {
 mod tests {
     use super::*;
     use crate::liveness::StoreReport;
-    use crate::state::{BrokerInfo, ConfiguredRole, ReplicationMode};
+    use crate::state::ReplicationMode;
 
     const TIMING: Timing = Timing {
         broker_lease: Duration::from_millis(1_000),
@@ -781,47 +781,17 @@ mod tests {
     /// Controlled brokers 0, 1, 2 (incarnations 100, 101, 102); master 0 at master epoch 3,
     /// elected with incarnation 100; everybody in sync.
     fn group() -> BrokerGroup {
-        let broker = |id: u64| {
-            (
-                id,
-                BrokerInfo {
-                    id,
-                    addr: format!("127.0.0.1:{}", 10911 + id),
-                    configured_role: ConfiguredRole::Controlled,
-                    incarnation: 100 + id,
-                    election_priority: 0,
-                    replication: ReplicationMode::Unknown,
-                    v5_addr: String::new(),
-                },
-            )
-        };
-        BrokerGroup {
-            cluster: "c".into(),
-            brokers: BTreeMap::from([broker(0), broker(1), broker(2)]),
-            master_id: Some(0),
-            master_epoch: 3,
-            in_sync_set: BTreeSet::from([0, 1, 2]),
-            in_sync_set_epoch: 5,
-            master_incarnation: 100,
-            drained: false,
-        }
+        crate::fixtures::three_brokers(ReplicationMode::Unknown)
     }
 
     fn heard(id: u64, at: Instant, log_epoch: u64, max_offset: u64) -> (u64, Seen) {
+        let (id, seen) = crate::fixtures::heard(id, at);
         (
             id,
             Seen {
-                at,
-                max_offset,
-                synced_revision: 0,
-                confirm_offset: 0,
-                replicas: Vec::new(),
-                incarnation: 100 + id,
                 log_epoch,
-                master_epoch: 3,
-                resigned: false,
-                store: StoreReport::default(),
-                master_gone: None,
+                max_offset,
+                ..seen
             },
         )
     }

@@ -111,8 +111,6 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::liveness::StoreReport;
-    use crate::state::{BrokerInfo, ConfiguredRole};
 
     const MS: Duration = Duration::from_millis(1);
 
@@ -124,47 +122,16 @@ mod tests {
     }
 
     fn group(replication: ReplicationMode) -> BrokerGroup {
-        let broker = |id: u64| {
-            (
-                id,
-                BrokerInfo {
-                    id,
-                    addr: format!("127.0.0.1:{}", 10911 + id),
-                    configured_role: ConfiguredRole::Controlled,
-                    incarnation: 100 + id,
-                    election_priority: 0,
-                    replication,
-                    v5_addr: String::new(),
-                },
-            )
-        };
-        BrokerGroup {
-            cluster: "c".into(),
-            brokers: BTreeMap::from([broker(0), broker(1), broker(2)]),
-            master_id: Some(0),
-            master_epoch: 3,
-            in_sync_set: BTreeSet::from([0, 1, 2]),
-            in_sync_set_epoch: 5,
-            master_incarnation: 100,
-            drained: false,
-        }
+        crate::fixtures::three_brokers(replication)
     }
 
     fn heard(id: u64, at: Instant, gone: Option<GoneReport>) -> (u64, Seen) {
+        let (id, seen) = crate::fixtures::heard(id, at);
         (
             id,
             Seen {
-                at,
-                max_offset: 100,
-                synced_revision: 0,
-                confirm_offset: 0,
-                replicas: Vec::new(),
-                incarnation: 100 + id,
-                log_epoch: 3,
-                master_epoch: 3,
-                resigned: false,
-                store: StoreReport::default(),
                 master_gone: gone,
+                ..seen
             },
         )
     }

@@ -52,6 +52,8 @@ pub mod admission;
 pub mod audit;
 pub mod config;
 pub mod election;
+#[cfg(test)]
+mod fixtures;
 pub mod gone;
 pub mod handover;
 pub mod lease;

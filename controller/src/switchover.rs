@@ -188,7 +188,7 @@ mod tests {
 
     use super::*;
     use crate::liveness::StoreReport;
-    use crate::state::{BrokerInfo, ConfiguredRole, ReplicationMode};
+    use crate::state::{ConfiguredRole, ReplicationMode};
 
     const TIMING: Timing = Timing {
         broker_lease: Duration::from_millis(1_000),
@@ -197,49 +197,15 @@ mod tests {
 
     /// Brokers 0 (master, epoch 3), 1 (in sync), 2 (not in sync); incarnations 100 + id.
     fn group() -> BrokerGroup {
-        let broker = |id: u64| {
-            (
-                id,
-                BrokerInfo {
-                    id,
-                    addr: format!("127.0.0.1:{}", 10911 + id),
-                    configured_role: ConfiguredRole::Controlled,
-                    incarnation: 100 + id,
-                    election_priority: 0,
-                    replication: ReplicationMode::Sync,
-                    v5_addr: String::new(),
-                },
-            )
-        };
         BrokerGroup {
-            cluster: "c".into(),
-            brokers: BTreeMap::from([broker(0), broker(1), broker(2)]),
-            master_id: Some(0),
-            master_epoch: 3,
             in_sync_set: BTreeSet::from([0, 1]),
-            in_sync_set_epoch: 5,
-            master_incarnation: 100,
-            drained: false,
+            ..crate::fixtures::three_brokers(ReplicationMode::Sync)
         }
     }
 
     fn heard(id: u64, at: Instant, store: StoreReport) -> (u64, Seen) {
-        (
-            id,
-            Seen {
-                at,
-                max_offset: 100,
-                synced_revision: 0,
-                confirm_offset: 0,
-                replicas: Vec::new(),
-                incarnation: 100 + id,
-                log_epoch: 3,
-                master_epoch: 3,
-                resigned: false,
-                store,
-                master_gone: None,
-            },
-        )
+        let (id, seen) = crate::fixtures::heard(id, at);
+        (id, Seen { store, ..seen })
     }
 
     fn ask(target: Option<u64>, unclean: bool) -> SwitchoverRequest<'static> {
