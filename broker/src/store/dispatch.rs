@@ -174,6 +174,33 @@ pub(crate) fn dispatch_range(shared: &Shared, from: u64, to: u64) -> Result<u64>
     }
 }
 
+/// Called by the writer after a write (see `Writer::settle`), with `idle` true when no command
+/// waits for it: indexes what was written on the writer's thread when the dispatcher is not in
+/// a round, else wakes the dispatcher. At light load the dispatcher's wake-up per append (and
+/// the writer's pre-emption by it) cost more than the indexing; under load, or while a round
+/// runs, the dispatcher does it and the writer goes on writing. Checkpoints stay with the
+/// dispatcher's own rounds. An error poisons the store, as in the dispatcher.
+pub(crate) fn dispatch_if_idle(shared: &Shared, idle: bool) {
+    if idle && shared.poisoned().is_none() {
+        if let Ok(mut state) = shared.dispatch.try_lock() {
+            let before = state.dispatched_offset;
+            match dispatch_to(shared, &mut state, shared.log.write_offset()) {
+                Ok(()) => {
+                    if state.dispatched_offset != before {
+                        shared.publish_readable();
+                    }
+                }
+                Err(err) => {
+                    drop(state);
+                    shared.poison(err);
+                }
+            }
+            return;
+        }
+    }
+    shared.dispatch_signal.notify();
+}
+
 pub(crate) fn run(shared: Arc<Shared>) {
     let interval = Duration::from_millis(shared.config.checkpoint_interval_ms);
     loop {

@@ -7,7 +7,8 @@
 //!   writes them to the tail [`segment`] of the [`commit_log`] with one `pwrite`, hands their
 //!   consume-queue entries to the dispatcher (`index_handoff`), and answers.
 //! - [`flush`] fsyncs what was written (at once under `SYNC_FLUSH`, on an interval under
-//!   `ASYNC_FLUSH`); a `SYNC_FLUSH` append waits for it up to `sync_flush_timeout_ms`.
+//!   `ASYNC_FLUSH`); a `SYNC_FLUSH` append waits for it up to `sync_flush_timeout_ms`. At light
+//!   load the writer runs the fsync and the dispatcher's indexing itself, after answering.
 //! - [`dispatch`] writes the handed-over entries, and scans ([`scan`]) whatever was written
 //!   without one (raw appends), into the [`consume_queue`]s and saves the [`checkpoint`]; [`read`]
 //!   serves messages from them up to the confirm offset.

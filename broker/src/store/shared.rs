@@ -109,6 +109,13 @@ pub(crate) struct Shared {
     dispatch_stop_offset: AtomicU64,
     /// Appends (not raw appends) written so far; the flusher gathers by it.
     pub appends_written: AtomicU64,
+    /// `appends_written` as it was when the last fsync began: every append it counts is durable.
+    /// Whoever fsyncs (the flusher, or the writer itself, see `writer`) raises it, so that the
+    /// flusher counts only the appends its own fsync answered.
+    pub appends_flushed: AtomicU64,
+    /// How long the last fsync of the commit log took, in microseconds: the writer fsyncs its
+    /// own group only while fsyncs are quick (see `flush::fsync_is_quick`).
+    pub last_fsync_us: AtomicU64,
     /// The commit log's page cache below this offset was handed back to the kernel (see
     /// `page_cache`). Moved by the housekeeping thread; lowered by truncation.
     pub page_cache_released_offset: AtomicU64,
@@ -199,6 +206,8 @@ impl Shared {
                 dispatch_stop_offset.unwrap_or(DISPATCH_UNSTOPPED),
             ),
             appends_written: AtomicU64::new(0),
+            appends_flushed: AtomicU64::new(0),
+            last_fsync_us: AtomicU64::new(0),
             page_cache_released_offset: AtomicU64::new(released_offset),
             flush_requested_offset: AtomicU64::new(0),
             replica_only: std::sync::atomic::AtomicBool::new(false),

@@ -226,6 +226,78 @@ async fn slow_fsync_answers_flush_disk_timeout_and_keeps_the_message() {
     assert_eq!(bodies(&read_all(&store, "t", 0).await), vec!["slow"]);
 }
 
+/// One append at a time: the writer fsyncs each itself (group commit with nothing to gather), so
+/// the flusher thread is not woken per append (two wake-ups each, see `flush::flush_if_idle`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_one_at_a_time_are_fsynced_by_the_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(small_config(dir.path())).unwrap();
+    let rounds = || {
+        store
+            .shared
+            .flusher_rounds
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let before = rounds();
+    for i in 0..100 {
+        let result = store
+            .append(message("t", 0, &format!("m{i}")))
+            .await
+            .unwrap();
+        assert_eq!(result.status, PutStatus::Ok);
+        assert!(store.flushed_offset() >= result.end_offset);
+    }
+    let woken = rounds() - before;
+    assert!(woken < 10, "the flusher ran {woken} rounds for 100 appends");
+    settle(&store).await;
+    assert_eq!(read_all(&store, "t", 0).await.len(), 100);
+}
+
+/// A slow fsync keeps the writer busy once, never twice: after it, fsyncs go to the flusher
+/// while they stay slow, so an append that follows one still being fsynced is written and
+/// answered (`FLUSH_DISK_TIMEOUT`) within its timeout instead of waiting behind the writer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_slow_fsync_the_writer_hands_fsyncs_to_the_flusher() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig {
+        sync_flush_timeout_ms: 50,
+        ..small_config(dir.path())
+    };
+    let store = Store::open(config).unwrap();
+    store.set_fsync_delay_for_test(Duration::from_millis(400));
+    let first = store.append(message("t", 0, "first")).await.unwrap();
+    assert_eq!(first.status, PutStatus::FlushDiskTimeout);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while store.flushed_offset() < first.end_offset {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slow fsync never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Answered at its timeout, while its own fsync (400 ms) still runs.
+    let second = store.append(message("t", 0, "second")).await.unwrap();
+    assert_eq!(second.status, PutStatus::FlushDiskTimeout);
+    assert!(store.flushed_offset() < second.end_offset);
+    let started = std::time::Instant::now();
+    let third = store.append(message("t", 0, "third")).await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(third.status, PutStatus::FlushDiskTimeout);
+    assert!(
+        took < Duration::from_millis(250),
+        "the third append waited {took:?}: behind the writer's own slow fsync of the second"
+    );
+    store.set_fsync_delay_for_test(Duration::ZERO);
+    store.flush().await.unwrap();
+    let fourth = store.append(message("t", 0, "fourth")).await.unwrap();
+    assert_eq!(fourth.status, PutStatus::Ok);
+    settle(&store).await;
+    assert_eq!(
+        bodies(&read_all(&store, "t", 0).await),
+        vec!["first", "second", "third", "fourth"]
+    );
+}
+
 #[tokio::test]
 async fn async_flush_answers_before_the_fsync_and_flushes_on_its_interval() {
     let dir = tempfile::tempdir().unwrap();
