@@ -12,14 +12,19 @@
 # bodies) at 1, 8 and 64 messages in flight: p50, p99, msgs/s, the brokers' CPU per message
 # (utime + stime of the four broker processes from /proc/PID/stat, before and after the run,
 # over the messages sent) and their context switches per message (every thread's voluntary and
-# involuntary switches from /proc/PID/task/*/status: the wake-ups). Each in-flight level runs ROUNDS times (default 3), the levels
-# interleaved; one JSON line per run, then a summary per level (the median run by p50) with
-# p50 and p99 as ratios of the raw fdatasync p50 and p99.
+# involuntary switches from /proc/PID/task/*/status: the wake-ups). (3) Before each round, the
+# floor: `cluster-cli bench floor` (a producer, master and slave as three bare threads over
+# loopback TCP, two fdatasyncs per message, in BENCH_DIR): the least a SYNC_MASTER + SYNC_FLUSH
+# acknowledgement takes here, and the least CPU it costs. Each in-flight level runs ROUNDS times
+# (default 3), the levels interleaved; one JSON line per run, then a summary per level (the
+# median run by p50) with p50 and p99 as ratios of the raw fdatasync p50 and p99, and at one in
+# flight as ratios of the floor's median p50 and CPU per message.
 # Stops the cluster and removes BENCH_DIR on exit.
 #
 # Environment: BIN_DIR (default ./target/release, built by cluster.sh up when missing),
 # BENCH_DIR (default /tmp/bench-idle), COUNT_1, COUNT_8, COUNT_64 (messages per run at each
-# level; default 5000, 20000, 100000), FSYNC_COUNT (raw fdatasyncs, default 5000).
+# level; default 5000, 20000, 100000), FSYNC_COUNT (raw fdatasyncs, default 5000), FLOOR_COUNT
+# (messages per floor run, default 5000).
 set -eEuo pipefail
 shopt -s inherit_errexit
 trap 'echo "bench-idle: line $LINENO: \"$BASH_COMMAND\" failed with status $?" >&2' ERR
@@ -36,7 +41,9 @@ export BIN_DIR=${BIN_DIR:-$PWD/target/release}
 CLI="$BIN_DIR/cluster-cli"
 declare -A COUNTS=([1]=${COUNT_1:-5000} [8]=${COUNT_8:-20000} [64]=${COUNT_64:-100000})
 FSYNC_COUNT=${FSYNC_COUNT:-5000}
+FLOOR_COUNT=${FLOOR_COUNT:-5000}
 RESULTS="$BENCH_DIR/results.jsonl"
+FLOORS="$BENCH_DIR/floor.jsonl"
 
 cleanup() { bash scripts/cluster.sh down --dir "$BENCH_DIR" >/dev/null 2>&1 || true; rm -rf "$BENCH_DIR"; }
 trap cleanup EXIT
@@ -101,6 +108,7 @@ broker_switches() {
   --in-flight 8 --size 1024 >/dev/null 2>&1
 
 for round in $(seq "$ROUNDS"); do
+  "$CLI" --json bench floor --dir "$BENCH_DIR" --count "$FLOOR_COUNT" | tee -a "$FLOORS" >&2
   for in_flight in 1 8 64; do
     count=${COUNTS[$in_flight]}
     before=$(broker_ticks)
@@ -125,12 +133,19 @@ EOF
   done
 done
 
-python3 - "$BENCH_DIR/raw.json" "$RESULTS" <<'EOF'
+python3 - "$BENCH_DIR/raw.json" "$RESULTS" "$FLOORS" <<'EOF'
 import json, sys
 raw = json.load(open(sys.argv[1]))
 runs = [json.loads(line) for line in open(sys.argv[2])]
-print("summary (median run by p50 of each level; raw fdatasync p50 %d us, p99 %d us)"
-      % (raw["p50_us"], raw["p99_us"]))
+floors = [json.loads(line) for line in open(sys.argv[3])]
+def middle(values):
+    values = sorted(values)
+    return values[len(values) // 2]
+floor = {key: middle(f[key] for f in floors) for key in ("p50_us", "p99_us", "cpu_us_per_msg")}
+print("summary (median run by p50 of each level; raw fdatasync p50 %d us, p99 %d us; "
+      "floor p50 %d us, p99 %d us, %.1f us of CPU per message, medians of %d runs)"
+      % (raw["p50_us"], raw["p99_us"], floor["p50_us"], floor["p99_us"],
+         floor["cpu_us_per_msg"], len(floors)))
 failed = 0
 for in_flight in (1, 8, 64):
     level = sorted((r for r in runs if r["in_flight"] == in_flight), key=lambda r: r["p50_us"])
@@ -144,7 +159,11 @@ for in_flight in (1, 8, 64):
                       "p50_over_raw_fsync_p50": round(median["p50_us"] / raw["p50_us"], 2),
                       "p99_over_raw_fsync_p99": round(median["p99_us"] / raw["p99_us"], 2),
                       "runs_p50_us": [r["p50_us"] for r in level],
-                      "runs_p99_us": [r["p99_us"] for r in level]}))
+                      "runs_p99_us": [r["p99_us"] for r in level]}
+                     | ({"p50_over_floor_p50": round(median["p50_us"] / floor["p50_us"], 2),
+                         "cpu_over_floor": round(median["broker_cpu_us_per_msg"]
+                                                 / floor["cpu_us_per_msg"], 2)}
+                        if in_flight == 1 else {})))
 if failed:
     print("bench-idle: %d sends were not SEND_OK" % failed, file=sys.stderr)
     sys.exit(1)

@@ -34,6 +34,9 @@ pub enum BenchCommand {
     Produce(ProduceArgs),
     /// Consumer throughput and end-to-end latency (of messages sent by `bench produce`).
     Consume(ConsumeArgs),
+    /// The least a SYNC_MASTER + SYNC_FLUSH acknowledgement can take on this machine: a producer,
+    /// master and slave as three bare threads over loopback TCP, with two fdatasyncs.
+    Floor(crate::bench_floor::FloorArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -104,6 +107,10 @@ pub async fn run(reach: &Reach, json: bool, command: BenchCommand) -> Result<Exi
     match command {
         BenchCommand::Produce(args) => produce(reach, json, args).await,
         BenchCommand::Consume(args) => bench_consume::run(reach, json, args).await,
+        // Blocking threads and system calls by design: off the runtime.
+        BenchCommand::Floor(args) => {
+            tokio::task::spawn_blocking(move || crate::bench_floor::run(json, args)).await?
+        }
     }
 }
 

@@ -33,6 +33,7 @@ macro_rules! out {
 mod admin;
 mod bench;
 mod bench_consume;
+mod bench_floor;
 mod bench_v5;
 mod bench_v5_consume;
 mod consume;
