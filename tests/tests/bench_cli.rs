@@ -87,3 +87,43 @@ fn bench_produce_then_bench_consume_reads_every_message_back() {
     assert_eq!(code, 1, "{out}");
     assert_eq!(json(&out)["received"], 0, "{out}");
 }
+
+/// `bench floor` measures the bare path (three threads, two fdatasyncs per message) in the
+/// directory it is given, reports what the idle-path benchmark reads, and leaves no file behind.
+/// Bad input is refused before anything is created.
+#[test]
+fn bench_floor_reports_the_bare_path_and_cleans_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_str().unwrap();
+    let (code, out) = cluster_cli(&[
+        "--json", "bench", "floor", "--dir", path, "--count", "200", "--size", "512",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let report = json(&out);
+    assert_eq!(report["count"], 200, "{out}");
+    assert_eq!(report["size"], 512, "{out}");
+    let p50 = report["p50_us"].as_u64().unwrap();
+    let p99 = report["p99_us"].as_u64().unwrap();
+    // Two fdatasyncs and four loopback sends cannot take no time.
+    assert!(p50 > 0 && p50 <= p99, "{out}");
+    assert!(report["msgs_per_s"].as_f64().unwrap() > 0.0, "{out}");
+    assert!(report["cpu_us_per_msg"].as_f64().unwrap() >= 0.0, "{out}");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "bench floor left its files behind"
+    );
+
+    let (code, out) = cluster_cli(&["--json", "bench", "floor", "--dir", path, "--count", "0"]);
+    assert_ne!(code, 0, "{out}");
+    let (code, out) = cluster_cli(&[
+        "--json",
+        "bench",
+        "floor",
+        "--dir",
+        "/nonexistent/dir",
+        "--count",
+        "10",
+    ]);
+    assert_ne!(code, 0, "{out}");
+}
