@@ -15,7 +15,9 @@
 # involuntary switches from /proc/PID/task/*/status: the wake-ups). (3) Before each round, the
 # floor: `cluster-cli bench floor` (a producer, master and slave as three bare threads over
 # loopback TCP, two fdatasyncs per message, in BENCH_DIR): the least a SYNC_MASTER + SYNC_FLUSH
-# acknowledgement takes here, and the least CPU it costs. Each in-flight level runs ROUNDS times
+# acknowledgement takes here, and the least CPU it costs; and `cluster-cli bench rpc` against
+# broker-a-0 (the round trip of its cheapest RPC, QueryOffset from memory, one at a time): what
+# the gRPC stack alone costs per round trip. Each in-flight level runs ROUNDS times
 # (default 3), the levels interleaved; one JSON line per run, then a summary per level (the
 # median run by p50) with p50 and p99 as ratios of the raw fdatasync p50 and p99, and at one in
 # flight as ratios of the floor's median p50 and CPU per message.
@@ -44,6 +46,7 @@ FSYNC_COUNT=${FSYNC_COUNT:-5000}
 FLOOR_COUNT=${FLOOR_COUNT:-5000}
 RESULTS="$BENCH_DIR/results.jsonl"
 FLOORS="$BENCH_DIR/floor.jsonl"
+RPCS="$BENCH_DIR/rpc.jsonl"
 
 cleanup() { bash scripts/cluster.sh down --dir "$BENCH_DIR" >/dev/null 2>&1 || true; rm -rf "$BENCH_DIR"; }
 trap cleanup EXIT
@@ -103,12 +106,17 @@ broker_switches() {
   echo "$total"
 }
 
+# broker-a-0's client port, for `bench rpc`.
+MASTER_ADDR=$(sed -n 's/^listen = "\(.*\)"$/\1/p' "$BENCH_DIR/broker-a-0.toml")
+[[ -n $MASTER_ADDR ]] || { echo "bench-idle: no listen address in $BENCH_DIR/broker-a-0.toml" >&2; exit 1; }
+
 # Warms the connections and the page cache; not counted.
 "$CLI" --controller "$CONTROLLER_ADDR" --json bench produce --topic bench --count 2000 \
   --in-flight 8 --size 1024 >/dev/null 2>&1
 
 for round in $(seq "$ROUNDS"); do
   "$CLI" --json bench floor --dir "$BENCH_DIR" --count "$FLOOR_COUNT" | tee -a "$FLOORS" >&2
+  "$CLI" --broker "$MASTER_ADDR" --json bench rpc --count "$FLOOR_COUNT" | tee -a "$RPCS" >&2
   for in_flight in 1 8 64; do
     count=${COUNTS[$in_flight]}
     before=$(broker_ticks)
@@ -133,19 +141,22 @@ EOF
   done
 done
 
-python3 - "$BENCH_DIR/raw.json" "$RESULTS" "$FLOORS" <<'EOF'
+python3 - "$BENCH_DIR/raw.json" "$RESULTS" "$FLOORS" "$RPCS" <<'EOF'
 import json, sys
 raw = json.load(open(sys.argv[1]))
 runs = [json.loads(line) for line in open(sys.argv[2])]
 floors = [json.loads(line) for line in open(sys.argv[3])]
+rpcs = [json.loads(line) for line in open(sys.argv[4])]
 def middle(values):
     values = sorted(values)
     return values[len(values) // 2]
 floor = {key: middle(f[key] for f in floors) for key in ("p50_us", "p99_us", "cpu_us_per_msg")}
+rpc = {key: middle(r[key] for r in rpcs) for key in ("p50_us", "p99_us")}
 print("summary (median run by p50 of each level; raw fdatasync p50 %d us, p99 %d us; "
-      "floor p50 %d us, p99 %d us, %.1f us of CPU per message, medians of %d runs)"
+      "floor p50 %d us, p99 %d us, %.1f us of CPU per message; one RPC round trip p50 %d us, "
+      "p99 %d us; medians of %d runs)"
       % (raw["p50_us"], raw["p99_us"], floor["p50_us"], floor["p99_us"],
-         floor["cpu_us_per_msg"], len(floors)))
+         floor["cpu_us_per_msg"], rpc["p50_us"], rpc["p99_us"], len(floors)))
 failed = 0
 for in_flight in (1, 8, 64):
     level = sorted((r for r in runs if r["in_flight"] == in_flight), key=lambda r: r["p50_us"])

@@ -37,6 +37,9 @@ pub enum BenchCommand {
     /// The least a SYNC_MASTER + SYNC_FLUSH acknowledgement can take on this machine: a producer,
     /// master and slave as three bare threads over loopback TCP, with two fdatasyncs.
     Floor(crate::bench_floor::FloorArgs),
+    /// The round trip of the broker's cheapest RPC (QueryOffset, from memory), one at a time, at
+    /// `--broker`: what the gRPC stack costs before any storage.
+    Rpc(crate::bench_rpc::RpcArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -107,6 +110,12 @@ pub async fn run(reach: &Reach, json: bool, command: BenchCommand) -> Result<Exi
     match command {
         BenchCommand::Produce(args) => produce(reach, json, args).await,
         BenchCommand::Consume(args) => bench_consume::run(reach, json, args).await,
+        BenchCommand::Rpc(args) => match reach {
+            Reach::Broker(addr) => crate::bench_rpc::run(addr, json, args).await,
+            Reach::Controller(_) => {
+                bail!("bench rpc measures one broker: give --broker, not --controller")
+            }
+        },
         // Blocking threads and system calls by design: off the runtime.
         BenchCommand::Floor(args) => {
             tokio::task::spawn_blocking(move || crate::bench_floor::run(json, args)).await?

@@ -34,6 +34,7 @@ mod admin;
 mod bench;
 mod bench_consume;
 mod bench_floor;
+mod bench_rpc;
 mod bench_v5;
 mod bench_v5_consume;
 mod consume;

@@ -127,3 +127,35 @@ fn bench_floor_reports_the_bare_path_and_cleans_up() {
     ]);
     assert_ne!(code, 0, "{out}");
 }
+
+/// `bench rpc` times the broker's cheapest RPC through the whole gRPC stack and reports it; it
+/// measures one broker, so it refuses `--controller`.
+#[test]
+fn bench_rpc_times_round_trips_to_one_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let addr = &broker.addr().to_owned();
+    let (code, out) = cluster_cli(&["--broker", addr, "--json", "bench", "rpc", "--count", "200"]);
+    assert_eq!(code, 0, "{out}");
+    let report = json(&out);
+    assert_eq!(report["count"], 200, "{out}");
+    let p50 = report["p50_us"].as_u64().unwrap();
+    assert!(
+        p50 > 0 && p50 <= report["p99_us"].as_u64().unwrap(),
+        "{out}"
+    );
+    assert!(report["rpcs_per_s"].as_f64().unwrap() > 0.0, "{out}");
+
+    let (code, out) = cluster_cli(&[
+        "--controller",
+        addr,
+        "--json",
+        "bench",
+        "rpc",
+        "--count",
+        "10",
+    ]);
+    assert_ne!(code, 0, "{out}");
+    let (code, out) = cluster_cli(&["--broker", addr, "--json", "bench", "rpc", "--count", "0"]);
+    assert_ne!(code, 0, "{out}");
+}
