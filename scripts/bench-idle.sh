@@ -116,7 +116,7 @@ MASTER_ADDR=$(sed -n 's/^listen = "\(.*\)"$/\1/p' "$BENCH_DIR/broker-a-0.toml")
 
 for round in $(seq "$ROUNDS"); do
   "$CLI" --json bench floor --dir "$BENCH_DIR" --count "$FLOOR_COUNT" | tee -a "$FLOORS" >&2
-  "$CLI" --broker "$MASTER_ADDR" --json bench rpc --count "$FLOOR_COUNT" | tee -a "$RPCS" >&2
+  env -u CONTROLLER_ADDR "$CLI" --broker "$MASTER_ADDR" --json bench rpc --count "$FLOOR_COUNT" | tee -a "$RPCS" >&2
   for in_flight in 1 8 64; do
     count=${COUNTS[$in_flight]}
     before=$(broker_ticks)

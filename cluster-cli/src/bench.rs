@@ -113,7 +113,10 @@ pub async fn run(reach: &Reach, json: bool, command: BenchCommand) -> Result<Exi
         BenchCommand::Rpc(args) => match reach {
             Reach::Broker(addr) => crate::bench_rpc::run(addr, json, args).await,
             Reach::Controller(_) => {
-                bail!("bench rpc measures one broker: give --broker, not --controller")
+                bail!(
+                    "bench rpc measures one broker: give --broker, and neither --controller nor \
+                 CONTROLLER_ADDR in the environment"
+                )
             }
         },
         // Blocking threads and system calls by design: off the runtime.
