@@ -16,6 +16,9 @@
 //! bare fdatasync (which a master and slave sharing one disk cannot reach: the disk runs their
 //! two flushes one after the other).
 //!
+//! With `--no-fsync` the fdatasyncs are skipped: what is left is two loopback round trips and
+//! the wake-ups between the threads.
+//!
 //! Output: p50, p99 and max latency, messages per second, and the CPU the master and slave
 //! threads used per message (utime + stime from `/proc/thread-self/stat`).
 
@@ -46,6 +49,9 @@ pub struct FloorArgs {
     /// test. Default: the system's temporary directory.
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Skip both fdatasyncs: the two loopback round trips and the wake-ups alone.
+    #[arg(long)]
+    no_fsync: bool,
 }
 
 /// What one side (master or slave) measured.
@@ -82,6 +88,7 @@ pub fn run(json: bool, args: FloorArgs) -> Result<ExitCode> {
             serde_json::json!({
                 "count": args.count,
                 "size": args.size,
+                "fsync": !args.no_fsync,
                 "p50_us": p50,
                 "p99_us": p99,
                 "max_us": max,
@@ -93,8 +100,9 @@ pub fn run(json: bool, args: FloorArgs) -> Result<ExitCode> {
         );
     } else {
         println!(
-            "floor: {} records of {} B, one at a time, master and slave on {}: {msgs_per_s:.0} msgs/s; \
+            "floor{}: {} records of {} B, one at a time, master and slave on {}: {msgs_per_s:.0} msgs/s; \
              latency p50 {p50} us, p99 {p99} us, max {max} us; master + slave CPU {cpu:.1} us per message",
+            if args.no_fsync { " without fsync" } else { "" },
             args.count,
             args.size,
             dir.display()
@@ -117,7 +125,7 @@ fn measure(
     let master_listener = TcpListener::bind("127.0.0.1:0").context("listen for the master")?;
     let slave_addr = slave_listener.local_addr()?;
     let master_addr = master_listener.local_addr()?;
-    let (count, size) = (args.count, args.size);
+    let (count, size, fsync) = (args.count, args.size, !args.no_fsync);
 
     let slave = std::thread::Builder::new()
         .name("floor-slave".into())
@@ -134,7 +142,9 @@ fn measure(
                 slave_file
                     .write_at(&record, offset)
                     .context("slave: write")?;
-                slave_file.sync_data().context("slave: fdatasync")?;
+                if fsync {
+                    slave_file.sync_data().context("slave: fdatasync")?;
+                }
                 from_master
                     .write_all(&(offset + size as u64).to_le_bytes())
                     .context("slave: acknowledge")?;
@@ -162,7 +172,9 @@ fn measure(
                     .write_at(&record, offset)
                     .context("master: write")?;
                 to_slave.write_all(&record).context("master: ship")?;
-                master_file.sync_data().context("master: fdatasync")?;
+                if fsync {
+                    master_file.sync_data().context("master: fdatasync")?;
+                }
                 to_slave
                     .read_exact(&mut ack)
                     .context("master: read acknowledgement")?;

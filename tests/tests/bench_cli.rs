@@ -102,6 +102,7 @@ fn bench_floor_reports_the_bare_path_and_cleans_up() {
     let report = json(&out);
     assert_eq!(report["count"], 200, "{out}");
     assert_eq!(report["size"], 512, "{out}");
+    assert_eq!(report["fsync"], true, "{out}");
     let p50 = report["p50_us"].as_u64().unwrap();
     let p99 = report["p99_us"].as_u64().unwrap();
     // Two fdatasyncs and four loopback sends cannot take no time.
@@ -113,6 +114,20 @@ fn bench_floor_reports_the_bare_path_and_cleans_up() {
         0,
         "bench floor left its files behind"
     );
+
+    // Without the fdatasyncs: the round trips alone, and said so.
+    let (code, out) = cluster_cli(&[
+        "--json",
+        "bench",
+        "floor",
+        "--dir",
+        path,
+        "--count",
+        "50",
+        "--no-fsync",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(json(&out)["fsync"], false, "{out}");
 
     let (code, out) = cluster_cli(&["--json", "bench", "floor", "--dir", path, "--count", "0"]);
     assert_ne!(code, 0, "{out}");
