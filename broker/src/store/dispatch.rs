@@ -174,9 +174,9 @@ pub(crate) fn dispatch_range(shared: &Shared, from: u64, to: u64) -> Result<u64>
     }
 }
 
-/// Called by the writer after a write (see `Writer::settle`), with `idle` true when no command
-/// waits for it: indexes what was written on the writer's thread when the dispatcher is not in
-/// a round, else wakes the dispatcher. At light load the dispatcher's wake-up per append (and
+/// Called by the writer after a write (see `Writer::index_written`), with `idle` true when no
+/// command waits for it: indexes what was written on the writer's thread when the dispatcher is
+/// not in a round, else wakes the dispatcher. At light load the dispatcher's wake-up per append (and
 /// the writer's pre-emption by it) cost more than the indexing; under load, or while a round
 /// runs, the dispatcher does it and the writer goes on writing. Checkpoints stay with the
 /// dispatcher's own rounds. An error poisons the store, as in the dispatcher.
