@@ -139,12 +139,7 @@ fn measure(
                     .read_exact(&mut record)
                     .context("slave: read record")?;
                 let offset = i * size as u64;
-                slave_file
-                    .write_at(&record, offset)
-                    .context("slave: write")?;
-                if fsync {
-                    slave_file.sync_data().context("slave: fdatasync")?;
-                }
+                keep(&slave_file, &record, offset, fsync).context("slave")?;
                 from_master
                     .write_all(&(offset + size as u64).to_le_bytes())
                     .context("slave: acknowledge")?;
@@ -168,6 +163,7 @@ fn measure(
                     .read_exact(&mut record)
                     .context("master: read record")?;
                 let offset = i * size as u64;
+                // Passed on before its own fdatasync, so that the two overlap.
                 master_file
                     .write_at(&record, offset)
                     .context("master: write")?;
@@ -210,6 +206,15 @@ fn join(handle: std::thread::JoinHandle<Result<SideReport>>, side: &str) -> Resu
         Ok(report) => report,
         Err(_) => bail!("the {side} thread panicked"),
     }
+}
+
+/// Writes `record` at `offset` and, with `fsync`, makes it durable: a slave's whole step.
+fn keep(file: &File, record: &[u8], offset: u64, fsync: bool) -> Result<()> {
+    file.write_at(record, offset).context("write")?;
+    if fsync {
+        file.sync_data().context("fdatasync")?;
+    }
+    Ok(())
 }
 
 /// A new file of `bytes`, its blocks reserved, as the commit log's segments are.

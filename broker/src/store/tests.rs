@@ -208,14 +208,19 @@ async fn batch_reports_each_records_commit_log_offset_across_a_segment_roll() {
     assert!(single.record_commit_log_offsets.is_empty());
 }
 
+/// A store whose appends wait 50 ms for their fsync before `FLUSH_DISK_TIMEOUT`.
+fn impatient_store(dir: &Path) -> Store {
+    let config = StoreConfig {
+        sync_flush_timeout_ms: 50,
+        ..small_config(dir)
+    };
+    Store::open(config).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_fsync_answers_flush_disk_timeout_and_keeps_the_message() {
     let dir = tempfile::tempdir().unwrap();
-    let config = StoreConfig {
-        sync_flush_timeout_ms: 50,
-        ..small_config(dir.path())
-    };
-    let store = Store::open(config).unwrap();
+    let store = impatient_store(dir.path());
     store.set_fsync_delay_for_test(Duration::from_millis(400));
     let result = store.append(message("t", 0, "slow")).await.unwrap();
     assert_eq!(result.status, PutStatus::FlushDiskTimeout);
@@ -259,11 +264,7 @@ async fn appends_one_at_a_time_are_fsynced_by_the_writer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_slow_fsync_the_writer_hands_fsyncs_to_the_flusher() {
     let dir = tempfile::tempdir().unwrap();
-    let config = StoreConfig {
-        sync_flush_timeout_ms: 50,
-        ..small_config(dir.path())
-    };
-    let store = Store::open(config).unwrap();
+    let store = impatient_store(dir.path());
     store.set_fsync_delay_for_test(Duration::from_millis(400));
     let first = store.append(message("t", 0, "first")).await.unwrap();
     assert_eq!(first.status, PutStatus::FlushDiskTimeout);
