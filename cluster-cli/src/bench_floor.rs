@@ -36,6 +36,8 @@ use hdrhistogram::Histogram;
 
 /// The acknowledgement each hop sends back: the record's end offset.
 const ACK_BYTES: usize = 8;
+/// Largest `--size`: a record of the largest message a broker takes (4 MiB) and its header.
+const SIZE_MAX: usize = 5 << 20;
 
 #[derive(clap::Args, Debug)]
 pub struct FloorArgs {
@@ -62,6 +64,9 @@ struct SideReport {
 pub fn run(json: bool, args: FloorArgs) -> Result<ExitCode> {
     if args.count == 0 || args.size == 0 {
         bail!("--count and --size must be at least 1");
+    }
+    if args.size > SIZE_MAX {
+        bail!("--size must be at most {SIZE_MAX} bytes (a record of the largest message)");
     }
     let dir = args.dir.clone().unwrap_or_else(std::env::temp_dir);
     let file_bytes = args
