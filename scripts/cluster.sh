@@ -30,8 +30,10 @@
 # the ACL (`acl_enabled`). `up` makes a random secret key for the built-in admin (`admin`),
 # writes it to DIR/admin.credentials (mode 0600) and adds CLUSTER_CREDENTIALS=that file to
 # cluster.env, so cluster-cli signs as the admin; make users for applications with
-# `cluster-cli user create` and `cluster-cli acl create` (docs/SECURITY.md). A cluster keeps what
-# its first `up` chose.
+# `cluster-cli user create` and `cluster-cli acl create` (docs/SECURITY.md). It also writes a
+# random bearer token to DIR/metrics.token (mode 0600), which every node's /metrics then requires
+# (`metrics_token_file`; METRICS_TOKEN_FILE in cluster.env; e.g. curl -H "Authorization: Bearer
+# $(cat DIR/metrics.token)"). A cluster keeps what its first `up` chose.
 #
 # `up` builds the release binaries (cargo build --release, quick when they are current) unless
 # BIN_DIR names a directory holding `controller`, `broker` and `cluster-cli`; starts every node;
@@ -362,20 +364,23 @@ configure_fresh() {
   fi
 }
 
-# --acl: acl_enabled on every node, the built-in admin's secret key on the controllers, and the
-# admin's credentials file for cluster-cli.
+# --acl: acl_enabled on every node, the built-in admin's secret key on the controllers, the
+# admin's credentials file for cluster-cli, and a bearer token for every node's /metrics.
 configure_acl() {
   local node secret
   secret=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
   (umask 077 && printf 'access_key=admin\nsecret_key=%s\n' "$secret" >"$DIR/admin.credentials")
+  (umask 077 && od -An -N24 -tx1 /dev/urandom | tr -d ' \n' >"$DIR/metrics.token")
   for node in $(nodes); do
     printf '# Users checked against the ACL (cluster.sh up --acl; docs/SECURITY.md).\n' >>"$DIR/$node.toml"
     printf 'acl_enabled = true\n' >>"$DIR/$node.toml"
+    printf 'metrics_token_file = "%s"\n' "$DIR/metrics.token" >>"$DIR/$node.toml"
     case $node in
       controller-*) printf 'admin_secret_key = "%s"\n' "$secret" >>"$DIR/$node.toml" ;;
     esac
   done
-  printf 'CLUSTER_CREDENTIALS=%s\n' "$DIR/admin.credentials" >>"$DIR/cluster.env"
+  printf 'CLUSTER_CREDENTIALS=%s\nMETRICS_TOKEN_FILE=%s\n' "$DIR/admin.credentials" \
+    "$DIR/metrics.token" >>"$DIR/cluster.env"
 }
 
 # --tls: a development CA and node certificate in DIR/tls, the three settings on every node

@@ -109,6 +109,10 @@ pub struct BrokerSettings {
     /// port would make all but the first fail to start. Port 0 picks a free port, printed as
     /// `metrics listening on ADDR`.
     pub metrics_listen: String,
+    /// A file holding the bearer token every scrape of `/metrics` must present (`Authorization:
+    /// Bearer TOKEN`, at least 16 visible ASCII characters); empty: the endpoint answers anyone
+    /// who reaches it. Read at start.
+    pub metrics_token_file: String,
     /// `HOST:PORT` of RocketMQ 5's gRPC API (`apache.rocketmq.v2`, docs/CLIENTS.md), which the
     /// official clients speak; empty: off. RocketMQ's proxy serves it on 8081; off by default
     /// for the same reason as `metrics_listen`. Port 0 picks a free port, printed as
@@ -318,6 +322,7 @@ impl Default for BrokerSettings {
             replication_inflight_bytes_max: 16 << 20,
             replication_keepalive_ms: 500,
             metrics_listen: String::new(),
+            metrics_token_file: String::new(),
             v5_listen: String::new(),
             v5_advertised_addr: String::new(),
             runtime_worker_threads: 0,

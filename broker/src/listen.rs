@@ -4,6 +4,7 @@
 //! source address of outgoing connections. `server.rs` wires them into one broker.
 
 use std::net::SocketAddr;
+use std::path::Path;
 
 use proto::v5::messaging_service_server::MessagingServiceServer;
 use tokio::net::{TcpListener, TcpStream};
@@ -126,6 +127,17 @@ pub(crate) async fn bind_exporter(
     let mut exporter = exporter::Exporter::bind(addr, &labels).await?;
     if let Some(tls) = tls {
         exporter = exporter.with_tls(tls.rustls_server_config()?);
+    }
+    if settings.metrics_token_file.is_empty() {
+        if settings.acl_enabled {
+            tracing::warn!(
+                "acl_enabled without metrics_token_file: /metrics (topics, groups, offsets) \
+                 answers anyone who reaches its port"
+            );
+        }
+    } else {
+        let token = exporter::MetricsToken::from_file(Path::new(&settings.metrics_token_file))?;
+        exporter = exporter.with_token(token);
     }
     crate::metrics::describe();
     Ok(Some(exporter))

@@ -55,6 +55,10 @@ pub struct ControllerConfig {
     /// would make all but the first fail to start. Port 0 picks a free port, printed as
     /// `metrics listening on ADDR`.
     pub metrics_listen: String,
+    /// A file holding the bearer token every scrape of `/metrics` must present (`Authorization:
+    /// Bearer TOKEN`, at least 16 visible ASCII characters); empty: the endpoint answers anyone
+    /// who reaches it. Read at start.
+    pub metrics_token_file: String,
     /// The secret every controller and broker of the cluster shares (at least 16 bytes): members
     /// sign every internal call with an HMAC made with it (Raft, broker registration and
     /// heartbeats, in-sync set changes, the log stream), and refuse calls not so signed. It
@@ -104,6 +108,7 @@ impl Default for ControllerConfig {
             snapshot_logs_since_last: 5_000,
             logs_kept_after_snapshot: 1_000,
             metrics_listen: String::new(),
+            metrics_token_file: String::new(),
             cluster_secret: String::new(),
             acl_enabled: false,
             admin_access_key: "admin".to_owned(),

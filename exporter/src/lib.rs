@@ -19,19 +19,26 @@
 //! connection is a TLS handshake first (tokio-rustls, HTTP/1.1 inside), bounded by the same
 //! connection time; a plaintext request gets no answer. Scrapers present no certificate.
 //!
+//! Authentication: with [`Exporter::with_token`] (a node with `metrics_token_file`), every
+//! request must carry `Authorization: Bearer TOKEN` (Prometheus' `authorization:
+//! credentials_file`), compared in constant time; any other request, whatever its path, gets 401
+//! and nothing else. The metrics name topics, consumer groups, offsets and lags: without a token
+//! anyone who reaches the port reads them.
+//!
 //! Limits: at most [`SCRAPE_CONNECTIONS_MAX`] connections at once (more are closed at once), one
 //! request per connection, each connection closed after [`SCRAPE_CONNECTION_TIME_MAX`].
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
@@ -89,6 +96,76 @@ pub enum ExporterError {
     },
     #[error("cannot install the metrics recorder")]
     Install(#[source] BuildError),
+    #[error("metrics_token_file {path:?} cannot be read")]
+    TokenFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("metrics_token_file {path:?}: {reason}")]
+    TokenInvalid { path: PathBuf, reason: &'static str },
+}
+
+/// The bearer token every scrape must present (`metrics_token_file`).
+#[derive(Clone)]
+pub struct MetricsToken(Arc<[u8]>);
+
+impl std::fmt::Debug for MetricsToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token itself: configurations are logged.
+        f.write_str("MetricsToken(..)")
+    }
+}
+
+impl MetricsToken {
+    /// Shortest token accepted: a guessable token protects nothing.
+    pub const MIN_BYTES: usize = 16;
+    /// Longest token accepted (a header's worth).
+    pub const MAX_BYTES: usize = 4096;
+
+    /// Reads the token from `path`: its content without surrounding whitespace, of
+    /// [`Self::MIN_BYTES`] to [`Self::MAX_BYTES`] visible ASCII characters (what a header can
+    /// carry unchanged).
+    pub fn from_file(path: &Path) -> Result<MetricsToken, ExporterError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ExporterError::TokenFile {
+            path: path.to_owned(),
+            source,
+        })?;
+        MetricsToken::new(text.trim()).map_err(|reason| ExporterError::TokenInvalid {
+            path: path.to_owned(),
+            reason,
+        })
+    }
+
+    fn new(token: &str) -> Result<MetricsToken, &'static str> {
+        if token.len() < Self::MIN_BYTES {
+            return Err("the token is shorter than 16 characters");
+        }
+        if token.len() > Self::MAX_BYTES {
+            return Err("the token is longer than 4096 characters");
+        }
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("the token holds characters other than visible ASCII");
+        }
+        Ok(MetricsToken(token.as_bytes().into()))
+    }
+
+    /// `Authorization: Bearer TOKEN`, compared in constant time (for a token of the right
+    /// length): a timing difference must not tell an attacker how much of a guess was right.
+    fn admits(&self, authorization: Option<&HeaderValue>) -> bool {
+        let Some(given) = authorization
+            .map(HeaderValue::as_bytes)
+            .and_then(|value| value.strip_prefix(b"Bearer "))
+        else {
+            return false;
+        };
+        given.len() == self.0.len()
+            && given
+                .iter()
+                .zip(self.0.iter())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    }
 }
 
 /// `metrics_listen` as configured: empty is off, anything else must be `HOST:PORT`.
@@ -110,6 +187,7 @@ pub struct Exporter {
     handle: PrometheusHandle,
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
+    token: Option<MetricsToken>,
 }
 
 impl Exporter {
@@ -138,7 +216,16 @@ impl Exporter {
             handle,
             listener,
             tls: None,
+            token: None,
         })
+    }
+
+    /// Answers only requests that carry `token` (see the module docs).
+    pub fn with_token(self, token: MetricsToken) -> Exporter {
+        Exporter {
+            token: Some(token),
+            ..self
+        }
     }
 
     /// Serves HTTPS with `config` instead of plain HTTP.
@@ -157,7 +244,13 @@ impl Exporter {
     /// Serves `GET /metrics` (anything else: 404 or 405) until the task is aborted, sampling
     /// with `sampler` before each rendering.
     pub fn serve(self, sampler: Arc<impl Sampler>) -> JoinHandle<()> {
-        tokio::spawn(serve(self.listener, self.handle, self.tls, sampler))
+        tokio::spawn(serve(
+            self.listener,
+            self.handle,
+            self.tls,
+            self.token,
+            sampler,
+        ))
     }
 }
 
@@ -165,6 +258,7 @@ async fn serve(
     listener: TcpListener,
     handle: PrometheusHandle,
     tls: Option<TlsAcceptor>,
+    token: Option<MetricsToken>,
     sampler: Arc<impl Sampler>,
 ) {
     let connections = Arc::new(Semaphore::new(SCRAPE_CONNECTIONS_MAX));
@@ -190,9 +284,10 @@ async fn serve(
             continue;
         };
         let (handle, sampler, tls) = (handle.clone(), sampler.clone(), tls.clone());
+        let token = token.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request| {
-                respond(request, handle.clone(), sampler.clone())
+                respond(request, handle.clone(), token.clone(), sampler.clone())
             });
             let connection = async move {
                 let mut builder = hyper::server::conn::http1::Builder::new();
@@ -233,8 +328,20 @@ enum ConnectionError {
 async fn respond(
     request: Request<Incoming>,
     handle: PrometheusHandle,
+    token: Option<MetricsToken>,
     sampler: Arc<impl Sampler>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    if let Some(token) = &token {
+        if !token.admits(request.headers().get(AUTHORIZATION)) {
+            let mut response = Response::new(Full::new(Bytes::new()));
+            *response.status_mut() = StatusCode::UNAUTHORIZED;
+            response.headers_mut().insert(
+                WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"metrics\""),
+            );
+            return Ok(response);
+        }
+    }
     let status = if request.uri().path() != "/metrics" {
         StatusCode::NOT_FOUND
     } else if request.method() != Method::GET {
@@ -267,5 +374,50 @@ mod tests {
             parse_listen("localhost"),
             Err(ExporterError::Address { .. })
         ));
+    }
+
+    #[test]
+    fn a_token_admits_only_its_own_bearer_header() {
+        let token = MetricsToken::new("0123456789abcdef-token").unwrap();
+        let header = |value: &str| HeaderValue::from_str(value).unwrap();
+        assert!(token.admits(Some(&header("Bearer 0123456789abcdef-token"))));
+        assert!(!token.admits(None));
+        assert!(!token.admits(Some(&header("Bearer 0123456789abcdef-tokeN"))));
+        assert!(!token.admits(Some(&header("Bearer 0123456789abcdef-token2"))));
+        assert!(!token.admits(Some(&header("Bearer 0123456789abcdef-toke"))));
+        assert!(!token.admits(Some(&header("Basic 0123456789abcdef-token"))));
+        assert!(!token.admits(Some(&header("0123456789abcdef-token"))));
+        assert!(
+            !format!("{token:?}").contains("0123"),
+            "Debug shows no token"
+        );
+    }
+
+    #[test]
+    fn a_weak_or_unreadable_token_file_is_refused_with_its_path() {
+        let dir = std::env::temp_dir().join(format!("exporter-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        assert!(MetricsToken::from_file(&write("good", "  0123456789abcdef\n")).is_ok());
+        for (name, text) in [
+            ("short", "0123456789"),
+            ("spaces", "0123456789 abcdef"),
+            ("empty", "\n"),
+        ] {
+            let path = write(name, text);
+            match MetricsToken::from_file(&path) {
+                Err(ExporterError::TokenInvalid { path: named, .. }) => assert_eq!(named, path),
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            MetricsToken::from_file(&dir.join("missing")),
+            Err(ExporterError::TokenFile { .. })
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -72,20 +72,34 @@ impl Scrape {
     }
 }
 
-/// `GET /metrics` over a plain TCP connection (the endpoint closes it after one answer).
-fn scrape(addr: &str) -> Scrape {
+/// `GET path` over a plain TCP connection (the endpoint closes it after one answer), with an
+/// `Authorization` header when given; the answer's head and body.
+fn get(addr: &str, path: &str, authorization: Option<&str>) -> (String, String) {
     let mut stream = TcpStream::connect(addr).expect("connect to the metrics endpoint");
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
+    let authorization = authorization
+        .map(|value| format!("Authorization: {value}\r\n"))
+        .unwrap_or_default();
     write!(
         stream,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{authorization}Connection: close\r\n\r\n"
     )
     .unwrap();
     let mut answer = String::new();
-    stream.read_to_string(&mut answer).expect("read the scrape");
+    stream.read_to_string(&mut answer).expect("read the answer");
     let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
+    (head.to_owned(), body.to_owned())
+}
+
+/// `GET /metrics`, which must answer 200 in Prometheus' text format.
+fn scrape(addr: &str) -> Scrape {
+    scrape_with(addr, None)
+}
+
+fn scrape_with(addr: &str, authorization: Option<&str>) -> Scrape {
+    let (head, body) = get(addr, "/metrics", authorization);
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(
         head.to_ascii_lowercase()
@@ -153,6 +167,97 @@ fn scrape_until(addr: &str, within: Duration, check: impl Fn(&Scrape) -> Result<
 
 fn metrics_addr(broker: &BrokerProcess) -> &str {
     broker.metrics_addr().expect("started with metrics_listen")
+}
+
+/// The attacker: anyone who reaches a metrics port and has no token (or a wrong one) reads
+/// nothing, on any path: 401 with an empty body. With the token, the scrape is whole. A node
+/// whose token file is missing or too weak does not start, and says which file.
+#[test]
+fn with_a_token_file_the_metrics_answer_only_its_bearer() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = "scrape-token-0123456789";
+    let token_file = dir.path().join("metrics.token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let token_setting = format!("metrics_token_file={:?}", token_file.display().to_string());
+    let broker = BrokerProcess::start(
+        &dir.path().join("broker"),
+        &[METRICS_ON[0], METRICS_ON[1], "--set", &token_setting],
+    );
+    let quorum = ControllerQuorum::start(
+        dir.path(),
+        1,
+        &[METRICS_ON[0], METRICS_ON[1], "--set", &token_setting],
+    );
+    let controller_metrics = quorum
+        .member(1)
+        .metrics_addr
+        .clone()
+        .expect("metrics_listen");
+    let bearer = format!("Bearer {token}");
+    for (node, addr) in [
+        ("broker", metrics_addr(&broker)),
+        ("controller", controller_metrics.as_str()),
+    ] {
+        for (path, authorization) in [
+            ("/metrics", None),
+            ("/metrics", Some("Bearer scrape-token-0123456780")),
+            ("/metrics", Some("Bearer scrape-token-012345678")),
+            ("/metrics", Some(&format!("Basic {token}")[..])),
+            ("/elsewhere", None),
+        ] {
+            let (head, body) = get(addr, path, authorization);
+            assert!(
+                head.starts_with("HTTP/1.1 401"),
+                "{node} {path} {authorization:?}: {head}"
+            );
+            assert!(
+                head.to_ascii_lowercase()
+                    .contains("www-authenticate: bearer"),
+                "{head}"
+            );
+            assert!(body.is_empty(), "{node}: a refused scrape showed {body:?}");
+        }
+        let scrape = scrape_with(addr, Some(&bearer));
+        assert!(
+            !scrape.0.is_empty(),
+            "{node}: an authorized scrape is empty"
+        );
+    }
+    assert!(
+        scrape_with(metrics_addr(&broker), Some(&bearer))
+            .0
+            .iter()
+            .any(|s| s.name.starts_with("broker_")),
+        "the broker's own metrics"
+    );
+
+    let weak = dir.path().join("weak.token");
+    std::fs::write(&weak, "short").unwrap();
+    for (file, expect) in [
+        (weak, "weak.token"),
+        (dir.path().join("missing.token"), "missing.token"),
+    ] {
+        let output =
+            std::process::Command::new(cluster_tests::workspace_binary("broker", "broker"))
+                .arg("--store-path")
+                .arg(dir.path().join("refused"))
+                .args([
+                    "--listen",
+                    "127.0.0.1:0",
+                    METRICS_ON[0],
+                    METRICS_ON[1],
+                    "--set",
+                ])
+                .arg(format!(
+                    "metrics_token_file={:?}",
+                    file.display().to_string()
+                ))
+                .output()
+                .unwrap();
+        assert!(!output.status.success(), "a broker started with {expect}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(expect), "{stderr}");
+    }
 }
 
 #[test]

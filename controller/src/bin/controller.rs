@@ -173,6 +173,17 @@ async fn run(config: ControllerConfig) -> Result<()> {
             if let Some(tls) = &tls {
                 exporter = exporter.with_tls(tls.rustls_server_config()?);
             }
+            if config.metrics_token_file.is_empty() {
+                if config.acl_enabled {
+                    tracing::warn!(
+                        "acl_enabled without metrics_token_file: /metrics (topics, groups, \
+                         elections) answers anyone who reaches its port"
+                    );
+                }
+            } else {
+                let path = std::path::Path::new(&config.metrics_token_file);
+                exporter = exporter.with_token(exporter::MetricsToken::from_file(path)?);
+            }
             controller::metrics::describe();
             Some(exporter)
         }
