@@ -127,10 +127,19 @@ impl MetricsToken {
     /// [`Self::MIN_BYTES`] to [`Self::MAX_BYTES`] visible ASCII characters (what a header can
     /// carry unchanged).
     pub fn from_file(path: &Path) -> Result<MetricsToken, ExporterError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ExporterError::TokenFile {
+        use std::io::Read;
+        let unreadable = |source| ExporterError::TokenFile {
             path: path.to_owned(),
             source,
-        })?;
+        };
+        // Bounded: a path naming a device or a huge file must not fill the memory. Anything
+        // past the longest token (and its whitespace) makes it too long below.
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .map_err(unreadable)?
+            .take(Self::MAX_BYTES as u64 + 64)
+            .read_to_string(&mut text)
+            .map_err(unreadable)?;
         MetricsToken::new(text.trim()).map_err(|reason| ExporterError::TokenInvalid {
             path: path.to_owned(),
             reason,
@@ -403,10 +412,12 @@ mod tests {
             path
         };
         assert!(MetricsToken::from_file(&write("good", "  0123456789abcdef\n")).is_ok());
+        let long = "x".repeat(MetricsToken::MAX_BYTES + 1);
         for (name, text) in [
             ("short", "0123456789"),
             ("spaces", "0123456789 abcdef"),
             ("empty", "\n"),
+            ("long", long.as_str()),
         ] {
             let path = write(name, text);
             match MetricsToken::from_file(&path) {
