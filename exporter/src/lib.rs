@@ -43,6 +43,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 use metrics_util::MetricKindMask;
+use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
@@ -168,12 +169,9 @@ impl MetricsToken {
         else {
             return false;
         };
-        given.len() == self.0.len()
-            && given
-                .iter()
-                .zip(self.0.iter())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
+        // `subtle` compares every byte whatever differs (and a length difference at once: the
+        // length is no secret).
+        bool::from(given.ct_eq(&self.0))
     }
 }
 

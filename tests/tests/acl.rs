@@ -73,6 +73,24 @@ fn json_ok(controllers: &str, who: As<'_>, args: &[&str]) -> Value {
 }
 
 /// Asserts that `args` as `who` was refused with `code` (named as ControllerError prints it).
+/// The admin creates user `name` with its secret key given in a file of `secret_file_text` in
+/// `dir`, as an operator does.
+fn create_user(controllers: &str, dir: &Path, name: &str, secret_file_text: &str) {
+    let secret_file = dir.join(format!("{name}.secret"));
+    std::fs::write(&secret_file, secret_file_text).unwrap();
+    json_ok(
+        controllers,
+        ADMIN,
+        &[
+            "user",
+            "create",
+            name,
+            "--secret-key-file",
+            secret_file.to_str().unwrap(),
+        ],
+    );
+}
+
 fn refused(controllers: &str, who: As<'_>, args: &[&str], code: &str) {
     let (exit, stdout, stderr) = cli(controllers, who, args);
     assert_ne!(exit, 0, "{args:?} was not refused: {stdout}");
@@ -464,19 +482,7 @@ fn the_acl_survives_a_controller_leader_kill() {
     let c = quorum.addrs();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     wait_for_admin(&quorum);
-    let secret_file = dir.path().join("app1.secret");
-    std::fs::write(&secret_file, "app1-secret-key\n").unwrap();
-    json_ok(
-        &c,
-        ADMIN,
-        &[
-            "user",
-            "create",
-            "app1",
-            "--secret-key-file",
-            secret_file.to_str().unwrap(),
-        ],
-    );
+    create_user(&c, dir.path(), "app1", "app1-secret-key\n");
     json_ok(
         &c,
         ADMIN,
@@ -568,19 +574,7 @@ fn members_follow_the_acl_and_strangers_cannot_watch_it() {
     let has = |name: &str| directory.current().user(name).is_some();
     assert!(wait_until(Duration::from_secs(10), || has("admin")));
     let revision = directory.current().revision;
-    let secret_file = dir.path().join("app1.secret");
-    std::fs::write(&secret_file, "app1-secret-key").unwrap();
-    json_ok(
-        &c,
-        ADMIN,
-        &[
-            "user",
-            "create",
-            "app1",
-            "--secret-key-file",
-            secret_file.to_str().unwrap(),
-        ],
-    );
+    create_user(&c, dir.path(), "app1", "app1-secret-key");
     assert!(wait_until(Duration::from_secs(10), || has("app1")));
     assert!(directory.current().revision > revision);
     json_ok(&c, ADMIN, &["user", "delete", "app1"]);
